@@ -1,0 +1,390 @@
+//! The messages. Every connection opens bidirectional streams whose first frame is an
+//! [`Envelope`] carrying the protocol version and a [`Request`]; the manager answers
+//! with a [`Response`]. A session stream then carries [`AgentMessage`]s one way and
+//! [`ManagerMessage`]s the other until either side closes it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BoundedVec, Bytes, NodeId, Text, PROTOCOL_VERSION};
+
+/// Largest DER certificate or CSR accepted.
+pub const MAX_DER: usize = 8 * 1024;
+/// Most labels on one node.
+pub const MAX_LABELS: usize = 64;
+/// Most nodes in one listing.
+pub const MAX_NODES: usize = 4096;
+
+/// A hostname, as the kernel bounds it.
+pub type Hostname = Text<64>;
+/// A label key.
+pub type LabelKey = Text<128>;
+/// A label value.
+pub type LabelValue = Text<256>;
+/// Free text for people: error and status messages.
+pub type Message = Text<512>;
+
+/// The first frame of every stream: who speaks which version, and what it asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Must come first: a peer decodes it alone to answer a version mismatch even when
+    /// the rest of the frame is in a schema it does not know.
+    pub version: u16,
+    /// What the peer asks for.
+    pub request: Request,
+}
+
+impl Envelope {
+    /// Wraps a request with this build's protocol version.
+    pub fn new(request: Request) -> Self {
+        Self { version: PROTOCOL_VERSION, request }
+    }
+}
+
+/// What a stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A board with no certificate asks to join with a token and a CSR.
+    Join(JoinRequest),
+    /// A joined agent (client certificate) opens its long-lived session.
+    OpenSession(SessionOpen),
+    /// An administrator (admin certificate) asks the manager to do something.
+    Control(ControlRequest),
+    /// Liveness probe that needs no credentials; answered with [`Response::Pong`].
+    Ping,
+}
+
+/// Join with a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The secret part is checked by the manager; the CA digest was already checked by
+    /// the agent against the manager's certificate during the handshake.
+    pub token: Text<128>,
+    /// PKCS#10 request for the node certificate; the key never leaves the board.
+    pub csr: Bytes<MAX_DER>,
+    /// What the board says about itself.
+    pub node: NodeDescription,
+}
+
+/// A board's description of itself, sent at join and with every session.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeDescription {
+    /// Hostname shown in `node ls`.
+    pub hostname: Hostname,
+    /// CPU architecture, as Rust names it (`x86_64`, `aarch64`, `arm`).
+    pub arch: Text<16>,
+    /// Operating system (`linux`).
+    pub os: Text<16>,
+    /// Address other nodes reach this one on, when set with `--advertise-addr`.
+    pub advertise_addr: Option<Text<64>>,
+    /// Labels the board was started with (`--label KEY=VALUE`).
+    pub labels: BoundedVec<Label, MAX_LABELS>,
+    /// What the board has to offer.
+    pub resources: Resources,
+    /// Version of the agent binary.
+    pub agent_version: Text<32>,
+}
+
+/// A `KEY=VALUE` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    /// Key.
+    pub key: LabelKey,
+    /// Value, possibly empty.
+    pub value: LabelValue,
+}
+
+/// Capacity a node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// Logical CPUs.
+    pub cpus: u16,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Opening a session: the node's identity comes from its certificate, not from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpen {
+    /// The board's current description (hostname, labels, resources may change).
+    pub node: NodeDescription,
+}
+
+/// Messages an agent sends on its session stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// "I am alive." Sent every heartbeat period.
+    Heartbeat {
+        /// Increases by one each beat, for diagnosing gaps.
+        seq: u64,
+    },
+}
+
+/// Messages the manager sends on a session stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerMessage {
+    /// The manager is closing the session for a reason the agent must act on.
+    Closing(ErrorReply),
+}
+
+/// Administrative requests, from the `shoal` CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// `shoal node ls`.
+    NodeList,
+    /// `shoal node inspect NODE`.
+    NodeInspect {
+        /// ID, unique ID prefix, or hostname.
+        node: Text<64>,
+    },
+    /// `shoal node rm [--force] NODE`.
+    NodeRemove {
+        /// ID, unique ID prefix, or hostname.
+        node: Text<64>,
+        /// Remove even when the node is still up.
+        force: bool,
+    },
+    /// `shoal node update`.
+    NodeUpdate {
+        /// ID, unique ID prefix, or hostname.
+        node: Text<64>,
+        /// New availability, if changed.
+        availability: Option<Availability>,
+        /// Labels to add or overwrite.
+        label_add: BoundedVec<Label, MAX_LABELS>,
+        /// Label keys to remove.
+        label_rm: BoundedVec<LabelKey, MAX_LABELS>,
+    },
+    /// `shoal manager join-token worker [--rotate]`.
+    JoinToken {
+        /// Replace the secret first; the old token stops working at once.
+        rotate: bool,
+    },
+}
+
+/// Every answer to the first frame of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The board joined: here is its identity.
+    Joined(JoinAccepted),
+    /// The session is open.
+    SessionAccepted {
+        /// The node the certificate names.
+        node_id: NodeId,
+        /// How often to send a heartbeat, in milliseconds.
+        heartbeat_period_ms: u32,
+    },
+    /// Answer to a control request.
+    Control(ControlReply),
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// The request was refused.
+    Error(ErrorReply),
+}
+
+/// A successful join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    /// The new node's ID.
+    pub node_id: NodeId,
+    /// The node certificate, signed by the cluster CA.
+    pub certificate: Bytes<MAX_DER>,
+    /// The cluster CA certificate, to trust from now on.
+    pub ca: Bytes<MAX_DER>,
+}
+
+/// Answers to control requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// Node listing.
+    Nodes(BoundedVec<NodeView, MAX_NODES>),
+    /// One node.
+    Node(Box<NodeView>),
+    /// A join token and where to use it.
+    JoinToken {
+        /// The token.
+        token: Text<128>,
+        /// `HOST:PORT` to join.
+        manager_addr: Text<64>,
+    },
+    /// Done; the text says what happened.
+    Done(Message),
+}
+
+/// A refusal, with a kind to act on and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong, for programs.
+    pub kind: ErrorKind,
+    /// What went wrong and what to do, for people.
+    pub message: Message,
+}
+
+impl ErrorReply {
+    /// Builds a reply, cutting an overlong message.
+    pub fn new(kind: ErrorKind, message: &str) -> Self {
+        Self { kind, message: crate::text_lossy(message) }
+    }
+}
+
+/// Kinds of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The join token is wrong or was rotated away.
+    InvalidToken,
+    /// The request needs credentials the connection does not carry.
+    Unauthorized,
+    /// The node was removed from the cluster; its certificate is no longer honoured.
+    NodeRemoved,
+    /// No such object.
+    NotFound,
+    /// A name or prefix matches more than one object.
+    Ambiguous,
+    /// The request contradicts the object's state (e.g. removing a node that is up).
+    Conflict,
+    /// The request is malformed or asks for something unsupported.
+    InvalidRequest,
+    /// The manager failed; retrying later may help.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether an agent should stop retrying: nothing it can do by waiting will help.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, Self::VersionMismatch | Self::InvalidToken | Self::NodeRemoved | Self::Unauthorized)
+    }
+}
+
+/// A node as `node ls` and `node inspect` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// ID.
+    pub id: NodeId,
+    /// Role in the cluster.
+    pub role: Role,
+    /// Whether the manager considers the node alive.
+    pub status: NodeStatus,
+    /// Scheduling availability set by the operator.
+    pub availability: Availability,
+    /// Description as last reported by the node.
+    pub description: NodeDescription,
+    /// Labels set by the operator with `node update --label-add`.
+    pub labels: BoundedVec<Label, MAX_LABELS>,
+    /// Address the node's session came from, or its advertised address.
+    pub addr: Option<Text<64>>,
+    /// When the node joined, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Milliseconds since the manager last heard from the node, if it has.
+    pub last_seen_ago_ms: Option<u64>,
+    /// Why the status is what it is.
+    pub status_message: Message,
+}
+
+/// Role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The manager itself (`MANAGER STATUS` Leader).
+    Manager,
+    /// An agent that runs tasks.
+    Worker,
+}
+
+/// Liveness as the manager observes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// Not heard from since the manager started; becomes Ready or Down shortly.
+    Unknown,
+    /// Heartbeats arrive.
+    Ready,
+    /// Heartbeats stopped.
+    Down,
+}
+
+/// Operator-set scheduling availability, as Swarm's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Availability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks move elsewhere; takes no new ones.
+    Drain,
+}
+
+impl core::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "Unknown",
+            Self::Ready => "Ready",
+            Self::Down => "Down",
+        })
+    }
+}
+
+impl core::fmt::Display for Availability {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Active => "Active",
+            Self::Pause => "Pause",
+            Self::Drain => "Drain",
+        })
+    }
+}
+
+impl core::str::FromStr for Availability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "active" => Ok(Self::Active),
+            "pause" => Ok(Self::Pause),
+            "drain" => Ok(Self::Drain),
+            other => Err(format!("invalid availability {other:?}: expected active, pause or drain")),
+        }
+    }
+}
+
+impl Label {
+    /// Parses `KEY=VALUE` (or `KEY`, with an empty value), as `--label` takes it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (key, value) = s.split_once('=').unwrap_or((s, ""));
+        if key.is_empty() {
+            return Err(format!("invalid label {s:?}: expected KEY=VALUE"));
+        }
+        Ok(Self {
+            key: crate::text(key).map_err(|e| format!("label key {key:?}: {e}"))?,
+            value: crate::text(value).map_err(|e| format!("label value for {key:?}: {e}"))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_decodes_alone_from_any_envelope() {
+        let bytes = postcard::to_allocvec(&Envelope::new(Request::Control(ControlRequest::NodeList))).unwrap();
+        let (version, _) = postcard::take_from_bytes::<u16>(&bytes).unwrap();
+        assert_eq!(version, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn labels_parse_like_docker() {
+        assert_eq!(Label::parse("zone=eu").unwrap().value.as_str(), "eu");
+        assert_eq!(Label::parse("gpu").unwrap().value.as_str(), "");
+        assert!(Label::parse("=x").is_err());
+        assert!(Label::parse(&"k".repeat(200)).is_err());
+    }
+
+    #[test]
+    fn an_overlong_hostname_is_refused_at_decode() {
+        #[derive(Serialize)]
+        struct Raw<'a> {
+            hostname: &'a str,
+        }
+        let bytes = postcard::to_allocvec(&Raw { hostname: &"h".repeat(65) }).unwrap();
+        assert!(postcard::from_bytes::<Hostname>(&bytes).is_err());
+    }
+}
