@@ -1,0 +1,16 @@
+//! The QUIC transport every shoal process shares: TLS configuration (the cluster CA,
+//! mutual authentication, a CA pinned by digest for joining), endpoints, and framed
+//! postcard messages on QUIC streams.
+//!
+//! It knows nothing of what the messages mean; the agent and manager do. It is the only
+//! place where rustls and quinn are configured, so both sides agree on ALPN, TLS 1.3 and
+//! transport timeouts by construction.
+
+pub mod endpoint;
+pub mod error;
+pub mod framed;
+pub mod tls;
+
+pub use endpoint::{client_endpoint, connect, request};
+pub use error::LinkError;
+pub use tls::{ClientTls, Identity, Trust};

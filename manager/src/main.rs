@@ -1,1 +1,52 @@
-fn main(){}
+//! `shoal`: the manager daemon (`shoal manager run`) and the command line that manages
+//! a cluster from the manager's host.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use shoal_manager::cli::{manager::ManagerCommand, node::NodeCommand};
+use shoal_manager::paths::DEFAULT_DATA_DIR;
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about = "Manage a fleet of shoal boards", propagate_version = true)]
+struct Cli {
+    /// Directory holding the manager's state and the CLI's credentials.
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, run and administer the manager.
+    #[command(subcommand)]
+    Manager(ManagerCommand),
+    /// Manage the nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Manager(cmd) => shoal_manager::cli::manager::run(&cli.data_dir, cmd).await,
+            Command::Node(cmd) => shoal_manager::cli::node::run(&cli.data_dir, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

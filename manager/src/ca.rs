@@ -1,0 +1,179 @@
+//! The cluster's certificate authority: it signs the manager's server certificate, each
+//! node's certificate (from the node's CSR, so node keys never leave the boards) and the
+//! administrator's certificate the CLI uses. The role travels in the certificate's
+//! organisational unit, the node ID in its common name.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use time::{Duration, OffsetDateTime};
+
+/// What a certificate allows its holder to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRole {
+    /// The manager's server certificate.
+    Manager,
+    /// A node's agent.
+    Worker,
+    /// The operator's CLI.
+    Admin,
+}
+
+impl CertRole {
+    fn ou(self) -> &'static str {
+        match self {
+            Self::Manager => "shoal-manager",
+            Self::Worker => "shoal-worker",
+            Self::Admin => "shoal-admin",
+        }
+    }
+}
+
+/// Certificate trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen refused (bad CSR, bad key).
+    #[error("{0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// A presented certificate lacks the fields shoal puts there.
+    #[error("certificate is not a shoal certificate: {0}")]
+    NotShoal(&'static str),
+}
+
+/// How long node and admin certificates are valid. Renewal is not implemented yet, so
+/// this is a year rather than Swarm's 90 days.
+const LEAF_VALIDITY: Duration = Duration::days(365);
+/// Boards without a real-time clock may boot with a clock behind; start validity a day
+/// early so a slightly wrong clock does not break the handshake.
+const BACKDATE: Duration = Duration::days(1);
+
+/// The CA: its certificate and key.
+pub struct Ca {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+impl Ca {
+    /// A new CA for `cluster_id`, valid for 20 years.
+    pub fn generate(cluster_id: &str) -> Result<Self, CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&format!("shoal cluster CA {cluster_id}"), "shoal-ca", cluster_id);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + Duration::days(365 * 20);
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert: cert.der().clone(), key })
+    }
+
+    /// Loads a CA from its certificate and PEM key.
+    pub fn from_parts(cert: Vec<u8>, key_pem: &str) -> Result<Self, CaError> {
+        Ok(Self { cert: CertificateDer::from(cert), key: KeyPair::from_pem(key_pem)? })
+    }
+
+    /// The CA certificate.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The CA key, PEM.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// SHA-256 of the certificate, as join tokens carry it.
+    pub fn digest(&self) -> [u8; 32] {
+        shoal_link::tls::ca_digest(&self.cert)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, CaError> {
+        Ok(Issuer::from_ca_cert_der(&self.cert, &self.key)?)
+    }
+
+    /// Issues a certificate and a fresh key for `role` (manager server, admin CLI).
+    pub fn issue(&self, role: CertRole, common_name: &str, cluster_id: &str) -> Result<(CertificateDer<'static>, KeyPair), CaError> {
+        let key = KeyPair::generate()?;
+        let cert = self.leaf_params(role, common_name, cluster_id).signed_by(&key, &self.issuer()?)?;
+        Ok((cert.der().clone(), key))
+    }
+
+    /// Signs a node's CSR. Only the CSR's public key is used (after checking its
+    /// signature proves possession of the key); names and extensions come from here.
+    pub fn sign_node(&self, csr: &[u8], node_id: &str, cluster_id: &str) -> Result<CertificateDer<'static>, CaError> {
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))?;
+        let cert = self.leaf_params(CertRole::Worker, node_id, cluster_id).signed_by(&csr.public_key, &self.issuer()?)?;
+        Ok(cert.der().clone())
+    }
+
+    fn leaf_params(&self, role: CertRole, common_name: &str, cluster_id: &str) -> CertificateParams {
+        let sans = if role == CertRole::Manager { vec![shoal_proto::MANAGER_SERVER_NAME.to_owned()] } else { vec![] };
+        let mut params = CertificateParams::new(sans).unwrap_or_default();
+        params.distinguished_name = name(common_name, role.ou(), cluster_id);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match role {
+            CertRole::Manager => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            CertRole::Worker | CertRole::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + LEAF_VALIDITY;
+        params
+    }
+}
+
+fn name(common_name: &str, unit: &str, cluster_id: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationalUnitName, unit);
+    dn.push(DnType::OrganizationName, cluster_id);
+    dn
+}
+
+/// Reads the role and common name from a certificate the TLS layer already verified
+/// against the CA.
+pub fn identify(cert: &[u8]) -> Result<(CertRole, String), CaError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert).map_err(|_| CaError::NotShoal("unparsable"))?;
+    let subject = x509.subject();
+    let cn = subject.iter_common_name().next().and_then(|a| a.as_str().ok()).ok_or(CaError::NotShoal("no common name"))?;
+    let ou = subject.iter_organizational_unit().next().and_then(|a| a.as_str().ok()).ok_or(CaError::NotShoal("no role"))?;
+    let role = [CertRole::Manager, CertRole::Worker, CertRole::Admin]
+        .into_iter()
+        .find(|r| r.ou() == ou)
+        .ok_or(CaError::NotShoal("unknown role"))?;
+    Ok((role, cn.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_csr_is_signed_with_names_from_the_ca_not_the_request() {
+        let ca = Ca::generate("c1").unwrap();
+        let node_key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(vec!["evil".to_owned()]).unwrap();
+        asked.distinguished_name = name("admin", "shoal-admin", "c1");
+        let csr = asked.serialize_request(&node_key).unwrap();
+        let cert = ca.sign_node(csr.der(), "abc", "c1").unwrap();
+        assert_eq!(identify(&cert).unwrap(), (CertRole::Worker, "abc".to_owned()));
+    }
+
+    #[test]
+    fn a_garbage_csr_is_refused() {
+        let ca = Ca::generate("c1").unwrap();
+        assert!(ca.sign_node(b"not a csr", "abc", "c1").is_err());
+    }
+
+    #[test]
+    fn the_ca_survives_a_round_trip_through_storage() {
+        let ca = Ca::generate("c1").unwrap();
+        let again = Ca::from_parts(ca.cert().to_vec(), &ca.key_pem()).unwrap();
+        assert_eq!(again.digest(), ca.digest());
+        let (admin, _) = again.issue(CertRole::Admin, "admin", "c1").unwrap();
+        assert_eq!(identify(&admin).unwrap().0, CertRole::Admin);
+    }
+}

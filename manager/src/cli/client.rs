@@ -1,0 +1,97 @@
+//! The CLI's connection to the manager, with the administrator certificate from
+//! `admin.json`, and errors that tell a person what to do.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use shoal_link::{ClientTls, Identity, Trust};
+use shoal_proto::{ControlReply, ControlRequest, Envelope, ErrorReply, Request, Response};
+
+use crate::paths::{self, AdminCredentials};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a cluster command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// No manager credentials here: this is not a manager's data directory.
+    #[error(
+        "this node is not a cluster manager: there are no manager credentials in {0}. \
+         Cluster commands run on the manager (where `shoal manager init` ran); point --data-dir or \
+         SHOAL_DATA_DIR at its data directory, or create a cluster with `shoal manager init`"
+    )]
+    NotAManager(PathBuf),
+    /// The credentials file is unreadable.
+    #[error("manager credentials in {0} are unusable: {1}")]
+    BadCredentials(PathBuf, String),
+    /// The manager did not answer.
+    #[error("cannot reach the manager at {addr} ({detail}): is `shoal manager run` running?")]
+    Unreachable {
+        /// Where we tried.
+        addr: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The manager refused.
+    #[error("{}", .0.message)]
+    Refused(ErrorReply),
+    /// The manager answered something this CLI did not ask for.
+    #[error("unexpected answer from the manager: {0}")]
+    Unexpected(String),
+}
+
+/// A connection to the manager as administrator.
+pub struct Client {
+    conn: quinn::Connection,
+    addr: String,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Client {
+    /// Connects with the credentials under `data_dir`.
+    pub async fn connect(data_dir: &Path) -> Result<Self, CliError> {
+        let path = paths::admin_path(data_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CliError::NotAManager(data_dir.to_owned())),
+            Err(e) => return Err(CliError::BadCredentials(path, e.to_string())),
+        };
+        let bad = |e: String| CliError::BadCredentials(path.clone(), e);
+        let creds: AdminCredentials = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let ca = paths::pem_der(&creds.ca_pem).map_err(|e| bad(e.to_string()))?;
+        let cert = paths::pem_der(&creds.cert_pem).map_err(|e| bad(e.to_string()))?;
+        let key = rcgen::KeyPair::from_pem(&creds.key_pem).map_err(|e| bad(e.to_string()))?;
+        let identity = Identity {
+            chain: vec![CertificateDer::from(cert)],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        };
+        let tls = ClientTls::new(Trust::Ca(CertificateDer::from(ca)), Some(identity), REQUEST_TIMEOUT)
+            .map_err(|e| bad(e.to_string()))?;
+        let addr: SocketAddr = creds.manager_addr.parse().map_err(|_| bad(format!("bad address {:?}", creds.manager_addr)))?;
+        let unreachable = |detail: String| CliError::Unreachable { addr: creds.manager_addr.clone(), detail };
+        let endpoint = shoal_link::client_endpoint(addr).map_err(|e| unreachable(e.to_string()))?;
+        let conn = shoal_link::connect(&endpoint, addr, &tls, CONNECT_TIMEOUT).await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self { conn, addr: creds.manager_addr, _endpoint: endpoint })
+    }
+
+    /// Sends one control request and returns the manager's answer.
+    pub async fn call(&self, req: ControlRequest) -> Result<ControlReply, CliError> {
+        let (_, _, response) = shoal_link::request(&self.conn, &Envelope::new(Request::Control(req)), REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| CliError::Unreachable { addr: self.addr.clone(), detail: e.to_string() })?;
+        match response {
+            Response::Control(reply) => Ok(reply),
+            Response::Error(e) => Err(CliError::Refused(e)),
+            other => Err(CliError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Closes the connection politely, so the manager does not wait for a timeout.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_millis(200), self._endpoint.wait_idle()).await;
+    }
+}

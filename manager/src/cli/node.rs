@@ -1,0 +1,222 @@
+//! `shoal node ...`: ls, inspect, rm, update.
+
+use std::path::Path;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use shoal_proto::{Availability, BoundedVec, ControlReply, ControlRequest, Label, NodeView, Role};
+
+use super::client::Client;
+use super::output::{bytes, table, utc};
+
+/// `shoal node` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show one or more nodes in detail.
+    Inspect {
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+        /// Node IDs, ID prefixes or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster; their certificates are refused afterwards.
+    Rm {
+        /// Remove even if the node is still up.
+        #[arg(short, long)]
+        force: bool,
+        /// Node IDs, ID prefixes or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability or labels.
+    Update(UpdateArgs),
+}
+
+/// Output formats of `inspect`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Pretty,
+    /// Docker-shaped JSON.
+    Json,
+}
+
+/// `node update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// active, pause or drain.
+    #[arg(long)]
+    pub availability: Option<Availability>,
+    /// Add or replace a label (KEY=VALUE).
+    #[arg(long = "label-add", value_parser = Label::parse)]
+    pub label_add: Vec<Label>,
+    /// Remove a label by key.
+    #[arg(long = "label-rm")]
+    pub label_rm: Vec<String>,
+    /// Node ID, ID prefix or hostname.
+    pub node: String,
+}
+
+fn arg<const N: usize>(s: &str) -> anyhow::Result<shoal_proto::Text<N>> {
+    shoal_proto::text(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
+}
+
+/// Runs a `shoal node` subcommand.
+pub async fn run(data_dir: &Path, cmd: NodeCommand) -> anyhow::Result<()> {
+    let client = Client::connect(data_dir).await?;
+    let result = dispatch(&client, cmd).await;
+    client.close().await;
+    result
+}
+
+async fn dispatch(client: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Ls { quiet } => {
+            let ControlReply::Nodes(nodes) = client.call(ControlRequest::NodeList).await? else {
+                anyhow::bail!("unexpected answer from the manager");
+            };
+            if quiet {
+                nodes.iter().for_each(|n| println!("{}", n.id));
+            } else {
+                print!("{}", ls_table(&nodes));
+            }
+        }
+        NodeCommand::Inspect { format, nodes } => {
+            let mut views = Vec::new();
+            for node in nodes {
+                match client.call(ControlRequest::NodeInspect { node: arg(&node)? }).await? {
+                    ControlReply::Node(v) => views.push(*v),
+                    other => anyhow::bail!("unexpected answer from the manager: {other:?}"),
+                }
+            }
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&views.iter().map(json).collect::<Vec<_>>())?),
+                Format::Pretty => views.iter().for_each(|v| print!("{}", pretty(v))),
+            }
+        }
+        NodeCommand::Rm { force, nodes } => {
+            let mut failed = Vec::new();
+            for node in nodes {
+                match client.call(ControlRequest::NodeRemove { node: arg(&node)?, force }).await {
+                    Ok(_) => println!("{node}"),
+                    Err(e) => failed.push(format!("{node}: {e}")),
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{}", failed.join("\n"));
+            }
+        }
+        NodeCommand::Update(u) => {
+            let label_add: BoundedVec<Label, { shoal_proto::MAX_LABELS }> =
+                u.label_add.try_into().map_err(|e| anyhow::anyhow!("too many labels: {e}"))?;
+            let label_rm = u.label_rm.iter().map(|k| arg(k)).collect::<anyhow::Result<Vec<_>>>()?;
+            let req = ControlRequest::NodeUpdate {
+                node: arg(&u.node)?,
+                availability: u.availability,
+                label_add,
+                label_rm: label_rm.try_into().map_err(|e| anyhow::anyhow!("too many labels: {e}"))?,
+            };
+            client.call(req).await?;
+            println!("{}", u.node);
+        }
+    }
+    Ok(())
+}
+
+/// The `node ls` table. The manager's own node is marked `*`: the CLI runs there.
+pub fn ls_table(nodes: &[NodeView]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let me = if n.role == Role::Manager { " *" } else { "" };
+            vec![
+                format!("{}{me}", n.id),
+                n.description.hostname.to_string(),
+                n.status.to_string(),
+                n.availability.to_string(),
+                if n.role == Role::Manager { "Leader".into() } else { String::new() },
+                n.description.arch.to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH"], &rows)
+}
+
+fn labels(list: &[Label]) -> serde_json::Map<String, serde_json::Value> {
+    list.iter().map(|l| (l.key.to_string(), json!(l.value.as_str()))).collect()
+}
+
+/// Docker-shaped JSON for `node inspect --format json`.
+pub fn json(n: &NodeView) -> serde_json::Value {
+    let d = &n.description;
+    let mut v = json!({
+        "ID": n.id.as_str(),
+        "CreatedAt": utc(n.created_at_ms),
+        "Spec": {
+            "Labels": labels(&n.labels),
+            "Role": if n.role == Role::Manager { "manager" } else { "worker" },
+            "Availability": n.availability.to_string().to_lowercase(),
+        },
+        "Description": {
+            "Hostname": d.hostname.as_str(),
+            "Platform": { "Architecture": d.arch.as_str(), "OS": d.os.as_str() },
+            "Resources": { "NanoCPUs": u64::from(d.resources.cpus) * 1_000_000_000, "MemoryBytes": d.resources.memory_bytes },
+            "Engine": { "EngineVersion": format!("shoal-agent {}", d.agent_version), "Labels": labels(&d.labels) },
+        },
+        "Status": {
+            "State": n.status.to_string().to_lowercase(),
+            "Message": n.status_message.as_str(),
+            "Addr": n.addr.as_deref().unwrap_or(""),
+            "LastSeenMsAgo": n.last_seen_ago_ms,
+        },
+    });
+    if n.role == Role::Manager {
+        v["ManagerStatus"] = json!({ "Leader": true, "Reachability": "reachable", "Addr": n.addr.as_deref().unwrap_or("") });
+    }
+    v
+}
+
+/// The human form of `node inspect`.
+pub fn pretty(n: &NodeView) -> String {
+    let d = &n.description;
+    let mut out = format!(
+        "ID:\t\t\t{}\nHostname:\t\t{}\nJoined at:\t\t{}\nStatus:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}\n",
+        n.id,
+        d.hostname,
+        utc(n.created_at_ms),
+        n.status,
+        n.availability,
+        n.addr.as_deref().unwrap_or("-"),
+    );
+    if !n.status_message.is_empty() {
+        out.push_str(&format!(" Message:\t\t{}\n", n.status_message));
+    }
+    if n.role == Role::Manager {
+        out.push_str("Manager Status:\n Leader:\t\tYes\n");
+    }
+    out.push_str(&format!(
+        "Platform:\n Operating System:\t{}\n Architecture:\t\t{}\nResources:\n CPUs:\t\t\t{}\n Memory:\t\t{}\n",
+        d.os,
+        d.arch,
+        d.resources.cpus,
+        bytes(d.resources.memory_bytes)
+    ));
+    let all: Vec<&Label> = n.labels.iter().chain(d.labels.iter()).collect();
+    if !all.is_empty() {
+        out.push_str("Labels:\n");
+        for l in all {
+            out.push_str(&format!(" - {}={}\n", l.key, l.value));
+        }
+    }
+    out.push_str(&format!("Agent Version:\t\tshoal-agent {}\n", d.agent_version));
+    out
+}

@@ -1,0 +1,10 @@
+//! The manager's decision logic, free of I/O: it takes `now` and events in and returns
+//! decisions as values. The server in `crate::server` applies them. Nothing here reads a
+//! clock, touches a socket or a file, so tests drive it with a virtual clock.
+
+pub mod membership;
+pub mod nodes;
+
+/// Milliseconds on a monotonic clock chosen by the caller (the shell uses time since the
+/// process started; tests use whatever they like).
+pub type Millis = u64;

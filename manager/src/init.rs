@@ -1,0 +1,118 @@
+//! `shoal manager init`: creates the cluster (CA, manager certificate, administrator
+//! credentials, worker join secret, the manager's own node record) in one step that
+//! either completes or leaves nothing behind.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use shoal_link::tls::ca_digest;
+use shoal_proto::token::SECRET_LEN;
+use shoal_proto::{Availability, BoundedVec, JoinToken, NodeDescription, NodeId, Resources, Role};
+
+use crate::ca::{Ca, CertRole};
+use crate::core::nodes::NodeRecord;
+use crate::paths::{self, AdminCredentials};
+use crate::store::{ClusterRecord, Store};
+
+/// Port agents join on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 4242;
+
+/// What init made, for printing.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The manager's node ID.
+    pub node_id: NodeId,
+    /// The worker join token.
+    pub token: JoinToken,
+    /// `IP:PORT` to join.
+    pub advertise_addr: SocketAddr,
+}
+
+/// Parses `IP` or `IP:PORT`.
+pub fn parse_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    bail!("invalid address {s:?}: expected an IP address, optionally with :PORT (e.g. 10.0.0.1 or 10.0.0.1:4242)")
+}
+
+/// Creates a cluster in `data_dir`.
+pub fn init(data_dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
+    let dir = paths::manager_dir(data_dir);
+    if paths::store_path(data_dir).exists() {
+        bail!(
+            "a cluster is already initialized in {}: start it with `shoal manager run`, or remove that directory to start over",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    // Build everything in a scratch directory and rename it into place at the end.
+    let scratch = data_dir.join("manager.init-tmp");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let result = build(&scratch, advertise, listen, hostname);
+    match result {
+        Ok(done) => {
+            std::fs::rename(&scratch, &dir).with_context(|| format!("cannot move the new cluster into {}", dir.display()))?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            Err(e)
+        }
+    }
+}
+
+fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
+    let cluster_id = NodeId::from_random(crate::random());
+    let node_id = NodeId::from_random(crate::random());
+    let ca = Ca::generate(cluster_id.as_str())?;
+    let (server_cert, server_key) = ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str())?;
+    let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str())?;
+    let token = JoinToken::new(ca_digest(ca.cert()), crate::random::<SECRET_LEN>());
+    let listen = listen.unwrap_or_else(|| {
+        let any: IpAddr = if advertise.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
+        SocketAddr::new(any, advertise.port())
+    });
+    let cluster = ClusterRecord {
+        cluster_id: cluster_id.to_string(),
+        ca_cert: ca.cert().to_vec(),
+        ca_key_pem: ca.key_pem(),
+        server_cert: server_cert.to_vec(),
+        server_key_pem: server_key.serialize_pem(),
+        worker_secret: token.secret.clone(),
+        advertise_addr: advertise.to_string(),
+        listen_addr: listen.to_string(),
+        manager_node: node_id.clone(),
+    };
+    let manager = NodeRecord {
+        id: node_id.clone(),
+        role: Role::Manager,
+        availability: Availability::Active,
+        labels: BoundedVec::new(),
+        description: NodeDescription {
+            hostname: shoal_proto::text_lossy(hostname),
+            arch: shoal_proto::text_lossy(std::env::consts::ARCH),
+            os: shoal_proto::text_lossy(std::env::consts::OS),
+            advertise_addr: Some(shoal_proto::text_lossy(&advertise.ip().to_string())),
+            labels: BoundedVec::new(),
+            resources: Resources::default(),
+            agent_version: shoal_proto::text_lossy(env!("CARGO_PKG_VERSION")),
+        },
+        addr: Some(advertise.ip().to_string()),
+        created_at_ms: crate::wall_ms(),
+    };
+    Store::create(&dir.join("state.redb"), &cluster, &manager)?;
+    let admin = AdminCredentials {
+        manager_addr: advertise.to_string(),
+        ca_pem: paths::cert_pem(ca.cert()),
+        cert_pem: paths::cert_pem(&admin_cert),
+        key_pem: admin_key.serialize_pem(),
+    };
+    paths::write_private(&dir.join("admin.json"), serde_json::to_string_pretty(&admin)?.as_bytes())?;
+    Ok(Initialized { node_id, token, advertise_addr: advertise })
+}
