@@ -1,0 +1,19 @@
+//! shoal's board agent. [`core`] holds the decisions that need no I/O; [`identity`]
+//! keeps the node's credentials; [`host`] describes the board; [`session`] is the QUIC
+//! shell that joins a cluster and keeps the session with the manager alive.
+
+pub mod core;
+pub mod error;
+pub mod host;
+pub mod identity;
+pub mod session;
+
+pub use error::AgentError;
+
+/// Random bytes from the operating system.
+pub fn random<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    ring::rand::SystemRandom::new().fill(&mut out).expect("the OS random source failed");
+    out
+}

@@ -1,1 +1,118 @@
-fn main(){}
+//! `shoal-agent`: joins a board to a shoal cluster and keeps it there.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shoal_agent::identity::NodeIdentity;
+use shoal_agent::{host, session, AgentError};
+use shoal_proto::Label;
+
+#[derive(Debug, Parser)]
+#[command(name = "shoal-agent", version, about = "Run a board in a shoal cluster", propagate_version = true)]
+struct Cli {
+    /// Directory holding the node's identity and state.
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = "/var/lib/shoal")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join a cluster with a token, then keep running as its agent.
+    Join {
+        /// Token from `shoal manager join-token worker`.
+        #[arg(long)]
+        token: String,
+        /// Manager address, HOST[:PORT] (default port 4242).
+        manager: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Run the agent of a board that already joined (no token needed).
+    Run {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+struct NodeArgs {
+    /// Name of this board in `node ls` (default: the kernel's hostname).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Address other nodes reach this board on.
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// Node label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = Label::parse)]
+    labels: Vec<Label>,
+}
+
+fn description(args: &NodeArgs, saved: Option<&NodeIdentity>) -> shoal_proto::NodeDescription {
+    let hostname =
+        args.hostname.clone().or_else(|| saved.and_then(|s| s.hostname.clone())).unwrap_or_else(host::hostname);
+    let advertise = args.advertise_addr.clone().or_else(|| saved.and_then(|s| s.advertise_addr.clone()));
+    let labels = if args.labels.is_empty() {
+        saved.map(|s| s.labels.iter().filter_map(|l| Label::parse(l).ok()).collect()).unwrap_or_default()
+    } else {
+        args.labels.clone()
+    };
+    host::describe(&hostname, advertise.as_deref(), &labels)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn main_async(cli: Cli) -> Result<(), AgentError> {
+    let identity = match cli.command {
+        Command::Join { token, manager, node } => {
+            let saved = NodeIdentity {
+                node_id: String::new(),
+                manager_addr: String::new(),
+                ca_pem: String::new(),
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                hostname: node.hostname.clone(),
+                advertise_addr: node.advertise_addr.clone(),
+                labels: node.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect(),
+            };
+            let identity = session::join(&cli.data_dir, &manager, &token, description(&node, None), saved).await?;
+            println!("This node joined a cluster as a worker.");
+            identity
+        }
+        Command::Run { node } => {
+            let identity =
+                NodeIdentity::load(&cli.data_dir)?.ok_or_else(|| AgentError::NotJoined(cli.data_dir.join("agent")))?;
+            let description = description(&node, Some(&identity));
+            return session::run(&cli.data_dir, &identity, description, shutdown_signal()).await;
+        }
+    };
+    let description = description(&NodeArgs::default(), Some(&identity));
+    session::run(&cli.data_dir, &identity, description, shutdown_signal()).await
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // One thread: a board's agent has little to do at once, and each thread costs memory.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -14,7 +14,12 @@ pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
 }
 
 /// Connects to a manager, giving up after `timeout`.
-pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, tls: &ClientTls, timeout: Duration) -> Result<quinn::Connection, LinkError> {
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    tls: &ClientTls,
+    timeout: Duration,
+) -> Result<quinn::Connection, LinkError> {
     let connecting = endpoint.connect_with(tls.quinn_config(), addr, MANAGER_SERVER_NAME)?;
     match tokio::time::timeout(timeout, connecting).await {
         Ok(conn) => Ok(conn?),

@@ -39,7 +39,9 @@ impl LinkError {
     /// opposed to a local misconfiguration or a refusal.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Self::Connection(e) => !matches!(e, quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::VersionMismatch),
+            Self::Connection(e) => {
+                !matches!(e, quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::VersionMismatch)
+            }
             Self::Timeout(_) | Self::Closed | Self::Write(_) | Self::Read(_) | Self::Io(_) => true,
             Self::Tls(_) | Self::Connect(_) | Self::Frame(_) => false,
         }

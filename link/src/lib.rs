@@ -8,6 +8,7 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod files;
 pub mod framed;
 pub mod tls;
 

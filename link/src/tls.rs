@@ -65,7 +65,11 @@ pub fn transport(idle_timeout: Duration, keep_alive: Duration) -> Arc<quinn::Tra
 }
 
 /// The manager's QUIC server configuration.
-pub fn server_config(ca: CertificateDer<'static>, identity: Identity, idle_timeout: Duration) -> Result<quinn::ServerConfig, LinkError> {
+pub fn server_config(
+    ca: CertificateDer<'static>,
+    identity: Identity,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, LinkError> {
     let mut roots = RootCertStore::empty();
     roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
     let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
@@ -162,9 +166,10 @@ impl ServerCertVerifier for PinnedCa {
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 

@@ -62,7 +62,8 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&format!("shoal cluster CA {cluster_id}"), "shoal-ca", cluster_id);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::days(365 * 20);
@@ -95,7 +96,12 @@ impl Ca {
     }
 
     /// Issues a certificate and a fresh key for `role` (manager server, admin CLI).
-    pub fn issue(&self, role: CertRole, common_name: &str, cluster_id: &str) -> Result<(CertificateDer<'static>, KeyPair), CaError> {
+    pub fn issue(
+        &self,
+        role: CertRole,
+        common_name: &str,
+        cluster_id: &str,
+    ) -> Result<(CertificateDer<'static>, KeyPair), CaError> {
         let key = KeyPair::generate()?;
         let cert = self.leaf_params(role, common_name, cluster_id).signed_by(&key, &self.issuer()?)?;
         Ok((cert.der().clone(), key))
@@ -105,7 +111,8 @@ impl Ca {
     /// signature proves possession of the key); names and extensions come from here.
     pub fn sign_node(&self, csr: &[u8], node_id: &str, cluster_id: &str) -> Result<CertificateDer<'static>, CaError> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))?;
-        let cert = self.leaf_params(CertRole::Worker, node_id, cluster_id).signed_by(&csr.public_key, &self.issuer()?)?;
+        let cert =
+            self.leaf_params(CertRole::Worker, node_id, cluster_id).signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.der().clone())
     }
 
@@ -138,8 +145,10 @@ fn name(common_name: &str, unit: &str, cluster_id: &str) -> DistinguishedName {
 pub fn identify(cert: &[u8]) -> Result<(CertRole, String), CaError> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert).map_err(|_| CaError::NotShoal("unparsable"))?;
     let subject = x509.subject();
-    let cn = subject.iter_common_name().next().and_then(|a| a.as_str().ok()).ok_or(CaError::NotShoal("no common name"))?;
-    let ou = subject.iter_organizational_unit().next().and_then(|a| a.as_str().ok()).ok_or(CaError::NotShoal("no role"))?;
+    let cn =
+        subject.iter_common_name().next().and_then(|a| a.as_str().ok()).ok_or(CaError::NotShoal("no common name"))?;
+    let ou =
+        subject.iter_organizational_unit().next().and_then(|a| a.as_str().ok()).ok_or(CaError::NotShoal("no role"))?;
     let role = [CertRole::Manager, CertRole::Worker, CertRole::Admin]
         .into_iter()
         .find(|r| r.ou() == ou)

@@ -41,7 +41,12 @@ pub fn parse_addr(s: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
 }
 
 /// Creates a cluster in `data_dir`.
-pub fn init(data_dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
+pub fn init(
+    data_dir: &Path,
+    advertise: SocketAddr,
+    listen: Option<SocketAddr>,
+    hostname: &str,
+) -> anyhow::Result<Initialized> {
     let dir = paths::manager_dir(data_dir);
     if paths::store_path(data_dir).exists() {
         bail!(
@@ -49,7 +54,8 @@ pub fn init(data_dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, 
             dir.display()
         );
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     // Build everything in a scratch directory and rename it into place at the end.
     let scratch = data_dir.join("manager.init-tmp");
     let _ = std::fs::remove_dir_all(&scratch);
@@ -57,7 +63,8 @@ pub fn init(data_dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, 
     let result = build(&scratch, advertise, listen, hostname);
     match result {
         Ok(done) => {
-            std::fs::rename(&scratch, &dir).with_context(|| format!("cannot move the new cluster into {}", dir.display()))?;
+            std::fs::rename(&scratch, &dir)
+                .with_context(|| format!("cannot move the new cluster into {}", dir.display()))?;
             Ok(done)
         }
         Err(e) => {
@@ -71,7 +78,8 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
     let cluster_id = NodeId::from_random(crate::random());
     let node_id = NodeId::from_random(crate::random());
     let ca = Ca::generate(cluster_id.as_str())?;
-    let (server_cert, server_key) = ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str())?;
+    let (server_cert, server_key) =
+        ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str())?;
     let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str())?;
     let token = JoinToken::new(ca_digest(ca.cert()), crate::random::<SECRET_LEN>());
     let listen = listen.unwrap_or_else(|| {

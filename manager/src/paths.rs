@@ -1,7 +1,6 @@
 //! Where the manager keeps its files under the data directory, and the credentials file
 //! the CLI uses to reach it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -39,28 +38,4 @@ pub struct AdminCredentials {
     pub key_pem: String,
 }
 
-/// PEM-encodes a DER certificate.
-pub fn cert_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
-/// Decodes the first PEM block of `text`.
-pub fn pem_der(text: &str) -> Result<Vec<u8>, pem::PemError> {
-    Ok(pem::parse(text)?.into_contents())
-}
-
-/// Writes `bytes` to `path` readable by the owner only, through a temporary file and a
-/// rename, so a crash never leaves a half-written file.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
+pub use shoal_link::files::{cert_pem, pem_der, write_private};

@@ -88,7 +88,8 @@ impl Manager {
 
     fn log_transitions(&self, transitions: &[Transition]) {
         for t in transitions {
-            let hostname = self.store.node(&t.node).ok().flatten().map(|n| n.description.hostname.to_string()).unwrap_or_default();
+            let hostname =
+                self.store.node(&t.node).ok().flatten().map(|n| n.description.hostname.to_string()).unwrap_or_default();
             match t.to {
                 NodeStatus::Down => warn!(node = %t.node, %hostname, reason = %t.reason, "node is down"),
                 _ => info!(node = %t.node, %hostname, from = %t.from, to = %t.to, "node status changed"),
@@ -106,9 +107,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    let store = Store::open(&store_path).map_err(|e| {
-        anyhow::anyhow!("{e} (is another `shoal manager run` using {} already?)", data_dir.display())
-    })?;
+    let store = Store::open(&store_path)
+        .map_err(|e| anyhow::anyhow!("{e} (is another `shoal manager run` using {} already?)", data_dir.display()))?;
     let cluster = store.cluster()?;
     let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
     let server_key = rcgen::KeyPair::from_pem(&cluster.server_key_pem)?;
@@ -159,7 +159,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -201,7 +202,9 @@ fn identify(conn: &quinn::Connection) -> Result<Peer, ErrorReply> {
             .map(Peer::Node)
             .map_err(|_| ErrorReply::new(ErrorKind::Unauthorized, "node certificate has a malformed node ID")),
         Ok((CertRole::Admin, _)) => Ok(Peer::Admin),
-        Ok((CertRole::Manager, _)) => Err(ErrorReply::new(ErrorKind::Unauthorized, "manager certificates can't be used as clients")),
+        Ok((CertRole::Manager, _)) => {
+            Err(ErrorReply::new(ErrorKind::Unauthorized, "manager certificates can't be used as clients"))
+        }
         Err(e) => Err(ErrorReply::new(ErrorKind::Unauthorized, &e.to_string())),
     }
 }
@@ -281,7 +284,9 @@ async fn read_envelope(recv: &mut quinn::RecvStream) -> Result<Option<Envelope>,
     let body = match framed::recv_body(recv, frame::MAX_FRAME_LEN).await {
         Ok(Some(b)) => b,
         Ok(None) => return Ok(None),
-        Err(LinkError::Frame(e)) => return Err(ErrorReply::new(ErrorKind::InvalidRequest, &format!("malformed request: {e}"))),
+        Err(LinkError::Frame(e)) => {
+            return Err(ErrorReply::new(ErrorKind::InvalidRequest, &format!("malformed request: {e}")))
+        }
         Err(e) => {
             debug!(error = %e, "stream failed before its request");
             return Ok(None);
@@ -319,7 +324,10 @@ fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, ErrorReply>
         .map_err(|e: shoal_proto::token::TokenError| ErrorReply::new(ErrorKind::InvalidToken, &e.to_string()))?;
     let cluster = mgr.cluster.lock().expect("cluster lock").clone();
     if token.ca_digest != mgr.ca.digest() {
-        return Err(ErrorReply::new(ErrorKind::InvalidToken, &format!("join token is for another cluster: {rotated_hint}")));
+        return Err(ErrorReply::new(
+            ErrorKind::InvalidToken,
+            &format!("join token is for another cluster: {rotated_hint}"),
+        ));
     }
     let expected = JoinToken { ca_digest: token.ca_digest, secret: cluster.worker_secret.clone() };
     if !token.secret_matches(&expected) {
@@ -378,7 +386,12 @@ async fn run_session(
         Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
     };
     // Persist the description only when it changed: boards reconnect often.
-    let addr = open.node.advertise_addr.as_ref().map(|a| a.to_string()).unwrap_or_else(|| conn.remote_address().ip().to_string());
+    let addr = open
+        .node
+        .advertise_addr
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| conn.remote_address().ip().to_string());
     if record.description != open.node || record.addr.as_deref() != Some(addr.as_str()) {
         record.description = open.node;
         record.addr = Some(addr);
@@ -460,7 +473,7 @@ fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
         labels: record.labels,
         created_at_ms: record.created_at_ms,
         last_seen_ago_ms,
-        status_message: shoal_proto::text_lossy(&message),
+        status_message: shoal_proto::Message::lossy(&message),
     }
 }
 
@@ -510,14 +523,14 @@ fn handle_control(mgr: &Manager, req: ControlRequest) -> Result<ControlReply, Er
                 s.conn.close(close::REMOVED.into(), b"node removed from the cluster");
             }
             info!(node = %record.id, hostname = %record.description.hostname, "node removed");
-            Ok(ControlReply::Done(shoal_proto::text_lossy(record.id.as_str())))
+            Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
         }
         ControlRequest::NodeUpdate { node, availability, label_add, label_rm } => {
             let mut record = nodes::resolve(&nodes, &node)?.clone();
             nodes::apply_update(&mut record, availability, &label_add, &label_rm)?;
             mgr.store.put_node(&record).map_err(internal)?;
             info!(node = %record.id, availability = %record.availability, "node updated");
-            Ok(ControlReply::Done(shoal_proto::text_lossy(record.id.as_str())))
+            Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
         }
         ControlRequest::JoinToken { rotate } => {
             let mut cluster = mgr.cluster.lock().expect("cluster lock");

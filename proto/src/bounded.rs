@@ -202,3 +202,77 @@ mod tests {
         assert!(Bytes::<7>::try_from(vec![0u8; 8]).is_err());
     }
 }
+
+/// Text of at most `N` bytes kept on the heap: for longer, rarer strings (messages for
+/// people) where inline `heapless` storage would bloat every value that holds one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct BoundedString<const N: usize>(String);
+
+impl<const N: usize> BoundedString<N> {
+    /// Cuts `s` at a character boundary to fit: a shortened message beats none.
+    pub fn lossy(s: &str) -> Self {
+        let mut end = s.len().min(N);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self(s[..end].to_owned())
+    }
+}
+
+impl<const N: usize> TryFrom<&str> for BoundedString<N> {
+    type Error = TooLong;
+    fn try_from(s: &str) -> Result<Self, TooLong> {
+        if s.len() > N {
+            return Err(TooLong { limit: N, len: s.len() });
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl<const N: usize> core::ops::Deref for BoundedString<N> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<const N: usize> fmt::Display for BoundedString<N> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<const N: usize> Serialize for BoundedString<N> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for BoundedString<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const N: usize>;
+        impl<const N: usize> Visitor<'_> for V<N> {
+            type Value = BoundedString<N>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "text of at most {N} bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                BoundedString::try_from(v).map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_str(V::<N>)
+    }
+}
+
+#[cfg(test)]
+mod string_tests {
+    use super::*;
+
+    #[test]
+    fn bounded_strings_refuse_overlong_text_and_cut_lossily_on_char_boundaries() {
+        let bytes = postcard::to_allocvec("héllo").unwrap();
+        assert!(postcard::from_bytes::<BoundedString<6>>(&bytes).is_ok());
+        assert!(postcard::from_bytes::<BoundedString<5>>(&bytes).is_err());
+        assert_eq!(&*BoundedString::<2>::lossy("héllo"), "h");
+    }
+}

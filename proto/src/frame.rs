@@ -36,8 +36,7 @@ pub enum FrameError {
 
 /// Encodes `msg` as one frame (length prefix + postcard body).
 pub fn encode<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN]).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - HEADER_LEN;
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });

@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused_at_decode() {
-        let bytes = postcard::to_allocvec(&heapless::String::<25>::try_from("UPPER-case-and-dashes-xxx").unwrap()).unwrap();
+        let bytes =
+            postcard::to_allocvec(&heapless::String::<25>::try_from("UPPER-case-and-dashes-xxx").unwrap()).unwrap();
         assert!(postcard::from_bytes::<NodeId>(&bytes).is_err());
         assert!("short".parse::<NodeId>().is_err());
     }

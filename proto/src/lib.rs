@@ -14,7 +14,7 @@ pub mod ids;
 pub mod messages;
 pub mod token;
 
-pub use bounded::{BoundedVec, Bytes};
+pub use bounded::{BoundedString, BoundedVec, Bytes};
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use ids::NodeId;
 pub use messages::*;

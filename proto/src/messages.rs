@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BoundedVec, Bytes, NodeId, Text, PROTOCOL_VERSION};
+use crate::{BoundedString, BoundedVec, Bytes, NodeId, Text, PROTOCOL_VERSION};
 
 /// Largest DER certificate or CSR accepted.
 pub const MAX_DER: usize = 8 * 1024;
@@ -21,7 +21,7 @@ pub type LabelKey = Text<128>;
 /// A label value.
 pub type LabelValue = Text<256>;
 /// Free text for people: error and status messages.
-pub type Message = Text<512>;
+pub type Message = BoundedString<512>;
 
 /// The first frame of every stream: who speaks which version, and what it asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +193,8 @@ pub struct JoinAccepted {
 }
 
 /// Answers to control requests.
+// Replies are built once, sent and dropped; boxing the inline strings buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlReply {
     /// Node listing.
@@ -222,7 +224,7 @@ pub struct ErrorReply {
 impl ErrorReply {
     /// Builds a reply, cutting an overlong message.
     pub fn new(kind: ErrorKind, message: &str) -> Self {
-        Self { kind, message: crate::text_lossy(message) }
+        Self { kind, message: BoundedString::lossy(message) }
     }
 }
 

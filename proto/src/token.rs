@@ -31,7 +31,9 @@ impl fmt::Debug for JoinToken {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Wrong overall shape.
-    #[error("malformed join token: expected SHOAL-1-<ca digest>-<secret>, as printed by `shoal manager join-token worker`")]
+    #[error(
+        "malformed join token: expected SHOAL-1-<ca digest>-<secret>, as printed by `shoal manager join-token worker`"
+    )]
     Malformed,
     /// A format version this build does not know.
     #[error("join token format {0} is not supported by this agent: upgrade the agent")]

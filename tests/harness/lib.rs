@@ -1,0 +1,364 @@
+//! End-to-end harness: boards are network namespaces on a Linux bridge, each with its
+//! own address, running the real `shoal` and `shoal-agent` binaries as separate
+//! processes. Everything a [`Lab`] creates (namespaces, veths, the bridge, processes)
+//! is removed when it is dropped, also when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Directory holding the built binaries (`SHOAL_BIN_DIR`, else `target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SHOAL_BIN_DIR") {
+        return dir.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join("debug")
+}
+
+/// Path of a built binary, with a clear failure when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// True when the tests can create namespaces (root). Tests skip, loudly, otherwise.
+pub fn can_run() -> bool {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    if !root {
+        eprintln!("skipping: end-to-end tests need root for network namespaces");
+    }
+    root
+}
+
+fn sh(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// One board (or the manager's host): a network namespace with one address.
+pub struct Host {
+    /// Namespace name.
+    pub ns: String,
+    /// Its address on the lab bridge.
+    pub ip: String,
+    /// The bridge-side veth, to cut its cable.
+    veth_host: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its processes log.
+    log_dir: PathBuf,
+}
+
+/// A running process in a host, killed on drop.
+pub struct Proc {
+    child: Option<Child>,
+    /// Where its stderr/stdout go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Kills it with SIGKILL (a power cut) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself, returning its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// What it logged so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl Host {
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program).args(args);
+        c.env("SHOAL_DATA_DIR", &self.data_dir).env("SHOAL_LOG", "info,quinn=warn").env("NO_COLOR", "1");
+        c
+    }
+
+    /// Runs a command to completion in this host.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.command(&bin(program), args).stdin(Stdio::null()).output().expect("spawn ip netns exec")
+    }
+
+    /// `shoal ARGS` here; panics with its output when it fails.
+    pub fn shoal(&self, args: &[&str]) -> String {
+        let out = self.run("shoal", args);
+        assert!(out.status.success(), "shoal {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a long-running process here, logging to a file.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Proc {
+        std::fs::create_dir_all(&self.log_dir).expect("log dir");
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let log = self.log_dir.join(format!("{}-{program}-{n}.log", self.ns));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .command(&bin(program), args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn ip netns exec");
+        Proc { child: Some(child), log }
+    }
+
+    /// Pulls this host's cable: its link to the bridge goes down.
+    pub fn cut_link(&self) {
+        sh(&["ip", "link", "set", &self.veth_host, "down"]).expect("link down");
+    }
+
+    /// Plugs the cable back in.
+    pub fn restore_link(&self) {
+        sh(&["ip", "link", "set", &self.veth_host, "up"]).expect("link up");
+    }
+}
+
+/// A set of hosts on one bridge. `hosts[0]` is meant for the manager.
+pub struct Lab {
+    tag: String,
+    bridge: String,
+    /// The hosts.
+    pub hosts: Vec<Host>,
+    /// Scratch directory (data dirs, logs), kept when a test fails for post-mortems.
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// Creates `n` hosts on a fresh bridge in a fresh /24.
+    pub fn new(n: usize) -> Result<Self> {
+        let seq = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("s{}{}", pid % 10_000, seq);
+        let subnet = 10 + (pid as usize * 7 + seq as usize) % 200;
+        let dir = std::env::temp_dir().join(format!("shoal-e2e-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let bridge = format!("{tag}br");
+        let mut lab = Self { tag: tag.clone(), bridge: bridge.clone(), hosts: Vec::new(), dir: dir.clone() };
+        sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        sh(&["ip", "addr", "add", &format!("10.251.{subnet}.254/24"), "dev", &bridge])?;
+        sh(&["ip", "link", "set", &bridge, "up"])?;
+        for i in 0..n {
+            let ns = format!("{tag}n{i}");
+            let veth_host = format!("{tag}v{i}");
+            let ip = format!("10.251.{subnet}.{}", i + 1);
+            sh(&["ip", "netns", "add", &ns])?;
+            sh(&["ip", "link", "add", &veth_host, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            sh(&["ip", "link", "set", &veth_host, "master", &bridge, "up"])?;
+            sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            lab.hosts.push(Host {
+                ns,
+                ip,
+                veth_host,
+                data_dir: dir.join(format!("node{i}")),
+                log_dir: dir.join("logs"),
+            });
+        }
+        Ok(lab)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            // Anything still running in the namespace goes with it.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["link", "del", &h.veth_host]).status();
+            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("lab {} failed; logs kept in {}", self.tag, self.dir.display());
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One row of `shoal node ls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// ID (without the `*`).
+    pub id: String,
+    /// Marked `*`.
+    pub is_self: bool,
+    /// HOSTNAME.
+    pub hostname: String,
+    /// STATUS.
+    pub status: String,
+    /// AVAILABILITY.
+    pub availability: String,
+    /// MANAGER STATUS.
+    pub manager_status: String,
+    /// ARCH.
+    pub arch: String,
+}
+
+/// Parses `node ls` output by its header's column positions.
+pub fn parse_node_ls(text: &str) -> Vec<NodeRow> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return Vec::new() };
+    let cols: Vec<usize> = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH"]
+        .iter()
+        .map(|h| header.find(h).expect("column"))
+        .collect();
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let cell = |i: usize| {
+                let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
+                l.get(cols[i]..end).unwrap_or("").trim().to_owned()
+            };
+            let id = cell(0);
+            NodeRow {
+                is_self: id.ends_with('*'),
+                id: id.trim_end_matches('*').trim().to_owned(),
+                hostname: cell(1),
+                status: cell(2),
+                availability: cell(3),
+                manager_status: cell(4),
+                arch: cell(5),
+            }
+        })
+        .collect()
+}
+
+/// A manager on `hosts[0]` and agents on the others, all joined.
+pub struct Cluster {
+    /// The lab (declared first so its processes die before its namespaces).
+    pub manager: Proc,
+    /// Agents, in host order `hosts[1..]`.
+    pub agents: Vec<Proc>,
+    /// The worker join token.
+    pub token: String,
+    /// The lab itself.
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Starts a manager and `n_agents` agents named node1.. and waits until all are Ready.
+    pub fn start(n_agents: usize) -> Result<Self> {
+        let lab = Lab::new(n_agents + 1)?;
+        let m = &lab.hosts[0];
+        let init = m.shoal(&["manager", "init", "--advertise-addr", &m.ip, "--hostname", "manager"]);
+        let token =
+            init.split_whitespace().find(|w| w.starts_with("SHOAL-1-")).context("no token in init output")?.to_owned();
+        let manager = m.spawn("shoal", &["manager", "run"]);
+        wait_for("the manager to answer", Duration::from_secs(10), || {
+            m.run("shoal", &["node", "ls"]).status.success().then_some(())
+        });
+        let mut agents = Vec::new();
+        for (i, h) in lab.hosts.iter().enumerate().skip(1) {
+            let name = format!("node{i}");
+            agents.push(
+                h.spawn("shoal-agent", &["join", "--token", &token, "--hostname", &name, &format!("{}:4242", m.ip)]),
+            );
+        }
+        let cluster = Self { manager, agents, token, lab };
+        cluster.wait_status_all("Ready", Duration::from_secs(15));
+        Ok(cluster)
+    }
+
+    /// The manager's host.
+    pub fn manager_host(&self) -> &Host {
+        &self.lab.hosts[0]
+    }
+
+    /// `node ls`, parsed.
+    pub fn nodes(&self) -> Vec<NodeRow> {
+        parse_node_ls(&self.manager_host().shoal(&["node", "ls"]))
+    }
+
+    /// Waits until node `hostname` has `status`, returning how long it took.
+    pub fn wait_status(&self, hostname: &str, status: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        wait_for(&format!("{hostname} to be {status}"), timeout, || {
+            self.nodes().iter().any(|n| n.hostname == hostname && n.status == status).then_some(())
+        });
+        start.elapsed()
+    }
+
+    /// Waits until every node has `status`.
+    pub fn wait_status_all(&self, status: &str, timeout: Duration) {
+        let expected = self.lab.hosts.len();
+        wait_for(&format!("all {expected} nodes to be {status}"), timeout, || {
+            let nodes = self.nodes();
+            (nodes.len() == expected && nodes.iter().all(|n| n.status == status)).then_some(())
+        });
+    }
+}

@@ -56,7 +56,9 @@ impl Client {
         let path = paths::admin_path(data_dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CliError::NotAManager(data_dir.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CliError::NotAManager(data_dir.to_owned()))
+            }
             Err(e) => return Err(CliError::BadCredentials(path, e.to_string())),
         };
         let bad = |e: String| CliError::BadCredentials(path.clone(), e);
@@ -70,10 +72,13 @@ impl Client {
         };
         let tls = ClientTls::new(Trust::Ca(CertificateDer::from(ca)), Some(identity), REQUEST_TIMEOUT)
             .map_err(|e| bad(e.to_string()))?;
-        let addr: SocketAddr = creds.manager_addr.parse().map_err(|_| bad(format!("bad address {:?}", creds.manager_addr)))?;
+        let addr: SocketAddr =
+            creds.manager_addr.parse().map_err(|_| bad(format!("bad address {:?}", creds.manager_addr)))?;
         let unreachable = |detail: String| CliError::Unreachable { addr: creds.manager_addr.clone(), detail };
         let endpoint = shoal_link::client_endpoint(addr).map_err(|e| unreachable(e.to_string()))?;
-        let conn = shoal_link::connect(&endpoint, addr, &tls, CONNECT_TIMEOUT).await.map_err(|e| unreachable(e.to_string()))?;
+        let conn = shoal_link::connect(&endpoint, addr, &tls, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self { conn, addr: creds.manager_addr, _endpoint: endpoint })
     }
 

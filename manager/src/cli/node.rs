@@ -99,7 +99,9 @@ async fn dispatch(client: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 }
             }
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&views.iter().map(json).collect::<Vec<_>>())?),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&views.iter().map(json).collect::<Vec<_>>())?)
+                }
                 Format::Pretty => views.iter().for_each(|v| print!("{}", pretty(v))),
             }
         }
@@ -174,13 +176,14 @@ pub fn json(n: &NodeView) -> serde_json::Value {
         },
         "Status": {
             "State": n.status.to_string().to_lowercase(),
-            "Message": n.status_message.as_str(),
+            "Message": &*n.status_message,
             "Addr": n.addr.as_deref().unwrap_or(""),
             "LastSeenMsAgo": n.last_seen_ago_ms,
         },
     });
     if n.role == Role::Manager {
-        v["ManagerStatus"] = json!({ "Leader": true, "Reachability": "reachable", "Addr": n.addr.as_deref().unwrap_or("") });
+        v["ManagerStatus"] =
+            json!({ "Leader": true, "Reachability": "reachable", "Addr": n.addr.as_deref().unwrap_or("") });
     }
     v
 }

@@ -2,7 +2,9 @@
 //! hostname, and applying `node update`.
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::{Availability, BoundedVec, ErrorKind, ErrorReply, Label, LabelKey, NodeDescription, NodeId, Role, MAX_LABELS};
+use shoal_proto::{
+    Availability, BoundedVec, ErrorKind, ErrorReply, Label, LabelKey, NodeDescription, NodeId, Role, MAX_LABELS,
+};
 
 /// What the manager stores about a node (its spec and description; liveness lives in
 /// [`super::membership`] and is never persisted).
@@ -124,7 +126,8 @@ mod tests {
     fn removing_a_missing_label_changes_nothing() {
         let mut n = node(1, "n");
         let before = n.clone();
-        let err = apply_update(&mut n, Some(Availability::Drain), &[], &[shoal_proto::text("nope").unwrap()]).unwrap_err();
+        let err =
+            apply_update(&mut n, Some(Availability::Drain), &[], &[shoal_proto::text("nope").unwrap()]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert_eq!(n, before);
     }

@@ -1,0 +1,3 @@
+//! The agent's pure decision logic: no sockets, no files, no clock.
+
+pub mod backoff;

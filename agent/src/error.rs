@@ -1,0 +1,58 @@
+//! The agent's errors, each saying what to do.
+
+use std::path::PathBuf;
+
+use shoal_proto::ErrorReply;
+
+/// What can stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `join` on a board that already belongs to a cluster.
+    #[error("this node is already part of a cluster (node {node_id}): run `shoal-agent run`, or remove {} to join another", .dir.display())]
+    AlreadyJoined {
+        /// Its node ID.
+        node_id: String,
+        /// Where its identity lives.
+        dir: PathBuf,
+    },
+    /// `run` on a board that never joined.
+    #[error("this node has not joined a cluster (no identity in {}): run `shoal-agent join --token TOKEN MANAGER` first", .0.display())]
+    NotJoined(PathBuf),
+    /// The token does not parse.
+    #[error("{0}")]
+    Token(#[from] shoal_proto::token::TokenError),
+    /// The manager's CA is not the one the token names.
+    #[error(
+        "the manager at {0} is not the cluster this token belongs to (its CA does not match the token's digest): \
+         check the address, and ask that manager for `shoal manager join-token worker`"
+    )]
+    CaMismatch(String),
+    /// The manager did not answer.
+    #[error("cannot reach the manager at {addr}: {detail}")]
+    Unreachable {
+        /// Where.
+        addr: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The manager said no.
+    #[error("the manager refused: {}", .0.message)]
+    Refused(ErrorReply),
+    /// Stored credentials are unusable.
+    #[error("node identity in {0} is unusable: {1}")]
+    BadIdentity(PathBuf, String),
+    /// Local file trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AgentError {
+    /// Whether retrying later may help (the manager is down or unreachable).
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Refused(e) => !e.kind.is_permanent(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the static shoal-agent for every board target and prints the sizes. The
+# binaries land in out/agents/<target>/shoal-agent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
+mkdir -p out/agents
+printf '%-34s %10s  %s\n' TARGET BYTES LINKAGE
+for t in "${targets[@]}"; do
+  cargo build --quiet --release -p shoal-agent --target "$t"
+  bin=target/$t/release/shoal-agent
+  mkdir -p "out/agents/$t"
+  cp "$bin" "out/agents/$t/shoal-agent"
+  linkage=$(file -b "$bin" | grep -oE 'static(-pie)? linked|dynamically linked' || true)
+  if [ "${linkage:-}" = "dynamically linked" ] || [ -z "${linkage:-}" ]; then
+    echo "shoal-agent for $t is not static: $(file -b "$bin")" >&2
+    exit 1
+  fi
+  printf '%-34s %10s  %s\n' "$t" "$(stat -c %s "$bin")" "$linkage"
+done

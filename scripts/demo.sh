@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The main job on one Linux host: a manager and three boards, each board a network
+# namespace on a bridge with its own address, then `shoal node ls`. Run as root.
+#
+#   scripts/demo.sh          set up (installs and builds what is missing) and start
+#   scripts/demo.sh down     stop everything and remove the namespaces and the bridge
+#
+# While it runs, use the CLI from the host:
+#   export SHOAL_DATA_DIR=$PWD/out/demo/manager; target/release/shoal node ls
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+demo=$root/out/demo
+bridge=shoaldemo0
+subnet=10.250.0
+boards=(node1 node2 node3)
+
+down() {
+  for ns in shoal-manager "${boards[@]/#/shoal-}"; do
+    if ip netns list | grep -qw "$ns"; then
+      for pid in $(ip netns pids "$ns"); do kill -TERM "$pid" 2>/dev/null || true; done
+    fi
+  done
+  sleep 0.5
+  for ns in shoal-manager "${boards[@]/#/shoal-}"; do
+    if ip netns list | grep -qw "$ns"; then
+      for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
+      ip netns del "$ns"
+    fi
+  done
+  ip link del "$bridge" 2>/dev/null || true
+  rm -rf "$demo"
+}
+
+host() { # name index
+  local ns=shoal-$1 veth=sd-$1 ip=$subnet.$2
+  ip netns add "$ns"
+  ip link add "$veth" type veth peer name eth0 netns "$ns"
+  ip link set "$veth" master "$bridge" up
+  ip -n "$ns" addr add "$ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+}
+
+if [ "${1:-up}" = down ]; then
+  down
+  echo "demo removed"
+  exit 0
+fi
+
+[ "$(id -u)" = 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
+./scripts/setup.sh
+echo "== building (release)"
+cargo build --quiet --release --bins
+bin=$root/target/release
+
+down
+mkdir -p "$demo"
+ip link add "$bridge" type bridge
+ip addr add "$subnet.254/24" dev "$bridge"
+ip link set "$bridge" up
+host manager 1
+for i in "${!boards[@]}"; do host "${boards[$i]}" $((11 + i)); done
+
+echo "== shoal manager init"
+ip netns exec shoal-manager "$bin/shoal" --data-dir "$demo/manager" manager init \
+  --advertise-addr "$subnet.1" --hostname manager | tee "$demo/init.txt"
+token=$(grep -o 'SHOAL-1-[a-z0-9-]*' "$demo/init.txt")
+nohup ip netns exec shoal-manager "$bin/shoal" --data-dir "$demo/manager" manager run \
+  >"$demo/manager.log" 2>&1 &
+
+export SHOAL_DATA_DIR=$demo/manager
+for _ in $(seq 50); do "$bin/shoal" node ls >/dev/null 2>&1 && break; sleep 0.1; done
+
+for b in "${boards[@]}"; do
+  echo "== $b: shoal-agent join"
+  nohup ip netns exec "shoal-$b" "$bin/shoal-agent" --data-dir "$demo/$b" join \
+    --token "$token" --hostname "$b" "$subnet.1:4242" >"$demo/$b.log" 2>&1 &
+done
+for _ in $(seq 100); do
+  [ "$("$bin/shoal" node ls | grep -c Ready)" = 4 ] && break
+  sleep 0.1
+done
+
+echo "== shoal node ls"
+"$bin/shoal" node ls
+cat <<TXT
+
+The cluster keeps running. Try:
+  export SHOAL_DATA_DIR=$demo/manager
+  $bin/shoal node ls
+  $bin/shoal node inspect node2
+  $bin/shoal node update --availability drain node2
+  ip netns pids shoal-node3 | xargs kill -9      # a board loses power: node3 goes Down
+Logs: $demo/*.log.  Stop and clean up: scripts/demo.sh down
+TXT

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check and test shoal has, from a fresh clone: set-up, formatting, lints,
+# unit and property tests, end-to-end tests with real processes in network namespaces
+# (needs root), and the static agent builds for every board target with their sizes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== lints"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== build"
+cargo build --workspace --bins
+
+echo "== tests"
+cargo test --workspace
+
+echo "== static agent builds"
+./scripts/build-agents.sh
