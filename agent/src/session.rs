@@ -203,12 +203,14 @@ async fn session(
         }
         unreachable!("the heartbeat counter does not run out")
     };
-    // The manager only speaks on the session to say goodbye, for now.
     let inbox = async {
-        match framed::recv::<ManagerMessage>(&mut recv, frame::MAX_FRAME_LEN).await {
-            Ok(Some(ManagerMessage::Closing(e))) => e.message.to_string(),
-            Ok(None) => "the manager closed the session".to_owned(),
-            Err(e) => e.to_string(),
+        loop {
+            match framed::recv::<ManagerMessage>(&mut recv, frame::MAX_FRAME_LEN).await {
+                Ok(Some(ManagerMessage::Closing(e))) => return e.message.to_string(),
+                Ok(Some(ManagerMessage::Images(_))) => {}
+                Ok(None) => return "the manager closed the session".to_owned(),
+                Err(e) => return e.to_string(),
+            }
         }
     };
     let why = tokio::select! { w = beats => w, w = inbox => w };

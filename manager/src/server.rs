@@ -258,6 +258,9 @@ async fn handle_stream(
     };
     let response = match (envelope.request, &peer) {
         (Request::Ping, _) => Response::Pong,
+        (Request::FetchBlob(_), _) => {
+            Response::Error(ErrorReply::new(ErrorKind::InvalidRequest, "image transfer is not available yet"))
+        }
         (Request::Join(join), _) => handle_join(&mgr, join).unwrap_or_else(Response::Error),
         (Request::OpenSession(open), Peer::Node(id)) => {
             return run_session(mgr, conn, id.clone(), open, send, recv).await;
@@ -428,6 +431,7 @@ async fn run_session(
                 };
                 mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
             }
+            Ok(Some(AgentMessage::ImagesHeld(_))) => {}
             Ok(None) => break Some("the agent closed its session"),
             Err(LinkError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
                 quinn::ConnectionError::ApplicationClosed(_),
@@ -531,6 +535,9 @@ fn handle_control(mgr: &Manager, req: ControlRequest) -> Result<ControlReply, Er
             mgr.store.put_node(&record).map_err(internal)?;
             info!(node = %record.id, availability = %record.availability, "node updated");
             Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
+        }
+        ControlRequest::ImageLoad { .. } | ControlRequest::ImageList | ControlRequest::ImageRemove { .. } => {
+            Err(ErrorReply::new(ErrorKind::InvalidRequest, "images are not available yet"))
         }
         ControlRequest::JoinToken { rotate } => {
             let mut cluster = mgr.cluster.lock().expect("cluster lock");

@@ -11,12 +11,14 @@
 pub mod bounded;
 pub mod frame;
 pub mod ids;
+pub mod images;
 pub mod messages;
 pub mod token;
 
 pub use bounded::{BoundedString, BoundedVec, Bytes};
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use ids::NodeId;
+pub use images::{Digest, FetchBlob, ImageRef, ImageView, Platform, WantedImage};
 pub use messages::*;
 pub use token::JoinToken;
 

@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BoundedString, BoundedVec, Bytes, NodeId, Text, PROTOCOL_VERSION};
+use crate::images::{FetchBlob, ImageRef, ImageView, WantedImage, MAX_IMAGES};
+use crate::{BoundedString, BoundedVec, Bytes, Digest, NodeId, Text, PROTOCOL_VERSION};
 
 /// Largest DER certificate or CSR accepted.
 pub const MAX_DER: usize = 8 * 1024;
@@ -51,6 +52,8 @@ pub enum Request {
     Control(ControlRequest),
     /// Liveness probe that needs no credentials; answered with [`Response::Pong`].
     Ping,
+    /// A joined agent asks for a blob; answered with [`Response::Blob`] and the raw bytes.
+    FetchBlob(FetchBlob),
 }
 
 /// Join with a token.
@@ -117,6 +120,8 @@ pub enum AgentMessage {
         /// Increases by one each beat, for diagnosing gaps.
         seq: u64,
     },
+    /// The images this node holds complete (top-level digests), sent after each change.
+    ImagesHeld(BoundedVec<Digest, MAX_IMAGES>),
 }
 
 /// Messages the manager sends on a session stream.
@@ -124,6 +129,9 @@ pub enum AgentMessage {
 pub enum ManagerMessage {
     /// The manager is closing the session for a reason the agent must act on.
     Closing(ErrorReply),
+    /// The full set of images this node should hold; it fetches what it lacks and may
+    /// garbage-collect images not listed (unless a container still uses them).
+    Images(BoundedVec<WantedImage, MAX_IMAGES>),
 }
 
 /// Administrative requests, from the `shoal` CLI.
@@ -159,6 +167,19 @@ pub enum ControlRequest {
         /// Replace the secret first; the old token stops working at once.
         rotate: bool,
     },
+    /// `shoal image load ARCHIVE`: `size` raw bytes of an OCI archive (OCI image layout
+    /// in a tar) follow this frame on the same stream.
+    ImageLoad {
+        /// Exact length of the archive that follows.
+        size: u64,
+    },
+    /// `shoal image ls`.
+    ImageList,
+    /// `shoal image rm IMAGE`.
+    ImageRemove {
+        /// Reference or digest.
+        image: ImageRef,
+    },
 }
 
 /// Every answer to the first frame of a stream.
@@ -177,6 +198,12 @@ pub enum Response {
     Control(ControlReply),
     /// Answer to [`Request::Ping`].
     Pong,
+    /// Answer to [`Request::FetchBlob`]: the blob's total size; bytes from the requested
+    /// offset to the end follow on the stream, which is then finished.
+    Blob {
+        /// Total size of the blob.
+        size: u64,
+    },
     /// The request was refused.
     Error(ErrorReply),
 }
@@ -210,6 +237,10 @@ pub enum ControlReply {
     },
     /// Done; the text says what happened.
     Done(Message),
+    /// References of the images an archive held, now loaded.
+    ImagesLoaded(BoundedVec<ImageRef, 64>),
+    /// Image listing.
+    Images(BoundedVec<ImageView, MAX_IMAGES>),
 }
 
 /// A refusal, with a kind to act on and a message for people.
