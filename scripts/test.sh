@@ -16,6 +16,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
 
+echo "== images"
+./images/build.sh
+
 echo "== tests"
 cargo test --workspace
 
