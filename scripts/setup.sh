@@ -10,7 +10,8 @@ for pkg_cmd in \
     "gcc-arm-linux-gnueabihf:arm-linux-gnueabihf-gcc" \
     "busybox-static:busybox" \
     "bc:bc" \
-    "file:file"; do
+    "file:file" \
+    "python3:python3"; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
