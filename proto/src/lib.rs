@@ -13,6 +13,7 @@ pub mod frame;
 pub mod ids;
 pub mod images;
 pub mod messages;
+pub mod time;
 pub mod token;
 
 pub use bounded::{BoundedString, BoundedVec, Bytes};

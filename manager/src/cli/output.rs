@@ -28,22 +28,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time in milliseconds.
-pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one line.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
-}
+pub use shoal_proto::time::utc;
 
 /// `3.8GiB`-style sizes.
 pub fn bytes(n: u64) -> String {
@@ -72,9 +57,7 @@ mod tests {
     }
 
     #[test]
-    fn dates_and_sizes_read_well() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_795_000_000_000), "2026-11-18 11:06:40 UTC");
+    fn sizes_read_well() {
         assert_eq!(bytes(512), "512B");
         assert_eq!(bytes(4 * 1024 * 1024 * 1024), "4.0GiB");
     }
