@@ -1,0 +1,79 @@
+//! A minimal init for PID 1 inside each container, like `docker run --init` (tini). It
+//! is libcontainer's workload executor: it runs in the container's init process, after
+//! the namespaces, root filesystem, capabilities and limits are in place, where the
+//! default executor would `exec` the command.
+//!
+//! Why: the kernel drops signals sent to a PID namespace's init from outside unless it
+//! installed a handler, so `SIGTERM` to a plain `httpd` as PID 1 does nothing and every
+//! stop would end in `SIGKILL` after the grace period. With this init as PID 1 the
+//! command runs as PID 2, receives forwarded signals with their default meaning (a
+//! stop ends with 143, as in the lab), and orphaned processes are reaped. Being code of
+//! the (static) agent already in memory, it needs nothing inside the image.
+
+use std::process::Command;
+
+use libcontainer::workload::{default::DefaultExecutor, Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::Spec;
+
+use rustix::process::{Pid, WaitOptions};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
+use signal_hook::iterator::Signals;
+
+/// Runs `args` as the container's main process and returns the exit code to exit with.
+pub fn run(args: &[String]) -> i32 {
+    let Some((program, rest)) = args.split_first() else {
+        eprintln!("shoal-init: no command given");
+        return 127;
+    };
+    // Register before spawning so no signal or child exit falls in between.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shoal-init: signals: {e}");
+            return 126;
+        }
+    };
+    let child = match Command::new(program).args(rest).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal-init: cannot run {program}: {e}");
+            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+        }
+    };
+    let Some(main_pid) = Pid::from_raw(child.id() as i32) else { return 126 };
+    for signal in signals.forever() {
+        if signal != SIGCHLD {
+            if let Some(sig) = rustix::process::Signal::from_named_raw(signal) {
+                let _ = rustix::process::kill_process(main_pid, sig);
+            }
+            continue;
+        }
+        // Reap everything that exited; stop when the main process is among them.
+        while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+            if pid == main_pid {
+                if let Some(code) = status.exit_status() {
+                    return code;
+                }
+                return 128 + status.terminating_signal().unwrap_or(0);
+            }
+        }
+    }
+    126
+}
+
+/// The executor that makes [`run`] the container's PID 1.
+#[derive(Clone, Default)]
+pub struct InitExecutor;
+
+impl Executor for InitExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        let args = spec.process().as_ref().and_then(|p| p.args().clone()).ok_or(ExecutorError::InvalidArg)?;
+        std::process::exit(run(&args));
+    }
+
+    /// The default checks: the executable exists and may be run, so a wrong command is
+    /// a start failure with a clear reason rather than a container that exits at once.
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}

@@ -1,0 +1,293 @@
+//! The real runtime: containers run through youki's libcontainer, each under its own
+//! shim process (see [`super::shim`]), their root filesystems stacked with overlayfs
+//! from shared read-only layers.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::process::{Pid, Signal};
+
+use super::bundle::Bundle;
+use super::{spec, validate_id, ContainerConfig, ContainerStatus, Runtime, RuntimeError};
+
+/// How long a shim may take to report that its container started.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs containers through libcontainer.
+pub struct LibcontainerRuntime {
+    containers: PathBuf,
+    state: PathBuf,
+    agent_exe: PathBuf,
+    /// Shims this agent process started, to reap them when they exit.
+    shims: Mutex<HashMap<String, Child>>,
+}
+
+impl LibcontainerRuntime {
+    /// A runtime keeping containers under `containers` and libcontainer's volatile
+    /// state under `state` (a tmpfs such as `/run` spares SD cards). `agent_exe` is the
+    /// `shoal-agent` binary, which runs the shims.
+    pub fn new(containers: PathBuf, state: PathBuf, agent_exe: PathBuf) -> Self {
+        Self { containers, state, agent_exe, shims: Mutex::new(HashMap::new()) }
+    }
+
+    /// The runtime of an agent with this data directory: containers on disk next to the
+    /// node's identity, libcontainer state in `/run/shoal/<hash of the data dir>` so
+    /// several agents on one host (tests) never share it.
+    pub fn for_data_dir(data_dir: &Path) -> Result<Self, RuntimeError> {
+        let exe = std::env::current_exe().map_err(RuntimeError::io("finding the agent binary"))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
+        let tag: String = digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self::new(
+            crate::identity::agent_dir(data_dir).join("containers"),
+            PathBuf::from("/run/shoal").join(tag),
+            exe,
+        ))
+    }
+
+    fn bundle(&self, id: &str) -> Result<Bundle, RuntimeError> {
+        validate_id(id)?;
+        let bundle = Bundle::new(&self.containers, id);
+        if !bundle.dir().exists() {
+            return Err(RuntimeError::NotFound(id.to_owned()));
+        }
+        Ok(bundle)
+    }
+
+    /// Whether the shim of `id` still runs: ours (a child), or one left by an earlier
+    /// agent, recognised by its command line.
+    fn shim_alive(&self, id: &str, bundle: &Bundle) -> bool {
+        if let Ok(mut shims) = self.shims.lock() {
+            if let Some(child) = shims.get_mut(id) {
+                match child.try_wait() {
+                    Ok(None) => return true,
+                    _ => {
+                        shims.remove(id);
+                        return false;
+                    }
+                }
+            }
+        }
+        let Some(pid) =
+            std::fs::read_to_string(bundle.dir().join("shim.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.contains(&b"shim".as_slice()) && args.contains(&id.as_bytes())
+    }
+
+    fn mount_rootfs(&self, config: &ContainerConfig, bundle: &Bundle) -> Result<(), RuntimeError> {
+        if config.layers.is_empty() {
+            return Err(RuntimeError::Spec("a container needs at least one image layer".into()));
+        }
+        let lower: Vec<String> = config.layers.iter().map(|p| p.display().to_string()).collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            bundle.upper().display(),
+            bundle.work().display()
+        );
+        let data = std::ffi::CString::new(data).map_err(|_| RuntimeError::Spec("layer path with a NUL byte".into()))?;
+        rustix::mount::mount("overlay", bundle.rootfs(), "overlay", MountFlags::empty(), Some(data.as_c_str()))
+            .map_err(|e| RuntimeError::io("mounting the container's overlay rootfs")(e.into()))
+    }
+
+    fn prepare(&self, config: &ContainerConfig, bundle: &Bundle) -> Result<(), RuntimeError> {
+        for dir in [bundle.rootfs(), bundle.upper(), bundle.work()] {
+            std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
+        }
+        std::fs::write(bundle.dir().join("hosts"), spec::hosts_file(config))
+            .map_err(RuntimeError::io("writing hosts"))?;
+        std::fs::write(bundle.dir().join("hostname"), format!("{}\n", config.hostname))
+            .map_err(RuntimeError::io("writing hostname"))?;
+        let oci = spec::build(config, bundle)?;
+        oci.save(bundle.config()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+        self.mount_rootfs(config, bundle)
+    }
+
+    fn wait_for_exit(&self, bundle: &Bundle, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((code, _)) = bundle.read_exit() {
+                return Some(code);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, id: &str, bundle: &Bundle, signal: Signal) -> Result<(), RuntimeError> {
+        match bundle.status(self.shim_alive(id, bundle)) {
+            // The shim reaps only after writing the exit file, so while there is none the
+            // PID still belongs to this container.
+            ContainerStatus::Running { pid } => {
+                if let Some(p) = Pid::from_raw(pid as i32) {
+                    match rustix::process::kill_process(p, signal) {
+                        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                        Err(e) => return Err(RuntimeError::io("signalling the container")(e.into())),
+                    }
+                }
+                Ok(())
+            }
+            other => {
+                Err(RuntimeError::State { id: id.to_owned(), state: state_name(other), what: "it can't be signalled" })
+            }
+        }
+    }
+}
+
+fn state_name(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running { .. } => "running",
+        ContainerStatus::Exited { .. } => "exited",
+        ContainerStatus::Lost => "lost",
+    }
+}
+
+impl Runtime for LibcontainerRuntime {
+    fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
+        validate_id(&config.id)?;
+        let bundle = Bundle::new(&self.containers, &config.id);
+        if bundle.dir().exists() {
+            return Err(RuntimeError::Exists(config.id.clone()));
+        }
+        std::fs::create_dir_all(bundle.dir()).map_err(RuntimeError::io("creating the container directory"))?;
+        if let Err(e) = self.prepare(config, &bundle) {
+            // Leave nothing half-made behind.
+            let _ = rustix::mount::unmount(bundle.rootfs(), UnmountFlags::DETACH);
+            let _ = std::fs::remove_dir_all(bundle.dir());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let bundle = self.bundle(id)?;
+        let status = bundle.status(self.shim_alive(id, &bundle));
+        if status != ContainerStatus::Created {
+            return Err(RuntimeError::State {
+                id: id.to_owned(),
+                state: state_name(status),
+                what: "only a created container can start",
+            });
+        }
+        let shim_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bundle.shim_log())
+            .map_err(RuntimeError::io("opening the shim log"))?;
+        let mut child = Command::new(&self.agent_exe)
+            .arg("shim")
+            .arg("--containers")
+            .arg(&self.containers)
+            .arg("--state")
+            .arg(&self.state)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(shim_log)
+            // Its own process group: a Ctrl-C to the agent must not stop containers.
+            .process_group(0)
+            .spawn()
+            .map_err(RuntimeError::io("starting the container's shim"))?;
+        let _ = std::fs::write(bundle.dir().join("shim.pid"), format!("{}\n", child.id()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        self.shims.lock().expect("shim table").insert(id.to_owned(), child);
+        let line = line.trim();
+        if let Some(pid) = line.strip_prefix("ok ").and_then(|p| p.parse().ok()) {
+            return Ok(pid);
+        }
+        let reason = match line.strip_prefix("err ") {
+            Some(r) => r.to_owned(),
+            None => format!("the shim gave no answer; see {}", bundle.shim_log().display()),
+        };
+        Err(RuntimeError::StartFailed { id: id.to_owned(), reason })
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<i32, RuntimeError> {
+        let bundle = self.bundle(id)?;
+        if let Some((code, _)) = bundle.read_exit() {
+            return Ok(code);
+        }
+        self.signal(id, &bundle, Signal::TERM)?;
+        if let Some(code) = self.wait_for_exit(&bundle, grace) {
+            return Ok(code);
+        }
+        self.signal(id, &bundle, Signal::KILL)?;
+        self.wait_for_exit(&bundle, Duration::from_secs(10)).ok_or_else(|| RuntimeError::State {
+            id: id.to_owned(),
+            state: "running",
+            what: "it did not exit even after SIGKILL",
+        })
+    }
+
+    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        let bundle = self.bundle(id)?;
+        let signal =
+            Signal::from_named_raw(signal).ok_or_else(|| RuntimeError::Spec(format!("unknown signal {signal}")))?;
+        self.signal(id, &bundle, signal)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let bundle = self.bundle(id)?;
+        let alive = self.shim_alive(id, &bundle);
+        if let ContainerStatus::Running { .. } = bundle.status(alive) {
+            return Err(RuntimeError::State {
+                id: id.to_owned(),
+                state: "running",
+                what: "stop it before deleting it",
+            });
+        }
+        // The shim may still be finishing up (draining logs, removing the cgroup).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shim_alive(id, &bundle) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Ok(mut c) = libcontainer::container::Container::load(self.state.join(id)) {
+            let _ = c.delete(true);
+        }
+        match rustix::mount::unmount(bundle.rootfs(), UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(RuntimeError::io("unmounting the container's rootfs")(e.into())),
+        }
+        std::fs::remove_dir_all(bundle.dir()).map_err(RuntimeError::io("removing the container directory"))?;
+        Ok(())
+    }
+
+    fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        let bundle = self.bundle(id)?;
+        Ok(bundle.status(self.shim_alive(id, &bundle)))
+    }
+
+    fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let entries = match std::fs::read_dir(&self.containers) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(RuntimeError::io("listing containers")(e)),
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| validate_id(n).is_ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}

@@ -1,0 +1,184 @@
+//! Running containers. [`Runtime`] is what the agent's supervisor drives; the real
+//! backend, [`LibcontainerRuntime`], runs each container through youki's libcontainer
+//! under a small per-container monitor process (the shim: `shoal-agent shim`), so
+//! containers, their logs and their exit codes outlive agent restarts. [`fake`] is a
+//! stand-in for unit tests of the pure core only.
+//!
+//! Not here: images (see `crate::images`), networks (see `crate::net`).
+
+pub mod bundle;
+pub mod fake;
+pub mod init;
+pub mod libcontainer;
+pub mod logs;
+pub mod shim;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use self::libcontainer::LibcontainerRuntime;
+
+/// What to run: everything the OCI spec is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// Container ID: lowercase letters, digits, `-`, `_`, `.`; at most 64 bytes.
+    pub id: String,
+    /// Hostname inside the container.
+    pub hostname: String,
+    /// The process: executable and arguments.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// User and group IDs.
+    pub uid: u32,
+    /// Group ID.
+    pub gid: u32,
+    /// Read-only layer directories stacked with overlayfs, topmost first. The container
+    /// writes to its own upper directory; the layers are shared, never copied.
+    pub layers: Vec<PathBuf>,
+    /// Network namespace.
+    pub network: NetworkMode,
+    /// Memory limit in bytes (swap included: no swapping past it).
+    pub memory_limit: Option<u64>,
+    /// CPU limit in thousandths of a CPU (1500 = one and a half CPUs).
+    pub cpu_millis: Option<u64>,
+    /// Extra `/etc/hosts` lines (`IP NAME...`).
+    pub hosts: Vec<String>,
+}
+
+/// Which network namespace a container joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The node's own (`--network host`).
+    Host,
+    /// A prepared namespace, bind-mounted at this path (see `crate::net`).
+    Namespace(PathBuf),
+}
+
+/// A container's state as the runtime observes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStatus {
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running {
+        /// Host PID of its init process.
+        pid: u32,
+    },
+    /// Its process ended.
+    Exited {
+        /// Exit code; 128 + N when killed by signal N (143 for SIGTERM), like Docker.
+        code: i32,
+        /// When, in milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// The monitor vanished without recording an exit (the node rebooted, or it was
+    /// killed): the container is gone and its exit code unknown.
+    Lost,
+}
+
+/// Runtime failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Bad container ID.
+    #[error("invalid container id {0:?}: use at most 64 characters of a-z, 0-9, '-', '_', '.'")]
+    BadId(String),
+    /// No such container.
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// The container exists already.
+    #[error("container {0} already exists")]
+    Exists(String),
+    /// The request does not fit the container's state.
+    #[error("container {id} is {state}: {what}")]
+    State {
+        /// Container.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What was refused.
+        what: &'static str,
+    },
+    /// The container could not start (missing executable, bad spec, ...).
+    #[error("container {id} failed to start: {reason}")]
+    StartFailed {
+        /// Container.
+        id: String,
+        /// Why, as libcontainer said it.
+        reason: String,
+    },
+    /// The OCI spec could not be built.
+    #[error("invalid container spec: {0}")]
+    Spec(String),
+    /// File or mount trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    /// Whether the failure belongs to the container's configuration or image (retrying
+    /// the same thing fails the same way), as opposed to the node.
+    pub fn is_container_fault(&self) -> bool {
+        matches!(self, Self::StartFailed { .. } | Self::Spec(_) | Self::BadId(_))
+    }
+}
+
+/// The container lifecycle. Calls block (they wait on processes and files); the async
+/// agent calls them from `spawn_blocking`.
+pub trait Runtime: Send + Sync {
+    /// Prepares a container (rootfs, bundle) without starting it.
+    fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError>;
+    /// Starts a created container, returning its init PID.
+    fn start(&self, id: &str) -> Result<u32, RuntimeError>;
+    /// SIGTERM, then SIGKILL after `grace`; returns the exit code (143 when SIGTERM
+    /// ended it). Stopping an exited container returns its code.
+    fn stop(&self, id: &str, grace: Duration) -> Result<i32, RuntimeError>;
+    /// Sends a signal to a running container.
+    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
+    /// Removes a container that is not running, with its rootfs and logs.
+    fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Current state.
+    fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
+    /// Every container this runtime knows, running or not (after an agent restart,
+    /// these are the containers to take back).
+    fn list(&self) -> Result<Vec<String>, RuntimeError>;
+}
+
+/// Checks a container ID before it names directories and cgroups.
+pub fn validate_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::BadId(id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_are_checked_before_they_name_anything() {
+        assert!(validate_id("appserver.1.abc-def_0").is_ok());
+        for bad in ["", "..", "../x", "a/b", "UPPER", &"x".repeat(65), ".hidden"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+}

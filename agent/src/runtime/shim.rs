@@ -1,0 +1,150 @@
+//! The per-container monitor, run as `shoal-agent shim`: it creates and starts one
+//! container through libcontainer, becomes the parent of its init process, copies its
+//! stdout/stderr into the rotated log, records its exit code, and cleans up its cgroup.
+//!
+//! Why a separate process: only a process's parent learns its exit status, and the
+//! agent may restart (upgrade, crash) while containers run. The shim outlives the agent,
+//! so the exit code is known whenever the agent comes back, and logs keep flowing. It
+//! is the agent binary itself, so nothing else must be installed on a board, and it uses
+//! no async runtime, so each one costs little memory.
+//!
+//! Start protocol: the shim writes one line on its stdout, `ok <pid>` once the container
+//! runs or `err <reason>` if it could not start, then closes it.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use rustix::process::{Pid, WaitId, WaitIdOptions};
+
+use super::bundle::Bundle;
+use super::logs::{pump, LogLimits, LogWriter};
+
+/// `__WALL`: the container's init is cloned with `CLONE_PARENT` and no exit signal, so
+/// only a wait that includes "clone" children sees it.
+const WAIT_ALL: u32 = 0x4000_0000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the shim for container `id` of `containers_root`, with libcontainer state under
+/// `state_root`. Returns the process exit code for the shim itself.
+pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
+    let bundle = Bundle::new(containers_root, id);
+    let started = start(&bundle, state_root, id);
+    let (pid, pumps) = match started {
+        Ok(x) => x,
+        Err(reason) => {
+            let reason = reason.replace('\n', " ");
+            eprintln!("shim {id}: {reason}");
+            report(&format!("err {reason}"));
+            cleanup(state_root, id);
+            return 1;
+        }
+    };
+    report(&format!("ok {pid}"));
+    let code = wait_exit(pid);
+    if let Err(e) = bundle.write_exit(code, now_ms()) {
+        eprintln!("shim {id}: {e}");
+    }
+    // Reap only now: until the exit file exists the PID stays reserved, so the agent
+    // can never signal a stranger that reused it.
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ =
+            rustix::process::waitid(WaitId::Pid(p), WaitIdOptions::EXITED | WaitIdOptions::from_bits_retain(WAIT_ALL));
+    }
+    // Give the log pumps a moment to drain what the process wrote last.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    for p in pumps {
+        while !p.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    cleanup(state_root, id);
+    0
+}
+
+fn report(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    // Close our end so the agent's read finishes, and keep fd 1 valid for later writes.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}
+
+type Pumps = Vec<std::thread::JoinHandle<()>>;
+
+fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), String> {
+    std::fs::create_dir_all(state_root).map_err(|e| format!("state directory: {e}"))?;
+    let (out_r, out_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let null: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?.into();
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(|e| e.to_string())?
+        .with_stdin(null)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .with_executor(super::init::InitExecutor)
+        .as_init(bundle.dir())
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    container.start().map_err(|e| e.to_string())?;
+    let pid = container.pid().map(|p| p.as_raw() as u32).ok_or("container has no pid after start")?;
+    shoal_link::files::write_private(&bundle.pid_file(), format!("{pid}\n").as_bytes())
+        .map_err(|e| format!("pid file: {e}"))?;
+    let log =
+        Arc::new(Mutex::new(LogWriter::open(&bundle.log(), LogLimits::default()).map_err(|e| format!("log: {e}"))?));
+    let pumps = [(out_r, "stdout"), (err_r, "stderr")]
+        .into_iter()
+        .map(|(fd, stream)| {
+            let log = log.clone();
+            std::thread::spawn(move || pump(std::fs::File::from(fd), stream, &log, now_ms))
+        })
+        .collect();
+    Ok((pid, pumps))
+}
+
+/// Waits for the init process to exit without reaping it; Docker's codes: the exit
+/// status, or 128 + signal.
+fn wait_exit(pid: u32) -> i32 {
+    let Some(p) = Pid::from_raw(pid as i32) else { return -1 };
+    loop {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::from_bits_retain(WAIT_ALL);
+        match rustix::process::waitid(WaitId::Pid(p), options) {
+            Ok(Some(status)) => {
+                if let Some(code) = status.exit_status() {
+                    return code;
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    return 128 + signal;
+                }
+            }
+            Ok(None) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                eprintln!("shim: waiting for {pid}: {e}");
+                return -1;
+            }
+        }
+    }
+}
+
+/// Removes libcontainer's state and the container's cgroup.
+fn cleanup(state_root: &Path, id: &str) {
+    if let Ok(mut c) = Container::load(state_root.join(id)) {
+        if let Err(e) = c.delete(true) {
+            eprintln!("shim {id}: cleaning up: {e}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The libcontainer runtime with real containers (as root): a busybox layer built from
+//! the host's static busybox, overlay root filesystems, the shim and the init.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use shoal_agent::runtime::{ContainerConfig, ContainerStatus, LibcontainerRuntime, NetworkMode, Runtime};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn is_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipping: real containers need root");
+    }
+    root
+}
+
+/// A scratch area with a busybox layer and a runtime over it; removed on drop.
+struct Lab {
+    dir: PathBuf,
+    layer: PathBuf,
+}
+
+impl Lab {
+    fn new(name: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shoal-rt-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let layer = dir.join("layer");
+        std::fs::create_dir_all(layer.join("bin")).unwrap();
+        std::fs::create_dir_all(layer.join("www")).unwrap();
+        std::fs::create_dir_all(layer.join("tmp")).unwrap();
+        let busybox =
+            ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
+        std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
+        for applet in ["sh", "httpd", "sleep", "head", "tr", "echo", "cat", "true", "wc"] {
+            std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(layer.join("www/index.html"), "hello from a shoal container\n").unwrap();
+        Self { dir, layer }
+    }
+
+    fn runtime(&self) -> LibcontainerRuntime {
+        LibcontainerRuntime::new(
+            self.dir.join("containers"),
+            self.dir.join("state"),
+            PathBuf::from(env!("CARGO_BIN_EXE_shoal-agent")),
+        )
+    }
+
+    fn config(&self, id: &str, args: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            id: id.to_owned(),
+            hostname: id.replace('.', "-"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            layers: vec![self.layer.clone()],
+            network: NetworkMode::Host,
+            memory_limit: None,
+            cpu_millis: None,
+            hosts: vec![],
+        }
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.join("containers").join(id).join("container.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for a post-mortem", self.dir.display());
+            return;
+        }
+        let rt = self.runtime();
+        for id in rt.list().unwrap_or_default() {
+            let _ = rt.stop(&id, Duration::from_millis(100));
+            let _ = rt.delete(&id);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn id(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn wait_exit(rt: &LibcontainerRuntime, id: &str, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let ContainerStatus::Exited { code, .. } = rt.status(id).unwrap() {
+            return code;
+        }
+        assert!(Instant::now() < deadline, "{id} did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn httpd_answers_and_a_stop_reports_143() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new("httpd");
+    let rt = lab.runtime();
+    let port = free_port().to_string();
+    let c = id("web");
+    rt.create(&lab.config(&c, &["httpd", "-f", "-p", &port, "-h", "/www"])).unwrap();
+    let pid = rt.start(&c).unwrap();
+    assert!(matches!(rt.status(&c).unwrap(), ContainerStatus::Running { pid: p } if p == pid));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(format!("127.0.0.1:{port}")) {
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            break out;
+        }
+        assert!(Instant::now() < deadline, "httpd never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(body.contains("hello from a shoal container"), "{body}");
+    let t = Instant::now();
+    assert_eq!(rt.stop(&c, Duration::from_secs(10)).unwrap(), 143);
+    assert!(t.elapsed() < Duration::from_secs(2), "SIGTERM was not honoured: stop took {:?}", t.elapsed());
+    rt.delete(&c).unwrap();
+    assert!(rt.list().unwrap().is_empty());
+}
+
+#[test]
+fn stdout_and_stderr_are_logged() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new("logs");
+    let rt = lab.runtime();
+    let c = id("logs");
+    rt.create(&lab.config(&c, &["sh", "-c", "echo hello out; echo hello err >&2; exit 3"])).unwrap();
+    rt.start(&c).unwrap();
+    assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 3);
+    let log = lab.log(&c);
+    assert!(log.contains(" stdout hello out"), "{log}");
+    assert!(log.contains(" stderr hello err"), "{log}");
+}
+
+#[test]
+fn a_memory_limit_kills_a_hog() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new("hog");
+    let rt = lab.runtime();
+    let c = id("hog");
+    let mut config = lab.config(&c, &["sh", "-c", "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived"]);
+    config.memory_limit = Some(32 << 20);
+    config.cpu_millis = Some(500);
+    rt.create(&config).unwrap();
+    rt.start(&c).unwrap();
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/shoal/{c}/cpu.cfs_quota_us")).ok();
+    let code = wait_exit(&rt, &c, Duration::from_secs(60));
+    assert_eq!(code, 137, "the hog should be OOM-killed; log: {}", lab.log(&c));
+    assert!(!lab.log(&c).contains("survived"));
+    if let Some(q) = quota {
+        assert_eq!(q.trim(), "50000", "cpu limit of half a CPU");
+    }
+}
+
+#[test]
+fn a_command_that_does_not_exist_fails_clearly() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new("missing");
+    let rt = lab.runtime();
+    let c = id("missing");
+    rt.create(&lab.config(&c, &["/no/such/program"])).unwrap();
+    let err = rt.start(&c).unwrap_err();
+    assert!(err.is_container_fault());
+    assert!(err.to_string().contains("executable '/no/such/program' not found"), "{err}");
+    // Nothing keeps running; the container can be removed.
+    assert!(!matches!(rt.status(&c).unwrap(), ContainerStatus::Running { .. }));
+    rt.delete(&c).unwrap();
+}
+
+#[test]
+fn a_restarted_agent_takes_back_running_and_exited_containers() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new("adopt");
+    let (long, short) = (id("long"), id("short"));
+    {
+        let rt = lab.runtime();
+        rt.create(&lab.config(&long, &["sleep", "1000"])).unwrap();
+        rt.start(&long).unwrap();
+        rt.create(&lab.config(&short, &["sh", "-c", "sleep 0.3; exit 7"])).unwrap();
+        rt.start(&short).unwrap();
+        // The agent goes away here: the runtime (and its shim handles) is dropped.
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let rt = lab.runtime();
+    let mut listed = rt.list().unwrap();
+    listed.sort();
+    let mut expected = vec![long.clone(), short.clone()];
+    expected.sort();
+    assert_eq!(listed, expected, "no duplicate, no orphan");
+    assert!(matches!(rt.status(&long).unwrap(), ContainerStatus::Running { .. }));
+    assert!(
+        matches!(rt.status(&short).unwrap(), ContainerStatus::Exited { code: 7, .. }),
+        "died while the agent was away"
+    );
+    assert_eq!(rt.stop(&long, Duration::from_secs(5)).unwrap(), 143);
+}
+
+#[test]
+fn a_bad_id_and_a_duplicate_are_refused() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new("ids");
+    let rt = lab.runtime();
+    assert!(rt.create(&lab.config("../escape", &["true"])).is_err());
+    let c = id("dup");
+    rt.create(&lab.config(&c, &["true"])).unwrap();
+    assert!(rt.create(&lab.config(&c, &["true"])).is_err());
+    rt.delete(&c).unwrap();
+}
