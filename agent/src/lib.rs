@@ -6,6 +6,9 @@ pub mod core;
 pub mod error;
 pub mod host;
 pub mod identity;
+pub mod images;
+pub mod net;
+pub mod runtime;
 pub mod session;
 
 pub use error::AgentError;

@@ -34,6 +34,18 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// (internal) Monitor one container: started by the agent, outlives it.
+    #[command(hide = true)]
+    Shim {
+        /// Directory of the agent's containers.
+        #[arg(long)]
+        containers: PathBuf,
+        /// libcontainer state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Container ID.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -86,6 +98,7 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
             println!("This node joined a cluster as a worker.");
             identity
         }
+        Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         Command::Run { node } => {
             let identity =
                 NodeIdentity::load(&cli.data_dir)?.ok_or_else(|| AgentError::NotJoined(cli.data_dir.join("agent")))?;
@@ -99,6 +112,20 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The shim runs without an async runtime: it lives as long as its container and
+    // should cost as little as possible.
+    if let Command::Shim { containers, state, id } = &cli.command {
+        // Its stderr is the container's shim.log; inside the container (before the workload
+        // runs) it is the container's stderr, so libcontainer's errors reach its log.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+        return exit_code(shoal_agent::runtime::shim::run(containers, state, id));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
@@ -115,4 +142,8 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn exit_code(code: i32) -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255))
 }

@@ -1,21 +1,29 @@
 //! The agent's link to the manager: joining with a token, then a session that sends
 //! heartbeats and reconnects with back-off whenever the manager is unreachable, for as
 //! long as the agent runs. Only a permanent refusal (node removed, wrong version) ends it.
+//!
+//! The session also keeps the board's images in line with the manager's list: a worker
+//! task fetches what is missing over the session's connection, collects what is no
+//! longer wanted and reports what the node holds, while heartbeats keep flowing.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_link::files::cert_pem;
 use shoal_link::{framed, ClientTls, LinkError, Trust};
+use shoal_proto::images::MAX_IMAGES;
 use shoal_proto::{
-    frame, AgentMessage, Envelope, ErrorKind, ErrorReply, JoinRequest, JoinToken, ManagerMessage, NodeDescription,
-    Request, Response, SessionOpen,
+    frame, AgentMessage, BoundedVec, Envelope, ErrorKind, ErrorReply, JoinRequest, JoinToken, ManagerMessage,
+    NodeDescription, Request, Response, SessionOpen, WantedImage,
 };
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::core::backoff::Backoff;
 use crate::identity::{self, NodeIdentity};
+use crate::images::{sync_image, ImageStore};
 use crate::AgentError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -105,6 +113,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let tls = identity.tls(data_dir, IDLE_TIMEOUT)?;
+    let images = Images::open(data_dir)?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut endpoint: Option<(SocketAddr, quinn::Endpoint)> = None;
     tokio::pin!(shutdown);
@@ -130,7 +139,7 @@ pub async fn run(
         let ep = &endpoint.as_ref().expect("endpoint just set").1;
         let mut conn_slot = None;
         let end = tokio::select! {
-            end = session(ep, addr, &tls, &description, &mut conn_slot) => end,
+            end = session(ep, addr, &tls, &description, &images, &mut conn_slot) => end,
             _ = &mut shutdown => {
                 if let Some(conn) = conn_slot {
                     quinn::Connection::close(&conn, 0u32.into(), b"agent shutting down");
@@ -165,6 +174,7 @@ async fn session(
     addr: SocketAddr,
     tls: &ClientTls,
     description: &NodeDescription,
+    images: &Images,
     conn_slot: &mut Option<quinn::Connection>,
 ) -> SessionEnd {
     let unreachable =
@@ -192,27 +202,175 @@ async fn session(
             )))
         }
     };
+    // Heartbeats and every other agent message share the session's send stream: other
+    // tasks queue messages here and the heartbeat loop writes them between beats.
+    let (outbox, mut outgoing) = mpsc::channel::<AgentMessage>(16);
+    // Tell the manager at once what this node holds, before any image list arrives.
+    if let Err(e) = framed::send(&mut send, &images.held_message()).await {
+        return SessionEnd::Lost(e.to_string());
+    }
+    // Only the newest list matters: a list that arrives mid-fetch supersedes the old one.
+    let (wanted_tx, wanted_rx) = watch::channel(None);
+    // Not aborted when the session ends: an unpack may be running on a blocking thread.
+    // The worker stops by itself once its connection and this sender are gone, and
+    // `Images::one_pass` keeps it from overlapping the next session's worker.
+    drop(tokio::spawn(image_worker(conn.clone(), images.clone(), wanted_rx, outbox.clone())));
     let beats = async {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for seq in 0u64.. {
-            tick.tick().await;
-            if let Err(e) = framed::send(&mut send, &AgentMessage::Heartbeat { seq }).await {
+        let mut seq = 0u64;
+        loop {
+            let message = tokio::select! {
+                _ = tick.tick() => {
+                    seq += 1;
+                    AgentMessage::Heartbeat { seq: seq - 1 }
+                }
+                Some(m) = outgoing.recv() => m,
+            };
+            if let Err(e) = framed::send(&mut send, &message).await {
                 return e.to_string();
             }
         }
-        unreachable!("the heartbeat counter does not run out")
     };
     let inbox = async {
         loop {
             match framed::recv::<ManagerMessage>(&mut recv, frame::MAX_FRAME_LEN).await {
                 Ok(Some(ManagerMessage::Closing(e))) => return e.message.to_string(),
-                Ok(Some(ManagerMessage::Images(_))) => {}
+                Ok(Some(ManagerMessage::Images(list))) => {
+                    debug!(images = list.len(), "image list from the manager");
+                    wanted_tx.send_replace(Some(list.into_vec()));
+                }
                 Ok(None) => return "the manager closed the session".to_owned(),
                 Err(e) => return e.to_string(),
             }
         }
     };
     let why = tokio::select! { w = beats => w, w = inbox => w };
+    drop(outbox);
     SessionEnd::Lost(why)
+}
+
+/// Top digests of the images running containers use, which garbage collection must
+/// keep even when the manager no longer lists them.
+type ImagesInUse = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// What every session shares about images.
+#[derive(Clone)]
+struct Images {
+    store: Arc<ImageStore>,
+    /// One sync-and-collect pass at a time, across sessions.
+    one_pass: Arc<tokio::sync::Mutex<()>>,
+    /// Asked before each collection.
+    in_use: ImagesInUse,
+}
+
+impl Images {
+    fn open(data_dir: &Path) -> Result<Self, AgentError> {
+        let dir = identity::agent_dir(data_dir).join("images");
+        let store = ImageStore::open(&dir).map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(Self {
+            store: Arc::new(store),
+            one_pass: Arc::default(),
+            // No containers run yet: the runtime will supply the images its containers use.
+            in_use: Arc::new(Vec::new),
+        })
+    }
+
+    fn held_message(&self) -> AgentMessage {
+        let mut held = BoundedVec::<_, MAX_IMAGES>::new();
+        for digest in self.store.held().iter().take(MAX_IMAGES) {
+            if let Ok(d) = shoal_proto::text(digest) {
+                let _ = held.push(d);
+            }
+        }
+        AgentMessage::ImagesHeld(held)
+    }
+}
+
+/// How a pass over the wanted list ended.
+enum Pass {
+    /// Every image was tried; some failed for reasons that may pass.
+    Done { retry: bool },
+    /// A newer list arrived: start over with it.
+    Superseded,
+}
+
+/// Keeps the store in line with the newest list: fetch what is missing, collect what
+/// is not wanted, report what is held. Runs until the session's list sender is gone.
+async fn image_worker(
+    conn: quinn::Connection,
+    images: Images,
+    mut wanted: watch::Receiver<Option<Vec<WantedImage>>>,
+    outbox: mpsc::Sender<AgentMessage>,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    let mut retry: Option<Duration> = None;
+    loop {
+        let next = async {
+            match retry {
+                Some(delay) => tokio::select! {
+                    changed = wanted.changed() => changed.is_ok(),
+                    _ = tokio::time::sleep(delay) => true,
+                },
+                None => wanted.changed().await.is_ok(),
+            }
+        };
+        if !next.await {
+            return;
+        }
+        let Some(list) = wanted.borrow_and_update().clone() else { continue };
+        let _pass = images.one_pass.lock().await;
+        if conn.close_reason().is_some() {
+            return;
+        }
+        match sync_all(&conn, &images.store, &list, &wanted).await {
+            Pass::Superseded => {
+                retry = None;
+                continue;
+            }
+            Pass::Done { retry: true } => retry = Some(backoff.next(jitter())),
+            Pass::Done { retry: false } => {
+                retry = None;
+                backoff.reset();
+            }
+        }
+        let keep: Vec<String> = list.iter().map(|w| w.digest.to_string()).collect();
+        let in_use = (images.in_use)();
+        let store = images.store.clone();
+        // Deleting layers is long, blocking work.
+        match tokio::task::spawn_blocking(move || store.gc(&keep, &in_use)).await {
+            Ok(Ok(report)) if !report.images.is_empty() => {
+                info!(images = report.images.len(), layers = report.layers, "removed images no longer wanted")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot remove unwanted images"),
+            Err(e) => warn!(error = %e, "image collection failed"),
+        }
+        if outbox.send(images.held_message()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Fetches, one at a time, every image of `list` not held under its reference.
+async fn sync_all(
+    conn: &quinn::Connection,
+    store: &ImageStore,
+    list: &[WantedImage],
+    wanted: &watch::Receiver<Option<Vec<WantedImage>>>,
+) -> Pass {
+    let mut retry = false;
+    for image in list {
+        if wanted.has_changed().unwrap_or(true) {
+            return Pass::Superseded;
+        }
+        if store.image(&image.reference).is_some_and(|r| r.digest == image.digest.as_str()) {
+            continue;
+        }
+        if let Err(e) = sync_image(conn, store, image).await {
+            warn!(image = %image.reference, digest = %image.digest, error = %e, "cannot fetch image");
+            retry |= e.is_temporary();
+        }
+    }
+    Pass::Done { retry }
 }
