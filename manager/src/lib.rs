@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod cli;
 pub mod core;
+pub mod images;
 pub mod init;
 pub mod paths;
 pub mod server;

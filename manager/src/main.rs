@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use shoal_manager::cli::{manager::ManagerCommand, node::NodeCommand};
+use shoal_manager::cli::{image::ImageCommand, manager::ManagerCommand, node::NodeCommand};
 use shoal_manager::paths::DEFAULT_DATA_DIR;
 
 #[derive(Debug, Parser)]
@@ -25,6 +25,9 @@ enum Command {
     /// Manage the nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage the images the manager distributes to the nodes.
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Manager(cmd) => shoal_manager::cli::manager::run(&cli.data_dir, cmd).await,
             Command::Node(cmd) => shoal_manager::cli::node::run(&cli.data_dir, cmd).await,
+            Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
         }
     });
     match result {

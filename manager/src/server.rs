@@ -1,8 +1,10 @@
 //! `shoal manager run`: the QUIC shell around the pure core. It accepts connections,
 //! tells joining boards, agents and administrators apart by their certificates, feeds
 //! heartbeats to [`Membership`] and applies what it decides (closing dead sessions).
+//! It also takes image uploads, serves image blobs to nodes and tells every agent which
+//! images to hold; the archive parsing and blob store are in [`crate::images`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,17 +13,23 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shoal_link::{framed, tls, Identity, LinkError};
+use shoal_proto::images::{FetchBlob, ImageView, MAX_ARCHIVE_BYTES, MAX_IMAGES};
 use shoal_proto::{
     frame, AgentMessage, Availability, BoundedVec, ControlReply, ControlRequest, Envelope, ErrorKind, ErrorReply,
-    JoinAccepted, JoinRequest, JoinToken, NodeId, NodeStatus, NodeView, Request, Response, Role, SessionOpen,
-    PROTOCOL_VERSION,
+    JoinAccepted, JoinRequest, JoinToken, ManagerMessage, NodeId, NodeStatus, NodeView, Request, Response, Role,
+    SessionOpen, PROTOCOL_VERSION,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::ca::{self, Ca, CertRole};
 use crate::core::membership::{LivenessConfig, Membership, Transition};
 use crate::core::nodes::{self, NodeRecord};
 use crate::core::Millis;
+use crate::images::archive::{self, ImportError};
+use crate::images::blobs::{BlobError, BlobStore};
+use crate::images::{self, ImageRecord};
 use crate::paths;
 use crate::store::{ClusterRecord, Store};
 
@@ -35,6 +43,8 @@ pub mod close {
     pub const REPLACED: u32 = 3;
     /// The node was removed from the cluster.
     pub const REMOVED: u32 = 4;
+    /// The session fell behind the manager's messages; reconnecting resynchronises it.
+    pub const LAGGING: u32 = 5;
 }
 
 /// Settings for `manager run`.
@@ -50,16 +60,27 @@ pub struct RunConfig {
 const SESSION_FRAME_LIMIT: usize = 64 * 1024;
 /// Idle timeout of manager connections; dead nodes are found sooner by heartbeats.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for one agent's session. They are rare (one per image change), so a
+/// full queue means the agent stopped reading; its session is closed to resynchronise.
+const SESSION_QUEUE: usize = 16;
+/// Largest piece of an upload read at once, and of a blob sent at once.
+const CHUNK: usize = 256 * 1024;
+/// An upload that sends nothing for this long is abandoned.
+const UPLOAD_STALL: Duration = Duration::from_secs(30);
 
 struct Session {
     serial: u64,
     conn: quinn::Connection,
+    /// Messages for the agent, written by its session task.
+    tx: mpsc::Sender<ManagerMessage>,
 }
 
 struct State {
     members: Membership,
     sessions: HashMap<NodeId, Session>,
     next_serial: u64,
+    /// Image digests each node last said it holds complete (observed status, memory only).
+    held: HashMap<NodeId, HashSet<String>>,
 }
 
 struct Manager {
@@ -68,6 +89,11 @@ struct Manager {
     cluster: Mutex<ClusterRecord>,
     state: Mutex<State>,
     started: Instant,
+    blobs: BlobStore,
+    /// Serialises changes to the image set: committing blobs, writing records, blob GC
+    /// and telling the agents happen as one step, so GC never sees a half-loaded image
+    /// and agents get the sets in the order they were made.
+    images: tokio::sync::Mutex<()>,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -124,13 +150,26 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let endpoint = quinn::Endpoint::server(server_config, listen)
         .with_context(|| format!("cannot listen on {listen} (is another manager running, or the port taken?)"))?;
 
+    let blobs = BlobStore::open(&paths::manager_dir(data_dir))?;
+    // Blobs of a load that crashed between moving blobs and writing records go now.
+    let collected = blobs.gc(&images::referenced_blobs(&store.images()?))?;
+    if collected > 0 {
+        info!(blobs = collected, "removed image blobs no image uses");
+    }
     let mut members = Membership::new(config.liveness);
     let manager = Arc::new(Manager {
         store,
         ca,
         cluster: Mutex::new(cluster.clone()),
-        state: Mutex::new(State { members: Membership::default(), sessions: HashMap::new(), next_serial: 0 }),
+        state: Mutex::new(State {
+            members: Membership::default(),
+            sessions: HashMap::new(),
+            next_serial: 0,
+            held: HashMap::new(),
+        }),
         started: Instant::now(),
+        blobs,
+        images: tokio::sync::Mutex::new(()),
     });
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {
@@ -258,9 +297,11 @@ async fn handle_stream(
     };
     let response = match (envelope.request, &peer) {
         (Request::Ping, _) => Response::Pong,
-        (Request::FetchBlob(_), _) => {
-            Response::Error(ErrorReply::new(ErrorKind::InvalidRequest, "image transfer is not available yet"))
-        }
+        (Request::FetchBlob(fetch), Peer::Node(id)) => return serve_blob(&mgr, id, fetch, send).await,
+        (Request::FetchBlob(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::Unauthorized,
+            "image blobs are served to cluster nodes only: join the cluster with `shoal-agent join` first",
+        )),
         (Request::Join(join), _) => handle_join(&mgr, join).unwrap_or_else(Response::Error),
         (Request::OpenSession(open), Peer::Node(id)) => {
             return run_session(mgr, conn, id.clone(), open, send, recv).await;
@@ -269,9 +310,13 @@ async fn handle_stream(
             ErrorKind::Unauthorized,
             "this connection carries no node certificate: join the cluster first with `shoal-agent join --token TOKEN MANAGER`",
         )),
-        (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req) {
+        (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req, &mut recv).await {
             Ok(r) => Response::Control(r),
-            Err(e) => Response::Error(e),
+            Err(e) => {
+                // Whatever of an upload is still coming is not wanted: let the sender stop.
+                let _ = recv.stop(0u32.into());
+                Response::Error(e)
+            }
         },
         (Request::Control(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::Unauthorized,
@@ -366,14 +411,15 @@ fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, ErrorReply>
     }))
 }
 
-/// An agent's long-lived session: accept it, then take heartbeats until it ends.
+/// An agent's long-lived session: accept it, send it the image set, then take its
+/// heartbeats and image reports while writing the messages queued for it, until it ends.
 async fn run_session(
     mgr: Arc<Manager>,
     conn: quinn::Connection,
     node: NodeId,
     open: SessionOpen,
     mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
 ) {
     let mut record = match mgr.store.node(&node) {
         Ok(Some(r)) => r,
@@ -403,11 +449,12 @@ async fn run_session(
         }
     }
     let period = mgr.state.lock().expect("state lock").members.config().heartbeat_period;
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
     let (serial, transition, replaced) = {
         let mut st = mgr.state.lock().expect("state lock");
         st.next_serial += 1;
         let serial = st.next_serial;
-        let replaced = st.sessions.insert(node.clone(), Session { serial, conn: conn.clone() });
+        let replaced = st.sessions.insert(node.clone(), Session { serial, conn: conn.clone(), tx });
         let now = mgr.now();
         (serial, st.members.heard(now, &node), replaced)
     };
@@ -421,28 +468,56 @@ async fn run_session(
     if framed::send(&mut send, &accepted).await.is_err() {
         return;
     }
+    // The image set is read after the session was registered, so a change made since is
+    // queued behind this one and the agent always ends with the newest set.
+    match mgr.store.images() {
+        Ok(all) => {
+            if framed::send(&mut send, &images_message(&all)).await.is_err() {
+                return;
+            }
+        }
+        Err(e) => warn!(%node, error = %e, "could not read the image set for a new session"),
+    }
+    // The read is kept across loop turns rather than restarted: `framed::recv` is not
+    // cancel-safe, and dropping it halfway through a frame would lose bytes.
+    let mut reading = Box::pin(next_message(recv));
     let ended = loop {
-        match framed::recv::<AgentMessage>(&mut recv, SESSION_FRAME_LIMIT).await {
-            Ok(Some(AgentMessage::Heartbeat { .. })) => {
-                let t = {
-                    let mut st = mgr.state.lock().expect("state lock");
-                    let now = mgr.now();
-                    st.members.heard(now, &node)
-                };
-                mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
+        tokio::select! {
+            (r, result) = &mut reading => {
+                match result {
+                    Ok(Some(AgentMessage::Heartbeat { .. })) => {
+                        let t = {
+                            let mut st = mgr.state.lock().expect("state lock");
+                            let now = mgr.now();
+                            st.members.heard(now, &node)
+                        };
+                        mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
+                    }
+                    Ok(Some(AgentMessage::ImagesHeld(digests))) => {
+                        debug!(%node, images = digests.len(), "node reports the images it holds");
+                        let held = digests.iter().map(|d| d.to_string()).collect();
+                        mgr.state.lock().expect("state lock").held.insert(node.clone(), held);
+                    }
+                    Ok(None) => break Some("the agent closed its session"),
+                    Err(LinkError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+                        quinn::ConnectionError::ApplicationClosed(_),
+                    )))) => break Some("the agent shut down"),
+                    Err(LinkError::Frame(e)) => {
+                        warn!(%node, error = %e, "malformed frame on session; closing it");
+                        break Some("the agent sent a malformed frame");
+                    }
+                    Err(e) => {
+                        debug!(%node, error = %e, "session ended");
+                        break None;
+                    }
+                }
+                reading = Box::pin(next_message(r));
             }
-            Ok(Some(AgentMessage::ImagesHeld(_))) => {}
-            Ok(None) => break Some("the agent closed its session"),
-            Err(LinkError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
-                quinn::ConnectionError::ApplicationClosed(_),
-            )))) => break Some("the agent shut down"),
-            Err(LinkError::Frame(e)) => {
-                warn!(%node, error = %e, "malformed frame on session; closing it");
-                break Some("the agent sent a malformed frame");
-            }
-            Err(e) => {
-                debug!(%node, error = %e, "session ended");
-                break None;
+            Some(message) = rx.recv() => {
+                if let Err(e) = framed::send(&mut send, &message).await {
+                    debug!(%node, error = %e, "could not write to session");
+                    break None;
+                }
             }
         }
     };
@@ -457,6 +532,12 @@ async fn run_session(
             mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
         }
     }
+}
+
+/// Reads the next agent message, handing the stream back so the read can be restarted.
+async fn next_message(mut recv: quinn::RecvStream) -> (quinn::RecvStream, Result<Option<AgentMessage>, LinkError>) {
+    let result = framed::recv::<AgentMessage>(&mut recv, SESSION_FRAME_LIMIT).await;
+    (recv, result)
 }
 
 fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
@@ -481,7 +562,11 @@ fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
     }
 }
 
-fn handle_control(mgr: &Manager, req: ControlRequest) -> Result<ControlReply, ErrorReply> {
+async fn handle_control(
+    mgr: &Manager,
+    req: ControlRequest,
+    recv: &mut quinn::RecvStream,
+) -> Result<ControlReply, ErrorReply> {
     let nodes = mgr.store.nodes().map_err(internal)?;
     match req {
         ControlRequest::NodeList => {
@@ -521,6 +606,7 @@ fn handle_control(mgr: &Manager, req: ControlRequest) -> Result<ControlReply, Er
             let session = {
                 let mut st = mgr.state.lock().expect("state lock");
                 st.members.forget(&record.id);
+                st.held.remove(&record.id);
                 st.sessions.remove(&record.id)
             };
             if let Some(s) = session {
@@ -536,9 +622,9 @@ fn handle_control(mgr: &Manager, req: ControlRequest) -> Result<ControlReply, Er
             info!(node = %record.id, availability = %record.availability, "node updated");
             Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
         }
-        ControlRequest::ImageLoad { .. } | ControlRequest::ImageList | ControlRequest::ImageRemove { .. } => {
-            Err(ErrorReply::new(ErrorKind::InvalidRequest, "images are not available yet"))
-        }
+        ControlRequest::ImageLoad { size } => load_image(mgr, size, recv).await,
+        ControlRequest::ImageList => list_images(mgr),
+        ControlRequest::ImageRemove { image } => remove_image(mgr, &image).await,
         ControlRequest::JoinToken { rotate } => {
             let mut cluster = mgr.cluster.lock().expect("cluster lock");
             if rotate {
@@ -555,4 +641,225 @@ fn handle_control(mgr: &Manager, req: ControlRequest) -> Result<ControlReply, Er
             })
         }
     }
+}
+
+/// The full set of images every agent should hold.
+fn images_message(all: &[ImageRecord]) -> ManagerMessage {
+    let wanted: Vec<_> = images::wanted(all).into_iter().take(MAX_IMAGES).collect();
+    ManagerMessage::Images(wanted.try_into().unwrap_or_default())
+}
+
+/// Tells every session the new image set. Called with the image lock held, so sets are
+/// queued in the order they were made.
+fn broadcast_images(mgr: &Manager, all: &[ImageRecord]) {
+    let message = images_message(all);
+    let lagging: Vec<_> = {
+        let st = mgr.state.lock().expect("state lock");
+        st.sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.tx.try_send(message.clone()), Err(mpsc::error::TrySendError::Full(_))))
+            .map(|(id, s)| (id.clone(), s.conn.clone()))
+            .collect()
+    };
+    for (node, conn) in lagging {
+        warn!(%node, "session is not reading its messages; closing it so the agent resynchronises");
+        conn.close(close::LAGGING.into(), b"session fell behind; reconnect");
+    }
+}
+
+/// Removes a file when dropped: the upload, whatever happens to the import.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Copies exactly `size` bytes of the stream into `path`, in chunks.
+async fn receive_upload(recv: &mut quinn::RecvStream, path: &Path, size: u64) -> Result<(), ErrorReply> {
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut left = size;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK);
+        let chunk = match tokio::time::timeout(UPLOAD_STALL, recv.read_chunk(want, true)).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => {
+                return Err(ErrorReply::new(
+                    ErrorKind::InvalidRequest,
+                    &format!("the upload ended after {} of {size} bytes: run `shoal image load` again", size - left),
+                ))
+            }
+            Ok(Err(e)) => return Err(ErrorReply::new(ErrorKind::InvalidRequest, &format!("the upload failed: {e}"))),
+            Err(_) => {
+                return Err(ErrorReply::new(
+                    ErrorKind::InvalidRequest,
+                    &format!("the upload stalled for {UPLOAD_STALL:?}: run `shoal image load` again"),
+                ))
+            }
+        };
+        left -= chunk.bytes.len() as u64;
+        file.write_all(&chunk.bytes).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    Ok(())
+}
+
+/// `image load`: receive the archive, verify it whole, then commit its blobs and records
+/// (replacing images of the same reference), collect unused blobs and tell the agents.
+async fn load_image(mgr: &Manager, size: u64, recv: &mut quinn::RecvStream) -> Result<ControlReply, ErrorReply> {
+    if size > MAX_ARCHIVE_BYTES {
+        return Err(ErrorReply::new(
+            ErrorKind::InvalidRequest,
+            &format!(
+                "the archive is {size} bytes, more than the {} GiB the manager accepts: split the images \
+                 into several archives",
+                MAX_ARCHIVE_BYTES >> 30
+            ),
+        ));
+    }
+    if size == 0 {
+        return Err(ErrorReply::new(ErrorKind::InvalidRequest, "the archive is empty: give an OCI image archive"));
+    }
+    let upload = RemoveOnDrop(mgr.blobs.tmp_dir().join(format!("upload-{}.tar", images::hex(&crate::random::<8>()))));
+    receive_upload(recv, &upload.0, size).await?;
+    let (path, blobs) = (upload.0.clone(), mgr.blobs.clone());
+    let imported = tokio::task::spawn_blocking(move || archive::import(&path, &blobs))
+        .await
+        .map_err(internal)?
+        .map_err(|e: ImportError| {
+            if e.is_bad_archive() {
+                info!(error = %e, "refused an image archive");
+                ErrorReply::new(ErrorKind::InvalidRequest, &e.to_string())
+            } else {
+                internal(e)
+            }
+        })?;
+    drop(upload);
+
+    let _guard = mgr.images.lock().await;
+    let existing = mgr.store.images().map_err(internal)?;
+    let refs: HashSet<&str> = existing.iter().chain(&imported.images).map(|i| i.reference.as_str()).collect();
+    if refs.len() > MAX_IMAGES {
+        return Err(ErrorReply::new(
+            ErrorKind::Conflict,
+            &format!("the manager holds at most {MAX_IMAGES} images: remove some with `shoal image rm` first"),
+        ));
+    }
+    let used = images::referenced_blobs(&imported.images);
+    mgr.blobs.commit(&imported.staging, &used).map_err(internal)?;
+    mgr.store.update_images(&imported.images, &[]).map_err(internal)?;
+    let all = mgr.store.images().map_err(internal)?;
+    match mgr.blobs.gc(&images::referenced_blobs(&all)) {
+        Ok(0) => {}
+        Ok(n) => info!(blobs = n, "removed image blobs no image uses any more"),
+        Err(e) => warn!(error = %e, "image blob garbage collection failed"),
+    }
+    broadcast_images(mgr, &all);
+    let mut loaded = BoundedVec::new();
+    for image in &imported.images {
+        info!(reference = %image.reference, digest = %image.digest, platforms = ?image.platforms, size = image.size, "image loaded");
+        loaded.push(shoal_proto::text(&image.reference).map_err(internal)?).map_err(internal)?;
+    }
+    Ok(ControlReply::ImagesLoaded(loaded))
+}
+
+/// `image ls`, with the nodes that reported holding each image.
+fn list_images(mgr: &Manager) -> Result<ControlReply, ErrorReply> {
+    let all = mgr.store.images().map_err(internal)?;
+    let st = mgr.state.lock().expect("state lock");
+    let mut views = Vec::new();
+    for image in all.into_iter().take(MAX_IMAGES) {
+        let mut holders: Vec<NodeId> =
+            st.held.iter().filter(|(_, held)| held.contains(&image.digest)).map(|(id, _)| id.clone()).collect();
+        holders.sort();
+        views.push(ImageView {
+            reference: shoal_proto::text_lossy(&image.reference),
+            digest: shoal_proto::text_lossy(&image.digest),
+            platforms: image
+                .platforms
+                .iter()
+                .take(shoal_proto::images::MAX_PLATFORMS)
+                .map(|p| shoal_proto::text_lossy(p))
+                .collect::<Vec<_>>()
+                .try_into()
+                .map_err(internal)?,
+            size: image.size,
+            nodes: holders.try_into().map_err(internal)?,
+        });
+    }
+    Ok(ControlReply::Images(views.try_into().map_err(internal)?))
+}
+
+/// `image rm`: drop the records, collect their blobs, tell the agents.
+async fn remove_image(mgr: &Manager, name: &str) -> Result<ControlReply, ErrorReply> {
+    let _guard = mgr.images.lock().await;
+    let existing = mgr.store.images().map_err(internal)?;
+    let targets = images::resolve(&existing, name)?;
+    let refs: Vec<&str> = targets.iter().map(|i| i.reference.as_str()).collect();
+    mgr.store.update_images(&[], &refs).map_err(internal)?;
+    let all = mgr.store.images().map_err(internal)?;
+    if let Err(e) = mgr.blobs.gc(&images::referenced_blobs(&all)) {
+        warn!(error = %e, "image blob garbage collection failed");
+    }
+    broadcast_images(mgr, &all);
+    let mut lines: Vec<String> = refs.iter().map(|r| format!("Untagged: {r}")).collect();
+    let digests: HashSet<&str> = targets.iter().map(|i| i.digest.as_str()).collect();
+    for d in digests {
+        if !all.iter().any(|i| i.digest == d) {
+            lines.push(format!("Deleted: {d}"));
+        }
+    }
+    info!(image = name, removed = ?refs, "image removed");
+    Ok(ControlReply::Done(shoal_proto::Message::lossy(&lines.join("\n"))))
+}
+
+/// `FetchBlob` from a node: the size, then the bytes from `offset` on, streamed from the
+/// file, then the end of the stream.
+async fn serve_blob(mgr: &Manager, node: &NodeId, fetch: FetchBlob, mut send: quinn::SendStream) {
+    // A removed node's certificate still verifies against the CA: check the store.
+    match mgr.store.node(node) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let refusal = ErrorReply::new(
+                ErrorKind::NodeRemoved,
+                "this node was removed from the cluster: join again with `shoal-agent join --token TOKEN MANAGER`",
+            );
+            return reply(&mut send, &Response::Error(refusal)).await;
+        }
+        Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
+    }
+    let (file, size) = match mgr.blobs.open_at(&fetch.digest, fetch.offset) {
+        Ok(opened) => opened,
+        Err(e @ BlobError::NotFound(_)) => {
+            return reply(&mut send, &Response::Error(ErrorReply::new(ErrorKind::NotFound, &e.to_string()))).await
+        }
+        Err(e @ (BlobError::InvalidDigest(_) | BlobError::OffsetBeyondEnd { .. })) => {
+            return reply(&mut send, &Response::Error(ErrorReply::new(ErrorKind::InvalidRequest, &e.to_string()))).await
+        }
+        Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
+    };
+    if framed::send(&mut send, &Response::Blob { size }).await.is_err() {
+        return;
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match file.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                warn!(digest = %fetch.digest, error = %e, "could not read a blob");
+                // Resetting tells the node the transfer failed rather than ended.
+                let _ = send.reset(1u32.into());
+                return;
+            }
+        };
+        if let Err(e) = send.write_all(&buf[..n]).await {
+            debug!(%node, digest = %fetch.digest, error = %e, "blob transfer interrupted");
+            return;
+        }
+    }
+    let _ = send.finish();
+    debug!(%node, digest = %fetch.digest, offset = fetch.offset, size, "blob sent");
 }

@@ -1,4 +1,5 @@
-//! The manager's persistent state in one redb file: cluster secrets and node records.
+//! The manager's persistent state in one redb file: cluster secrets, node records and
+//! image records (the image blobs themselves live beside it, in `images::blobs`).
 //! Values are postcard; every change is one transaction, so a crash leaves either the
 //! old state or the new one.
 
@@ -9,9 +10,12 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::NodeId;
 
 use crate::core::nodes::NodeRecord;
+use crate::images::ImageRecord;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Image records by reference.
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const CLUSTER_KEY: &str = "cluster";
 
 /// Store failures.
@@ -133,5 +137,65 @@ impl Store {
         tx.open_table(NODES)?.remove(id.as_str())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every image record, sorted by reference.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(IMAGES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, value) = row?;
+            out.push(postcard::from_bytes(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Writes `put` (replacing records of the same reference) and deletes `remove`, in
+    /// one transaction: a load or a removal is all or nothing.
+    pub fn update_images(&self, put: &[ImageRecord], remove: &[&str]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(IMAGES)?;
+            for reference in remove {
+                table.remove(*reference)?;
+            }
+            for image in put {
+                table.insert(image.reference.as_str(), postcard::to_allocvec(image)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_records_survive_reopening_the_store() {
+        let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
+        let image = |r: &str| ImageRecord {
+            reference: r.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platforms: vec!["linux/arm64".into()],
+            size: 42,
+            blobs: vec![format!("sha256:{}", "a".repeat(64))],
+            loaded_at_ms: 1,
+        };
+        {
+            let store = Store { db: Database::create(&path).unwrap() };
+            assert!(store.images().unwrap().is_empty());
+            store.update_images(&[image("a:1"), image("b:1")], &[]).unwrap();
+            store.update_images(&[], &["a:1"]).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.images().unwrap(), vec![image("b:1")]);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shoal_link::{ClientTls, Identity, Trust};
-use shoal_proto::{ControlReply, ControlRequest, Envelope, ErrorReply, Request, Response};
+use shoal_proto::{frame, ControlReply, ControlRequest, Envelope, ErrorReply, Request, Response};
+use tokio::io::AsyncReadExt;
 
 use crate::paths::{self, AdminCredentials};
 
@@ -38,6 +39,9 @@ pub enum CliError {
     /// The manager refused.
     #[error("{}", .0.message)]
     Refused(ErrorReply),
+    /// The local archive file could not be read.
+    #[error("cannot read the archive: {0}")]
+    Archive(String),
     /// The manager answered something this CLI did not ask for.
     #[error("unexpected answer from the manager: {0}")]
     Unexpected(String),
@@ -87,6 +91,47 @@ impl Client {
         let (_, _, response) = shoal_link::request(&self.conn, &Envelope::new(Request::Control(req)), REQUEST_TIMEOUT)
             .await
             .map_err(|e| CliError::Unreachable { addr: self.addr.clone(), detail: e.to_string() })?;
+        match response {
+            Response::Control(reply) => Ok(reply),
+            Response::Error(e) => Err(CliError::Refused(e)),
+            other => Err(CliError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// `image load`: sends the envelope, then the archive's `size` bytes from `file`, and
+    /// waits for the manager's verdict. The deadline grows with the size (at least 1 MiB/s
+    /// plus time for the manager to verify), so big archives on slow links get through.
+    pub async fn upload(&self, mut file: tokio::fs::File, size: u64) -> Result<ControlReply, CliError> {
+        let timeout = Duration::from_secs(60 + size / (1 << 20));
+        let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+            let envelope = Envelope::new(Request::Control(ControlRequest::ImageLoad { size }));
+            shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut left = size;
+            while left > 0 {
+                let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let n = file.read(&mut buf[..want]).await.map_err(|e| CliError::Archive(e.to_string()))?;
+                if n == 0 {
+                    return Err(CliError::Archive("the file shrank while it was being sent".into()));
+                }
+                // A manager that refuses early stops the stream; its reply says why.
+                if send.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                left -= n as u64;
+            }
+            let _ = send.finish();
+            match shoal_link::framed::recv::<Response>(&mut recv, frame::MAX_FRAME_LEN).await {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => Err(unreachable("the manager closed the upload without answering".into())),
+                Err(e) => Err(unreachable(e.to_string())),
+            }
+        };
+        let response = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer to the upload within {timeout:?}")))??;
         match response {
             Response::Control(reply) => Ok(reply),
             Response::Error(e) => Err(CliError::Refused(e)),
