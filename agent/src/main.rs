@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use shoal_agent::identity::NodeIdentity;
+use shoal_agent::images::ImageStore;
 use shoal_agent::{host, session, AgentError};
 use shoal_proto::Label;
 
@@ -34,6 +35,9 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Images on this board.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// (internal) Monitor one container: started by the agent, outlives it.
     #[command(hide = true)]
     Shim {
@@ -46,6 +50,18 @@ enum Command {
         /// Container ID.
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Side-load the images of an OCI archive (for this board's platform), e.g. from a
+    /// USB stick on a board that can't reach its manager yet.
+    Load {
+        /// The archive (an OCI image layout in a tar).
+        archive: PathBuf,
+    },
+    /// List the images this board holds.
+    Ls,
 }
 
 #[derive(Debug, Args, Default)]
@@ -99,6 +115,7 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
             identity
         }
         Command::Shim { .. } => unreachable!("handled before the runtime starts"),
+        Command::Image(cmd) => return image_command(&cli.data_dir, cmd).await,
         Command::Run { node } => {
             let identity =
                 NodeIdentity::load(&cli.data_dir)?.ok_or_else(|| AgentError::NotJoined(cli.data_dir.join("agent")))?;
@@ -142,6 +159,28 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn image_command(data_dir: &std::path::Path, cmd: ImageCommand) -> Result<(), AgentError> {
+    let dir = shoal_agent::identity::agent_dir(data_dir).join("images");
+    let store = ImageStore::open(&dir).map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
+    match cmd {
+        ImageCommand::Load { archive } => {
+            let loaded = shoal_agent::images::archive::load(&store, &archive)
+                .await
+                .map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
+            for (reference, _) in loaded {
+                println!("Loaded image: {reference}");
+            }
+        }
+        ImageCommand::Ls => {
+            for digest in store.held() {
+                let refs = store.image(&digest).map(|r| r.references.join(", ")).unwrap_or_default();
+                println!("{refs}\t{digest}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn exit_code(code: i32) -> std::process::ExitCode {

@@ -303,11 +303,35 @@ async fn transfer(
     Ok((Some(hash.finish()), received))
 }
 
+/// Where blobs come from: the manager over the session connection, or an OCI layout on
+/// the board itself (see [`super::archive`]). Either way a blob lands in the store only
+/// after its digest was verified.
+pub trait BlobSource {
+    /// Puts blob `digest` into `store` unless it is there already.
+    fn fetch(
+        &self,
+        store: &ImageStore,
+        digest: &str,
+        expected_size: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<FetchedBlob, FetchError>> + Send;
+}
+
+impl BlobSource for quinn::Connection {
+    fn fetch(
+        &self,
+        store: &ImageStore,
+        digest: &str,
+        expected_size: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<FetchedBlob, FetchError>> + Send {
+        fetch_blob(self, store, digest, expected_size)
+    }
+}
+
 /// Fetches everything `wanted` needs that the store lacks (this board's manifest,
 /// config, each layer: fetched, verified, unpacked, its blob deleted) and records the
 /// image. Returns its record.
 pub async fn sync_image(
-    conn: &quinn::Connection,
+    conn: &(impl BlobSource + Sync),
     store: &ImageStore,
     wanted: &WantedImage,
 ) -> Result<ImageRecord, FetchError> {
@@ -316,7 +340,7 @@ pub async fn sync_image(
     let started = Instant::now();
     let oci = |source: OciError| FetchError::Oci { reference: reference.to_owned(), source };
     let host = HostPlatform::current();
-    let mut transferred = fetch_blob(conn, store, top, None).await?.transferred;
+    let mut transferred = conn.fetch(store, top, None).await?.transferred;
 
     let manifest_digest = match TopLevel::parse(&store.read_json_blob(top)?).map_err(oci)? {
         TopLevel::Index(index) => {
@@ -328,7 +352,7 @@ pub async fn sync_image(
                     limit: MAX_JSON_BYTES,
                 });
             }
-            transferred += fetch_blob(conn, store, &chosen.digest, Some(chosen.size)).await?.transferred;
+            transferred += conn.fetch(store, &chosen.digest, Some(chosen.size)).await?.transferred;
             chosen.digest.clone()
         }
         TopLevel::Manifest(_) => top.to_owned(),
@@ -342,7 +366,7 @@ pub async fn sync_image(
             limit: MAX_JSON_BYTES,
         });
     }
-    transferred += fetch_blob(conn, store, &config_desc.digest, Some(config_desc.size)).await?.transferred;
+    transferred += conn.fetch(store, &config_desc.digest, Some(config_desc.size)).await?.transferred;
     let config = ImageConfig::parse(&store.read_json_blob(&config_desc.digest)?).map_err(oci)?;
     host.check(&config).map_err(oci)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -366,7 +390,7 @@ pub async fn sync_image(
         if LayerMediaType::parse(&layer.media_type).is_none() {
             return Err(unpack_err(UnpackError::MediaType(layer.media_type.clone())));
         }
-        let blob = fetch_blob(conn, store, &layer.digest, Some(layer.size)).await?;
+        let blob = conn.fetch(store, &layer.digest, Some(layer.size)).await?;
         transferred += blob.transferred;
         let dest = store.begin_layer(&layer.digest)?;
         let (blob_path, dest_dir, media_type) = (blob.path.clone(), dest.clone(), layer.media_type.clone());

@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod fake;
+pub mod from_image;
 pub mod init;
 pub mod libcontainer;
 pub mod logs;

@@ -1,0 +1,164 @@
+//! From an image's configuration and a task's overrides to a [`ContainerConfig`], with
+//! Docker's rules: arguments after the image replace the image's `Cmd` and follow its
+//! `Entrypoint`; the task's environment overrides the image's, key by key; the image's
+//! user and working directory apply unless the task says otherwise.
+
+use std::path::PathBuf;
+
+use super::{ContainerConfig, NetworkMode, RuntimeError};
+use crate::images::oci::ImageConfig;
+
+/// What a task sets on top of its image.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Command and arguments given after the image (replace `Cmd`).
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries that override the image's.
+    pub env: Vec<String>,
+    /// Hostname inside the container.
+    pub hostname: String,
+    /// Network namespace.
+    pub network: Option<NetworkMode>,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<u64>,
+    /// CPU limit in thousandths of a CPU.
+    pub cpu_millis: Option<u64>,
+    /// Extra `/etc/hosts` lines.
+    pub hosts: Vec<String>,
+}
+
+/// Builds the container configuration for `id`.
+pub fn container_config(
+    id: &str,
+    image: &ImageConfig,
+    layers: Vec<PathBuf>,
+    o: &Overrides,
+) -> Result<ContainerConfig, RuntimeError> {
+    let run = image.config.clone().unwrap_or_default();
+    let mut args: Vec<String> = run.entrypoint.clone().unwrap_or_default();
+    if o.args.is_empty() {
+        args.extend(run.cmd.clone().unwrap_or_default());
+    } else {
+        args.extend(o.args.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(RuntimeError::Spec("the image has no command and none was given".into()));
+    }
+    let mut env: Vec<String> = run.env.clone().unwrap_or_default();
+    for entry in &o.env {
+        let key = entry.split('=').next().unwrap_or(entry);
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(entry.clone());
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    let (uid, gid) = user_ids(run.user.as_deref().unwrap_or(""), &layers)?;
+    Ok(ContainerConfig {
+        id: id.to_owned(),
+        hostname: if o.hostname.is_empty() { id.chars().take(63).collect() } else { o.hostname.clone() },
+        args,
+        env,
+        cwd: run.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        layers,
+        network: o.network.clone().unwrap_or(NetworkMode::Host),
+        memory_limit: o.memory_limit,
+        cpu_millis: o.cpu_millis,
+        hosts: o.hosts.clone(),
+    })
+}
+
+/// `""`, `uid`, `uid:gid`, `name` or `name:group`, names looked up in the image's
+/// `/etc/passwd` and `/etc/group` (topmost layer first).
+fn user_ids(user: &str, layers: &[PathBuf]) -> Result<(u32, u32), RuntimeError> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+    let find = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = layers.iter().find_map(|l| std::fs::read_to_string(l.join(file)).ok())?;
+        text.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.first() == Some(&name))
+                .then(|| Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0))))?
+        })
+    };
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(n) => (n, find("etc/passwd", u).map_or(n, |(_, g)| g)),
+        Err(_) => find("etc/passwd", u)
+            .ok_or_else(|| RuntimeError::Spec(format!("user {u:?} is not in the image's /etc/passwd")))?,
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => find("etc/group", g)
+                .map(|(gid, _)| gid)
+                .ok_or_else(|| RuntimeError::Spec(format!("group {g:?} is not in the image's /etc/group")))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::oci::RunConfig;
+
+    fn image(entrypoint: Option<&[&str]>, cmd: &[&str], env: &[&str]) -> ImageConfig {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        ImageConfig {
+            config: Some(RunConfig {
+                entrypoint: entrypoint.map(v),
+                cmd: Some(v(cmd)),
+                env: Some(v(env)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn arguments_replace_cmd_and_follow_the_entrypoint() {
+        let plain = image(None, &["httpd", "-f"], &[]);
+        let c = container_config("a", &plain, vec![], &Overrides::default()).unwrap();
+        assert_eq!(c.args, ["httpd", "-f"]);
+        let o = Overrides { args: vec!["sh".into(), "-c".into(), "true".into()], ..Default::default() };
+        assert_eq!(container_config("a", &plain, vec![], &o).unwrap().args, ["sh", "-c", "true"]);
+        let with_ep = image(Some(&["redis-server"]), &["--port", "6379"], &[]);
+        let o = Overrides { args: vec!["--port".into(), "7000".into()], ..Default::default() };
+        assert_eq!(container_config("a", &with_ep, vec![], &o).unwrap().args, ["redis-server", "--port", "7000"]);
+    }
+
+    #[test]
+    fn task_environment_overrides_the_images_by_key() {
+        let img = image(None, &["x"], &["PATH=/bin", "MODE=prod"]);
+        let o = Overrides { env: vec!["MODE=test".into(), "EXTRA=1".into()], ..Default::default() };
+        let c = container_config("a", &img, vec![], &o).unwrap();
+        assert_eq!(c.env, ["PATH=/bin", "MODE=test", "EXTRA=1"]);
+    }
+
+    #[test]
+    fn an_image_without_a_command_is_refused() {
+        let img = image(None, &[], &[]);
+        assert!(container_config("a", &img, vec![], &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn users_are_numeric_or_looked_up_in_the_image() {
+        let dir = std::env::temp_dir().join(format!("shoal-user-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nredis:x:100:101::/data:/bin/false\n")
+            .unwrap();
+        std::fs::write(dir.join("etc/group"), "root:x:0:\nredis:x:101:\nstaff:x:50:\n").unwrap();
+        let layers = vec![dir.clone()];
+        assert_eq!(user_ids("", &layers).unwrap(), (0, 0));
+        assert_eq!(user_ids("1000:1000", &layers).unwrap(), (1000, 1000));
+        assert_eq!(user_ids("redis", &layers).unwrap(), (100, 101));
+        assert_eq!(user_ids("redis:staff", &layers).unwrap(), (100, 50));
+        assert!(user_ids("nobody", &layers).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

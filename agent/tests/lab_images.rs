@@ -1,0 +1,135 @@
+//! The lab's images on the real runtime, end to end on one board (as root): the OCI
+//! archives from `images/build.sh` side-loaded into the image store, containers on the
+//! node bridge in their own network namespaces, ports published on the host.
+//! httpd answers on its published port; redis answers PING.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shoal_agent::images::{archive, ImageStore};
+use shoal_agent::net::publish::{PortPublisher, Proto};
+use shoal_agent::net::subnet::Subnet;
+use shoal_agent::net::{BridgeConfig, Network};
+use shoal_agent::runtime::from_image::{container_config, Overrides};
+use shoal_agent::runtime::{LibcontainerRuntime, NetworkMode, Runtime};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn is_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipping: real containers need root");
+    }
+    root
+}
+
+/// Builds the lab images if needed (fast when they are up to date).
+fn lab_images() -> PathBuf {
+    let status = std::process::Command::new(repo().join("images/build.sh")).status().expect("images/build.sh");
+    assert!(status.success(), "images/build.sh failed");
+    repo().join("out/images")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends `request` to 127.0.0.1:`port` until something answers, returning the answer.
+fn ask(port: u16, request: &[u8], until: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(request);
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf) {
+                last = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if last.contains(until) {
+                    return last;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer containing {until:?} on port {port}; last: {last:?}");
+}
+
+#[test]
+fn httpd_answers_on_its_published_port_and_redis_answers_ping() {
+    if !is_root() {
+        return;
+    }
+    let images = lab_images();
+    let dir = std::env::temp_dir().join(format!("shoal-lab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = ImageStore::open(&dir.join("images")).unwrap();
+    rt.block_on(async {
+        for archive_name in ["demo-app-1.0.tar", "redis.tar"] {
+            archive::load(&store, &images.join(archive_name)).await.unwrap();
+        }
+    });
+    let n = std::process::id() % 200;
+    let net = Network::new(
+        BridgeConfig {
+            name: format!("shlab{n}"),
+            subnet: Subnet::new(Ipv4Addr::new(10, 79, n as u8, 0), 24).unwrap(),
+            netns_dir: dir.join("netns"),
+        },
+        &dir.join("net"),
+    )
+    .unwrap();
+    let runtime = LibcontainerRuntime::new(
+        dir.join("containers"),
+        dir.join("state"),
+        PathBuf::from(env!("CARGO_BIN_EXE_shoal-agent")),
+    );
+    let publisher = PortPublisher::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(net.ensure_bridge()).unwrap();
+        let mut published = Vec::new();
+        let mut answers = Vec::new();
+        for (id, image, target, request, until) in [
+            ("app-1", "demo/app:1.0", 8000, &b"GET / HTTP/1.0\r\n\r\n"[..], "demo app 1.0"),
+            ("db-1", "redis", 6379, &b"PING\r\n"[..], "+PONG"),
+        ] {
+            let sandbox = rt.block_on(net.create_sandbox(id)).unwrap();
+            let config = container_config(
+                id,
+                &store.config(image).unwrap(),
+                store.lowerdirs(image).unwrap(),
+                &Overrides { network: Some(NetworkMode::Namespace(sandbox.netns_path.clone())), ..Default::default() },
+            )
+            .unwrap();
+            runtime.create(&config).unwrap();
+            runtime.start(id).unwrap();
+            let port = free_port();
+            published.push(rt.block_on(publisher.publish(port, Proto::Tcp, sandbox.ip.into(), target)).unwrap());
+            answers.push(
+                rt.block_on(async { tokio::task::spawn_blocking(move || ask(port, request, until)).await.unwrap() }),
+            );
+        }
+        // A second publish of the same host port fails clearly.
+        let taken = published[0].local_addr().port();
+        let err = rt.block_on(publisher.publish(taken, Proto::Tcp, Ipv4Addr::LOCALHOST.into(), 1)).unwrap_err();
+        assert!(err.is_port_in_use(), "{err}");
+        answers
+    }));
+    for id in ["app-1", "db-1"] {
+        let _ = runtime.stop(id, Duration::from_secs(5));
+        let _ = runtime.delete(id);
+        let _ = rt.block_on(net.remove_sandbox(id));
+    }
+    let _ = rt.block_on(net.remove_bridge());
+    let _ = std::fs::remove_dir_all(&dir);
+    let answers = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(answers[0].contains("version 1.0"), "{}", answers[0]);
+}
