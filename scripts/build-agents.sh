@@ -12,7 +12,7 @@ for t in "${targets[@]}"; do
   bin=target/$t/release/shoal-agent
   mkdir -p "out/agents/$t"
   cp "$bin" "out/agents/$t/shoal-agent"
-  linkage=$(file -b "$bin" | grep -oE 'static(-pie)? linked|dynamically linked' || true)
+  linkage=$(file -b "$bin" | grep -oE 'static-pie linked|statically linked|dynamically linked' || true)
   if [ "${linkage:-}" = "dynamically linked" ] || [ -z "${linkage:-}" ]; then
     echo "shoal-agent for $t is not static: $(file -b "$bin")" >&2
     exit 1

@@ -84,6 +84,17 @@ done
 
 echo "== shoal node ls"
 "$bin/shoal" node ls
+
+echo "== images: built locally, loaded on the manager, fetched by every board"
+./images/build.sh
+for archive in demo-app-1.0 demo-app-2.0 demo-app-3.0 redis; do
+  "$bin/shoal" image load "out/images/$archive.tar"
+done
+for _ in $(seq 300); do
+  [ "$("$bin/shoal" image ls | grep -c 'node1,node2,node3')" = 4 ] && break
+  sleep 0.2
+done
+"$bin/shoal" image ls
 cat <<TXT
 
 The cluster keeps running. Try:
@@ -91,6 +102,7 @@ The cluster keeps running. Try:
   $bin/shoal node ls
   $bin/shoal node inspect node2
   $bin/shoal node update --availability drain node2
+  $bin/shoal image ls
   ip netns pids shoal-node3 | xargs kill -9      # a board loses power: node3 goes Down
 Logs: $demo/*.log.  Stop and clean up: scripts/demo.sh down
 TXT

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Measures shoal and writes BENCHMARKS.md: container start-up against runc and crun in
+# the same run, the memory a container costs, the agent's idle memory, and the static
+# agent's size per board target. Run as root on the development machine:
+#
+#   bench/run.sh [ITERATIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+iterations=${1:-50}
+
+./scripts/setup.sh
+missing=()
+for tool in runc crun; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== static agents" >&2
+sizes=$(./scripts/build-agents.sh)
+agent=$PWD/out/agents/x86_64-unknown-linux-musl/shoal-agent
+echo "== release shoal and the bench" >&2
+cargo build --quiet --release -p shoal-manager -p shoal-bench
+shoal=$PWD/target/release/shoal
+
+echo "== runtime bench ($iterations runs each)" >&2
+runtime=$(SHOAL_AGENT=$agent ./target/release/runtime-bench "$iterations")
+
+echo "== idle memory" >&2
+tmp=$(mktemp -d)
+cleanup() { kill "${mpid:-}" "${apid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+"$shoal" --data-dir "$tmp/m" manager init --advertise-addr 127.0.0.1:4299 --hostname bench >"$tmp/init.txt"
+token=$(grep -o 'SHOAL-1-[a-z0-9-]*' "$tmp/init.txt")
+"$shoal" --data-dir "$tmp/m" manager run >"$tmp/m.log" 2>&1 & mpid=$!
+for _ in $(seq 50); do "$shoal" --data-dir "$tmp/m" node ls >/dev/null 2>&1 && break; sleep 0.1; done
+"$agent" --data-dir "$tmp/a" join --token "$token" --hostname bench-board 127.0.0.1:4299 >"$tmp/a.log" 2>&1 & apid=$!
+for _ in $(seq 100); do "$shoal" --data-dir "$tmp/m" node ls | grep -q bench-board && break; sleep 0.1; done
+sleep 5  # let it settle into steady heartbeats
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+agent_rss=$(rss "$apid")
+manager_rss=$(rss "$mpid")
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Measured by \`bench/run.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores, Linux $(uname -r), $(uname -m);"
+  echo "runc $(runc --version | head -1 | awk '{print $3}'), crun $(crun --version | head -1 | awk '{print $3}')."
+  echo "Figures are from one run on a shared 2-core VM: compare within a table, not across runs."
+  echo
+  echo "$runtime"
+  echo
+  echo "What the shoal figure includes that the peers' do not: starting the per-container shim"
+  echo "process (which keeps exit codes and logs across agent restarts), mounting the overlay"
+  echo "root filesystem, and tearing both down again. runc and crun run straight from a directory."
+  echo
+  echo "### Agent memory"
+  echo
+  echo "| what | RSS |"
+  echo "|---|---|"
+  echo "| \`shoal-agent\` (static x86_64), joined, idle, heartbeating | ${agent_rss} KiB |"
+  echo "| \`shoal manager run\` with one node | ${manager_rss} KiB |"
+  echo
+  echo "### Static agent size per board target (release, stripped)"
+  echo
+  echo '```'
+  echo "$sizes"
+  echo '```'
+} > BENCHMARKS.md
+cat BENCHMARKS.md

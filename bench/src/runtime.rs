@@ -1,0 +1,199 @@
+//! Container start-up and memory, measured: create → start → exit of `/bin/true`
+//! through shoal's libcontainer runtime (shim, overlay rootfs, init) against `runc run`
+//! and `crun run` on the same bundle, in the same run; and the memory a running
+//! container costs shoal (its shim and init). Prints a Markdown section on stdout.
+//!
+//! Usage: runtime-bench [ITERATIONS]   (as root; `bench/run.sh` runs it)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use shoal_agent::runtime::bundle::Bundle;
+use shoal_agent::runtime::{spec, ContainerConfig, ContainerStatus, LibcontainerRuntime, NetworkMode, Runtime};
+
+fn busybox_layer(dir: &Path) -> Result<PathBuf> {
+    let layer = dir.join("layer");
+    std::fs::create_dir_all(layer.join("bin"))?;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).context("busybox-static")?;
+    std::fs::copy(busybox, layer.join("bin/busybox"))?;
+    for applet in ["sh", "true", "sleep"] {
+        let _ = std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet));
+    }
+    Ok(layer)
+}
+
+fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        id: id.to_owned(),
+        hostname: id.to_owned(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        layers: vec![layer.to_owned()],
+        network: NetworkMode::Host,
+        memory_limit: None,
+        cpu_millis: None,
+        hosts: vec![],
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// One shoal run: create, start, wait for the exit, delete.
+fn shoal_once(rt: &LibcontainerRuntime, layer: &Path, n: usize) -> Result<Duration> {
+    let id = format!("bench-true-{n}");
+    let t = Instant::now();
+    rt.create(&config(&id, layer, &["true"]))?;
+    rt.start(&id)?;
+    loop {
+        if let ContainerStatus::Exited { code, .. } = rt.status(&id)? {
+            if code != 0 {
+                bail!("true exited {code}");
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    rt.delete(&id)?;
+    Ok(t.elapsed())
+}
+
+/// A plain OCI bundle (no overlay: runc and crun take a directory) for the peers.
+fn peer_bundle(dir: &Path, layer: &Path) -> Result<PathBuf> {
+    let bundle_dir = dir.join("peer");
+    std::fs::create_dir_all(&bundle_dir)?;
+    let b = Bundle::new(dir, "peer");
+    std::fs::write(bundle_dir.join("hosts"), "127.0.0.1 localhost\n")?;
+    std::fs::write(bundle_dir.join("hostname"), "peer\n")?;
+    let mut cfg = config("peer", layer, &["/bin/true"]);
+    cfg.hostname = "peer".into();
+    let mut oci = spec::build(&cfg, &b)?;
+    let mut root = oci.root().clone().context("root")?;
+    root.set_path(layer.to_owned());
+    oci.set_root(Some(root));
+    oci.save(bundle_dir.join("config.json"))?;
+    Ok(bundle_dir)
+}
+
+fn peer_once(tool: &str, bundle: &Path, n: usize) -> Result<Result<Duration, String>> {
+    let id = format!("bench-{tool}-{n}");
+    let t = Instant::now();
+    let out = Command::new(tool).args(["run", "--bundle"]).arg(bundle).arg(&id).output()?;
+    let took = t.elapsed();
+    let _ = Command::new(tool).args(["delete", "-f", &id]).output();
+    if !out.status.success() {
+        return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("").to_owned()));
+    }
+    Ok(Ok(took))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let iterations: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let agent = std::env::var("SHOAL_AGENT").map(PathBuf::from).context("set SHOAL_AGENT to the shoal-agent binary")?;
+    let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let layer = busybox_layer(&dir)?;
+    let rt = LibcontainerRuntime::new(dir.join("containers"), dir.join("state"), agent.clone());
+
+    // Warm up caches once for everybody.
+    shoal_once(&rt, &layer, 0)?;
+    let shoal: Vec<Duration> = (1..=iterations).map(|n| shoal_once(&rt, &layer, n)).collect::<Result<_>>()?;
+    let bundle = peer_bundle(&dir, &layer)?;
+    let mut rows = vec![("shoal (libcontainer + shim + overlay)".to_owned(), Ok(median(shoal)))];
+    for tool in ["runc", "crun"] {
+        let row = match which(tool) {
+            None => Err(format!("{tool} is not installed")),
+            Some(_) => {
+                let mut times = Vec::new();
+                let mut failure = None;
+                for n in 0..=iterations {
+                    match peer_once(tool, &bundle, n)? {
+                        Ok(t) if n > 0 => times.push(t),
+                        Ok(_) => {}
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failure {
+                    Some(e) => Err(format!("refused: {e}")),
+                    None => Ok(median(times)),
+                }
+            }
+        };
+        rows.push((format!("{tool} run"), row));
+    }
+
+    // Memory: ten sleeping containers.
+    let ids: Vec<String> = (0..10).map(|n| format!("bench-sleep-{n}")).collect();
+    for id in &ids {
+        rt.create(&config(id, &layer, &["sleep", "3600"]))?;
+        rt.start(id)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut per_container = Vec::new();
+    for id in &ids {
+        let shim: u32 = std::fs::read_to_string(dir.join("containers").join(id).join("shim.pid"))?.trim().parse()?;
+        // The shim, the container's init (its child), and the command (the init's child).
+        let init = children(shim);
+        let command: Vec<u32> = init.iter().flat_map(|p| children(*p)).collect();
+        let ours = rss_kib(shim) + init.iter().map(|p| rss_kib(*p)).sum::<u64>();
+        per_container.push((ours, command.iter().map(|p| rss_kib(*p)).sum::<u64>()));
+    }
+    for id in &ids {
+        rt.stop(id, Duration::from_secs(5))?;
+        rt.delete(id)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let shoal_median = rows[0].1.clone().ok();
+    println!("### Container start-up: create → start → exit of `/bin/true` ({iterations} runs, median)\n");
+    println!("| runtime | median | vs shoal |");
+    println!("|---|---|---|");
+    for (name, row) in &rows {
+        match (row, shoal_median) {
+            (Ok(t), Some(s)) => println!("| {name} | {} | {:.2}× |", ms(*t), t.as_secs_f64() / s.as_secs_f64()),
+            (Ok(t), None) => println!("| {name} | {} | |", ms(*t)),
+            (Err(e), _) => println!("| {name} | — | {e} |"),
+        }
+    }
+    let ours: u64 = per_container.iter().map(|(o, _)| o).sum();
+    let cmd: u64 = per_container.iter().map(|(_, c)| c).sum();
+    println!("\n### Memory of 10 running containers (`sleep`)\n");
+    println!("| what | RSS |");
+    println!("|---|---|");
+    println!("| shoal's cost per container (shim + init, mean) | {} KiB |", ours / per_container.len() as u64);
+    println!("| shoal's cost for 10 containers | {} KiB |", ours);
+    println!("| the containers' own processes (10 × busybox sleep) | {} KiB |", cmd);
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.exists())
+}
