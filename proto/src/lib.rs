@@ -13,6 +13,7 @@ pub mod frame;
 pub mod ids;
 pub mod images;
 pub mod messages;
+pub mod services;
 pub mod time;
 pub mod token;
 
@@ -21,6 +22,11 @@ pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use ids::NodeId;
 pub use images::{Digest, FetchBlob, ImageRef, ImageView, Platform, WantedImage};
 pub use messages::*;
+pub use services::{
+    apply_status, Backward, Constraint, ConstraintKey, ConstraintOp, EndpointMode, PortConfig, Protocol, PublishMode,
+    ResourceRequirements, RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, ServiceSpec, SpecError,
+    Task, TaskId, TaskSpec, TaskState, TaskStatus, UpdateConfig,
+};
 pub use token::JoinToken;
 
 /// Version of the message schema below. Exchanged as the first field of every request;

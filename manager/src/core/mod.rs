@@ -4,6 +4,9 @@
 
 pub mod membership;
 pub mod nodes;
+pub mod orchestrator;
+pub mod placement;
+pub mod scheduler;
 
 /// Milliseconds on a monotonic clock chosen by the caller (the shell uses time since the
 /// process started; tests use whatever they like).
