@@ -36,7 +36,7 @@ for _ in $(seq 50); do "$shoal" --data-dir "$tmp/m" node ls >/dev/null 2>&1 && b
 "$agent" --data-dir "$tmp/a" join --token "$token" --hostname bench-board 127.0.0.1:4299 >"$tmp/a.log" 2>&1 & apid=$!
 for _ in $(seq 100); do "$shoal" --data-dir "$tmp/m" node ls | grep -q bench-board && break; sleep 0.1; done
 sleep 5  # let it settle into steady heartbeats
-rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+rss() { awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r " KiB RSS, " p " KiB PSS"}' "/proc/$1/smaps_rollup"; }
 agent_rss=$(rss "$apid")
 manager_rss=$(rss "$mpid")
 
@@ -53,12 +53,14 @@ manager_rss=$(rss "$mpid")
   echo "process (which keeps exit codes and logs across agent restarts), mounting the overlay"
   echo "root filesystem, and tearing both down again. runc and crun run straight from a directory."
   echo
+  echo "The agent's own memory does not grow with its containers: each has its shim."
+  echo
   echo "### Agent memory"
   echo
   echo "| what | RSS |"
   echo "|---|---|"
-  echo "| \`shoal-agent\` (static x86_64), joined, idle, heartbeating | ${agent_rss} KiB |"
-  echo "| \`shoal manager run\` with one node | ${manager_rss} KiB |"
+  echo "| \`shoal-agent\` (static x86_64), joined, idle, heartbeating | ${agent_rss} |"
+  echo "| \`shoal manager run\` with one node | ${manager_rss} |"
   echo
   echo "### Static agent size per board target (release, stripped)"
   echo

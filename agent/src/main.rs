@@ -134,22 +134,10 @@ fn main() -> std::process::ExitCode {
     if let Command::Shim { containers, state, id } = &cli.command {
         // Its stderr is the container's shim.log; inside the container (before the workload
         // runs) it is the container's stderr, so libcontainer's errors reach its log.
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .init();
+        shoal_link::logging::init("error", false);
         return exit_code(shoal_agent::runtime::shim::run(containers, state, id));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    shoal_link::logging::init("info,quinn=warn", shoal_link::logging::stderr_is_terminal());
     // One thread: a board's agent has little to do at once, and each thread costs memory.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(main_async(cli)) {

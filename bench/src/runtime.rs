@@ -16,7 +16,8 @@ use shoal_agent::runtime::{spec, ContainerConfig, ContainerStatus, LibcontainerR
 fn busybox_layer(dir: &Path) -> Result<PathBuf> {
     let layer = dir.join("layer");
     std::fs::create_dir_all(layer.join("bin"))?;
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).context("busybox-static")?;
+    let busybox =
+        ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).context("busybox-static")?;
     std::fs::copy(busybox, layer.join("bin/busybox"))?;
     for applet in ["sh", "true", "sleep"] {
         let _ = std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet));
@@ -98,9 +99,19 @@ fn peer_once(tool: &str, bundle: &Path, n: usize) -> Result<Result<Duration, Str
     Ok(Ok(took))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+/// Memory of a process from `smaps_rollup`: (RSS, PSS, private) in KiB. RSS counts the
+/// static binary's pages shared by every shim in full each time; PSS splits shared
+/// pages among their users, so PSS sums to what the processes really cost together.
+fn mem_kib(pid: u32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"), field("Private_Clean:") + field("Private_Dirty:"))
+}
+
+fn sum(pids: &[u32]) -> (u64, u64, u64) {
+    pids.iter().map(|p| mem_kib(*p)).fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -163,8 +174,8 @@ fn main() -> Result<()> {
         // The shim, the container's init (its child), and the command (the init's child).
         let init = children(shim);
         let command: Vec<u32> = init.iter().flat_map(|p| children(*p)).collect();
-        let ours = rss_kib(shim) + init.iter().map(|p| rss_kib(*p)).sum::<u64>();
-        per_container.push((ours, command.iter().map(|p| rss_kib(*p)).sum::<u64>()));
+        let ours: Vec<u32> = std::iter::once(shim).chain(init).collect();
+        per_container.push((sum(&ours), sum(&command)));
     }
     for id in &ids {
         rt.stop(id, Duration::from_secs(5))?;
@@ -183,14 +194,25 @@ fn main() -> Result<()> {
             (Err(e), _) => println!("| {name} | — | {e} |"),
         }
     }
-    let ours: u64 = per_container.iter().map(|(o, _)| o).sum();
-    let cmd: u64 = per_container.iter().map(|(_, c)| c).sum();
+    let total = |pick: fn(&((u64, u64, u64), (u64, u64, u64))) -> (u64, u64, u64)| {
+        per_container.iter().map(pick).fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
+    };
+    let (ours, theirs) = (total(|p| p.0), total(|p| p.1));
+    let n = per_container.len() as u64;
     println!("\n### Memory of 10 running containers (`sleep`)\n");
-    println!("| what | RSS |");
-    println!("|---|---|");
-    println!("| shoal's cost per container (shim + init, mean) | {} KiB |", ours / per_container.len() as u64);
-    println!("| shoal's cost for 10 containers | {} KiB |", ours);
-    println!("| the containers' own processes (10 × busybox sleep) | {} KiB |", cmd);
+    println!("| what | RSS | PSS | private |");
+    println!("|---|---|---|---|");
+    println!(
+        "| shoal per container (its shim + init), mean | {} KiB | {} KiB | {} KiB |",
+        ours.0 / n,
+        ours.1 / n,
+        ours.2 / n
+    );
+    println!("| shoal for all 10 containers | {} KiB | {} KiB | {} KiB |", ours.0, ours.1, ours.2);
+    println!(
+        "| the containers' own processes (10 × busybox sleep) | {} KiB | {} KiB | {} KiB |",
+        theirs.0, theirs.1, theirs.2
+    );
     Ok(())
 }
 

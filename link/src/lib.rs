@@ -1,6 +1,6 @@
-//! The QUIC transport every shoal process shares: TLS configuration (the cluster CA,
+//! What every shoal process shares at its edges: the QUIC transport — TLS configuration (the cluster CA,
 //! mutual authentication, a CA pinned by digest for joining), endpoints, and framed
-//! postcard messages on QUIC streams.
+//! postcard messages on QUIC streams — plus durable private files and the logging set-up.
 //!
 //! It knows nothing of what the messages mean; the agent and manager do. It is the only
 //! place where rustls and quinn are configured, so both sides agree on ALPN, TLS 1.3 and
@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod error;
 pub mod files;
 pub mod framed;
+pub mod logging;
 pub mod tls;
 
 pub use endpoint::{client_endpoint, connect, request};

@@ -255,10 +255,19 @@ impl Runtime for LibcontainerRuntime {
                 what: "stop it before deleting it",
             });
         }
-        // The shim may still be finishing up (draining logs, removing the cgroup).
+        // The shim may still be finishing up (draining logs, removing the cgroup). Ours
+        // are watched through their handle; an adopted one by its command line.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.shim_alive(id, &bundle) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        let mut ours = self.shims.lock().expect("shim table").remove(id);
+        while Instant::now() < deadline {
+            let alive = match ours.as_mut() {
+                Some(child) => matches!(child.try_wait(), Ok(None)),
+                None => self.shim_alive(id, &bundle),
+            };
+            if !alive {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         if let Ok(mut c) = libcontainer::container::Container::load(self.state.join(id)) {
             let _ = c.delete(true);
