@@ -240,6 +240,8 @@ async fn session(
                     debug!(images = list.len(), "image list from the manager");
                     wanted_tx.send_replace(Some(list.into_vec()));
                 }
+                // Tasks come with the supervisor; until then assignments are not acted on.
+                Ok(Some(ManagerMessage::Assignments { .. })) => {}
                 Ok(None) => return "the manager closed the session".to_owned(),
                 Err(e) => return e.to_string(),
             }

@@ -102,7 +102,7 @@ fn peer_once(tool: &str, bundle: &Path, n: usize) -> Result<Result<Duration, Str
 /// Memory of a process from `smaps_rollup`: (RSS, PSS, private) in KiB. RSS counts the
 /// static binary's pages shared by every shim in full each time; PSS splits shared
 /// pages among their users, so PSS sums to what the processes really cost together.
-fn mem_kib(pid: u32) -> (u64, u64, u64) {
+fn mem_kib(pid: u32) -> Mem {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |name: &str| -> u64 {
         text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
@@ -110,7 +110,10 @@ fn mem_kib(pid: u32) -> (u64, u64, u64) {
     (field("Rss:"), field("Pss:"), field("Private_Clean:") + field("Private_Dirty:"))
 }
 
-fn sum(pids: &[u32]) -> (u64, u64, u64) {
+/// (RSS, PSS, private) in KiB.
+type Mem = (u64, u64, u64);
+
+fn sum(pids: &[u32]) -> Mem {
     pids.iter().map(|p| mem_kib(*p)).fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
 }
 
@@ -194,7 +197,7 @@ fn main() -> Result<()> {
             (Err(e), _) => println!("| {name} | — | {e} |"),
         }
     }
-    let total = |pick: fn(&((u64, u64, u64), (u64, u64, u64))) -> (u64, u64, u64)| {
+    let total = |pick: fn(&(Mem, Mem)) -> Mem| {
         per_container.iter().map(pick).fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
     };
     let (ours, theirs) = (total(|p| p.0), total(|p| p.1));

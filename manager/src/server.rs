@@ -485,6 +485,8 @@ async fn run_session(
         tokio::select! {
             (r, result) = &mut reading => {
                 match result {
+                    // Task reports come with services; nothing is assigned before them.
+                    Ok(Some(AgentMessage::TaskStatuses(_))) => {}
                     Ok(Some(AgentMessage::Heartbeat { .. })) => {
                         let t = {
                             let mut st = mgr.state.lock().expect("state lock");
@@ -569,6 +571,9 @@ async fn handle_control(
 ) -> Result<ControlReply, ErrorReply> {
     let nodes = mgr.store.nodes().map_err(internal)?;
     match req {
+        ControlRequest::Service(_) => {
+            Err(ErrorReply::new(ErrorKind::InvalidRequest, "services are not available in this manager yet"))
+        }
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();

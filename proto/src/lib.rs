@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bounded;
+pub mod dispatch;
 pub mod frame;
 pub mod ids;
 pub mod images;

@@ -122,6 +122,8 @@ pub enum AgentMessage {
     },
     /// The images this node holds complete (top-level digests), sent after each change.
     ImagesHeld(BoundedVec<Digest, MAX_IMAGES>),
+    /// Changes of its tasks' observed status.
+    TaskStatuses(BoundedVec<crate::dispatch::TaskReport, { crate::dispatch::MAX_REPORTS }>),
 }
 
 /// Messages the manager sends on a session stream.
@@ -132,6 +134,17 @@ pub enum ManagerMessage {
     /// The full set of images this node should hold; it fetches what it lacks and may
     /// garbage-collect images not listed (unless a container still uses them).
     Images(BoundedVec<WantedImage, MAX_IMAGES>),
+    /// Tasks assigned to this node: see [`crate::dispatch`].
+    Assignments {
+        /// This starts (or continues, see `more`) the node's complete set.
+        full: bool,
+        /// More chunks of the same full set follow.
+        more: bool,
+        /// Tasks added or changed.
+        upsert: BoundedVec<crate::dispatch::Assignment, { crate::dispatch::MAX_ASSIGNMENTS }>,
+        /// Tasks to forget (stopped and removed if they run).
+        remove: BoundedVec<crate::services::TaskId, { crate::dispatch::MAX_ASSIGNMENTS }>,
+    },
 }
 
 /// Administrative requests, from the `shoal` CLI.
@@ -180,6 +193,8 @@ pub enum ControlRequest {
         /// Reference or digest.
         image: ImageRef,
     },
+    /// `shoal service ...`.
+    Service(crate::dispatch::ServiceRequest),
 }
 
 /// Every answer to the first frame of a stream.
@@ -241,6 +256,8 @@ pub enum ControlReply {
     ImagesLoaded(BoundedVec<ImageRef, 64>),
     /// Image listing.
     Images(BoundedVec<ImageView, MAX_IMAGES>),
+    /// Answer to a service request.
+    Service(crate::dispatch::ServiceReply),
 }
 
 /// A refusal, with a kind to act on and a message for people.

@@ -1,0 +1,144 @@
+//! Service messages: what the CLI asks of services (`shoal service ...`), what the manager
+//! assigns to a node, and what the node reports back about its tasks.
+//!
+//! Assignments travel on the agent's session stream as [`crate::ManagerMessage::Assignments`]:
+//! on every new session the manager sends the node's **full** set (possibly in several
+//! chunks: `more` is true on all but the last), after which the agent stops and removes
+//! whatever runs that is not in the set; afterwards it sends **diffs** (`full: false`).
+//! Task status reports travel as [`crate::AgentMessage::TaskStatuses`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::services::{Service, ServiceName, ServiceSpec, Task, TaskId, TaskSpec, TaskState, TaskStatus};
+use crate::{BoundedVec, Message, NodeId, Text};
+
+/// Most assignments (or removals) in one message; larger sets are chunked.
+pub const MAX_ASSIGNMENTS: usize = 256;
+/// Most task status reports in one message.
+pub const MAX_REPORTS: usize = 256;
+/// Most services in one listing.
+pub const MAX_SERVICES: usize = 1024;
+/// Most tasks in one `service ps` answer.
+pub const MAX_TASKS_LISTED: usize = 2048;
+/// Most `/etc/hosts` lines handed to a task.
+pub const MAX_HOSTS: usize = 256;
+
+/// A task as the node that runs it needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its service's name (container names and hostnames: `appserver.1`).
+    pub service_name: ServiceName,
+    /// Its slot (0 for global services).
+    pub slot: u32,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// `Running` to run it; `Shutdown` (or later) to stop it.
+    pub desired_state: TaskState,
+    /// Extra `/etc/hosts` lines (`IP NAME`), for names on its networks.
+    pub hosts: BoundedVec<Text<128>, MAX_HOSTS>,
+}
+
+/// A change of one task's observed status, from its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its new status (state only moves forward).
+    pub status: TaskStatus,
+}
+
+/// A service as `service ls` and `service inspect` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// The service.
+    pub service: Service,
+    /// Tasks running now.
+    pub running: u32,
+    /// Tasks wanted (replicas, or eligible nodes for global services).
+    pub desired: u32,
+    /// The state of the last update, when one happened.
+    pub update_status: Option<UpdateStatus>,
+}
+
+/// Progress of a rolling update, as Swarm's `UpdateStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// `updating`, `paused`, `completed`, `rollback_started`, `rollback_paused`,
+    /// `rollback_completed`.
+    pub state: Text<32>,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it ended, if it did.
+    pub completed_at_ms: Option<u64>,
+    /// Why it is in this state.
+    pub message: Message,
+}
+
+/// A task as `service ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task.
+    pub task: Task,
+    /// Its service's name.
+    pub service_name: ServiceName,
+    /// Hostname of its node, if placed.
+    pub node_hostname: Option<Text<64>>,
+    /// The node's ID, if placed.
+    pub node_id: Option<NodeId>,
+}
+
+/// `shoal service ...` requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceRequest {
+    /// `service create`.
+    Create(Box<ServiceSpec>),
+    /// `service ls`.
+    List,
+    /// `service inspect SERVICE`.
+    Inspect {
+        /// Name, ID or unique ID prefix.
+        service: Text<64>,
+    },
+    /// `service ps SERVICE...` (empty: every service).
+    Ps {
+        /// Names, IDs or unique ID prefixes.
+        services: BoundedVec<Text<64>, 64>,
+    },
+    /// `service update` / `service scale`: the complete new spec (the CLI reads the old
+    /// one with `Inspect` and changes what the flags say).
+    Update {
+        /// Name, ID or unique ID prefix.
+        service: Text<64>,
+        /// The new spec.
+        spec: Box<ServiceSpec>,
+        /// The spec version the CLI read, so a concurrent change is refused rather than lost.
+        version: u64,
+    },
+    /// `service update --rollback`: back to the previous spec.
+    Rollback {
+        /// Name, ID or unique ID prefix.
+        service: Text<64>,
+    },
+    /// `service rm`.
+    Remove {
+        /// Name, ID or unique ID prefix.
+        service: Text<64>,
+    },
+}
+
+/// Answers to [`ServiceRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceReply {
+    /// Created; its ID.
+    Created(crate::services::ServiceId),
+    /// Listing.
+    Services(BoundedVec<ServiceView, MAX_SERVICES>),
+    /// One service.
+    Service(Box<ServiceView>),
+    /// Tasks, newest first within each slot.
+    Tasks(BoundedVec<TaskView, MAX_TASKS_LISTED>),
+    /// Done (update, rollback, remove); the service's ID.
+    Done(crate::services::ServiceId),
+}
