@@ -50,6 +50,15 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
     };
     report(&format!("ok {pid}"));
     let code = wait_exit(pid);
+    // The container's processes are gone (its PID namespace died with its init), so the
+    // pipes reach their end: drain them before recording the exit, so that an exited
+    // container's log is complete. Bounded, in case something else holds a pipe open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    for p in pumps {
+        while !p.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     if let Err(e) = bundle.write_exit(code, now_ms()) {
         eprintln!("shim {id}: {e}");
     }
@@ -58,13 +67,6 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
     if let Some(p) = Pid::from_raw(pid as i32) {
         let _ =
             rustix::process::waitid(WaitId::Pid(p), WaitIdOptions::EXITED | WaitIdOptions::from_bits_retain(WAIT_ALL));
-    }
-    // Give the log pumps a moment to drain what the process wrote last.
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    for p in pumps {
-        while !p.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
     cleanup(state_root, id);
     0
