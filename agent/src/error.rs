@@ -41,6 +41,9 @@ pub enum AgentError {
     /// Stored credentials are unusable.
     #[error("node identity in {0} is unusable: {1}")]
     BadIdentity(PathBuf, String),
+    /// The task supervisor could not start.
+    #[error("{0}")]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     /// Local file trouble.
     #[error("{0}")]
     Io(#[from] std::io::Error),

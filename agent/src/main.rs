@@ -4,7 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use shoal_agent::identity::NodeIdentity;
+use std::sync::Arc;
+
 use shoal_agent::images::ImageStore;
+use shoal_agent::net::{BridgeConfig, Network, PortPublisher};
+use shoal_agent::runtime::LibcontainerRuntime;
+use shoal_agent::supervisor::{Supervisor, SupervisorConfig};
 use shoal_agent::{host, session, AgentError};
 use shoal_proto::Label;
 
@@ -120,11 +125,35 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
             let identity =
                 NodeIdentity::load(&cli.data_dir)?.ok_or_else(|| AgentError::NotJoined(cli.data_dir.join("agent")))?;
             let description = description(&node, Some(&identity));
-            return session::run(&cli.data_dir, &identity, description, shutdown_signal()).await;
+            return run(&cli.data_dir, &identity, description).await;
         }
     };
     let description = description(&NodeArgs::default(), Some(&identity));
-    session::run(&cli.data_dir, &identity, description, shutdown_signal()).await
+    run(&cli.data_dir, &identity, description).await
+}
+
+/// The agent proper: the task supervisor (which outlives every session) and the session.
+async fn run(
+    data_dir: &std::path::Path,
+    identity: &NodeIdentity,
+    description: shoal_proto::NodeDescription,
+) -> Result<(), AgentError> {
+    let store = session::open_images(data_dir)?;
+    let runtime = LibcontainerRuntime::for_data_dir(data_dir).map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
+    let network = Network::new(BridgeConfig::default(), &shoal_agent::identity::agent_dir(data_dir).join("net"))
+        .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
+    let supervisor = Supervisor::start(
+        SupervisorConfig::new(data_dir.to_path_buf()),
+        Arc::new(runtime),
+        Arc::new(network),
+        PortPublisher::new(),
+        store.clone(),
+    )
+    .await?;
+    let result = session::run(data_dir, identity, description, store, &supervisor, shutdown_signal()).await;
+    // Containers keep running under their shims; the next agent takes them back.
+    supervisor.shutdown().await;
+    result
 }
 
 fn main() -> std::process::ExitCode {

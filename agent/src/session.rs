@@ -4,7 +4,13 @@
 //!
 //! The session also keeps the board's images in line with the manager's list: a worker
 //! task fetches what is missing over the session's connection, collects what is no
-//! longer wanted and reports what the node holds, while heartbeats keep flowing.
+//! longer wanted (except images the supervisor's containers use) and reports what the
+//! node holds, while heartbeats keep flowing.
+//!
+//! Tasks are the [`Supervisor`]'s: it lives outside the session loop, so containers keep
+//! running across reconnects. The session hands it every `Assignments` message and
+//! forwards its status reports; each new session starts with the current status of every
+//! task, since reports made while the manager was unreachable were kept, not sent.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::core::backoff::Backoff;
 use crate::identity::{self, NodeIdentity};
 use crate::images::{sync_image, ImageStore};
+use crate::supervisor::Supervisor;
 use crate::AgentError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -104,16 +111,27 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// Opens the node's image store (`<data-dir>/agent/images`). One per agent: the
+/// session and the supervisor share it.
+pub fn open_images(data_dir: &Path) -> Result<Arc<ImageStore>, AgentError> {
+    let dir = identity::agent_dir(data_dir).join("images");
+    let store = ImageStore::open(&dir).map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(Arc::new(store))
+}
+
 /// Keeps a session with the manager until `shutdown` resolves or the manager refuses
-/// this node for good.
+/// this node for good. `store` is the node's image store (see [`open_images`]) and
+/// `supervisor` runs its tasks.
 pub async fn run(
     data_dir: &Path,
     identity: &NodeIdentity,
     description: NodeDescription,
+    store: Arc<ImageStore>,
+    supervisor: &Supervisor,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let tls = identity.tls(data_dir, IDLE_TIMEOUT)?;
-    let images = Images::open(data_dir)?;
+    let images = Images::new(store, supervisor);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut endpoint: Option<(SocketAddr, quinn::Endpoint)> = None;
     tokio::pin!(shutdown);
@@ -139,7 +157,7 @@ pub async fn run(
         let ep = &endpoint.as_ref().expect("endpoint just set").1;
         let mut conn_slot = None;
         let end = tokio::select! {
-            end = session(ep, addr, &tls, &description, &images, &mut conn_slot) => end,
+            end = session(ep, addr, &tls, &description, &images, supervisor, &mut conn_slot) => end,
             _ = &mut shutdown => {
                 if let Some(conn) = conn_slot {
                     quinn::Connection::close(&conn, 0u32.into(), b"agent shutting down");
@@ -175,6 +193,7 @@ async fn session(
     tls: &ClientTls,
     description: &NodeDescription,
     images: &Images,
+    supervisor: &Supervisor,
     conn_slot: &mut Option<quinn::Connection>,
 ) -> SessionEnd {
     let unreachable =
@@ -215,6 +234,20 @@ async fn session(
     // The worker stops by itself once its connection and this sender are gone, and
     // `Images::one_pass` keeps it from overlapping the next session's worker.
     drop(tokio::spawn(image_worker(conn.clone(), images.clone(), wanted_rx, outbox.clone())));
+    // Task reports: first the current status of every task, then each change. A batch
+    // taken when the session dies is not lost: the next session sends every status again.
+    supervisor.new_session().await;
+    let reports = {
+        let (supervisor, outbox) = (supervisor.clone(), outbox.clone());
+        tokio::spawn(async move {
+            loop {
+                let batch = supervisor.next_reports().await;
+                if outbox.send(AgentMessage::TaskStatuses(batch)).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let beats = async {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,14 +273,17 @@ async fn session(
                     debug!(images = list.len(), "image list from the manager");
                     wanted_tx.send_replace(Some(list.into_vec()));
                 }
-                // Tasks come with the supervisor; until then assignments are not acted on.
-                Ok(Some(ManagerMessage::Assignments { .. })) => {}
+                Ok(Some(ManagerMessage::Assignments { full, more, upsert, remove })) => {
+                    debug!(full, more, upsert = upsert.len(), remove = remove.len(), "assignments from the manager");
+                    supervisor.assign(full, more, upsert.into_vec(), remove.into_vec()).await;
+                }
                 Ok(None) => return "the manager closed the session".to_owned(),
                 Err(e) => return e.to_string(),
             }
         }
     };
     let why = tokio::select! { w = beats => w, w = inbox => w };
+    reports.abort();
     drop(outbox);
     SessionEnd::Lost(why)
 }
@@ -267,15 +303,9 @@ struct Images {
 }
 
 impl Images {
-    fn open(data_dir: &Path) -> Result<Self, AgentError> {
-        let dir = identity::agent_dir(data_dir).join("images");
-        let store = ImageStore::open(&dir).map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
-        Ok(Self {
-            store: Arc::new(store),
-            one_pass: Arc::default(),
-            // No containers run yet: the runtime will supply the images its containers use.
-            in_use: Arc::new(Vec::new),
-        })
+    fn new(store: Arc<ImageStore>, supervisor: &Supervisor) -> Self {
+        let supervisor = supervisor.clone();
+        Self { store, one_pass: Arc::default(), in_use: Arc::new(move || supervisor.images_in_use()) }
     }
 
     fn held_message(&self) -> AgentMessage {

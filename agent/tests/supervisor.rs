@@ -1,0 +1,225 @@
+//! The task supervisor on the real runtime, image store and network (as root), driven
+//! directly with hand-made assignments, no manager: the lab's demo app runs with a
+//! host-mode published port, stops on desired Shutdown (143), a failing command is
+//! Failed, a clashing host port is Rejected, and a restarted supervisor takes its running
+//! container back without starting it twice.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_agent::images::{archive, ImageStore};
+use shoal_agent::net::publish::PortPublisher;
+use shoal_agent::net::subnet::Subnet;
+use shoal_agent::net::{BridgeConfig, Network};
+use shoal_agent::runtime::{ContainerStatus, LibcontainerRuntime, Runtime};
+use shoal_agent::supervisor::core::container_id;
+use shoal_agent::supervisor::{Supervisor, SupervisorConfig};
+use shoal_proto::dispatch::Assignment;
+use shoal_proto::{
+    BoundedString, BoundedVec, PortConfig, Protocol, PublishMode, ServiceSpec, TaskId, TaskState, TaskStatus,
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn is_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipping: real containers need root");
+    }
+    root
+}
+
+fn lab_images() -> PathBuf {
+    let status = std::process::Command::new(repo().join("images/build.sh")).status().expect("images/build.sh");
+    assert!(status.success(), "images/build.sh failed");
+    repo().join("out/images")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends `request` to 127.0.0.1:`port` until the answer contains `until`.
+fn ask(port: u16, request: &[u8], until: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(request);
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf) {
+                last = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if last.contains(until) {
+                    return last;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer containing {until:?} on port {port}; last: {last:?}");
+}
+
+async fn ask_async(port: u16) -> String {
+    tokio::task::spawn_blocking(move || ask(port, b"GET / HTTP/1.0\r\n\r\n", "demo app 1.0")).await.unwrap()
+}
+
+fn assignment(service: &str, slot: u32, id: u8, args: &[&str], ports: &[PortConfig]) -> Assignment {
+    let mut spec =
+        ServiceSpec::new(shoal_proto::text(service).unwrap(), shoal_proto::text("demo/app:1.0").unwrap()).task_spec();
+    spec.args = BoundedVec::try_from(args.iter().map(|a| BoundedString::lossy(a)).collect::<Vec<_>>()).unwrap();
+    spec.ports = BoundedVec::try_from(ports.to_vec()).unwrap();
+    spec.stop_grace_period_ms = 5_000;
+    spec.resources.limit_memory = 64 << 20;
+    Assignment {
+        task_id: TaskId::from_random([id; 16]),
+        service_name: shoal_proto::text(service).unwrap(),
+        slot,
+        spec,
+        desired_state: TaskState::Running,
+        hosts: BoundedVec::new(),
+    }
+}
+
+/// Waits (on the supervisor's reports) until `task` is in `state`.
+async fn wait_for(sup: &Supervisor, task: &TaskId, state: TaskState) -> TaskStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = sup.statuses().get(task) {
+            if s.state == state {
+                return s.clone();
+            }
+            assert!(!s.state.is_terminal(), "task {task} ended {:?} while waiting for {state}: {s:?}", s.state);
+        }
+        tokio::time::timeout_at(deadline, sup.next_reports())
+            .await
+            .unwrap_or_else(|_| panic!("task {task} not {state} in time: {:?}", sup.statuses().get(task)));
+    }
+}
+
+struct Lab {
+    dir: PathBuf,
+    store: Arc<ImageStore>,
+    net: Arc<Network>,
+}
+
+impl Lab {
+    fn runtime(&self) -> Arc<LibcontainerRuntime> {
+        Arc::new(LibcontainerRuntime::new(
+            self.dir.join("containers"),
+            self.dir.join("state"),
+            PathBuf::from(env!("CARGO_BIN_EXE_shoal-agent")),
+        ))
+    }
+
+    async fn supervisor(&self, runtime: Arc<LibcontainerRuntime>) -> Supervisor {
+        let mut config = SupervisorConfig::new(self.dir.clone());
+        config.image_wait = Duration::from_secs(3);
+        Supervisor::start(config, runtime, self.net.clone(), PortPublisher::new(), self.store.clone()).await.unwrap()
+    }
+}
+
+#[test]
+fn supervisor_runs_stops_fails_rejects_and_takes_back_real_containers() {
+    if !is_root() {
+        return;
+    }
+    let images = lab_images();
+    let dir = std::env::temp_dir().join(format!("shoal-sup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = Arc::new(ImageStore::open(&dir.join("images")).unwrap());
+    rt.block_on(archive::load(&store, &images.join("demo-app-1.0.tar"))).unwrap();
+    let n = std::process::id() % 200;
+    let net = Network::new(
+        BridgeConfig {
+            name: format!("shsup{n}"),
+            subnet: Subnet::new(Ipv4Addr::new(10, 78, n as u8, 0), 24).unwrap(),
+            netns_dir: dir.join("netns"),
+        },
+        &dir.join("net"),
+    )
+    .unwrap();
+    let lab = Lab { dir: dir.clone(), store, net: Arc::new(net) };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(scenario(&lab))));
+    // Clean up whatever is left, pass or fail.
+    let runtime = lab.runtime();
+    for id in runtime.list().unwrap_or_default() {
+        let _ = runtime.stop(&id, Duration::from_secs(2));
+        let _ = runtime.delete(&id);
+        let _ = rt.block_on(lab.net.remove_sandbox(&id));
+    }
+    let _ = rt.block_on(lab.net.remove_bridge());
+    let _ = std::fs::remove_dir_all(&dir);
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+async fn scenario(lab: &Lab) {
+    let port = free_port();
+    let host_port =
+        PortConfig { target: 8000, published: Some(port), protocol: Protocol::Tcp, mode: PublishMode::Host };
+    let mut web = assignment("web", 1, 1, &[], &[host_port]);
+    let clash = assignment("clash", 1, 2, &[], &[host_port]);
+    let bad = assignment("bad", 1, 3, &["sh", "-c", "exit 1"], &[]);
+    let web_cid = container_id("web", 1, web.task_id.as_str());
+
+    let runtime = lab.runtime();
+    let sup = lab.supervisor(runtime.clone()).await;
+    sup.assign(true, false, vec![web.clone()], vec![]).await;
+    let running = wait_for(&sup, &web.task_id, TaskState::Running).await;
+    assert_eq!(running.ports.as_slice(), [host_port], "the bound ports are reported");
+    assert!(ask_async(port).await.contains("version 1.0"));
+
+    // A second task on the same host port is rejected with the reason.
+    sup.assign(false, false, vec![clash.clone()], vec![]).await;
+    let rejected = wait_for(&sup, &clash.task_id, TaskState::Rejected).await;
+    let err = rejected.err.as_deref().unwrap_or_default();
+    assert!(err.contains(&format!("host port {port} is already in use on this node")), "{err}");
+
+    // A command that exits 1 fails.
+    sup.assign(false, false, vec![bad.clone()], vec![]).await;
+    let failed = wait_for(&sup, &bad.task_id, TaskState::Failed).await;
+    assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (1)"));
+    assert_eq!(failed.exit_code, Some(1));
+
+    // A new supervisor on the same data directory takes the running container back.
+    let Ok(ContainerStatus::Running { pid }) = runtime.status(&web_cid) else { panic!("web is not running") };
+    sup.shutdown().await;
+    let runtime = lab.runtime();
+    let sup = lab.supervisor(runtime.clone()).await;
+    assert_eq!(sup.statuses().get(&web.task_id).map(|s| s.state), Some(TaskState::Running));
+    assert!(ask_async(port).await.contains("version 1.0"), "ports are published again");
+    // Let it poll a few times: still the same container, never started twice.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(runtime.status(&web_cid).unwrap(), ContainerStatus::Running { pid });
+    assert_eq!(sup.statuses().get(&web.task_id).map(|s| s.state), Some(TaskState::Running));
+    assert_eq!(sup.images_in_use().len(), 1, "the running container's image is in use");
+
+    // Desired Shutdown stops it: Shutdown with 143, not Failed.
+    web.desired_state = TaskState::Shutdown;
+    sup.assign(false, false, vec![web.clone()], vec![]).await;
+    let shut = wait_for(&sup, &web.task_id, TaskState::Shutdown).await;
+    assert_eq!(shut.exit_code, Some(143));
+    assert_eq!(shut.err, None);
+
+    // A full set without the tasks removes their containers and sandboxes.
+    sup.assign(true, false, vec![], vec![]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !runtime.list().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "containers left: {:?}", runtime.list());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lab.net.sandbox(&web_cid).is_none());
+    assert!(sup.statuses().is_empty());
+    // The port is free again.
+    std::net::TcpListener::bind(("0.0.0.0", port)).expect("the published port is released");
+    sup.shutdown().await;
+}
