@@ -3,10 +3,12 @@
 //! node bridge in their own network namespaces, ports published on the host.
 //! httpd answers on its published port; redis answers PING.
 
-use std::io::{Read, Write};
+mod common;
+use common::{ask, free_port, is_root, lab_images};
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use shoal_agent::images::{archive, ImageStore};
 use shoal_agent::net::publish::{PortPublisher, Proto};
@@ -14,52 +16,6 @@ use shoal_agent::net::subnet::Subnet;
 use shoal_agent::net::{BridgeConfig, Network};
 use shoal_agent::runtime::from_image::{container_config, Overrides};
 use shoal_agent::runtime::{LibcontainerRuntime, NetworkMode, Runtime};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn is_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipping: real containers need root");
-    }
-    root
-}
-
-/// Builds the lab images if needed (fast when they are up to date).
-fn lab_images() -> PathBuf {
-    let status = std::process::Command::new(repo().join("images/build.sh")).status().expect("images/build.sh");
-    assert!(status.success(), "images/build.sh failed");
-    repo().join("out/images")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Sends `request` to 127.0.0.1:`port` until something answers, returning the answer.
-fn ask(port: u16, request: &[u8], until: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let _ = s.write_all(request);
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = s.read(&mut buf) {
-                last = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if last.contains(until) {
-                    return last;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no answer containing {until:?} on port {port}; last: {last:?}");
-}
 
 #[test]
 fn httpd_answers_on_its_published_port_and_redis_answers_ping() {

@@ -1,6 +1,9 @@
 //! The libcontainer runtime with real containers (as root): a busybox layer built from
 //! the host's static busybox, overlay root filesystems, the shim and the init.
 
+mod common;
+use common::{free_port, is_root};
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -9,16 +12,6 @@ use std::time::{Duration, Instant};
 use shoal_agent::runtime::{ContainerConfig, ContainerStatus, LibcontainerRuntime, NetworkMode, Runtime};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn is_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipping: real containers need root");
-    }
-    root
-}
 
 /// A scratch area with a busybox layer and a runtime over it; removed on drop.
 struct Lab {
@@ -103,10 +96,6 @@ fn wait_exit(rt: &LibcontainerRuntime, id: &str, timeout: Duration) -> i32 {
         assert!(Instant::now() < deadline, "{id} did not exit within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

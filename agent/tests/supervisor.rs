@@ -4,9 +4,11 @@
 //! Failed, a clashing host port is Rejected, and a restarted supervisor takes its running
 //! container back without starting it twice.
 
-use std::io::{Read, Write};
+mod common;
+use common::{ask, free_port, is_root, lab_images};
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,51 +23,6 @@ use shoal_proto::dispatch::Assignment;
 use shoal_proto::{
     BoundedString, BoundedVec, PortConfig, Protocol, PublishMode, ServiceSpec, TaskId, TaskState, TaskStatus,
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn is_root() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if !root {
-        eprintln!("skipping: real containers need root");
-    }
-    root
-}
-
-fn lab_images() -> PathBuf {
-    let status = std::process::Command::new(repo().join("images/build.sh")).status().expect("images/build.sh");
-    assert!(status.success(), "images/build.sh failed");
-    repo().join("out/images")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Sends `request` to 127.0.0.1:`port` until the answer contains `until`.
-fn ask(port: u16, request: &[u8], until: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let _ = s.write_all(request);
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = s.read(&mut buf) {
-                last = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if last.contains(until) {
-                    return last;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no answer containing {until:?} on port {port}; last: {last:?}");
-}
 
 async fn ask_async(port: u16) -> String {
     tokio::task::spawn_blocking(move || ask(port, b"GET / HTTP/1.0\r\n\r\n", "demo app 1.0")).await.unwrap()

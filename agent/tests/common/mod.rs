@@ -1,0 +1,55 @@
+//! Helpers shared by the agent's integration tests (real containers, as root).
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// True as root; otherwise says why the test is skipped.
+pub fn is_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipping: real containers need root");
+    }
+    root
+}
+
+/// Builds the lab images if needed (fast when they are up to date) and returns their folder.
+pub fn lab_images() -> PathBuf {
+    let status = std::process::Command::new(repo().join("images/build.sh")).status().expect("images/build.sh");
+    assert!(status.success(), "images/build.sh failed");
+    repo().join("out/images")
+}
+
+/// A TCP port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends `request` to 127.0.0.1:`port` until the answer contains `until`.
+pub fn ask(port: u16, request: &[u8], until: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(request);
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf) {
+                last = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if last.contains(until) {
+                    return last;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer containing {until:?} on port {port}; last: {last:?}");
+}
