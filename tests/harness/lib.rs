@@ -125,15 +125,18 @@ impl Drop for Proc {
 
 impl Host {
     fn command(&self, program: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).arg(program).args(args);
+        let mut c = Command::new("nsenter");
+        // nsenter joins only the network namespace. `ip netns exec` would also give the
+        // process a private mount namespace with a fresh /sys lacking /sys/fs/cgroup, where
+        // an agent could not create containers; a real board has one namespace of each.
+        c.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg(program).args(args);
         c.env("SHOAL_DATA_DIR", &self.data_dir).env("SHOAL_LOG", "info,quinn=warn").env("NO_COLOR", "1");
         c
     }
 
     /// Runs a command to completion in this host.
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        self.command(&bin(program), args).stdin(Stdio::null()).output().expect("spawn ip netns exec")
+        self.command(&bin(program), args).stdin(Stdio::null()).output().expect("spawn nsenter")
     }
 
     /// `shoal ARGS` here; panics with its output when it fails.
@@ -155,7 +158,7 @@ impl Host {
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
-            .expect("spawn ip netns exec");
+            .expect("spawn nsenter");
         Proc { child: Some(child), log }
     }
 
@@ -217,8 +220,53 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The containers the agents of this lab made (`<data dir>/agent/containers/<id>`).
+    fn containers(&self) -> Vec<PathBuf> {
+        self.hosts
+            .iter()
+            .filter_map(|h| std::fs::read_dir(h.data_dir.join("agent/containers")).ok())
+            .flat_map(|entries| entries.flatten().map(|e| e.path()))
+            .collect()
+    }
+
+    /// Stops every container of the lab's agents and removes what they left outside the
+    /// lab directory: containers live in their own network namespaces, so killing the
+    /// boards' processes alone would leave them running.
+    fn remove_containers(&self) {
+        let containers = self.containers();
+        for dir in &containers {
+            // The container's init: its PID namespace, and so the container, dies with it.
+            if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+        // Let the shims record the exits and remove the cgroups.
+        std::thread::sleep(Duration::from_millis(300));
+        for h in &self.hosts {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+        }
+        for dir in &containers {
+            let Some(id) = dir.file_name().and_then(|n| n.to_str()) else { continue };
+            let _ = Command::new("umount").arg("-l").arg(dir.join("rootfs")).status();
+            let netns = format!("/run/shoal/netns/{id}");
+            let _ = Command::new("umount").args(["-l", &netns]).output();
+            let _ = std::fs::remove_file(&netns);
+            for controller in ["pids", "memory", "cpu,cpuacct", "cpuset", "blkio", "devices", "freezer", "systemd"] {
+                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}/shoal/{id}"));
+            }
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/shoal/{id}"));
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.remove_containers();
         for h in &self.hosts {
             // Anything still running in the namespace goes with it.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.ns]).output() {
@@ -361,4 +409,101 @@ impl Cluster {
             (nodes.len() == expected && nodes.iter().all(|n| n.status == status)).then_some(())
         });
     }
+}
+
+/// Parses a `docker ... ls`-style table into rows of column → value, by the positions of
+/// `headers` in its first line (cells are left-aligned under their header).
+pub fn parse_table(text: &str, headers: &[&str]) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return Vec::new() };
+    let cols: Vec<usize> =
+        headers.iter().map(|h| header.find(h).unwrap_or_else(|| panic!("no {h} in {header:?}"))).collect();
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            (0..headers.len())
+                .map(|i| {
+                    let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
+                    (headers[i].to_owned(), l.get(cols[i].min(l.len())..end).unwrap_or("").trim().to_owned())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The lab's OCI archive `name` (e.g. `redis.tar`), built by `images/build.sh` when
+/// missing or stale (fast when up to date).
+pub fn lab_image(name: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(repo.join("images/build.sh")).status().expect("images/build.sh");
+    assert!(status.success(), "images/build.sh failed");
+    let path = repo.join("out/images").join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Columns of `shoal service ls`.
+pub const SERVICE_LS: [&str; 6] = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"];
+/// Columns of `shoal service ps`.
+pub const SERVICE_PS: [&str; 8] = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"];
+
+impl Cluster {
+    /// `service ls`, parsed.
+    pub fn service_ls(&self) -> Vec<std::collections::HashMap<String, String>> {
+        parse_table(&self.manager_host().shoal(&["service", "ls"]), &SERVICE_LS)
+    }
+
+    /// `service ps SERVICE`, parsed.
+    pub fn service_ps(&self, service: &str) -> Vec<std::collections::HashMap<String, String>> {
+        parse_table(&self.manager_host().shoal(&["service", "ps", service]), &SERVICE_PS)
+    }
+
+    /// The `REPLICAS` cell of `service`, e.g. `3/3`.
+    pub fn replicas(&self, service: &str) -> String {
+        self.service_ls().into_iter().find(|r| r["NAME"] == service).map(|r| r["REPLICAS"].clone()).unwrap_or_default()
+    }
+
+    /// Kills every process of a board, as a power cut would: its agent, whatever runs in
+    /// its namespace, and the containers of the tasks `service ps` places on it.
+    pub fn power_cut(&mut self, board: usize, services: &[&str]) {
+        let hostname = format!("node{board}");
+        let mut short_ids = Vec::new();
+        for s in services {
+            for row in self.service_ps(s) {
+                if row["NODE"] == hostname {
+                    short_ids.push(row["ID"].clone());
+                }
+            }
+        }
+        self.agents[board - 1].kill9();
+        let host = &self.lab.hosts[board];
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &host.ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        // Containers live in cgroups named `/shoal/SERVICE.SLOT.TASKID`.
+        if let Ok(dirs) = std::fs::read_dir("/sys/fs/cgroup/shoal") {
+            for d in dirs.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                if short_ids.iter().any(|id| name.contains(&format!(".{}", id.to_lowercase()))) {
+                    let _ = std::fs::write(d.path().join("cgroup.kill"), "1");
+                    for pid in std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default().lines() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Containers of `service` that have processes, counted by their cgroups.
+pub fn running_containers(service: &str) -> usize {
+    // cgroup v2 keeps one tree; v1 one per controller (pids is enough to count).
+    let roots = ["/sys/fs/cgroup/shoal", "/sys/fs/cgroup/pids/shoal", "/sys/fs/cgroup/memory/shoal"];
+    let Some(dirs) = roots.iter().find_map(|r| std::fs::read_dir(r).ok()) else { return 0 };
+    dirs.flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with(&format!("{service}.")))
+        .filter(|d| !std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default().trim().is_empty())
+        .count()
 }
