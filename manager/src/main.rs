@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use shoal_manager::cli::{image::ImageCommand, manager::ManagerCommand, node::NodeCommand};
+use shoal_manager::cli::{image::ImageCommand, manager::ManagerCommand, node::NodeCommand, service::ServiceCommand};
 use shoal_manager::paths::DEFAULT_DATA_DIR;
 
 #[derive(Debug, Parser)]
@@ -28,6 +28,9 @@ enum Command {
     /// Manage the images the manager distributes to the nodes.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage services: replicated or global sets of containers on the boards.
+    #[command(subcommand)]
+    Service(ServiceCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
             Command::Manager(cmd) => shoal_manager::cli::manager::run(&cli.data_dir, cmd).await,
             Command::Node(cmd) => shoal_manager::cli::node::run(&cli.data_dir, cmd).await,
             Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
+            Command::Service(cmd) => shoal_manager::cli::service::run(&cli.data_dir, cmd).await,
         }
     });
     match result {

@@ -3,6 +3,11 @@
 //! heartbeats to [`Membership`] and applies what it decides (closing dead sessions).
 //! It also takes image uploads, serves image blobs to nodes and tells every agent which
 //! images to hold; the archive parsing and blob store are in [`crate::images`].
+//!
+//! Services: control requests change service records; one reconcile task (fed by a
+//! channel, bursts coalesced) then runs the orchestrator, the updater and the scheduler
+//! over every service and task, persists the result in one transaction and sends each
+//! node the assignments that changed for it. Sessions only forward task reports to it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,12 +31,19 @@ use tracing::{debug, info, warn};
 use crate::ca::{self, Ca, CertRole};
 use crate::core::membership::{LivenessConfig, Membership, Transition};
 use crate::core::nodes::{self, NodeRecord};
-use crate::core::Millis;
+use crate::core::orchestrator::{Now, Orchestrator};
+use crate::core::placement::ClusterNode;
+use crate::core::services::{self as services, ServiceRecord};
+use crate::core::{dispatcher, scheduler, updater, Millis};
 use crate::images::archive::{self, ImportError};
 use crate::images::blobs::{BlobError, BlobStore};
 use crate::images::{self, ImageRecord};
 use crate::paths;
+use crate::store::ServiceChanges;
 use crate::store::{ClusterRecord, Store};
+use shoal_proto::dispatch::{ServiceReply, ServiceRequest, TaskReport, MAX_TASKS_LISTED};
+use shoal_proto::services::ServiceName;
+use shoal_proto::{Service, ServiceId, Task, TaskId, TaskState};
 
 /// Application close codes the manager uses on connections.
 pub mod close {
@@ -60,9 +72,14 @@ pub struct RunConfig {
 const SESSION_FRAME_LIMIT: usize = 64 * 1024;
 /// Idle timeout of manager connections; dead nodes are found sooner by heartbeats.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages queued for one agent's session. They are rare (one per image change), so a
-/// full queue means the agent stopped reading; its session is closed to resynchronise.
-const SESSION_QUEUE: usize = 16;
+/// Messages queued for one agent's session. They are few (one per image change, about one
+/// per reconciliation that changes the node's tasks), so a full queue means the agent
+/// stopped reading; its session is closed to resynchronise.
+const SESSION_QUEUE: usize = 64;
+/// Events queued for the reconcile task; a full queue already guarantees a reconciliation.
+const RECONCILE_QUEUE: usize = 256;
+/// Reconcile at least this often, for timers nobody wakes (orphaning after a long Down).
+const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
 /// Largest piece of an upload read at once, and of a blob sent at once.
 const CHUNK: usize = 256 * 1024;
 /// An upload that sends nothing for this long is abandoned.
@@ -83,8 +100,39 @@ struct State {
     held: HashMap<NodeId, HashSet<String>>,
 }
 
+/// What the reconcile task is asked to do.
+enum Event {
+    /// Something changed (a spec, a node's status or availability): reconcile.
+    Kick,
+    /// A node reported task status changes: record them, then reconcile.
+    Reports(NodeId, Vec<TaskReport>),
+}
+
+/// Services and tasks in memory, as last persisted, with the orchestrator's memory.
+struct ServiceState {
+    orchestrator: Orchestrator,
+    records: std::collections::BTreeMap<ServiceId, ServiceRecord>,
+    tasks: HashMap<TaskId, Task>,
+    /// Names of services, kept while a removed service's tasks are still being stopped.
+    names: HashMap<ServiceId, ServiceName>,
+}
+
+impl ServiceState {
+    fn name_map(&self) -> HashMap<ServiceId, ServiceName> {
+        let mut names = self.names.clone();
+        for t in self.tasks.values() {
+            names.entry(t.service_id.clone()).or_insert_with(|| shoal_proto::text_lossy(t.service_id.short()));
+        }
+        names
+    }
+}
+
 struct Manager {
     store: Store,
+    /// Services and tasks. `state` may be locked while this is held, never the reverse.
+    services: Mutex<ServiceState>,
+    /// Wakes the reconcile task.
+    events: mpsc::Sender<Event>,
     ca: Ca,
     cluster: Mutex<ClusterRecord>,
     state: Mutex<State>,
@@ -112,7 +160,16 @@ impl Manager {
         self.started.elapsed().as_millis() as Millis
     }
 
+    /// Asks for a reconciliation; a full queue means one is coming anyway.
+    fn kick(&self) {
+        let _ = self.events.try_send(Event::Kick);
+    }
+
     fn log_transitions(&self, transitions: &[Transition]) {
+        if !transitions.is_empty() {
+            // Down → replacements start now; Ready → pending tasks may fit.
+            self.kick();
+        }
         for t in transitions {
             let hostname =
                 self.store.node(&t.node).ok().flatten().map(|n| n.description.hostname.to_string()).unwrap_or_default();
@@ -157,8 +214,16 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         info!(blobs = collected, "removed image blobs no image uses");
     }
     let mut members = Membership::new(config.liveness);
+    let records: std::collections::BTreeMap<ServiceId, ServiceRecord> =
+        store.services()?.into_iter().map(|r| (r.service.id.clone(), r)).collect();
+    let tasks: HashMap<TaskId, Task> = store.tasks()?.into_iter().map(|t| (t.id.clone(), t)).collect();
+    info!(services = records.len(), tasks = tasks.len(), "services loaded");
+    let names = records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
+    let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
+        services: Mutex::new(ServiceState { orchestrator: Orchestrator::default(), records, tasks, names }),
+        events,
         ca,
         cluster: Mutex::new(cluster.clone()),
         state: Mutex::new(State {
@@ -180,6 +245,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     info!(%listen, advertise = %cluster.advertise_addr, cluster = %cluster.cluster_id, "manager running");
 
     let ticker = tokio::spawn(tick_loop(manager.clone(), config.liveness));
+    let reconciler = tokio::spawn(reconcile_loop(manager.clone(), events_rx));
     let accept = async {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(handle_connection(manager.clone(), incoming));
@@ -190,6 +256,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         _ = shutdown_signal() => info!("shutting down"),
     }
     ticker.abort();
+    reconciler.abort();
     endpoint.close(close::SHUTDOWN.into(), b"manager shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     Ok(())
@@ -478,6 +545,16 @@ async fn run_session(
         }
         Err(e) => warn!(%node, error = %e, "could not read the image set for a new session"),
     }
+    // Likewise the task set: a reconciliation after this queues its diff behind it.
+    let full = {
+        let svc = mgr.services.lock().expect("services lock");
+        dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map())
+    };
+    for message in full {
+        if framed::send(&mut send, &message).await.is_err() {
+            return;
+        }
+    }
     // The read is kept across loop turns rather than restarted: `framed::recv` is not
     // cancel-safe, and dropping it halfway through a frame would lose bytes.
     let mut reading = Box::pin(next_message(recv));
@@ -485,8 +562,13 @@ async fn run_session(
         tokio::select! {
             (r, result) = &mut reading => {
                 match result {
-                    // Task reports come with services; nothing is assigned before them.
-                    Ok(Some(AgentMessage::TaskStatuses(_))) => {}
+                    Ok(Some(AgentMessage::TaskStatuses(reports))) => {
+                        debug!(%node, reports = reports.len(), "task status reports");
+                        // Waiting here slows only this agent, and only while the queue is full.
+                        if mgr.events.send(Event::Reports(node.clone(), reports.into_vec())).await.is_err() {
+                            break None;
+                        }
+                    }
                     Ok(Some(AgentMessage::Heartbeat { .. })) => {
                         let t = {
                             let mut st = mgr.state.lock().expect("state lock");
@@ -571,9 +653,7 @@ async fn handle_control(
 ) -> Result<ControlReply, ErrorReply> {
     let nodes = mgr.store.nodes().map_err(internal)?;
     match req {
-        ControlRequest::Service(_) => {
-            Err(ErrorReply::new(ErrorKind::InvalidRequest, "services are not available in this manager yet"))
-        }
+        ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();
@@ -608,6 +688,7 @@ async fn handle_control(
                 ));
             }
             mgr.store.remove_node(&record.id).map_err(internal)?;
+            mgr.kick();
             let session = {
                 let mut st = mgr.state.lock().expect("state lock");
                 st.members.forget(&record.id);
@@ -624,6 +705,7 @@ async fn handle_control(
             let mut record = nodes::resolve(&nodes, &node)?.clone();
             nodes::apply_update(&mut record, availability, &label_add, &label_rm)?;
             mgr.store.put_node(&record).map_err(internal)?;
+            mgr.kick();
             info!(node = %record.id, availability = %record.availability, "node updated");
             Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
         }
@@ -867,4 +949,267 @@ async fn serve_blob(mgr: &Manager, node: &NodeId, fetch: FetchBlob, mut send: qu
     }
     let _ = send.finish();
     debug!(%node, digest = %fetch.digest, offset = fetch.offset, size, "blob sent");
+}
+
+/// The nodes as placement sees them: stored records with their current liveness.
+fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::store::StoreError> {
+    let records = mgr.store.nodes()?;
+    let st = mgr.state.lock().expect("state lock");
+    let now = mgr.now();
+    Ok(records
+        .iter()
+        .map(|r| {
+            let status = match r.role {
+                Role::Manager => NodeStatus::Ready,
+                Role::Worker => st.members.status(now, &r.id).0,
+            };
+            ClusterNode::from_record(r, status)
+        })
+        .collect())
+}
+
+/// The one task that changes tasks: waits for events (or the next timer), takes every
+/// event already queued, and reconciles once for all of them.
+async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver<Event>) {
+    let mut wake_at: Option<tokio::time::Instant> = None;
+    let mut reports: Vec<(NodeId, Vec<TaskReport>)> = Vec::new();
+    loop {
+        let deadline = wake_at.unwrap_or_else(|| tokio::time::Instant::now() + RECONCILE_PERIOD);
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Event::Kick) => {}
+                Some(Event::Reports(node, r)) => reports.push((node, r)),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        while let Ok(event) = events.try_recv() {
+            if let Event::Reports(node, r) = event {
+                reports.push((node, r));
+            }
+        }
+        let batch = std::mem::take(&mut reports);
+        // Store writes block; keep them off the other tasks' way.
+        match tokio::task::block_in_place(|| reconcile(&mgr, batch)) {
+            Ok(next) => {
+                wake_at = next.map(|ms| tokio::time::Instant::from_std(mgr.started + Duration::from_millis(ms)))
+            }
+            Err(e) => {
+                warn!(error = %e, "reconciliation failed; retrying in a second");
+                wake_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Records task reports, runs the orchestrator, the updater and the scheduler, persists
+/// what changed in one transaction, then tells each node what changed for it. Returns
+/// when the orchestrator wants to run again (monotonic milliseconds).
+fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) -> anyhow::Result<Option<Millis>> {
+    let nodes = cluster_nodes(mgr)?;
+    let now = Now { mono: mgr.now(), wall_ms: crate::wall_ms() };
+    let mut svc = mgr.services.lock().expect("services lock");
+    let svc = &mut *svc;
+    let mut tasks: Vec<Task> = svc.tasks.values().cloned().collect();
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+
+    if !reports.is_empty() {
+        let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+        for (node, batch) in reports {
+            for r in batch {
+                let Some(&i) = index.get(&r.task_id) else {
+                    debug!(%node, task = %r.task_id, "report for a task the manager no longer has");
+                    continue;
+                };
+                let t = &mut tasks[i];
+                if t.node_id.as_ref() != Some(&node) {
+                    warn!(%node, task = %t.id, "report for a task assigned to another node; ignored");
+                    continue;
+                }
+                let state = r.status.state;
+                match shoal_proto::apply_status(t, r.status) {
+                    Ok(()) => debug!(%node, task = %t.id, %state, "task status"),
+                    Err(e) => warn!(%node, error = %e, "refused a task report"),
+                }
+            }
+        }
+    }
+
+    let services: Vec<Service> = svc.records.values().map(|r| r.service.clone()).collect();
+    let mut new_id = || TaskId::from_random(crate::random());
+    let plan = svc.orchestrator.reconcile(now, &services, &tasks, &nodes, &mut new_id);
+    let wake_at = plan.wake_at;
+    for stop in &plan.shutdown {
+        info!(task = %stop.task, reason = %stop.reason, "stopping task");
+    }
+    plan.apply_to(&mut tasks, now.wall_ms);
+    let plan = updater::replace_outdated(now, &services, &tasks, &mut new_id);
+    if !plan.create.is_empty() {
+        info!(tasks = plan.create.len(), "replacing tasks of an older spec");
+    }
+    plan.apply_to(&mut tasks, now.wall_ms);
+
+    let pending: Vec<TaskId> = tasks
+        .iter()
+        .filter(|t| t.status.state <= TaskState::Pending && t.is_desired_running())
+        .map(|t| t.id.clone())
+        .collect();
+    if !pending.is_empty() {
+        let decisions = scheduler::schedule(&nodes, &tasks, &pending);
+        let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+        for d in decisions {
+            let id = match &d {
+                scheduler::Decision::Assign { task, .. } | scheduler::Decision::Unassignable { task, .. } => task,
+            };
+            let Some(&i) = index.get(id) else { continue };
+            let t = &mut tasks[i];
+            match &d {
+                // The same refusal again: keep the time it was first given.
+                scheduler::Decision::Unassignable { reason, .. } if &*t.status.message == reason.as_str() => continue,
+                scheduler::Decision::Unassignable { reason, .. } => info!(task = %t.id, %reason, "task pending"),
+                scheduler::Decision::Assign { node, .. } => debug!(task = %t.id, %node, "task assigned"),
+            }
+            if let Err(e) = scheduler::record(t, &d, now.wall_ms) {
+                warn!(error = %e, "scheduler decision refused");
+            }
+        }
+    }
+
+    // What changed, written in one transaction before anyone is told.
+    let after: HashMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+    let put_tasks: Vec<&Task> = after.values().filter(|t| svc.tasks.get(&t.id) != Some(*t)).collect();
+    let remove_tasks: Vec<&TaskId> = svc.tasks.keys().filter(|id| !after.contains_key(*id)).collect();
+    let mut by_service: HashMap<&ServiceId, Vec<&Task>> = HashMap::new();
+    for t in after.values() {
+        by_service.entry(&t.service_id).or_default().push(t);
+    }
+    let mut records_changed: Vec<ServiceRecord> = Vec::new();
+    for record in svc.records.values() {
+        let mut r = record.clone();
+        let own = by_service.get(&record.service.id).map_or(&[][..], |v| v.as_slice());
+        if services::note_progress(&mut r, own, now.wall_ms) {
+            info!(service = %r.service.spec.name, "update completed");
+            records_changed.push(r);
+        }
+    }
+    let changes = ServiceChanges {
+        put_services: records_changed.iter().collect(),
+        remove_services: Vec::new(),
+        put_tasks,
+        remove_tasks,
+    };
+    mgr.store.change_services(&changes)?;
+    drop(changes);
+    for r in records_changed {
+        svc.records.insert(r.service.id.clone(), r);
+    }
+    let before = std::mem::replace(&mut svc.tasks, after);
+    // Forget the names of removed services once their last task is gone.
+    let live: HashSet<&ServiceId> = svc.tasks.values().map(|t| &t.service_id).collect();
+    let records = &svc.records;
+    svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
+
+    let diffs = dispatcher::diff(&before, &svc.tasks, &svc.name_map());
+    if !diffs.is_empty() {
+        let st = mgr.state.lock().expect("state lock");
+        let mut lagging = Vec::new();
+        for (node, d) in diffs {
+            let Some(session) = st.sessions.get(&node) else { continue };
+            debug!(%node, upsert = d.upsert.len(), remove = d.remove.len(), "assignments changed");
+            for message in dispatcher::diff_messages(d) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
+                    lagging.push((node.clone(), session.conn.clone()));
+                    break;
+                }
+            }
+        }
+        drop(st);
+        for (node, conn) in lagging {
+            warn!(%node, "session is not reading its messages; closing it so the agent resynchronises");
+            conn.close(close::LAGGING.into(), b"session fell behind; reconnect");
+        }
+    }
+    Ok(wake_at)
+}
+
+/// `shoal service ...`: reads answer from memory; changes are persisted, then a
+/// reconciliation is asked for.
+fn handle_service(mgr: &Manager, req: ServiceRequest, nodes: &[NodeRecord]) -> Result<ServiceReply, ErrorReply> {
+    let wall = crate::wall_ms();
+    let images = || mgr.store.images().map_err(internal);
+    let mut svc = mgr.services.lock().expect("services lock");
+    let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
+    let tasks_of = |svc: &ServiceState, id: &ServiceId| -> Vec<Task> {
+        svc.tasks.values().filter(|t| &t.service_id == id).cloned().collect()
+    };
+    let put = |svc: &mut ServiceState, record: ServiceRecord| -> Result<ServiceReply, ErrorReply> {
+        mgr.store
+            .change_services(&ServiceChanges { put_services: vec![&record], ..Default::default() })
+            .map_err(internal)?;
+        let id = record.service.id.clone();
+        svc.names.insert(id.clone(), record.service.spec.name.clone());
+        svc.records.insert(id.clone(), record);
+        mgr.kick();
+        Ok(ServiceReply::Done(id))
+    };
+    match req {
+        ServiceRequest::Create(spec) => {
+            let record = services::create(&records, *spec, &images()?, ServiceId::from_random(crate::random()), wall)?;
+            info!(service = %record.service.spec.name, id = %record.service.id, image = %record.service.spec.image, "service created");
+            put(&mut svc, record).map(|r| match r {
+                ServiceReply::Done(id) => ServiceReply::Created(id),
+                other => other,
+            })
+        }
+        ServiceRequest::List => {
+            let views: Vec<_> = records
+                .iter()
+                .map(|r| {
+                    let own = tasks_of(&svc, &r.service.id);
+                    services::view(r, &own.iter().collect::<Vec<_>>())
+                })
+                .collect();
+            Ok(ServiceReply::Services(views.try_into().map_err(internal)?))
+        }
+        ServiceRequest::Inspect { service } => {
+            let r = services::resolve(&records, &service)?;
+            let own = tasks_of(&svc, &r.service.id);
+            Ok(ServiceReply::Service(Box::new(services::view(r, &own.iter().collect::<Vec<_>>()))))
+        }
+        ServiceRequest::Ps { services: wanted } => {
+            let chosen: Vec<&ServiceRecord> = if wanted.is_empty() {
+                records.iter().collect()
+            } else {
+                wanted.iter().map(|q| services::resolve(&records, q)).collect::<Result<_, _>>()?
+            };
+            let hostnames = nodes.iter().map(|n| (n.id.clone(), n.description.hostname.clone())).collect();
+            let all: Vec<Task> = svc.tasks.values().cloned().collect();
+            let mut views = services::ps(&chosen, &all, &hostnames);
+            views.truncate(MAX_TASKS_LISTED);
+            Ok(ServiceReply::Tasks(views.try_into().map_err(internal)?))
+        }
+        ServiceRequest::Update { service, spec, version } => {
+            let r = services::resolve(&records, &service)?;
+            let next = services::update(r, *spec, version, &images()?, wall)?;
+            info!(service = %next.service.spec.name, version = next.service.spec_version, "service updated");
+            put(&mut svc, next)
+        }
+        ServiceRequest::Rollback { service } => {
+            let r = services::resolve(&records, &service)?;
+            let next = services::rollback(r, wall)?;
+            info!(service = %next.service.spec.name, version = next.service.spec_version, "service rolled back");
+            put(&mut svc, next)
+        }
+        ServiceRequest::Remove { service } => {
+            let id = services::resolve(&records, &service)?.service.id.clone();
+            mgr.store
+                .change_services(&ServiceChanges { remove_services: vec![&id], ..Default::default() })
+                .map_err(internal)?;
+            if let Some(r) = svc.records.remove(&id) {
+                info!(service = %r.service.spec.name, "service removed");
+            }
+            mgr.kick();
+            Ok(ServiceReply::Done(id))
+        }
+    }
 }

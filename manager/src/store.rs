@@ -1,5 +1,6 @@
-//! The manager's persistent state in one redb file: cluster secrets, node records and
-//! image records (the image blobs themselves live beside it, in `images::blobs`).
+//! The manager's persistent state in one redb file: cluster secrets, node records,
+//! image records (the image blobs themselves live beside it, in `images::blobs`),
+//! services (with the spec before the last change, for `--rollback`) and tasks.
 //! Values are postcard; every change is one transaction, so a crash leaves either the
 //! old state or the new one.
 
@@ -7,16 +8,45 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use shoal_proto::NodeId;
+use shoal_proto::{NodeId, ServiceId, Task, TaskId};
 
 use crate::core::nodes::NodeRecord;
+use crate::core::services::ServiceRecord;
 use crate::images::ImageRecord;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// Image records by reference.
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+/// Service records by service ID.
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+/// Tasks by task ID.
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const CLUSTER_KEY: &str = "cluster";
+
+/// One atomic change to services and tasks: what a control request or a reconciliation
+/// writes.
+#[derive(Debug, Default)]
+pub struct ServiceChanges<'a> {
+    /// Service records to insert or replace.
+    pub put_services: Vec<&'a ServiceRecord>,
+    /// Services to delete.
+    pub remove_services: Vec<&'a ServiceId>,
+    /// Tasks to insert or replace.
+    pub put_tasks: Vec<&'a Task>,
+    /// Tasks to delete.
+    pub remove_tasks: Vec<&'a TaskId>,
+}
+
+impl ServiceChanges<'_> {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.put_services.is_empty()
+            && self.remove_services.is_empty()
+            && self.put_tasks.is_empty()
+            && self.remove_tasks.is_empty()
+    }
+}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +171,49 @@ impl Store {
 
     /// Every image record, sorted by reference.
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.all(IMAGES)
+    }
+
+    /// Every service record, in ID order.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.all(SERVICES)
+    }
+
+    /// Every task, in ID order.
+    pub fn tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.all(TASKS)
+    }
+
+    /// Writes services and tasks in one transaction: a reconciliation is all or nothing.
+    pub fn change_services(&self, changes: &ServiceChanges) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut services = tx.open_table(SERVICES)?;
+            for id in &changes.remove_services {
+                services.remove(id.as_str())?;
+            }
+            for s in &changes.put_services {
+                services.insert(s.service.id.as_str(), postcard::to_allocvec(s)?.as_slice())?;
+            }
+            let mut tasks = tx.open_table(TASKS)?;
+            for id in &changes.remove_tasks {
+                tasks.remove(id.as_str())?;
+            }
+            for t in &changes.put_tasks {
+                tasks.insert(t.id.as_str(), postcard::to_allocvec(t)?.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every value of a table, decoded, in key order; none when the table was never written.
+    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
         let tx = self.db.begin_read()?;
-        let table = match tx.open_table(IMAGES) {
+        let table = match tx.open_table(def) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -196,6 +267,53 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.images().unwrap(), vec![image("b:1")]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn services_and_tasks_survive_reopening_the_store() {
+        use shoal_proto::{Service, ServiceSpec, TaskState, TaskStatus};
+        let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
+        let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
+        let mut old = spec.clone();
+        old.env.push(shoal_proto::BoundedString::lossy("A=1")).unwrap();
+        let record = ServiceRecord {
+            service: Service {
+                id: ServiceId::from_random([1; 16]),
+                spec: spec.clone(),
+                spec_version: 2,
+                created_at_ms: 5,
+            },
+            previous: Some(old),
+            update_status: None,
+            updated_at_ms: 6,
+        };
+        let task = |n: u8| Task {
+            id: TaskId::from_random([n; 16]),
+            service_id: record.service.id.clone(),
+            slot: u32::from(n),
+            node_id: None,
+            spec: spec.task_spec(),
+            spec_version: 2,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::Pending, 0, "pending"),
+            created_at_ms: 0,
+        };
+        let (t1, t2) = (task(1), task(2));
+        {
+            let store = Store { db: Database::create(&path).unwrap() };
+            assert!(store.services().unwrap().is_empty() && store.tasks().unwrap().is_empty());
+            let all = ServiceChanges { put_services: vec![&record], put_tasks: vec![&t1, &t2], ..Default::default() };
+            store.change_services(&all).unwrap();
+            store.change_services(&ServiceChanges { remove_tasks: vec![&t1.id], ..Default::default() }).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.services().unwrap(), vec![record.clone()]);
+        assert_eq!(store.tasks().unwrap(), vec![t2]);
+        store
+            .change_services(&ServiceChanges { remove_services: vec![&record.service.id], ..Default::default() })
+            .unwrap();
+        assert!(store.services().unwrap().is_empty());
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -7,6 +7,7 @@ pub mod image;
 pub mod manager;
 pub mod node;
 pub mod output;
+pub mod service;
 
 use std::time::Duration;
 

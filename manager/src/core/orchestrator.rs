@@ -440,7 +440,7 @@ fn removed_service(view: &View, own: &[&Task], plan: &mut Plan) {
     }
 }
 
-fn new_task(now: Now, service: &Service, slot: u32, node_id: Option<NodeId>, id: TaskId) -> Task {
+pub(crate) fn new_task(now: Now, service: &Service, slot: u32, node_id: Option<NodeId>, id: TaskId) -> Task {
     Task {
         id,
         service_id: service.id.clone(),
