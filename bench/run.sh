@@ -19,11 +19,15 @@ echo "== static agents" >&2
 sizes=$(./scripts/build-agents.sh)
 agent=$PWD/out/agents/x86_64-unknown-linux-musl/shoal-agent
 echo "== release shoal and the bench" >&2
-cargo build --quiet --release -p shoal-manager -p shoal-bench
+cargo build --quiet --release -p shoal-manager -p shoal-agent -p shoal-bench
+./images/build.sh >&2
 shoal=$PWD/target/release/shoal
 
 echo "== runtime bench ($iterations runs each)" >&2
 runtime=$(SHOAL_AGENT=$agent ./target/release/runtime-bench "$iterations")
+
+echo "== cluster bench" >&2
+cluster=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/cluster-bench)
 
 echo "== idle memory" >&2
 tmp=$(mktemp -d)
@@ -52,6 +56,8 @@ manager_rss=$(rss "$mpid")
   echo "What the shoal figure includes that the peers' do not: starting the per-container shim"
   echo "process (which keeps exit codes and logs across agent restarts), mounting the overlay"
   echo "root filesystem, and tearing both down again. runc and crun run straight from a directory."
+  echo
+  echo "$cluster"
   echo
   echo "The agent's own memory does not grow with its containers: each has its shim."
   echo

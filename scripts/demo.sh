@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job on one Linux host: a manager and three boards, each board a network
-# namespace on a bridge with its own address, then `shoal node ls`. Run as root.
+# namespace on a bridge with its own address; the lab's images on every board; the
+# lab's application (redis `database`, demo/app `appserver`) running as services.
+# Run as root.
 #
 #   scripts/demo.sh          set up (installs and builds what is missing) and start
 #   scripts/demo.sh down     stop everything and remove the namespaces and the bridge
@@ -15,7 +17,15 @@ bridge=shoaldemo0
 subnet=10.250.0
 boards=(node1 node2 node3)
 
+# Runs a command in a board's network namespace only (like a board: one mount
+# namespace, so the agent sees the host's cgroups; `ip netns exec` would remount /sys).
+in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
+
 down() {
+  # Containers live in namespaces of their own: stop them through their init PIDs.
+  for pidfile in "$demo"/*/agent/containers/*/pid; do
+    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+  done
   for ns in shoal-manager "${boards[@]/#/shoal-}"; do
     if ip netns list | grep -qw "$ns"; then
       for pid in $(ip netns pids "$ns"); do kill -TERM "$pid" 2>/dev/null || true; done
@@ -27,6 +37,13 @@ down() {
       for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
       ip netns del "$ns"
     fi
+  done
+  for dir in "$demo"/*/agent/containers/*/; do
+    [ -d "$dir" ] || continue
+    id=$(basename "$dir")
+    umount -l "$dir/rootfs" 2>/dev/null || true
+    umount -l "/run/shoal/netns/$id" 2>/dev/null || true
+    rm -f "/run/shoal/netns/$id"
   done
   ip link del "$bridge" 2>/dev/null || true
   rm -rf "$demo"
@@ -63,10 +80,10 @@ host manager 1
 for i in "${!boards[@]}"; do host "${boards[$i]}" $((11 + i)); done
 
 echo "== shoal manager init"
-ip netns exec shoal-manager "$bin/shoal" --data-dir "$demo/manager" manager init \
+in_ns shoal-manager "$bin/shoal" --data-dir "$demo/manager" manager init \
   --advertise-addr "$subnet.1" --hostname manager | tee "$demo/init.txt"
 token=$(grep -o 'SHOAL-1-[a-z0-9-]*' "$demo/init.txt")
-nohup ip netns exec shoal-manager "$bin/shoal" --data-dir "$demo/manager" manager run \
+nohup nsenter --net=/run/netns/shoal-manager -- "$bin/shoal" --data-dir "$demo/manager" manager run \
   >"$demo/manager.log" 2>&1 &
 
 export SHOAL_DATA_DIR=$demo/manager
@@ -74,7 +91,7 @@ for _ in $(seq 50); do "$bin/shoal" node ls >/dev/null 2>&1 && break; sleep 0.1;
 
 for b in "${boards[@]}"; do
   echo "== $b: shoal-agent join"
-  nohup ip netns exec "shoal-$b" "$bin/shoal-agent" --data-dir "$demo/$b" join \
+  nohup nsenter --net="/run/netns/shoal-$b" -- "$bin/shoal-agent" --data-dir "$demo/$b" join \
     --token "$token" --hostname "$b" "$subnet.1:4242" >"$demo/$b.log" 2>&1 &
 done
 for _ in $(seq 100); do
@@ -95,6 +112,17 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 "$bin/shoal" image ls
+
+echo "== the lab's application (lab task 3, host-mode publishing)"
+"$bin/shoal" service create --name database --endpoint-mode dnsrr \
+  --publish mode=host,target=6379 redis
+"$bin/shoal" service create --name appserver --replicas 3 \
+  --publish mode=host,target=8000,published=8000 demo/app:1.0
+"$bin/shoal" service ls
+"$bin/shoal" service ps appserver
+for i in "${!boards[@]}"; do
+  echo "-- http://$subnet.$((11 + i)):8000/ ($(busybox wget -qO- "http://$subnet.$((11 + i)):8000/" | grep -o 'demo app [0-9.]*' | head -1))"
+done
 cat <<TXT
 
 The cluster keeps running. Try:
@@ -103,6 +131,9 @@ The cluster keeps running. Try:
   $bin/shoal node inspect node2
   $bin/shoal node update --availability drain node2
   $bin/shoal image ls
-  ip netns pids shoal-node3 | xargs kill -9      # a board loses power: node3 goes Down
+  $bin/shoal service ls; $bin/shoal service ps appserver
+  $bin/shoal service scale appserver=6            # one per node fits port 8000: 3 stay pending, with the reason
+  $bin/shoal service create --name web --replicas 6 demo/app:3.0
+  ip netns pids shoal-node3 | xargs kill -9      # node3's agent dies: Down, its tasks move
 Logs: $demo/*.log.  Stop and clean up: scripts/demo.sh down
 TXT

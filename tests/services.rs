@@ -184,7 +184,7 @@ fn lab_task6_drain_moves_tasks_and_a_power_cut_fails_over_within_a_second() {
     assert_eq!(c.replicas("drainme"), "6/6");
 
     // Board 3 loses power: agent and containers die at once.
-    c.power_cut(3, &["drainme"]);
+    c.power_cut(3);
     c.wait_status("node3", "Down", Duration::from_secs(10));
     let down_at = Instant::now();
     wait_for("replacements placed", Duration::from_secs(5), || {

@@ -463,35 +463,22 @@ impl Cluster {
         self.service_ls().into_iter().find(|r| r["NAME"] == service).map(|r| r["REPLICAS"].clone()).unwrap_or_default()
     }
 
-    /// Kills every process of a board, as a power cut would: its agent, whatever runs in
-    /// its namespace, and the containers of the tasks `service ps` places on it.
-    pub fn power_cut(&mut self, board: usize, services: &[&str]) {
-        let hostname = format!("node{board}");
-        let mut short_ids = Vec::new();
-        for s in services {
-            for row in self.service_ps(s) {
-                if row["NODE"] == hostname {
-                    short_ids.push(row["ID"].clone());
+    /// Kills every process of a board, as a power cut would: its containers (through
+    /// their init PIDs: each lives in a namespace of its own), its agent and whatever
+    /// else runs in its namespace.
+    pub fn power_cut(&mut self, board: usize) {
+        let host = &self.lab.hosts[board];
+        if let Ok(entries) = std::fs::read_dir(host.data_dir.join("agent/containers")) {
+            for e in entries.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("pid")) {
+                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
                 }
             }
         }
         self.agents[board - 1].kill9();
-        let host = &self.lab.hosts[board];
         if let Ok(out) = Command::new("ip").args(["netns", "pids", &host.ns]).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        // Containers live in cgroups named `/shoal/SERVICE.SLOT.TASKID`.
-        if let Ok(dirs) = std::fs::read_dir("/sys/fs/cgroup/shoal") {
-            for d in dirs.flatten() {
-                let name = d.file_name().to_string_lossy().into_owned();
-                if short_ids.iter().any(|id| name.contains(&format!(".{}", id.to_lowercase()))) {
-                    let _ = std::fs::write(d.path().join("cgroup.kill"), "1");
-                    for pid in std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default().lines() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                }
             }
         }
     }
