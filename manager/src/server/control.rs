@@ -1,0 +1,110 @@
+//! Administrative requests from the CLI (nodes, join tokens), dispatching image and
+//! service requests to their modules.
+
+use super::*;
+
+pub(super) fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
+    let (status, last_seen_ago_ms, message) = match record.role {
+        Role::Manager => (NodeStatus::Ready, Some(0), "this manager".to_owned()),
+        Role::Worker => {
+            let (s, ago, m) = st.members.status(now, &record.id);
+            (s, ago, m.to_owned())
+        }
+    };
+    NodeView {
+        id: record.id,
+        role: record.role,
+        status,
+        availability: record.availability,
+        addr: record.addr.as_deref().map(shoal_proto::text_lossy),
+        description: record.description,
+        labels: record.labels,
+        created_at_ms: record.created_at_ms,
+        last_seen_ago_ms,
+        status_message: shoal_proto::Message::lossy(&message),
+    }
+}
+
+pub(super) async fn handle_control(
+    mgr: &Manager,
+    req: ControlRequest,
+    recv: &mut quinn::RecvStream,
+) -> Result<ControlReply, ErrorReply> {
+    let nodes = mgr.store.nodes().map_err(internal)?;
+    match req {
+        ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
+        ControlRequest::NodeList => {
+            let st = mgr.state.lock().expect("state lock");
+            let now = mgr.now();
+            let mut views: Vec<NodeView> = nodes.into_iter().map(|r| view(&st, now, r)).collect();
+            views.sort_by(|a, b| {
+                (a.role != Role::Manager, a.description.hostname.as_str(), a.id.as_str()).cmp(&(
+                    b.role != Role::Manager,
+                    b.description.hostname.as_str(),
+                    b.id.as_str(),
+                ))
+            });
+            Ok(ControlReply::Nodes(views.try_into().map_err(internal)?))
+        }
+        ControlRequest::NodeInspect { node } => {
+            let record = nodes::resolve(&nodes, &node)?.clone();
+            let st = mgr.state.lock().expect("state lock");
+            Ok(ControlReply::Node(Box::new(view(&st, mgr.now(), record))))
+        }
+        ControlRequest::NodeRemove { node, force } => {
+            let record = nodes::resolve(&nodes, &node)?.clone();
+            if record.role == Role::Manager {
+                return Err(ErrorReply::new(ErrorKind::Conflict, "the manager's own node can't be removed"));
+            }
+            let status = mgr.state.lock().expect("state lock").members.status(mgr.now(), &record.id).0;
+            if status == NodeStatus::Ready && !force {
+                return Err(ErrorReply::new(
+                    ErrorKind::Conflict,
+                    &format!(
+                        "node {} is not down and can't be removed: stop its agent first, or use --force",
+                        record.description.hostname
+                    ),
+                ));
+            }
+            mgr.store.remove_node(&record.id).map_err(internal)?;
+            mgr.kick();
+            let session = {
+                let mut st = mgr.state.lock().expect("state lock");
+                st.members.forget(&record.id);
+                st.held.remove(&record.id);
+                st.sessions.remove(&record.id)
+            };
+            if let Some(s) = session {
+                s.conn.close(close::REMOVED.into(), b"node removed from the cluster");
+            }
+            info!(node = %record.id, hostname = %record.description.hostname, "node removed");
+            Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
+        }
+        ControlRequest::NodeUpdate { node, availability, label_add, label_rm } => {
+            let mut record = nodes::resolve(&nodes, &node)?.clone();
+            nodes::apply_update(&mut record, availability, &label_add, &label_rm)?;
+            mgr.store.put_node(&record).map_err(internal)?;
+            mgr.kick();
+            info!(node = %record.id, availability = %record.availability, "node updated");
+            Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))
+        }
+        ControlRequest::ImageLoad { size } => load_image(mgr, size, recv).await,
+        ControlRequest::ImageList => list_images(mgr),
+        ControlRequest::ImageRemove { image } => remove_image(mgr, &image).await,
+        ControlRequest::JoinToken { rotate } => {
+            let mut cluster = mgr.cluster.lock().expect("cluster lock");
+            if rotate {
+                let mut next = cluster.clone();
+                next.worker_secret = JoinToken::new(mgr.ca.digest(), crate::random()).secret;
+                mgr.store.put_cluster(&next).map_err(internal)?;
+                *cluster = next;
+                info!("worker join token rotated");
+            }
+            let token = JoinToken { ca_digest: mgr.ca.digest(), secret: cluster.worker_secret.clone() };
+            Ok(ControlReply::JoinToken {
+                token: shoal_proto::text(&token.to_string()).map_err(internal)?,
+                manager_addr: shoal_proto::text_lossy(&cluster.advertise_addr),
+            })
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! `shoal manager run`: the QUIC shell around the pure core. It accepts connections,
+//! tells joining boards, agents and administrators apart by their certificates, feeds
+//! heartbeats to [`Membership`] and applies what it decides (closing dead sessions).
+//! It also takes image uploads, serves image blobs to nodes and tells every agent which
+//! images to hold; the archive parsing and blob store are in [`crate::images`].
+//!
+//! Services: control requests change service records; one reconcile task (fed by a
+//! channel, bursts coalesced) then runs the orchestrator, the updater and the scheduler
+//! over every service and task, persists the result in one transaction and sends each
+//! node the assignments that changed for it. Sessions only forward task reports to it.
+//!
+//! Here: connections, identification and the first frame of every stream. Beside it:
+//! `join`, `session`, `control`, `distribution` (images), `reconcile` (services).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use shoal_link::{framed, tls, Identity, LinkError};
+use shoal_proto::images::{FetchBlob, ImageView, MAX_ARCHIVE_BYTES, MAX_IMAGES};
+use shoal_proto::{
+    frame, AgentMessage, Availability, BoundedVec, ControlReply, ControlRequest, Envelope, ErrorKind, ErrorReply,
+    JoinAccepted, JoinRequest, JoinToken, ManagerMessage, NodeId, NodeStatus, NodeView, Request, Response, Role,
+    SessionOpen, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::ca::{self, Ca, CertRole};
+use crate::core::membership::{LivenessConfig, Membership, Transition};
+use crate::core::nodes::{self, NodeRecord};
+use crate::core::orchestrator::{Now, Orchestrator};
+use crate::core::placement::ClusterNode;
+use crate::core::services::{self as services, ServiceRecord};
+use crate::core::{dispatcher, scheduler, updater, Millis};
+use crate::images::archive::{self, ImportError};
+use crate::images::blobs::{BlobError, BlobStore};
+use crate::images::{self, ImageRecord};
+use crate::paths;
+use crate::store::ServiceChanges;
+use crate::store::{ClusterRecord, Store};
+use shoal_proto::dispatch::{ServiceReply, ServiceRequest, TaskReport, MAX_TASKS_LISTED};
+use shoal_proto::services::ServiceName;
+use shoal_proto::{Service, ServiceId, Task, TaskId, TaskState};
+
+mod control;
+mod distribution;
+mod join;
+mod reconcile;
+mod session;
+
+use control::handle_control;
+use distribution::*;
+use join::handle_join;
+use reconcile::*;
+use session::*;
+
+/// Application close codes the manager uses on connections.
+pub mod close {
+    /// The manager is shutting down.
+    pub const SHUTDOWN: u32 = 1;
+    /// The node missed its heartbeats.
+    pub const HEARTBEAT_TIMEOUT: u32 = 2;
+    /// A newer session of the same node replaced this one.
+    pub const REPLACED: u32 = 3;
+    /// The node was removed from the cluster.
+    pub const REMOVED: u32 = 4;
+    /// The session fell behind the manager's messages; reconnecting resynchronises it.
+    pub const LAGGING: u32 = 5;
+}
+
+/// Settings for `manager run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    /// Liveness timing.
+    pub liveness: LivenessConfig,
+    /// Overrides the listen address chosen at init.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Largest frame accepted on a session stream after the opening request.
+const SESSION_FRAME_LIMIT: usize = 64 * 1024;
+/// Idle timeout of manager connections; dead nodes are found sooner by heartbeats.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for one agent's session. They are few (one per image change, about one
+/// per reconciliation that changes the node's tasks), so a full queue means the agent
+/// stopped reading; its session is closed to resynchronise.
+const SESSION_QUEUE: usize = 64;
+/// Events queued for the reconcile task; a full queue already guarantees a reconciliation.
+const RECONCILE_QUEUE: usize = 256;
+/// Reconcile at least this often, for timers nobody wakes (orphaning after a long Down).
+const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
+/// Largest piece of an upload read at once, and of a blob sent at once.
+const CHUNK: usize = 256 * 1024;
+/// An upload that sends nothing for this long is abandoned.
+const UPLOAD_STALL: Duration = Duration::from_secs(30);
+
+struct Session {
+    serial: u64,
+    conn: quinn::Connection,
+    /// Messages for the agent, written by its session task.
+    tx: mpsc::Sender<ManagerMessage>,
+}
+
+struct State {
+    members: Membership,
+    sessions: HashMap<NodeId, Session>,
+    next_serial: u64,
+    /// Image digests each node last said it holds complete (observed status, memory only).
+    held: HashMap<NodeId, HashSet<String>>,
+}
+
+/// What the reconcile task is asked to do.
+enum Event {
+    /// Something changed (a spec, a node's status or availability): reconcile.
+    Kick,
+    /// A node reported task status changes: record them, then reconcile.
+    Reports(NodeId, Vec<TaskReport>),
+}
+
+/// Services and tasks in memory, as last persisted, with the orchestrator's memory.
+struct ServiceState {
+    orchestrator: Orchestrator,
+    records: std::collections::BTreeMap<ServiceId, ServiceRecord>,
+    tasks: HashMap<TaskId, Task>,
+    /// Names of services, kept while a removed service's tasks are still being stopped.
+    names: HashMap<ServiceId, ServiceName>,
+}
+
+impl ServiceState {
+    fn name_map(&self) -> HashMap<ServiceId, ServiceName> {
+        let mut names = self.names.clone();
+        for t in self.tasks.values() {
+            names.entry(t.service_id.clone()).or_insert_with(|| shoal_proto::text_lossy(t.service_id.short()));
+        }
+        names
+    }
+}
+
+struct Manager {
+    store: Store,
+    /// Services and tasks. `state` may be locked while this is held, never the reverse.
+    services: Mutex<ServiceState>,
+    /// Wakes the reconcile task.
+    events: mpsc::Sender<Event>,
+    ca: Ca,
+    cluster: Mutex<ClusterRecord>,
+    state: Mutex<State>,
+    started: Instant,
+    blobs: BlobStore,
+    /// Serialises changes to the image set: committing blobs, writing records, blob GC
+    /// and telling the agents happen as one step, so GC never sees a half-loaded image
+    /// and agents get the sets in the order they were made.
+    images: tokio::sync::Mutex<()>,
+}
+
+/// Who is on the other end of a connection, from its certificate.
+#[derive(Debug, Clone)]
+enum Peer {
+    /// No certificate: may only join or ping.
+    Anonymous,
+    /// A node's agent.
+    Node(NodeId),
+    /// The operator's CLI.
+    Admin,
+}
+
+impl Manager {
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    /// Asks for a reconciliation; a full queue means one is coming anyway.
+    fn kick(&self) {
+        let _ = self.events.try_send(Event::Kick);
+    }
+
+    fn log_transitions(&self, transitions: &[Transition]) {
+        if !transitions.is_empty() {
+            // Down → replacements start now; Ready → pending tasks may fit.
+            self.kick();
+        }
+        for t in transitions {
+            let hostname =
+                self.store.node(&t.node).ok().flatten().map(|n| n.description.hostname.to_string()).unwrap_or_default();
+            match t.to {
+                NodeStatus::Down => warn!(node = %t.node, %hostname, reason = %t.reason, "node is down"),
+                _ => info!(node = %t.node, %hostname, from = %t.from, to = %t.to, "node status changed"),
+            }
+        }
+    }
+}
+
+/// Runs the manager until SIGINT or SIGTERM.
+pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
+    let store_path = paths::store_path(data_dir);
+    if !store_path.exists() {
+        anyhow::bail!(
+            "no cluster in {}: create one with `shoal manager init --advertise-addr ADDR` first",
+            data_dir.display()
+        );
+    }
+    let store = Store::open(&store_path)
+        .map_err(|e| anyhow::anyhow!("{e} (is another `shoal manager run` using {} already?)", data_dir.display()))?;
+    let cluster = store.cluster()?;
+    let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
+    let server_key = rcgen::KeyPair::from_pem(&cluster.server_key_pem)?;
+    let identity = Identity {
+        chain: vec![CertificateDer::from(cluster.server_cert.clone()), ca.cert().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+    };
+    let server_config = tls::server_config(ca.cert().clone(), identity, IDLE_TIMEOUT)?;
+    let listen: SocketAddr = match config.listen {
+        Some(a) => a,
+        None => cluster.listen_addr.parse().context("stored listen address")?,
+    };
+    let endpoint = quinn::Endpoint::server(server_config, listen)
+        .with_context(|| format!("cannot listen on {listen} (is another manager running, or the port taken?)"))?;
+
+    let blobs = BlobStore::open(&paths::manager_dir(data_dir))?;
+    // Blobs of a load that crashed between moving blobs and writing records go now.
+    let collected = blobs.gc(&images::referenced_blobs(&store.images()?))?;
+    if collected > 0 {
+        info!(blobs = collected, "removed image blobs no image uses");
+    }
+    let mut members = Membership::new(config.liveness);
+    let records: std::collections::BTreeMap<ServiceId, ServiceRecord> =
+        store.services()?.into_iter().map(|r| (r.service.id.clone(), r)).collect();
+    let tasks: HashMap<TaskId, Task> = store.tasks()?.into_iter().map(|t| (t.id.clone(), t)).collect();
+    info!(services = records.len(), tasks = tasks.len(), "services loaded");
+    let names = records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
+    let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
+    let manager = Arc::new(Manager {
+        store,
+        services: Mutex::new(ServiceState { orchestrator: Orchestrator::default(), records, tasks, names }),
+        events,
+        ca,
+        cluster: Mutex::new(cluster.clone()),
+        state: Mutex::new(State {
+            members: Membership::default(),
+            sessions: HashMap::new(),
+            next_serial: 0,
+            held: HashMap::new(),
+        }),
+        started: Instant::now(),
+        blobs,
+        images: tokio::sync::Mutex::new(()),
+    });
+    for node in manager.store.nodes()? {
+        if node.role == Role::Worker {
+            members.track(0, node.id);
+        }
+    }
+    manager.state.lock().expect("state lock").members = members;
+    info!(%listen, advertise = %cluster.advertise_addr, cluster = %cluster.cluster_id, "manager running");
+
+    let ticker = tokio::spawn(tick_loop(manager.clone(), config.liveness));
+    let reconciler = tokio::spawn(reconcile_loop(manager.clone(), events_rx));
+    let accept = async {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(handle_connection(manager.clone(), incoming));
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown_signal() => info!("shutting down"),
+    }
+    ticker.abort();
+    reconciler.abort();
+    endpoint.close(close::SHUTDOWN.into(), b"manager shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Applies the membership's timeouts: a node that missed its heartbeats is Down and its
+/// connection is closed, so its agent reconnects cleanly if it is still alive.
+async fn tick_loop(mgr: Arc<Manager>, liveness: LivenessConfig) {
+    let mut interval = tokio::time::interval(Duration::from_millis((liveness.heartbeat_period / 5).max(10)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = mgr.now();
+        let (transitions, closing) = {
+            let mut st = mgr.state.lock().expect("state lock");
+            let transitions = st.members.tick(now);
+            let closing: Vec<_> = transitions.iter().filter_map(|t| st.sessions.remove(&t.node)).collect();
+            (transitions, closing)
+        };
+        for s in closing {
+            s.conn.close(close::HEARTBEAT_TIMEOUT.into(), b"heartbeat timeout");
+        }
+        mgr.log_transitions(&transitions);
+    }
+}
+
+fn identify(conn: &quinn::Connection) -> Result<Peer, ErrorReply> {
+    let Some(chain) = conn.peer_identity().and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok()) else {
+        return Ok(Peer::Anonymous);
+    };
+    let leaf = chain.first().ok_or_else(|| ErrorReply::new(ErrorKind::Unauthorized, "empty certificate chain"))?;
+    match ca::identify(leaf) {
+        Ok((CertRole::Worker, cn)) => cn
+            .parse()
+            .map(Peer::Node)
+            .map_err(|_| ErrorReply::new(ErrorKind::Unauthorized, "node certificate has a malformed node ID")),
+        Ok((CertRole::Admin, _)) => Ok(Peer::Admin),
+        Ok((CertRole::Manager, _)) => {
+            Err(ErrorReply::new(ErrorKind::Unauthorized, "manager certificates can't be used as clients"))
+        }
+        Err(e) => Err(ErrorReply::new(ErrorKind::Unauthorized, &e.to_string())),
+    }
+}
+
+async fn handle_connection(mgr: Arc<Manager>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let peer = identify(&conn);
+    debug!(%remote, ?peer, "connection");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(handle_stream(mgr.clone(), conn.clone(), peer.clone(), send, recv));
+            }
+            Err(e) => {
+                debug!(%remote, error = %e, "connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn reply(send: &mut quinn::SendStream, response: &Response) {
+    if let Err(e) = framed::send(send, response).await {
+        debug!(error = %e, "could not send reply");
+    }
+    let _ = send.finish();
+}
+
+async fn handle_stream(
+    mgr: Arc<Manager>,
+    conn: quinn::Connection,
+    peer: Result<Peer, ErrorReply>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let envelope = match read_envelope(&mut recv).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return,
+        Err(refusal) => return reply(&mut send, &Response::Error(refusal)).await,
+    };
+    let peer = match peer {
+        Ok(p) => p,
+        Err(refusal) => return reply(&mut send, &Response::Error(refusal)).await,
+    };
+    let response = match (envelope.request, &peer) {
+        (Request::Ping, _) => Response::Pong,
+        (Request::FetchBlob(fetch), Peer::Node(id)) => return serve_blob(&mgr, id, fetch, send).await,
+        (Request::FetchBlob(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::Unauthorized,
+            "image blobs are served to cluster nodes only: join the cluster with `shoal-agent join` first",
+        )),
+        (Request::Join(join), _) => handle_join(&mgr, join).unwrap_or_else(Response::Error),
+        (Request::OpenSession(open), Peer::Node(id)) => {
+            return run_session(mgr, conn, id.clone(), open, send, recv).await;
+        }
+        (Request::OpenSession(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::Unauthorized,
+            "this connection carries no node certificate: join the cluster first with `shoal-agent join --token TOKEN MANAGER`",
+        )),
+        (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req, &mut recv).await {
+            Ok(r) => Response::Control(r),
+            Err(e) => {
+                // Whatever of an upload is still coming is not wanted: let the sender stop.
+                let _ = recv.stop(0u32.into());
+                Response::Error(e)
+            }
+        },
+        (Request::Control(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::Unauthorized,
+            "this is not a manager credential: worker nodes can't be used to view or modify cluster state; \
+             run the command where `shoal manager init` ran, or with its admin.json",
+        )),
+    };
+    reply(&mut send, &response).await;
+}
+
+/// Reads and checks the first frame: length-limited, version first, then the body.
+async fn read_envelope(recv: &mut quinn::RecvStream) -> Result<Option<Envelope>, ErrorReply> {
+    let body = match framed::recv_body(recv, frame::MAX_FRAME_LEN).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(LinkError::Frame(e)) => {
+            return Err(ErrorReply::new(ErrorKind::InvalidRequest, &format!("malformed request: {e}")))
+        }
+        Err(e) => {
+            debug!(error = %e, "stream failed before its request");
+            return Ok(None);
+        }
+    };
+    let version = postcard::take_from_bytes::<u16>(&body)
+        .map_err(|_| ErrorReply::new(ErrorKind::InvalidRequest, "malformed request: no protocol version"))?
+        .0;
+    if version != PROTOCOL_VERSION {
+        return Err(ErrorReply::new(
+            ErrorKind::VersionMismatch,
+            &format!(
+                "protocol version mismatch: the manager speaks {PROTOCOL_VERSION}, this peer {version}; \
+                 run the same shoal release on the manager and the boards"
+            ),
+        ));
+    }
+    frame::decode::<Envelope>(&body)
+        .map(Some)
+        .map_err(|e| ErrorReply::new(ErrorKind::InvalidRequest, &format!("malformed request: {e}")))
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    warn!(error = %e, "request failed");
+    ErrorReply::new(ErrorKind::Internal, &format!("manager error: {e}"))
+}
+
+/// Removes a file when dropped: the upload, whatever happens to the import.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

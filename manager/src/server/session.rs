@@ -1,0 +1,152 @@
+//! An agent's long-lived session: heartbeats in, queued manager messages (images,
+//! assignments) out, task reports forwarded to the reconcile task.
+
+use super::*;
+
+/// An agent's long-lived session: accept it, send it the image set, then take its
+/// heartbeats and image reports while writing the messages queued for it, until it ends.
+pub(super) async fn run_session(
+    mgr: Arc<Manager>,
+    conn: quinn::Connection,
+    node: NodeId,
+    open: SessionOpen,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let mut record = match mgr.store.node(&node) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let refusal = ErrorReply::new(
+                ErrorKind::NodeRemoved,
+                "this node was removed from the cluster and its certificate is no longer accepted: \
+                 join again with `shoal-agent join --token TOKEN MANAGER`",
+            );
+            warn!(%node, remote = %conn.remote_address(), "refused a removed node");
+            return reply(&mut send, &Response::Error(refusal)).await;
+        }
+        Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
+    };
+    // Persist the description only when it changed: boards reconnect often.
+    let addr = open
+        .node
+        .advertise_addr
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| conn.remote_address().ip().to_string());
+    if record.description != open.node || record.addr.as_deref() != Some(addr.as_str()) {
+        record.description = open.node;
+        record.addr = Some(addr);
+        if let Err(e) = mgr.store.put_node(&record) {
+            return reply(&mut send, &Response::Error(internal(e))).await;
+        }
+    }
+    let period = mgr.state.lock().expect("state lock").members.config().heartbeat_period;
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let (serial, transition, replaced) = {
+        let mut st = mgr.state.lock().expect("state lock");
+        st.next_serial += 1;
+        let serial = st.next_serial;
+        let replaced = st.sessions.insert(node.clone(), Session { serial, conn: conn.clone(), tx });
+        let now = mgr.now();
+        (serial, st.members.heard(now, &node), replaced)
+    };
+    if let Some(old) = replaced {
+        if old.conn.stable_id() != conn.stable_id() {
+            old.conn.close(close::REPLACED.into(), b"replaced by a newer session");
+        }
+    }
+    mgr.log_transitions(&transition.into_iter().collect::<Vec<_>>());
+    let accepted = Response::SessionAccepted { node_id: node.clone(), heartbeat_period_ms: period as u32 };
+    if framed::send(&mut send, &accepted).await.is_err() {
+        return;
+    }
+    // The image set is read after the session was registered, so a change made since is
+    // queued behind this one and the agent always ends with the newest set.
+    match mgr.store.images() {
+        Ok(all) => {
+            if framed::send(&mut send, &images_message(&all)).await.is_err() {
+                return;
+            }
+        }
+        Err(e) => warn!(%node, error = %e, "could not read the image set for a new session"),
+    }
+    // Likewise the task set: a reconciliation after this queues its diff behind it.
+    let full = {
+        let svc = mgr.services.lock().expect("services lock");
+        dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map())
+    };
+    for message in full {
+        if framed::send(&mut send, &message).await.is_err() {
+            return;
+        }
+    }
+    // The read is kept across loop turns rather than restarted: `framed::recv` is not
+    // cancel-safe, and dropping it halfway through a frame would lose bytes.
+    let mut reading = Box::pin(next_message(recv));
+    let ended = loop {
+        tokio::select! {
+            (r, result) = &mut reading => {
+                match result {
+                    Ok(Some(AgentMessage::TaskStatuses(reports))) => {
+                        debug!(%node, reports = reports.len(), "task status reports");
+                        // Waiting here slows only this agent, and only while the queue is full.
+                        if mgr.events.send(Event::Reports(node.clone(), reports.into_vec())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(Some(AgentMessage::Heartbeat { .. })) => {
+                        let t = {
+                            let mut st = mgr.state.lock().expect("state lock");
+                            let now = mgr.now();
+                            st.members.heard(now, &node)
+                        };
+                        mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
+                    }
+                    Ok(Some(AgentMessage::ImagesHeld(digests))) => {
+                        debug!(%node, images = digests.len(), "node reports the images it holds");
+                        let held = digests.iter().map(|d| d.to_string()).collect();
+                        mgr.state.lock().expect("state lock").held.insert(node.clone(), held);
+                    }
+                    Ok(None) => break Some("the agent closed its session"),
+                    Err(LinkError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+                        quinn::ConnectionError::ApplicationClosed(_),
+                    )))) => break Some("the agent shut down"),
+                    Err(LinkError::Frame(e)) => {
+                        warn!(%node, error = %e, "malformed frame on session; closing it");
+                        break Some("the agent sent a malformed frame");
+                    }
+                    Err(e) => {
+                        debug!(%node, error = %e, "session ended");
+                        break None;
+                    }
+                }
+                reading = Box::pin(next_message(r));
+            }
+            Some(message) = rx.recv() => {
+                if let Err(e) = framed::send(&mut send, &message).await {
+                    debug!(%node, error = %e, "could not write to session");
+                    break None;
+                }
+            }
+        }
+    };
+    let mut st = mgr.state.lock().expect("state lock");
+    // Only the current session may mark the node Down; a replaced one just goes away.
+    if st.sessions.get(&node).is_some_and(|s| s.serial == serial) {
+        st.sessions.remove(&node);
+        if let Some(reason) = ended {
+            let now = mgr.now();
+            let t = st.members.lost(now, &node, reason);
+            drop(st);
+            mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
+        }
+    }
+}
+
+/// Reads the next agent message, handing the stream back so the read can be restarted.
+pub(super) async fn next_message(
+    mut recv: quinn::RecvStream,
+) -> (quinn::RecvStream, Result<Option<AgentMessage>, LinkError>) {
+    let result = framed::recv::<AgentMessage>(&mut recv, SESSION_FRAME_LIMIT).await;
+    (recv, result)
+}
