@@ -127,18 +127,7 @@ impl Store {
 
     /// Every node record.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = match tx.open_table(NODES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (_, value) = row?;
-            out.push(postcard::from_bytes(value.value())?);
-        }
-        Ok(out)
+        self.all(NODES)
     }
 
     /// One node record.
