@@ -274,7 +274,7 @@ mod tests {
                 created_at_ms: 5,
             },
             previous: Some(old),
-            update_status: None,
+            update: None,
             updated_at_ms: 6,
         };
         let task = |n: u8| Task {

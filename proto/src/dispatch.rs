@@ -58,6 +58,8 @@ pub struct ServiceView {
     pub running: u32,
     /// Tasks wanted (replicas, or eligible nodes for global services).
     pub desired: u32,
+    /// Tasks running the current spec (what an update has reached).
+    pub updated: u32,
     /// The state of the last update, when one happened.
     pub update_status: Option<UpdateStatus>,
 }
@@ -65,15 +67,61 @@ pub struct ServiceView {
 /// Progress of a rolling update, as Swarm's `UpdateStatus`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateStatus {
-    /// `updating`, `paused`, `completed`, `rollback_started`, `rollback_paused`,
-    /// `rollback_completed`.
-    pub state: Text<32>,
+    /// Where it stands.
+    pub state: UpdateState,
     /// When it started, milliseconds since the Unix epoch.
     pub started_at_ms: u64,
     /// When it ended, if it did.
     pub completed_at_ms: Option<u64>,
     /// Why it is in this state.
     pub message: Message,
+}
+
+/// The states of [`UpdateStatus`], as Swarm names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UpdateState {
+    /// Tasks are being replaced.
+    Updating,
+    /// A failure stopped the update; the operator decides what next.
+    Paused,
+    /// Every task runs the new spec and stayed up through the monitor period.
+    Completed,
+    /// Going back to the previous spec (by request or after failures).
+    RollbackStarted,
+    /// A failure stopped the rollback.
+    RollbackPaused,
+    /// Every task runs the previous spec again.
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// Swarm's spelling (`rollback_started`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Updating => "updating",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::RollbackStarted => "rollback_started",
+            Self::RollbackPaused => "rollback_paused",
+            Self::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// Whether tasks are being replaced now.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Updating | Self::RollbackStarted)
+    }
+
+    /// Whether this is a rollback's state.
+    pub fn is_rollback(self) -> bool {
+        matches!(self, Self::RollbackStarted | Self::RollbackPaused | Self::RollbackCompleted)
+    }
+}
+
+impl core::fmt::Display for UpdateState {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A task as `service ps` shows it.

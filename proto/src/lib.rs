@@ -24,9 +24,9 @@ pub use ids::NodeId;
 pub use images::{Digest, FetchBlob, ImageRef, ImageView, Platform, WantedImage};
 pub use messages::*;
 pub use services::{
-    apply_status, Backward, Constraint, ConstraintKey, ConstraintOp, EndpointMode, PortConfig, Protocol, PublishMode,
-    ResourceRequirements, RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, ServiceSpec, SpecError,
-    Task, TaskId, TaskSpec, TaskState, TaskStatus, UpdateConfig,
+    apply_status, Backward, Constraint, ConstraintKey, ConstraintOp, EndpointMode, FailureAction, PortConfig, Protocol,
+    PublishMode, ResourceRequirements, RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, ServiceSpec,
+    SpecError, Task, TaskId, TaskSpec, TaskState, TaskStatus, UpdateConfig, UpdateOrder,
 };
 pub use token::JoinToken;
 

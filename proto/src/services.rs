@@ -256,6 +256,16 @@ impl ServiceSpec {
                 ));
             }
         }
+        if self.rollback_config.failure_action == FailureAction::Rollback {
+            return Err(SpecError::Invalid(
+                "a rollback can't itself be rolled back: --rollback-failure-action is pause or continue".into(),
+            ));
+        }
+        for (flag, c) in [("update", &self.update_config), ("rollback", &self.rollback_config)] {
+            if c.max_failure_ratio_permille > 1000 {
+                return Err(SpecError::Invalid(format!("--{flag}-max-failure-ratio is between 0 and 1")));
+            }
+        }
         Ok(())
     }
 
@@ -837,6 +847,9 @@ pub enum TaskState {
     Accepted,
     /// The agent is fetching the image and preparing the container.
     Preparing,
+    /// Desired state only, so far: created by a stop-first update and held back until the
+    /// task it replaces has stopped. A held task is neither scheduled nor sent to a node.
+    Ready,
     /// The container is starting.
     Starting,
     /// The container runs.
@@ -869,6 +882,7 @@ impl TaskState {
             Self::Assigned => "Assigned",
             Self::Accepted => "Accepted",
             Self::Preparing => "Preparing",
+            Self::Ready => "Ready",
             Self::Starting => "Starting",
             Self::Running => "Running",
             Self::Complete => "Complete",
@@ -935,7 +949,8 @@ pub struct Task {
     pub spec: TaskSpec,
     /// The service's `spec_version` when the task was created.
     pub spec_version: u64,
-    /// What the manager wants: `Running`, or `Shutdown`/`Remove` to stop it.
+    /// What the manager wants: `Running`; `Ready` while a stop-first update holds it
+    /// back; `Shutdown`/`Remove` to stop it.
     pub desired_state: TaskState,
     /// What was last observed.
     pub status: TaskStatus,
@@ -944,9 +959,14 @@ pub struct Task {
 }
 
 impl Task {
-    /// Whether the manager still wants it running.
+    /// Whether the manager still wants it running (or will, once an update releases it).
     pub fn is_desired_running(&self) -> bool {
         self.desired_state <= TaskState::Running
+    }
+
+    /// Whether a stop-first update holds it back until the task it replaces has stopped.
+    pub fn is_held(&self) -> bool {
+        self.desired_state < TaskState::Running
     }
 }
 

@@ -971,6 +971,7 @@ mod tests {
             service: Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 },
             running,
             desired: replicas,
+            updated: running,
             update_status: None,
         }
     }

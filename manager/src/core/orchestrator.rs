@@ -2,8 +2,8 @@
 //! `now`, and returns a [`Plan`] of tasks to create, stop, mark orphaned and delete.
 //!
 //! It decides *which* tasks should exist, never *where* a replicated task runs (that is
-//! [`super::scheduler`]), and it rolls out no spec changes (the updater's job: tasks of an
-//! older spec version are left alone here). It does no I/O and reads no clock; the only
+//! [`super::scheduler`]), and it rolls out no spec changes (the updater's job: a task of
+//! an older spec is left alone here, and so is one running beside its replacement). It does no I/O and reads no clock; the only
 //! memory it keeps between calls is when it first saw each task end, how often each
 //! slot was restarted, and since when each node is Down, so restart delays, attempt
 //! limits and orphaning work on the caller's clock.
@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 
 use shoal_proto::{
     apply_status, Availability, NodeId, NodeStatus, RestartCondition, Role, Service, ServiceId, ServiceMode, Task,
-    TaskId, TaskState, TaskStatus,
+    TaskId, TaskSpec, TaskState, TaskStatus,
 };
 
 use shoal_proto::services::Placement;
@@ -69,7 +69,7 @@ pub struct Stop {
     pub reason: String,
 }
 
-/// What to change, as values. Apply in field order: create, shutdown, orphan, remove
+/// What to change, as values. Apply in order: create, start, shutdown, orphan, remove
 /// ([`Plan::apply_to`] does).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -81,6 +81,9 @@ pub struct Plan {
     pub orphan: Vec<TaskId>,
     /// Tasks to delete from the store.
     pub remove: Vec<TaskId>,
+    /// Held tasks (desired Ready) whose desired state becomes Running: a stop-first
+    /// update releases them once the task they replace has stopped.
+    pub start: Vec<TaskId>,
     /// When to call again even if nothing happens (a restart delay ends).
     pub wake_at: Option<Millis>,
 }
@@ -88,13 +91,23 @@ pub struct Plan {
 impl Plan {
     /// Whether the plan changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.shutdown.is_empty() && self.orphan.is_empty() && self.remove.is_empty()
+        self.create.is_empty()
+            && self.shutdown.is_empty()
+            && self.orphan.is_empty()
+            && self.remove.is_empty()
+            && self.start.is_empty()
     }
 
     /// Applies the plan to an in-memory task list (tests, simulations; the server does the
     /// same in one store transaction).
     pub fn apply_to(self, tasks: &mut Vec<Task>, wall_ms: u64) {
         tasks.extend(self.create);
+        if !self.start.is_empty() {
+            let go: HashSet<&TaskId> = self.start.iter().collect();
+            for t in tasks.iter_mut().filter(|t| go.contains(&t.id) && t.is_held()) {
+                t.desired_state = TaskState::Running;
+            }
+        }
         if !self.shutdown.is_empty() {
             let stop: HashSet<&TaskId> = self.shutdown.iter().map(|s| &s.task).collect();
             for t in tasks.iter_mut().filter(|t| stop.contains(&t.id)) {
@@ -203,6 +216,7 @@ impl Orchestrator {
         new_id: &mut dyn FnMut() -> TaskId,
         plan: &mut Plan,
     ) {
+        let spec = service.spec.task_spec();
         let (mut own, stray): (Vec<&Task>, Vec<&Task>) = own.into_iter().partition(|t| t.slot != 0);
         for t in stray {
             // A global-style task in a replicated service (the mode changed): not ours.
@@ -215,7 +229,7 @@ impl Orchestrator {
         own.sort_unstable_by_key(|t| t.slot);
         let slots: Vec<&[&Task]> = own.chunk_by(|a, b| a.slot == b.slot).collect();
         let mut current: Vec<(u32, &Task)> =
-            slots.iter().filter_map(|tasks| keep_one(view, plan, tasks).map(|t| (t.slot, t))).collect();
+            slots.iter().filter_map(|tasks| keep_one(view, plan, tasks, &spec).map(|t| (t.slot, t))).collect();
         let excess = current.len().saturating_sub(replicas as usize);
         for (_, t) in current.drain(current.len() - excess..).rev() {
             stop(view, plan, t, "scaled down");
@@ -257,6 +271,7 @@ impl Orchestrator {
         new_id: &mut dyn FnMut() -> TaskId,
         plan: &mut Plan,
     ) {
+        let spec = service.spec.task_spec();
         let mut on_node: HashMap<&NodeId, Vec<&Task>> = HashMap::new();
         for t in own {
             match &t.node_id {
@@ -275,7 +290,7 @@ impl Orchestrator {
         for node in nodes {
             let tasks = on_node.remove(&node.id).unwrap_or_default();
             let eligible = node.takes_new_tasks() && placement_allows(node, &placement);
-            match keep_one(view, plan, &tasks) {
+            match keep_one(view, plan, &tasks, &spec) {
                 None if eligible => plan.create.push(new_task(view.now, service, 0, Some(node.id.clone()), new_id())),
                 None => {}
                 Some(t) if node.availability == Availability::Drain => stop(view, plan, t, "node drained"),
@@ -362,17 +377,22 @@ impl Orchestrator {
     }
 }
 
-/// The one task of a slot the manager wants running; any others (which should not exist)
-/// are stopped, keeping the newest.
-fn keep_one<'a>(view: &View, plan: &mut Plan, tasks: &[&'a Task]) -> Option<&'a Task> {
-    let mut live = tasks.iter().copied().filter(|t| t.is_desired_running());
-    let newest = live.clone().max_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)))?;
-    if live.clone().nth(1).is_some() {
-        for t in live.by_ref().filter(|t| t.id != newest.id) {
+/// The one task of a slot the manager wants running: the newest of the current spec, else
+/// the newest. Other live tasks of the same spec (which should not exist) are stopped;
+/// older-spec tasks beside a current one are the updater's (a start-first update keeps
+/// the old task until its replacement runs), so they are left alone.
+fn keep_one<'a>(view: &View, plan: &mut Plan, tasks: &[&'a Task], current: &TaskSpec) -> Option<&'a Task> {
+    let live = tasks.iter().copied().filter(|t| t.is_desired_running());
+    let newest = |it: &mut dyn Iterator<Item = &'a Task>| {
+        it.max_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)))
+    };
+    let chosen = newest(&mut live.clone().filter(|t| &t.spec == current)).or_else(|| newest(&mut live.clone()))?;
+    for t in live.filter(|t| t.id != chosen.id) {
+        if t.spec == chosen.spec || &chosen.spec != current {
             stop(view, plan, t, "duplicate task for one slot");
         }
     }
-    Some(newest)
+    Some(chosen)
 }
 
 /// Stops a task: one that never reached a node is simply deleted; one whose node is gone

@@ -150,7 +150,8 @@ pub fn schedule(nodes: &[ClusterNode], tasks: &[Task], pending: &[TaskId]) -> Ve
     let mut pinned: Vec<&Task> = Vec::new();
     for id in pending {
         let Some(&task) = by_id.get(id) else { continue };
-        if task.status.state > TaskState::Pending || !task.is_desired_running() {
+        // Held tasks (a stop-first update's) wait for their predecessor to stop.
+        if task.status.state > TaskState::Pending || task.desired_state != TaskState::Running {
             continue;
         }
         if task.node_id.is_some() {

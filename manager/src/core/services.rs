@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_proto::dispatch::{ServiceView, TaskView, UpdateStatus};
+use shoal_proto::dispatch::{ServiceView, TaskView, UpdateState, UpdateStatus};
 use shoal_proto::{
     ErrorKind, ErrorReply, Hostname, Message, NodeId, Service, ServiceId, ServiceMode, ServiceSpec, Task, TaskState,
 };
 
+use super::updater::UpdateProgress;
 use crate::images::{self, ImageRecord};
 
 /// What the manager stores about a service.
@@ -23,8 +24,8 @@ pub struct ServiceRecord {
     pub service: Service,
     /// The spec before the last update, for `service update --rollback`.
     pub previous: Option<ServiceSpec>,
-    /// Progress of the last update or rollback.
-    pub update_status: Option<UpdateStatus>,
+    /// The last update or rollback: where it stands and what the updater keeps of it.
+    pub update: Option<UpdateProgress>,
     /// When the spec last changed, milliseconds since the Unix epoch.
     pub updated_at_ms: u64,
 }
@@ -97,7 +98,7 @@ pub fn create(
     Ok(ServiceRecord {
         service: Service { id, spec, spec_version: 1, created_at_ms: wall_ms },
         previous: None,
-        update_status: None,
+        update: None,
         updated_at_ms: wall_ms,
     })
 }
@@ -124,11 +125,21 @@ pub fn update(
         return Err(refuse(ErrorKind::InvalidRequest, "a service can't be renamed: create a new one instead"));
     }
     let spec = prepare(spec, images)?;
-    Ok(changed(record, spec, "updating", "update in progress", wall_ms))
+    let config = spec.update_config;
+    Ok(changed(
+        record,
+        spec,
+        Some(record.service.spec.clone()),
+        UpdateState::Updating,
+        "update in progress",
+        config,
+        wall_ms,
+    ))
 }
 
-/// `service update --rollback`: back to the previous spec; the current one becomes the
-/// previous, so rolling back a rollback goes forward again.
+/// `service update --rollback`: back to the previous spec, paced by the rollback config
+/// of the spec being left. The current spec becomes the previous one, so rolling back a
+/// rollback goes forward again, as in Swarm.
 pub fn rollback(record: &ServiceRecord, wall_ms: u64) -> Result<ServiceRecord, ErrorReply> {
     let Some(previous) = record.previous.clone() else {
         return Err(refuse(
@@ -136,43 +147,44 @@ pub fn rollback(record: &ServiceRecord, wall_ms: u64) -> Result<ServiceRecord, E
             &format!("service {} has no previous spec to roll back to", record.service.spec.name),
         ));
     };
-    Ok(changed(record, previous, "rollback_started", "manually requested rollback", wall_ms))
+    let config = record.service.spec.rollback_config;
+    let current = Some(record.service.spec.clone());
+    Ok(changed(record, previous, current, UpdateState::RollbackStarted, "manually requested rollback", config, wall_ms))
 }
 
-fn changed(record: &ServiceRecord, spec: ServiceSpec, state: &str, message: &str, wall_ms: u64) -> ServiceRecord {
+/// The automatic rollback an update's failure action asks for: like `--rollback`, except
+/// that the failed spec is not kept as the previous one (Swarm clears it, so a second
+/// `--rollback` can't return to the spec that just failed).
+pub fn roll_back_after_failure(record: &ServiceRecord, message: &str, wall_ms: u64) -> Option<ServiceRecord> {
+    let previous = record.previous.clone()?;
+    let config = record.service.spec.rollback_config;
+    Some(changed(record, previous, None, UpdateState::RollbackStarted, message, config, wall_ms))
+}
+
+/// The record after a spec change. Only a change its tasks carry starts an update (and
+/// forgets the last one's progress); a change of the replica count alone does not, as in
+/// Swarm, so `service scale` shows no update status.
+fn changed(
+    record: &ServiceRecord,
+    spec: ServiceSpec,
+    previous: Option<ServiceSpec>,
+    state: UpdateState,
+    message: &str,
+    config: shoal_proto::UpdateConfig,
+    wall_ms: u64,
+) -> ServiceRecord {
     let mut next = record.clone();
-    next.previous = Some(record.service.spec.clone());
+    let replaces_tasks = spec.task_spec() != record.service.spec.task_spec();
+    next.previous = previous;
     next.service.spec = spec;
     next.service.spec_version += 1;
     next.updated_at_ms = wall_ms;
-    next.update_status = Some(UpdateStatus {
-        state: shoal_proto::text_lossy(state),
-        started_at_ms: wall_ms,
-        completed_at_ms: None,
-        message: Message::lossy(message),
-    });
-    next
-}
-
-/// Marks an update or rollback completed once every task the manager wants running
-/// carries the current spec and runs. Returns whether the record changed.
-pub fn note_progress(record: &mut ServiceRecord, tasks: &[&Task], wall_ms: u64) -> bool {
-    let Some(status) = &mut record.update_status else { return false };
-    let (done_state, message) = match status.state.as_str() {
-        "updating" => ("completed", "update completed"),
-        "rollback_started" => ("rollback_completed", "rollback completed"),
-        _ => return false,
-    };
-    let spec = record.service.spec.task_spec();
-    let live: Vec<&&Task> = tasks.iter().filter(|t| t.is_desired_running()).collect();
-    let done = live.iter().all(|t| t.spec == spec && t.status.state == TaskState::Running);
-    if !done {
-        return false;
+    if replaces_tasks || state.is_rollback() {
+        let status =
+            UpdateStatus { state, started_at_ms: wall_ms, completed_at_ms: None, message: Message::lossy(message) };
+        next.update = Some(UpdateProgress::new(status, config));
     }
-    status.state = shoal_proto::text_lossy(done_state);
-    status.completed_at_ms = Some(wall_ms);
-    status.message = Message::lossy(message);
-    true
+    next
 }
 
 /// Tasks running now and tasks wanted, as `service ls` shows `REPLICAS`.
@@ -189,7 +201,18 @@ pub fn replicas(service: &Service, tasks: &[&Task]) -> (u32, u32) {
 /// The view of one service.
 pub fn view(record: &ServiceRecord, tasks: &[&Task]) -> ServiceView {
     let (running, desired) = replicas(&record.service, tasks);
-    ServiceView { service: record.service.clone(), running, desired, update_status: record.update_status.clone() }
+    let spec = record.service.spec.task_spec();
+    let updated = tasks
+        .iter()
+        .filter(|t| t.is_desired_running() && t.spec == spec && t.status.state == TaskState::Running)
+        .count() as u32;
+    ServiceView {
+        service: record.service.clone(),
+        running,
+        desired,
+        updated,
+        update_status: record.update.as_ref().map(|u| u.status.clone()),
+    }
 }
 
 /// `service ps`: the tasks of `services`, by service name, then slot (or node), the
@@ -273,7 +296,8 @@ mod tests {
         );
         let back = rollback(&r2, 3).unwrap();
         assert_eq!(back.service.spec.image.as_str(), "demo/app:1.0");
-        assert_eq!(back.update_status.as_ref().unwrap().state.as_str(), "rollback_started");
+        assert_eq!(back.update.as_ref().unwrap().status.state, UpdateState::RollbackStarted);
+        assert_eq!(back.update.as_ref().unwrap().config, r2.service.spec.rollback_config);
         let forward = rollback(&back, 4).unwrap();
         assert_eq!((forward.service.spec.image.as_str(), forward.service.spec_version), ("demo/app:2.0", 4));
     }
@@ -322,20 +346,6 @@ mod tests {
         let views = ps(&[&r], &tasks, &HashMap::new());
         let order: Vec<(u32, u64)> = views.iter().map(|v| (v.task.slot, v.task.created_at_ms)).collect();
         assert_eq!(order, vec![(1, 9), (1, 3), (1, 1), (2, 5)]);
-    }
-
-    #[test]
-    fn progress_completes_when_every_live_task_runs_the_new_spec() {
-        let images = vec![image("demo/app:1.0"), image("demo/app:2.0")];
-        let r = create(&[], spec("web", "demo/app:1.0"), &images, ServiceId::from_random([1; 16]), 0).unwrap();
-        let old = task(&r, 1, TaskState::Running, TaskState::Running, 1);
-        let mut r2 = update(&r, spec("web", "demo/app:2.0"), 1, &images, 1).unwrap();
-        assert!(!note_progress(&mut r2, &[&old], 2));
-        let new = task(&r2, 1, TaskState::Running, TaskState::Running, 2);
-        let mut stopped = old.clone();
-        stopped.desired_state = TaskState::Shutdown;
-        assert!(note_progress(&mut r2, &[&stopped, &new], 3));
-        assert_eq!(r2.update_status.unwrap().state.as_str(), "completed");
     }
 
     #[test]

@@ -1,77 +1,444 @@
-//! The updater, in its first, unpaced form: when a service's spec changes in a way its
-//! tasks carry (image, command, environment, ports, resources, placement), every task
-//! the manager wants running with the old task spec is replaced at once, in its slot (or
-//! on its node, for global services). A change that only its tasks' count depends on
-//! (`--replicas`) replaces nothing.
+//! The updater: rolls a service's tasks onto its current spec at the pace of its update
+//! config, watches each new task through the monitor period, and acts on failures
+//! (pause, continue, roll back), after swarmkit's updater. One [`Updater::step`] looks at
+//! one service, its tasks and `now`, and returns what to change; the stored
+//! [`UpdateProgress`] and the tasks themselves are all it needs to carry on after a
+//! manager restart, so an update resumes where it was.
 //!
-//! The old task is asked to stop and the new one is created in the same step. The new
-//! one is scheduled like any other; a host-mode port the old one still binds keeps it
-//! pending until the old one is reported stopped, so such a service is in effect updated
-//! stop-first. Pacing (`--update-parallelism`, `--update-delay`, failure actions) is not
-//! done here yet. No I/O, no clock.
+//! Terms. A *slot* is a replicated slot, or a node for a global service. A task is
+//! *fresh* when it carries the current task spec, *stale* otherwise. A slot is *dirty*
+//! when its live tasks are all stale. A slot is *in flight* while its fresh task, created
+//! by this update, has not reached Running (Swarm's worker waits exactly that long).
+//!
+//! Rules:
+//! - at most `parallelism` slots (0: all) are in flight or inside their `delay` after
+//!   their task came up; dirty slots are taken lowest slot (or node ID) first.
+//! - stop-first: the stale task is stopped and the fresh one created *held* (desired
+//!   state Ready: neither scheduled nor sent) until the stale one has stopped, or its
+//!   node is down or gone.
+//! - start-first: the fresh task is placed at once beside the stale one, which is
+//!   stopped when the fresh one runs. When no node can take it — typically a host-mode
+//!   port the stale task itself binds, moby/moby#36934 — the slot falls back to
+//!   stop-first and the update's message says so: nothing waits forever on its own port.
+//! - a task of this update that ends by itself (Complete, Failed, Rejected) before it has
+//!   run for `monitor` counts as a failure, at most one per slot. Once failures exceed
+//!   `max_failure_ratio` of the slots that were dirty when the update began, the
+//!   failure action applies: pause, continue, or roll back to the previous spec (whose
+//!   pace is the rollback config of the spec being left).
+//! - the update completes when no slot is dirty or in flight and every fresh task of the
+//!   update has run for `monitor`.
+//!
+//! The only memory kept between calls is when each task of an update was first seen
+//! running (monotonic), for the monitor window and the delay. After a restart it starts
+//! again from the restart, which can only lengthen a wait.
 
-use shoal_proto::{Service, Task, TaskId, TaskState};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use shoal_proto::dispatch::{UpdateState, UpdateStatus};
+use shoal_proto::{
+    FailureAction, Message, NodeId, NodeStatus, Task, TaskId, TaskSpec, TaskState, UpdateConfig, UpdateOrder,
+};
 
 use super::orchestrator::{new_task, Now, Plan, Stop};
+use super::placement::ClusterNode;
+use super::scheduler::{self, Decision};
+use super::services::{self, ServiceRecord};
+use super::Millis;
 
-/// What to create and stop so that every live task runs its service's current spec.
-pub fn replace_outdated(now: Now, services: &[Service], tasks: &[Task], new_id: &mut dyn FnMut() -> TaskId) -> Plan {
-    let mut plan = Plan::default();
-    for service in services {
-        let spec = service.spec.task_spec();
-        for t in tasks.iter().filter(|t| t.service_id == service.id && t.is_desired_running() && t.spec != spec) {
-            if t.status.state < TaskState::Assigned {
-                plan.remove.push(t.id.clone());
-            } else {
-                plan.shutdown.push(Stop { task: t.id.clone(), reason: "service updated".into() });
-            }
-            // A global task stays on its node; a replicated one is placed afresh.
-            let node = if t.slot == 0 { t.node_id.clone() } else { None };
-            plan.create.push(new_task(now, service, t.slot, node, new_id()));
-        }
-    }
-    plan
+/// An update (or rollback) as the manager stores it with its service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateProgress {
+    /// What `service inspect` shows.
+    pub status: UpdateStatus,
+    /// The pace and failure handling in force: the new spec's update config, or for a
+    /// rollback the rollback config of the spec rolled back from.
+    pub config: UpdateConfig,
+    /// How many slots needed replacing when the update began (the failure ratio's
+    /// denominator); set by the first step.
+    pub total: Option<u32>,
+    /// Tasks whose early end counted as a failure (one per slot at most).
+    pub failed: Vec<TaskId>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shoal_proto::{ServiceId, ServiceMode, ServiceSpec, TaskStatus};
+impl UpdateProgress {
+    /// A fresh update in `status`, paced by `config`.
+    pub fn new(status: UpdateStatus, config: UpdateConfig) -> Self {
+        Self { status, config, total: None, failed: Vec::new() }
+    }
+}
 
-    fn service(image: &str, replicas: u32, version: u64) -> Service {
-        let mut spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text(image).unwrap());
-        spec.mode = ServiceMode::Replicated { replicas };
-        Service { id: ServiceId::from_random([1; 16]), spec, spec_version: version, created_at_ms: 0 }
+/// What one step decided for one service.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Tasks to create, stop, release, delete.
+    pub plan: Plan,
+    /// The service record, when its progress (or, by an automatic rollback, its spec)
+    /// changed.
+    pub record: Option<ServiceRecord>,
+    /// What happened, for the log.
+    pub events: Vec<String>,
+}
+
+/// Where a task belongs: a replicated slot or a global service's node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum SlotKey {
+    Slot(u32),
+    Node(NodeId),
+}
+
+fn slot_of(t: &Task) -> Option<SlotKey> {
+    match (t.slot, &t.node_id) {
+        (0, Some(n)) => Some(SlotKey::Node(n.clone())),
+        (0, None) => None,
+        (s, _) => Some(SlotKey::Slot(s)),
+    }
+}
+
+/// The tasks of one slot, sorted out.
+#[derive(Default)]
+struct Slot<'a> {
+    /// Newest live task of the current spec.
+    fresh: Option<&'a Task>,
+    /// Live tasks of another spec.
+    stale: Vec<&'a Task>,
+    /// Stale tasks asked to stop that a reachable node may still be running.
+    stopping: usize,
+}
+
+/// The updater and its small memory.
+#[derive(Debug, Default)]
+pub struct Updater {
+    /// When each task of an update was first seen Running or past it (monotonic).
+    up_at: HashMap<TaskId, Millis>,
+}
+
+impl Updater {
+    /// Decides the next step of `record`'s update. `own` are the service's tasks; `nodes`
+    /// and `all` (every task) are for placing start-first tasks.
+    pub fn step(
+        &mut self,
+        now: Now,
+        record: &ServiceRecord,
+        own: &[&Task],
+        nodes: &[ClusterNode],
+        all: &[Task],
+        new_id: &mut dyn FnMut() -> TaskId,
+    ) -> Step {
+        let Some(progress) = &record.update else { return Step::default() };
+        if !progress.status.state.is_active() {
+            return Step::default();
+        }
+        let mut p = progress.clone();
+        let mut step = Step::default();
+        let spec = record.service.spec.task_spec();
+        let started = p.status.started_at_ms;
+        let of_this_update = |t: &Task| t.spec == spec && t.created_at_ms >= started;
+        for t in own.iter().filter(|t| of_this_update(t) && t.status.state >= TaskState::Running) {
+            self.up_at.entry(t.id.clone()).or_insert(now.mono);
+        }
+        let node_up: HashMap<&NodeId, bool> = nodes.iter().map(|n| (&n.id, n.status != NodeStatus::Down)).collect();
+        let slots = sort_into_slots(own, &spec, &node_up);
+        let dirty: Vec<&SlotKey> =
+            slots.iter().filter(|(_, s)| s.fresh.is_none() && !s.stale.is_empty()).map(|(k, _)| k).collect();
+        let total = *p.total.get_or_insert(dirty.len() as u32);
+
+        // Failures first: they may stop everything else.
+        if let Some(task) = self.count_failures(now, &mut p, own, &of_this_update) {
+            let ratio_exceeded = u64::from(p.failed.len() as u32) * 1000
+                > u64::from(p.config.max_failure_ratio_permille) * u64::from(total.max(1));
+            let rolling_back = p.status.state.is_rollback();
+            let action = match p.config.failure_action {
+                FailureAction::Rollback if rolling_back => FailureAction::Pause,
+                a => a,
+            };
+            if ratio_exceeded && action == FailureAction::Rollback {
+                let message = format!("update rolled back due to failure or early termination of task {task}");
+                if let Some(back) = services::roll_back_after_failure(record, &message, now.wall_ms) {
+                    step.events.push(message);
+                    let mut next = self.step(now, &back, own, nodes, all, new_id);
+                    next.events.splice(0..0, step.events);
+                    next.record.get_or_insert(back);
+                    return next;
+                }
+                let message = format!(
+                    "update paused due to failure or early termination of task {task}: \
+                     there is no previous spec to roll back to"
+                );
+                return self.pause(record, p, UpdateState::Paused, message, step);
+            }
+            if ratio_exceeded && action == FailureAction::Pause {
+                let (state, what) = if rolling_back {
+                    (UpdateState::RollbackPaused, "rollback")
+                } else {
+                    (UpdateState::Paused, "update")
+                };
+                let message = format!("{what} paused due to failure or early termination of task {task}");
+                return self.pause(record, p, state, message, step);
+            }
+            step.events.push(format!("task {task} failed; the update continues ({} failures)", p.failed.len()));
+        }
+
+        // Slots already moving: release held tasks whose predecessor stopped, retire the
+        // old task beside a fresh one that runs.
+        let mut in_flight = 0usize;
+        let mut settling = false;
+        for s in slots.values() {
+            let Some(fresh) = s.fresh else { continue };
+            if fresh.is_held() {
+                // Stop-first: go once nothing of the old spec may still run in the slot.
+                for old in &s.stale {
+                    stop(&mut step.plan, old, "replaced by the update");
+                }
+                if s.stopping == 0 && !s.stale.iter().any(|t| may_run(t, &node_up)) {
+                    step.plan.start.push(fresh.id.clone());
+                }
+            } else if fresh.status.state == TaskState::Running {
+                for old in &s.stale {
+                    stop(&mut step.plan, old, "replaced by the update (start-first)");
+                }
+            }
+            if of_this_update(fresh) && fresh.status.state < TaskState::Running {
+                in_flight += 1;
+            }
+            settling |= !s.stale.is_empty() || fresh.is_held();
+        }
+
+        // New slots, as far as parallelism and delay allow.
+        let delay = p.config.delay_ms;
+        let cooling: Vec<Millis> = if delay == 0 {
+            Vec::new()
+        } else {
+            own.iter()
+                .filter(|t| of_this_update(t))
+                .filter_map(|t| self.up_at.get(&t.id))
+                .filter(|&&up| now.mono < up.saturating_add(delay))
+                .map(|&up| up + delay)
+                .collect()
+        };
+        let busy = in_flight + cooling.len();
+        let free = match p.config.parallelism {
+            0 => usize::MAX,
+            n => (n as usize).saturating_sub(busy),
+        };
+        if !dirty.is_empty() && free == 0 {
+            if let Some(&next) = cooling.iter().min() {
+                step.plan.wake_at = Some(next);
+            }
+        }
+        let chosen: Vec<&Slot> = dirty.iter().take(free).map(|k| &slots[*k]).collect();
+        if !chosen.is_empty() {
+            let note = self.start_slots(now, record, &p.config, &chosen, nodes, &node_up, all, new_id, &mut step.plan);
+            if let Some(note) = note {
+                p.status.message = Message::lossy(&note);
+                step.events.push(note);
+            }
+        }
+
+        // Done when nothing is left to replace and every new task ran for `monitor`.
+        let waiting = !dirty.is_empty() || in_flight > 0 || settling || !step.plan.create.is_empty();
+        if !waiting {
+            let monitor_end = own
+                .iter()
+                .filter(|t| of_this_update(t) && t.is_desired_running() && t.status.state == TaskState::Running)
+                .filter_map(|t| self.up_at.get(&t.id))
+                .map(|&up| up.saturating_add(p.config.monitor_ms))
+                .max()
+                .unwrap_or(0);
+            if now.mono >= monitor_end {
+                let (state, message) = if p.status.state.is_rollback() {
+                    (UpdateState::RollbackCompleted, "rollback completed")
+                } else {
+                    (UpdateState::Completed, "update completed")
+                };
+                p.status.state = state;
+                p.status.completed_at_ms = Some(now.wall_ms);
+                p.status.message = Message::lossy(message);
+                step.events.push(message.to_owned());
+            } else {
+                step.plan.wake_at = Some(step.plan.wake_at.map_or(monitor_end, |w| w.min(monitor_end)));
+            }
+        }
+        if Some(&p) != record.update.as_ref() {
+            let mut next = record.clone();
+            next.update = Some(p);
+            step.record = Some(next);
+        }
+        step
     }
 
-    fn running(s: &Service, slot: u32, state: TaskState) -> Task {
-        Task {
-            id: TaskId::from_random([slot as u8; 16]),
-            service_id: s.id.clone(),
-            slot,
-            node_id: None,
-            spec: s.spec.task_spec(),
-            spec_version: s.spec_version,
-            desired_state: TaskState::Running,
-            status: TaskStatus::new(state, 0, ""),
-            created_at_ms: 0,
+    /// Forgets tasks that no longer exist.
+    pub fn forget_gone(&mut self, tasks: &[Task]) {
+        if self.up_at.is_empty() {
+            return;
+        }
+        let live: HashSet<&TaskId> = tasks.iter().map(|t| &t.id).collect();
+        self.up_at.retain(|id, _| live.contains(id));
+    }
+
+    /// Counts tasks of this update that ended early; returns the last one counted.
+    fn count_failures(
+        &mut self,
+        now: Now,
+        p: &mut UpdateProgress,
+        own: &[&Task],
+        of_this_update: &dyn Fn(&Task) -> bool,
+    ) -> Option<TaskId> {
+        let slot_by_task: HashMap<&TaskId, Option<SlotKey>> = own.iter().map(|t| (&t.id, slot_of(t))).collect();
+        let mut failed_slots: HashSet<Option<SlotKey>> =
+            p.failed.iter().filter_map(|id| slot_by_task.get(id).cloned()).collect();
+        let mut ended: Vec<&&Task> =
+            own.iter().filter(|t| of_this_update(t) && ended_by_itself(t) && !p.failed.contains(&t.id)).collect();
+        ended.sort_by(|a, b| (a.status.timestamp_ms, &a.id).cmp(&(b.status.timestamp_ms, &b.id)));
+        let mut last = None;
+        for t in ended {
+            let up = *self.up_at.entry(t.id.clone()).or_insert(now.mono);
+            if now.mono.saturating_sub(up) > p.config.monitor_ms {
+                continue;
+            }
+            if failed_slots.insert(slot_of(t)) {
+                p.failed.push(t.id.clone());
+                last = Some(t.id.clone());
+            }
+        }
+        last
+    }
+
+    fn pause(
+        &mut self,
+        record: &ServiceRecord,
+        mut p: UpdateProgress,
+        state: UpdateState,
+        message: String,
+        mut step: Step,
+    ) -> Step {
+        p.status.state = state;
+        p.status.message = Message::lossy(&message);
+        step.events.push(message);
+        let mut next = record.clone();
+        next.update = Some(p);
+        step.record = Some(next);
+        step
+    }
+
+    /// Creates the fresh tasks of `chosen` slots. Returns a note when start-first had to
+    /// fall back to stop-first.
+    #[allow(clippy::too_many_arguments)]
+    fn start_slots(
+        &mut self,
+        now: Now,
+        record: &ServiceRecord,
+        config: &UpdateConfig,
+        chosen: &[&Slot],
+        nodes: &[ClusterNode],
+        node_up: &HashMap<&NodeId, bool>,
+        all: &[Task],
+        new_id: &mut dyn FnMut() -> TaskId,
+        plan: &mut Plan,
+    ) -> Option<String> {
+        let service = &record.service;
+        let mut start_first: Vec<(usize, Task)> = Vec::new();
+        let mut fresh_tasks: Vec<Task> = Vec::with_capacity(chosen.len());
+        for (i, slot) in chosen.iter().enumerate() {
+            let first = slot.stale[0];
+            // A global task stays on its node; a replicated one is placed afresh.
+            let node = if first.slot == 0 { first.node_id.clone() } else { None };
+            let fresh = new_task(now, service, first.slot, node, new_id());
+            let running = slot.stale.iter().any(|t| may_run(t, node_up));
+            if running && config.order == UpdateOrder::StartFirst {
+                start_first.push((i, fresh.clone()));
+            }
+            fresh_tasks.push(fresh);
+        }
+        // Start-first: place them all now, beside their old tasks, in one pass so they
+        // don't take the same free port twice.
+        let mut placed: HashMap<TaskId, Decision> = HashMap::new();
+        if !start_first.is_empty() {
+            let mut tasks: Vec<Task> = all.to_vec();
+            tasks.extend(start_first.iter().map(|(_, t)| t.clone()));
+            let ids: Vec<TaskId> = start_first.iter().map(|(_, t)| t.id.clone()).collect();
+            for d in scheduler::schedule(nodes, &tasks, &ids) {
+                let id = match &d {
+                    Decision::Assign { task, .. } | Decision::Unassignable { task, .. } => task.clone(),
+                };
+                placed.insert(id, d);
+            }
+        }
+        let mut note = None;
+        for (slot, mut fresh) in chosen.iter().zip(fresh_tasks) {
+            let wait = slot.stopping > 0 || slot.stale.iter().any(|t| may_run(t, node_up));
+            match placed.remove(&fresh.id) {
+                Some(d @ Decision::Assign { .. }) => {
+                    // Keeps the old task until this one runs.
+                    let _ = scheduler::record(&mut fresh, &d, now.wall_ms);
+                }
+                other => {
+                    if let Some(Decision::Unassignable { reason, .. }) = other {
+                        let name = &service.spec.name;
+                        let task = match fresh.node_id.as_ref().and_then(|n| nodes.iter().find(|c| &c.id == n)) {
+                            Some(node) => format!("{name} on {}", node.hostname),
+                            None => format!("{name}.{}", fresh.slot),
+                        };
+                        note =
+                            Some(format!("update in progress; {task}: start-first fell back to stop-first: {reason}"));
+                    }
+                    for old in &slot.stale {
+                        stop(plan, old, "replaced by the update");
+                    }
+                    if wait {
+                        fresh.desired_state = TaskState::Ready;
+                    }
+                }
+            }
+            plan.create.push(fresh);
+        }
+        note
+    }
+}
+
+/// Whether a task may still be running: placed, not ended, on a node that is up.
+fn may_run(t: &Task, node_up: &HashMap<&NodeId, bool>) -> bool {
+    t.status.state >= TaskState::Assigned
+        && !t.status.state.is_terminal()
+        && t.node_id.as_ref().and_then(|n| node_up.get(n)).copied().unwrap_or(false)
+}
+
+/// Whether a task stopped without being asked to.
+fn ended_by_itself(t: &Task) -> bool {
+    matches!(t.status.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected)
+}
+
+/// Sorts a service's tasks into slots.
+fn sort_into_slots<'a>(
+    own: &[&'a Task],
+    spec: &TaskSpec,
+    node_up: &HashMap<&NodeId, bool>,
+) -> BTreeMap<SlotKey, Slot<'a>> {
+    let mut slots: BTreeMap<SlotKey, Slot<'a>> = BTreeMap::new();
+    for &t in own {
+        let Some(key) = slot_of(t) else { continue };
+        let slot = slots.entry(key).or_default();
+        if t.is_desired_running() {
+            if &t.spec == spec {
+                if slot.fresh.is_none_or(|f| (f.created_at_ms, &f.id) < (t.created_at_ms, &t.id)) {
+                    slot.fresh = Some(t);
+                }
+            } else {
+                slot.stale.push(t);
+            }
+        } else if &t.spec != spec && may_run(t, node_up) {
+            slot.stopping += 1;
         }
     }
+    slots.retain(|_, s| s.fresh.is_some() || !s.stale.is_empty() || s.stopping > 0);
+    slots
+}
 
-    #[test]
-    fn a_new_image_replaces_every_live_task_in_its_slot_and_scaling_replaces_none() {
-        let v1 = service("demo/app:1.0", 2, 1);
-        let tasks = vec![running(&v1, 1, TaskState::Running), running(&v1, 2, TaskState::Pending)];
-        let mut n = 0u8;
-        let mut ids = || {
-            n += 1;
-            TaskId::from_random([100 + n; 16])
-        };
-        let now = Now { mono: 0, wall_ms: 0 };
-        assert!(replace_outdated(now, &[service("demo/app:1.0", 5, 2)], &tasks, &mut ids).is_empty());
-        let plan = replace_outdated(now, &[service("demo/app:2.0", 2, 3)], &tasks, &mut ids);
-        assert_eq!(plan.create.iter().map(|t| (t.slot, t.spec_version)).collect::<Vec<_>>(), vec![(1, 3), (2, 3)]);
-        assert_eq!(plan.shutdown.len(), 1, "the running one is stopped");
-        assert_eq!(plan.remove, vec![tasks[1].id.clone()], "the never-placed one is dropped");
+/// Asks a task to stop; one that never reached a node is simply deleted.
+fn stop(plan: &mut Plan, t: &Task, reason: &str) {
+    if t.status.state < TaskState::Assigned {
+        plan.remove.push(t.id.clone());
+    } else {
+        plan.shutdown.push(Stop { task: t.id.clone(), reason: reason.to_owned() });
     }
 }

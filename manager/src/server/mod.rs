@@ -37,7 +37,8 @@ use crate::core::nodes::{self, NodeRecord};
 use crate::core::orchestrator::{Now, Orchestrator};
 use crate::core::placement::ClusterNode;
 use crate::core::services::{self as services, ServiceRecord};
-use crate::core::{dispatcher, scheduler, updater, Millis};
+use crate::core::updater::Updater;
+use crate::core::{dispatcher, scheduler, Millis};
 use crate::images::archive::{self, ImportError};
 use crate::images::blobs::{BlobError, BlobStore};
 use crate::images::{self, ImageRecord};
@@ -126,6 +127,7 @@ enum Event {
 /// Services and tasks in memory, as last persisted, with the orchestrator's memory.
 struct ServiceState {
     orchestrator: Orchestrator,
+    updater: Updater,
     records: std::collections::BTreeMap<ServiceId, ServiceRecord>,
     tasks: HashMap<TaskId, Task>,
     /// Names of services, kept while a removed service's tasks are still being stopped.
@@ -237,7 +239,13 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
-        services: Mutex::new(ServiceState { orchestrator: Orchestrator::default(), records, tasks, names }),
+        services: Mutex::new(ServiceState {
+            orchestrator: Orchestrator::default(),
+            updater: Updater::default(),
+            records,
+            tasks,
+            names,
+        }),
         events,
         ca,
         cluster: Mutex::new(cluster.clone()),

@@ -95,15 +95,33 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
         info!(task = %stop.task, reason = %stop.reason, "stopping task");
     }
     plan.apply_to(&mut tasks, now.wall_ms);
-    let plan = updater::replace_outdated(now, &services, &tasks, &mut new_id);
-    if !plan.create.is_empty() {
-        info!(tasks = plan.create.len(), "replacing tasks of an older spec");
+
+    // Updates, one service at a time, each seeing the tasks the previous ones created.
+    let mut records_changed: Vec<ServiceRecord> = Vec::new();
+    let mut wake_at = wake_at;
+    for record in svc.records.values() {
+        if !record.update.as_ref().is_some_and(|u| u.status.state.is_active()) {
+            continue;
+        }
+        let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == record.service.id).collect();
+        let step = svc.updater.step(now, record, &own, &nodes, &tasks, &mut new_id);
+        for event in &step.events {
+            info!(service = %record.service.spec.name, "{event}");
+        }
+        for stop in &step.plan.shutdown {
+            debug!(task = %stop.task, reason = %stop.reason, "stopping task");
+        }
+        if let Some(at) = step.plan.wake_at {
+            wake_at = Some(wake_at.map_or(at, |w: Millis| w.min(at)));
+        }
+        step.plan.apply_to(&mut tasks, now.wall_ms);
+        records_changed.extend(step.record);
     }
-    plan.apply_to(&mut tasks, now.wall_ms);
+    svc.updater.forget_gone(&tasks);
 
     let pending: Vec<TaskId> = tasks
         .iter()
-        .filter(|t| t.status.state <= TaskState::Pending && t.is_desired_running())
+        .filter(|t| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running)
         .map(|t| t.id.clone())
         .collect();
     if !pending.is_empty() {
@@ -131,19 +149,6 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let after: HashMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
     let put_tasks: Vec<&Task> = after.values().filter(|t| svc.tasks.get(&t.id) != Some(*t)).collect();
     let remove_tasks: Vec<&TaskId> = svc.tasks.keys().filter(|id| !after.contains_key(*id)).collect();
-    let mut by_service: HashMap<&ServiceId, Vec<&Task>> = HashMap::new();
-    for t in after.values() {
-        by_service.entry(&t.service_id).or_default().push(t);
-    }
-    let mut records_changed: Vec<ServiceRecord> = Vec::new();
-    for record in svc.records.values() {
-        let mut r = record.clone();
-        let own = by_service.get(&record.service.id).map_or(&[][..], |v| v.as_slice());
-        if services::note_progress(&mut r, own, now.wall_ms) {
-            info!(service = %r.service.spec.name, "update completed");
-            records_changed.push(r);
-        }
-    }
     let changes = ServiceChanges {
         put_services: records_changed.iter().collect(),
         remove_services: Vec::new(),
