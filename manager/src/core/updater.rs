@@ -126,19 +126,22 @@ impl Updater {
         new_id: &mut dyn FnMut() -> TaskId,
     ) -> Step {
         let Some(progress) = &record.update else { return Step::default() };
-        if !progress.status.state.is_active() {
-            return Step::default();
-        }
         let mut p = progress.clone();
         let mut step = Step::default();
         let spec = record.service.spec.task_spec();
+        let node_up: HashMap<&NodeId, bool> = nodes.iter().map(|n| (&n.id, n.status != NodeStatus::Down)).collect();
+        let slots = sort_into_slots(own, &spec, &node_up);
+        // Slots already moving finish their replacement even when the update is paused:
+        // a held task still starts once its predecessor stopped.
+        settle(&slots, &node_up, &mut step.plan);
+        if !p.status.state.is_active() {
+            return step;
+        }
         let started = p.status.started_at_ms;
         let of_this_update = |t: &Task| t.spec == spec && t.created_at_ms >= started;
         for t in own.iter().filter(|t| of_this_update(t) && t.status.state >= TaskState::Running) {
             self.up_at.entry(t.id.clone()).or_insert(now.mono);
         }
-        let node_up: HashMap<&NodeId, bool> = nodes.iter().map(|n| (&n.id, n.status != NodeStatus::Down)).collect();
-        let slots = sort_into_slots(own, &spec, &node_up);
         let dirty: Vec<&SlotKey> =
             slots.iter().filter(|(_, s)| s.fresh.is_none() && !s.stale.is_empty()).map(|(k, _)| k).collect();
         let total = *p.total.get_or_insert(dirty.len() as u32);
@@ -179,25 +182,10 @@ impl Updater {
             step.events.push(format!("task {task} failed; the update continues ({} failures)", p.failed.len()));
         }
 
-        // Slots already moving: release held tasks whose predecessor stopped, retire the
-        // old task beside a fresh one that runs.
         let mut in_flight = 0usize;
         let mut settling = false;
         for s in slots.values() {
             let Some(fresh) = s.fresh else { continue };
-            if fresh.is_held() {
-                // Stop-first: go once nothing of the old spec may still run in the slot.
-                for old in &s.stale {
-                    stop(&mut step.plan, old, "replaced by the update");
-                }
-                if s.stopping == 0 && !s.stale.iter().any(|t| may_run(t, &node_up)) {
-                    step.plan.start.push(fresh.id.clone());
-                }
-            } else if fresh.status.state == TaskState::Running {
-                for old in &s.stale {
-                    stop(&mut step.plan, old, "replaced by the update (start-first)");
-                }
-            }
             if of_this_update(fresh) && fresh.status.state < TaskState::Running {
                 in_flight += 1;
             }
@@ -393,6 +381,27 @@ impl Updater {
             plan.create.push(fresh);
         }
         note
+    }
+}
+
+/// Moves slots that are mid-replacement along: a held task (stop-first) is released once
+/// nothing of the old spec may still run in its slot; an old task beside a fresh one that
+/// runs (start-first) is stopped.
+fn settle(slots: &BTreeMap<SlotKey, Slot>, node_up: &HashMap<&NodeId, bool>, plan: &mut Plan) {
+    for s in slots.values() {
+        let Some(fresh) = s.fresh else { continue };
+        if fresh.is_held() {
+            for old in &s.stale {
+                stop(plan, old, "replaced by the update");
+            }
+            if s.stopping == 0 && !s.stale.iter().any(|t| may_run(t, node_up)) {
+                plan.start.push(fresh.id.clone());
+            }
+        } else if fresh.status.state == TaskState::Running {
+            for old in &s.stale {
+                stop(plan, old, "replaced by the update (start-first)");
+            }
+        }
     }
 }
 

@@ -100,7 +100,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let mut records_changed: Vec<ServiceRecord> = Vec::new();
     let mut wake_at = wake_at;
     for record in svc.records.values() {
-        if !record.update.as_ref().is_some_and(|u| u.status.state.is_active()) {
+        if record.update.is_none() {
             continue;
         }
         let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == record.service.id).collect();
