@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures shoal and writes BENCHMARKS.md: container start-up against runc and crun in
-# the same run, the memory a container costs, the agent's idle memory, and the static
-# agent's size per board target. Run as root on the development machine:
+# the same run, the memory a container costs, the agent's idle memory, cluster and
+# rolling-update timings, and the static agent's size per board target. Run as root on
+# the development machine:
 #
 #   bench/run.sh [ITERATIONS]
 set -euo pipefail
@@ -28,6 +29,9 @@ runtime=$(SHOAL_AGENT=$agent ./target/release/runtime-bench "$iterations")
 
 echo "== cluster bench" >&2
 cluster=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/cluster-bench)
+
+echo "== update bench" >&2
+updates=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/update-bench)
 
 echo "== idle memory" >&2
 tmp=$(mktemp -d)
@@ -58,6 +62,8 @@ manager_rss=$(rss "$mpid")
   echo "root filesystem, and tearing both down again. runc and crun run straight from a directory."
   echo
   echo "$cluster"
+  echo
+  echo "$updates"
   echo
   echo "The agent's own memory does not grow with its containers: each has its shim."
   echo
