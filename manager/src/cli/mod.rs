@@ -8,6 +8,7 @@ pub mod manager;
 pub mod node;
 pub mod output;
 pub mod service;
+pub mod template;
 
 use std::time::Duration;
 
