@@ -173,3 +173,42 @@ fn failure_action_rollback_returns_by_itself_and_start_first_never_deadlocks_on_
     assert!(out.contains("verify: Service converged"), "{out}");
     all_on(&c, "autoback", "demo/app:3.0", 3).expect("3 × 3.0 running");
 }
+
+#[test]
+fn an_update_resumes_after_a_manager_crash_and_survives_a_board_dying_mid_way() {
+    if !can_run() {
+        return;
+    }
+    let mut c = cluster_with_images(&["demo-app-1.0.tar", "demo-app-3.0.tar"]);
+    let m = c.manager_host();
+    m.shoal(&["service", "create", "--name", "steady", "--replicas", "4", "demo/app:1.0"]);
+    all_on(&c, "steady", "demo/app:1.0", 4).expect("4 × 1.0 running");
+
+    // A slow rollout: one slot, then 4 s before the next.
+    m.shoal(&["service", "update", "--image", "demo/app:3.0", "--update-delay", "4s", "-d", "steady"]);
+    let first = wait_for("the first slot on 3.0", Duration::from_secs(30), || {
+        let rows: Vec<_> = live(&c, "steady").into_iter().filter(|r| r["IMAGE"] == "demo/app:3.0").collect();
+        (rows.len() == 1 && rows[0]["CURRENT STATE"].starts_with("Running")).then(|| rows[0]["ID"].clone())
+    });
+
+    // The manager dies without a word and comes back: the update carries on from there.
+    c.manager.kill9();
+    c.manager = c.manager_host().spawn("shoal", &["manager", "run"]);
+    c.wait_status_all("Ready", Duration::from_secs(30));
+    assert_eq!(update_status(&c, "steady")["State"], "updating");
+    let rows = live(&c, "steady");
+    assert!(rows.iter().any(|r| r["ID"] == first), "the replaced slot is not replaced again: {rows:?}");
+
+    // A board loses power half way through.
+    wait_for("a second slot on 3.0", Duration::from_secs(30), || {
+        (live(&c, "steady").iter().filter(|r| r["IMAGE"] == "demo/app:3.0").count() >= 2).then_some(())
+    });
+    c.power_cut(3);
+    c.wait_status("node3", "Down", Duration::from_secs(10));
+    wait_state(&c, "steady", "completed", Duration::from_secs(90));
+    let rows = all_on(&c, "steady", "demo/app:3.0", 4).expect("4 × 3.0 running");
+    assert!(rows.iter().all(|r| r["NODE"] != "node3"), "{rows:?}");
+    // One new task per slot, plus the replacements of the dead board's: nothing twice.
+    let created_3_0 = c.service_ps("steady").iter().filter(|r| r["IMAGE"] == "demo/app:3.0").count();
+    assert!(created_3_0 <= 4 + 2, "{created_3_0} tasks of 3.0 for 4 slots");
+}

@@ -22,8 +22,11 @@ pub struct LivenessConfig {
 impl Default for LivenessConfig {
     fn default() -> Self {
         // 500 ms × 3 = Down 1.5 s after the last heartbeat, so a dead board is Down well
-        // within 3 s (Swarm's defaults, 5 s × 3, take ~15 s).
-        Self { heartbeat_period: 500, missed_heartbeats: 3, unknown_grace: 5_000 }
+        // within 3 s (Swarm's defaults, 5 s × 3, take ~15 s). The grace after a manager
+        // start is twice the agents' longest reconnect back-off (5 s): a board that was
+        // waiting out a long manager outage must not be called Down, and its tasks
+        // started elsewhere, just before it reconnects.
+        Self { heartbeat_period: 500, missed_heartbeats: 3, unknown_grace: 10_000 }
     }
 }
 

@@ -198,6 +198,28 @@ impl Manager {
     }
 }
 
+/// The QUIC endpoint, with a stateless-reset key derived from the manager's private server
+/// key rather than a random one. A restarted manager then answers packets of connections
+/// it no longer knows with resets the agents accept (RFC 9000 §10.3), so they reconnect
+/// at their next heartbeat instead of waiting out the idle timeout — even after kill -9.
+fn listen_endpoint(
+    config: quinn::ServerConfig,
+    listen: SocketAddr,
+    secret_pem: &str,
+) -> std::io::Result<quinn::Endpoint> {
+    let derive = |label: &str| ring::digest::digest(&ring::digest::SHA256, format!("{label}\n{secret_pem}").as_bytes());
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive("shoal stateless reset").as_ref());
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection IDs must also validate across restarts, or the new process drops the old
+    // connections' packets before it would reset them.
+    let cid_key = derive("shoal connection ids");
+    let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().expect("8 bytes of a SHA-256"));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let socket = std::net::UdpSocket::bind(listen)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)
+}
+
 /// Runs the manager until SIGINT or SIGTERM.
 pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let store_path = paths::store_path(data_dir);
@@ -221,7 +243,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         Some(a) => a,
         None => cluster.listen_addr.parse().context("stored listen address")?,
     };
-    let endpoint = quinn::Endpoint::server(server_config, listen)
+    let endpoint = listen_endpoint(server_config, listen, &cluster.server_key_pem)
         .with_context(|| format!("cannot listen on {listen} (is another manager running, or the port taken?)"))?;
 
     let blobs = BlobStore::open(&paths::manager_dir(data_dir))?;
