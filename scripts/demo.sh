@@ -132,6 +132,10 @@ The cluster keeps running. Try:
   $bin/shoal node update --availability drain node2
   $bin/shoal image ls
   $bin/shoal service ls; $bin/shoal service ps appserver
+  $bin/shoal service update --image demo/app:2.0 --update-failure-action pause appserver   # 2.0 fails: paused
+  $bin/shoal service inspect -f '{{json .UpdateStatus}}' appserver
+  $bin/shoal service update --rollback appserver                # every replica back on 1.0
+  $bin/shoal service update --image demo/app:3.0 --update-order start-first appserver
   $bin/shoal service scale appserver=6            # one per node fits port 8000: 3 stay pending, with the reason
   $bin/shoal service create --name web --replicas 6 demo/app:3.0
   ip netns pids shoal-node3 | xargs kill -9      # node3's agent dies: Down, its tasks move
