@@ -207,12 +207,13 @@ mod tests {
         let mut m = Membership::new(LivenessConfig::default());
         m.track(0, id(1));
         m.track(0, id(2));
-        for t in (1_000..5_000).step_by(500) {
+        let grace = LivenessConfig::default().unknown_grace;
+        for t in (1_000..grace).step_by(500) {
             m.heard(t, &id(1));
             assert!(m.tick(t).is_empty());
         }
-        m.heard(5_000, &id(1));
-        let down = m.tick(5_000);
+        m.heard(grace, &id(1));
+        let down = m.tick(grace);
         assert_eq!(down.iter().map(|t| t.node.clone()).collect::<Vec<_>>(), vec![id(2)]);
     }
 

@@ -3,10 +3,10 @@
 //!
 //! It decides *which* tasks should exist, never *where* a replicated task runs (that is
 //! [`super::scheduler`]), and it rolls out no spec changes (the updater's job: a task of
-//! an older spec is left alone here, and so is one running beside its replacement). It does no I/O and reads no clock; the only
-//! memory it keeps between calls is when it first saw each task end, how often each
-//! slot was restarted, and since when each node is Down, so restart delays, attempt
-//! limits and orphaning work on the caller's clock.
+//! an older spec is left alone here, and so is one running beside its replacement). It
+//! does no I/O and reads no clock; the only memory it keeps between calls is when it
+//! first saw each task end, how often each slot was restarted, and since when each node
+//! is Down, so restart delays, attempt limits and orphaning work on the caller's clock.
 //!
 //! Rules, after swarmkit's replicated and global orchestrators:
 //! - replicated: slots 1..=replicas each hold one task the manager wants running. Extra

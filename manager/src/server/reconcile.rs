@@ -97,10 +97,24 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     plan.apply_to(&mut tasks, now.wall_ms);
 
     // Updates, one service at a time, each seeing the tasks the previous ones created.
+    // Only services with an update running, or with tasks of an older spec still live
+    // (a paused update, a slot mid-replacement), need a look: one pass finds them.
+    let specs: HashMap<&ServiceId, shoal_proto::TaskSpec> = svc
+        .records
+        .values()
+        .filter(|r| r.update.is_some())
+        .map(|r| (&r.service.id, r.service.spec.task_spec()))
+        .collect();
+    let unsettled: HashSet<ServiceId> = tasks
+        .iter()
+        .filter(|t| t.is_desired_running() && specs.get(&t.service_id).is_some_and(|s| t.is_held() || *s != t.spec))
+        .map(|t| t.service_id.clone())
+        .collect();
     let mut records_changed: Vec<ServiceRecord> = Vec::new();
     let mut wake_at = wake_at;
     for record in svc.records.values() {
-        if record.update.is_none() {
+        let active = record.update.as_ref().is_some_and(|u| u.status.state.is_active());
+        if !active && !unsettled.contains(&record.service.id) {
             continue;
         }
         let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == record.service.id).collect();
