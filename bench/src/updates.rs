@@ -1,9 +1,11 @@
-//! Rolling-update timings on real processes and containers (as root), three boards in
-//! network namespaces: 6 replicas of demo/app:1.0 rolled to 3.0 with parallelism 2 and
-//! no delay (until every task runs 3.0, and until the update reports `completed` after
-//! Swarm's default 5 s monitor period), and a rollout of the failing demo/app:2.0 until
-//! it reports `paused`. Prints a Markdown section on stdout. Needs `cargo build --bins`
-//! and `images/build.sh` first (`bench/run.sh` does both).
+//! Rolling-update timings on real processes and containers (as root), on three boards and
+//! on one board in network namespaces: 6 replicas of demo/app:1.0 rolled to 3.0 with
+//! parallelism 2 and no delay (until every task runs 3.0, and until the update reports
+//! `completed` after Swarm's default 5 s monitor period), and a rollout of the failing
+//! demo/app:2.0 until it reports `paused`. Docker Swarm's figures for the same steps,
+//! measured by `bench/swarm.sh` in the same run, come in as `SWARM_*` variables. Prints a
+//! Markdown section on stdout. Needs `cargo build --bins` and `images/build.sh` first
+//! (`bench/run.sh` does all of it).
 
 use std::time::{Duration, Instant};
 
@@ -26,32 +28,30 @@ fn update_state(c: &Cluster, service: &str) -> String {
     out.trim().to_owned()
 }
 
-fn main() -> Result<()> {
-    let c = Cluster::start(3)?;
+/// Timings of one cluster of `boards` boards.
+struct Timings {
+    rolled: Duration,
+    completed: Duration,
+    paused: Duration,
+}
+
+fn measure(boards: usize) -> Result<Timings> {
+    let c = Cluster::start(boards)?;
     let m = c.manager_host();
     for image in ["demo-app-1.0.tar", "demo-app-2.0.tar", "demo-app-3.0.tar"] {
         m.shoal(&["image", "load", lab_image(image).to_str().unwrap_or_default()]);
     }
+    let everywhere = (1..=boards).map(|n| format!("node{n}")).collect::<Vec<_>>().join(",");
     wait_for("the images on every board", Duration::from_secs(60), || {
         let ls = m.shoal(&["image", "ls"]);
-        (ls.matches("node1,node2,node3").count() == 3).then_some(())
+        (ls.lines().filter(|l| l.trim_end().ends_with(&everywhere)).count() == 3).then_some(())
     });
     m.shoal(&["service", "create", "--name", "web", "--replicas", "6", "demo/app:1.0"]);
     wait_for("6 × 1.0", Duration::from_secs(60), || all_on(&c, "web", "demo/app:1.0", 6));
 
     let t = Instant::now();
-    m.shoal(&[
-        "service",
-        "update",
-        "--image",
-        "demo/app:3.0",
-        "--update-parallelism",
-        "2",
-        "--update-delay",
-        "0s",
-        "-d",
-        "web",
-    ]);
+    let roll = ["service", "update", "--image", "demo/app:3.0", "--update-parallelism", "2", "--update-delay", "0s"];
+    m.shoal(&[&roll[..], &["-d", "web"]].concat());
     wait_for("6 × 3.0", Duration::from_secs(120), || all_on(&c, "web", "demo/app:3.0", 6));
     let rolled = t.elapsed();
     wait_for("completed", Duration::from_secs(60), || (update_state(&c, "web") == "completed").then_some(()));
@@ -61,21 +61,44 @@ fn main() -> Result<()> {
     m.shoal(&["service", "update", "--image", "demo/app:2.0", "--update-failure-action", "pause", "-d", "web"]);
     wait_for("paused", Duration::from_secs(120), || (update_state(&c, "web") == "paused").then_some(()));
     let paused = t.elapsed();
+    Ok(Timings { rolled, completed, paused })
+}
 
-    println!("### Rolling updates (3 boards in network namespaces, 6 real containers)\n");
-    println!("| what | shoal | Docker Swarm, same settings, for reference |");
-    println!("|---|---|---|");
+/// A figure `bench/swarm.sh` measured (passed in as `SWARM_<KEY>_MS`), or why there is none.
+fn swarm(key: &str) -> String {
+    match std::env::var(format!("SWARM_{key}_MS")).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(ms) => format!("{ms} ms"),
+        None => "not measured".to_owned(),
+    }
+}
+
+fn main() -> Result<()> {
+    let three = measure(3)?;
+    let one = measure(1)?;
+    let swarm_version = std::env::var("SWARM_VERSION").unwrap_or_default();
+    let peer =
+        if swarm_version.is_empty() { "Docker Swarm".to_owned() } else { format!("Docker Swarm {swarm_version}") };
+
+    println!("### Rolling updates (boards in network namespaces, 6 real containers of demo/app)\n");
+    println!("| what | shoal, 3 boards | shoal, 1 board | {peer}, 1 node, same run |");
+    println!("|---|---|---|---|");
     println!(
-        "| 6 replicas 1.0 → 3.0, `--update-parallelism 2 --update-delay 0s`: every task runs 3.0 | {} | 3 batches, each a container stop and a dockerd start |",
-        ms(rolled)
+        "| 6 replicas 1.0 → 3.0, `--update-parallelism 2 --update-delay 0s`: every task runs 3.0 | {} | {} | {} |",
+        ms(three.rolled),
+        ms(one.rolled),
+        swarm("ROLLED")
     );
     println!(
-        "| … until `UpdateStatus` says `completed` (includes the default 5 s monitor period) | {} | same 5 s monitor after the last batch |",
-        ms(completed)
+        "| … until `UpdateStatus` says `completed` (includes the default 5 s monitor period) | {} | {} | {} |",
+        ms(three.completed),
+        ms(one.completed),
+        swarm("COMPLETED")
     );
     println!(
-        "| update to the failing 2.0 (exits 1 after ~1 s) → `paused` | {} | ≥ the task's ~1 s life + failure report |",
-        ms(paused)
+        "| update to the failing 2.0 (exits 1 after ~1 s) → `paused` | {} | {} | {} |",
+        ms(three.paused),
+        ms(one.paused),
+        swarm("PAUSED")
     );
     Ok(())
 }
