@@ -131,7 +131,7 @@ dockerd=$(command -v dockerd)
 
 # Paths outside the temp dir dockerd/containerd may create despite their flags: removed
 # afterwards if this run created them.
-for p in /etc/docker /opt/containerd /var/lib/docker /var/lib/containerd; do
+for p in /etc/docker /opt/containerd /var/lib/docker /var/lib/containerd /var/lib/containers; do
   [ -e "$p" ] || created_paths+=("$p")
 done
 
@@ -180,13 +180,17 @@ for _ in $(seq 150); do
 done
 "$docker" version >&2 || { tail -50 "$tmp/dockerd.log" >&2; die "dockerd did not come up"; }
 version=$("$docker" version -f '{{.Server.Version}}')
+version=${version%%+*} # 20.10.24+dfsg1 -> 20.10.24
 log "docker info: $("$docker" info -f 'storage={{.Driver}} cgroup={{.CgroupDriver}} runtime={{.DefaultRuntime}}')"
 
 # --- images ---------------------------------------------------------------------------
 for v in 1.0 2.0 3.0; do
   ref=$(tar -xOf "out/images/demo-app-$v.tar" index.json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])')
-  skopeo --tmpdir "$tmp" copy -q --override-os linux --override-arch amd64 \
+  # skopeo as root updates /var/lib/containers/cache/blob-info-cache-v1.boltdb: give it a
+  # throwaway one in a private mount namespace.
+  unshare --mount --propagation private -- sh -c '[ -d /var/lib/containers ] && mount -t tmpfs swarmbench-c /var/lib/containers; exec "$@"' sh \
+    skopeo --tmpdir "$tmp" copy -q --override-os linux --override-arch amd64 \
     "oci-archive:out/images/demo-app-$v.tar:$ref" "docker-archive:$tmp/app-$v.tar:demo/app:$v" >&2
   "$docker" load -q -i "$tmp/app-$v.tar" >&2
   rm -f "$tmp/app-$v.tar"
@@ -218,7 +222,12 @@ wait_until() { # WHAT TIMEOUT_S COMMAND...
 }
 state_is() { [ "$(update_state)" = "$1" ]; }
 
-"$docker" service create -d -q --no-resolve-image --name web --replicas 6 demo/app:1.0 >/dev/null
+# --init (tini as PID 1, forwarding signals) as shoal always runs its own init: without
+# it busybox httpd as PID 1 ignores SIGTERM and every stop waits the 10 s grace period.
+init=(--init)
+[ "${SWARM_BENCH_INIT:-1}" = 0 ] && init=()
+log "service options: ${init[*]:-(no --init)}"
+"$docker" service create -d -q --no-resolve-image "${init[@]}" --name web --replicas 6 demo/app:1.0 >/dev/null
 wait_until "6 x 1.0" 60 all_on demo/app:1.0
 log "6 x demo/app:1.0 running"
 

@@ -121,7 +121,7 @@ pub struct UpdateArgs {
 /// `--update-*` and `--rollback-*`, Docker's names and defaults: how an update replaces
 /// tasks, and how a rollback does. Unset flags leave the spec as it is, so `service
 /// update` changes only what is given.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, PartialEq, Eq, Args)]
 pub struct UpdatePolicyArgs {
     /// Maximum number of tasks updated simultaneously (0 to update all at once) [default: 1].
     #[arg(long = "update-parallelism", value_name = "N")]
@@ -281,6 +281,24 @@ impl CreateArgs {
 }
 
 impl UpdateArgs {
+    /// Refuses `--rollback` with flags that change the spec: the rollback restores a whole
+    /// previous spec, so the changes would be dropped without a word.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let changes = self.replicas.is_some()
+            || self.image.is_some()
+            || !self.env_add.is_empty()
+            || !self.env_rm.is_empty()
+            || !self.publish_add.is_empty()
+            || !self.publish_rm.is_empty()
+            || !self.constraint_add.is_empty()
+            || !self.constraint_rm.is_empty()
+            || self.policy != UpdatePolicyArgs::default();
+        if self.rollback && changes {
+            anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
+        }
+        Ok(())
+    }
+
     /// Applies these flags to `spec`.
     pub fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
         if let Some(n) = self.replicas {

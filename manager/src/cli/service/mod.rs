@@ -76,6 +76,10 @@ pub async fn run(data_dir: &Path, cmd: ServiceCommand) -> anyhow::Result<()> {
     // Flags are checked before connecting: a typo should not wait for the network.
     let checked = match &cmd {
         ServiceCommand::Create(c) => Checked::Spec(Box::new(c.spec()?)),
+        ServiceCommand::Update(u) => {
+            u.check()?;
+            Checked::Nothing
+        }
         ServiceCommand::Inspect { format, pretty, .. } => {
             Checked::Format(InspectFormat::new(format.as_deref(), *pretty)?)
         }

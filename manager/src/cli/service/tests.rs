@@ -91,6 +91,20 @@ fn create_flags_parse_like_docker() {
 }
 
 #[test]
+fn rollback_refuses_flags_that_would_be_dropped() {
+    let ServiceCommand::Update(u) = parse(&["update", "--rollback", "--image", "demo/app:3.0", "web"]) else {
+        panic!()
+    };
+    assert!(u.check().unwrap_err().to_string().contains("--rollback can't be combined"));
+    let ServiceCommand::Update(u) = parse(&["update", "--rollback", "--update-parallelism", "2", "web"]) else {
+        panic!()
+    };
+    assert!(u.check().is_err());
+    let ServiceCommand::Update(u) = parse(&["update", "--rollback", "--detach", "web"]) else { panic!() };
+    assert!(u.check().is_ok());
+}
+
+#[test]
 fn update_flags_change_the_spec() {
     let mut spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
     spec.env = vec![BoundedString::lossy("A=1"), BoundedString::lossy("B=2")].try_into().unwrap();
