@@ -158,13 +158,14 @@ mkdir -p "$tmp/cli"
 # otherwise (a setting with no command-line flag).
 echo "{\"deprecated-key-path\": \"$tmp/key.json\"}" >"$tmp/daemon.json"
 log "starting dockerd in netns $ns, state in $tmp"
-# nsenter and unshare exec (no --fork), so $! is dockerd itself. The private mount
-# namespace gets its own /run, so containerd's shim sockets (/run/containerd/s) and
-# anything else dockerd writes to /run stay inside it and vanish with it.
+# nsenter, unshare and sh exec (no --fork), so $! is dockerd itself. The private mount
+# namespace gets its own /run and /opt, so containerd's shim sockets (/run/containerd/s),
+# its /opt/containerd and anything else written there stay inside it and vanish with it.
 # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: tasks use the loaded image without first trying
 # (and failing) to pull it from a registry; the namespace has no route out anyway.
 DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 nsenter --net="/run/netns/$ns" \
-  unshare --mount --propagation private -- sh -c 'mount -t tmpfs -o mode=755 swarmbench-run /run && exec "$@"' sh \
+  unshare --mount --propagation private -- sh -c 'mount -t tmpfs -o mode=755 swarmbench-run /run &&
+    { [ ! -d /opt ] || mount -t tmpfs -o mode=755 swarmbench-opt /opt; } && exec "$@"' sh \
   "$dockerd" \
   --config-file "$tmp/daemon.json" \
   --data-root "$tmp/data" --exec-root "$tmp/exec" --pidfile "$tmp/docker.pid" \

@@ -23,6 +23,10 @@ const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 /// Tasks by task ID.
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const CLUSTER_KEY: &str = "cluster";
+/// Which layout of records the store holds; bumped when a stored type changes shape.
+const FORMAT_KEY: &str = "format";
+/// 2: tasks know the desired state Ready; services carry their update progress.
+const FORMAT: u32 = 2;
 
 /// One atomic change to services and tasks: what a control request or a reconciliation
 /// writes.
@@ -60,6 +64,15 @@ pub enum StoreError {
     /// The store has no cluster in it.
     #[error("the state store has no cluster: run `shoal manager init` first")]
     Empty,
+    /// Written by a shoal whose records this one reads differently.
+    #[error(
+        "the state store was written by another version of shoal (format {found}, this one reads {FORMAT}): \
+         keep that version, or start a new cluster with `shoal manager init` in a new data directory"
+    )]
+    Format {
+        /// The store's format.
+        found: u32,
+    },
 }
 
 macro_rules! db_err {
@@ -99,14 +112,38 @@ impl Store {
     /// Creates a new store holding `cluster` and the manager's own node record.
     pub fn create(path: &Path, cluster: &ClusterRecord, manager_node: &NodeRecord) -> Result<Self, StoreError> {
         let store = Self { db: Database::create(path)? };
+        let tx = store.db.begin_write()?;
+        tx.open_table(META)?.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+        tx.commit()?;
         store.put_cluster(cluster)?;
         store.put_node(manager_node)?;
         Ok(store)
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store, if this version can read it. Records are postcard, which
+    /// does not describe itself: reading another layout would give wrong values, not errors.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self { db: Database::open(path)? })
+        let store = Self { db: Database::open(path)? };
+        let found = {
+            let tx = store.db.begin_read()?;
+            match tx.open_table(META) {
+                Ok(meta) => {
+                    let format = meta.get(FORMAT_KEY)?.map(|v| v.value().try_into().map(u32::from_le_bytes));
+                    match format {
+                        Some(Ok(f)) => Some(f),
+                        Some(Err(_)) => Some(0),
+                        // Stores from before the format key held a cluster record.
+                        None if meta.get(CLUSTER_KEY)?.is_some() => Some(1),
+                        None => None,
+                    }
+                }
+                Err(_) => None,
+            }
+        };
+        match found {
+            Some(found) if found != FORMAT => Err(StoreError::Format { found }),
+            _ => Ok(store),
+        }
     }
 
     /// The cluster record.
@@ -236,6 +273,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_of_another_format_is_refused_with_what_to_do() {
+        let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().insert(CLUSTER_KEY, b"old".as_slice()).unwrap();
+            tx.commit().unwrap();
+        }
+        let Err(e) = Store::open(&path) else { panic!("an old store was opened") };
+        assert!(matches!(e, StoreError::Format { found: 1 }), "{e}");
+        assert!(e.to_string().contains("shoal manager init"), "{e}");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn image_records_survive_reopening_the_store() {
