@@ -161,9 +161,10 @@ pub fn roll_back_after_failure(record: &ServiceRecord, message: &str, wall_ms: u
     Some(changed(record, previous, None, UpdateState::RollbackStarted, message, config, wall_ms))
 }
 
-/// The record after a spec change. Only a change its tasks carry starts an update (and
-/// forgets the last one's progress); a change of the replica count alone does not, as in
-/// Swarm, so `service scale` shows no update status.
+/// The record after a spec change. A change its tasks carry starts an update (and forgets
+/// the last one's progress), and so does new pacing for an unfinished one; a change of
+/// the replica count alone does not, so `service scale` shows no update status and does
+/// not resume a paused update.
 fn changed(
     record: &ServiceRecord,
     spec: ServiceSpec,
@@ -175,11 +176,18 @@ fn changed(
 ) -> ServiceRecord {
     let mut next = record.clone();
     let replaces_tasks = spec.task_spec() != record.service.spec.task_spec();
+    // New pacing for an update that has not finished (say, `--update-failure-action
+    // continue` on a paused one) starts it again with that pacing, as in Swarm.
+    let unfinished = record
+        .update
+        .as_ref()
+        .is_some_and(|u| !matches!(u.status.state, UpdateState::Completed | UpdateState::RollbackCompleted));
+    let repaced = spec.update_config != record.service.spec.update_config && unfinished;
     next.previous = previous;
     next.service.spec = spec;
     next.service.spec_version += 1;
     next.updated_at_ms = wall_ms;
-    if replaces_tasks || state.is_rollback() {
+    if replaces_tasks || repaced || state.is_rollback() {
         let status =
             UpdateStatus { state, started_at_ms: wall_ms, completed_at_ms: None, message: Message::lossy(message) };
         next.update = Some(UpdateProgress::new(status, config));
@@ -300,6 +308,22 @@ mod tests {
         assert_eq!(back.update.as_ref().unwrap().config, r2.service.spec.rollback_config);
         let forward = rollback(&back, 4).unwrap();
         assert_eq!((forward.service.spec.image.as_str(), forward.service.spec_version), ("demo/app:2.0", 4));
+
+        // A paused update resumes when its pacing changes, not when it is only scaled.
+        let mut paused = forward.clone();
+        paused.update.as_mut().unwrap().status.state = UpdateState::Paused;
+        let mut scaled = paused.service.spec.clone();
+        scaled.mode = ServiceMode::Replicated { replicas: 4 };
+        let r = update(&paused, scaled, 4, &images, 5).unwrap();
+        assert_eq!(r.update.unwrap().status.state, UpdateState::Paused);
+        let mut repaced = paused.service.spec.clone();
+        repaced.update_config.failure_action = shoal_proto::FailureAction::Continue;
+        let r = update(&paused, repaced, 4, &images, 6).unwrap();
+        let u = r.update.unwrap();
+        assert_eq!(
+            (u.status.state, u.config.failure_action),
+            (UpdateState::Updating, shoal_proto::FailureAction::Continue)
+        );
     }
 
     fn task(r: &ServiceRecord, slot: u32, state: TaskState, desired: TaskState, created: u64) -> Task {
