@@ -458,7 +458,19 @@ fn evaluate(o: &Operand, data: &Value) -> Result<Option<Value>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// Whatever a user types after `-f`, the answer is output or a `template:` error,
+        /// never a panic.
+        #[test]
+        fn any_input_parses_and_runs_or_errs(src in "(\\{\\{|\\}\\}|[ .|\"`/*a-zA-Z0-9é-]){0,40}") {
+            if let Ok(t) = Template::parse(&src) {
+                let _ = t.execute(&data());
+            }
+        }
+    }
 
     fn data() -> Value {
         json!({
