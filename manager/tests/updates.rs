@@ -275,6 +275,24 @@ impl Lab {
         move |s| s.image = text(image).unwrap()
     }
 
+    /// Ticks until the update completes (within `limit` virtual ms); returns how long it
+    /// took and the most tasks of `image` that were on their way at once.
+    fn roll_to_completion(&mut self, image: &str, limit: Millis) -> (Millis, usize) {
+        let (start, mut most_in_flight) = (self.now, 0);
+        while self.state() != Some(UpdateState::Completed) {
+            self.tick();
+            let in_flight = self
+                .tasks
+                .iter()
+                .filter(|t| t.spec.image.as_str() == image && t.is_desired_running())
+                .filter(|t| t.status.state < TaskState::Running)
+                .count();
+            most_in_flight = most_in_flight.max(in_flight);
+            assert!(self.now - start < limit, "not completed after {limit} ms: {:?}", self.log);
+        }
+        (self.now - start, most_in_flight)
+    }
+
     fn settled(&self) -> bool {
         self.state().is_some_and(|s| !s.is_active())
     }
@@ -284,19 +302,7 @@ impl Lab {
 fn stop_first_replaces_one_slot_at_a_time_and_completes_after_the_monitor_period() {
     let mut lab = Lab::new(3, 3, |_| {});
     lab.update(Lab::to("demo/app:3.0"));
-    let (start, mut most_in_flight) = (lab.now, 0);
-    while lab.state() != Some(UpdateState::Completed) {
-        lab.tick();
-        let in_flight = lab
-            .tasks
-            .iter()
-            .filter(|t| t.spec.image.as_str() == "demo/app:3.0" && t.is_desired_running())
-            .filter(|t| t.status.state < TaskState::Running)
-            .count();
-        most_in_flight = most_in_flight.max(in_flight);
-        assert!(lab.now - start < 30_000, "{:?}", lab.log);
-    }
-    let took = lab.now - start;
+    let (took, most_in_flight) = lab.roll_to_completion("demo/app:3.0", 30_000);
     assert_eq!(most_in_flight, 1, "parallelism 1");
     assert_eq!(lab.running("demo/app:3.0"), 3);
     assert_eq!(lab.live("demo/app:1.0"), 0);
@@ -572,22 +578,11 @@ fn a_fleet_rolls_a_hundred_tasks_at_a_time() {
         s.image = text("demo/app:3.0").unwrap();
         s.update_config.monitor_ms = 1_000;
     });
-    let (wall, virtual_start) = (std::time::Instant::now(), lab.now);
-    let mut most_in_flight = 0;
-    while lab.state() != Some(UpdateState::Completed) {
-        lab.tick();
-        let in_flight = lab
-            .tasks
-            .iter()
-            .filter(|t| t.spec.image.as_str() == "demo/app:3.0" && t.is_desired_running())
-            .filter(|t| t.status.state < TaskState::Running)
-            .count();
-        most_in_flight = most_in_flight.max(in_flight);
-        assert!(lab.now - virtual_start < 600_000, "{:?}", lab.state());
-    }
+    let wall = std::time::Instant::now();
+    let (took, most_in_flight) = lab.roll_to_completion("demo/app:3.0", 600_000);
     assert_eq!(lab.running("demo/app:3.0"), replicas as usize);
     assert_eq!(most_in_flight, 100, "parallelism 100");
-    let ticks = (lab.now - virtual_start) / TICK;
+    let ticks = took / TICK;
     eprintln!(
         "{replicas} tasks on {boards} boards: placed in {placed:?}; rolled 100 at a time in {ticks} manager \
          passes, {:?} of wall time ({:?} per pass, with the fake boards and scheduler)",
