@@ -42,9 +42,11 @@ fn malformed_frames_are_refused_and_the_manager_keeps_serving() {
         assert_eq!(kind, ErrorKind::InvalidRequest);
         assert!(msg.contains("exceeds the limit"), "{msg}");
 
-        // A well-framed body of garbage.
+        // A well-framed body of garbage after the right version (a one-byte varint).
         let mut garbage = 6u32.to_be_bytes().to_vec();
-        garbage.extend_from_slice(&[1, 0xee, 0xee, 0xee, 0xee, 0xee]);
+        let version = u8::try_from(shoal_proto::PROTOCOL_VERSION).unwrap();
+        assert!(version < 0x80, "the version must still fit a one-byte varint here");
+        garbage.extend_from_slice(&[version, 0xee, 0xee, 0xee, 0xee, 0xee]);
         let (kind, msg) = refused(raw_exchange(&conn, &garbage).await);
         assert_eq!(kind, ErrorKind::InvalidRequest);
         assert!(msg.contains("malformed request"), "{msg}");
