@@ -182,8 +182,7 @@ impl Sim {
         let decisions = schedule(&self.nodes, &self.tasks, &pending);
         let index: HashMap<TaskId, usize> = self.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
         for d in &decisions {
-            let (Decision::Assign { task, .. } | Decision::Unassignable { task, .. }) = d;
-            record(&mut self.tasks[index[task]], d, now).unwrap();
+            record(&mut self.tasks[index[d.task()]], d, now).unwrap();
             self.agents_busy |= matches!(d, Decision::Assign { .. });
         }
     }

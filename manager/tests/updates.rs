@@ -134,11 +134,7 @@ impl Lab {
             .map(|t| t.id.clone())
             .collect();
         for d in schedule(&self.nodes, &self.tasks, &pending) {
-            let id = match &d {
-                shoal_manager::core::scheduler::Decision::Assign { task, .. }
-                | shoal_manager::core::scheduler::Decision::Unassignable { task, .. } => task.clone(),
-            };
-            let t = self.tasks.iter_mut().find(|t| t.id == id).unwrap();
+            let t = self.tasks.iter_mut().find(|t| &t.id == d.task()).unwrap();
             record(t, &d, now.wall_ms).unwrap();
         }
         self.ids = ids;

@@ -47,6 +47,15 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// The task it is about.
+    pub fn task(&self) -> &TaskId {
+        match self {
+            Self::Assign { task, .. } | Self::Unassignable { task, .. } => task,
+        }
+    }
+}
+
 /// The filters, in evaluation order; each explains how many nodes it turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Filter {

@@ -168,7 +168,7 @@ impl Updater {
                     "update paused due to failure or early termination of task {task}: \
                      there is no previous spec to roll back to"
                 );
-                return self.pause(record, p, UpdateState::Paused, message, step);
+                return pause(record, p, UpdateState::Paused, message, step);
             }
             if ratio_exceeded && action == FailureAction::Pause {
                 let (state, what) = if rolling_back {
@@ -177,7 +177,7 @@ impl Updater {
                     (UpdateState::Paused, "update")
                 };
                 let message = format!("{what} paused due to failure or early termination of task {task}");
-                return self.pause(record, p, state, message, step);
+                return pause(record, p, state, message, step);
             }
             step.events.push(format!("task {task} failed; the update continues ({} failures)", p.failed.len()));
         }
@@ -216,7 +216,7 @@ impl Updater {
         }
         let chosen: Vec<&Slot> = dirty.iter().take(free).map(|k| &slots[*k]).collect();
         if !chosen.is_empty() {
-            let note = self.start_slots(now, record, &p.config, &chosen, nodes, &node_up, all, new_id, &mut step.plan);
+            let note = start_slots(now, record, &p.config, &chosen, nodes, &node_up, all, new_id, &mut step.plan);
             if let Some(note) = note {
                 p.status.message = Message::lossy(&note);
                 step.events.push(note);
@@ -291,97 +291,87 @@ impl Updater {
         }
         last
     }
+}
 
-    fn pause(
-        &mut self,
-        record: &ServiceRecord,
-        mut p: UpdateProgress,
-        state: UpdateState,
-        message: String,
-        mut step: Step,
-    ) -> Step {
-        p.status.state = state;
-        p.status.message = Message::lossy(&message);
-        step.events.push(message);
-        let mut next = record.clone();
-        next.update = Some(p);
-        step.record = Some(next);
-        step
+/// Pauses the update (or rollback) in `p` with `message`.
+fn pause(record: &ServiceRecord, mut p: UpdateProgress, state: UpdateState, message: String, mut step: Step) -> Step {
+    p.status.state = state;
+    p.status.message = Message::lossy(&message);
+    step.events.push(message);
+    let mut next = record.clone();
+    next.update = Some(p);
+    step.record = Some(next);
+    step
+}
+
+/// Creates the fresh tasks of `chosen` slots. Returns a note when start-first had to
+/// fall back to stop-first.
+#[allow(clippy::too_many_arguments)]
+fn start_slots(
+    now: Now,
+    record: &ServiceRecord,
+    config: &UpdateConfig,
+    chosen: &[&Slot],
+    nodes: &[ClusterNode],
+    node_up: &HashMap<&NodeId, bool>,
+    all: &[Task],
+    new_id: &mut dyn FnMut() -> TaskId,
+    plan: &mut Plan,
+) -> Option<String> {
+    let service = &record.service;
+    let mut start_first: Vec<Task> = Vec::new();
+    // Each slot's new task, and whether its old one may still be running.
+    let mut fresh_tasks: Vec<(Task, bool)> = Vec::with_capacity(chosen.len());
+    for slot in chosen {
+        let first = slot.stale[0];
+        // A global task stays on its node; a replicated one is placed afresh.
+        let node = if first.slot == 0 { first.node_id.clone() } else { None };
+        let fresh = new_task(now, service, first.slot, node, new_id());
+        let running = slot.stale.iter().any(|t| may_run(t, node_up));
+        if running && config.order == UpdateOrder::StartFirst {
+            start_first.push(fresh.clone());
+        }
+        fresh_tasks.push((fresh, running));
     }
-
-    /// Creates the fresh tasks of `chosen` slots. Returns a note when start-first had to
-    /// fall back to stop-first.
-    #[allow(clippy::too_many_arguments)]
-    fn start_slots(
-        &mut self,
-        now: Now,
-        record: &ServiceRecord,
-        config: &UpdateConfig,
-        chosen: &[&Slot],
-        nodes: &[ClusterNode],
-        node_up: &HashMap<&NodeId, bool>,
-        all: &[Task],
-        new_id: &mut dyn FnMut() -> TaskId,
-        plan: &mut Plan,
-    ) -> Option<String> {
-        let service = &record.service;
-        let mut start_first: Vec<(usize, Task)> = Vec::new();
-        let mut fresh_tasks: Vec<Task> = Vec::with_capacity(chosen.len());
-        for (i, slot) in chosen.iter().enumerate() {
-            let first = slot.stale[0];
-            // A global task stays on its node; a replicated one is placed afresh.
-            let node = if first.slot == 0 { first.node_id.clone() } else { None };
-            let fresh = new_task(now, service, first.slot, node, new_id());
-            let running = slot.stale.iter().any(|t| may_run(t, node_up));
-            if running && config.order == UpdateOrder::StartFirst {
-                start_first.push((i, fresh.clone()));
-            }
-            fresh_tasks.push(fresh);
+    // Start-first: place them all now, beside their old tasks, in one pass so they
+    // don't take the same free port twice.
+    let mut placed: HashMap<TaskId, Decision> = HashMap::new();
+    if !start_first.is_empty() {
+        let mut tasks: Vec<Task> = all.to_vec();
+        let ids: Vec<TaskId> = start_first.iter().map(|t| t.id.clone()).collect();
+        tasks.extend(start_first);
+        for d in scheduler::schedule(nodes, &tasks, &ids) {
+            placed.insert(d.task().clone(), d);
         }
-        // Start-first: place them all now, beside their old tasks, in one pass so they
-        // don't take the same free port twice.
-        let mut placed: HashMap<TaskId, Decision> = HashMap::new();
-        if !start_first.is_empty() {
-            let mut tasks: Vec<Task> = all.to_vec();
-            tasks.extend(start_first.iter().map(|(_, t)| t.clone()));
-            let ids: Vec<TaskId> = start_first.iter().map(|(_, t)| t.id.clone()).collect();
-            for d in scheduler::schedule(nodes, &tasks, &ids) {
-                let id = match &d {
-                    Decision::Assign { task, .. } | Decision::Unassignable { task, .. } => task.clone(),
-                };
-                placed.insert(id, d);
+    }
+    let mut note = None;
+    for (slot, (mut fresh, running)) in chosen.iter().zip(fresh_tasks) {
+        let wait = slot.stopping > 0 || running;
+        match placed.remove(&fresh.id) {
+            Some(d @ Decision::Assign { .. }) => {
+                // Keeps the old task until this one runs.
+                let _ = scheduler::record(&mut fresh, &d, now.wall_ms);
             }
-        }
-        let mut note = None;
-        for (slot, mut fresh) in chosen.iter().zip(fresh_tasks) {
-            let wait = slot.stopping > 0 || slot.stale.iter().any(|t| may_run(t, node_up));
-            match placed.remove(&fresh.id) {
-                Some(d @ Decision::Assign { .. }) => {
-                    // Keeps the old task until this one runs.
-                    let _ = scheduler::record(&mut fresh, &d, now.wall_ms);
+            other => {
+                if let Some(Decision::Unassignable { reason, .. }) = other {
+                    let name = &service.spec.name;
+                    let task = match fresh.node_id.as_ref().and_then(|n| nodes.iter().find(|c| &c.id == n)) {
+                        Some(node) => format!("{name} on {}", node.hostname),
+                        None => format!("{name}.{}", fresh.slot),
+                    };
+                    note = Some(format!("update in progress; {task}: start-first fell back to stop-first: {reason}"));
                 }
-                other => {
-                    if let Some(Decision::Unassignable { reason, .. }) = other {
-                        let name = &service.spec.name;
-                        let task = match fresh.node_id.as_ref().and_then(|n| nodes.iter().find(|c| &c.id == n)) {
-                            Some(node) => format!("{name} on {}", node.hostname),
-                            None => format!("{name}.{}", fresh.slot),
-                        };
-                        note =
-                            Some(format!("update in progress; {task}: start-first fell back to stop-first: {reason}"));
-                    }
-                    for old in &slot.stale {
-                        stop(plan, old, "replaced by the update");
-                    }
-                    if wait {
-                        fresh.desired_state = TaskState::Ready;
-                    }
+                for old in &slot.stale {
+                    stop(plan, old, "replaced by the update");
+                }
+                if wait {
+                    fresh.desired_state = TaskState::Ready;
                 }
             }
-            plan.create.push(fresh);
         }
-        note
+        plan.create.push(fresh);
     }
+    note
 }
 
 /// Moves slots that are mid-replacement along: a held task (stop-first) is released once

@@ -142,10 +142,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
         let decisions = scheduler::schedule(&nodes, &tasks, &pending);
         let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
         for d in decisions {
-            let id = match &d {
-                scheduler::Decision::Assign { task, .. } | scheduler::Decision::Unassignable { task, .. } => task,
-            };
-            let Some(&i) = index.get(id) else { continue };
+            let Some(&i) = index.get(d.task()) else { continue };
             let t = &mut tasks[i];
             match &d {
                 // The same refusal again: keep the time it was first given.
