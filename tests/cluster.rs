@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use shoal_e2e::{can_run, parse_node_ls, wait_for, Cluster};
+use shoal_e2e::{parse_node_ls, wait_for, Cluster};
 
 #[test]
+#[ignore = "needs root"]
 fn three_boards_join_and_node_ls_shows_them_ready() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(3).unwrap();
     let nodes = c.nodes();
     assert_eq!(nodes.len(), 4, "{nodes:?}");
@@ -28,10 +26,8 @@ fn three_boards_join_and_node_ls_shows_them_ready() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_killed_agent_is_down_within_3s_and_ready_again_after_restart() {
-    if !can_run() {
-        return;
-    }
     let mut c = Cluster::start(3).unwrap();
     c.agents[1].kill9();
     let took = c.wait_status("node2", "Down", Duration::from_secs(10));
@@ -46,10 +42,8 @@ fn a_killed_agent_is_down_within_3s_and_ready_again_after_restart() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_cut_link_is_down_within_3s_and_ready_when_it_returns() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(3).unwrap();
     c.lab.hosts[3].cut_link();
     let took = c.wait_status("node3", "Down", Duration::from_secs(10));
@@ -61,10 +55,8 @@ fn a_cut_link_is_down_within_3s_and_ready_when_it_returns() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn wrong_and_rotated_tokens_are_refused_and_nothing_is_written() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(1).unwrap();
     let lab_host = &c.lab.hosts[1];
     let manager = format!("{}:4242", c.manager_host().ip);
@@ -100,10 +92,8 @@ fn wrong_and_rotated_tokens_are_refused_and_nothing_is_written() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_removed_node_is_refused_afterwards() {
-    if !can_run() {
-        return;
-    }
     let mut c = Cluster::start(2).unwrap();
     let m = c.manager_host();
     // A live node can't be removed without --force.
@@ -125,10 +115,8 @@ fn a_removed_node_is_refused_afterwards() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_manager_restart_loses_nothing() {
-    if !can_run() {
-        return;
-    }
     let mut c = Cluster::start(3).unwrap();
     let m = c.manager_host();
     m.shoal(&["node", "update", "--availability", "drain", "--label-add", "zone=attic", "node2"]);
@@ -156,10 +144,8 @@ fn a_manager_restart_loses_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn re_init_and_a_second_manager_on_the_same_state_are_refused() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(1).unwrap();
     let m = c.manager_host();
     let out = m.run("shoal", &["manager", "run"]);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
-use shoal_e2e::{can_run, wait_for, Cluster, Host};
+use shoal_e2e::{wait_for, Cluster, Host};
 use shoal_link::{ClientTls, Identity, Trust};
 use shoal_proto::{frame, Envelope, ErrorKind, FetchBlob, Request, Response};
 
@@ -183,10 +183,8 @@ fn load_fails(host: &Host, path: &str, expect: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_loaded_image_reaches_every_board_and_rm_takes_it_back() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(3).unwrap();
     let m = c.manager_host();
     let archive = Archive::busybox();
@@ -215,10 +213,8 @@ fn a_loaded_image_reaches_every_board_and_rm_takes_it_back() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_archives_are_refused_and_the_image_list_is_unchanged() {
-    if !can_run() {
-        return;
-    }
     let mut c = Cluster::start(1).unwrap();
     let dir = c.lab.dir.clone();
     let m = &c.lab.hosts[0];
@@ -300,10 +296,8 @@ async fn fetch(conn: &quinn::Connection, digest: &str, offset: u64) -> (Response
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nodes_fetch_blobs_from_an_offset_and_nobody_else_may() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(1).unwrap();
     let m = c.manager_host();
     let archive = Archive::busybox();

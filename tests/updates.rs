@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{can_run, lab_image, wait_for, Cluster};
+use shoal_e2e::{lab_image, wait_for, Cluster};
 
 fn cluster_with_images(images: &[&str]) -> Cluster {
     let c = Cluster::start(3).unwrap();
@@ -56,10 +56,8 @@ fn all_on(c: &Cluster, service: &str, image: &str, n: usize) -> Option<Vec<HashM
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lab_task4_failed_upgrade_pauses_rollback_restores_and_3_0_rolls_out_everywhere() {
-    if !can_run() {
-        return;
-    }
     let c = cluster_with_images(&["demo-app-1.0.tar", "demo-app-2.0.tar", "demo-app-3.0.tar"]);
     let m = c.manager_host();
     let publish = "mode=host,target=8000,published=8000";
@@ -133,10 +131,8 @@ fn lab_task4_failed_upgrade_pauses_rollback_restores_and_3_0_rolls_out_everywher
 }
 
 #[test]
+#[ignore = "needs root"]
 fn failure_action_rollback_returns_by_itself_and_start_first_never_deadlocks_on_a_host_port() {
-    if !can_run() {
-        return;
-    }
     let c = cluster_with_images(&["demo-app-1.0.tar", "demo-app-2.0.tar", "demo-app-3.0.tar"]);
     let m = c.manager_host();
     let publish = "mode=host,target=8000,published=8001";
@@ -175,10 +171,8 @@ fn failure_action_rollback_returns_by_itself_and_start_first_never_deadlocks_on_
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_update_resumes_after_a_manager_crash_and_survives_a_board_dying_mid_way() {
-    if !can_run() {
-        return;
-    }
     let mut c = cluster_with_images(&["demo-app-1.0.tar", "demo-app-3.0.tar"]);
     let m = c.manager_host();
     m.shoal(&["service", "create", "--name", "steady", "--replicas", "4", "demo/app:1.0"]);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shoal_e2e::{can_run, Cluster};
+use shoal_e2e::Cluster;
 use shoal_link::{ClientTls, Trust};
 use shoal_proto::{ControlRequest, Envelope, ErrorKind, JoinToken, Request, Response, SessionOpen};
 
@@ -24,10 +24,8 @@ fn refused(r: Response) -> (ErrorKind, String) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn malformed_frames_are_refused_and_the_manager_keeps_serving() {
-    if !can_run() {
-        return;
-    }
     let c = Cluster::start(1).unwrap();
     let token: JoinToken = c.token.parse().unwrap();
     let addr = format!("{}:4242", c.manager_host().ip).parse().unwrap();

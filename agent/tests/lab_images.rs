@@ -4,7 +4,7 @@
 //! httpd answers on its published port; redis answers PING.
 
 mod common;
-use common::{ask, free_port, is_root, lab_images};
+use common::{ask, free_port, lab_images};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -18,10 +18,9 @@ use shoal_agent::runtime::from_image::{container_config, Overrides};
 use shoal_agent::runtime::{LibcontainerRuntime, NetworkMode, Runtime};
 
 #[test]
+#[ignore = "needs root"]
 fn httpd_answers_on_its_published_port_and_redis_answers_ping() {
-    if !is_root() {
-        return;
-    }
+    common::require_root();
     let images = lab_images();
     let dir = std::env::temp_dir().join(format!("shoal-lab-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

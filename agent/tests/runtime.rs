@@ -2,7 +2,7 @@
 //! the host's static busybox, overlay root filesystems, the shim and the init.
 
 mod common;
-use common::{free_port, is_root};
+use common::free_port;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ struct Lab {
 
 impl Lab {
     fn new(name: &str) -> Self {
+        common::require_root();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("shoal-rt-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -99,10 +100,8 @@ fn wait_exit(rt: &LibcontainerRuntime, id: &str, timeout: Duration) -> i32 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn httpd_answers_and_a_stop_reports_143() {
-    if !is_root() {
-        return;
-    }
     let lab = Lab::new("httpd");
     let rt = lab.runtime();
     let port = free_port().to_string();
@@ -130,10 +129,8 @@ fn httpd_answers_and_a_stop_reports_143() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stdout_and_stderr_are_logged() {
-    if !is_root() {
-        return;
-    }
     let lab = Lab::new("logs");
     let rt = lab.runtime();
     let c = id("logs");
@@ -146,10 +143,8 @@ fn stdout_and_stderr_are_logged() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_memory_limit_kills_a_hog() {
-    if !is_root() {
-        return;
-    }
     let lab = Lab::new("hog");
     let rt = lab.runtime();
     let c = id("hog");
@@ -168,10 +163,8 @@ fn a_memory_limit_kills_a_hog() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_command_that_does_not_exist_fails_clearly() {
-    if !is_root() {
-        return;
-    }
     let lab = Lab::new("missing");
     let rt = lab.runtime();
     let c = id("missing");
@@ -185,10 +178,8 @@ fn a_command_that_does_not_exist_fails_clearly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_restarted_agent_takes_back_running_and_exited_containers() {
-    if !is_root() {
-        return;
-    }
     let lab = Lab::new("adopt");
     let (long, short) = (id("long"), id("short"));
     {
@@ -215,10 +206,8 @@ fn a_restarted_agent_takes_back_running_and_exited_containers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_bad_id_and_a_duplicate_are_refused() {
-    if !is_root() {
-        return;
-    }
     let lab = Lab::new("ids");
     let rt = lab.runtime();
     assert!(rt.create(&lab.config("../escape", &["true"])).is_err());

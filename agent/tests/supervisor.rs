@@ -5,7 +5,7 @@
 //! container back without starting it twice.
 
 mod common;
-use common::{ask, free_port, is_root, lab_images};
+use common::{ask, free_port, lab_images};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -84,10 +84,9 @@ impl Lab {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn supervisor_runs_stops_fails_rejects_and_takes_back_real_containers() {
-    if !is_root() {
-        return;
-    }
+    common::require_root();
     let images = lab_images();
     let dir = std::env::temp_dir().join(format!("shoal-sup-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -34,13 +34,11 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// True when the tests can create namespaces (root). Tests skip, loudly, otherwise.
-pub fn can_run() -> bool {
+/// Fails the test, saying why, unless it runs as root. End-to-end tests are marked
+/// `#[ignore = "needs root"]`; `scripts/test.sh` runs them as root with `--include-ignored`.
+pub fn require_root() {
     let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
-    if !root {
-        eprintln!("skipping: end-to-end tests need root for network namespaces");
-    }
-    root
+    assert!(root, "end-to-end tests need root (network namespaces): run them as root, as scripts/test.sh does");
 }
 
 fn sh(args: &[&str]) -> Result<()> {
@@ -186,6 +184,7 @@ pub struct Lab {
 impl Lab {
     /// Creates `n` hosts on a fresh bridge in a fresh /24.
     pub fn new(n: usize) -> Result<Self> {
+        require_root();
         let seq = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = format!("s{}{}", pid % 10_000, seq);

@@ -10,15 +10,13 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// True as root; otherwise says why the test is skipped.
-pub fn is_root() -> bool {
+/// Fails the test, saying why, unless it runs as root. Tests that need root are marked
+/// `#[ignore = "needs root"]`; `scripts/test.sh` runs them as root with `--include-ignored`.
+pub fn require_root() {
     let root = std::fs::read_to_string("/proc/self/status")
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false);
-    if !root {
-        eprintln!("skipping: real containers need root");
-    }
-    root
+    assert!(root, "this test needs root (real containers): run it as root, as scripts/test.sh does");
 }
 
 /// Builds the lab images if needed (fast when they are up to date) and returns their folder.
