@@ -121,6 +121,14 @@ fn lab_task3_database_and_appserver_run_in_host_mode() {
     let json = m.shoal(&["service", "inspect", "appserver"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v[0]["Spec"]["EndpointSpec"]["Ports"][0]["PublishedPort"], 8000);
+    // Both real images run under Docker's default seccomp policy.
+    assert_eq!(v[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Privileges"]["Seccomp"]["Mode"], "default");
+    assert_eq!(c.seccomp_modes("database"), ["2"], "redis runs under a seccomp filter");
+    assert_eq!(c.seccomp_modes("appserver"), ["2"], "the app runs under a seccomp filter");
+    m.shoal(&["service", "update", "--security-opt", "seccomp=unconfined", "--detach=true", "database"]);
+    wait_for("the database to run unconfined", Duration::from_secs(30), || {
+        (c.seccomp_modes("database") == ["0"] && c.replicas("database") == "1/1").then_some(())
+    });
     assert!(m.shoal(&["service", "inspect", "--pretty", "database"]).contains("Endpoint Mode:\tdnsrr"));
 }
 

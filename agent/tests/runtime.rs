@@ -32,7 +32,9 @@ impl Lab {
         let busybox =
             ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
         std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
-        for applet in ["sh", "httpd", "sleep", "head", "tr", "echo", "cat", "true", "wc"] {
+        for applet in
+            ["sh", "httpd", "sleep", "head", "tr", "echo", "cat", "true", "wc", "grep", "mknod", "dd", "unshare"]
+        {
             std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
         }
         std::fs::write(layer.join("www/index.html"), "hello from a shoal container\n").unwrap();
@@ -61,6 +63,7 @@ impl Lab {
             memory_limit: None,
             cpu_millis: None,
             hosts: vec![],
+            seccomp: Default::default(),
         }
     }
 
@@ -215,4 +218,92 @@ fn a_bad_id_and_a_duplicate_are_refused() {
     rt.create(&lab.config(&c, &["true"])).unwrap();
     assert!(rt.create(&lab.config(&c, &["true"])).is_err());
     rt.delete(&c).unwrap();
+}
+
+/// What a container may not do, probed from inside a real one: each line of the script
+/// prints `NAME=ok` or `NAME=refused`.
+const ESCAPES: &str = "grep '^Seccomp:' /proc/self/status
+probe() { name=$1; shift; if \"$@\" >/dev/null 2>&1; then echo $name=ok; else echo $name=refused; fi; }
+mknod /tmp/blk b 7 0 2>/dev/null
+probe block-device dd if=/tmp/blk of=/dev/null bs=512 count=1
+mknod /tmp/kmsg c 1 11 2>/dev/null
+probe kmsg dd if=/tmp/kmsg of=/dev/null bs=1 count=0
+mknod /tmp/mem c 1 1 2>/dev/null
+probe mem dd if=/tmp/mem of=/dev/null bs=1 count=0
+probe userns unshare -U -r true
+probe userns-mount unshare -U -r -m sh -c 'mount -t tmpfs none /tmp'
+probe null dd if=/dev/zero of=/dev/null bs=1 count=1
+probe urandom dd if=/dev/urandom of=/dev/null bs=1 count=1
+probe fifo mknod /tmp/fifo p
+";
+
+fn probes(log: &str) -> std::collections::BTreeMap<String, String> {
+    log.lines()
+        .filter_map(|l| l.split(" stdout ").nth(1))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_container_cannot_open_host_devices_or_make_user_namespaces() {
+    let lab = Lab::new("escapes");
+    let rt = lab.runtime();
+    let c = id("escapes");
+    rt.create(&lab.config(&c, &["sh", "-c", ESCAPES])).unwrap();
+    rt.start(&c).unwrap();
+    assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 0, "{}", lab.log(&c));
+    let log = lab.log(&c);
+    assert!(log.contains("Seccomp:\t2"), "a seccomp filter is on: {log}");
+    let p = probes(&log);
+    for refused in ["block-device", "kmsg", "mem", "userns", "userns-mount"] {
+        assert_eq!(p.get(refused).map(String::as_str), Some("refused"), "{refused}: {log}");
+    }
+    for allowed in ["null", "urandom", "fifo"] {
+        assert_eq!(p.get(allowed).map(String::as_str), Some("ok"), "{allowed}: {log}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn seccomp_unconfined_drops_the_filter_but_not_the_device_cgroup() {
+    let lab = Lab::new("unconfined");
+    let rt = lab.runtime();
+    let c = id("unconfined");
+    let mut config = lab.config(&c, &["sh", "-c", ESCAPES]);
+    config.seccomp = shoal_agent::runtime::seccomp::SeccompPolicy::Unconfined;
+    rt.create(&config).unwrap();
+    rt.start(&c).unwrap();
+    assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 0, "{}", lab.log(&c));
+    let log = lab.log(&c);
+    assert!(log.contains("Seccomp:\t0"), "{log}");
+    let p = probes(&log);
+    for refused in ["block-device", "kmsg", "mem"] {
+        assert_eq!(p.get(refused).map(String::as_str), Some("refused"), "{refused}: {log}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_profile_the_board_cannot_load_fails_the_create_with_its_reason() {
+    let lab = Lab::new("badprofile");
+    let rt = lab.runtime();
+    let c = id("badprofile");
+    let mut config = lab.config(&c, &["true"]);
+    config.seccomp =
+        shoal_agent::runtime::seccomp::SeccompPolicy::Profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#.into());
+    let err = rt.create(&config).unwrap_err().to_string();
+    assert!(err.contains("SCMP_ACT_NOTIFY"), "{err}");
+    // A custom profile that refuses one call: the call fails inside, the rest works.
+    let c2 = id("custom");
+    let mut config = lab.config(&c2, &["sh", "-c", "grep '^Seccomp:' /proc/self/status; mknod /tmp/f p && echo made"]);
+    config.seccomp = shoal_agent::runtime::seccomp::SeccompPolicy::Profile(
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mknod","mknodat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#
+            .into(),
+    );
+    rt.create(&config).unwrap();
+    rt.start(&c2).unwrap();
+    assert_eq!(wait_exit(&rt, &c2, Duration::from_secs(10)), 1, "{}", lab.log(&c2));
+    let log = lab.log(&c2);
+    assert!(log.contains("Seccomp:\t2") && !log.contains("made") && log.contains("Permission denied"), "{log}");
 }

@@ -39,6 +39,7 @@ fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
         memory_limit: None,
         cpu_millis: None,
         hosts: vec![],
+        seccomp: Default::default(),
     }
 }
 
@@ -79,7 +80,9 @@ fn peer_bundle(dir: &Path, layer: &Path) -> Result<PathBuf> {
     std::fs::write(bundle_dir.join("hostname"), "peer\n")?;
     let mut cfg = config("peer", layer, &["/bin/true"]);
     cfg.hostname = "peer".into();
-    let mut oci = spec::build(&cfg, &b)?;
+    // The same hardened spec, seccomp filter and device cgroup included: runc applies
+    // them with libseccomp, so both runtimes pay for the same protection.
+    let mut oci = spec::build(&cfg, &b, true)?;
     let mut root = oci.root().clone().context("root")?;
     root.set_path(layer.to_owned());
     oci.set_root(Some(root));

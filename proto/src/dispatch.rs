@@ -14,6 +14,9 @@ use crate::{BoundedVec, Message, NodeId, Text};
 
 /// Most assignments (or removals) in one message; larger sets are chunked.
 pub const MAX_ASSIGNMENTS: usize = 256;
+/// Most encoded bytes of assignments in one message, so that a message always fits a
+/// session frame (64 KiB) whatever the tasks carry (long arguments, seccomp profiles).
+pub const MAX_ASSIGNMENT_BYTES: usize = 48 * 1024;
 /// Most task status reports in one message.
 pub const MAX_REPORTS: usize = 256;
 /// Most services in one listing.

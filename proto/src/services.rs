@@ -185,6 +185,8 @@ pub struct ServiceSpec {
     pub update_config: UpdateConfig,
     /// How to roll back a failed update (carried; acted on by the updater).
     pub rollback_config: UpdateConfig,
+    /// System-call filter of its containers.
+    pub seccomp: Seccomp,
 }
 
 impl ServiceSpec {
@@ -207,6 +209,7 @@ impl ServiceSpec {
             networks: BoundedVec::new(),
             update_config: UpdateConfig::default(),
             rollback_config: UpdateConfig::default(),
+            seccomp: Seccomp::Default,
         }
     }
 
@@ -281,6 +284,35 @@ impl ServiceSpec {
             networks: self.networks.clone(),
             stop_grace_period_ms: self.stop_grace_period_ms,
             placement: Placement { constraints: self.constraints.clone(), platforms: self.platforms.clone() },
+            seccomp: self.seccomp.clone(),
+        }
+    }
+}
+
+/// Largest custom seccomp profile a service carries: Docker's JSON, compacted.
+pub const MAX_SECCOMP_PROFILE: usize = 16 * 1024;
+
+/// How the system calls of a service's containers are filtered
+/// (`--security-opt seccomp=…`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Seccomp {
+    /// shoal's default profile: Docker's default policy.
+    #[default]
+    Default,
+    /// No filter (`seccomp=unconfined`).
+    Unconfined,
+    /// A profile in Docker's JSON format (`seccomp=PROFILE.json`), checked by the CLI
+    /// and again by each board before a container starts.
+    Profile(BoundedString<MAX_SECCOMP_PROFILE>),
+}
+
+impl Seccomp {
+    /// Docker's name of the mode, as `service inspect` shows it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Seccomp::Default => "default",
+            Seccomp::Unconfined => "unconfined",
+            Seccomp::Profile(_) => "custom",
         }
     }
 }
@@ -821,6 +853,8 @@ pub struct TaskSpec {
     pub stop_grace_period_ms: u64,
     /// Where it may run (used by the manager only).
     pub placement: Placement,
+    /// System-call filter.
+    pub seccomp: Seccomp,
 }
 
 /// Placement rules of a task.

@@ -462,6 +462,19 @@ impl Cluster {
         self.service_ls().into_iter().find(|r| r["NAME"] == service).map(|r| r["REPLICAS"].clone()).unwrap_or_default()
     }
 
+    /// The `Seccomp:` mode (0 none, 2 filter) of the init process of each running
+    /// container of `service` on this lab's boards, read from `/proc`.
+    pub fn seccomp_modes(&self, service: &str) -> Vec<String> {
+        self.lab
+            .containers()
+            .into_iter()
+            .filter(|dir| dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{service}."))))
+            .filter_map(|dir| std::fs::read_to_string(dir.join("pid")).ok())
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).ok())
+            .filter_map(|status| status.lines().find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_owned())))
+            .collect()
+    }
+
     /// Kills every process of a board, as a power cut would: its containers (through
     /// their init PIDs: each lives in a namespace of its own), its agent and whatever
     /// else runs in its namespace.

@@ -25,6 +25,8 @@ pub struct Overrides {
     pub cpu_millis: Option<u64>,
     /// Extra `/etc/hosts` lines.
     pub hosts: Vec<String>,
+    /// System-call filter.
+    pub seccomp: super::seccomp::SeccompPolicy,
 }
 
 /// Builds the container configuration for `id`.
@@ -67,6 +69,7 @@ pub fn container_config(
         memory_limit: o.memory_limit,
         cpu_millis: o.cpu_millis,
         hosts: o.hosts.clone(),
+        seccomp: o.seccomp.clone(),
     })
 }
 

@@ -9,11 +9,18 @@
 //! command runs as PID 2, receives forwarded signals with their default meaning (a
 //! stop ends with 143, as in the lab), and orphaned processes are reaped. Being code of
 //! the (static) agent already in memory, it needs nothing inside the image.
+//!
+//! It is also where the container's seccomp filter is loaded (the spec's
+//! `linux.seccomp`, compiled by [`super::seccomp`]): after libcontainer has set
+//! `no_new_privileges` and dropped capabilities, before the command runs, so the
+//! filter covers the init and everything it starts.
 
 use std::process::Command;
 
 use libcontainer::workload::{default::DefaultExecutor, Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
+
+use super::seccomp::{bpf, install, SeccompError};
 
 use rustix::process::{Pid, WaitOptions};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
@@ -65,15 +72,29 @@ pub fn run(args: &[String]) -> i32 {
 #[derive(Clone, Default)]
 pub struct InitExecutor;
 
+/// The compiled seccomp filter of `spec`, if it has one.
+fn seccomp_filter(spec: &Spec) -> Result<Option<Vec<bpf::Insn>>, SeccompError> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(section) => bpf::compile(section, bpf::Abi::native()).map(Some),
+        None => Ok(None),
+    }
+}
+
 impl Executor for InitExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = spec.process().as_ref().and_then(|p| p.args().clone()).ok_or(ExecutorError::InvalidArg)?;
+        // Fail closed: a container whose filter can't be loaded does not run.
+        if let Some(filter) = seccomp_filter(spec).map_err(|e| ExecutorError::Other(e.to_string()))? {
+            install::install(&filter).map_err(|e| ExecutorError::Other(e.to_string()))?;
+        }
         std::process::exit(run(&args));
     }
 
-    /// The default checks: the executable exists and may be run, so a wrong command is
-    /// a start failure with a clear reason rather than a container that exits at once.
+    /// The default checks (the executable exists and may be run, so a wrong command is a
+    /// start failure with a clear reason rather than a container that exits at once), and
+    /// that the seccomp filter compiles.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        seccomp_filter(spec).map_err(|e| ExecutorValidationError::ArgValidationError(e.to_string()))?;
         DefaultExecutor {}.validate(spec)
     }
 }

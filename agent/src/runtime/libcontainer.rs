@@ -19,6 +19,14 @@ use super::{spec, validate_id, ContainerConfig, ContainerStatus, Runtime, Runtim
 /// How long a shim may take to report that its container started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether this board enforces a spec's device rules: with cgroup v1 (also the hybrid
+/// layout, where libcontainer uses v1) the `devices` controller does; under a pure v2
+/// hierarchy that needs an eBPF program, which this agent does not load (libcgroups'
+/// loader links the C libbpf), so the seccomp filter forbids device nodes instead.
+fn device_cgroup_enforced() -> bool {
+    Path::new("/sys/fs/cgroup/devices").is_dir()
+}
+
 /// Runs containers through libcontainer.
 pub struct LibcontainerRuntime {
     containers: PathBuf,
@@ -107,7 +115,7 @@ impl LibcontainerRuntime {
             .map_err(RuntimeError::io("writing hosts"))?;
         std::fs::write(bundle.dir().join("hostname"), format!("{}\n", config.hostname))
             .map_err(RuntimeError::io("writing hostname"))?;
-        let oci = spec::build(config, bundle)?;
+        let oci = spec::build(config, bundle, device_cgroup_enforced())?;
         oci.save(bundle.config()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
         self.mount_rootfs(config, bundle)
     }

@@ -12,6 +12,7 @@ pub mod from_image;
 pub mod init;
 pub mod libcontainer;
 pub mod logs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 
@@ -48,6 +49,8 @@ pub struct ContainerConfig {
     pub cpu_millis: Option<u64>,
     /// Extra `/etc/hosts` lines (`IP NAME...`).
     pub hosts: Vec<String>,
+    /// System-call filter (`--security-opt seccomp=…`).
+    pub seccomp: seccomp::SeccompPolicy,
 }
 
 /// Which network namespace a container joins.

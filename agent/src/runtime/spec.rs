@@ -1,15 +1,14 @@
 //! The OCI runtime spec for a container, hardened by default the way Docker does it:
 //! Docker's default capability set, `no_new_privileges`, masked and read-only `/proc`
-//! and `/sys` paths, a read-only `/sys`, cgroup limits from the task.
-//!
-//! Not here: seccomp. libcontainer's seccomp support links the C library libseccomp,
-//! which would end the agent's pure-Rust static build; see docs/runtime.md.
+//! and `/sys` paths, a read-only `/sys`, a device cgroup that denies every device but
+//! the harmless few, Docker's default seccomp profile (see [`super::seccomp`]), cgroup
+//! limits from the task.
 
 use oci_spec::runtime::Spec;
 use serde_json::json;
 
 use super::bundle::Bundle;
-use super::{ContainerConfig, NetworkMode, RuntimeError};
+use super::{seccomp, ContainerConfig, NetworkMode, RuntimeError};
 
 /// Docker's default capabilities (moby `oci/caps/defaults.go`).
 pub const DEFAULT_CAPABILITIES: [&str; 14] = [
@@ -48,8 +47,34 @@ const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/
 /// CFS period the CPU quota is expressed in (100 ms, the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// Builds the spec for `config` in `bundle`.
-pub fn build(config: &ContainerConfig, bundle: &Bundle) -> Result<Spec, RuntimeError> {
+/// The device cgroup: deny every device, then allow what Docker allows. libcgroups adds
+/// its own defaults after these (null, zero, full, random, urandom, tty, console, pts,
+/// ptmx, tun, and `mknod` of any node, which is harmless when the node can't be opened);
+/// the deny-all must come first, or the cgroup keeps the parent's `a *:* rwm`.
+fn device_rules() -> serde_json::Value {
+    let allow = |kind: &str, major: i64, minor: Option<i64>| match minor {
+        Some(minor) => json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": "rwm"}),
+        None => json!({"allow": true, "type": kind, "major": major, "access": "rwm"}),
+    };
+    json!([
+        {"allow": false, "access": "rwm"},
+        allow("c", 1, Some(3)),   // null
+        allow("c", 1, Some(5)),   // zero
+        allow("c", 1, Some(7)),   // full
+        allow("c", 1, Some(8)),   // random
+        allow("c", 1, Some(9)),   // urandom
+        allow("c", 5, Some(0)),   // tty
+        allow("c", 5, Some(1)),   // console
+        allow("c", 5, Some(2)),   // ptmx
+        allow("c", 136, None),    // pts/*
+        allow("c", 10, Some(229)) // fuse
+    ])
+}
+
+/// Builds the spec for `config` in `bundle`. `device_cgroup` says whether the board
+/// enforces the device cgroup (cgroup v1: yes; v2 would need an eBPF program, which the
+/// agent does not load); where it cannot, the seccomp filter forbids making device nodes.
+pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> Result<Spec, RuntimeError> {
     let mut namespaces =
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
     if let NetworkMode::Namespace(path) = &config.network {
@@ -66,6 +91,9 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle) -> Result<Spec, RuntimeE
         cpu = json!({"quota": millis * CPU_PERIOD_US / 1000, "period": CPU_PERIOD_US});
     }
     let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let seccomp = seccomp::section(&config.seccomp, &caps, device_cgroup)
+        .map_err(|e| RuntimeError::Spec(e.to_string()))?
+        .map(|s| serde_json::to_value(s).expect("a seccomp section serialises"));
     let ro_bind = |source: std::path::PathBuf, dest: &str| json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]});
     let spec = json!({
         "ociVersion": "1.0.2",
@@ -96,11 +124,15 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle) -> Result<Spec, RuntimeE
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": format!("/shoal/{}", config.id),
-            "resources": {"memory": memory, "cpu": cpu},
+            "resources": {"memory": memory, "cpu": cpu, "devices": device_rules()},
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS
         }
     });
+    let mut spec = spec;
+    if let Some(seccomp) = seccomp {
+        spec["linux"]["seccomp"] = seccomp;
+    }
     serde_json::from_value(spec).map_err(|e| RuntimeError::Spec(e.to_string()))
 }
 
@@ -133,13 +165,14 @@ mod tests {
             memory_limit: Some(64 << 20),
             cpu_millis: Some(500),
             hosts: vec!["10.0.0.5\tdatabase".into()],
+            seccomp: Default::default(),
         }
     }
 
     #[test]
     fn the_spec_is_hardened_like_dockers() {
         let bundle = Bundle::new(std::path::Path::new("/c"), "web.1");
-        let spec = build(&config(), &bundle).unwrap();
+        let spec = build(&config(), &bundle, true).unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
         let caps = process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
@@ -151,13 +184,40 @@ mod tests {
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
         // Host networking: no network namespace of its own.
         assert!(!linux.namespaces().as_ref().unwrap().iter().any(|n| format!("{:?}", n.typ()).contains("Network")));
+        // Every device denied first, then the harmless few.
+        let devices = res.devices().as_ref().unwrap();
+        assert!(!devices[0].allow() && devices[0].major().is_none() && devices[0].access().as_deref() == Some("rwm"));
+        assert!(devices[1..].iter().all(|d| d.allow() && d.typ() == Some(oci_spec::runtime::LinuxDeviceType::C)));
+        assert!(!devices.iter().any(|d| d.allow() && d.typ() == Some(oci_spec::runtime::LinuxDeviceType::B)));
+        // Docker's default seccomp policy: an allow-list, EPERM for the rest.
+        let seccomp = linux.seccomp().as_ref().unwrap();
+        assert_eq!(seccomp.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
+        let allowed: Vec<&String> = seccomp.syscalls().as_ref().unwrap().iter().flat_map(|s| s.names()).collect();
+        assert!(allowed.iter().any(|n| *n == "read") && !allowed.iter().any(|n| *n == "unshare"));
+    }
+
+    #[test]
+    fn seccomp_can_be_turned_off_or_replaced_and_a_bad_profile_fails_the_create() {
+        let bundle = Bundle::new(std::path::Path::new("/c"), "web.1");
+        let mut c = config();
+        c.seccomp = seccomp::SeccompPolicy::Unconfined;
+        assert!(build(&c, &bundle, true).unwrap().linux().as_ref().unwrap().seccomp().is_none());
+        c.seccomp = seccomp::SeccompPolicy::Profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#.into());
+        let spec = build(&c, &bundle, true).unwrap();
+        let s = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(s.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActAllow);
+        c.seccomp = seccomp::SeccompPolicy::Profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#.into());
+        let err = build(&c, &bundle, true).unwrap_err().to_string();
+        assert!(err.contains("SCMP_ACT_NOTIFY"), "{err}");
+        c.seccomp = seccomp::SeccompPolicy::Profile("{".into());
+        assert!(build(&c, &bundle, true).unwrap_err().to_string().contains("seccomp profile"));
     }
 
     #[test]
     fn a_prepared_namespace_is_joined_by_path() {
         let mut c = config();
         c.network = NetworkMode::Namespace("/run/shoal/netns/web.1".into());
-        let spec = build(&c, &Bundle::new(std::path::Path::new("/c"), "web.1")).unwrap();
+        let spec = build(&c, &Bundle::new(std::path::Path::new("/c"), "web.1"), true).unwrap();
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains("/run/shoal/netns/web.1"));
         assert!(hosts_file(&c).contains("10.0.0.5\tdatabase"));

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::dispatch::{Assignment, TaskReport, MAX_REPORTS};
+use shoal_proto::services::Seccomp;
 use shoal_proto::{BoundedVec, PortConfig, Protocol, PublishMode, TaskId, TaskState, TaskStatus};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
@@ -42,6 +43,7 @@ use self::core::{Action, Container, Facts};
 use crate::images::ImageStore;
 use crate::net::{NetError, PortPublisher, Proto, Published, Sandbox, Sandboxes};
 use crate::runtime::from_image::{container_config, Overrides};
+use crate::runtime::seccomp::SeccompPolicy;
 use crate::runtime::{ContainerStatus, NetworkMode, Runtime, RuntimeError};
 
 /// How the supervisor behaves.
@@ -875,6 +877,11 @@ async fn prepare<N: Sandboxes>(deps: &Deps<N>, a: &Assignment, cid: &str) -> Res
         memory_limit: (a.spec.resources.limit_memory > 0).then_some(a.spec.resources.limit_memory),
         cpu_millis: (a.spec.resources.limit_cpu_millis > 0).then_some(u64::from(a.spec.resources.limit_cpu_millis)),
         hosts: a.hosts.iter().map(|h| h.to_string()).collect(),
+        seccomp: match &a.spec.seccomp {
+            Seccomp::Default => SeccompPolicy::Default,
+            Seccomp::Unconfined => SeccompPolicy::Unconfined,
+            Seccomp::Profile(json) => SeccompPolicy::Profile(json.to_string()),
+        },
     };
     let created = match container_config(cid, &image, layers, &overrides) {
         Ok(config) => {
@@ -939,6 +946,7 @@ mod tests {
             memory_limit: None,
             cpu_millis: None,
             hosts: vec![],
+            seccomp: Default::default(),
         }
     }
 

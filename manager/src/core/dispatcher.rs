@@ -1,6 +1,6 @@
 //! The dispatcher's decisions: which tasks a node is told about, as a full set on each new
 //! session and as diffs after each reconciliation, cut into messages of at most
-//! [`MAX_ASSIGNMENTS`] entries. It does not send anything (the server does) and keeps
+//! [`MAX_ASSIGNMENTS`] entries and [`MAX_ASSIGNMENT_BYTES`] encoded bytes. It does not send anything (the server does) and keeps
 //! no state: diffs are computed from the task lists before and after a change.
 //!
 //! A node is told about a task once the task is placed on it (Assigned or later) and
@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use shoal_proto::dispatch::{Assignment, MAX_ASSIGNMENTS};
+use shoal_proto::dispatch::{Assignment, MAX_ASSIGNMENTS, MAX_ASSIGNMENT_BYTES};
 use shoal_proto::services::ServiceName;
 use shoal_proto::{BoundedVec, ManagerMessage, NodeId, ServiceId, Task, TaskId, TaskState};
 
@@ -53,7 +53,7 @@ pub fn full_set<'a>(
         .filter_map(|t| names.get(&t.service_id).map(|n| assignment(t, n)))
         .collect();
     set.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-    let mut chunks: Vec<Vec<Assignment>> = set.chunks(MAX_ASSIGNMENTS).map(<[_]>::to_vec).collect();
+    let mut chunks = chunked(set);
     if chunks.is_empty() {
         chunks.push(Vec::new());
     }
@@ -68,6 +68,25 @@ pub fn full_set<'a>(
             remove: BoundedVec::new(),
         })
         .collect()
+}
+
+/// Cuts `set` into runs of at most [`MAX_ASSIGNMENTS`] entries and
+/// [`MAX_ASSIGNMENT_BYTES`] encoded bytes (a single larger entry goes alone; the spec's
+/// bounds keep one entry far below a frame).
+fn chunked(set: Vec<Assignment>) -> Vec<Vec<Assignment>> {
+    let mut chunks: Vec<Vec<Assignment>> = Vec::new();
+    let mut bytes = 0;
+    for a in set {
+        let size = postcard::experimental::serialized_size(&a).unwrap_or(MAX_ASSIGNMENT_BYTES);
+        let full = chunks.last().is_none_or(|c| c.len() == MAX_ASSIGNMENTS || bytes + size > MAX_ASSIGNMENT_BYTES);
+        if full {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        chunks.last_mut().expect("pushed above").push(a);
+    }
+    chunks
 }
 
 /// Per node, what it must be told after `before` became `after` (both keyed by task).
@@ -104,7 +123,8 @@ pub fn diff(
 
 /// A diff as messages (`full: false`), each at most [`MAX_ASSIGNMENTS`] upserts and removals.
 pub fn diff_messages(d: NodeDiff) -> Vec<ManagerMessage> {
-    let mut upserts = d.upsert.chunks(MAX_ASSIGNMENTS);
+    let upsert_chunks = chunked(d.upsert);
+    let mut upserts = upsert_chunks.iter().map(Vec::as_slice);
     let mut removes = d.remove.chunks(MAX_ASSIGNMENTS);
     let mut out = Vec::new();
     loop {
@@ -173,6 +193,32 @@ mod tests {
         tasks = (0..600).map(|i| task(i, Some(&n1), Assigned, Running)).collect();
         let msgs: Vec<_> = full_set(&n1, tasks.iter(), &names()).iter().map(upserts).collect();
         assert_eq!(msgs, vec![(true, true, 256, 0), (true, true, 256, 0), (true, false, 88, 0)]);
+    }
+
+    #[test]
+    fn big_tasks_are_cut_by_bytes_so_every_message_fits_a_session_frame() {
+        let n1 = NodeId::from_random([1; 16]);
+        let profile = format!("{{\"defaultAction\":\"SCMP_ACT_ALLOW\",\"x\":\"{}\"}}", "a".repeat(15_000));
+        let tasks: Vec<Task> = (0..10)
+            .map(|i| {
+                let mut t = task(i, Some(&n1), TaskState::Assigned, TaskState::Running);
+                t.spec.seccomp = shoal_proto::services::Seccomp::Profile(profile.as_str().try_into().unwrap());
+                t
+            })
+            .collect();
+        let msgs = full_set(&n1, tasks.iter(), &names());
+        assert!(msgs.len() >= 4, "{} messages", msgs.len());
+        assert_eq!(msgs.iter().map(|m| upserts(m).2).sum::<usize>(), 10);
+        for m in &msgs {
+            let bytes = shoal_proto::frame::encode(m, 64 * 1024).expect("fits a session frame");
+            assert!(bytes.len() <= 64 * 1024);
+        }
+        let before = HashMap::new();
+        let after: HashMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let d = diff(&before, &after, &names()).remove(&n1).unwrap();
+        let msgs = diff_messages(d);
+        assert!(msgs.len() >= 4);
+        assert_eq!(msgs.iter().map(|m| upserts(m).2).sum::<usize>(), 10);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use shoal_proto::services::{parse_cpus, parse_duration_ms, parse_memory};
+use shoal_proto::services::{Seccomp, MAX_SECCOMP_PROFILE};
 use shoal_proto::{
     BoundedString, BoundedVec, Constraint, EndpointMode, FailureAction, PortConfig, RestartCondition, ServiceMode,
     ServiceSpec, UpdateConfig, UpdateOrder,
@@ -67,6 +68,10 @@ pub struct CreateArgs {
     /// vip or dnsrr.
     #[arg(long = "endpoint-mode")]
     pub endpoint_mode: Option<EndpointMode>,
+    /// Security option: `seccomp=unconfined`, `seccomp=PROFILE.json` (Docker's format) or
+    /// `no-new-privileges` (always on).
+    #[arg(long = "security-opt", value_name = "OPTION", value_parser = SecurityOpt::parse)]
+    pub security_opt: Vec<SecurityOpt>,
     #[command(flatten)]
     pub policy: UpdatePolicyArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
@@ -106,6 +111,10 @@ pub struct UpdateArgs {
     /// Remove a placement constraint (as it was given).
     #[arg(long = "constraint-rm", value_parser = Constraint::parse)]
     pub constraint_rm: Vec<Constraint>,
+    /// Change a security option (same forms as `create --security-opt`; `seccomp=default`
+    /// goes back to the default profile).
+    #[arg(long = "security-opt", value_name = "OPTION", value_parser = SecurityOpt::parse)]
+    pub security_opt: Vec<SecurityOpt>,
     #[command(flatten)]
     pub policy: UpdatePolicyArgs,
     /// Go back to the previous spec.
@@ -274,6 +283,7 @@ impl CreateArgs {
         if let Some(m) = self.endpoint_mode {
             spec.endpoint_mode = m;
         }
+        SecurityOpt::apply_all(&self.security_opt, &mut spec)?;
         self.policy.apply(&mut spec);
         spec.validate()?;
         Ok(spec)
@@ -292,6 +302,7 @@ impl UpdateArgs {
             || !self.publish_rm.is_empty()
             || !self.constraint_add.is_empty()
             || !self.constraint_rm.is_empty()
+            || !self.security_opt.is_empty()
             || self.policy != UpdatePolicyArgs::default();
         if self.rollback && changes {
             anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
@@ -348,8 +359,87 @@ impl UpdateArgs {
             }
         }
         spec.constraints = bounded(constraints, "constraints")?;
+        SecurityOpt::apply_all(&self.security_opt, spec)?;
         self.policy.apply(spec);
         spec.validate()?;
         Ok(())
     }
+}
+
+/// One `--security-opt`, in Docker's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityOpt {
+    /// `seccomp=unconfined`, `seccomp=default` or `seccomp=FILE`.
+    Seccomp(SeccompOpt),
+    /// `no-new-privileges[=true]`: what shoal always does.
+    NoNewPrivileges,
+}
+
+/// The seccomp part of a `--security-opt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeccompOpt {
+    /// No filter.
+    Unconfined,
+    /// The default profile.
+    Default,
+    /// A profile file in Docker's JSON format, read when the spec is made.
+    File(std::path::PathBuf),
+}
+
+impl SecurityOpt {
+    /// Parses one option as `docker run --security-opt` takes it (`=` or the older `:`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (key, value) = s.split_once(['=', ':']).map_or((s, None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("seccomp", Some("unconfined")) => Ok(Self::Seccomp(SeccompOpt::Unconfined)),
+            ("seccomp", Some("default" | "builtin")) => Ok(Self::Seccomp(SeccompOpt::Default)),
+            ("seccomp", Some(path)) if !path.is_empty() => Ok(Self::Seccomp(SeccompOpt::File(path.into()))),
+            ("no-new-privileges", None | Some("true")) => Ok(Self::NoNewPrivileges),
+            ("no-new-privileges", Some(_)) => Err("shoal always sets no-new-privileges; it can't be turned off".into()),
+            ("apparmor" | "label" | "systempaths" | "mask" | "unmask", _) => {
+                Err(format!("--security-opt {key} is not supported by shoal: use seccomp=… or no-new-privileges"))
+            }
+            _ => Err(format!(
+                "invalid --security-opt {s:?}: expected seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges"
+            )),
+        }
+    }
+
+    /// Sets what `opts` say on `spec`; a profile file is read, checked and compacted here.
+    fn apply_all(opts: &[SecurityOpt], spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        for opt in opts {
+            if let SecurityOpt::Seccomp(s) = opt {
+                spec.seccomp = match s {
+                    SeccompOpt::Unconfined => Seccomp::Unconfined,
+                    SeccompOpt::Default => Seccomp::Default,
+                    SeccompOpt::File(path) => Seccomp::Profile(read_seccomp_profile(path)?),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a seccomp profile in Docker's format: JSON with a `defaultAction`, compacted
+/// to at most [`MAX_SECCOMP_PROFILE`] bytes. Each board checks it fully again.
+fn read_seccomp_profile(path: &std::path::Path) -> anyhow::Result<BoundedString<MAX_SECCOMP_PROFILE>> {
+    use std::io::Read;
+    let what = || format!("seccomp profile {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+    // A profile much larger than the limit is refused without reading it all.
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", what()))?;
+    if !value.get("defaultAction").is_some_and(serde_json::Value::is_string) {
+        anyhow::bail!("{}: no \"defaultAction\" (is it a seccomp profile in Docker's format?)", what());
+    }
+    let compact = value.to_string();
+    BoundedString::try_from(compact.as_str()).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is {} bytes without spaces; a service's profile may have at most {MAX_SECCOMP_PROFILE}",
+            what(),
+            compact.len()
+        )
+    })
 }

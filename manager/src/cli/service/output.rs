@@ -277,6 +277,7 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
                     "Args": spec.args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                     "Env": spec.env.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                     "StopGracePeriod": spec.stop_grace_period_ms * 1_000_000,
+                    "Privileges": { "NoNewPrivileges": true, "Seccomp": seccomp_json(&spec.seccomp) },
                 },
                 "Resources": {
                     "Limits": { "NanoCPUs": u64::from(r.limit_cpu_millis) * 1_000_000, "MemoryBytes": r.limit_memory },
@@ -371,4 +372,12 @@ pub fn pretty(v: &ServiceView, now_ms: u64) -> String {
         }
     }
     out
+}
+
+/// Docker's `Privileges.Seccomp`: the mode, and a custom profile's text.
+fn seccomp_json(s: &shoal_proto::services::Seccomp) -> serde_json::Value {
+    match s {
+        shoal_proto::services::Seccomp::Profile(p) => json!({ "Mode": s.mode(), "Profile": &**p }),
+        _ => json!({ "Mode": s.mode() }),
+    }
 }

@@ -530,3 +530,65 @@ fn pretty_shows_the_update_status_and_both_configs() {
         "{out}"
     );
 }
+
+#[test]
+fn security_opts_set_the_seccomp_mode_and_bad_ones_are_refused_before_connecting() {
+    use shoal_proto::services::Seccomp;
+    let create = |opts: &[&str]| -> anyhow::Result<ServiceSpec> {
+        let mut args = vec!["create", "--name", "web"];
+        for o in opts {
+            args.extend(["--security-opt", o]);
+        }
+        args.push("demo/app:1.0");
+        match Cli::try_parse_from(std::iter::once("service").chain(args.iter().copied())) {
+            Ok(Cli { cmd: ServiceCommand::Create(c) }) => c.spec(),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        }
+    };
+    assert_eq!(create(&[]).unwrap().seccomp, Seccomp::Default);
+    assert_eq!(create(&["seccomp=unconfined"]).unwrap().seccomp, Seccomp::Unconfined);
+    assert_eq!(create(&["seccomp:unconfined", "no-new-privileges"]).unwrap().seccomp, Seccomp::Unconfined);
+    let dir = std::env::temp_dir().join(format!("shoal-seccomp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("p.json");
+    std::fs::write(&good, "{\n  \"defaultAction\": \"SCMP_ACT_ALLOW\",\n  \"syscalls\": []\n}\n").unwrap();
+    let spec = create(&[&format!("seccomp={}", good.display())]).unwrap();
+    assert_eq!(
+        spec.seccomp,
+        Seccomp::Profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[]}"#.try_into().unwrap())
+    );
+    let j = json(&ServiceView {
+        service: Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 },
+        running: 0,
+        desired: 1,
+        updated: 0,
+        update_status: None,
+    });
+    assert_eq!(j["Spec"]["TaskTemplate"]["ContainerSpec"]["Privileges"]["Seccomp"]["Mode"], "custom");
+
+    let not_json = dir.join("bad.json");
+    std::fs::write(&not_json, "{ nope").unwrap();
+    let no_action = dir.join("noaction.json");
+    std::fs::write(&no_action, r#"{"syscalls":[]}"#).unwrap();
+    let huge = dir.join("huge.json");
+    std::fs::write(&huge, format!(r#"{{"defaultAction":"SCMP_ACT_ALLOW","x":"{}"}}"#, "a".repeat(20_000))).unwrap();
+    for (opt, why) in [
+        ("seccomp=/no/such/profile.json".to_owned(), "No such file"),
+        (format!("seccomp={}", not_json.display()), "not valid JSON"),
+        (format!("seccomp={}", no_action.display()), "defaultAction"),
+        (format!("seccomp={}", huge.display()), "at most 16384"),
+        ("no-new-privileges=false".to_owned(), "always sets no-new-privileges"),
+        ("apparmor=unconfined".to_owned(), "not supported"),
+        ("seccomp".to_owned(), "expected seccomp=unconfined"),
+    ] {
+        let err = create(&[&opt]).unwrap_err().to_string();
+        assert!(err.contains(why), "{opt}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let ServiceCommand::Update(u) = parse(&["update", "--security-opt", "seccomp=default", "web"]) else { panic!() };
+    let mut spec = create(&["seccomp=unconfined"]).unwrap();
+    u.apply(&mut spec).unwrap();
+    assert_eq!(spec.seccomp, Seccomp::Default);
+}
