@@ -307,3 +307,39 @@ fn a_profile_the_board_cannot_load_fails_the_create_with_its_reason() {
     let log = lab.log(&c2);
     assert!(log.contains("Seccomp:\t2") && !log.contains("made") && log.contains("Permission denied"), "{log}");
 }
+
+/// Real glibc software (the host's own Python, Java, Node.js and Perl, seen through an
+/// overlay of the host's root as the image) runs under the default filter: threads,
+/// subprocesses, sockets, the JVM's signal and memory tricks, libuv's io_uring probe.
+#[test]
+#[ignore = "needs root"]
+fn real_programs_run_under_the_default_filter() {
+    let lab = Lab::new("real");
+    let rt = lab.runtime();
+    let script = r#"set -e
+python3 -c 'import socket, subprocess, threading, hashlib; s = socket.socket(); s.bind(("127.0.0.1", 0)); t = threading.Thread(target=lambda: None); t.start(); t.join(); print("python", subprocess.run(["true"]).returncode)'
+java -Xshare:off -XX:+UseSerialGC -version 2>&1 | head -1
+node -e 'require("fs").promises.readFile("/etc/hostname").then(() => console.log("node ok"))'
+perl -e 'print "perl ok\n"'
+echo all-done"#;
+    let mut present = vec![];
+    for tool in ["python3", "java", "node", "perl"] {
+        present.push(
+            std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).status().unwrap().success(),
+        );
+    }
+    assert!(present.iter().all(|p| *p), "python3, java, node and perl are on this machine's image");
+    let c = id("real");
+    let mut config = lab.config(&c, &["/bin/sh", "-c", script]);
+    config.layers = vec![PathBuf::from("/")];
+    config.env = vec![format!("PATH={}", std::env::var("PATH").unwrap_or_default()), "HOME=/root".into()];
+    config.memory_limit = Some(1 << 30);
+    rt.create(&config).unwrap();
+    rt.start(&c).unwrap();
+    let code = wait_exit(&rt, &c, Duration::from_secs(120));
+    let log = lab.log(&c);
+    assert_eq!(code, 0, "{log}");
+    for expected in ["python 0", "version", "node ok", "perl ok", "all-done"] {
+        assert!(log.contains(expected), "{expected}: {log}");
+    }
+}
