@@ -188,7 +188,7 @@ pub async fn fetch_blob(
     expected_size: Option<u64>,
 ) -> Result<FetchedBlob, FetchError> {
     digest::hex(digest)?;
-    if store.has_blob(digest) {
+    if store.has_verified_blob(digest)? {
         return Ok(FetchedBlob { path: store.blob_path(digest)?, transferred: 0 });
     }
     let limit = expected_size.unwrap_or(MAX_JSON_BYTES);
