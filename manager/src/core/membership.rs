@@ -56,7 +56,12 @@ struct Liveness {
     last_heard: Option<Millis>,
     since: Millis,
     message: String,
+    /// The last refused second board with this node's identity: when, and what to do.
+    duplicate: Option<(Millis, String)>,
 }
+
+/// How long `node inspect` keeps saying a second board was refused after the last try.
+pub const DUPLICATE_NOTE_FOR: Millis = 60_000;
 
 /// What the manager knows of each node's liveness.
 #[derive(Debug, Default)]
@@ -83,6 +88,7 @@ impl Membership {
             last_heard: None,
             since: now,
             message: "waiting for the node to reconnect".into(),
+            duplicate: None,
         });
     }
 
@@ -98,6 +104,7 @@ impl Membership {
             last_heard: None,
             since: now,
             message: String::new(),
+            duplicate: None,
         });
         entry.last_heard = Some(now);
         if entry.status == NodeStatus::Ready {
@@ -158,6 +165,19 @@ impl Membership {
             Some(l) => (l.status, l.last_heard.map(|t| now.saturating_sub(t)), &l.message),
             None => (NodeStatus::Unknown, None, ""),
         }
+    }
+
+    /// Records that a second board with `node`'s identity was refused, and what to do.
+    pub fn note_duplicate(&mut self, now: Millis, node: &NodeId, what: String) {
+        if let Some(l) = self.nodes.get_mut(node) {
+            l.duplicate = Some((now, what));
+        }
+    }
+
+    /// What to say about a second board refused within the last [`DUPLICATE_NOTE_FOR`].
+    pub fn duplicate(&self, now: Millis, node: &NodeId) -> Option<&str> {
+        let (at, what) = self.nodes.get(node)?.duplicate.as_ref()?;
+        (now.saturating_sub(*at) < DUPLICATE_NOTE_FOR).then_some(what.as_str())
     }
 }
 
