@@ -143,9 +143,17 @@ fn a_board_with_a_full_disk_says_so_takes_no_tasks_and_recovers_by_itself() {
     });
     assert!(inspect.contains(&format!("no space left on the board's disk ({dir})")), "{inspect}");
     let header = c.manager_host().shoal(&["node", "ls"]);
-    assert!(header.lines().next().unwrap().split_whitespace().eq(
-        ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER", "STATUS", "ARCH"].iter().copied()
-    ));
+    assert!(header.lines().next().unwrap().split_whitespace().eq([
+        "ID",
+        "HOSTNAME",
+        "STATUS",
+        "AVAILABILITY",
+        "MANAGER",
+        "STATUS",
+        "ARCH"
+    ]
+    .iter()
+    .copied()));
     c.manager_host().shoal(&[
         "service",
         "create",

@@ -266,7 +266,8 @@ impl ImageStore {
 
     /// Whether blob `digest` is stored with the right bytes. A blob not verified by this
     /// process is hashed now; one that does not match (torn by a power cut) is deleted,
-    /// so the caller fetches it again.
+    /// so the caller fetches it again. Blocking: async callers with large blobs hash them
+    /// in chunks themselves (see `fetch::fetch_blob`).
     pub fn has_verified_blob(&self, digest: &str) -> Result<bool, StoreError> {
         if !self.has_blob(digest) {
             return Ok(false);
@@ -283,8 +284,14 @@ impl ImageStore {
         self.check_blob(digest, &actual)
     }
 
-    /// Records that `digest`'s stored bytes hash to `actual`, deleting the blob if not.
-    fn check_blob(&self, digest: &str, actual: &str) -> Result<bool, StoreError> {
+    /// Whether this process already verified blob `digest`.
+    pub fn is_verified(&self, digest: &str) -> bool {
+        self.verified_lock().contains(digest)
+    }
+
+    /// Records that `digest`'s stored bytes hash to `actual`, deleting the blob if not
+    /// (for callers that hash it themselves, e.g. without blocking an async runtime).
+    pub fn check_blob(&self, digest: &str, actual: &str) -> Result<bool, StoreError> {
         if actual == digest {
             self.verified_lock().insert(digest.to_owned());
             return Ok(true);

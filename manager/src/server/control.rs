@@ -79,6 +79,7 @@ pub(super) async fn handle_control(
                 let mut st = mgr.state.lock().expect("state lock");
                 st.members.forget(&record.id);
                 st.held.remove(&record.id);
+                st.disk.remove(&record.id);
                 st.sessions.remove(&record.id)
             };
             if let Some(s) = session {
