@@ -190,3 +190,31 @@ fn a_board_with_a_full_disk_says_so_takes_no_tasks_and_recovers_by_itself() {
     c.agents[1].stop();
     drop(disk);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn an_image_that_does_not_fit_on_the_board_fails_its_task_saying_why() {
+    let mut c = Cluster::start(1).unwrap();
+    c.agents[0].stop();
+    let board = &c.lab.hosts[1];
+    let old = board.data_dir.with_extension("old");
+    std::fs::rename(&board.data_dir, &old).unwrap();
+    let disk = SmallDisk::mount(&board.data_dir, 64);
+    copy(&old.join("agent/identity.json"), &board.data_dir.join("agent/identity.json"));
+    c.agents[0] = board.spawn("shoal-agent", &["run"]);
+    c.wait_status("node1", "Ready", Duration::from_secs(10));
+    // Room above the pressure threshold, not enough for redis (its blob and its layers).
+    disk.fill("ballast", 24);
+
+    let m = c.manager_host();
+    m.shoal(&["image", "load", lab_image("redis.tar").to_str().unwrap()]);
+    m.shoal(&["service", "create", "--name", "nofit", "--detach", "redis"]);
+    let why = wait_for("the task to say the disk is full", Duration::from_secs(30), || {
+        let out = m.shoal(&["service", "ps", "nofit"]);
+        out.contains("no space left on the board's disk").then_some(out)
+    });
+    assert!(why.contains(&board.data_dir.display().to_string()), "{why}");
+    eprintln!("{why}");
+    c.agents[0].stop();
+    drop(disk);
+}
