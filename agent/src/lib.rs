@@ -5,6 +5,7 @@
 //! [`supervisor::core`]) with [`runtime`], [`images`] and [`net`].
 
 pub mod core;
+pub mod disk;
 pub mod error;
 pub mod host;
 pub mod identity;

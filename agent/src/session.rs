@@ -1,6 +1,8 @@
 //! The agent's link to the manager: joining with a token, then a session that sends
 //! heartbeats and reconnects with back-off whenever the manager is unreachable, for as
 //! long as the agent runs. Only a permanent refusal (node removed, wrong version) ends it.
+//! A refusal because another board holds this node's session (a copied identity) stops
+//! this board's tasks and retries every 30 s, saying which board to re-join.
 //!
 //! The session also keeps the board's images in line with the manager's list: a worker
 //! task fetches what is missing over the session's connection, collects what is no
@@ -25,7 +27,7 @@ use shoal_proto::{
     NodeDescription, Request, Response, SessionOpen, WantedImage,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::backoff::Backoff;
 use crate::identity::{self, NodeIdentity};
@@ -37,6 +39,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A manager silent this long is gone; the agent reconnects.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a board refused because another one carries its identity asks again.
+const DUPLICATE_RETRY: Duration = Duration::from_secs(30);
 
 /// Resolves `HOST[:PORT]` (default port 4242).
 pub async fn resolve(addr: &str) -> Result<SocketAddr, AgentError> {
@@ -169,6 +173,17 @@ pub async fn run(
         };
         match end {
             SessionEnd::Failed(AgentError::Refused(e)) if e.kind.is_permanent() => return Err(AgentError::Refused(e)),
+            SessionEnd::Failed(AgentError::Refused(e)) if e.kind == ErrorKind::Conflict => {
+                // Another board carries this identity and holds the session: this copy
+                // must not run the node's tasks too. It keeps asking, slowly, in case the
+                // other board is the one that goes away for good.
+                error!("{}", e.message);
+                supervisor.assign(true, false, Vec::new(), Vec::new()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(DUPLICATE_RETRY) => continue,
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
             SessionEnd::Failed(e) => debug!(error = %e, "cannot open a session"),
             SessionEnd::Lost(why) => {
                 warn!(reason = %why, "lost the session with the manager; reconnecting");
@@ -228,6 +243,23 @@ async fn session(
     if let Err(e) = framed::send(&mut send, &images.held_message()).await {
         return SessionEnd::Lost(e.to_string());
     }
+    // And whether its disk has room, then every change of that.
+    let mut disk = supervisor.disk().subscribe();
+    let pressure = disk.borrow_and_update().clone();
+    if let Err(e) = framed::send(&mut send, &disk_message(pressure)).await {
+        return SessionEnd::Lost(e.to_string());
+    }
+    let disk_reports = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            while disk.changed().await.is_ok() {
+                let pressure = disk.borrow_and_update().clone();
+                if outbox.send(disk_message(pressure)).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     // Only the newest list matters: a list that arrives mid-fetch supersedes the old one.
     let (wanted_tx, wanted_rx) = watch::channel(None);
     // Not aborted when the session ends: an unpack may be running on a blocking thread.
@@ -284,8 +316,13 @@ async fn session(
     };
     let why = tokio::select! { w = beats => w, w = inbox => w };
     reports.abort();
+    disk_reports.abort();
     drop(outbox);
     SessionEnd::Lost(why)
+}
+
+fn disk_message(pressure: Option<String>) -> AgentMessage {
+    AgentMessage::DiskPressure(pressure.as_deref().map(shoal_proto::Message::lossy))
 }
 
 /// Top digests of the images running containers use, which garbage collection must
@@ -300,12 +337,15 @@ struct Images {
     one_pass: Arc<tokio::sync::Mutex<()>>,
     /// Asked before each collection.
     in_use: ImagesInUse,
+    /// Told when a fetch fails for lack of space.
+    disk: Arc<crate::disk::Watch>,
 }
 
 impl Images {
     fn new(store: Arc<ImageStore>, supervisor: &Supervisor) -> Self {
         let supervisor = supervisor.clone();
-        Self { store, one_pass: Arc::default(), in_use: Arc::new(move || supervisor.images_in_use()) }
+        let disk = supervisor.disk().clone();
+        Self { store, one_pass: Arc::default(), in_use: Arc::new(move || supervisor.images_in_use()), disk }
     }
 
     fn held_message(&self) -> AgentMessage {
@@ -355,7 +395,7 @@ async fn image_worker(
         if conn.close_reason().is_some() {
             return;
         }
-        match sync_all(&conn, &images.store, &list, &wanted).await {
+        match sync_all(&conn, &images.store, &list, &wanted, &images.disk).await {
             Pass::Superseded => {
                 retry = None;
                 continue;
@@ -390,6 +430,7 @@ async fn sync_all(
     store: &ImageStore,
     list: &[WantedImage],
     wanted: &watch::Receiver<Option<Vec<WantedImage>>>,
+    disk: &crate::disk::Watch,
 ) -> Pass {
     let mut retry = false;
     for image in list {
@@ -401,7 +442,8 @@ async fn sync_all(
         }
         if let Err(e) = sync_image(conn, store, image).await {
             warn!(image = %image.reference, digest = %image.digest, error = %e, "cannot fetch image");
-            retry |= e.is_temporary();
+            // A full disk is temporary: space may come back (the pressure report says so).
+            retry |= disk.noticed(&e) || e.is_temporary();
         }
     }
     Pass::Done { retry }

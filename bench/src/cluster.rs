@@ -44,6 +44,7 @@ fn scheduler_rate() -> (Duration, usize) {
                 availability: Availability::Active,
                 status: NodeStatus::Ready,
                 resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
+                disk_full: false,
             }
         })
         .collect();

@@ -15,24 +15,58 @@ pub fn pem_der(text: &str) -> Result<Vec<u8>, pem::PemError> {
     Ok(pem::parse(text)?.into_contents())
 }
 
-/// Writes `bytes` to `path`, readable by the owner only, all or nothing.
+/// Writes `bytes` to `path`, readable by the owner only, all or nothing: after a crash
+/// or power cut at any point the file holds either its old content or `bytes`. On
+/// failure (a full disk) the temporary file is removed, so a failed write costs no space.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
+    let written = (|| {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
+        // The data must be on disk before the rename publishes it.
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable.
+    sync_parent(path);
+    Ok(())
+}
+
+/// Makes a rename or creation in `path`'s directory durable. Best effort: a filesystem
+/// that cannot sync a directory (some FUSE ones) still renamed atomically.
+pub fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("shoal-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        write_private(&path, b"old").unwrap();
+        // A directory where the rename must land makes the last step fail.
+        let blocked = dir.join("blocked.json");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"x").unwrap();
+        assert!(write_private(&blocked, b"new").is_err());
+        assert!(!dir.join("blocked.tmp").exists(), "the temporary file is removed");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

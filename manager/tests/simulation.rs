@@ -71,6 +71,7 @@ impl Sim {
                 availability: Availability::Active,
                 status: NodeStatus::Unknown,
                 resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
+                disk_full: false,
             })
             .collect();
         for n in &nodes {

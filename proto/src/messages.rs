@@ -124,6 +124,10 @@ pub enum AgentMessage {
     ImagesHeld(BoundedVec<Digest, MAX_IMAGES>),
     /// Changes of its tasks' observed status.
     TaskStatuses(BoundedVec<crate::dispatch::TaskReport, { crate::dispatch::MAX_REPORTS }>),
+    /// The board's disk holding its data dir is short of space (`Some`, saying what is
+    /// short and where) or fine again (`None`). Sent at session start and on each change;
+    /// while short, the manager places no new task on the node.
+    DiskPressure(Option<Message>),
 }
 
 /// Messages the manager sends on a session stream.

@@ -48,7 +48,7 @@ impl BlobSource for LayoutSource {
         expected_size: Option<u64>,
     ) -> Result<FetchedBlob, FetchError> {
         let hex = digest::hex(digest)?;
-        if store.has_blob(digest) {
+        if store.has_verified_blob(digest)? {
             return Ok(FetchedBlob { path: store.blob_path(digest)?, transferred: 0 });
         }
         let missing = |detail: String| FetchError::Transfer { digest: digest.to_owned(), detail };

@@ -188,7 +188,7 @@ pub async fn fetch_blob(
     expected_size: Option<u64>,
 ) -> Result<FetchedBlob, FetchError> {
     digest::hex(digest)?;
-    if store.has_blob(digest) {
+    if verified_blob(store, digest).await? {
         return Ok(FetchedBlob { path: store.blob_path(digest)?, transferred: 0 });
     }
     let limit = expected_size.unwrap_or(MAX_JSON_BYTES);
@@ -213,6 +213,35 @@ pub async fn fetch_blob(
         warn!(%digest, attempt, resumed_from = offset, "blob from the manager does not match its digest; fetching it again from the start");
     }
     Err(FetchError::Corrupt { digest: digest.to_owned() })
+}
+
+/// Whether blob `digest` is stored with the right bytes, re-hashing it (in chunks, so the
+/// agent's single-threaded runtime keeps sending heartbeats) unless this process already
+/// verified it. A torn blob is deleted.
+async fn verified_blob(store: &ImageStore, digest: &str) -> Result<bool, FetchError> {
+    if !store.has_blob(digest) {
+        return Ok(false);
+    }
+    if store.is_verified(digest) {
+        return Ok(true);
+    }
+    let path = store.blob_path(digest)?;
+    let io = |e: std::io::Error| FetchError::Store(StoreError::Io { path: path.clone(), source: e });
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(e)),
+    };
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(store.check_blob(digest, &hash.finish())?)
 }
 
 /// One request: appends bytes `[offset, size)` to the partial file. Returns the digest
@@ -648,6 +677,20 @@ mod tests {
         std::fs::write(rig.store.partial_path(&d).unwrap(), vec![0u8; 1000]).unwrap();
         fetch_blob(&rig.conn, &rig.store, &d, Some(data.len() as u64)).await.unwrap();
         assert_eq!(log(&rig), [1000, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_blob_torn_by_a_power_cut_is_fetched_again_not_trusted() {
+        let rig = rig("torn-blob").await;
+        let data = big();
+        let d = add(&rig, &data);
+        // The name reached the disk, half of the bytes did not.
+        std::fs::write(rig.store.blob_path(&d).unwrap(), &data[..data.len() / 2]).unwrap();
+        let fetched = fetch_blob(&rig.conn, &rig.store, &d, Some(data.len() as u64)).await.unwrap();
+        assert_eq!(fetched.transferred, data.len() as u64, "fetched again in full");
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), data);
+        // Verified now: the next use trusts it without a transfer.
+        assert_eq!(fetch_blob(&rig.conn, &rig.store, &d, Some(data.len() as u64)).await.unwrap().transferred, 0);
     }
 
     #[tokio::test]

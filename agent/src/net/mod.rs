@@ -31,7 +31,7 @@
 
 pub mod error;
 pub mod fake;
-mod ipam;
+pub mod ipam;
 mod link;
 mod netns;
 pub mod publish;

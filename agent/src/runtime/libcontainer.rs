@@ -208,7 +208,9 @@ impl Runtime for LibcontainerRuntime {
             .process_group(0)
             .spawn()
             .map_err(RuntimeError::io("starting the container's shim"))?;
-        let _ = std::fs::write(bundle.dir().join("shim.pid"), format!("{}\n", child.id()));
+        // Read back after an agent restart to find the live shim: whole or absent, never torn.
+        let _ =
+            shoal_link::files::write_private(&bundle.dir().join("shim.pid"), format!("{}\n", child.id()).as_bytes());
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -46,6 +46,9 @@ pub struct Facts<'a> {
     pub stop_requested: bool,
     /// How long to wait for a missing image (see [`IMAGE_WAIT_MS`]).
     pub image_wait_ms: u64,
+    /// The board's disk is short of space (what [`crate::disk::assess`] said): a missing
+    /// image cannot arrive, so waiting for it would be silent and endless.
+    pub disk_full: Option<&'a str>,
 }
 
 /// The one next thing to do for a task.
@@ -100,6 +103,14 @@ pub fn step(now_ms: u64, desired: TaskState, status: &TaskStatus, facts: &Facts<
         Accepted => Action::Report(TaskStatus::new(Preparing, now_ms, "preparing")),
         Preparing => match facts.container {
             Container::Absent if facts.image_present => Action::Prepare,
+            Container::Absent if facts.disk_full.is_some() => Action::Report(rejected(
+                now_ms,
+                &format!(
+                    "image {} cannot be stored: {}",
+                    facts.image,
+                    facts.disk_full.unwrap_or("no space left on the board's disk")
+                ),
+            )),
             Container::Absent if now_ms >= status.timestamp_ms.saturating_add(facts.image_wait_ms) => {
                 Action::Report(rejected(
                     now_ms,
@@ -200,7 +211,14 @@ mod tests {
     }
 
     fn facts(container: Container) -> Facts<'static> {
-        Facts { container, image: "demo/app:1.0", image_present: true, stop_requested: false, image_wait_ms: 1000 }
+        Facts {
+            container,
+            image: "demo/app:1.0",
+            image_present: true,
+            stop_requested: false,
+            image_wait_ms: 1000,
+            disk_full: None,
+        }
     }
 
     fn report(a: Action) -> TaskStatus {
@@ -290,6 +308,14 @@ mod tests {
         let preparing = at(Preparing, 100);
         let missing = Facts { image_present: false, ..facts(Container::Absent) };
         assert_eq!(step(500, Running, &preparing, &missing), Action::WaitForImage);
+        // On a full disk the image will not come: said at once, not after the wait.
+        let full = Facts { disk_full: Some("no space left on the board's disk (/d): 1.0 MiB free"), ..missing };
+        let r = report(step(500, Running, &preparing, &full));
+        assert_eq!(r.state, Rejected);
+        assert!(
+            r.err.as_deref().unwrap().contains("cannot be stored: no space left on the board's disk (/d)"),
+            "{r:?}"
+        );
         let r = report(step(1100, Running, &preparing, &missing));
         assert_eq!(r.state, Rejected);
         assert!(r.err.as_deref().unwrap().contains("image demo/app:1.0 is not on this node"), "{r:?}");

@@ -85,6 +85,7 @@ pub enum SupervisorError {
 pub struct Supervisor {
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
+    disk: Arc<crate::disk::Watch>,
 }
 
 /// Statuses and images, shared between the worker and the handles.
@@ -123,6 +124,17 @@ impl Supervisor {
         let shared = Arc::new(Shared::default());
         let (commands, rx) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(256);
+        let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
+        disk.sample();
+        let sampled = Arc::downgrade(&disk);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::disk::SAMPLE_EVERY).await;
+                let Some(d) = sampled.upgrade() else { return };
+                // One statvfs: quick enough not to need a blocking thread.
+                d.sample();
+            }
+        });
         let mut worker = Worker {
             deps: Arc::new(Deps {
                 runtime,
@@ -131,6 +143,7 @@ impl Supervisor {
                 images,
                 bridge_ready: AtomicBool::new(false),
                 image_wait_ms: config.image_wait.as_millis() as u64,
+                disk: disk.clone(),
             }),
             state_path: crate::identity::agent_dir(&config.data_dir).join("tasks.json"),
             poll: config.poll,
@@ -150,7 +163,7 @@ impl Supervisor {
         }
         worker.adopt().await?;
         tokio::spawn(worker.run(rx, done_rx));
-        Ok(Self { commands, shared })
+        Ok(Self { commands, shared, disk })
     }
 
     /// Applies a `ManagerMessage::Assignments`: a full set (possibly in chunks, complete
@@ -208,6 +221,11 @@ impl Supervisor {
         lock(&self.shared.current).clone()
     }
 
+    /// The data dir's disk pressure, which the supervisor samples and the session reports.
+    pub fn disk(&self) -> &Arc<crate::disk::Watch> {
+        &self.disk
+    }
+
     /// Top digests of the images the tasks' containers use (image GC keeps them).
     pub fn images_in_use(&self) -> Vec<String> {
         lock(&self.shared.in_use).clone()
@@ -231,6 +249,7 @@ struct Deps<N> {
     images: Arc<ImageStore>,
     bridge_ready: AtomicBool,
     image_wait_ms: u64,
+    disk: Arc<crate::disk::Watch>,
 }
 
 /// One task as the worker knows it.
@@ -382,6 +401,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
         match shoal_link::files::write_private(&self.state_path, &bytes) {
             Ok(()) => self.last_saved = bytes,
             Err(e) => {
+                self.deps.disk.noticed(&e);
                 warn!(error = %e, path = %self.state_path.display(), "cannot save the task set");
                 self.dirty = true;
             }
@@ -659,6 +679,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
                 removals.push((id, cid, ports, grace));
                 continue;
             }
+            let disk_full = deps.disk.pressure();
             for _ in 0..8 {
                 let image_present =
                     e.container != Container::Absent || deps.images.image(&e.assignment.spec.image).is_some();
@@ -668,6 +689,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
                     image_present,
                     stop_requested: e.stop_requested,
                     image_wait_ms: deps.image_wait_ms,
+                    disk_full: disk_full.as_deref(),
                 };
                 match core::step(now, e.assignment.desired_state, &e.status, &facts) {
                     Action::Noop | Action::WaitForImage => break,
@@ -854,9 +876,9 @@ async fn prepare<N: Sandboxes>(deps: &Deps<N>, a: &Assignment, cid: &str) -> Res
             Ok(s) => s,
             Err(NetError::SandboxExists(_)) => {
                 let _ = deps.network.remove_sandbox(cid).await;
-                deps.network.create_sandbox(cid).await.map_err(|e| e.to_string())?
+                deps.network.create_sandbox(cid).await.map_err(|e| deps.disk.explain(&e))?
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(deps.disk.explain(&e)),
         };
         match publish_all(&deps.publisher, a, IpAddr::V4(sandbox.ip)).await {
             Ok((ports, bound)) => (Some(sandbox), ports, bound),
@@ -904,7 +926,7 @@ async fn prepare<N: Sandboxes>(deps: &Deps<N>, a: &Assignment, cid: &str) -> Res
         if sandbox.is_some() {
             let _ = deps.network.remove_sandbox(cid).await;
         }
-        return Err(e.to_string());
+        return Err(deps.disk.explain(&e));
     }
     Ok(Prepared { sandbox, ports, bound, digest: record.digest })
 }

@@ -56,7 +56,12 @@ struct Liveness {
     last_heard: Option<Millis>,
     since: Millis,
     message: String,
+    /// The last refused second board with this node's identity: when, and what to do.
+    duplicate: Option<(Millis, String)>,
 }
+
+/// How long `node inspect` keeps saying a second board was refused after the last try.
+pub const DUPLICATE_NOTE_FOR: Millis = 60_000;
 
 /// What the manager knows of each node's liveness.
 #[derive(Debug, Default)]
@@ -83,6 +88,7 @@ impl Membership {
             last_heard: None,
             since: now,
             message: "waiting for the node to reconnect".into(),
+            duplicate: None,
         });
     }
 
@@ -98,6 +104,7 @@ impl Membership {
             last_heard: None,
             since: now,
             message: String::new(),
+            duplicate: None,
         });
         entry.last_heard = Some(now);
         if entry.status == NodeStatus::Ready {
@@ -157,6 +164,53 @@ impl Membership {
         match self.nodes.get(node) {
             Some(l) => (l.status, l.last_heard.map(|t| now.saturating_sub(t)), &l.message),
             None => (NodeStatus::Unknown, None, ""),
+        }
+    }
+
+    /// Records that a second board with `node`'s identity was refused, and what to do.
+    pub fn note_duplicate(&mut self, now: Millis, node: &NodeId, what: String) {
+        if let Some(l) = self.nodes.get_mut(node) {
+            l.duplicate = Some((now, what));
+        }
+    }
+
+    /// What to say about a second board refused within the last [`DUPLICATE_NOTE_FOR`].
+    pub fn duplicate(&self, now: Millis, node: &NodeId) -> Option<&str> {
+        let (at, what) = self.nodes.get(node)?.duplicate.as_ref()?;
+        (now.saturating_sub(*at) < DUPLICATE_NOTE_FOR).then_some(what.as_str())
+    }
+}
+
+/// What to do with a new session for a node that already has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondSession {
+    /// The old session is dead or dying (a network flap, an agent restart): the new
+    /// one replaces it.
+    Replace,
+    /// The old session spoke after the new one arrived: two boards carry the same
+    /// identity (a copied data dir, a cloned SD card). The new one is refused.
+    Refuse,
+    /// Not known yet: ask again a little later.
+    Wait,
+}
+
+/// Longest a new session waits to learn whether the old one is alive. Below the agent's
+/// 5 s request timeout, so even with a long heartbeat period the answer arrives in time.
+pub const MAX_SECOND_SESSION_WAIT: Millis = 3_000;
+
+impl LivenessConfig {
+    /// Decides about a session that arrived at `arrived` for a node whose current
+    /// session was last heard at `old_last_heard`. A live agent beats every period, so
+    /// an old session silent for two periods since the new one came is not alive; one
+    /// that beats after it is. A reconnect after a flap or a restart therefore waits at
+    /// most two periods (1 s by default), and a clone is refused without ever taking over.
+    pub fn second_session(&self, arrived: Millis, old_last_heard: Millis, now: Millis) -> SecondSession {
+        if old_last_heard > arrived {
+            SecondSession::Refuse
+        } else if now.saturating_sub(arrived) >= (2 * self.heartbeat_period).min(MAX_SECOND_SESSION_WAIT) {
+            SecondSession::Replace
+        } else {
+            SecondSession::Wait
         }
     }
 }
@@ -223,6 +277,20 @@ mod tests {
         m.heard(0, &id(1));
         assert_eq!(m.lost(10, &id(1), "agent shut down").unwrap().to, NodeStatus::Down);
         assert!(m.lost(20, &id(1), "again").is_none());
+    }
+
+    #[test]
+    fn a_second_session_replaces_a_silent_one_and_is_refused_beside_a_live_one() {
+        let cfg = LivenessConfig::default();
+        // The old session last beat before the new one came, and stays silent: a restart.
+        assert_eq!(cfg.second_session(1_000, 900, 1_000), SecondSession::Wait);
+        assert_eq!(cfg.second_session(1_000, 900, 1_999), SecondSession::Wait);
+        assert_eq!(cfg.second_session(1_000, 900, 2_000), SecondSession::Replace);
+        // It beats after the new one came: two boards, one identity.
+        assert_eq!(cfg.second_session(1_000, 1_400, 1_400), SecondSession::Refuse);
+        // A very long period still answers before the agent's request times out.
+        let slow = LivenessConfig { heartbeat_period: 10_000, ..cfg };
+        assert_eq!(slow.second_session(0, 0, MAX_SECOND_SESSION_WAIT), SecondSession::Replace);
     }
 
     proptest! {

@@ -37,6 +37,8 @@ pub struct ClusterNode {
     pub status: NodeStatus,
     /// Capacity.
     pub resources: Resources,
+    /// The node reported its disk short of space: it takes no new task until it has room.
+    pub disk_full: bool,
 }
 
 impl ClusterNode {
@@ -53,6 +55,7 @@ impl ClusterNode {
             availability: record.availability,
             status,
             resources: record.description.resources,
+            disk_full: false,
         }
     }
 
@@ -149,6 +152,7 @@ pub(crate) mod tests {
             availability: Availability::Active,
             status: NodeStatus::Ready,
             resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
+            disk_full: false,
         }
     }
 

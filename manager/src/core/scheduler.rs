@@ -6,7 +6,8 @@
 //! the shell applies the returned [`Decision`]s, e.g. with [`record`].
 //!
 //! Filters, in the order a node is tried against them: the node runs tasks at all (not
-//! the manager), is Ready, is Active (Pause and Drain take no new tasks), supports one of
+//! the manager), is Ready, is Active (Pause and Drain take no new tasks), has room on its
+//! disk (the agent reports disk pressure on its data dir), supports one of
 //! the image's platforms, satisfies the constraints, has the reserved CPU and memory free
 //! (capacity minus the reservations of its other live tasks), and does not already bind
 //! one of the task's host-mode published ports. Among the nodes that pass, spread: fewest
@@ -62,19 +63,21 @@ enum Filter {
     Worker,
     Ready,
     Available,
+    Disk,
     Platform,
     Constraints,
     Resources,
     HostPort,
 }
 
-const FILTERS: usize = 7;
+const FILTERS: usize = 8;
 
 impl Filter {
     const ALL: [Filter; FILTERS] = [
         Filter::Worker,
         Filter::Ready,
         Filter::Available,
+        Filter::Disk,
         Filter::Platform,
         Filter::Constraints,
         Filter::Resources,
@@ -87,6 +90,7 @@ impl Filter {
             Self::Worker => format!("{nodes} reserved for the manager"),
             Self::Ready => format!("{nodes} not ready"),
             Self::Available => format!("{nodes} not available for new tasks"),
+            Self::Disk => format!("disk full on {nodes}"),
             Self::Platform => format!("unsupported platform on {nodes}"),
             Self::Constraints => format!("scheduling constraints not satisfied on {nodes}"),
             Self::Resources => format!("insufficient resources on {nodes}"),
@@ -103,6 +107,8 @@ fn static_rejection(node: &ClusterNode, placement: &Placement) -> Option<Filter>
         Some(Filter::Ready)
     } else if node.availability != shoal_proto::Availability::Active {
         Some(Filter::Available)
+    } else if node.disk_full {
+        Some(Filter::Disk)
     } else if !platform_supported(node, &placement.platforms) {
         Some(Filter::Platform)
     } else if !constraints_hold(node, &placement.constraints) {
@@ -421,6 +427,23 @@ mod tests {
         }
         assert_eq!(per.len(), 3);
         assert!(per.values().all(|&c| c == 2));
+    }
+
+    #[test]
+    fn a_node_short_of_disk_takes_no_new_task_and_the_reason_says_so() {
+        let mut nodes: Vec<_> = (1..=2).map(|i| node(i, &format!("n{i}"), "x86_64", &[])).collect();
+        nodes[0].disk_full = true;
+        let s = spec(|_| {});
+        let tasks: Vec<_> = (0..2).map(|i| task(i, 1, &s)).collect();
+        let d = schedule(&nodes, &tasks, &ids(&tasks));
+        assert!(assigned(&d).iter().all(|(_, n)| *n == nodes[1].id), "{d:?}");
+        nodes[1].disk_full = true;
+        let d = schedule(&nodes, &tasks, &ids(&tasks));
+        let Decision::Unassignable { reason, .. } = &d[0] else { panic!("{d:?}") };
+        assert_eq!(reason, "no suitable node (disk full on 2 nodes)");
+        // Space came back: placed again.
+        nodes[0].disk_full = false;
+        assert_eq!(assigned(&schedule(&nodes, &tasks, &ids(&tasks))).len(), 2);
     }
 
     #[test]

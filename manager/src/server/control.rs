@@ -8,7 +8,14 @@ pub(super) fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
         Role::Manager => (NodeStatus::Ready, Some(0), "this manager".to_owned()),
         Role::Worker => {
             let (s, ago, m) = st.members.status(now, &record.id);
-            (s, ago, m.to_owned())
+            let disk = st.disk.get(&record.id).map(|d| format!("disk pressure: {d}"));
+            let message = [Some(m.to_owned()), disk, st.members.duplicate(now, &record.id).map(str::to_owned)]
+                .into_iter()
+                .flatten()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (s, ago, message)
         }
     };
     NodeView {
@@ -72,6 +79,7 @@ pub(super) async fn handle_control(
                 let mut st = mgr.state.lock().expect("state lock");
                 st.members.forget(&record.id);
                 st.held.remove(&record.id);
+                st.disk.remove(&record.id);
                 st.sessions.remove(&record.id)
             };
             if let Some(s) = session {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::ca::{self, Ca, CertRole};
-use crate::core::membership::{LivenessConfig, Membership, Transition};
+use crate::core::membership::{LivenessConfig, Membership, SecondSession, Transition};
 use crate::core::nodes::{self, NodeRecord};
 use crate::core::orchestrator::{Now, Orchestrator};
 use crate::core::placement::ClusterNode;
@@ -104,6 +104,9 @@ const UPLOAD_STALL: Duration = Duration::from_secs(30);
 struct Session {
     serial: u64,
     conn: quinn::Connection,
+    /// When this session last carried a heartbeat (or opened): tells a live session from
+    /// a dead one when a second board with the same identity connects.
+    last_heard: Millis,
     /// Messages for the agent, written by its session task.
     tx: mpsc::Sender<ManagerMessage>,
 }
@@ -114,6 +117,9 @@ struct State {
     next_serial: u64,
     /// Image digests each node last said it holds complete (observed status, memory only).
     held: HashMap<NodeId, HashSet<String>>,
+    /// Nodes whose disk is short of space, with what they said (observed status, memory
+    /// only: a node says it again at each session start).
+    disk: HashMap<NodeId, String>,
 }
 
 /// What the reconcile task is asked to do.
@@ -276,6 +282,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             sessions: HashMap::new(),
             next_serial: 0,
             held: HashMap::new(),
+            disk: HashMap::new(),
         }),
         started: Instant::now(),
         blobs,

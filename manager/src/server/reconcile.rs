@@ -15,7 +15,7 @@ pub(super) fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::st
                 Role::Manager => NodeStatus::Ready,
                 Role::Worker => st.members.status(now, &r.id).0,
             };
-            ClusterNode::from_record(r, status)
+            ClusterNode { disk_full: st.disk.contains_key(&r.id), ..ClusterNode::from_record(r, status) }
         })
         .collect())
 }

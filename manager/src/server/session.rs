@@ -26,6 +26,9 @@ pub(super) async fn run_session(
         }
         Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
     };
+    if let Err(refusal) = one_board_per_node(&mgr, &conn, &node, &record).await {
+        return reply(&mut send, &Response::Error(refusal)).await;
+    }
     // Persist the description only when it changed: boards reconnect often.
     let addr = open
         .node
@@ -46,8 +49,8 @@ pub(super) async fn run_session(
         let mut st = mgr.state.lock().expect("state lock");
         st.next_serial += 1;
         let serial = st.next_serial;
-        let replaced = st.sessions.insert(node.clone(), Session { serial, conn: conn.clone(), tx });
         let now = mgr.now();
+        let replaced = st.sessions.insert(node.clone(), Session { serial, conn: conn.clone(), last_heard: now, tx });
         (serial, st.members.heard(now, &node), replaced)
     };
     if let Some(old) = replaced {
@@ -98,9 +101,34 @@ pub(super) async fn run_session(
                         let t = {
                             let mut st = mgr.state.lock().expect("state lock");
                             let now = mgr.now();
+                            if let Some(s) = st.sessions.get_mut(&node).filter(|s| s.serial == serial) {
+                                s.last_heard = now;
+                            }
                             st.members.heard(now, &node)
                         };
                         mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
+                    }
+                    Ok(Some(AgentMessage::DiskPressure(pressure))) => {
+                        let changed = {
+                            let mut st = mgr.state.lock().expect("state lock");
+                            match pressure {
+                                Some(what) => {
+                                    warn!(%node, "disk pressure: {what}; no new tasks go there until it has room");
+                                    st.disk.insert(node.clone(), what.to_string()).is_none()
+                                }
+                                None => {
+                                    let was = st.disk.remove(&node).is_some();
+                                    if was {
+                                        info!(%node, "disk pressure is over; the node takes new tasks again");
+                                    }
+                                    was
+                                }
+                            }
+                        };
+                        // Pending tasks may fit now, or must not go there any more.
+                        if changed && mgr.events.send(Event::Kick).await.is_err() {
+                            break None;
+                        }
                     }
                     Ok(Some(AgentMessage::ImagesHeld(digests))) => {
                         debug!(%node, images = digests.len(), "node reports the images it holds");
@@ -139,6 +167,59 @@ pub(super) async fn run_session(
             let t = st.members.lost(now, &node, reason);
             drop(st);
             mgr.log_transitions(&t.into_iter().collect::<Vec<_>>());
+        }
+    }
+}
+
+/// A node is one board. When a session arrives for a node that has one already, waits
+/// until the old one proves alive (it beats after this one came: two boards carry the
+/// same identity, this one is refused, with the words to fix it) or dead (silent for
+/// two heartbeat periods: a restart or a network flap, this one takes over). The decision
+/// is [`LivenessConfig::second_session`].
+async fn one_board_per_node(
+    mgr: &Manager,
+    conn: &quinn::Connection,
+    node: &NodeId,
+    record: &NodeRecord,
+) -> Result<(), ErrorReply> {
+    let arrived = mgr.now();
+    loop {
+        let verdict = {
+            let st = mgr.state.lock().expect("state lock");
+            match st.sessions.get(node) {
+                Some(old) if old.conn.close_reason().is_none() && old.conn.stable_id() != conn.stable_id() => {
+                    let verdict = st.members.config().second_session(arrived, old.last_heard, mgr.now());
+                    Some((verdict, old.conn.remote_address()))
+                }
+                _ => None,
+            }
+        };
+        match verdict {
+            None | Some((SecondSession::Replace, _)) => return Ok(()),
+            Some((SecondSession::Wait, _)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Some((SecondSession::Refuse, first)) => {
+                let hostname = record.description.hostname.as_str();
+                let second = conn.remote_address();
+                warn!(
+                    %node, %hostname, connected = %first, refused = %second,
+                    "two boards carry the identity of node {node} ({hostname}): the one at {second} was refused; \
+                     run `shoal-agent join` with a fresh data dir and a new token on it"
+                );
+                let note = format!(
+                    "another board with this node's identity connected from {second} and was refused \
+                     (copied data dir or cloned SD card?): run `shoal-agent join` with a fresh data dir \
+                     and a new token on it"
+                );
+                mgr.state.lock().expect("state lock").members.note_duplicate(mgr.now(), node, note);
+                return Err(ErrorReply::new(
+                    ErrorKind::Conflict,
+                    &format!(
+                        "node {node} ({hostname}) is already connected from {first}: this board's identity \
+                         was copied from it; run `shoal-agent join` with a fresh data dir and a new token on \
+                         this board (`shoal manager join-token worker` on the manager)"
+                    ),
+                ));
+            }
         }
     }
 }
