@@ -11,7 +11,8 @@ for pkg_cmd in \
     "busybox-static:busybox" \
     "bc:bc" \
     "file:file" \
-    "python3:python3"; do
+    "python3:python3" \
+    "patch:patch"; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -31,3 +32,6 @@ if command -v rustup >/dev/null 2>&1; then
     grep -q "^$c" <<<"$components" || rustup component add "$c"
   done
 fi
+
+# libcontainer with the 32-bit ARM fix (patches/libcontainer/, made from crates.io + diff).
+"$(dirname "$0")/patch-libcontainer.sh"
