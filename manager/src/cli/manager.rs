@@ -40,7 +40,7 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// How often agents send heartbeats; a node is Down after 3 missed ones.
-    #[arg(long, default_value = "500ms", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = super::parse_heartbeat_period)]
     pub heartbeat_period: std::time::Duration,
     /// Overrides the listen address chosen at init.
     #[arg(long)]

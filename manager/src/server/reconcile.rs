@@ -44,7 +44,11 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
         // Store writes block; keep them off the other tasks' way.
         match tokio::task::block_in_place(|| reconcile(&mgr, batch)) {
             Ok(next) => {
-                wake_at = next.map(|ms| tokio::time::Instant::from_std(mgr.started + Duration::from_millis(ms)))
+                // A far timer (or one past `Instant`'s range) waits no longer than the
+                // periodic pass would anyway.
+                let periodic = std::time::Instant::now() + RECONCILE_PERIOD;
+                let at = next.and_then(|ms| mgr.started.checked_add(Duration::from_millis(ms)));
+                wake_at = Some(tokio::time::Instant::from_std(at.map_or(periodic, |at| at.min(periodic))));
             }
             Err(e) => {
                 warn!(error = %e, "reconciliation failed; retrying in a second");
