@@ -64,6 +64,25 @@ pub enum StoreError {
     /// The store has no cluster in it.
     #[error("the state store has no cluster: run `shoal manager init` first")]
     Empty,
+    /// The file is not a readable store: empty, another kind of file, truncated or
+    /// overwritten in places.
+    #[error(
+        "the state store {path} is damaged ({detail}): stop the manager and restore a backup with \
+         `shoal manager restore FILE` (made by `shoal manager backup FILE`), or move the data directory \
+         away and start a new cluster with `shoal manager init`"
+    )]
+    Damaged {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// What a check in another process said (already a whole message).
+    #[error("{0}")]
+    Checked(String),
+    /// Another process (a running manager) holds the store.
+    #[error("the state store {0} is in use: is `shoal manager run` running? stop it first")]
+    Locked(std::path::PathBuf),
     /// Written by a shoal whose records this one reads differently.
     #[error(
         "the state store was written by another version of shoal (format {found}, this one reads {FORMAT}): \
@@ -79,6 +98,25 @@ macro_rules! db_err {
     ($($t:ty),*) => {$(impl From<$t> for StoreError { fn from(e: $t) -> Self { Self::Db(e.to_string()) } })*};
 }
 db_err!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// The first bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// What is wrong with the file's first bytes, before redb is let near it.
+fn check_header(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut head = [0u8; REDB_MAGIC.len()];
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len == 0 {
+        return Err("the file is empty".into());
+    }
+    match file.read_exact(&mut head) {
+        Ok(()) if head == REDB_MAGIC => Ok(()),
+        Ok(()) => Err("it is not a redb database".into()),
+        Err(_) => Err(format!("the file is only {len} bytes long")),
+    }
+}
 
 /// Cluster-wide secrets and settings, written at init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,20 +148,64 @@ pub struct Store {
 
 impl Store {
     /// Creates a new store holding `cluster` and the manager's own node record.
+    ///
+    /// One transaction: a crash leaves either no cluster or the whole of it, never a
+    /// format key without a cluster record (which `run` would call empty).
     pub fn create(path: &Path, cluster: &ClusterRecord, manager_node: &NodeRecord) -> Result<Self, StoreError> {
         let store = Self { db: Database::create(path)? };
         let tx = store.db.begin_write()?;
-        tx.open_table(META)?.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+            meta.insert(CLUSTER_KEY, postcard::to_allocvec(cluster)?.as_slice())?;
+            tx.open_table(NODES)?.insert(manager_node.id.as_str(), postcard::to_allocvec(manager_node)?.as_slice())?;
+        }
         tx.commit()?;
-        store.put_cluster(cluster)?;
-        store.put_node(manager_node)?;
         Ok(store)
     }
 
     /// Opens an existing store, if this version can read it. Records are postcard, which
     /// does not describe itself: reading another layout would give wrong values, not errors.
+    ///
+    /// A damaged file is an error that says how to restore, never a panic where unwinding
+    /// is on: the header is checked first, then redb opens the file and checks every
+    /// page's checksum (repairing what a crash left), then every record is decoded. redb
+    /// asserts on some broken structures; under `panic = "abort"` (release builds) only
+    /// a separate process can survive that, which is why `manager run` and
+    /// `manager restore` check the file in a child first (see `cli::manager`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let store = Self { db: Database::open(path)? };
+        let damaged = |detail: &str| StoreError::Damaged { path: path.to_owned(), detail: detail.to_owned() };
+        check_header(path).map_err(|detail| damaged(&detail))?;
+        let opened = std::panic::catch_unwind(|| Database::open(path));
+        let mut db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(StoreError::Locked(path.to_owned())),
+            Ok(Err(e)) => return Err(damaged(&e.to_string())),
+            Err(_) => return Err(damaged("redb cannot read its structure")),
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(path = %path.display(), "the state store was repaired after a crash"),
+            Ok(Err(e)) => return Err(damaged(&e.to_string())),
+            Err(_) => return Err(damaged("redb found its pages inconsistent")),
+        }
+        let store = Self::checked_format(Self { db })?;
+        let read_all = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), StoreError> {
+            store.nodes()?;
+            store.images()?;
+            store.services()?;
+            store.tasks()?;
+            Ok(())
+        }));
+        match read_all {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(StoreError::Db(e))) => Err(damaged(&e)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(damaged("a record cannot be read")),
+        }
+    }
+
+    fn checked_format(store: Self) -> Result<Self, StoreError> {
         let found = {
             let tx = store.db.begin_read()?;
             match tx.open_table(META) {
@@ -144,6 +226,28 @@ impl Store {
             Some(found) if found != FORMAT => Err(StoreError::Format { found }),
             _ => Ok(store),
         }
+    }
+
+    /// Writes a consistent copy of the whole store to a new file at `dest`, from one
+    /// read transaction: writes made meanwhile are either all in it or not at all.
+    pub fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+        let rtx = self.db.begin_read()?;
+        let out = Database::create(dest)?;
+        let wtx = out.begin_write()?;
+        for def in [META, NODES, IMAGES, SERVICES, TASKS] {
+            let table = match rtx.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut copy = wtx.open_table(def)?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                copy.insert(k.value(), v.value())?;
+            }
+        }
+        wtx.commit()?;
+        Ok(())
     }
 
     /// The cluster record.
@@ -287,6 +391,83 @@ mod tests {
         assert!(matches!(e, StoreError::Format { found: 1 }), "{e}");
         assert!(e.to_string().contains("shoal manager init"), "{e}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    fn scratch_path() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())))
+    }
+
+    /// A store like `init` makes, with enough records to span many pages.
+    fn full_store(path: &Path) {
+        let store = Store { db: Database::create(path).unwrap() };
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice()).unwrap();
+        tx.commit().unwrap();
+        let images: Vec<ImageRecord> = (0..300)
+            .map(|i| ImageRecord {
+                reference: format!("img{i}:1"),
+                digest: format!("sha256:{}", "a".repeat(64)),
+                platforms: vec!["linux/arm64".into()],
+                size: 1,
+                blobs: vec![format!("sha256:{}", "b".repeat(64)); 4],
+                loaded_at_ms: 1,
+            })
+            .collect();
+        store.update_images(&images, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_store_is_an_error_that_says_how_to_restore_never_a_panic() {
+        let path = scratch_path();
+        full_store(&path);
+        let good = std::fs::read(&path).unwrap();
+        assert!(Store::open(&path).is_ok());
+        let mut cases: Vec<(String, Vec<u8>, bool)> = vec![
+            ("empty".into(), Vec::new(), true),
+            ("text".into(), b"hello, not a database".to_vec(), true),
+            ("five bytes".into(), b"redb\x1a".to_vec(), true),
+        ];
+        for frac in [2, 3, 8, 64] {
+            cases.push((format!("truncated to 1/{frac}"), good[..good.len() / frac].to_vec(), true));
+        }
+        for off in [0, 64, 512, 4096, 8192, 16384, good.len() / 2, good.len() - 300] {
+            let mut bytes = good.clone();
+            bytes.iter_mut().skip(off).take(256).for_each(|b| *b ^= 0x5a);
+            // Some pages are unused: overwriting them may leave a good store.
+            cases.push((format!("overwritten at {off}"), bytes, false));
+        }
+        let mut refused = 0;
+        for (what, bytes, must_fail) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            match std::panic::catch_unwind(|| Store::open(&path)) {
+                Err(_) => panic!("{what}: opening panicked"),
+                Ok(Ok(_)) => assert!(!must_fail, "{what}: opened"),
+                Ok(Err(e)) => {
+                    refused += 1;
+                    let msg = e.to_string();
+                    assert!(matches!(e, StoreError::Damaged { .. }), "{what}: {msg}");
+                    assert!(msg.contains("shoal manager restore FILE"), "{what}: {msg}");
+                    assert!(!msg.contains("another"), "{what}: {msg}");
+                }
+            }
+        }
+        assert!(refused >= 9, "only {refused} damaged files refused");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_store_in_use_says_so_and_a_snapshot_opens_with_the_same_records() {
+        let path = scratch_path();
+        full_store(&path);
+        let store = Store::open(&path).unwrap();
+        let Err(e) = Store::open(&path) else { panic!("opened twice") };
+        assert!(matches!(e, StoreError::Locked(_)), "{e}");
+        assert!(e.to_string().contains("stop it first"), "{e}");
+        let copy = scratch_path();
+        store.snapshot(&copy).unwrap();
+        assert_eq!(Store::open(&copy).unwrap().images().unwrap(), store.images().unwrap());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&copy);
     }
 
     #[test]

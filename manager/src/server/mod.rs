@@ -55,7 +55,7 @@ mod join;
 mod reconcile;
 mod session;
 
-use control::handle_control;
+use control::{handle_control, send_backup};
 use distribution::*;
 use join::handle_join;
 use reconcile::*;
@@ -175,6 +175,8 @@ struct Manager {
     images: tokio::sync::Mutex<()>,
     /// Connections without a certificate open now.
     anonymous: Arc<std::sync::atomic::AtomicUsize>,
+    /// The data directory, for scratch files beside the store.
+    data_dir: std::path::PathBuf,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -245,8 +247,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    let store = Store::open(&store_path)
-        .map_err(|e| anyhow::anyhow!("{e} (is another `shoal manager run` using {} already?)", data_dir.display()))?;
+    crate::verify::in_child(&store_path)?;
+    let store = Store::open(&store_path)?;
     let cluster = store.cluster()?;
     let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
     let server_key = rcgen::KeyPair::from_pem(&cluster.server_key_pem)?;
@@ -297,6 +299,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         blobs,
         images: tokio::sync::Mutex::new(()),
         anonymous: Arc::default(),
+        data_dir: data_dir.to_owned(),
     });
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {
@@ -475,6 +478,7 @@ async fn handle_stream(
             ErrorKind::Unauthorized,
             "this connection carries no node certificate: join the cluster first with `shoal-agent join --token TOKEN MANAGER`",
         )),
+        (Request::Control(ControlRequest::Backup), Peer::Admin) => return send_backup(&mgr, send).await,
         (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req, &mut recv).await {
             Ok(r) => Response::Control(r),
             Err(e) => {
