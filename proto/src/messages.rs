@@ -192,6 +192,8 @@ pub enum ControlRequest {
     ImageRemove {
         /// Reference or digest.
         image: ImageRef,
+        /// Remove it even when services use it (their new tasks are then rejected).
+        force: bool,
     },
     /// `shoal service ...`.
     Service(crate::dispatch::ServiceRequest),

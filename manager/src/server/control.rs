@@ -127,7 +127,7 @@ pub(super) async fn handle_control(
         }
         ControlRequest::ImageLoad { size } => load_image(mgr, size, recv).await,
         ControlRequest::ImageList => list_images(mgr),
-        ControlRequest::ImageRemove { image } => remove_image(mgr, &image).await,
+        ControlRequest::ImageRemove { image, force } => remove_image(mgr, &image, force).await,
         // Answered by `send_backup` before it gets here.
         ControlRequest::Backup => Err(ErrorReply::new(ErrorKind::InvalidRequest, "backup is a streamed request")),
         ControlRequest::JoinToken { rotate } => {

@@ -137,6 +137,19 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     }
     svc.updater.forget_gone(&tasks);
 
+    // A task whose image the manager no longer has (`image rm --force`) could never
+    // start: reject it with the reason rather than leave a board waiting for it. The
+    // orchestrator replaces it after the restart delay, so loading the image again heals.
+    let loaded: HashSet<String> = mgr.store.images()?.into_iter().map(|i| i.reference).collect();
+    let waiting = |t: &Task| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running;
+    for t in tasks.iter_mut().filter(|t| waiting(t) && !loaded.contains(t.spec.image.as_str())) {
+        let message =
+            format!("image {} is not loaded on the manager: load it with `shoal image load ARCHIVE`", t.spec.image);
+        let mut status = shoal_proto::TaskStatus::new(TaskState::Rejected, now.wall_ms, "rejected");
+        status.err = Some(shoal_proto::Message::lossy(&message));
+        let _ = shoal_proto::apply_status(t, status);
+    }
+
     let pending: Vec<TaskId> = tasks
         .iter()
         .filter(|t| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running)
