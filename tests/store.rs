@@ -57,3 +57,61 @@ fn a_damaged_store_says_how_to_restore_and_a_backup_brings_the_cluster_back() {
     assert_eq!(c.nodes().len(), 2);
     c.wait_status_all("Ready", Duration::from_secs(20));
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_full_disk_refuses_changes_clearly_and_the_manager_recovers_when_space_returns() {
+    let mut c = Cluster::start(1).unwrap();
+    let dir = c.manager_host().data_dir.join("manager");
+    let keep = c.manager_host().data_dir.join("manager-copy");
+    // The manager's directory moves onto a small tmpfs.
+    c.manager.stop();
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        assert!(std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+    };
+    cp(&dir, &keep);
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&dir).status();
+    assert!(mounted.unwrap().success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    for entry in std::fs::read_dir(&keep).unwrap() {
+        cp(&entry.unwrap().path(), &dir);
+    }
+    c.manager = c.manager_host().spawn("shoal", &["manager", "run"]);
+    let host = c.manager_host();
+    wait_for("the manager to answer", Duration::from_secs(10), || {
+        host.run("shoal", &["node", "ls"]).status.success().then_some(())
+    });
+    host.shoal(&["image", "load", shoal_e2e::lab_image("demo-app-1.0.tar").to_str().unwrap()]);
+    let filler = dir.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 << 20]);
+    // A change that needs room: the service record fits in the file's free pages, its
+    // 4000 tasks (placed nowhere, so no container starts) do not.
+    let create = ["service", "create", "--detach", "--name", "many", "--replicas", "4000"];
+    let out = host.run("shoal", &[&create[..], &["--constraint", "node.labels.nowhere==1", "demo/app:1.0"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(stderr.contains("the manager's disk is full: free space under"), "{stderr}");
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let log = c.manager.output();
+    let failures = log.lines().filter(|l| l.contains("reconciliation failed")).count();
+    assert!(log.contains("the manager's disk is full: free space under"), "{log}");
+    assert!(!log.contains("re-open"), "{log}");
+    assert!(failures <= 4, "{failures} failed reconciliations in 10 s: it should wait between tries");
+    assert_eq!(c.nodes().len(), 2, "reads go on");
+    assert!(c.service_ps("many").is_empty(), "tasks were saved on a full disk");
+    // Space returns: the same manager catches up by itself, no restart.
+    std::fs::remove_file(&filler).unwrap();
+    if !out.status.success() {
+        host.shoal(&[&create[..], &["--constraint", "node.labels.nowhere==1", "demo/app:1.0"]].concat());
+    }
+    wait_for("the tasks to be saved", Duration::from_secs(20), || (c.service_ps("many").len() >= 2048).then_some(()));
+    c.wait_status_all("Ready", Duration::from_secs(10));
+}

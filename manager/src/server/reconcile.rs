@@ -20,6 +20,9 @@ pub(super) fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::st
         .collect())
 }
 
+/// How long the reconcile task waits after a write failed for lack of space.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
+
 /// The one task that changes tasks: waits for events (or the next timer), takes every
 /// event already queued, and reconciles once for all of them.
 pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver<Event>) {
@@ -51,8 +54,12 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
                 wake_at = Some(tokio::time::Instant::from_std(at.map_or(periodic, |at| at.min(periodic))));
             }
             Err(e) => {
-                warn!(error = %e, "reconciliation failed; retrying in a second");
-                wake_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                // A full disk fails every write the same way: retry at a calm pace (each
+                // try writes nothing) and recover by itself once there is space.
+                let full = e.downcast_ref::<crate::store::StoreError>().is_some_and(|e| e.is_disk_full());
+                let retry = if full { DISK_FULL_RETRY } else { Duration::from_secs(1) };
+                warn!(error = %e, "reconciliation failed; retrying in {retry:?}");
+                wake_at = Some(tokio::time::Instant::now() + retry);
             }
         }
     }
