@@ -96,6 +96,7 @@ fn wrong_and_rotated_tokens_are_refused_and_nothing_is_written() {
 fn a_removed_node_is_refused_afterwards() {
     let mut c = Cluster::start(2).unwrap();
     let m = c.manager_host();
+    let manager = format!("{}:4242", m.ip);
     // A live node can't be removed without --force.
     let out = m.run("shoal", &["node", "rm", "node1"]);
     assert!(!out.status.success());
@@ -105,13 +106,24 @@ fn a_removed_node_is_refused_afterwards() {
     let code = c.agents[0].wait_exit(Duration::from_secs(15));
     assert_eq!(code, Some(1), "agent output: {}", c.agents[0].output());
     assert!(c.agents[0].output().contains("removed from the cluster"));
-    // Its old credentials stay refused.
+    // Its old credentials stay refused, and the agent says exactly what to do.
     let out = c.lab.hosts[1].run("shoal-agent", &["run"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("removed from the cluster"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed from the cluster: join it again with `shoal-agent join"), "{err}");
+    assert!(!err.contains("shoal-agent run"), "{err}");
     let nodes = c.nodes();
     assert_eq!(nodes.len(), 2);
     assert!(nodes.iter().all(|n| n.hostname != "node1"));
+    // A board still in the cluster is not re-joined by accident.
+    let out = c.lab.hosts[2].run("shoal-agent", &["join", "--token", &c.token, &manager]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("join --force"), "{err}");
+    // Doing what the removed board was told works, without --force.
+    let args = ["join", "--token", &c.token, "--hostname", "node1", &manager];
+    c.agents[0] = c.lab.hosts[1].spawn("shoal-agent", &args);
+    c.wait_status("node1", "Ready", Duration::from_secs(15));
+    assert_eq!(c.nodes().len(), 3);
 }
 
 #[test]

@@ -265,3 +265,31 @@ fn a_manager_restart_loses_nothing_and_starts_nothing_twice() {
     wait_for("containers gone", Duration::from_secs(30), || (running_containers("durable") == 0).then_some(()));
     assert!(c.service_ls().is_empty());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn an_image_in_use_is_not_removed_and_a_task_without_its_image_is_rejected_with_why() {
+    let c = cluster_with_images(&["demo-app-1.0.tar"]);
+    let m = c.manager_host();
+    m.shoal(&["service", "create", "--name", "keepimg", "--replicas", "1", "demo/app:1.0"]);
+    wait_for("keepimg to run", Duration::from_secs(60), || all_running(&c, "keepimg", 1));
+    // Docker's conflict, naming the service.
+    let out = m.run("shoal", &["image", "rm", "demo/app:1.0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an image in use was removed");
+    assert!(err.contains("(must force)") && err.contains("service keepimg is using"), "{err}");
+    assert!(m.shoal(&["image", "ls"]).contains("demo/app"), "the refused rm removed the image");
+    // Forced: the running task stays, a new one is rejected with the reason, not left waiting.
+    m.shoal(&["image", "rm", "--force", "demo/app:1.0"]);
+    let node = live(&c, "keepimg")[0]["NODE"].clone();
+    m.shoal(&["node", "update", "--availability", "drain", &node]);
+    wait_for("the new task to be rejected with why", Duration::from_secs(30), || {
+        let ps = m.shoal(&["service", "ps", "keepimg"]);
+        ps.contains("image demo/app:1.0 is not loaded on the manager").then_some(())
+    });
+    // Loading the image again heals it.
+    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap()]);
+    wait_for("the replica to run again", Duration::from_secs(60), || all_running(&c, "keepimg", 1));
+    m.shoal(&["node", "update", "--availability", "active", &node]);
+    m.shoal(&["service", "rm", "keepimg"]);
+}

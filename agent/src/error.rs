@@ -8,9 +8,26 @@ use shoal_proto::ErrorReply;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// `join` on a board that already belongs to a cluster.
-    #[error("this node is already part of a cluster (node {node_id}): run `shoal-agent run`, or remove {} to join another", .dir.display())]
+    #[error(
+        "this node is already part of a cluster (node {node_id}): start it with `shoal-agent run`; to leave \
+         that cluster and join again (e.g. after `shoal node rm`), run `shoal-agent join --force --token TOKEN \
+         MANAGER`, which replaces the identity in {}",
+        .dir.display()
+    )]
     AlreadyJoined {
         /// Its node ID.
+        node_id: String,
+        /// Where its identity lives.
+        dir: PathBuf,
+    },
+    /// The manager removed this node (`shoal node rm`): its identity is no longer honoured.
+    #[error(
+        "this node ({node_id}) was removed from the cluster: join it again with `shoal-agent join --token TOKEN \
+         MANAGER` (no --force needed; it replaces the old identity in {})",
+        .dir.display()
+    )]
+    Removed {
+        /// Its former node ID.
         node_id: String,
         /// Where its identity lives.
         dir: PathBuf,

@@ -20,6 +20,35 @@ fn identity_path(data_dir: &Path) -> PathBuf {
     agent_dir(data_dir).join("identity.json")
 }
 
+/// Written when the manager refused this node as removed; holds the removed node ID, so
+/// `join` knows the identity beside it is dead and replaces it without `--force`.
+fn removed_path(data_dir: &Path) -> PathBuf {
+    agent_dir(data_dir).join("removed")
+}
+
+/// Records that the manager removed `node_id`.
+pub fn mark_removed(data_dir: &Path, node_id: &str) -> std::io::Result<()> {
+    write_private(&removed_path(data_dir), node_id.as_bytes())
+}
+
+/// Whether the manager said `node_id` was removed.
+pub fn is_removed(data_dir: &Path, node_id: &str) -> bool {
+    std::fs::read(removed_path(data_dir)).is_ok_and(|b| b == node_id.as_bytes())
+}
+
+/// Forgets the removal mark, once a new identity is saved.
+pub fn clear_removed(data_dir: &Path) {
+    let _ = std::fs::remove_file(removed_path(data_dir));
+}
+
+/// Whether `join` may replace `existing`: when the manager removed it, or when told to.
+pub fn may_replace(data_dir: &Path, existing: &NodeIdentity, force: bool) -> Result<(), AgentError> {
+    if force || is_removed(data_dir, &existing.node_id) {
+        return Ok(());
+    }
+    Err(AgentError::AlreadyJoined { node_id: existing.node_id.clone(), dir: agent_dir(data_dir) })
+}
+
 /// Everything the agent needs to reconnect without a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeIdentity {
@@ -81,4 +110,43 @@ pub fn key_and_csr() -> Result<(rcgen::KeyPair, Vec<u8>), rcgen::Error> {
     let key = rcgen::KeyPair::generate()?;
     let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
     Ok((key, csr.der().to_vec()))
+}
+
+#[cfg(test)]
+mod removal_tests {
+    use super::*;
+
+    fn identity(id: &str) -> NodeIdentity {
+        NodeIdentity {
+            node_id: id.into(),
+            manager_addr: "10.0.0.1:4242".into(),
+            ca_pem: String::new(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            hostname: None,
+            advertise_addr: None,
+            labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn join_replaces_an_identity_only_when_the_manager_removed_it_or_when_forced() {
+        let dir = std::env::temp_dir().join(format!("shoal-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(agent_dir(&dir)).unwrap();
+        let live = identity("node-a");
+        let e = may_replace(&dir, &live, false).unwrap_err().to_string();
+        assert!(e.contains("shoal-agent run") && e.contains("join --force"), "{e}");
+        assert!(may_replace(&dir, &live, true).is_ok());
+        // Removed: `join` goes ahead without --force, and only for that node.
+        mark_removed(&dir, "node-a").unwrap();
+        assert!(may_replace(&dir, &live, false).is_ok());
+        assert!(may_replace(&dir, &identity("node-b"), false).is_err());
+        clear_removed(&dir);
+        assert!(may_replace(&dir, &live, false).is_err());
+        let removed = AgentError::Removed { node_id: "node-a".into(), dir: agent_dir(&dir) }.to_string();
+        assert!(removed.contains("join it again with `shoal-agent join --token TOKEN MANAGER`"), "{removed}");
+        assert!(!removed.contains("shoal-agent run"), "{removed}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -32,6 +32,9 @@ enum Command {
         token: String,
         /// Manager address, HOST[:PORT] (default port 4242).
         manager: String,
+        /// Replace this board's identity if it already joined a cluster.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -104,7 +107,7 @@ async fn shutdown_signal() {
 
 async fn main_async(cli: Cli) -> Result<(), AgentError> {
     let identity = match cli.command {
-        Command::Join { token, manager, node } => {
+        Command::Join { token, manager, force, node } => {
             let saved = NodeIdentity {
                 node_id: String::new(),
                 manager_addr: String::new(),
@@ -115,7 +118,8 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
                 advertise_addr: node.advertise_addr.clone(),
                 labels: node.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect(),
             };
-            let identity = session::join(&cli.data_dir, &manager, &token, description(&node, None), saved).await?;
+            let identity =
+                session::join(&cli.data_dir, &manager, &token, description(&node, None), saved, force).await?;
             println!("This node joined a cluster as a worker.");
             identity
         }

@@ -64,9 +64,14 @@ pub async fn join(
     token: &str,
     description: NodeDescription,
     mut saved: NodeIdentity,
+    force: bool,
 ) -> Result<NodeIdentity, AgentError> {
-    if let Some(existing) = NodeIdentity::load(data_dir)? {
-        return Err(AgentError::AlreadyJoined { node_id: existing.node_id, dir: identity::agent_dir(data_dir) });
+    // An unreadable identity is replaced only when told to.
+    match NodeIdentity::load(data_dir) {
+        Ok(Some(existing)) => identity::may_replace(data_dir, &existing, force)?,
+        Ok(None) => {}
+        Err(_) if force => {}
+        Err(e) => return Err(e),
     }
     let parsed: JoinToken = token.parse()?;
     let addr = resolve(manager).await?;
@@ -104,6 +109,7 @@ pub async fn join(
     saved.cert_pem = cert_pem(accepted.certificate.as_slice());
     saved.key_pem = key.serialize_pem();
     saved.save(data_dir)?;
+    identity::clear_removed(data_dir);
     Ok(saved)
 }
 
@@ -172,6 +178,15 @@ pub async fn run(
             }
         };
         match end {
+            SessionEnd::Failed(AgentError::Refused(e)) if e.kind == ErrorKind::NodeRemoved => {
+                if let Err(io) = identity::mark_removed(data_dir, &identity.node_id) {
+                    warn!(error = %io, "cannot record that this node was removed");
+                }
+                return Err(AgentError::Removed {
+                    node_id: identity.node_id.clone(),
+                    dir: identity::agent_dir(data_dir),
+                });
+            }
             SessionEnd::Failed(AgentError::Refused(e)) if e.kind.is_permanent() => return Err(AgentError::Refused(e)),
             SessionEnd::Failed(AgentError::Refused(e)) if e.kind == ErrorKind::Conflict => {
                 // Another board carries this identity and holds the session: this copy

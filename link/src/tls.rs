@@ -85,8 +85,46 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(idle_timeout, idle_timeout / 4));
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(idle_timeout.try_into().ok());
+    t.keep_alive_interval(Some(idle_timeout / 4));
+    // Every connection starts with an unauthenticated peer's allowance; the manager
+    // raises it once a certificate says who is there (see `PeerLimits`).
+    t.max_concurrent_bidi_streams(UNAUTHENTICATED.streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.receive_window(UNAUTHENTICATED.window.into());
+    // Per stream, what keeps one upload at LAN speed; the connection's window above is
+    // what bounds the total.
+    t.stream_receive_window((1u32 << 20).into());
+    config.transport_config(Arc::new(t));
     Ok(config)
+}
+
+/// What one connection to the manager may hold: streams open at once and bytes sent but
+/// not yet read by the manager (QUIC flow control: the peer cannot send past it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Concurrent bidirectional streams.
+    pub streams: u32,
+    /// Connection-wide receive window, bytes.
+    pub window: u32,
+}
+
+/// A peer without a certificate may only join or ping: a join request is a few tens of
+/// kilobytes, so a few streams and a small window are all it needs, and all a stranger
+/// can make the manager hold.
+pub const UNAUTHENTICATED: PeerLimits = PeerLimits { streams: 4, window: 256 * 1024 };
+
+/// A node or the operator's CLI: enough streams for a session, blob fetches and control
+/// requests at once, and a window that keeps an image upload at LAN speed.
+pub const AUTHENTICATED: PeerLimits = PeerLimits { streams: 64, window: 16 * 1024 * 1024 };
+
+impl PeerLimits {
+    /// Applies these limits to an established connection.
+    pub fn apply(self, conn: &quinn::Connection) {
+        conn.set_max_concurrent_bi_streams(self.streams.into());
+        conn.set_receive_window(self.window.into());
+    }
 }
 
 /// A client TLS configuration, remembering whether a pinned CA failed to match.

@@ -63,8 +63,13 @@ pub fn init(
     let result = build(&scratch, advertise, listen, hostname);
     match result {
         Ok(done) => {
+            // The files are synced (redb commits, `write_private`); sync the scratch
+            // directory's entries, then the rename, so a power cut after "initialized"
+            // leaves the whole cluster, and one before leaves only scratch to redo.
+            sync_dir(&scratch)?;
             std::fs::rename(&scratch, &dir)
                 .with_context(|| format!("cannot move the new cluster into {}", dir.display()))?;
+            sync_dir(data_dir)?;
             Ok(done)
         }
         Err(e) => {
@@ -72,6 +77,12 @@ pub fn init(
             Err(e)
         }
     }
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
 fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
@@ -123,4 +134,45 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
     };
     paths::write_private(&dir.join("admin.json"), serde_json::to_string_pretty(&admin)?.as_bytes())?;
     Ok(Initialized { node_id, token, advertise_addr: advertise })
+}
+
+/// `shoal manager restore FILE`: checks the backup, refuses while a manager holds the
+/// current store, then puts the backup in place durably (copy, fsync, rename, fsync the
+/// directory). Administrator credentials are issued anew from the restored CA when the
+/// data directory has none (a restore onto a new machine). Returns the cluster ID.
+pub fn restore(data_dir: &Path, backup: &Path) -> anyhow::Result<String> {
+    use crate::store::StoreError;
+    if !backup.is_file() {
+        bail!("no backup at {}: give the file `shoal manager backup FILE` wrote", backup.display());
+    }
+    crate::verify::in_child(backup)
+        .map_err(|e| anyhow::anyhow!("{e}\nthe backup {} cannot be used", backup.display()))?;
+    let cluster = Store::open(backup)?.cluster().with_context(|| format!("the backup {}", backup.display()))?;
+    let target = paths::store_path(data_dir);
+    if target.exists() {
+        // A damaged or good current store alike is replaced, but not one in use.
+        if let Err(StoreError::Locked(_)) = crate::verify::in_child(&target) {
+            bail!("a manager is running on {}: stop `shoal manager run` first, then restore", data_dir.display());
+        }
+    }
+    let dir = paths::manager_dir(data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join("state.redb.restore-tmp");
+    std::fs::copy(backup, &tmp).with_context(|| format!("cannot copy the backup into {}", dir.display()))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+    std::fs::rename(&tmp, &target)?;
+    sync_dir(&dir)?;
+    let admin = paths::admin_path(data_dir);
+    if !admin.exists() {
+        let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
+        let (cert, key) = ca.issue(CertRole::Admin, "admin", &cluster.cluster_id)?;
+        let creds = AdminCredentials {
+            manager_addr: cluster.advertise_addr.clone(),
+            ca_pem: paths::cert_pem(ca.cert()),
+            cert_pem: paths::cert_pem(&cert),
+            key_pem: key.serialize_pem(),
+        };
+        paths::write_private(&admin, serde_json::to_string_pretty(&creds)?.as_bytes())?;
+    }
+    Ok(cluster.cluster_id)
 }

@@ -9,6 +9,7 @@ pub mod init;
 pub mod paths;
 pub mod server;
 pub mod store;
+pub mod verify;
 
 /// Random bytes from the operating system.
 pub fn random<const N: usize>() -> [u8; N] {

@@ -64,6 +64,35 @@ pub enum StoreError {
     /// The store has no cluster in it.
     #[error("the state store has no cluster: run `shoal manager init` first")]
     Empty,
+    /// The disk under the store is full: nothing was written.
+    #[error(
+        "the manager's disk is full: free space under {} (nothing was changed; the manager recovers by itself \
+         once there is space)",
+        .0.display()
+    )]
+    DiskFull(std::path::PathBuf),
+    /// Reading or writing the file failed; the store is reopened before the next use.
+    #[error("state store I/O error: {0}")]
+    Io(String),
+    /// The file is not a readable store: empty, another kind of file, truncated or
+    /// overwritten in places.
+    #[error(
+        "the state store {path} is damaged ({detail}): stop the manager and restore a backup with \
+         `shoal manager restore FILE` (made by `shoal manager backup FILE`), or move the data directory \
+         away and start a new cluster with `shoal manager init`"
+    )]
+    Damaged {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// What a check in another process said (already a whole message).
+    #[error("{0}")]
+    Checked(String),
+    /// Another process (a running manager) holds the store.
+    #[error("the state store {0} is in use: is `shoal manager run` running? stop it first")]
+    Locked(std::path::PathBuf),
     /// Written by a shoal whose records this one reads differently.
     #[error(
         "the state store was written by another version of shoal (format {found}, this one reads {FORMAT}): \
@@ -75,10 +104,94 @@ pub enum StoreError {
     },
 }
 
-macro_rules! db_err {
-    ($($t:ty),*) => {$(impl From<$t> for StoreError { fn from(e: $t) -> Self { Self::Db(e.to_string()) } })*};
+/// Sorts redb's storage failures: a full disk and other I/O errors (after which redb
+/// refuses every request until the file is reopened) apart from the rest.
+fn storage(e: redb::StorageError) -> StoreError {
+    match e {
+        redb::StorageError::Io(io) if is_no_space(&io) => StoreError::DiskFull(std::path::PathBuf::new()),
+        redb::StorageError::Io(io) => StoreError::Io(io.to_string()),
+        redb::StorageError::PreviousIo => StoreError::Io("an earlier write failed".into()),
+        other => StoreError::Db(other.to_string()),
+    }
 }
-db_err!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// ENOSPC (or a quota), however the platform reports it.
+fn is_no_space(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        storage(e)
+    }
+}
+impl From<redb::TransactionError> for StoreError {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(s) => storage(s),
+            other => Self::Db(other.to_string()),
+        }
+    }
+}
+impl From<redb::CommitError> for StoreError {
+    fn from(e: redb::CommitError) -> Self {
+        match e {
+            redb::CommitError::Storage(s) => storage(s),
+            other => Self::Db(other.to_string()),
+        }
+    }
+}
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            redb::TableError::Storage(s) => storage(s),
+            other => Self::Db(other.to_string()),
+        }
+    }
+}
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::Storage(s) => storage(s),
+            other => Self::Db(other.to_string()),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether redb needs the file reopened before it serves again.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, Self::DiskFull(_) | Self::Io(_))
+    }
+
+    /// Whether the disk under the store is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::DiskFull(_))
+    }
+}
+
+/// The first bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// What is wrong with the file's first bytes, before redb is let near it.
+fn check_header(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut head = [0u8; REDB_MAGIC.len()];
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len == 0 {
+        return Err("the file is empty".into());
+    }
+    match file.read_exact(&mut head) {
+        Ok(()) if head == REDB_MAGIC => Ok(()),
+        Ok(()) => Err("it is not a redb database".into()),
+        Err(_) => Err(format!("the file is only {len} bytes long")),
+    }
+}
 
 /// Cluster-wide secrets and settings, written at init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,29 +216,118 @@ pub struct ClusterRecord {
     pub manager_node: NodeId,
 }
 
-/// The open store.
+/// The open store. After an I/O error (a full disk) redb refuses every request until
+/// the file is reopened, so the store reopens it itself before its next use.
 pub struct Store {
-    db: Database,
+    db: std::sync::RwLock<Option<std::sync::Arc<Database>>>,
+    path: std::path::PathBuf,
+    /// Set by an I/O error: reopen before the next use.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
+    fn from_db(db: Database, path: &Path) -> Self {
+        Self {
+            db: std::sync::RwLock::new(Some(std::sync::Arc::new(db))),
+            path: path.to_owned(),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The database, reopened first if an I/O error broke it.
+    fn db(&self) -> Result<std::sync::Arc<Database>, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.broken.load(Ordering::Acquire) {
+            let mut slot = self.db.write().expect("store lock");
+            if self.broken.load(Ordering::Acquire) {
+                // The old handle must be closed (its file lock released) before the open.
+                drop(slot.take());
+                *slot = Some(std::sync::Arc::new(Database::open(&self.path).map_err(|e| self.noted(e.into()))?));
+                self.broken.store(false, Ordering::Release);
+                tracing::info!(path = %self.path.display(), "state store reopened after an I/O error");
+            }
+        }
+        let db = self.db.read().expect("store lock").clone();
+        db.ok_or_else(|| StoreError::Io("the state store is being reopened".into()))
+    }
+
+    /// Marks the store for reopening after an I/O error, and says where the full disk is.
+    fn noted(&self, e: StoreError) -> StoreError {
+        if e.needs_reopen() {
+            self.broken.store(true, std::sync::atomic::Ordering::Release);
+        }
+        match e {
+            StoreError::DiskFull(_) => StoreError::DiskFull(self.path.parent().unwrap_or(&self.path).to_owned()),
+            e => e,
+        }
+    }
+
+    /// Runs `f` and notes an I/O error it met.
+    fn note<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        f().map_err(|e| self.noted(e))
+    }
+
     /// Creates a new store holding `cluster` and the manager's own node record.
+    ///
+    /// One transaction: a crash leaves either no cluster or the whole of it, never a
+    /// format key without a cluster record (which `run` would call empty).
     pub fn create(path: &Path, cluster: &ClusterRecord, manager_node: &NodeRecord) -> Result<Self, StoreError> {
-        let store = Self { db: Database::create(path)? };
-        let tx = store.db.begin_write()?;
-        tx.open_table(META)?.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+        let store = Self::from_db(Database::create(path)?, path);
+        let tx = store.db()?.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+            meta.insert(CLUSTER_KEY, postcard::to_allocvec(cluster)?.as_slice())?;
+            tx.open_table(NODES)?.insert(manager_node.id.as_str(), postcard::to_allocvec(manager_node)?.as_slice())?;
+        }
         tx.commit()?;
-        store.put_cluster(cluster)?;
-        store.put_node(manager_node)?;
         Ok(store)
     }
 
     /// Opens an existing store, if this version can read it. Records are postcard, which
     /// does not describe itself: reading another layout would give wrong values, not errors.
+    ///
+    /// A damaged file is an error that says how to restore, never a panic where unwinding
+    /// is on: the header is checked first, then redb opens the file and checks every
+    /// page's checksum (repairing what a crash left), then every record is decoded. redb
+    /// asserts on some broken structures; under `panic = "abort"` (release builds) only
+    /// a separate process can survive that, which is why `manager run` and
+    /// `manager restore` check the file in a child first (see `cli::manager`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let store = Self { db: Database::open(path)? };
+        let damaged = |detail: &str| StoreError::Damaged { path: path.to_owned(), detail: detail.to_owned() };
+        check_header(path).map_err(|detail| damaged(&detail))?;
+        let opened = std::panic::catch_unwind(|| Database::open(path));
+        let mut db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(StoreError::Locked(path.to_owned())),
+            Ok(Err(e)) => return Err(damaged(&e.to_string())),
+            Err(_) => return Err(damaged("redb cannot read its structure")),
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(path = %path.display(), "the state store was repaired after a crash"),
+            Ok(Err(e)) => return Err(damaged(&e.to_string())),
+            Err(_) => return Err(damaged("redb found its pages inconsistent")),
+        }
+        let store = Self::checked_format(Self::from_db(db, path))?;
+        let read_all = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), StoreError> {
+            store.nodes()?;
+            store.images()?;
+            store.services()?;
+            store.tasks()?;
+            Ok(())
+        }));
+        match read_all {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(StoreError::Db(e))) => Err(damaged(&e)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(damaged("a record cannot be read")),
+        }
+    }
+
+    fn checked_format(store: Self) -> Result<Self, StoreError> {
         let found = {
-            let tx = store.db.begin_read()?;
+            let tx = store.db()?.begin_read()?;
             match tx.open_table(META) {
                 Ok(meta) => {
                     let format = meta.get(FORMAT_KEY)?.map(|v| v.value().try_into().map(u32::from_le_bytes));
@@ -146,20 +348,48 @@ impl Store {
         }
     }
 
+    /// Writes a consistent copy of the whole store to a new file at `dest`, from one
+    /// read transaction: writes made meanwhile are either all in it or not at all.
+    pub fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+        self.note(|| {
+            let rtx = self.db()?.begin_read()?;
+            let out = Database::create(dest)?;
+            let wtx = out.begin_write()?;
+            for def in [META, NODES, IMAGES, SERVICES, TASKS] {
+                let table = match rtx.open_table(def) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let mut copy = wtx.open_table(def)?;
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    copy.insert(k.value(), v.value())?;
+                }
+            }
+            wtx.commit()?;
+            Ok(())
+        })
+    }
+
     /// The cluster record.
     pub fn cluster(&self) -> Result<ClusterRecord, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(META).map_err(|_| StoreError::Empty)?;
-        let value = table.get(CLUSTER_KEY)?.ok_or(StoreError::Empty)?;
-        Ok(postcard::from_bytes(value.value())?)
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = tx.open_table(META).map_err(|_| StoreError::Empty)?;
+            let value = table.get(CLUSTER_KEY)?.ok_or(StoreError::Empty)?;
+            Ok(postcard::from_bytes(value.value())?)
+        })
     }
 
     /// Replaces the cluster record.
     pub fn put_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(META)?.insert(CLUSTER_KEY, postcard::to_allocvec(cluster)?.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(META)?.insert(CLUSTER_KEY, postcard::to_allocvec(cluster)?.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Every node record.
@@ -169,30 +399,36 @@ impl Store {
 
     /// One node record.
     pub fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = match tx.open_table(NODES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let value = table.get(id.as_str())?;
-        Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?)
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = match tx.open_table(NODES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let value = table.get(id.as_str())?;
+            Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?)
+        })
     }
 
     /// Inserts or replaces a node record.
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(NODES)?.insert(node.id.as_str(), postcard::to_allocvec(node)?.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NODES)?.insert(node.id.as_str(), postcard::to_allocvec(node)?.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Deletes a node record; its certificate is refused from then on.
     pub fn remove_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(NODES)?.remove(id.as_str())?;
-        tx.commit()?;
-        Ok(())
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NODES)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Every image record, sorted by reference.
@@ -212,61 +448,67 @@ impl Store {
 
     /// Writes services and tasks in one transaction: a reconciliation is all or nothing.
     pub fn change_services(&self, changes: &ServiceChanges) -> Result<(), StoreError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let tx = self.db.begin_write()?;
-        {
-            let mut services = tx.open_table(SERVICES)?;
-            for id in &changes.remove_services {
-                services.remove(id.as_str())?;
+        self.note(|| {
+            if changes.is_empty() {
+                return Ok(());
             }
-            for s in &changes.put_services {
-                services.insert(s.service.id.as_str(), postcard::to_allocvec(s)?.as_slice())?;
+            let tx = self.db()?.begin_write()?;
+            {
+                let mut services = tx.open_table(SERVICES)?;
+                for id in &changes.remove_services {
+                    services.remove(id.as_str())?;
+                }
+                for s in &changes.put_services {
+                    services.insert(s.service.id.as_str(), postcard::to_allocvec(s)?.as_slice())?;
+                }
+                let mut tasks = tx.open_table(TASKS)?;
+                for id in &changes.remove_tasks {
+                    tasks.remove(id.as_str())?;
+                }
+                for t in &changes.put_tasks {
+                    tasks.insert(t.id.as_str(), postcard::to_allocvec(t)?.as_slice())?;
+                }
             }
-            let mut tasks = tx.open_table(TASKS)?;
-            for id in &changes.remove_tasks {
-                tasks.remove(id.as_str())?;
-            }
-            for t in &changes.put_tasks {
-                tasks.insert(t.id.as_str(), postcard::to_allocvec(t)?.as_slice())?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Every value of a table, decoded, in key order; none when the table was never written.
     fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = match tx.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (_, value) = row?;
-            out.push(postcard::from_bytes(value.value())?);
-        }
-        Ok(out)
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = match tx.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (_, value) = row?;
+                out.push(postcard::from_bytes(value.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// Writes `put` (replacing records of the same reference) and deletes `remove`, in
     /// one transaction: a load or a removal is all or nothing.
     pub fn update_images(&self, put: &[ImageRecord], remove: &[&str]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(IMAGES)?;
-            for reference in remove {
-                table.remove(*reference)?;
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            {
+                let mut table = tx.open_table(IMAGES)?;
+                for reference in remove {
+                    table.remove(*reference)?;
+                }
+                for image in put {
+                    table.insert(image.reference.as_str(), postcard::to_allocvec(image)?.as_slice())?;
+                }
             }
-            for image in put {
-                table.insert(image.reference.as_str(), postcard::to_allocvec(image)?.as_slice())?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 }
 
@@ -289,6 +531,83 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    fn scratch_path() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())))
+    }
+
+    /// A store like `init` makes, with enough records to span many pages.
+    fn full_store(path: &Path) {
+        let store = Store::from_db(Database::create(path).unwrap(), path);
+        let tx = store.db().unwrap().begin_write().unwrap();
+        tx.open_table(META).unwrap().insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice()).unwrap();
+        tx.commit().unwrap();
+        let images: Vec<ImageRecord> = (0..300)
+            .map(|i| ImageRecord {
+                reference: format!("img{i}:1"),
+                digest: format!("sha256:{}", "a".repeat(64)),
+                platforms: vec!["linux/arm64".into()],
+                size: 1,
+                blobs: vec![format!("sha256:{}", "b".repeat(64)); 4],
+                loaded_at_ms: 1,
+            })
+            .collect();
+        store.update_images(&images, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_store_is_an_error_that_says_how_to_restore_never_a_panic() {
+        let path = scratch_path();
+        full_store(&path);
+        let good = std::fs::read(&path).unwrap();
+        assert!(Store::open(&path).is_ok());
+        let mut cases: Vec<(String, Vec<u8>, bool)> = vec![
+            ("empty".into(), Vec::new(), true),
+            ("text".into(), b"hello, not a database".to_vec(), true),
+            ("five bytes".into(), b"redb\x1a".to_vec(), true),
+        ];
+        for frac in [2, 3, 8, 64] {
+            cases.push((format!("truncated to 1/{frac}"), good[..good.len() / frac].to_vec(), true));
+        }
+        for off in [0, 64, 512, 4096, 8192, 16384, good.len() / 2, good.len() - 300] {
+            let mut bytes = good.clone();
+            bytes.iter_mut().skip(off).take(256).for_each(|b| *b ^= 0x5a);
+            // Some pages are unused: overwriting them may leave a good store.
+            cases.push((format!("overwritten at {off}"), bytes, false));
+        }
+        let mut refused = 0;
+        for (what, bytes, must_fail) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            match std::panic::catch_unwind(|| Store::open(&path)) {
+                Err(_) => panic!("{what}: opening panicked"),
+                Ok(Ok(_)) => assert!(!must_fail, "{what}: opened"),
+                Ok(Err(e)) => {
+                    refused += 1;
+                    let msg = e.to_string();
+                    assert!(matches!(e, StoreError::Damaged { .. }), "{what}: {msg}");
+                    assert!(msg.contains("shoal manager restore FILE"), "{what}: {msg}");
+                    assert!(!msg.contains("another"), "{what}: {msg}");
+                }
+            }
+        }
+        assert!(refused >= 9, "only {refused} damaged files refused");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_store_in_use_says_so_and_a_snapshot_opens_with_the_same_records() {
+        let path = scratch_path();
+        full_store(&path);
+        let store = Store::open(&path).unwrap();
+        let Err(e) = Store::open(&path) else { panic!("opened twice") };
+        assert!(matches!(e, StoreError::Locked(_)), "{e}");
+        assert!(e.to_string().contains("stop it first"), "{e}");
+        let copy = scratch_path();
+        store.snapshot(&copy).unwrap();
+        assert_eq!(Store::open(&copy).unwrap().images().unwrap(), store.images().unwrap());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&copy);
+    }
+
     #[test]
     fn image_records_survive_reopening_the_store() {
         let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
@@ -301,7 +620,7 @@ mod tests {
             loaded_at_ms: 1,
         };
         {
-            let store = Store { db: Database::create(&path).unwrap() };
+            let store = Store::from_db(Database::create(&path).unwrap(), &path);
             assert!(store.images().unwrap().is_empty());
             store.update_images(&[image("a:1"), image("b:1")], &[]).unwrap();
             store.update_images(&[], &["a:1"]).unwrap();
@@ -342,7 +661,7 @@ mod tests {
         };
         let (t1, t2) = (task(1), task(2));
         {
-            let store = Store { db: Database::create(&path).unwrap() };
+            let store = Store::from_db(Database::create(&path).unwrap(), &path);
             assert!(store.services().unwrap().is_empty() && store.tasks().unwrap().is_empty());
             let all = ServiceChanges { put_services: vec![&record], put_tasks: vec![&t1, &t2], ..Default::default() };
             store.change_services(&all).unwrap();

@@ -74,6 +74,8 @@ struct Lab {
     stop_first: bool,
     /// Whether each tick checks the invariants (quadratic: off for fleet-sized runs).
     checks: bool,
+    /// When the updater last asked to be woken, as of which tick.
+    wake_at: Option<(Millis, Millis)>,
 }
 
 impl Lab {
@@ -98,6 +100,7 @@ impl Lab {
             log: Vec::new(),
             stop_first: true,
             checks: true,
+            wake_at: None,
         };
         lab.checks = replicas <= 100;
         lab.run_until("all running", 60_000, |l| l.running("demo/app:1.0") == replicas as usize);
@@ -124,6 +127,7 @@ impl Lab {
         let own: Vec<&Task> = self.tasks.iter().collect();
         let step = self.updater.step(now, &self.record, &own, &self.nodes, &self.tasks, &mut new_id);
         self.log.extend(step.events.iter().cloned());
+        self.wake_at = step.plan.wake_at.map(|w| (now.mono, w));
         step.plan.apply_to(&mut self.tasks, now.wall_ms);
         if let Some(r) = step.record {
             self.record = r;
@@ -292,6 +296,36 @@ impl Lab {
 
     fn settled(&self) -> bool {
         self.state().is_some_and(|s| !s.is_active())
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Whatever the pace in a stored update (the wire and the store are not trusted, so
+    /// not only what validation lets through) and however long the manager has run, the
+    /// updater neither overflows nor asks to be woken in the past, which would spin the
+    /// reconcile loop.
+    #[test]
+    fn the_updater_never_overflows_nor_wakes_in_the_past(
+        delay in proptest::prelude::any::<u64>(),
+        monitor in proptest::prelude::any::<u64>(),
+        parallelism in 0u32..3,
+        replicas in 1u32..4,
+        uptime in 0u64..u64::MAX / 2,
+    ) {
+        let mut lab = Lab::new(2, replicas, |_| {});
+        lab.now = lab.now.max(uptime);
+        lab.update(Lab::to("demo/app:3.0"));
+        let p = lab.record.update.as_mut().unwrap();
+        p.config.delay_ms = delay;
+        p.config.monitor_ms = monitor;
+        p.config.parallelism = parallelism;
+        for _ in 0..40 {
+            lab.tick();
+            if let Some((at, wake)) = lab.wake_at {
+                proptest::prop_assert!(wake > at, "woken at {wake}, asked at {at}");
+            }
+        }
     }
 }
 

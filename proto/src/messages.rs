@@ -196,9 +196,14 @@ pub enum ControlRequest {
     ImageRemove {
         /// Reference or digest.
         image: ImageRef,
+        /// Remove it even when services use it (their new tasks are then rejected).
+        force: bool,
     },
     /// `shoal service ...`.
     Service(crate::dispatch::ServiceRequest),
+    /// `shoal manager backup FILE`: a consistent copy of the state store, whose bytes
+    /// follow the [`ControlReply::Backup`] frame on the same stream.
+    Backup,
 }
 
 /// Every answer to the first frame of a stream.
@@ -262,6 +267,11 @@ pub enum ControlReply {
     Images(BoundedVec<ImageView, MAX_IMAGES>),
     /// Answer to a service request.
     Service(crate::dispatch::ServiceReply),
+    /// A backup of `size` bytes follows this frame.
+    Backup {
+        /// Exact length of the store copy that follows.
+        size: u64,
+    },
 }
 
 /// A refusal, with a kind to act on and a message for people.

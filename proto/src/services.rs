@@ -32,6 +32,22 @@ pub const MAX_NETWORKS: usize = 8;
 /// Most replicas of one replicated service: far above any fleet of boards, low enough that
 /// a typo (`--replicas 1000000000`) is refused instead of filling the store.
 pub const MAX_REPLICAS: u32 = 100_000;
+/// Smallest memory limit: Docker's 6 MiB. Below it a container cannot even start, so the
+/// task would be rejected again and again instead of the spec being refused once.
+pub const MIN_MEMORY_LIMIT: u64 = 6 << 20;
+/// Largest memory limit or reservation (1 TiB): more than any board, and far enough from
+/// `u64::MAX` that sums of reservations cannot overflow.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Smallest CPU limit or reservation, in thousandths of a CPU (Docker's 0.01 CPU).
+pub const MIN_CPU_MILLIS: u32 = 10;
+/// Largest CPU limit or reservation, in thousandths of a CPU (256 CPUs).
+pub const MAX_CPU_MILLIS: u32 = 256_000;
+/// Longest stop grace period (1 h): a removed or updated task is killed by then.
+pub const MAX_STOP_GRACE_MS: u64 = 3_600_000;
+/// Longest restart delay, restart window, update or rollback delay and monitor period
+/// (24 h). A day is longer than any rollout means; a bound keeps timer arithmetic far
+/// from overflow.
+pub const MAX_POLICY_MS: u64 = 86_400_000;
 
 /// A service name: a DNS label, since other services reach it by that name.
 pub type ServiceName = Text<63>;
@@ -237,6 +253,49 @@ impl ServiceSpec {
             }
         }
         let r = &self.resources;
+        if r.limit_memory != 0 && r.limit_memory < MIN_MEMORY_LIMIT {
+            return Err(SpecError::Invalid(format!(
+                "the minimum allowed memory limit is {}: use --limit-memory 6M or more",
+                format_memory(MIN_MEMORY_LIMIT)
+            )));
+        }
+        for (flag, bytes) in [("--limit-memory", r.limit_memory), ("--reserve-memory", r.reserve_memory)] {
+            if bytes > MAX_MEMORY {
+                return Err(SpecError::Invalid(format!(
+                    "{flag} {} is above the maximum of {}",
+                    format_memory(bytes),
+                    format_memory(MAX_MEMORY)
+                )));
+            }
+        }
+        for (flag, millis) in [("--limit-cpu", r.limit_cpu_millis), ("--reserve-cpu", r.reserve_cpu_millis)] {
+            if millis != 0 && !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&millis) {
+                return Err(SpecError::Invalid(format!(
+                    "{flag} {} is out of range: use {} to {} CPUs",
+                    format_cpus(millis),
+                    format_cpus(MIN_CPU_MILLIS),
+                    format_cpus(MAX_CPU_MILLIS)
+                )));
+            }
+        }
+        let durations = [
+            ("--stop-grace-period", self.stop_grace_period_ms, MAX_STOP_GRACE_MS),
+            ("--restart-delay", self.restart_policy.delay_ms, MAX_POLICY_MS),
+            ("the restart window", self.restart_policy.window_ms, MAX_POLICY_MS),
+            ("--update-delay", self.update_config.delay_ms, MAX_POLICY_MS),
+            ("--update-monitor", self.update_config.monitor_ms, MAX_POLICY_MS),
+            ("--rollback-delay", self.rollback_config.delay_ms, MAX_POLICY_MS),
+            ("--rollback-monitor", self.rollback_config.monitor_ms, MAX_POLICY_MS),
+        ];
+        for (flag, ms, max) in durations {
+            if ms > max {
+                return Err(SpecError::Invalid(format!(
+                    "{flag} {} is longer than the maximum of {}",
+                    format_duration_ms(ms),
+                    format_duration_ms(max)
+                )));
+            }
+        }
         if r.limit_memory != 0 && r.reserve_memory > r.limit_memory {
             return Err(SpecError::Invalid("the memory reservation is above the memory limit".into()));
         }
@@ -1198,12 +1257,52 @@ mod tests {
         bad.ports = vec![PortConfig::parse("8000:80").unwrap()].try_into().unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("mode=host"));
         let mut bad = spec();
-        bad.resources.limit_memory = 1;
-        bad.resources.reserve_memory = 2;
-        assert!(bad.validate().is_err());
+        bad.resources.limit_memory = 8 << 20;
+        bad.resources.reserve_memory = 9 << 20;
+        assert!(bad.validate().unwrap_err().to_string().contains("reservation is above"));
         let mut bad = spec();
         bad.mode = ServiceMode::Replicated { replicas: MAX_REPLICAS + 1 };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn values_that_would_hurt_later_are_refused_with_the_bound() {
+        type Edit = fn(&mut ServiceSpec);
+        let cases: &[(&str, Edit, &str)] = &[
+            ("limit-memory 1", |s| s.resources.limit_memory = 1, "minimum allowed memory limit is 6MiB"),
+            ("limit-memory 6M-1", |s| s.resources.limit_memory = (6 << 20) - 1, "minimum allowed"),
+            ("limit-memory 2T", |s| s.resources.limit_memory = 2 << 40, "--limit-memory 2TiB is above"),
+            ("reserve-memory 2T", |s| s.resources.reserve_memory = 2 << 40, "--reserve-memory 2TiB is above"),
+            ("limit-cpu 1000", |s| s.resources.limit_cpu_millis = 1_000_000, "--limit-cpu 1000 is out of range"),
+            ("limit-cpu 0.001", |s| s.resources.limit_cpu_millis = 1, "use 0.01 to 256 CPUs"),
+            ("reserve-cpu 300", |s| s.resources.reserve_cpu_millis = 300_000, "--reserve-cpu 300 is out of range"),
+            ("stop-grace 99999999h", |s| s.stop_grace_period_ms = 99_999_999 * 3_600_000, "--stop-grace-period"),
+            ("stop-grace 1h1ms", |s| s.stop_grace_period_ms = 3_600_001, "maximum of 1h"),
+            ("restart-delay max", |s| s.restart_policy.delay_ms = u64::MAX, "--restart-delay"),
+            ("restart window max", |s| s.restart_policy.window_ms = u64::MAX, "the restart window"),
+            ("update-delay max", |s| s.update_config.delay_ms = u64::MAX, "--update-delay"),
+            ("update-monitor 25h", |s| s.update_config.monitor_ms = 25 * 3_600_000, "--update-monitor"),
+            ("rollback-delay max", |s| s.rollback_config.delay_ms = u64::MAX, "--rollback-delay"),
+            ("rollback-monitor max", |s| s.rollback_config.monitor_ms = u64::MAX, "--rollback-monitor"),
+        ];
+        for (what, edit, expect) in cases {
+            let mut s = spec();
+            edit(&mut s);
+            let e = s.validate().expect_err(what).to_string();
+            assert!(e.contains(expect), "{what}: {e}");
+            assert!(!e.ends_with('.'), "{what}: {e}");
+        }
+        // The bounds themselves are allowed.
+        let mut s = spec();
+        s.resources.limit_memory = MIN_MEMORY_LIMIT;
+        s.resources.reserve_memory = MIN_MEMORY_LIMIT;
+        s.resources.limit_cpu_millis = MAX_CPU_MILLIS;
+        s.resources.reserve_cpu_millis = MIN_CPU_MILLIS;
+        s.stop_grace_period_ms = MAX_STOP_GRACE_MS;
+        s.update_config.delay_ms = MAX_POLICY_MS;
+        s.update_config.monitor_ms = MAX_POLICY_MS;
+        s.restart_policy.delay_ms = MAX_POLICY_MS;
+        assert_eq!(s.validate(), Ok(()));
     }
 
     fn task() -> Task {

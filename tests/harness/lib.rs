@@ -109,6 +109,19 @@ impl Proc {
         None
     }
 
+    /// Its process ID while it runs (the program itself: `nsenter` execs it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its resident memory in bytes (`VmRSS`), while it runs.
+    pub fn rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    }
+
     /// What it logged so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -128,7 +141,9 @@ impl Host {
         // process a private mount namespace with a fresh /sys lacking /sys/fs/cgroup, where
         // an agent could not create containers; a real board has one namespace of each.
         c.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg(program).args(args);
-        c.env("SHOAL_DATA_DIR", &self.data_dir).env("SHOAL_LOG", "info,quinn=warn").env("NO_COLOR", "1");
+        // `SHOAL_TEST_LOG=debug` turns up what the lab's processes log.
+        let log = std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info,quinn=warn".into());
+        c.env("SHOAL_DATA_DIR", &self.data_dir).env("SHOAL_LOG", log).env("NO_COLOR", "1");
         c
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shoal_link::{ClientTls, Identity, Trust};
 use shoal_proto::{frame, ControlReply, ControlRequest, Envelope, ErrorReply, Request, Response};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::paths::{self, AdminCredentials};
 
@@ -45,6 +45,9 @@ pub enum CliError {
     /// The manager answered something this CLI did not ask for.
     #[error("unexpected answer from the manager: {0}")]
     Unexpected(String),
+    /// A local file could not be written.
+    #[error("{0}")]
+    Local(String),
 }
 
 /// A connection to the manager as administrator.
@@ -137,6 +140,65 @@ impl Client {
             Response::Error(e) => Err(CliError::Refused(e)),
             other => Err(CliError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// `manager backup`: receives the store copy into `dest` durably (temporary file,
+    /// fsync, rename) and returns its size.
+    pub async fn backup(&self, dest: &std::path::Path) -> Result<u64, CliError> {
+        let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
+        let local = |e: std::io::Error| CliError::Local(format!("cannot write {}: {e}", dest.display()));
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        let envelope = Envelope::new(Request::Control(ControlRequest::Backup));
+        shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
+        let _ = send.finish();
+        let response = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            shoal_link::framed::recv::<Response>(&mut recv, frame::MAX_FRAME_LEN),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let size = match response {
+            Some(Response::Control(ControlReply::Backup { size })) => size,
+            Some(Response::Error(e)) => return Err(CliError::Refused(e)),
+            other => return Err(CliError::Unexpected(format!("{other:?}"))),
+        };
+        let tmp = dest.with_extension("tmp");
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(local)?;
+        let mut got = 0u64;
+        let timeout = Duration::from_secs(60 + size / (1 << 20));
+        let copy = async {
+            while let Some(chunk) = recv.read_chunk(256 * 1024, true).await.map_err(|e| unreachable(e.to_string()))? {
+                got += chunk.bytes.len() as u64;
+                if got > size {
+                    return Err(unreachable("the manager sent more than it announced".into()));
+                }
+                file.write_all(&chunk.bytes).await.map_err(local)?;
+            }
+            Ok(())
+        };
+        let copied = tokio::time::timeout(timeout, copy)
+            .await
+            .unwrap_or_else(|_| Err(unreachable(format!("backup not received within {timeout:?}"))));
+        if let Err(e) = copied.and_then(|()| {
+            if got == size {
+                Ok(())
+            } else {
+                Err(unreachable(format!("the backup stopped after {got} of {size} bytes")))
+            }
+        }) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        file.sync_all().await.map_err(local)?;
+        drop(file);
+        tokio::fs::rename(&tmp, dest).await.map_err(local)?;
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(size)
     }
 
     /// Closes the connection politely, so the manager does not wait for a timeout.

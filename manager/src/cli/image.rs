@@ -37,6 +37,10 @@ pub enum ImageCommand {
         /// References (`demo/app:1.0`), digests or unique digest prefixes.
         #[arg(required = true)]
         images: Vec<String>,
+        /// Remove images that services use; their new tasks are rejected until it is
+        /// loaded again.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -105,10 +109,10 @@ async fn dispatch(client: &Client, cmd: ImageCommand, archive: Option<(tokio::fs
                 print!("{}", ls_table(&images, &names));
             }
         }
-        ImageCommand::Rm { images } => {
+        ImageCommand::Rm { images, force } => {
             let mut failed = Vec::new();
             for image in images {
-                match client.call(ControlRequest::ImageRemove { image: arg(&image)? }).await {
+                match client.call(ControlRequest::ImageRemove { image: arg(&image)?, force }).await {
                     Ok(ControlReply::Done(text)) => println!("{text}"),
                     Ok(_) => println!("{image}"),
                     Err(e) => failed.push(format!("{image}: {e}")),

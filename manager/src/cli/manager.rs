@@ -20,6 +20,20 @@ pub enum ManagerCommand {
     Run(RunArgs),
     /// Print (or rotate) the token boards join with.
     JoinToken(JoinTokenArgs),
+    /// Save a consistent copy of the manager's state (while it runs) to FILE.
+    Backup(FileArg),
+    /// Replace the manager's state with a backup (the manager must be stopped).
+    Restore(FileArg),
+    /// Check a state store file (used by `run` and `restore` in a child process).
+    #[command(hide = true)]
+    VerifyStore(FileArg),
+}
+
+/// A file argument.
+#[derive(Debug, Args)]
+pub struct FileArg {
+    /// The file.
+    pub file: std::path::PathBuf,
 }
 
 /// `manager init`.
@@ -40,7 +54,7 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// How often agents send heartbeats; a node is Down after 3 missed ones.
-    #[arg(long, default_value = "500ms", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = super::parse_heartbeat_period)]
     pub heartbeat_period: std::time::Duration,
     /// Overrides the listen address chosen at init.
     #[arg(long)]
@@ -81,6 +95,24 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             let liveness = LivenessConfig { heartbeat_period: period, ..LivenessConfig::default() };
             server::run(data_dir, RunConfig { liveness, listen: args.listen_addr }).await
         }
+        ManagerCommand::Backup(args) => {
+            let client = Client::connect(data_dir).await?;
+            let size = client.backup(&args.file).await;
+            client.close().await;
+            let size = size?;
+            // What was received must itself open as a store.
+            crate::verify::in_child(&args.file)?;
+            println!("Backed up the manager's state to {} ({size} bytes).", args.file.display());
+            println!("Restore it with `shoal manager restore {}` while the manager is stopped.", args.file.display());
+            Ok(())
+        }
+        ManagerCommand::Restore(args) => {
+            let id = crate::init::restore(data_dir, &args.file)?;
+            println!("Restored cluster {id} from {} into {}.", args.file.display(), data_dir.display());
+            println!("Start the manager with `shoal manager run`.");
+            Ok(())
+        }
+        ManagerCommand::VerifyStore(args) => crate::verify::run_check(&args.file),
         ManagerCommand::JoinToken(args) => {
             if args.role != "worker" {
                 anyhow::bail!(

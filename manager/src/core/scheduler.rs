@@ -252,9 +252,12 @@ impl<'a> Scheduler<'a> {
         let r = &task.spec.resources;
         let cpu_free = u64::from(node.resources.cpus) * 1000;
         let cpu_short = r.reserve_cpu_millis != 0 && load.cpu_millis + u64::from(r.reserve_cpu_millis) > cpu_free;
+        // A CPU limit above the node's CPUs cannot be set there (Docker refuses it too):
+        // better pending with a reason than placed and rejected. Unknown CPUs (0) pass.
+        let cpu_limit_over = node.resources.cpus != 0 && u64::from(r.limit_cpu_millis) > cpu_free;
         let mem_short =
             r.reserve_memory != 0 && load.memory.saturating_add(r.reserve_memory) > node.resources.memory_bytes;
-        if cpu_short || mem_short {
+        if cpu_short || mem_short || cpu_limit_over {
             Some(Filter::Resources)
         } else if ports.iter().any(|p| load.host_ports.contains(p)) {
             Some(Filter::HostPort)
@@ -484,6 +487,21 @@ mod tests {
              resources on 1 node)"
         );
         assert_eq!(schedule(&[], std::slice::from_ref(&t), std::slice::from_ref(&t.id)).len(), 1);
+    }
+
+    #[test]
+    fn a_cpu_limit_above_every_node_leaves_the_task_pending_with_the_reason() {
+        let nodes: Vec<_> = (1..=2).map(|i| node(i, &format!("n{i}"), "x86_64", &[])).collect();
+        let cpus = u32::from(nodes[0].resources.cpus);
+        let over = spec(|s| s.resources.limit_cpu_millis = (cpus + 1) * 1000);
+        let t = task(0, 1, &over);
+        let d = schedule(&nodes, std::slice::from_ref(&t), std::slice::from_ref(&t.id));
+        let Decision::Unassignable { reason, .. } = &d[0] else { panic!("{d:?}") };
+        assert_eq!(reason, "no suitable node (insufficient resources on 2 nodes)");
+        let fits = spec(|s| s.resources.limit_cpu_millis = cpus * 1000);
+        let t = task(0, 1, &fits);
+        let d = schedule(&nodes, std::slice::from_ref(&t), std::slice::from_ref(&t.id));
+        assert!(matches!(d[0], Decision::Assign { .. }), "{d:?}");
     }
 
     #[test]

@@ -200,8 +200,8 @@ impl Updater {
             own.iter()
                 .filter(|t| of_this_update(t))
                 .filter_map(|t| self.up_at.get(&t.id))
-                .filter(|&&up| now.mono < up.saturating_add(delay))
-                .map(|&up| up + delay)
+                .map(|&up| up.saturating_add(delay))
+                .filter(|&end| now.mono < end)
                 .collect()
         };
         let busy = in_flight + cooling.len();

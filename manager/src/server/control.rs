@@ -32,6 +32,43 @@ pub(super) fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
     }
 }
 
+/// `manager backup`: a snapshot of the store in a scratch file beside it, sent after the
+/// reply frame, then deleted. The snapshot is one read transaction, so it is consistent
+/// while the manager keeps working.
+pub(super) async fn send_backup(mgr: &Manager, mut send: quinn::SendStream) {
+    let dir = paths::manager_dir(&mgr.data_dir);
+    let tmp = RemoveOnDrop(dir.join(format!("backup-{}.tmp", crate::images::hex(&crate::random::<6>()))));
+    let made = tokio::task::block_in_place(|| mgr.store.snapshot(&tmp.0));
+    let file = made.map_err(internal).and_then(|()| std::fs::File::open(&tmp.0).map_err(internal));
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => return reply(&mut send, &Response::Error(e)).await,
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if framed::send(&mut send, &Response::Control(ControlReply::Backup { size })).await.is_err() {
+        return;
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if send.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not read the backup");
+                let _ = send.reset(1u32.into());
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+    info!(size, "backup sent");
+}
+
 pub(super) async fn handle_control(
     mgr: &Manager,
     req: ControlRequest,
@@ -98,7 +135,9 @@ pub(super) async fn handle_control(
         }
         ControlRequest::ImageLoad { size } => load_image(mgr, size, recv).await,
         ControlRequest::ImageList => list_images(mgr),
-        ControlRequest::ImageRemove { image } => remove_image(mgr, &image).await,
+        ControlRequest::ImageRemove { image, force } => remove_image(mgr, &image, force).await,
+        // Answered by `send_backup` before it gets here.
+        ControlRequest::Backup => Err(ErrorReply::new(ErrorKind::InvalidRequest, "backup is a streamed request")),
         ControlRequest::JoinToken { rotate } => {
             let mut cluster = mgr.cluster.lock().expect("cluster lock");
             if rotate {

@@ -147,11 +147,29 @@ pub(super) fn list_images(mgr: &Manager) -> Result<ControlReply, ErrorReply> {
 }
 
 /// `image rm`: drop the records, collect their blobs, tell the agents.
-pub(super) async fn remove_image(mgr: &Manager, name: &str) -> Result<ControlReply, ErrorReply> {
+pub(super) async fn remove_image(mgr: &Manager, name: &str, force: bool) -> Result<ControlReply, ErrorReply> {
     let _guard = mgr.images.lock().await;
     let existing = mgr.store.images().map_err(internal)?;
     let targets = images::resolve(&existing, name)?;
     let refs: Vec<&str> = targets.iter().map(|i| i.reference.as_str()).collect();
+    if !force {
+        let users = {
+            let svc = mgr.services.lock().expect("services lock");
+            image_users(&svc, &refs)
+        };
+        if !users.is_empty() {
+            return Err(ErrorReply::new(
+                ErrorKind::Conflict,
+                &format!(
+                    "unable to remove repository reference \"{}\" (must force) - service {} is using its referenced \
+                     image: remove or update {} first, or use `shoal image rm --force`",
+                    refs.join("\", \""),
+                    users.join(", "),
+                    if users.len() == 1 { "it" } else { "them" }
+                ),
+            ));
+        }
+    }
     mgr.store.update_images(&[], &refs).map_err(internal)?;
     let all = mgr.store.images().map_err(internal)?;
     if let Err(e) = mgr.blobs.gc(&images::referenced_blobs(&all)) {
@@ -217,4 +235,23 @@ pub(super) async fn serve_blob(mgr: &Manager, node: &NodeId, fetch: FetchBlob, m
     }
     let _ = send.finish();
     debug!(%node, digest = %fetch.digest, offset = fetch.offset, size, "blob sent");
+}
+
+/// Names of the services whose spec, or whose tasks still meant to run, use one of
+/// `refs`: removing the image would leave their next task nothing to start from.
+fn image_users(svc: &ServiceState, refs: &[&str]) -> Vec<String> {
+    let uses = |image: &str| refs.contains(&image);
+    let mut users: std::collections::BTreeSet<String> = svc
+        .records
+        .values()
+        .filter(|r| uses(r.service.spec.image.as_str()))
+        .map(|r| r.service.spec.name.to_string())
+        .collect();
+    let names = svc.name_map();
+    for t in svc.tasks.values().filter(|t| t.is_desired_running() && uses(t.spec.image.as_str())) {
+        if let Some(name) = names.get(&t.service_id) {
+            users.insert(name.to_string());
+        }
+    }
+    users.into_iter().collect()
 }

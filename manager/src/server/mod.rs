@@ -55,7 +55,7 @@ mod join;
 mod reconcile;
 mod session;
 
-use control::handle_control;
+use control::{handle_control, send_backup};
 use distribution::*;
 use join::handle_join;
 use reconcile::*;
@@ -73,6 +73,8 @@ pub mod close {
     pub const REMOVED: u32 = 4;
     /// The session fell behind the manager's messages; reconnecting resynchronises it.
     pub const LAGGING: u32 = 5;
+    /// Too many connections without a certificate, or one held too long.
+    pub const BUSY: u32 = 6;
 }
 
 /// Settings for `manager run`.
@@ -84,6 +86,18 @@ pub struct RunConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Largest request from a peer without a certificate: a join request with every label
+/// at its longest is under 40 KiB.
+const ANONYMOUS_FRAME_LIMIT: usize = 64 * 1024;
+/// Connections without a certificate at once; beyond it new ones are closed at once.
+/// With [`tls::UNAUTHENTICATED`] this bounds what strangers make the manager hold.
+const MAX_ANONYMOUS: usize = 64;
+/// How long a connection without a certificate may last: joining takes a round trip.
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(20);
+/// How long a stranger's stream may take to bring its whole request.
+const ANONYMOUS_REQUEST_TIME: Duration = Duration::from_secs(5);
+/// How long a node's or the CLI's stream may take to bring its first request.
+const REQUEST_TIME: Duration = Duration::from_secs(30);
 /// Largest frame accepted on a session stream after the opening request.
 const SESSION_FRAME_LIMIT: usize = 64 * 1024;
 /// Idle timeout of manager connections; dead nodes are found sooner by heartbeats.
@@ -165,6 +179,10 @@ struct Manager {
     /// and telling the agents happen as one step, so GC never sees a half-loaded image
     /// and agents get the sets in the order they were made.
     images: tokio::sync::Mutex<()>,
+    /// Connections without a certificate open now.
+    anonymous: Arc<std::sync::atomic::AtomicUsize>,
+    /// The data directory, for scratch files beside the store.
+    data_dir: std::path::PathBuf,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -235,8 +253,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             data_dir.display()
         );
     }
-    let store = Store::open(&store_path)
-        .map_err(|e| anyhow::anyhow!("{e} (is another `shoal manager run` using {} already?)", data_dir.display()))?;
+    crate::verify::in_child(&store_path)?;
+    let store = Store::open(&store_path)?;
     let cluster = store.cluster()?;
     let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
     let server_key = rcgen::KeyPair::from_pem(&cluster.server_key_pem)?;
@@ -287,6 +305,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         started: Instant::now(),
         blobs,
         images: tokio::sync::Mutex::new(()),
+        anonymous: Arc::default(),
+        data_dir: data_dir.to_owned(),
     });
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {
@@ -378,16 +398,52 @@ async fn handle_connection(mgr: Arc<Manager>, incoming: quinn::Incoming) {
     };
     let peer = identify(&conn);
     debug!(%remote, ?peer, "connection");
+    if !matches!(peer, Ok(Peer::Anonymous)) {
+        tls::AUTHENTICATED.apply(&conn);
+        return accept_streams(mgr, conn, peer).await;
+    }
+    // A stranger may hold little (the transport's unauthenticated limits) for a short
+    // while, and only so many strangers at once.
+    let Some(_slot) = AnonymousSlot::take(&mgr.anonymous) else {
+        debug!(%remote, "too many connections without a certificate");
+        conn.close(close::BUSY.into(), b"too many connections without a certificate: retry in a few seconds");
+        return;
+    };
+    if tokio::time::timeout(ANONYMOUS_LIFETIME, accept_streams(mgr, conn.clone(), peer)).await.is_err() {
+        debug!(%remote, "connection without a certificate lasted too long");
+        conn.close(close::BUSY.into(), b"connection without a certificate lasted too long");
+    }
+}
+
+async fn accept_streams(mgr: Arc<Manager>, conn: quinn::Connection, peer: Result<Peer, ErrorReply>) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 tokio::spawn(handle_stream(mgr.clone(), conn.clone(), peer.clone(), send, recv));
             }
             Err(e) => {
-                debug!(%remote, error = %e, "connection ended");
+                debug!(remote = %conn.remote_address(), error = %e, "connection ended");
                 return;
             }
         }
+    }
+}
+
+/// One of the [`MAX_ANONYMOUS`] places for connections without a certificate, given
+/// back when dropped.
+struct AnonymousSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl AnonymousSlot {
+    fn take(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_ANONYMOUS).then_some(n + 1)).ok()?;
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -405,7 +461,7 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let envelope = match read_envelope(&mut recv).await {
+    let envelope = match read_envelope(&mut recv, matches!(peer, Ok(Peer::Anonymous))).await {
         Ok(Some(e)) => e,
         Ok(None) => return,
         Err(refusal) => return reply(&mut send, &Response::Error(refusal)).await,
@@ -429,6 +485,7 @@ async fn handle_stream(
             ErrorKind::Unauthorized,
             "this connection carries no node certificate: join the cluster first with `shoal-agent join --token TOKEN MANAGER`",
         )),
+        (Request::Control(ControlRequest::Backup), Peer::Admin) => return send_backup(&mgr, send).await,
         (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req, &mut recv).await {
             Ok(r) => Response::Control(r),
             Err(e) => {
@@ -446,11 +503,22 @@ async fn handle_stream(
     reply(&mut send, &response).await;
 }
 
-/// Reads and checks the first frame: length-limited, version first, then the body.
-async fn read_envelope(recv: &mut quinn::RecvStream) -> Result<Option<Envelope>, ErrorReply> {
-    let body = match framed::recv_body(recv, frame::MAX_FRAME_LEN).await {
+/// Reads and checks the first frame: length-limited, version first, then the body. A
+/// stream must bring its request promptly; a stranger's may also be only so long.
+async fn read_envelope(recv: &mut quinn::RecvStream, anonymous: bool) -> Result<Option<Envelope>, ErrorReply> {
+    let (limit, time) =
+        if anonymous { (ANONYMOUS_FRAME_LIMIT, ANONYMOUS_REQUEST_TIME) } else { (frame::MAX_FRAME_LEN, REQUEST_TIME) };
+    let read = tokio::time::timeout(time, framed::recv_body_within(recv, limit, time)).await;
+    let body = match read.unwrap_or(Err(LinkError::Timeout(time))) {
         Ok(Some(b)) => b,
         Ok(None) => return Ok(None),
+        Err(LinkError::Timeout(t)) => {
+            let _ = recv.stop(0u32.into());
+            return Err(ErrorReply::new(
+                ErrorKind::InvalidRequest,
+                &format!("no complete request within {}s: send the request at once", t.as_secs()),
+            ));
+        }
         Err(LinkError::Frame(e)) => {
             return Err(ErrorReply::new(ErrorKind::InvalidRequest, &format!("malformed request: {e}")))
         }

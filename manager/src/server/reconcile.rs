@@ -20,6 +20,9 @@ pub(super) fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::st
         .collect())
 }
 
+/// How long the reconcile task waits after a write failed for lack of space.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
+
 /// The one task that changes tasks: waits for events (or the next timer), takes every
 /// event already queued, and reconciles once for all of them.
 pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver<Event>) {
@@ -44,11 +47,19 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
         // Store writes block; keep them off the other tasks' way.
         match tokio::task::block_in_place(|| reconcile(&mgr, batch)) {
             Ok(next) => {
-                wake_at = next.map(|ms| tokio::time::Instant::from_std(mgr.started + Duration::from_millis(ms)))
+                // A far timer (or one past `Instant`'s range) waits no longer than the
+                // periodic pass would anyway.
+                let periodic = std::time::Instant::now() + RECONCILE_PERIOD;
+                let at = next.and_then(|ms| mgr.started.checked_add(Duration::from_millis(ms)));
+                wake_at = Some(tokio::time::Instant::from_std(at.map_or(periodic, |at| at.min(periodic))));
             }
             Err(e) => {
-                warn!(error = %e, "reconciliation failed; retrying in a second");
-                wake_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                // A full disk fails every write the same way: retry at a calm pace (each
+                // try writes nothing) and recover by itself once there is space.
+                let full = e.downcast_ref::<crate::store::StoreError>().is_some_and(|e| e.is_disk_full());
+                let retry = if full { DISK_FULL_RETRY } else { Duration::from_secs(1) };
+                warn!(error = %e, "reconciliation failed; retrying in {retry:?}");
+                wake_at = Some(tokio::time::Instant::now() + retry);
             }
         }
     }
@@ -132,6 +143,19 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
         records_changed.extend(step.record);
     }
     svc.updater.forget_gone(&tasks);
+
+    // A task whose image the manager no longer has (`image rm --force`) could never
+    // start: reject it with the reason rather than leave a board waiting for it. The
+    // orchestrator replaces it after the restart delay, so loading the image again heals.
+    let loaded: HashSet<String> = mgr.store.images()?.into_iter().map(|i| i.reference).collect();
+    let waiting = |t: &Task| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running;
+    for t in tasks.iter_mut().filter(|t| waiting(t) && !loaded.contains(t.spec.image.as_str())) {
+        let message =
+            format!("image {} is not loaded on the manager: load it with `shoal image load ARCHIVE`", t.spec.image);
+        let mut status = shoal_proto::TaskStatus::new(TaskState::Rejected, now.wall_ms, "rejected");
+        status.err = Some(shoal_proto::Message::lossy(&message));
+        let _ = shoal_proto::apply_status(t, status);
+    }
 
     let pending: Vec<TaskId> = tasks
         .iter()
