@@ -26,7 +26,8 @@ const CLUSTER_KEY: &str = "cluster";
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
 /// 2: tasks know the desired state Ready; services carry their update progress.
-const FORMAT: u32 = 2;
+/// 3: service and task specs carry their seccomp mode.
+const FORMAT: u32 = 3;
 
 /// One atomic change to services and tasks: what a control request or a reconciliation
 /// writes.

@@ -32,7 +32,8 @@ pub use token::JoinToken;
 
 /// Version of the message schema below. Exchanged as the first field of every request;
 /// a peer speaking another version is answered with [`ErrorKind::VersionMismatch`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: specs carry their seccomp mode; disk pressure, store backups, forced image removal.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN protocol name negotiated by TLS, so a non-shoal QUIC peer fails at the handshake.
 pub const ALPN: &[u8] = b"shoal/1";
