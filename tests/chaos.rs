@@ -330,15 +330,19 @@ fn inspect(c: &Cluster, service: &str) -> Option<serde_json::Value> {
     serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().map(|v| v[0].clone())
 }
 
-/// Whether `service` has settled: no update in flight, every replica running as the
-/// manager sees it, and on the boards exactly one running container per slot.
+/// Whether `service` has settled: no update in flight (completed, rolled back, or paused
+/// by its failure action), every replica running as the manager sees it, and on the
+/// boards exactly one running container per slot.
 fn settled(c: &Cluster, service: &str, replicas: usize, per_board: &[Vec<(String, String, String)>]) -> bool {
     let Some(v) = inspect(c, service) else { return false };
     let state = v["UpdateStatus"]["State"].as_str().unwrap_or("");
     if matches!(state, "updating" | "rollback_started") {
         return false;
     }
-    if c.replicas(service) != format!("{replicas}/{replicas}") {
+    // `3/3`, or `3/3 (rollback paused)`: an update a fault made fail and pause is settled
+    // (its failure action did what it says); such updates are counted apart.
+    let cell = c.replicas(service);
+    if cell.split_whitespace().next() != Some(format!("{replicas}/{replicas}").as_str()) {
         return false;
     }
     let mut slots: HashMap<&str, usize> = HashMap::new();
