@@ -638,7 +638,19 @@ impl<N: Sandboxes + 'static> Worker<N> {
                         debug!(container = %c, error = %e, "cannot read container status");
                         None
                     }
-                    ok => Some((t, observe(ok))),
+                    ok => {
+                        let seen = observe(ok);
+                        if seen == Container::Lost {
+                            // Its shim died but its processes may run on: kill them (the
+                            // runtime does it through the cgroup) before the task is
+                            // reported failed, or the manager would place its
+                            // replacement, port and all, beside a container still running.
+                            if let Err(e) = runtime.stop(&c, Duration::ZERO) {
+                                warn!(container = %c, error = %e, "cannot kill a lost container");
+                            }
+                        }
+                        Some((t, seen))
+                    }
                 })
                 .collect::<Vec<_>>()
         })
