@@ -52,11 +52,13 @@ rolls back by itself) and 3.0 every 3–8 s. A board's disk is a 48 MiB tmpfs of
 | seeds run / converged | $seeds / $converged |
 | faults injected | $total ($faults) |
 | rolling updates started during the faults | $updates |
-| invariant violations (slot > 1, port twice, not converged, leak) | $violations (goal 0) |
+| invariant violations (slot > 1, two \`web\` on a board, a port bound twice, not converged) | $violations (goal 0) |
 | leaks after \`service rm\` + stopping agents and manager | $leaks |
 | converge after the last fault healed: median / max | $conv |
 | stale containers of a healed board (agent killed, cable cut) gone after: median / max | $stale |
 | updates left paused by a fault | $paused |
+
+What the violations and leaks were, and which are fixed: docs/chaos.md ("What it found").
 <!-- /chaos -->
 MD
 )

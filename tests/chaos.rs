@@ -248,9 +248,9 @@ fn check(c: &Cluster, names: &Names, shared: &Mutex<Shared>, began: Instant) {
         for (svc, slot, id) in list {
             slots.entry((svc.clone(), slot.clone())).or_default().push(format!("node{board}:{id}"));
         }
-        let web = list.iter().filter(|(svc, ..)| *svc == names.web).count();
-        if web > 1 {
-            found.push(format!("port: {web} containers of web (host port 8000) on node{board}"));
+        let web: Vec<&str> = list.iter().filter(|(svc, ..)| *svc == names.web).map(|(.., id)| id.as_str()).collect();
+        if web.len() > 1 {
+            found.push(format!("port: {} containers of web (host port 8000) on node{board}: {web:?}", web.len()));
         }
     }
     for ((svc, slot), ids) in &slots {
