@@ -58,6 +58,8 @@ rss() { awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r " KiB RSS, " p " KiB PSS
 agent_rss=$(rss "$apid")
 manager_rss=$(rss "$mpid")
 
+# bench/chaos.sh writes its own section: keep it.
+chaos=$(sed -n '/<!-- chaos: written by bench\/chaos.sh -->/,/<!-- \/chaos -->/p' BENCHMARKS.md 2>/dev/null || true)
 {
   echo "# Benchmarks"
   echo
@@ -96,5 +98,9 @@ manager_rss=$(rss "$mpid")
   echo '```'
   echo "$sizes"
   echo '```'
+  if [ -n "$chaos" ]; then
+    echo
+    echo "$chaos"
+  fi
 } > BENCHMARKS.md
 cat BENCHMARKS.md

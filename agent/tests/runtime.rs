@@ -343,3 +343,36 @@ echo all-done"#;
         assert!(log.contains(expected), "{expected}: {log}");
     }
 }
+
+/// A shim killed while its container runs (a stray `kill -9`, the OOM killer) leaves the
+/// container running with no monitor: status "lost". A stop must still stop it — through
+/// its cgroup, since its PID is no longer held by anyone — and report SIGKILL's 137, or
+/// the agent retries for ever and the container outlives its service (found by
+/// tests/chaos.rs, seed 1).
+#[test]
+#[ignore = "needs root"]
+fn a_container_whose_shim_was_killed_is_still_stopped() {
+    let lab = Lab::new("lost");
+    let lost = id("lost");
+    let rt = lab.runtime();
+    rt.create(&lab.config(&lost, &["sleep", "1000"])).unwrap();
+    let init = rt.start(&lost).unwrap();
+    let shim = std::fs::read_to_string(lab.dir.join("containers").join(&lost).join("shim.pid")).unwrap();
+    assert!(std::process::Command::new("kill").args(["-9", shim.trim()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(rt.status(&lost).unwrap(), ContainerStatus::Lost) {
+        assert!(Instant::now() < deadline, "{:?}", rt.status(&lost));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Path::new(&format!("/proc/{init}")).exists(), "the container outlives its shim");
+
+    assert_eq!(rt.stop(&lost, Duration::from_secs(2)).unwrap(), 137);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{init}")).exists() {
+        assert!(Instant::now() < deadline, "the container's init {init} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(rt.status(&lost).unwrap(), ContainerStatus::Exited { code: 137, .. }));
+    rt.delete(&lost).unwrap();
+    assert!(rt.list().unwrap().is_empty());
+}

@@ -12,6 +12,42 @@ use anyhow::{bail, Context, Result};
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
+/// The file [`Host::fill_disk`] fills a board's disk with.
+const FILL_FILE: &str = "chaos-fill";
+
+/// Every PID on the machine.
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect()
+}
+
+/// The directories that hold the boards' container cgroups (`<root>/<container id>`):
+/// cgroup v2's single tree, or each v1 controller's.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup/shoal"), PathBuf::from("/sys/fs/cgroup/unified/shoal")];
+    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        roots.push(e.path().join("shoal"));
+    }
+    roots.sort();
+    roots.dedup();
+    roots.into_iter().filter(|r| r.is_dir()).collect()
+}
+
+/// IDs of the containers on the machine that have processes, by their cgroups (v2, or
+/// v1's pids controller).
+pub fn running_container_ids() -> Vec<String> {
+    let roots = ["/sys/fs/cgroup/shoal", "/sys/fs/cgroup/pids/shoal"];
+    let Some(dirs) = roots.iter().find_map(|r| std::fs::read_dir(r).ok()) else { return Vec::new() };
+    dirs.flatten()
+        .filter(|d| !std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default().trim().is_empty())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Directory holding the built binaries (`SHOAL_BIN_DIR`, else `target/debug`).
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("SHOAL_BIN_DIR") {
@@ -184,6 +220,69 @@ impl Host {
     pub fn restore_link(&self) {
         sh(&["ip", "link", "set", &self.veth_host, "up"]).expect("link up");
     }
+
+    /// Fills this board's disk (see [`Lab::give_disks`]) with one file until the
+    /// filesystem says it is full; returns the bytes written.
+    pub fn fill_disk(&self) -> u64 {
+        use std::io::Write;
+        let Ok(mut f) = std::fs::File::create(self.data_dir.join(FILL_FILE)) else { return 0 };
+        let chunk = vec![0x5a_u8; 256 * 1024];
+        let mut written = 0;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n as u64,
+            }
+        }
+        let _ = f.flush();
+        written
+    }
+
+    /// Frees what [`Host::fill_disk`] took.
+    pub fn free_disk(&self) {
+        let _ = std::fs::remove_file(self.data_dir.join(FILL_FILE));
+    }
+
+    /// The live shims (`shoal-agent shim <id>`) of this board's containers, as (PID,
+    /// container ID), sorted by ID. A PID counts only if its command line is that shim's.
+    pub fn shims(&self) -> Vec<(u32, String)> {
+        let mut shims = Vec::new();
+        for e in std::fs::read_dir(self.data_dir.join("agent/containers")).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = std::fs::read_to_string(e.path().join("shim.pid")).ok().and_then(|p| p.trim().parse().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.contains(&b"shim".as_slice()) && args.contains(&id.as_bytes()) {
+                shims.push((pid, id));
+            }
+        }
+        shims.sort_by(|a, b| a.1.cmp(&b.1));
+        shims
+    }
+
+    /// Local ports with more than one listening TCP socket in this host's namespace,
+    /// with how many: a host port bound twice.
+    pub fn ports_bound_twice(&self) -> Vec<(u16, usize)> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["--", "cat", "/proc/net/tcp", "/proc/net/tcp6"])
+            .output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let mut count = std::collections::BTreeMap::<u16, usize>::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ...; st 0A is LISTEN.
+            if f.len() > 3 && f[3] == "0A" {
+                if let Some(port) = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
+                    *count.entry(port).or_default() += 1;
+                }
+            }
+        }
+        count.into_iter().filter(|(_, n)| *n > 1).collect()
+    }
 }
 
 /// A set of hosts on one bridge. `hosts[0]` is meant for the manager.
@@ -194,6 +293,10 @@ pub struct Lab {
     pub hosts: Vec<Host>,
     /// Scratch directory (data dirs, logs), kept when a test fails for post-mortems.
     pub dir: PathBuf,
+    /// Data dirs that are mount points of a small filesystem of their own ([`Lab::give_disks`]).
+    disks: Vec<PathBuf>,
+    /// Keep the scratch directory even when the test passes ([`Lab::keep_logs`]).
+    keep: bool,
 }
 
 impl Lab {
@@ -208,7 +311,14 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let bridge = format!("{tag}br");
-        let mut lab = Self { tag: tag.clone(), bridge: bridge.clone(), hosts: Vec::new(), dir: dir.clone() };
+        let mut lab = Self {
+            tag: tag.clone(),
+            bridge: bridge.clone(),
+            hosts: Vec::new(),
+            dir: dir.clone(),
+            disks: Vec::new(),
+            keep: false,
+        };
         sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         sh(&["ip", "addr", "add", &format!("10.251.{subnet}.254/24"), "dev", &bridge])?;
         sh(&["ip", "link", "set", &bridge, "up"])?;
@@ -235,6 +345,128 @@ impl Lab {
 }
 
 impl Lab {
+    /// The lab's unique tag: its namespaces, veths and bridge start with it. Names made
+    /// from it (services, containers) can't clash with a parallel test's.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Keeps the scratch directory (logs, data dirs) after the lab is dropped, also when
+    /// the test passes: for a failure the test reports without panicking.
+    pub fn keep_logs(&mut self) {
+        self.keep = true;
+    }
+
+    /// Gives every board (`hosts[1..]`) a data dir of its own `mib`-MiB tmpfs, so that a
+    /// test can fill one board's disk ([`Host::fill_disk`]) without touching the
+    /// others or the machine's. Call it before anything runs on the boards.
+    pub fn give_disks(&mut self, mib: u32) -> Result<()> {
+        for h in &self.hosts[1..] {
+            std::fs::create_dir_all(&h.data_dir)?;
+            let size = format!("size={mib}m,mode=0755");
+            sh(&["mount", "-t", "tmpfs", "-o", &size, &format!("{}disk", self.tag), &h.data_dir.to_string_lossy()])?;
+            self.disks.push(h.data_dir.clone());
+        }
+        Ok(())
+    }
+
+    /// What the lab's boards left behind that they should have removed themselves: the
+    /// processes, cgroups, mounts, network namespaces, veths and runtime state of
+    /// containers whose ID starts with one of `prefixes` (service names), and any process
+    /// still running from the lab's directory. Call it once the services are removed and
+    /// the agents stopped, before the lab is dropped (its drop removes everything by force,
+    /// which would hide a leak).
+    pub fn leaks(&self, prefixes: &[&str]) -> Vec<String> {
+        let ours = |name: &str| prefixes.iter().any(|p| name.starts_with(&format!("{p}.")));
+        let mut leaks = Vec::new();
+        let dir = self.dir.to_string_lossy().into_owned();
+        for pid in pids() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&dir) {
+                leaks.push(format!("process {pid}: {}", cmdline.trim()));
+            }
+        }
+        for root in cgroup_roots() {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if ours(&e.file_name().to_string_lossy()) {
+                    leaks.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            let Some(point) = line.split(' ').nth(4) else { continue };
+            let under_lab = point.starts_with(&dir) && !self.disks.iter().any(|d| Path::new(point) == d);
+            let netns = point.strip_prefix("/run/shoal/netns/").is_some_and(ours);
+            if under_lab || netns {
+                leaks.push(format!("mount {point}"));
+            }
+        }
+        for e in std::fs::read_dir("/run/shoal/netns").into_iter().flatten().flatten() {
+            if ours(&e.file_name().to_string_lossy()) {
+                leaks.push(format!("netns file {}", e.path().display()));
+            }
+        }
+        // libcontainer's state: /run/shoal/<hash of the data dir>/<container id>.
+        for state in std::fs::read_dir("/run/shoal").into_iter().flatten().flatten() {
+            if state.file_name() == "netns" {
+                continue;
+            }
+            for e in std::fs::read_dir(state.path()).into_iter().flatten().flatten() {
+                if ours(&e.file_name().to_string_lossy()) {
+                    leaks.push(format!("runtime state {}", e.path().display()));
+                }
+            }
+        }
+        for h in &self.hosts[1..] {
+            // Containers' host-side veths are `sh<hash>` in the board's namespace.
+            let out = Command::new("ip").args(["-n", &h.ns, "-o", "link", "show"]).output();
+            let out = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            for line in out.lines() {
+                let name = line.split(':').nth(1).unwrap_or("").trim();
+                let name = name.split('@').next().unwrap_or("");
+                let hash = name.strip_prefix("sh").unwrap_or("");
+                if hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    leaks.push(format!("veth {name} on {}", h.ns));
+                }
+            }
+            for e in std::fs::read_dir(h.data_dir.join("agent/containers")).into_iter().flatten().flatten() {
+                if ours(&e.file_name().to_string_lossy()) {
+                    leaks.push(format!("container dir {}", e.path().display()));
+                }
+            }
+        }
+        leaks
+    }
+
+    /// What is left of the lab itself after it was dropped: namespaces, links and
+    /// mounts named after its tag or under its directory. Empty when the harness cleaned up.
+    pub fn remains(tag: &str, dir: &Path) -> Vec<String> {
+        let mut left = Vec::new();
+        let netns = Command::new("ip").args(["netns", "list"]).output();
+        for line in netns.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().lines() {
+            if line.starts_with(tag) {
+                left.push(format!("netns {line}"));
+            }
+        }
+        let links = Command::new("ip").args(["-o", "link", "show"]).output();
+        for line in links.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().lines() {
+            let name = line.split(':').nth(1).unwrap_or("").trim();
+            if name.starts_with(tag) {
+                left.push(format!("link {name}"));
+            }
+        }
+        let dir = dir.to_string_lossy();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if point.starts_with(dir.as_ref()) {
+                left.push(format!("mount {point}"));
+            }
+        }
+        left
+    }
+
     /// The containers the agents of this lab made (`<data dir>/agent/containers/<id>`).
     fn containers(&self) -> Vec<PathBuf> {
         self.hosts
@@ -292,10 +524,20 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
-        if !std::thread::panicking() {
+        for (i, disk) in self.disks.iter().enumerate() {
+            if self.keep || std::thread::panicking() {
+                // The disk goes with its tmpfs: keep a copy for the post-mortem (not the
+                // containers' root filesystems, other mounts).
+                let copy = self.dir.join(format!("node{}-disk", i + 1));
+                let _ = Command::new("cp").arg("-a").arg("--one-file-system").arg(disk).arg(&copy).status();
+            }
+            // Lazily: a container's rootfs under it may still be going away.
+            let _ = Command::new("umount").arg("-l").arg(disk).status();
+        }
+        if !std::thread::panicking() && !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!("lab {} failed; logs kept in {}", self.tag, self.dir.display());
+            eprintln!("lab {}: logs kept in {}", self.tag, self.dir.display());
         }
     }
 }
@@ -375,7 +617,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a manager and `n_agents` agents named node1.. and waits until all are Ready.
     pub fn start(n_agents: usize) -> Result<Self> {
-        let lab = Lab::new(n_agents + 1)?;
+        Self::start_in(Lab::new(n_agents + 1)?)
+    }
+
+    /// As [`Cluster::start`], in a lab made beforehand (e.g. with [`Lab::give_disks`]):
+    /// `hosts[0]` runs the manager, every other host an agent.
+    pub fn start_in(lab: Lab) -> Result<Self> {
         let m = &lab.hosts[0];
         let init = m.shoal(&["manager", "init", "--advertise-addr", &m.ip, "--hostname", "manager"]);
         let token =
@@ -394,6 +641,16 @@ impl Cluster {
         let cluster = Self { manager, agents, token, lab };
         cluster.wait_status_all("Ready", Duration::from_secs(15));
         Ok(cluster)
+    }
+
+    /// Starts board `board`'s agent again (`shoal-agent run`), after a kill or a stop.
+    pub fn restart_agent(&mut self, board: usize) {
+        self.agents[board - 1] = self.lab.hosts[board].spawn("shoal-agent", &["run"]);
+    }
+
+    /// Starts the manager again (`shoal manager run`), after a kill or a stop.
+    pub fn restart_manager(&mut self) {
+        self.manager = self.lab.hosts[0].spawn("shoal", &["manager", "run"]);
     }
 
     /// The manager's host.

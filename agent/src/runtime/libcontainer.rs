@@ -133,6 +133,36 @@ impl LibcontainerRuntime {
         }
     }
 
+    /// Stops a container whose shim died without recording an exit (a stray `kill -9`,
+    /// the OOM killer): its init may still run, but no one holds its PID any more, so it
+    /// is not signalled by PID. Its cgroup still names exactly its processes: libcontainer
+    /// kills them all through it (freeze, SIGKILL, thaw). The exit is then recorded here,
+    /// 137 as for any container killed by SIGKILL, so the container reads Exited from now
+    /// on and can be deleted. Without this a lost container could never be stopped.
+    fn stop_lost(&self, id: &str, bundle: &Bundle) -> Result<i32, RuntimeError> {
+        let lost = |what| RuntimeError::State { id: id.to_owned(), state: "lost", what };
+        let mut container = libcontainer::container::Container::load(self.state.join(id))
+            .map_err(|_| lost("it can't be signalled and its runtime state is gone"))?;
+        let sigkill = libcontainer::signal::Signal::try_from(9).map_err(|_| lost("SIGKILL is unknown"))?;
+        container.kill(sigkill, true).map_err(|_| lost("killing it through its cgroup failed"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stopped = container.refresh_status().is_ok()
+                && container.status() == libcontainer::container::ContainerStatus::Stopped;
+            if stopped {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(lost("it did not exit even after SIGKILL"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        bundle.write_exit(137, now)?;
+        Ok(137)
+    }
+
     fn signal(&self, id: &str, bundle: &Bundle, signal: Signal) -> Result<(), RuntimeError> {
         match bundle.status(self.shim_alive(id, bundle)) {
             // The shim reaps only after writing the exit file, so while there is none the
@@ -235,6 +265,9 @@ impl Runtime for LibcontainerRuntime {
         let bundle = self.bundle(id)?;
         if let Some((code, _)) = bundle.read_exit() {
             return Ok(code);
+        }
+        if let ContainerStatus::Lost = bundle.status(self.shim_alive(id, &bundle)) {
+            return self.stop_lost(id, &bundle);
         }
         self.signal(id, &bundle, Signal::TERM)?;
         if let Some(code) = self.wait_for_exit(&bundle, grace) {

@@ -312,10 +312,24 @@ struct SavedTask {
 
 /// A finished operation.
 enum Done {
-    Prepared { task: TaskId, result: Result<Prepared, String> },
-    Started { task: TaskId, result: Result<(), String> },
-    Stopped { task: TaskId, result: Result<i32, String> },
-    Removed { task: Option<TaskId> },
+    Prepared {
+        task: TaskId,
+        result: Result<Prepared, String>,
+    },
+    Started {
+        task: TaskId,
+        result: Result<(), String>,
+    },
+    /// `seen`: the container as observed after a failed stop, so the core decides the
+    /// next step from what is there instead of retrying the same stop for ever.
+    Stopped {
+        task: TaskId,
+        result: Result<i32, String>,
+        seen: Option<Container>,
+    },
+    Removed {
+        task: Option<TaskId>,
+    },
 }
 
 struct Prepared {
@@ -582,7 +596,12 @@ impl<N: Sandboxes + 'static> Worker<N> {
             }
             Done::Prepared { task, result } => (task, Outcome::Prepared(result)),
             Done::Started { task, result } => (task, Outcome::Started(result)),
-            Done::Stopped { task, result } => (task, Outcome::Stopped(result)),
+            Done::Stopped { task, result, seen } => {
+                if let (Err(_), Some(seen), Some(e)) = (&result, seen, self.tasks.get_mut(&task)) {
+                    e.container = seen;
+                }
+                (task, Outcome::Stopped(result))
+            }
         };
         let Some(e) = self.tasks.get_mut(&task) else { return };
         e.busy = false;
@@ -641,7 +660,19 @@ impl<N: Sandboxes + 'static> Worker<N> {
                         debug!(container = %c, error = %e, "cannot read container status");
                         None
                     }
-                    ok => Some((t, observe(ok))),
+                    ok => {
+                        let seen = observe(ok);
+                        if seen == Container::Lost {
+                            // Its shim died but its processes may run on: kill them (the
+                            // runtime does it through the cgroup) before the task is
+                            // reported failed, or the manager would place its
+                            // replacement, port and all, beside a container still running.
+                            if let Err(e) = runtime.stop(&c, Duration::ZERO) {
+                                warn!(container = %c, error = %e, "cannot kill a lost container");
+                            }
+                        }
+                        Some((t, seen))
+                    }
                 })
                 .collect::<Vec<_>>()
         })
@@ -737,11 +768,22 @@ impl<N: Sandboxes + 'static> Worker<N> {
                         let grace = Duration::from_millis(e.assignment.spec.stop_grace_period_ms);
                         tokio::spawn(async move {
                             let rt = deps.runtime.clone();
-                            let result = match tokio::task::spawn_blocking(move || rt.stop(&cid, grace)).await {
-                                Ok(r) => r.map_err(|e| e.to_string()),
-                                Err(e) => Err(format!("stopping the container panicked: {e}")),
-                            };
-                            let _ = tx.send(Done::Stopped { task, result }).await;
+                            let (result, seen) = tokio::task::spawn_blocking(move || match rt.stop(&cid, grace) {
+                                Ok(code) => (Ok(code), None),
+                                // A container that can't be stopped may be gone or lost
+                                // (its shim died): say what is there.
+                                Err(e) => {
+                                    let seen = match rt.status(&cid) {
+                                        Err(RuntimeError::NotFound(_)) => Some(Container::Absent),
+                                        Err(_) => None,
+                                        ok => Some(observe(ok)),
+                                    };
+                                    (Err(e.to_string()), seen)
+                                }
+                            })
+                            .await
+                            .unwrap_or_else(|e| (Err(format!("stopping the container panicked: {e}")), None));
+                            let _ = tx.send(Done::Stopped { task, result, seen }).await;
                         });
                         break;
                     }
