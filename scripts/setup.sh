@@ -11,7 +11,8 @@ for pkg_cmd in \
     "busybox-static:busybox" \
     "bc:bc" \
     "file:file" \
-    "python3:python3"; do
+    "python3:python3" \
+    "g++:g++"; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
