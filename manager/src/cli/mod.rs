@@ -25,7 +25,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs_f64(value * scale))
+    // from_secs_f64 panics past u64::MAX seconds (and on the infinity a 400-digit number
+    // parses to): say so instead.
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("invalid duration {s:?}: too long, give at most a few days"))
 }
 
 #[cfg(test)]
@@ -40,5 +43,14 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    /// Found by the `service_args` fuzz target: these panicked in `Duration::from_secs_f64`.
+    #[test]
+    fn overlong_durations_are_refused_not_a_panic() {
+        for s in ["999999999999999999999999", "99999999999999999h", "18446744073709551616", &"9".repeat(400)] {
+            let err = parse_duration(s).unwrap_err();
+            assert!(err.contains("too long"), "{s}: {err}");
+        }
     }
 }
