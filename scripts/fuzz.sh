@@ -7,6 +7,7 @@
 #   scripts/fuzz.sh --ci                 build, replay the corpus, fuzz each target a few seconds
 #   scripts/fuzz.sh --long SECONDS [T…]  fuzz each target (or T…) SECONDS; print a table and
 #                                        merge new coverage into fuzz/corpus (minimised)
+#   scripts/fuzz.sh --save [T…]          merge the last run's new coverage into fuzz/corpus
 #   scripts/fuzz.sh run TARGET [ARGS…]   fuzz one target until stopped (libFuzzer ARGS)
 #   scripts/fuzz.sh build
 #
@@ -80,13 +81,24 @@ table_head() {
   echo "|-----------------|--------|-------------|---------|-------|--------|---------|"
 }
 
-# Adds what the run found that the committed corpus does not cover, minimised.
+# Adds what the last run found that the committed corpus does not cover: a set-cover
+# merge keeps few inputs, and of those the smallest first, up to FUZZ_CORPUS_BUDGET bytes
+# and FUZZ_CORPUS_FILES files per target and run, so the committed corpus stays small.
 save_new() {
-  local t=$1 before after
-  before=$(find "fuzz/corpus/$t" -type f | wc -l)
-  "$bin_dir/$t" -merge=1 -max_len="$(max_len "$t")" "fuzz/corpus/$t" "$out/corpus/$t" >"$out/logs/$t.merge.log" 2>&1
-  after=$(find "fuzz/corpus/$t" -type f | wc -l)
-  echo "fuzz: $t: $((after - before)) new corpus entries"
+  local t=$1 tmp=$out/merge/$t budget=${FUZZ_CORPUS_BUDGET:-16384} used=0 added=0 size f
+  rm -rf "$tmp"
+  mkdir -p "$tmp" "$out/artifacts/$t" "$out/logs"
+  cp "fuzz/corpus/$t"/* "$tmp"/
+  "$bin_dir/$t" -merge=1 -set_cover_merge=1 -max_len="$(max_len "$t")" -artifact_prefix="$out/artifacts/$t/" \
+    "$tmp" "$out/corpus/$t" >"$out/logs/$t.merge.log" 2>&1
+  while read -r size f; do
+    [ $((used + size)) -gt "$budget" ] || [ "$added" -ge "${FUZZ_CORPUS_FILES:-200}" ] && break
+    cp "$tmp/$f" "fuzz/corpus/$t/"
+    used=$((used + size)) added=$((added + 1))
+  done < <(for f in "$tmp"/*; do
+    [ -e "fuzz/corpus/$t/${f##*/}" ] || echo "$(stat -c %s "$f") ${f##*/}"
+  done | sort -n)
+  echo "fuzz: $t: $added new corpus entries ($used bytes)"
 }
 
 case ${1:-} in
@@ -110,6 +122,11 @@ case ${1:-} in
     for t in "${targets[@]}"; do fuzz "$t" "$secs" || failed=1; done
     for t in "${targets[@]}"; do save_new "$t"; done
     exit $failed
+    ;;
+  --save)
+    shift
+    [ $# -gt 0 ] && targets=("$@")
+    for t in "${targets[@]}"; do save_new "$t"; done
     ;;
   run)
     t=${2:?usage: scripts/fuzz.sh run TARGET [LIBFUZZER ARGS…]}
