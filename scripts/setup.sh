@@ -12,7 +12,8 @@ for pkg_cmd in \
     "bc:bc" \
     "file:file" \
     "python3:python3" \
-    "patch:patch"; do
+    "patch:patch" \
+    "g++:g++"; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

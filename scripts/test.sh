@@ -25,5 +25,9 @@ echo "== tests"
 # ignored test is a release-build timing check (see its doc).
 cargo test --workspace -- --include-ignored --skip scale_5000_nodes_100000_tasks
 
+echo "== fuzz"
+# Builds the fuzz targets, replays fuzz/corpus and fuzzes each target a few seconds.
+./scripts/fuzz.sh --ci
+
 echo "== static agent builds"
 ./scripts/build-agents.sh

@@ -68,4 +68,13 @@ mod tests {
         assert!(parse_duration("1e300").is_err() || parse_duration("99999999999999999999h").is_err());
         assert!(parse_duration("99999999999999999999h").unwrap_err().contains("too long"));
     }
+
+    /// Found by the `service_args` fuzz target: these panicked in `Duration::from_secs_f64`.
+    #[test]
+    fn overlong_durations_are_refused_not_a_panic() {
+        for s in ["999999999999999999999999", "99999999999999999h", "18446744073709551616", &"9".repeat(400)] {
+            let err = parse_duration(s).unwrap_err();
+            assert!(err.contains("too long"), "{s}: {err}");
+        }
+    }
 }
