@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use shoal_agent::runtime::seccomp::SeccompPolicy;
 use shoal_agent::runtime::{ContainerConfig, ContainerStatus, LibcontainerRuntime, NetworkMode, Runtime};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -244,43 +245,39 @@ fn probes(log: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs root"]
-fn a_container_cannot_open_host_devices_or_make_user_namespaces() {
-    let lab = Lab::new("escapes");
+/// Runs [`ESCAPES`] under `policy`; checks the container's `Seccomp:` mode and that each
+/// probe in `refused` was refused and each in `allowed` went through.
+fn run_probes(name: &str, policy: SeccompPolicy, mode: &str, refused: &[&str], allowed: &[&str]) {
+    let lab = Lab::new(name);
     let rt = lab.runtime();
-    let c = id("escapes");
-    rt.create(&lab.config(&c, &["sh", "-c", ESCAPES])).unwrap();
+    let c = id(name);
+    let mut config = lab.config(&c, &["sh", "-c", ESCAPES]);
+    config.seccomp = policy;
+    rt.create(&config).unwrap();
     rt.start(&c).unwrap();
     assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 0, "{}", lab.log(&c));
     let log = lab.log(&c);
-    assert!(log.contains("Seccomp:\t2"), "a seccomp filter is on: {log}");
+    assert!(log.contains(&format!("Seccomp:\t{mode}")), "seccomp mode {mode}: {log}");
     let p = probes(&log);
-    for refused in ["block-device", "kmsg", "mem", "userns", "userns-mount"] {
-        assert_eq!(p.get(refused).map(String::as_str), Some("refused"), "{refused}: {log}");
-    }
-    for allowed in ["null", "urandom", "fifo"] {
-        assert_eq!(p.get(allowed).map(String::as_str), Some("ok"), "{allowed}: {log}");
+    for (names, want) in [(refused, "refused"), (allowed, "ok")] {
+        for probe in names {
+            assert_eq!(p.get(*probe).map(String::as_str), Some(want), "{probe}: {log}");
+        }
     }
 }
 
 #[test]
 #[ignore = "needs root"]
+fn a_container_cannot_open_host_devices_or_make_user_namespaces() {
+    let refused = ["block-device", "kmsg", "mem", "userns", "userns-mount"];
+    run_probes("escapes", SeccompPolicy::Default, "2", &refused, &["null", "urandom", "fifo"]);
+}
+
+#[test]
+#[ignore = "needs root"]
 fn seccomp_unconfined_drops_the_filter_but_not_the_device_cgroup() {
-    let lab = Lab::new("unconfined");
-    let rt = lab.runtime();
-    let c = id("unconfined");
-    let mut config = lab.config(&c, &["sh", "-c", ESCAPES]);
-    config.seccomp = shoal_agent::runtime::seccomp::SeccompPolicy::Unconfined;
-    rt.create(&config).unwrap();
-    rt.start(&c).unwrap();
-    assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 0, "{}", lab.log(&c));
-    let log = lab.log(&c);
-    assert!(log.contains("Seccomp:\t0"), "{log}");
-    let p = probes(&log);
-    for refused in ["block-device", "kmsg", "mem"] {
-        assert_eq!(p.get(refused).map(String::as_str), Some("refused"), "{refused}: {log}");
-    }
+    let refused = ["block-device", "kmsg", "mem"];
+    run_probes("unconfined", SeccompPolicy::Unconfined, "0", &refused, &["userns", "null", "fifo"]);
 }
 
 #[test]
@@ -290,14 +287,13 @@ fn a_profile_the_board_cannot_load_fails_the_create_with_its_reason() {
     let rt = lab.runtime();
     let c = id("badprofile");
     let mut config = lab.config(&c, &["true"]);
-    config.seccomp =
-        shoal_agent::runtime::seccomp::SeccompPolicy::Profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#.into());
+    config.seccomp = SeccompPolicy::Profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#.into());
     let err = rt.create(&config).unwrap_err().to_string();
     assert!(err.contains("SCMP_ACT_NOTIFY"), "{err}");
     // A custom profile that refuses one call: the call fails inside, the rest works.
     let c2 = id("custom");
     let mut config = lab.config(&c2, &["sh", "-c", "grep '^Seccomp:' /proc/self/status; mknod /tmp/f p && echo made"]);
-    config.seccomp = shoal_agent::runtime::seccomp::SeccompPolicy::Profile(
+    config.seccomp = SeccompPolicy::Profile(
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mknod","mknodat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#
             .into(),
     );
