@@ -95,7 +95,7 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
         .map_err(|e| RuntimeError::Spec(e.to_string()))?
         .map(|s| serde_json::to_value(s).expect("a seccomp section serialises"));
     let ro_bind = |source: std::path::PathBuf, dest: &str| json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]});
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "hostname": config.hostname,
         "root": {"path": bundle.rootfs(), "readonly": false},
@@ -129,7 +129,6 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
             "readonlyPaths": READONLY_PATHS
         }
     });
-    let mut spec = spec;
     if let Some(seccomp) = seccomp {
         spec["linux"]["seccomp"] = seccomp;
     }
