@@ -201,6 +201,11 @@ mod tests {
         let mut c = config();
         c.seccomp = seccomp::SeccompPolicy::Unconfined;
         assert!(build(&c, &bundle, true).unwrap().linux().as_ref().unwrap().seccomp().is_none());
+        // Without a device cgroup, unconfined still keeps device nodes out.
+        let v2 = build(&c, &bundle, false).unwrap();
+        let kept = v2.linux().as_ref().unwrap().seccomp().clone().expect("a filter for mknod");
+        assert_eq!(kept.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActAllow);
+        assert!(kept.syscalls().as_ref().unwrap().iter().all(|r| r.names().iter().all(|n| n.starts_with("mknod"))));
         c.seccomp = seccomp::SeccompPolicy::Profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#.into());
         let spec = build(&c, &bundle, true).unwrap();
         let s = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();

@@ -45,23 +45,17 @@ pub enum SeccompPolicy {
 
 /// The seccomp section of a container with `caps` under `policy` on this board, or
 /// `None` when unconfined. `device_cgroup` says whether the board enforces a device
-/// cgroup; where it cannot, device nodes may not be created either.
+/// cgroup; where it cannot, device nodes may not be created either, even unconfined.
 pub fn section(
     policy: &SeccompPolicy,
     caps: &[&str],
     device_cgroup: bool,
 ) -> Result<Option<LinuxSeccomp>, SeccompError> {
-    let parsed;
     let profile = match policy {
-        SeccompPolicy::Unconfined => return Ok(None),
-        SeccompPolicy::Default => {
-            parsed = profile::default_profile();
-            &parsed
-        }
-        SeccompPolicy::Profile(json) => {
-            parsed = profile::parse(json)?;
-            &parsed
-        }
+        SeccompPolicy::Unconfined if device_cgroup => return Ok(None),
+        SeccompPolicy::Unconfined => profile::allow_all(),
+        SeccompPolicy::Default => profile::default_profile(),
+        SeccompPolicy::Profile(json) => profile::parse(json)?,
     };
     let release = rustix::system::uname().release().to_string_lossy().into_owned();
     let target = profile::Target {

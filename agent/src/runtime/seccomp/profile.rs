@@ -703,19 +703,17 @@ pub fn default_profile() -> Profile {
     }
 }
 
-/// File types `mknod` may still create where the board cannot enforce a device cgroup
-/// (cgroup v2 without an eBPF device program): regular files, FIFOs and sockets, never
-/// character or block devices.
+/// Where the board cannot enforce a device cgroup (cgroup v2 without an eBPF device
+/// program), `mknod` of character and block devices fails with EPERM whatever else the
+/// profile says; regular files, FIFOs and sockets can still be made. The rules go first,
+/// so no rule of the profile is tried before them.
 pub fn forbid_device_nodes(seccomp: &mut LinuxSeccomp) {
     const S_IFMT: u64 = 0o170_000;
-    let mut syscalls: Vec<LinuxSyscall> = seccomp.syscalls().clone().unwrap_or_default();
-    for rule in &mut syscalls {
-        let names: Vec<String> = rule.names().iter().filter(|n| *n != "mknod" && *n != "mknodat").cloned().collect();
-        rule.set_names(names);
-    }
-    syscalls.retain(|r| !r.names().is_empty());
+    const S_IFCHR: u64 = 0o020_000;
+    const S_IFBLK: u64 = 0o060_000;
+    let mut rules = Vec::new();
     for (name, index) in [("mknod", 1usize), ("mknodat", 2)] {
-        for kind in [0u64, 0o100_000, 0o010_000, 0o140_000] {
+        for kind in [S_IFCHR, S_IFBLK] {
             let cond = LinuxSeccompArgBuilder::default()
                 .index(index)
                 .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
@@ -723,17 +721,29 @@ pub fn forbid_device_nodes(seccomp: &mut LinuxSeccomp) {
                 .value_two(kind)
                 .build()
                 .expect("every field is set");
-            syscalls.push(
+            rules.push(
                 LinuxSyscallBuilder::default()
                     .names(vec![name.to_string()])
-                    .action(LinuxSeccompAction::ScmpActAllow)
+                    .action(LinuxSeccompAction::ScmpActErrno)
+                    .errno_ret(1u32)
                     .args(vec![cond])
                     .build()
                     .expect("every field is set"),
             );
         }
     }
-    seccomp.set_syscalls(Some(syscalls));
+    rules.extend(seccomp.syscalls().clone().unwrap_or_default());
+    seccomp.set_syscalls(Some(rules));
+}
+
+/// A profile that allows everything: what `unconfined` leaves where device nodes must
+/// still be refused by [`forbid_device_nodes`].
+pub fn allow_all() -> Profile {
+    let mut p = default_profile();
+    p.default_action = LinuxSeccompAction::ScmpActAllow;
+    p.default_errno_ret = None;
+    p.syscalls.clear();
+    p
 }
 
 #[cfg(test)]
@@ -825,6 +835,16 @@ mod tests {
         assert_eq!(decide(&seccomp, &abis, Abi::X86_64, "mknod", [0, chr, 0, 0, 0, 0]), EPERM);
         assert_eq!(decide(&seccomp, &abis, Abi::X86_64, "mknodat", [0, 0, blk, 0, 0, 0]), EPERM);
         assert_eq!(decide(&seccomp, &abis, Abi::X86_64, "read", [0; 6]), RET_ALLOW);
+    }
+
+    #[test]
+    fn without_a_device_cgroup_even_an_allow_all_profile_makes_no_devices() {
+        let mut seccomp = allow_all().resolve(&target(&DEFAULT_CAPABILITIES, "amd64"));
+        forbid_device_nodes(&mut seccomp);
+        let abis = [Abi::X86_64];
+        assert_eq!(decide(&seccomp, &abis, Abi::X86_64, "mknod", [0, 0o020_644, 0, 0, 0, 0]), EPERM);
+        assert_eq!(decide(&seccomp, &abis, Abi::X86_64, "mknod", [0, 0o010_644, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(&seccomp, &abis, Abi::X86_64, "unshare", [0; 6]), RET_ALLOW);
     }
 
     #[test]
