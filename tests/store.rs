@@ -23,6 +23,10 @@ fn a_damaged_store_says_how_to_restore_and_a_backup_brings_the_cluster_back() {
     let backup_arg = backup.to_str().unwrap();
     let out = host.shoal(&["manager", "backup", backup_arg]);
     assert!(out.contains("Backed up"), "{out}");
+    // It holds the CA's and the manager's private keys.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "backup mode {mode:o}");
 
     // No restore under a running manager.
     let out = host.run("shoal", &["manager", "restore", backup_arg]);
@@ -47,8 +51,11 @@ fn a_damaged_store_says_how_to_restore_and_a_backup_brings_the_cluster_back() {
         assert!(!log.contains("another"), "{what}: {log}");
     }
 
+    // A backup copied around with a looser mode still restores to a private store.
+    std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = c.manager_host().shoal(&["manager", "restore", backup_arg]);
     assert!(out.contains("Restored cluster"), "{out}");
+    assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
     c.manager = c.manager_host().spawn("shoal", &["manager", "run"]);
     let host = c.manager_host();
     wait_for("the restored manager to answer", Duration::from_secs(10), || {

@@ -158,8 +158,16 @@ pub fn restore(data_dir: &Path, backup: &Path) -> anyhow::Result<String> {
     let dir = paths::manager_dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join("state.redb.restore-tmp");
-    std::fs::copy(backup, &tmp).with_context(|| format!("cannot copy the backup into {}", dir.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+    let _ = std::fs::remove_file(&tmp);
+    let copied = std::fs::copy(backup, &tmp)
+        // The store holds the cluster's private keys: only its owner may read it,
+        // whatever mode the backup file had.
+        .and_then(|_| std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)))
+        .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot copy the backup into {}", dir.display()));
+    }
     std::fs::rename(&tmp, &target)?;
     sync_dir(&dir)?;
     let admin = paths::admin_path(data_dir);

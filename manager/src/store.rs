@@ -273,16 +273,24 @@ impl Store {
     /// One transaction: a crash leaves either no cluster or the whole of it, never a
     /// format key without a cluster record (which `run` would call empty).
     pub fn create(path: &Path, cluster: &ClusterRecord, manager_node: &NodeRecord) -> Result<Self, StoreError> {
-        let store = Self::from_db(Database::create(path)?, path);
-        let tx = store.db()?.begin_write()?;
-        {
-            let mut meta = tx.open_table(META)?;
-            meta.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
-            meta.insert(CLUSTER_KEY, postcard::to_allocvec(cluster)?.as_slice())?;
-            tx.open_table(NODES)?.insert(manager_node.id.as_str(), postcard::to_allocvec(manager_node)?.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(store)
+        let write = || -> Result<Self, StoreError> {
+            let store = Self::from_db(Database::create(path)?, path);
+            let tx = store.db()?.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                meta.insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+                meta.insert(CLUSTER_KEY, postcard::to_allocvec(cluster)?.as_slice())?;
+                tx.open_table(NODES)?
+                    .insert(manager_node.id.as_str(), postcard::to_allocvec(manager_node)?.as_slice())?;
+            }
+            tx.commit()?;
+            Ok(store)
+        };
+        // A full disk names the directory to free (the store is new: nothing to recover).
+        write().map_err(|e| match e {
+            StoreError::DiskFull(_) => StoreError::DiskFull(path.parent().unwrap_or(path).to_owned()),
+            e => e,
+        })
     }
 
     /// Opens an existing store, if this version can read it. Records are postcard, which
@@ -296,17 +304,26 @@ impl Store {
     /// `manager restore` check the file in a child first (see `cli::manager`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let damaged = |detail: &str| StoreError::Damaged { path: path.to_owned(), detail: detail.to_owned() };
+        // A file that can't be opened or read (permissions, a read-only or full disk) is
+        // not a damaged one: say so, and never advise starting a new cluster for it.
+        let io = |e: std::io::Error| match is_no_space(&e) {
+            true => StoreError::DiskFull(path.parent().unwrap_or(path).to_owned()),
+            false => StoreError::Io(format!("{}: {e}", path.display())),
+        };
+        std::fs::File::open(path).map_err(io)?;
         check_header(path).map_err(|detail| damaged(&detail))?;
         let opened = std::panic::catch_unwind(|| Database::open(path));
         let mut db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(StoreError::Locked(path.to_owned())),
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => return Err(io(e)),
             Ok(Err(e)) => return Err(damaged(&e.to_string())),
             Err(_) => return Err(damaged("redb cannot read its structure")),
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => tracing::warn!(path = %path.display(), "the state store was repaired after a crash"),
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => return Err(io(e)),
             Ok(Err(e)) => return Err(damaged(&e.to_string())),
             Err(_) => return Err(damaged("redb found its pages inconsistent")),
         }
@@ -553,6 +570,15 @@ mod tests {
             })
             .collect();
         store.update_images(&images, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_opened_is_not_called_damaged() {
+        let path = std::env::temp_dir().join(format!("shoal-no-such-dir-{}", std::process::id())).join("state.redb");
+        let err = Store::open(&path).err().expect("no store there");
+        assert!(matches!(err, StoreError::Io(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("No such file") && !text.contains("new cluster") && !text.contains("damaged"), "{text}");
     }
 
     #[test]

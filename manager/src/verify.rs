@@ -18,7 +18,7 @@ pub fn in_child(path: &Path) -> Result<(), StoreError> {
     };
     let out = Command::new(exe).args(["manager", "verify-store"]).arg(path).env("SHOAL_LOG", "error").output();
     let damaged = |detail: &str| StoreError::Damaged { path: path.to_owned(), detail: detail.to_owned() };
-    let out = out.map_err(|e| damaged(&format!("cannot start the check: {e}")))?;
+    let out = out.map_err(|e| StoreError::Io(format!("cannot start the check of {}: {e}", path.display())))?;
     if out.status.success() {
         return Ok(());
     }

@@ -14,8 +14,9 @@ use crate::{BoundedVec, Message, NodeId, Text};
 
 /// Most assignments (or removals) in one message; larger sets are chunked.
 pub const MAX_ASSIGNMENTS: usize = 256;
-/// Most encoded bytes of assignments in one message, so that a message always fits a
-/// session frame (64 KiB) whatever the tasks carry (long arguments, seccomp profiles).
+/// Most encoded bytes of assignments in one message (a single larger assignment goes
+/// alone), so that a full set of many tasks carrying long arguments or seccomp profiles
+/// stays in frames far below the 1 MiB the agent reads manager messages with.
 pub const MAX_ASSIGNMENT_BYTES: usize = 48 * 1024;
 /// Most task status reports in one message.
 pub const MAX_REPORTS: usize = 256;

@@ -164,7 +164,10 @@ impl Client {
             other => return Err(CliError::Unexpected(format!("{other:?}"))),
         };
         let tmp = dest.with_extension("tmp");
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(local)?;
+        // The backup holds the cluster's private keys: only its owner may read it.
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let mut file =
+            tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).await.map_err(local)?;
         let mut got = 0u64;
         let timeout = Duration::from_secs(60 + size / (1 << 20));
         let copy = async {

@@ -71,8 +71,9 @@ pub fn full_set<'a>(
 }
 
 /// Cuts `set` into runs of at most [`MAX_ASSIGNMENTS`] entries and
-/// [`MAX_ASSIGNMENT_BYTES`] encoded bytes (a single larger entry goes alone; the spec's
-/// bounds keep one entry far below a frame).
+/// [`MAX_ASSIGNMENT_BYTES`] encoded bytes. A single larger entry goes alone: the spec's
+/// bounds (arguments, environment, hosts, profile) keep one entry near 200 KiB at most,
+/// well within the 1 MiB frame the agent reads.
 fn chunked(set: Vec<Assignment>) -> Vec<Vec<Assignment>> {
     let mut chunks: Vec<Vec<Assignment>> = Vec::new();
     let mut bytes = 0;
@@ -196,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn big_tasks_are_cut_by_bytes_so_every_message_fits_a_session_frame() {
+    fn big_tasks_are_cut_by_bytes_into_small_frames() {
         let n1 = NodeId::from_random([1; 16]);
         let profile = format!("{{\"defaultAction\":\"SCMP_ACT_ALLOW\",\"x\":\"{}\"}}", "a".repeat(15_000));
         let tasks: Vec<Task> = (0..10)

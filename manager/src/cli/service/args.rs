@@ -427,8 +427,12 @@ fn read_seccomp_profile(path: &std::path::Path) -> anyhow::Result<BoundedString<
     let what = || format!("seccomp profile {}", path.display());
     let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
     // A profile much larger than the limit is refused without reading it all.
+    const READ_LIMIT: u64 = 1 << 20;
     let mut text = String::new();
-    file.take(1 << 20).read_to_string(&mut text).map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+    file.take(READ_LIMIT + 1).read_to_string(&mut text).map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+    if text.len() as u64 > READ_LIMIT {
+        anyhow::bail!("{} is over 1 MiB; a service's profile may have at most {MAX_SECCOMP_PROFILE} bytes", what());
+    }
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", what()))?;
     if !value.get("defaultAction").is_some_and(serde_json::Value::is_string) {
