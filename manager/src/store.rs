@@ -130,38 +130,22 @@ impl From<redb::StorageError> for StoreError {
         storage(e)
     }
 }
-impl From<redb::TransactionError> for StoreError {
-    fn from(e: redb::TransactionError) -> Self {
-        match e {
-            redb::TransactionError::Storage(s) => storage(s),
-            other => Self::Db(other.to_string()),
+
+/// redb's error types that can carry a storage failure: that part is sorted by
+/// [`storage`], the rest is a plain database error.
+macro_rules! from_redb {
+    ($($t:ident),*) => {$(
+        impl From<redb::$t> for StoreError {
+            fn from(e: redb::$t) -> Self {
+                match e {
+                    redb::$t::Storage(s) => storage(s),
+                    other => Self::Db(other.to_string()),
+                }
+            }
         }
-    }
+    )*};
 }
-impl From<redb::CommitError> for StoreError {
-    fn from(e: redb::CommitError) -> Self {
-        match e {
-            redb::CommitError::Storage(s) => storage(s),
-            other => Self::Db(other.to_string()),
-        }
-    }
-}
-impl From<redb::TableError> for StoreError {
-    fn from(e: redb::TableError) -> Self {
-        match e {
-            redb::TableError::Storage(s) => storage(s),
-            other => Self::Db(other.to_string()),
-        }
-    }
-}
-impl From<redb::DatabaseError> for StoreError {
-    fn from(e: redb::DatabaseError) -> Self {
-        match e {
-            redb::DatabaseError::Storage(s) => storage(s),
-            other => Self::Db(other.to_string()),
-        }
-    }
-}
+from_redb!(TransactionError, CommitError, TableError, DatabaseError);
 
 impl StoreError {
     /// Whether redb needs the file reopened before it serves again.
