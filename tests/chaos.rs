@@ -331,18 +331,12 @@ fn inspect(c: &Cluster, service: &str) -> Option<serde_json::Value> {
 }
 
 /// Whether `service` has settled: no update in flight (completed, rolled back, or paused
-/// by its failure action), every replica running as the manager sees it, and on the
-/// boards exactly one running container per slot.
+/// by its failure action), every replica running as the manager sees it and on the
+/// boards exactly one running container per slot; when paused, at most one per slot.
 fn settled(c: &Cluster, service: &str, replicas: usize, per_board: &[Vec<(String, String, String)>]) -> bool {
     let Some(v) = inspect(c, service) else { return false };
     let state = v["UpdateStatus"]["State"].as_str().unwrap_or("");
     if matches!(state, "updating" | "rollback_started") {
-        return false;
-    }
-    // `3/3`, or `3/3 (rollback paused)`: an update a fault made fail and pause is settled
-    // (its failure action did what it says); such updates are counted apart.
-    let cell = c.replicas(service);
-    if cell.split_whitespace().next() != Some(format!("{replicas}/{replicas}").as_str()) {
         return false;
     }
     let mut slots: HashMap<&str, usize> = HashMap::new();
@@ -350,6 +344,17 @@ fn settled(c: &Cluster, service: &str, replicas: usize, per_board: &[Vec<(String
         if svc == service {
             *slots.entry(slot).or_default() += 1;
         }
+    }
+    // An update (or rollback) a fault made fail and that its failure action paused is
+    // settled: it did what it says, and waits for the operator, possibly with the failing
+    // image (2.0) restarting in its slots, so not every replica runs. Never two in a slot
+    // all the same; such updates are counted apart.
+    if state.ends_with("paused") {
+        return slots.values().all(|n| *n <= 1);
+    }
+    let cell = c.replicas(service);
+    if cell.split_whitespace().next() != Some(format!("{replicas}/{replicas}").as_str()) {
+        return false;
     }
     slots.len() == replicas && slots.values().all(|n| *n == 1)
 }
