@@ -819,8 +819,8 @@ pub fn format_memory(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (scale, unit) in UNITS {
         if bytes >= scale {
-            let tenths = bytes * 10 / scale;
-            let (whole, tenth) = (tenths / 10, tenths % 10);
+            // Tenths from the remainder, which is below `scale`: no overflow near u64::MAX.
+            let (whole, tenth) = (bytes / scale, (bytes % scale) * 10 / scale);
             return if tenth == 0 { format!("{whole}{unit}") } else { format!("{whole}.{tenth}{unit}") };
         }
     }
@@ -1199,6 +1199,8 @@ mod tests {
         assert_eq!(format_memory(64 << 20), "64MiB");
         assert_eq!(format_memory(3 << 29), "1.5GiB");
         assert_eq!(format_memory(100), "100B");
+        // Found by the `messages` fuzz target: a spec from the wire with a huge limit.
+        assert_eq!(format_memory(u64::MAX), "16777215.9TiB");
     }
 
     #[test]
