@@ -84,6 +84,14 @@ pub enum NetError {
         /// The subnet.
         subnet: String,
     },
+    /// The board's kernel lacks something a network needs.
+    #[error("this board's kernel has no {feature} support: build it with {option} (see docs/networking.md)")]
+    MissingKernelFeature {
+        /// What is missing, as users know it.
+        feature: &'static str,
+        /// The kernel configuration option that provides it.
+        option: &'static str,
+    },
 }
 
 impl NetError {

@@ -30,6 +30,11 @@ impl Conn {
         let driver = tokio::spawn(conn);
         Ok(Self { handle, driver })
     }
+
+    /// The request handle.
+    pub(super) fn handle(&self) -> &Handle {
+        &self.handle
+    }
 }
 
 impl Drop for Conn {
@@ -38,12 +43,12 @@ impl Drop for Conn {
     }
 }
 
-fn is(e: &rtnetlink::Error, code: Errno) -> bool {
+pub(super) fn is(e: &rtnetlink::Error, code: Errno) -> bool {
     errno(e) == Some(code.raw_os_error())
 }
 
 /// A link's index and kind, or `None` if there is no link of that name.
-async fn find(c: &Conn, name: &str) -> Result<Option<(u32, Option<InfoKind>)>, NetError> {
+pub(super) async fn find(c: &Conn, name: &str) -> Result<Option<(u32, Option<InfoKind>)>, NetError> {
     let mut links = c.handle.link().get().match_name(name).execute();
     match links.try_next().await {
         Ok(Some(msg)) => {
