@@ -29,6 +29,7 @@
 //! firewalling. Published ports are proxied, so containers see the gateway as the
 //! client's address.
 
+pub mod dns;
 pub mod error;
 pub mod fake;
 pub mod ipam;
