@@ -7,6 +7,7 @@
 pub mod core;
 pub mod disk;
 pub mod error;
+pub mod exec;
 pub mod host;
 pub mod identity;
 pub mod images;

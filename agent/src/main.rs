@@ -58,6 +58,21 @@ enum Command {
         /// Container ID.
         id: String,
     },
+    /// (internal) Run a command inside a running container, for `shoal exec`.
+    #[command(hide = true)]
+    ExecIn {
+        /// Directory of the agent's containers.
+        #[arg(long)]
+        containers: PathBuf,
+        /// libcontainer state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Container ID.
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +138,7 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
             println!("This node joined a cluster as a worker.");
             identity
         }
-        Command::Shim { .. } => unreachable!("handled before the runtime starts"),
+        Command::Shim { .. } | Command::ExecIn { .. } => unreachable!("handled before the runtime starts"),
         Command::Image(cmd) => return image_command(&cli.data_dir, cmd).await,
         Command::Run { node } => {
             let identity =
@@ -169,6 +184,12 @@ fn main() -> std::process::ExitCode {
         // runs) it is the container's stderr, so libcontainer's errors reach its log.
         shoal_link::logging::init("error", false);
         return exit_code(shoal_agent::runtime::shim::run(containers, state, id));
+    }
+    if let Command::ExecIn { containers, state, id, args } = &cli.command {
+        // Like the shim: no async runtime, since libcontainer forks from this process. No
+        // log subscriber either: its stderr is the command's, which must carry only what
+        // the command writes (and exec-in's own errors, printed plainly).
+        return exit_code(shoal_agent::runtime::exec_in::run(containers, state, id, args));
     }
     shoal_link::logging::init("info,quinn=warn", shoal_link::logging::stderr_is_terminal());
     // One thread: a board's agent has little to do at once, and each thread costs memory.

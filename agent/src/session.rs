@@ -141,6 +141,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let tls = identity.tls(data_dir, IDLE_TIMEOUT)?;
+    let exec_paths = crate::runtime::LibcontainerRuntime::paths(data_dir)
+        .map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
     let images = Images::new(store, supervisor);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut endpoint: Option<(SocketAddr, quinn::Endpoint)> = None;
@@ -167,7 +169,7 @@ pub async fn run(
         let ep = &endpoint.as_ref().expect("endpoint just set").1;
         let mut conn_slot = None;
         let end = tokio::select! {
-            end = session(ep, addr, &tls, &description, &images, supervisor, &mut conn_slot) => end,
+            end = session(ManagerLink { endpoint: ep, addr, tls: &tls }, &description, &images, supervisor, &exec_paths, &mut conn_slot) => end,
             _ = &mut shutdown => {
                 if let Some(conn) = conn_slot {
                     quinn::Connection::close(&conn, 0u32.into(), b"agent shutting down");
@@ -216,16 +218,23 @@ fn jitter() -> f64 {
     f64::from(crate::random::<1>()[0]) / 256.0
 }
 
+/// Where the manager is and how to reach it.
+struct ManagerLink<'a> {
+    endpoint: &'a quinn::Endpoint,
+    addr: SocketAddr,
+    tls: &'a ClientTls,
+}
+
 /// One session: connect, open, then heartbeat until the connection fails.
 async fn session(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    tls: &ClientTls,
+    link: ManagerLink<'_>,
     description: &NodeDescription,
     images: &Images,
     supervisor: &Supervisor,
+    exec_paths: &crate::exec::Paths,
     conn_slot: &mut Option<quinn::Connection>,
 ) -> SessionEnd {
+    let ManagerLink { endpoint, addr, tls } = link;
     let unreachable =
         |e: LinkError| SessionEnd::Failed(AgentError::Unreachable { addr: addr.to_string(), detail: e.to_string() });
     let conn = match shoal_link::connect(endpoint, addr, tls, CONNECT_TIMEOUT).await {
@@ -329,7 +338,10 @@ async fn session(
             }
         }
     };
+    // `shoal exec`: streams the manager opens on this connection.
+    let execs = tokio::spawn(crate::exec::serve(conn.clone(), exec_paths.clone()));
     let why = tokio::select! { w = beats => w, w = inbox => w };
+    execs.abort();
     reports.abort();
     disk_reports.abort();
     drop(outbox);

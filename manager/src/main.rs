@@ -31,6 +31,8 @@ enum Command {
     /// Manage services: replicated or global sets of containers on the boards.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Run a command in a running task's container, wherever it runs.
+    Exec(shoal_manager::cli::exec::ExecArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,12 +40,24 @@ fn main() -> std::process::ExitCode {
     shoal_link::logging::init("info,quinn=warn", shoal_link::logging::stderr_is_terminal());
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    if let Command::Exec(args) = cli.command {
+        // The command's own exit code, as `docker exec` passes it through.
+        return match runtime.block_on(shoal_manager::cli::exec::run(&cli.data_dir, args)) {
+            Ok(code) => std::process::ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                // Docker's code for "the exec itself failed".
+                std::process::ExitCode::from(126)
+            }
+        };
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Manager(cmd) => shoal_manager::cli::manager::run(&cli.data_dir, cmd).await,
             Command::Node(cmd) => shoal_manager::cli::node::run(&cli.data_dir, cmd).await,
             Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
             Command::Service(cmd) => shoal_manager::cli::service::run(&cli.data_dir, cmd).await,
+            Command::Exec(_) => unreachable!("handled above"),
         }
     });
     match result {

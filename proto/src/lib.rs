@@ -10,6 +10,7 @@
 
 pub mod bounded;
 pub mod dispatch;
+pub mod exec;
 pub mod frame;
 pub mod ids;
 pub mod images;

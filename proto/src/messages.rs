@@ -54,6 +54,11 @@ pub enum Request {
     Ping,
     /// A joined agent asks for a blob; answered with [`Response::Blob`] and the raw bytes.
     FetchBlob(FetchBlob),
+    /// `shoal exec`, from the CLI: see [`crate::exec`].
+    Exec(crate::exec::ExecRequest),
+    /// From the manager to a board, over the board's session connection: run a command
+    /// in one of its containers.
+    ExecTask(crate::exec::ExecStart),
 }
 
 /// Join with a token.
@@ -230,6 +235,8 @@ pub enum Response {
     },
     /// The request was refused.
     Error(ErrorReply),
+    /// The exec'd command runs; [`crate::exec::ExecFrame`]s follow both ways.
+    ExecStarted(crate::exec::ExecStarted),
 }
 
 /// A successful join.

@@ -188,6 +188,23 @@ impl Host {
         self.command(&bin(program), args).stdin(Stdio::null()).output().expect("spawn nsenter")
     }
 
+    /// Runs a command to completion in this host with `input` on its standard input.
+    pub fn run_with_input(&self, program: &str, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(&bin(program), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsenter");
+        let mut stdin = child.stdin.take().expect("a stdin pipe");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+        let out = child.wait_with_output().expect("waiting for nsenter");
+        let _ = writer.join();
+        out
+    }
+
     /// `shoal ARGS` here; panics with its output when it fails.
     pub fn shoal(&self, args: &[&str]) -> String {
         let out = self.run("shoal", args);

@@ -73,7 +73,7 @@ pub fn run(args: &[String]) -> i32 {
 pub struct InitExecutor;
 
 /// The compiled seccomp filter of `spec`, if it has one.
-fn seccomp_filter(spec: &Spec) -> Result<Option<Vec<bpf::Insn>>, SeccompError> {
+pub(super) fn seccomp_filter(spec: &Spec) -> Result<Option<Vec<bpf::Insn>>, SeccompError> {
     match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(section) => bpf::compile(section, bpf::Abi::native()).map(Some),
         None => Ok(None),
@@ -95,6 +95,32 @@ impl Executor for InitExecutor {
     /// that the seccomp filter compiles.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         seccomp_filter(spec).map_err(|e| ExecutorValidationError::ArgValidationError(e.to_string()))?;
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// The executor of a command run in an existing container (`shoal exec`). libcontainer
+/// builds a tenant's spec anew, without the container's `linux.seccomp`, so the filter
+/// is compiled from the container's own spec beforehand and carried here. The command
+/// replaces this process (it is no namespace's init, so needs no [`run`] around it) and
+/// dies with its parent, `exec-in`, which the agent kills when the exec's stream breaks.
+#[derive(Clone)]
+pub struct TenantExecutor {
+    /// The container's compiled filter, if it has one.
+    pub filter: Option<Vec<bpf::Insn>>,
+}
+
+impl Executor for TenantExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .map_err(|e| ExecutorError::Other(format!("setting the parent-death signal: {e}")))?;
+        if let Some(filter) = &self.filter {
+            install::install(filter).map_err(|e| ExecutorError::Other(e.to_string()))?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
     }
 }

@@ -48,14 +48,20 @@ impl LibcontainerRuntime {
     /// node's identity, libcontainer state in `/run/shoal/<hash of the data dir>` so
     /// several agents on one host (tests) never share it.
     pub fn for_data_dir(data_dir: &Path) -> Result<Self, RuntimeError> {
+        let p = Self::paths(data_dir)?;
+        Ok(Self::new(p.containers, p.state, p.agent_exe))
+    }
+
+    /// Where the runtime of an agent with this data directory keeps things.
+    pub fn paths(data_dir: &Path) -> Result<crate::exec::Paths, RuntimeError> {
         let exe = std::env::current_exe().map_err(RuntimeError::io("finding the agent binary"))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
         let tag: String = digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self::new(
-            crate::identity::agent_dir(data_dir).join("containers"),
-            PathBuf::from("/run/shoal").join(tag),
-            exe,
-        ))
+        Ok(crate::exec::Paths {
+            containers: crate::identity::agent_dir(data_dir).join("containers"),
+            state: PathBuf::from("/run/shoal").join(tag),
+            agent_exe: exe,
+        })
     }
 
     fn bundle(&self, id: &str) -> Result<Bundle, RuntimeError> {

@@ -7,6 +7,7 @@
 //! Not here: images (see `crate::images`), networks (see `crate::net`).
 
 pub mod bundle;
+pub mod exec_in;
 pub mod fake;
 pub mod from_image;
 pub mod init;

@@ -101,6 +101,30 @@ impl Client {
         }
     }
 
+    /// `exec`: asks the manager to start the command and returns the stream its frames
+    /// then flow on, once the board said it runs.
+    pub async fn open_exec(
+        &self,
+        req: shoal_proto::exec::ExecRequest,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), CliError> {
+        let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+            let envelope = Envelope::new(Request::Exec(req));
+            shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
+            match shoal_link::framed::recv::<Response>(&mut recv, frame::MAX_FRAME_LEN).await {
+                Ok(Some(Response::ExecStarted(_))) => Ok((send, recv)),
+                Ok(Some(Response::Error(e))) => Err(CliError::Refused(e)),
+                Ok(Some(other)) => Err(CliError::Unexpected(format!("{other:?}"))),
+                Ok(None) => Err(unreachable("the manager closed the exec without answering".into())),
+                Err(e) => Err(unreachable(e.to_string())),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+    }
+
     /// `image load`: sends the envelope, then the archive's `size` bytes from `file`, and
     /// waits for the manager's verdict. The deadline grows with the size (at least 1 MiB/s
     /// plus time for the manager to verify), so big archives on slow links get through.

@@ -3,6 +3,7 @@
 //! reply into text a Swarm user reads at a glance.
 
 pub mod client;
+pub mod exec;
 pub mod image;
 pub mod manager;
 pub mod node;

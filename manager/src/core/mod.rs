@@ -3,6 +3,7 @@
 //! clock, touches a socket or a file, so tests drive it with a virtual clock.
 
 pub mod dispatcher;
+pub mod exec;
 pub mod membership;
 pub mod nodes;
 pub mod orchestrator;

@@ -51,6 +51,7 @@ use shoal_proto::{Service, ServiceId, Task, TaskId, TaskState};
 
 mod control;
 mod distribution;
+mod exec;
 mod join;
 mod reconcile;
 mod session;
@@ -486,6 +487,15 @@ async fn handle_stream(
             "this connection carries no node certificate: join the cluster first with `shoal-agent join --token TOKEN MANAGER`",
         )),
         (Request::Control(ControlRequest::Backup), Peer::Admin) => return send_backup(&mgr, send).await,
+        (Request::Exec(req), Peer::Admin) => return exec::handle_exec(&mgr, req, send, recv).await,
+        (Request::Exec(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::Unauthorized,
+            "exec needs a manager credential: run it where `shoal manager init` ran, or with its admin.json",
+        )),
+        (Request::ExecTask(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::InvalidRequest,
+            "exec requests go from the manager to the nodes, not the other way",
+        )),
         (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req, &mut recv).await {
             Ok(r) => Response::Control(r),
             Err(e) => {
