@@ -34,6 +34,7 @@ pub mod fake;
 pub mod ipam;
 mod link;
 mod netns;
+pub mod nft;
 pub mod publish;
 pub mod subnet;
 
