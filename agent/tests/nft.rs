@@ -268,6 +268,47 @@ fn load_balanced_dnat() {
     stop.store(true, Ordering::Relaxed);
 }
 
+/// A service on "any local address" (a published port) answers on each of the board's
+/// addresses, from outside and from the board itself, and not on other addresses.
+#[test]
+#[ignore = "needs root"]
+fn local_destination_is_every_board_address() {
+    common::require_root();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (board, client, backend) = (Ns::new('l', "b"), Ns::new('l', "x"), Ns::new('l', "k"));
+    board.board();
+    board.veth("lan", "192.0.2.1/24", &client, "eth0", Some("192.0.2.2/24"));
+    client.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+    board.attach(&backend, "vk", "10.88.0.2");
+    let listener = backend.run(|| TcpListener::bind("10.88.0.2:8080").unwrap());
+    serve(listener, stop.clone(), |_| "backend".into());
+    // A listener of the board's own on the same port of another address: not matched.
+    let own = board.run(|| TcpListener::bind("10.88.0.1:8000").unwrap());
+    serve(own, stop.clone(), |_| "board".into());
+
+    let rs = Ruleset {
+        masquerades: vec![],
+        services: vec![Service {
+            destination: Destination::Local,
+            proto: L4::Tcp,
+            port: 8000,
+            backends: vec![SocketAddrV4::new(Ipv4Addr::new(10, 88, 0, 2), 8080)],
+        }],
+    };
+    let lan = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 8000));
+    assert!(client.run(move || ask(lan)).is_err(), "port 8000 answered before any rule");
+    board.run(|| nft::apply(&rs)).unwrap();
+    assert_eq!(client.run(move || ask(lan)).unwrap(), "backend");
+    assert_eq!(board.run(move || ask(lan)).unwrap(), "backend", "the board's own connection (output hook)");
+    // 10.88.0.1 is local too: the rule takes it before the board's own listener.
+    let bridge = SocketAddr::from((Ipv4Addr::new(10, 88, 0, 1), 8000));
+    assert_eq!(client.run(move || ask(bridge)).unwrap(), "backend");
+    // Another port is not matched.
+    let other = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 8001));
+    assert!(client.run(move || ask(other)).is_err());
+    stop.store(true, Ordering::Relaxed);
+}
+
 /// A malformed ruleset is refused before anything is sent; a batch the kernel refuses
 /// comes back as a typed error naming the message, and leaves the applied rules alone.
 #[test]
@@ -312,6 +353,19 @@ fn refusals_are_typed_and_change_nothing() {
     assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
     assert!(e.to_string().starts_with(&format!("the kernel refused message {bad}: ")), "{e}");
     assert_eq!(board.run(nft::rule_counts).unwrap(), before, "a refused batch changed the kernel's rules");
+
+    // A batch larger than the socket's send buffer (net.core.wmem_default, 208 KiB here)
+    // is refused whole by the kernel, with a typed error saying what to do.
+    let huge = Ruleset {
+        masquerades: vec![],
+        services: (0..1000u16)
+            .map(|i| Service { destination: vip, proto: L4::Tcp, port: 1 + i, backends: vec![backend; 3] })
+            .collect(),
+    };
+    let e = board.run(|| nft::apply(&huge)).unwrap_err();
+    assert!(matches!(e, NftError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("raise net.core.wmem_default or apply fewer services"), "{e}");
+    assert_eq!(board.run(nft::rule_counts).unwrap(), before);
 }
 
 /// How long one batch of 100 services × 3 backends takes to apply, and its size (also
