@@ -93,8 +93,10 @@ pub fn rule_counts() -> Result<BTreeMap<String, usize>, NftError> {
 
 /// Sequence numbers only need to differ between batches on one socket; a socket per
 /// batch makes any start fine, and the clock makes stray answers easy to tell apart.
+/// Below 2^30, so a batch's range (at most about a million messages) never wraps.
 fn first_seq() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1)
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    (secs % (1 << 30)) as u32 + 1
 }
 
 /// Sends `batch` and checks that the kernel acknowledged each of its messages.

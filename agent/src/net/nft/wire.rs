@@ -659,6 +659,49 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever arrives on the socket, parsing ends without a panic.
+        #[test]
+        fn parsing_any_bytes_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse_acks(&data);
+            let _ = parse_dump(&data);
+        }
+
+        /// Plausible headers with random bodies, so the parsers get past the first check.
+        #[test]
+        fn parsing_framed_garbage_never_panics(
+            ty in proptest::sample::select(vec![2u16, 3, 0x0a06]),
+            flags in proptest::num::u16::ANY,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+        ) {
+            let mut data = hdr((16 + body.len()) as u32, ty, flags, 1);
+            data.extend_from_slice(&body);
+            let _ = parse_acks(&data);
+            let _ = parse_dump(&data);
+        }
+    }
+
+    #[test]
+    fn a_rule_dump_is_read() {
+        let mut w = BatchWriter::new(0);
+        w.rule("shoal", "svc-0", |e| {
+            e.masquerade();
+        });
+        let (bytes, _) = w.finish();
+        // The kernel answers a dump with the same layout as NEWRULE, then DONE.
+        let mut data = bytes[20..bytes.len() - 20].to_vec();
+        data.extend(hdr(20, NLMSG_DONE, 0, 1));
+        data.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            parse_dump(&data).unwrap(),
+            vec![DumpItem::Rule { table: "shoal".into(), chain: "svc-0".into() }, DumpItem::Done]
+        );
+        let req = get_rules_request(9, "shoal");
+        assert_eq!(u32::from_ne_bytes(req[..4].try_into().unwrap()) as usize, req.len());
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), 0x0a07); // GETRULE
+        assert_eq!(u16::from_ne_bytes([req[6], req[7]]), 0x0301); // REQUEST | DUMP
+    }
+
     #[test]
     fn hostile_replies_are_refused_not_trusted() {
         assert!(parse_acks(&[1, 2, 3]).is_err());
