@@ -226,6 +226,8 @@ impl Exprs<'_> {
 }
 
 /// Appends nf_tables messages inside one `BATCH_BEGIN` … `BATCH_END` and numbers them.
+/// Names (tables, chains) must be under 256 bytes, the kernel's `NFT_NAME_MAXLEN`; the
+/// kernel refuses longer ones, so a bad name costs a refused batch, nothing else.
 #[derive(Debug)]
 pub struct BatchWriter {
     buf: Vec<u8>,
