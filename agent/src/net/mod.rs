@@ -35,6 +35,7 @@ pub mod fake;
 pub mod ipam;
 mod link;
 mod netns;
+pub mod nft;
 pub mod overlay;
 pub mod publish;
 pub mod subnet;

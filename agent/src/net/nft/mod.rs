@@ -1,0 +1,27 @@
+//! nf_tables from Rust, without `nft`, `iptables` or libnftnl: the agent's NAT rules in
+//! its own table `ip shoal`, replaced as a whole in one atomic netlink batch.
+//!
+//! - [`model`]: what is wanted ([`Ruleset`]): outbound masquerade for container subnets,
+//!   load-balanced DNAT (`numgen random` over N backends) for service addresses or any
+//!   local address, in prerouting and output.
+//! - [`render`]: the ruleset as one batch of netlink bytes (pure; refuses bad input with
+//!   [`RulesetError`] before anything is sent).
+//! - [`wire`]: the netlink and nf_tables encoding, and the parsing of the kernel's answers.
+//! - [`apply`] / [`remove`]: the only I/O, one `NETLINK_NETFILTER` socket per batch, every
+//!   answer read and mapped to [`NftError`] ("the board's kernel lacks nf_tables", EPERM,
+//!   the message the kernel refused).
+//!
+//! Not done here (yet): wiring into the supervisor, IPv6, filtering (only `nat` chains),
+//! hairpin NAT (a container reaching a VIP whose chosen backend sits on its own bridge
+//! needs masquerading of that path too), removal of dead backends without a full
+//! re-apply. See docs/networking.md.
+
+mod client;
+pub mod error;
+pub mod model;
+pub mod render;
+pub mod wire;
+
+pub use client::{apply, remove, rule_counts, send, Applied};
+pub use error::{NftError, RulesetError};
+pub use model::{Destination, Masquerade, Ruleset, Service, L4};
