@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use self::core::{Action, Container, Facts};
 use crate::images::ImageStore;
-use crate::net::{NetError, PortPublisher, Proto, Published, Sandbox, Sandboxes};
+use crate::net::{NetError, PortPublisher, Published, Sandbox, Sandboxes};
 use crate::runtime::from_image::{container_config, Overrides};
 use crate::runtime::seccomp::SeccompPolicy;
 use crate::runtime::{ContainerStatus, NetworkMode, Runtime, RuntimeError};
@@ -851,8 +851,7 @@ async fn publish_all(
 ) -> Result<(Vec<Published>, Vec<PortConfig>), NetError> {
     let (mut live, mut bound) = (Vec::new(), Vec::new());
     for p in a.spec.ports.iter() {
-        let proto = proto(p.protocol);
-        match publisher.publish(p.published.unwrap_or(0), proto, ip, p.target).await {
+        match publisher.publish(p.published.unwrap_or(0), p.protocol, ip, p.target).await {
             Ok(published) => {
                 bound.push(PortConfig { published: Some(published.local_addr().port()), ..*p });
                 live.push(published);
@@ -864,13 +863,6 @@ async fn publish_all(
         }
     }
     Ok((live, bound))
-}
-
-fn proto(p: Protocol) -> Proto {
-    match p {
-        Protocol::Tcp => Proto::Tcp,
-        Protocol::Udp => Proto::Udp,
-    }
 }
 
 /// With `--network host` the container binds the node's ports itself, on its target
@@ -887,7 +879,7 @@ fn probe_host_ports(a: &Assignment) -> Result<Vec<PortConfig>, NetError> {
         };
         match taken {
             Some(e) if e.kind() == std::io::ErrorKind::AddrInUse && p.mode == PublishMode::Host => {
-                return Err(NetError::PortInUse { port, proto: proto(p.protocol) })
+                return Err(NetError::PortInUse { port, proto: p.protocol })
             }
             _ => bound.push(PortConfig { published: Some(port), ..*p }),
         }
