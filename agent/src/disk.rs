@@ -140,6 +140,11 @@ impl Watch {
         true
     }
 
+    /// The directory watched.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// What is short now, if anything.
     pub fn pressure(&self) -> Option<String> {
         self.verdict.borrow().clone()

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_agent::images::{archive, ImageStore};
-use shoal_agent::net::publish::{PortPublisher, Proto};
+use shoal_agent::net::publish::PortPublisher;
 use shoal_agent::net::subnet::Subnet;
 use shoal_agent::net::{BridgeConfig, Network};
 use shoal_agent::runtime::from_image::{container_config, Overrides};
 use shoal_agent::runtime::{LibcontainerRuntime, NetworkMode, Runtime};
+use shoal_proto::Protocol;
 
 #[test]
 #[ignore = "needs root"]
@@ -67,14 +68,14 @@ fn httpd_answers_on_its_published_port_and_redis_answers_ping() {
             runtime.create(&config).unwrap();
             runtime.start(id).unwrap();
             let port = free_port();
-            published.push(rt.block_on(publisher.publish(port, Proto::Tcp, sandbox.ip.into(), target)).unwrap());
+            published.push(rt.block_on(publisher.publish(port, Protocol::Tcp, sandbox.ip.into(), target)).unwrap());
             answers.push(
                 rt.block_on(async { tokio::task::spawn_blocking(move || ask(port, request, until)).await.unwrap() }),
             );
         }
         // A second publish of the same host port fails clearly.
         let taken = published[0].local_addr().port();
-        let err = rt.block_on(publisher.publish(taken, Proto::Tcp, Ipv4Addr::LOCALHOST.into(), 1)).unwrap_err();
+        let err = rt.block_on(publisher.publish(taken, Protocol::Tcp, Ipv4Addr::LOCALHOST.into(), 1)).unwrap_err();
         assert!(err.is_port_in_use(), "{err}");
         answers
     }));

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_agent::net::{BridgeConfig, Network, PortPublisher, Proto, Sandbox, Subnet};
+use shoal_agent::net::{BridgeConfig, Network, PortPublisher, Sandbox, Subnet};
+use shoal_proto::Protocol;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -256,7 +257,7 @@ fn published_ports_reach_a_sandbox_and_a_taken_port_is_refused() {
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let publisher = PortPublisher::new();
-        let web = publisher.publish(0, Proto::Tcp, s.ip.into(), 8080).await.unwrap();
+        let web = publisher.publish(0, Protocol::Tcp, s.ip.into(), 8080).await.unwrap();
         let port = web.local_addr().port();
         for host in [Ipv4Addr::LOCALHOST, gateway] {
             let mut c = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect((host, port)))
@@ -270,11 +271,11 @@ fn published_ports_reach_a_sandbox_and_a_taken_port_is_refused() {
         }
 
         // The same port again, and a port another process holds: refused at once.
-        let err = publisher.publish(port, Proto::Tcp, s.ip.into(), 8080).await.unwrap_err();
+        let err = publisher.publish(port, Protocol::Tcp, s.ip.into(), 8080).await.unwrap_err();
         assert!(err.is_port_in_use(), "{err}");
         let taken = TcpListener::bind("0.0.0.0:0").unwrap();
         let taken_port = taken.local_addr().unwrap().port();
-        let err = publisher.publish(taken_port, Proto::Tcp, s.ip.into(), 8080).await.unwrap_err();
+        let err = publisher.publish(taken_port, Protocol::Tcp, s.ip.into(), 8080).await.unwrap_err();
         assert!(err.is_port_in_use(), "{err}");
         assert!(
             err.to_string().starts_with(&format!("host port {taken_port} is already in use on this node")),
@@ -282,7 +283,7 @@ fn published_ports_reach_a_sandbox_and_a_taken_port_is_refused() {
         );
 
         // UDP, with its own flow per client.
-        let dns = publisher.publish(0, Proto::Udp, s.ip.into(), 8081).await.unwrap();
+        let dns = publisher.publish(0, Protocol::Udp, s.ip.into(), 8081).await.unwrap();
         let uport = dns.local_addr().port();
         for msg in [&b"first client"[..], b"second client"] {
             let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::publish::Proto;
+use shoal_proto::Protocol;
 
 /// What can go wrong while setting up or tearing down container networking.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum NetError {
         /// The port.
         port: u16,
         /// Its protocol.
-        proto: Proto,
+        proto: Protocol,
     },
     /// A kernel refusal that means the agent lacks privileges.
     #[error("{op}: permission denied: shoal-agent must run as root (CAP_NET_ADMIN and CAP_SYS_ADMIN)")]

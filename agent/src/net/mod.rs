@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub use error::NetError;
-pub use publish::{Limits, PortPublisher, Proto, Published};
+pub use publish::{Limits, PortPublisher, Published};
 pub use subnet::Subnet;
 
 use ipam::Ipam;

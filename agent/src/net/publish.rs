@@ -10,50 +10,18 @@
 //! timeout per flow, a connect timeout towards the container.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use shoal_proto::Protocol;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::error::NetError;
-
-/// A transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        })
-    }
-}
-
-impl FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tcp" => Ok(Self::Tcp),
-            "udp" => Ok(Self::Udp),
-            _ => Err(format!("protocol {s:?} is neither tcp nor udp")),
-        }
-    }
-}
 
 /// The bounds every publication lives within.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +56,7 @@ pub struct PortPublisher {
 /// A live publication; dropping it stops it.
 #[derive(Debug)]
 pub struct Published {
-    proto: Proto,
+    proto: Protocol,
     local: SocketAddr,
     target: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -96,7 +64,7 @@ pub struct Published {
 
 impl Published {
     /// The protocol.
-    pub fn proto(&self) -> Proto {
+    pub fn proto(&self) -> Protocol {
         self.proto
     }
 
@@ -138,7 +106,7 @@ impl PortPublisher {
     pub async fn publish(
         &self,
         host_port: u16,
-        proto: Proto,
+        proto: Protocol,
         target_ip: IpAddr,
         target_port: u16,
     ) -> Result<Published, NetError> {
@@ -153,12 +121,12 @@ impl PortPublisher {
         };
         let limits = self.limits;
         let (local, task) = match proto {
-            Proto::Tcp => {
+            Protocol::Tcp => {
                 let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
                 let local = listener.local_addr().map_err(bind_err)?;
                 (local, tokio::spawn(serve_tcp(listener, target, limits)))
             }
-            Proto::Udp => {
+            Protocol::Udp => {
                 let socket = UdpSocket::bind(bind).await.map_err(bind_err)?;
                 let local = socket.local_addr().map_err(bind_err)?;
                 (local, tokio::spawn(serve_udp(Arc::new(socket), target, limits)))
@@ -351,7 +319,7 @@ mod tests {
             });
             let p = PortPublisher::new();
             let pubd = p
-                .publish(0, Proto::Tcp, echo_addr.ip(), echo_addr.port())
+                .publish(0, Protocol::Tcp, echo_addr.ip(), echo_addr.port())
                 .await
                 .unwrap();
             let port = pubd.local_addr().port();
@@ -362,7 +330,7 @@ mod tests {
             assert_eq!(&got, b"hello");
 
             let err = p
-                .publish(port, Proto::Tcp, echo_addr.ip(), echo_addr.port())
+                .publish(port, Protocol::Tcp, echo_addr.ip(), echo_addr.port())
                 .await
                 .unwrap_err();
             assert!(err.is_port_in_use());
@@ -396,7 +364,7 @@ mod tests {
                     let _ = echo.send_to(&buf[..n], from).await;
                 }
             });
-            let pubd = PortPublisher::new().publish(0, Proto::Udp, echo_addr.ip(), echo_addr.port()).await.unwrap();
+            let pubd = PortPublisher::new().publish(0, Protocol::Udp, echo_addr.ip(), echo_addr.port()).await.unwrap();
             let port = pubd.local_addr().port();
             for msg in [&b"one"[..], b"two"] {
                 let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -410,7 +378,7 @@ mod tests {
                 assert_eq!(&buf[..n], msg);
             }
             let err =
-                PortPublisher::new().publish(port, Proto::Udp, echo_addr.ip(), echo_addr.port()).await.unwrap_err();
+                PortPublisher::new().publish(port, Protocol::Udp, echo_addr.ip(), echo_addr.port()).await.unwrap_err();
             assert!(err.is_port_in_use(), "{err}");
         });
     }

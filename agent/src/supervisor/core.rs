@@ -7,6 +7,9 @@
 //! It does no I/O and never reads the clock: `now_ms` comes in. The observed state only
 //! moves forward (New → Accepted → Preparing → Starting → Running → Complete / Failed /
 //! Shutdown / Rejected); every [`Action::Report`] is a state at or after the current one.
+//! [`book`] keeps the node's whole task set with the same rules and steps every task.
+
+pub mod book;
 
 use shoal_proto::{BoundedString, TaskState, TaskStatus};
 
