@@ -1,0 +1,352 @@
+//! One reconcile pass, whole: the chain every change of the cluster goes through, as one
+//! function the server, the simulation and the update tests all call.
+//!
+//! In order: task reports are recorded (a report only moves a task forward, and only
+//! from the node the task is on); the orchestrator decides which tasks should exist;
+//! the updater moves each service that needs it one step (see *gating*); a task waiting
+//! for an image the manager no longer has is rejected with the reason; the scheduler
+//! places what is pending; the dispatcher's diffs say what each node must be told.
+//!
+//! Gating: only services with an update running, or with live tasks of an older spec
+//! (a paused update, a slot mid-replacement), are shown to the updater. The others have
+//! nothing to roll, and a fleet of settled services costs one scan.
+//!
+//! A pending task refused again for the same reason keeps its status, and so the time
+//! it was first refused: `service ps` shows how long it has waited, and the pass writes
+//! nothing for it.
+//!
+//! Out comes what to write (in one transaction), what to send, what to log and when to
+//! run again. Nothing here does I/O: the caller gives the time and the task IDs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use shoal_proto::dispatch::TaskReport;
+use shoal_proto::services::ServiceName;
+use shoal_proto::{apply_status, Backward, Message, NodeId, ServiceId, Task, TaskId, TaskState, TaskStatus};
+
+use crate::dispatcher::{self, NodeDiff};
+use crate::images::ImageRecord;
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
+use crate::placement::ClusterNode;
+use crate::plan::{earliest, Now};
+use crate::scheduler::{self, Decision};
+use crate::services::ServiceRecord;
+use crate::updater::Updater;
+use crate::Millis;
+
+/// What a pass reads: the manager's state as last persisted.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    /// Every service record, in any order (the updater takes them by ID).
+    pub records: &'a [ServiceRecord],
+    /// Every task the manager holds, in any order.
+    pub tasks: &'a [&'a Task],
+    /// Every node, with its liveness now.
+    pub nodes: &'a [ClusterNode],
+    /// The images the manager has loaded.
+    pub images: &'a [ImageRecord],
+    /// Names of services that may no longer have a record (removed, tasks still
+    /// stopping); a record's own name wins.
+    pub names: &'a HashMap<ServiceId, ServiceName>,
+}
+
+/// Something worth a log line, with the level the shell logs it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A report for a task the manager no longer has (debug).
+    UnknownTask {
+        /// The node that reported.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+    },
+    /// A report for a task assigned to another node, ignored (warn).
+    WrongNode {
+        /// The node that reported.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+    },
+    /// A task's observed state, as its node reported it (debug).
+    TaskStatus {
+        /// The node.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+        /// Its new state.
+        state: TaskState,
+    },
+    /// A report that would move a task backwards, refused (warn).
+    ReportRefused {
+        /// The node that reported.
+        node: NodeId,
+        /// What was refused.
+        error: Backward,
+    },
+    /// The orchestrator stops a task (info).
+    Stopping {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// An update stops a task it replaces (debug).
+    Replacing {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// What an update did: started slots, paused, completed (info).
+    Update {
+        /// The service.
+        service: ServiceName,
+        /// What happened.
+        message: String,
+    },
+    /// A task waits: no node fits, for a reason it did not have before (info).
+    Pending {
+        /// The task.
+        task: TaskId,
+        /// Why, counted per filter.
+        reason: String,
+    },
+    /// A task was placed (debug).
+    Assigned {
+        /// The task.
+        task: TaskId,
+        /// Where.
+        node: NodeId,
+    },
+    /// A scheduler decision that would move a task backwards, refused (warn).
+    DecisionRefused {
+        /// What was refused.
+        error: Backward,
+    },
+}
+
+/// What a pass decided.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every task after the pass, by ID: the manager's new task set.
+    pub tasks: Vec<Task>,
+    /// Indices into `tasks` of the tasks that are new or changed.
+    changed: Vec<usize>,
+    /// Tasks to delete.
+    pub remove_tasks: Vec<TaskId>,
+    /// Service records whose update progress (or, by an automatic rollback, spec)
+    /// changed.
+    pub records: Vec<ServiceRecord>,
+    /// What each node must be told, once the above is stored.
+    pub diffs: BTreeMap<NodeId, NodeDiff>,
+    /// For the log, in the order they happened.
+    pub events: Vec<Event>,
+    /// When to run again even if nothing happens (monotonic), if ever.
+    pub wake_at: Option<Millis>,
+}
+
+impl Outcome {
+    /// Tasks to insert or replace.
+    pub fn put_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.changed.iter().map(|&i| &self.tasks[i])
+    }
+
+    /// Whether the pass changes nothing that is stored.
+    pub fn writes_nothing(&self) -> bool {
+        self.changed.is_empty() && self.remove_tasks.is_empty() && self.records.is_empty()
+    }
+}
+
+/// The reconciler's memory between passes (the orchestrator's and the updater's: when
+/// tasks ended or came up, since when nodes are down). Losing it, as a manager restart
+/// does, only lengthens waits.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    orchestrator: Orchestrator,
+    updater: Updater,
+}
+
+impl Reconciler {
+    /// A reconciler with these settings and no memory.
+    pub fn new(config: OrchestratorConfig) -> Self {
+        Self { orchestrator: Orchestrator::new(config), updater: Updater::default() }
+    }
+
+    /// One whole pass over `cluster` at `now` (see the module doc). `reports` are the
+    /// task reports received since the last pass, per node; `new_id` names new tasks.
+    pub fn pass(
+        &mut self,
+        now: Now,
+        cluster: Cluster<'_>,
+        reports: Vec<(NodeId, Vec<TaskReport>)>,
+        new_id: &mut dyn FnMut() -> TaskId,
+    ) -> Outcome {
+        let Cluster { records, nodes, .. } = cluster;
+        let mut events = Vec::new();
+        let mut tasks: Vec<Task> = cluster.tasks.iter().map(|&t| t.clone()).collect();
+        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        record_reports(&mut tasks, reports, &mut events);
+
+        let services: Vec<_> = records.iter().map(|r| r.service.clone()).collect();
+        let plan = self.orchestrator.reconcile(now, &services, &tasks, nodes, new_id);
+        let mut wake_at = plan.wake_at;
+        events.extend(plan.shutdown.iter().map(|s| Event::Stopping { task: s.task.clone(), reason: s.reason.clone() }));
+        plan.apply_to(&mut tasks, now.wall_ms);
+
+        // Updates, one service at a time, each seeing the tasks the previous ones created.
+        let mut by_id: Vec<&ServiceRecord> = records.iter().collect();
+        by_id.sort_unstable_by(|a, b| a.service.id.cmp(&b.service.id));
+        let gated = needs_updater(&by_id, &tasks);
+        let mut changed_records = Vec::new();
+        for record in by_id.into_iter().filter(|r| gated.contains(&r.service.id)) {
+            let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == record.service.id).collect();
+            let step = self.updater.step(now, record, &own, nodes, &tasks, new_id);
+            let service = &record.service.spec.name;
+            events.extend(step.events.into_iter().map(|message| Event::Update { service: service.clone(), message }));
+            events.extend(
+                step.plan.shutdown.iter().map(|s| Event::Replacing { task: s.task.clone(), reason: s.reason.clone() }),
+            );
+            wake_at = earliest(wake_at, step.plan.wake_at);
+            step.plan.apply_to(&mut tasks, now.wall_ms);
+            changed_records.extend(step.record);
+        }
+        self.updater.forget_gone(&tasks);
+
+        reject_without_image(&mut tasks, cluster.images, now.wall_ms);
+        schedule(&mut tasks, nodes, now.wall_ms, &mut events);
+
+        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let before: HashMap<&TaskId, &Task> = cluster.tasks.iter().map(|&t| (&t.id, t)).collect();
+        let changed: Vec<usize> = (0..tasks.len()).filter(|&i| before.get(&tasks[i].id) != Some(&&tasks[i])).collect();
+        let after: HashSet<&TaskId> = tasks.iter().map(|t| &t.id).collect();
+        let mut remove_tasks: Vec<TaskId> =
+            before.keys().filter(|id| !after.contains(*id)).map(|&id| id.clone()).collect();
+        remove_tasks.sort_unstable();
+
+        // Only what changed can change what a node is told.
+        let old: HashMap<TaskId, &Task> = changed
+            .iter()
+            .filter_map(|&i| before.get(&tasks[i].id))
+            .chain(remove_tasks.iter().filter_map(|id| before.get(id)))
+            .map(|&t| (t.id.clone(), t))
+            .collect();
+        let new: HashMap<TaskId, &Task> = changed.iter().map(|&i| (tasks[i].id.clone(), &tasks[i])).collect();
+        let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new));
+
+        Outcome { tasks, changed, remove_tasks, records: changed_records, diffs, events, wake_at }
+    }
+}
+
+/// Records each node's reports on its tasks.
+fn record_reports(tasks: &mut [Task], reports: Vec<(NodeId, Vec<TaskReport>)>, events: &mut Vec<Event>) {
+    if reports.is_empty() {
+        return;
+    }
+    let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    for (node, batch) in reports {
+        for r in batch {
+            let Some(&i) = index.get(&r.task_id) else {
+                events.push(Event::UnknownTask { node: node.clone(), task: r.task_id });
+                continue;
+            };
+            let t = &mut tasks[i];
+            if t.node_id.as_ref() != Some(&node) {
+                events.push(Event::WrongNode { node: node.clone(), task: t.id.clone() });
+                continue;
+            }
+            let state = r.status.state;
+            match apply_status(t, r.status) {
+                Ok(()) => events.push(Event::TaskStatus { node: node.clone(), task: t.id.clone(), state }),
+                Err(error) => events.push(Event::ReportRefused { node: node.clone(), error }),
+            }
+        }
+    }
+}
+
+/// The services the updater must see (see *gating* in the module doc).
+fn needs_updater(records: &[&ServiceRecord], tasks: &[Task]) -> HashSet<ServiceId> {
+    let mut out: HashSet<ServiceId> = records
+        .iter()
+        .filter(|r| r.update.as_ref().is_some_and(|u| u.status.state.is_active()))
+        .map(|r| r.service.id.clone())
+        .collect();
+    let specs: HashMap<&ServiceId, shoal_proto::TaskSpec> = records
+        .iter()
+        .filter(|r| r.update.is_some() && !out.contains(&r.service.id))
+        .map(|r| (&r.service.id, r.service.spec.task_spec()))
+        .collect();
+    if specs.is_empty() {
+        return out;
+    }
+    for t in tasks.iter().filter(|t| t.is_desired_running()) {
+        if specs.get(&t.service_id).is_some_and(|s| t.is_held() || *s != t.spec) {
+            out.insert(t.service_id.clone());
+        }
+    }
+    out
+}
+
+/// Whether the manager wants `t` running and nothing has placed it yet.
+fn waiting(t: &Task) -> bool {
+    t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running
+}
+
+/// A task whose image the manager no longer has (`image rm --force`) could never start:
+/// it is rejected with the reason rather than left for a board to wait on. The
+/// orchestrator replaces it after the restart delay, so loading the image again heals.
+fn reject_without_image(tasks: &mut [Task], images: &[ImageRecord], wall_ms: u64) {
+    let loaded: HashSet<&str> = images.iter().map(|i| i.reference.as_str()).collect();
+    for t in tasks.iter_mut().filter(|t| waiting(t) && !loaded.contains(t.spec.image.as_str())) {
+        let message =
+            format!("image {} is not loaded on the manager: load it with `shoal image load ARCHIVE`", t.spec.image);
+        let mut status = TaskStatus::new(TaskState::Rejected, wall_ms, "rejected");
+        status.err = Some(Message::lossy(&message));
+        // Pending to Rejected is forward: this cannot fail.
+        let _ = apply_status(t, status);
+    }
+}
+
+/// Places every waiting task it can; the others keep (or get) the reason they wait.
+fn schedule(tasks: &mut [Task], nodes: &[ClusterNode], wall_ms: u64, events: &mut Vec<Event>) {
+    let pending: Vec<TaskId> = tasks.iter().filter(|t| waiting(t)).map(|t| t.id.clone()).collect();
+    if pending.is_empty() {
+        return;
+    }
+    let decisions = scheduler::schedule(nodes, tasks, &pending);
+    let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    for d in decisions {
+        let Some(&i) = index.get(d.task()) else { continue };
+        let t = &mut tasks[i];
+        match &d {
+            // The same refusal again: keep the time it was first given.
+            Decision::Unassignable { reason, .. } if &*t.status.message == reason.as_str() => continue,
+            Decision::Unassignable { reason, .. } => {
+                events.push(Event::Pending { task: t.id.clone(), reason: reason.clone() })
+            }
+            Decision::Assign { node, .. } => events.push(Event::Assigned { task: t.id.clone(), node: node.clone() }),
+        }
+        if let Err(error) = scheduler::record(t, &d, wall_ms) {
+            events.push(Event::DecisionRefused { error });
+        }
+    }
+}
+
+/// The name each task's node knows its service by: the record's, else one kept for a
+/// removed service, else the short ID.
+fn names(cluster: &Cluster<'_>, tasks: &HashMap<TaskId, &Task>) -> HashMap<ServiceId, ServiceName> {
+    let mut out: HashMap<ServiceId, ServiceName> = HashMap::new();
+    for t in tasks.values() {
+        if out.contains_key(&t.service_id) {
+            continue;
+        }
+        let name = cluster
+            .records
+            .iter()
+            .find(|r| r.service.id == t.service_id)
+            .map(|r| r.service.spec.name.clone())
+            .or_else(|| cluster.names.get(&t.service_id).cloned())
+            .unwrap_or_else(|| shoal_proto::text_lossy(t.service_id.short()));
+        out.insert(t.service_id.clone(), name);
+    }
+    out
+}
