@@ -350,3 +350,184 @@ fn names(cluster: &Cluster<'_>, tasks: &HashMap<TaskId, &Task>) -> HashMap<Servi
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::tests::node;
+    use crate::services;
+    use shoal_proto::dispatch::UpdateState;
+    use shoal_proto::{text, PortConfig, ServiceMode, ServiceSpec};
+
+    const WALL0: u64 = 1_700_000_000_000;
+
+    fn image(reference: &str) -> ImageRecord {
+        ImageRecord {
+            reference: reference.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platforms: vec!["linux/amd64".into()],
+            size: 1,
+            blobs: vec![],
+            loaded_at_ms: 0,
+        }
+    }
+
+    /// A manager's state between passes, with the pass applied as the server does.
+    struct World {
+        reconciler: Reconciler,
+        records: Vec<ServiceRecord>,
+        tasks: Vec<Task>,
+        nodes: Vec<ClusterNode>,
+        images: Vec<ImageRecord>,
+        ids: u32,
+    }
+
+    impl World {
+        fn new(replicas: u32, configure: impl FnOnce(&mut ServiceSpec)) -> Self {
+            let images = vec![image("demo/app:1.0"), image("demo/app:2.0")];
+            let mut spec = ServiceSpec::new(text("web").unwrap(), text("demo/app:1.0").unwrap());
+            spec.mode = ServiceMode::Replicated { replicas };
+            configure(&mut spec);
+            let record = services::create(&[], spec, &images, ServiceId::from_random([7; 16]), WALL0).unwrap();
+            let nodes = vec![node(1, "n1", "x86_64", &[])];
+            Self { reconciler: Reconciler::default(), records: vec![record], tasks: vec![], nodes, images, ids: 0 }
+        }
+
+        fn pass(&mut self, mono: Millis, reports: Vec<(NodeId, Vec<TaskReport>)>) -> Outcome {
+            let ids = &mut self.ids;
+            let mut new_id = || {
+                *ids += 1;
+                let mut seed = [0xCD; 16];
+                seed[..4].copy_from_slice(&ids.to_le_bytes());
+                TaskId::from_random(seed)
+            };
+            let tasks: Vec<&Task> = self.tasks.iter().collect();
+            let names = HashMap::new();
+            let cluster = Cluster {
+                records: &self.records,
+                tasks: &tasks,
+                nodes: &self.nodes,
+                images: &self.images,
+                names: &names,
+            };
+            let now = Now { mono, wall_ms: WALL0 + mono };
+            let outcome = self.reconciler.pass(now, cluster, reports, &mut new_id);
+            self.tasks = outcome.tasks.clone();
+            for r in &outcome.records {
+                let i = self.records.iter().position(|x| x.service.id == r.service.id).unwrap();
+                self.records[i] = r.clone();
+            }
+            outcome
+        }
+
+        /// The node's reports: what it was asked to run runs, what to stop has stopped.
+        fn node_reports(&self, mono: Millis) -> Vec<(NodeId, Vec<TaskReport>)> {
+            let wall = WALL0 + mono;
+            let mut out: BTreeMap<NodeId, Vec<TaskReport>> = BTreeMap::new();
+            for t in
+                self.tasks.iter().filter(|t| t.status.state >= TaskState::Assigned && !t.status.state.is_terminal())
+            {
+                let status = if t.desired_state > TaskState::Running {
+                    TaskStatus::new(TaskState::Shutdown, wall, "shutdown")
+                } else if t.status.state < TaskState::Running {
+                    TaskStatus::new(TaskState::Running, wall, "running")
+                } else {
+                    continue;
+                };
+                let node = t.node_id.clone().unwrap();
+                out.entry(node).or_default().push(TaskReport { task_id: t.id.clone(), status });
+            }
+            out.into_iter().collect()
+        }
+
+        fn update_state(&self) -> Option<UpdateState> {
+            self.records[0].update.as_ref().map(|u| u.status.state)
+        }
+    }
+
+    #[test]
+    fn a_paused_update_still_finishes_the_slot_it_was_replacing_and_a_settled_service_is_left_alone() {
+        let mut w = World::new(1, |_| {});
+        w.pass(0, vec![]);
+        w.pass(100, w.node_reports(100));
+        assert_eq!(w.tasks[0].status.state, TaskState::Running);
+
+        // Stop-first: the old task is asked to stop, the new one waits held.
+        let spec = ServiceSpec { image: text("demo/app:2.0").unwrap(), ..w.records[0].service.spec.clone() };
+        w.records[0] = services::update(&w.records[0], spec, 1, &w.images, WALL0 + 200).unwrap();
+        w.pass(200, vec![]);
+        let fresh = w.tasks.iter().find(|t| t.spec.image.as_str() == "demo/app:2.0").unwrap().id.clone();
+        assert!(w.tasks.iter().find(|t| t.id == fresh).unwrap().is_held());
+
+        // The update pauses (as a failure would make it) before the old task stopped.
+        w.records[0].update.as_mut().unwrap().status.state = UpdateState::Paused;
+        let out = w.pass(300, w.node_reports(300));
+        let t = w.tasks.iter().find(|t| t.id == fresh).unwrap();
+        assert_eq!(t.desired_state, TaskState::Running, "released: its slot's old task has stopped");
+        assert_eq!(t.status.state, TaskState::Assigned);
+        assert!(out.records.is_empty(), "a paused update stays paused");
+        assert_eq!(w.update_state(), Some(UpdateState::Paused));
+
+        // Once the slot runs the current spec, nothing is left for anyone to do.
+        w.pass(400, w.node_reports(400));
+        let out = w.pass(500, vec![]);
+        assert!(out.writes_nothing() && out.diffs.is_empty() && out.events.is_empty(), "{:?}", out.events);
+    }
+
+    #[test]
+    fn an_active_update_is_stepped_until_it_completes() {
+        let mut w = World::new(2, |s| s.update_config.monitor_ms = 0);
+        for at in [0, 100] {
+            w.pass(at, w.node_reports(at));
+        }
+        let spec = ServiceSpec { image: text("demo/app:2.0").unwrap(), ..w.records[0].service.spec.clone() };
+        w.records[0] = services::update(&w.records[0], spec, 1, &w.images, WALL0 + 200).unwrap();
+        let mut at = 200;
+        while w.update_state() != Some(UpdateState::Completed) {
+            w.pass(at, w.node_reports(at));
+            at += 100;
+            assert!(at < 5_000, "{:?}", w.records[0].update);
+        }
+        let live: Vec<&Task> = w.tasks.iter().filter(|t| t.is_desired_running()).collect();
+        assert!(live.len() == 2 && live.iter().all(|t| t.spec.image.as_str() == "demo/app:2.0"));
+    }
+
+    #[test]
+    fn a_repeated_refusal_keeps_the_time_it_was_first_given_and_writes_nothing() {
+        let mut w = World::new(2, |s| {
+            s.ports = vec![PortConfig::parse("mode=host,published=8000,target=80").unwrap()].try_into().unwrap();
+        });
+        let out = w.pass(0, vec![]);
+        let pending: Vec<&Task> = w.tasks.iter().filter(|t| t.status.state == TaskState::Pending).collect();
+        assert_eq!(pending.len(), 1, "one node, one host port 8000");
+        let (id, first) = (pending[0].id.clone(), pending[0].status.clone());
+        assert!(first.message.contains("host-mode port 8000"), "{}", first.message);
+        assert_eq!(out.events.iter().filter(|e| matches!(e, Event::Pending { .. })).count(), 1);
+
+        let out = w.pass(5_000, vec![]);
+        let t = w.tasks.iter().find(|t| t.id == id).unwrap();
+        assert_eq!(t.status, first, "the same refusal keeps its first time");
+        assert_eq!(t.status.timestamp_ms, WALL0);
+        assert!(out.writes_nothing(), "nothing changed, nothing is written");
+        assert!(!out.events.iter().any(|e| matches!(e, Event::Pending { .. })), "and it is not logged again");
+    }
+
+    #[test]
+    fn reports_move_tasks_forward_from_their_own_node_only() {
+        let mut w = World::new(1, |_| {});
+        w.pass(0, vec![]);
+        let t = w.tasks[0].clone();
+        let stranger = NodeId::from_random([9; 16]);
+        let report = |state| TaskReport { task_id: t.id.clone(), status: TaskStatus::new(state, WALL0 + 1, "x") };
+        let out = w.pass(100, vec![(stranger.clone(), vec![report(TaskState::Running)])]);
+        assert_eq!(w.tasks[0].status.state, TaskState::Assigned);
+        assert_eq!(out.events, vec![Event::WrongNode { node: stranger, task: t.id.clone() }]);
+
+        let own = t.node_id.clone().unwrap();
+        w.pass(200, vec![(own.clone(), vec![report(TaskState::Running)])]);
+        let out = w.pass(300, vec![(own, vec![report(TaskState::Accepted)])]);
+        assert_eq!(w.tasks[0].status.state, TaskState::Running);
+        assert!(matches!(out.events[..], [Event::ReportRefused { .. }]), "{:?}", out.events);
+        assert!(out.writes_nothing());
+    }
+}
