@@ -28,19 +28,17 @@ use crate::dispatcher::{self, NodeDiff};
 use crate::images::ImageRecord;
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::placement::ClusterNode;
-use crate::plan::{earliest, Now};
+use crate::plan::{earliest, Now, Plan};
 use crate::scheduler::{self, Decision};
 use crate::services::ServiceRecord;
 use crate::updater::Updater;
 use crate::Millis;
 
-/// What a pass reads: the manager's state as last persisted.
+/// What a pass reads besides the tasks: the manager's state as last persisted.
 #[derive(Debug, Clone, Copy)]
 pub struct Cluster<'a> {
     /// Every service record, in any order (the updater takes them by ID).
     pub records: &'a [ServiceRecord],
-    /// Every task the manager holds, in any order.
-    pub tasks: &'a [&'a Task],
     /// Every node, with its liveness now.
     pub nodes: &'a [ClusterNode],
     /// The images the manager has loaded.
@@ -172,64 +170,70 @@ impl Reconciler {
         Self { orchestrator: Orchestrator::new(config), updater: Updater::default() }
     }
 
-    /// One whole pass over `cluster` at `now` (see the module doc). `reports` are the
-    /// task reports received since the last pass, per node; `new_id` names new tasks.
+    /// One whole pass over `cluster` and `tasks` (every task the manager holds, in any
+    /// order) at `now` (see the module doc). `reports` are the task reports received
+    /// since the last pass, per node; `new_id` names new tasks. The tasks come back in
+    /// [`Outcome::tasks`], changed.
     pub fn pass(
         &mut self,
         now: Now,
         cluster: Cluster<'_>,
+        tasks: Vec<Task>,
         reports: Vec<(NodeId, Vec<TaskReport>)>,
         new_id: &mut dyn FnMut() -> TaskId,
     ) -> Outcome {
         let Cluster { records, nodes, .. } = cluster;
         let mut events = Vec::new();
-        let mut tasks: Vec<Task> = cluster.tasks.iter().map(|&t| t.clone()).collect();
-        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        record_reports(&mut tasks, reports, &mut events);
+        let mut w = Working { tasks, before: HashMap::new() };
+        w.tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        record_reports(&mut w, reports, &mut events);
 
         let services: Vec<_> = records.iter().map(|r| r.service.clone()).collect();
-        let plan = self.orchestrator.reconcile(now, &services, &tasks, nodes, new_id);
+        let plan = self.orchestrator.reconcile(now, &services, &w.tasks, nodes, new_id);
         let mut wake_at = plan.wake_at;
         events.extend(plan.shutdown.iter().map(|s| Event::Stopping { task: s.task.clone(), reason: s.reason.clone() }));
-        plan.apply_to(&mut tasks, now.wall_ms);
+        w.apply(plan, now.wall_ms);
 
         // Updates, one service at a time, each seeing the tasks the previous ones created.
         let mut by_id: Vec<&ServiceRecord> = records.iter().collect();
         by_id.sort_unstable_by(|a, b| a.service.id.cmp(&b.service.id));
-        let gated = needs_updater(&by_id, &tasks);
+        let gated = needs_updater(&by_id, &w.tasks);
         let mut changed_records = Vec::new();
         for record in by_id.into_iter().filter(|r| gated.contains(&r.service.id)) {
-            let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == record.service.id).collect();
-            let step = self.updater.step(now, record, &own, nodes, &tasks, new_id);
+            let own: Vec<&Task> = w.tasks.iter().filter(|t| t.service_id == record.service.id).collect();
+            let step = self.updater.step(now, record, &own, nodes, &w.tasks, new_id);
             let service = &record.service.spec.name;
             events.extend(step.events.into_iter().map(|message| Event::Update { service: service.clone(), message }));
             events.extend(
                 step.plan.shutdown.iter().map(|s| Event::Replacing { task: s.task.clone(), reason: s.reason.clone() }),
             );
             wake_at = earliest(wake_at, step.plan.wake_at);
-            step.plan.apply_to(&mut tasks, now.wall_ms);
+            w.apply(step.plan, now.wall_ms);
             changed_records.extend(step.record);
         }
-        self.updater.forget_gone(&tasks);
+        self.updater.forget_gone(&w.tasks);
 
-        reject_without_image(&mut tasks, cluster.images, now.wall_ms);
-        schedule(&mut tasks, nodes, now.wall_ms, &mut events);
+        reject_without_image(&mut w, cluster.images, now.wall_ms);
+        schedule(&mut w, nodes, now.wall_ms, &mut events);
 
+        let Working { mut tasks, before } = w;
         tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let before: HashMap<&TaskId, &Task> = cluster.tasks.iter().map(|&t| (&t.id, t)).collect();
-        let changed: Vec<usize> = (0..tasks.len()).filter(|&i| before.get(&tasks[i].id) != Some(&&tasks[i])).collect();
-        let after: HashSet<&TaskId> = tasks.iter().map(|t| &t.id).collect();
-        let mut remove_tasks: Vec<TaskId> =
-            before.keys().filter(|id| !after.contains(*id)).map(|&id| id.clone()).collect();
+        let (mut changed, mut remove_tasks) = (Vec::new(), Vec::new());
+        for (id, old) in &before {
+            match (tasks.binary_search_by(|t| t.id.cmp(id)), old) {
+                (Ok(i), Some(old)) if *old == tasks[i] => {}
+                (Ok(i), _) => changed.push(i),
+                (Err(_), Some(_)) => remove_tasks.push(id.clone()),
+                // Created and deleted within the pass: it never existed.
+                (Err(_), None) => {}
+            }
+        }
+        changed.sort_unstable();
         remove_tasks.sort_unstable();
 
         // Only what changed can change what a node is told.
-        let old: HashMap<TaskId, &Task> = changed
-            .iter()
-            .filter_map(|&i| before.get(&tasks[i].id))
-            .chain(remove_tasks.iter().filter_map(|id| before.get(id)))
-            .map(|&t| (t.id.clone(), t))
-            .collect();
+        let old: HashMap<TaskId, &Task> =
+            before.values().flatten().filter(|t| !changed_nothing(&tasks, t)).map(|t| (t.id.clone(), t)).collect();
         let new: HashMap<TaskId, &Task> = changed.iter().map(|&i| (tasks[i].id.clone(), &tasks[i])).collect();
         let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new));
 
@@ -237,23 +241,68 @@ impl Reconciler {
     }
 }
 
+/// The tasks of a pass, and what each task the pass touched was before it: only those
+/// are copied, so a pass over a large, quiet cluster copies next to nothing.
+struct Working {
+    /// Every task, as the pass has made them so far.
+    tasks: Vec<Task>,
+    /// Each touched task as it was before the pass; `None` for one the pass created.
+    before: HashMap<TaskId, Option<Task>>,
+}
+
+impl Working {
+    /// Keeps the task at `i` as it was, before it is changed.
+    fn touch(&mut self, i: usize) {
+        let t = &self.tasks[i];
+        if !self.before.contains_key(&t.id) {
+            self.before.insert(t.id.clone(), Some(t.clone()));
+        }
+    }
+
+    /// Applies a plan, keeping what it touches as it was.
+    fn apply(&mut self, plan: Plan, wall_ms: u64) {
+        let touched: HashSet<&TaskId> = plan
+            .start
+            .iter()
+            .chain(plan.shutdown.iter().map(|s| &s.task))
+            .chain(&plan.orphan)
+            .chain(&plan.remove)
+            .collect();
+        if !touched.is_empty() {
+            for t in self.tasks.iter().filter(|t| touched.contains(&t.id)) {
+                self.before.entry(t.id.clone()).or_insert_with(|| Some(t.clone()));
+            }
+        }
+        for t in &plan.create {
+            self.before.entry(t.id.clone()).or_insert(None);
+        }
+        plan.apply_to(&mut self.tasks, wall_ms);
+    }
+}
+
+/// Whether `old` is unchanged in `tasks` (sorted by ID).
+fn changed_nothing(tasks: &[Task], old: &Task) -> bool {
+    tasks.binary_search_by(|t| t.id.cmp(&old.id)).is_ok_and(|i| tasks[i] == *old)
+}
+
 /// Records each node's reports on its tasks.
-fn record_reports(tasks: &mut [Task], reports: Vec<(NodeId, Vec<TaskReport>)>, events: &mut Vec<Event>) {
+fn record_reports(w: &mut Working, reports: Vec<(NodeId, Vec<TaskReport>)>, events: &mut Vec<Event>) {
     if reports.is_empty() {
         return;
     }
-    let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    let index: HashMap<TaskId, usize> = w.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
     for (node, batch) in reports {
         for r in batch {
             let Some(&i) = index.get(&r.task_id) else {
                 events.push(Event::UnknownTask { node: node.clone(), task: r.task_id });
                 continue;
             };
-            let t = &mut tasks[i];
-            if t.node_id.as_ref() != Some(&node) {
-                events.push(Event::WrongNode { node: node.clone(), task: t.id.clone() });
+            if w.tasks[i].node_id.as_ref() != Some(&node) {
+                events.push(Event::WrongNode { node: node.clone(), task: r.task_id });
                 continue;
             }
+            w.touch(i);
+            let t = &mut w.tasks[i];
             let state = r.status.state;
             match apply_status(t, r.status) {
                 Ok(()) => events.push(Event::TaskStatus { node: node.clone(), task: t.id.clone(), state }),
@@ -294,9 +343,15 @@ fn waiting(t: &Task) -> bool {
 /// A task whose image the manager no longer has (`image rm --force`) could never start:
 /// it is rejected with the reason rather than left for a board to wait on. The
 /// orchestrator replaces it after the restart delay, so loading the image again heals.
-fn reject_without_image(tasks: &mut [Task], images: &[ImageRecord], wall_ms: u64) {
+fn reject_without_image(w: &mut Working, images: &[ImageRecord], wall_ms: u64) {
     let loaded: HashSet<&str> = images.iter().map(|i| i.reference.as_str()).collect();
-    for t in tasks.iter_mut().filter(|t| waiting(t) && !loaded.contains(t.spec.image.as_str())) {
+    for i in 0..w.tasks.len() {
+        let t = &w.tasks[i];
+        if !waiting(t) || loaded.contains(t.spec.image.as_str()) {
+            continue;
+        }
+        w.touch(i);
+        let t = &mut w.tasks[i];
         let message =
             format!("image {} is not loaded on the manager: load it with `shoal image load ARCHIVE`", t.spec.image);
         let mut status = TaskStatus::new(TaskState::Rejected, wall_ms, "rejected");
@@ -307,16 +362,16 @@ fn reject_without_image(tasks: &mut [Task], images: &[ImageRecord], wall_ms: u64
 }
 
 /// Places every waiting task it can; the others keep (or get) the reason they wait.
-fn schedule(tasks: &mut [Task], nodes: &[ClusterNode], wall_ms: u64, events: &mut Vec<Event>) {
-    let pending: Vec<TaskId> = tasks.iter().filter(|t| waiting(t)).map(|t| t.id.clone()).collect();
+fn schedule(w: &mut Working, nodes: &[ClusterNode], wall_ms: u64, events: &mut Vec<Event>) {
+    let pending: Vec<TaskId> = w.tasks.iter().filter(|t| waiting(t)).map(|t| t.id.clone()).collect();
     if pending.is_empty() {
         return;
     }
-    let decisions = scheduler::schedule(nodes, tasks, &pending);
-    let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    let decisions = scheduler::schedule(nodes, &w.tasks, &pending);
+    let index: HashMap<TaskId, usize> = w.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
     for d in decisions {
         let Some(&i) = index.get(d.task()) else { continue };
-        let t = &mut tasks[i];
+        let t = &w.tasks[i];
         match &d {
             // The same refusal again: keep the time it was first given.
             Decision::Unassignable { reason, .. } if &*t.status.message == reason.as_str() => continue,
@@ -325,7 +380,8 @@ fn schedule(tasks: &mut [Task], nodes: &[ClusterNode], wall_ms: u64, events: &mu
             }
             Decision::Assign { node, .. } => events.push(Event::Assigned { task: t.id.clone(), node: node.clone() }),
         }
-        if let Err(error) = scheduler::record(t, &d, wall_ms) {
+        w.touch(i);
+        if let Err(error) = scheduler::record(&mut w.tasks[i], &d, wall_ms) {
             events.push(Event::DecisionRefused { error });
         }
     }
@@ -401,17 +457,10 @@ mod tests {
                 seed[..4].copy_from_slice(&ids.to_le_bytes());
                 TaskId::from_random(seed)
             };
-            let tasks: Vec<&Task> = self.tasks.iter().collect();
             let names = HashMap::new();
-            let cluster = Cluster {
-                records: &self.records,
-                tasks: &tasks,
-                nodes: &self.nodes,
-                images: &self.images,
-                names: &names,
-            };
+            let cluster = Cluster { records: &self.records, nodes: &self.nodes, images: &self.images, names: &names };
             let now = Now { mono, wall_ms: WALL0 + mono };
-            let outcome = self.reconciler.pass(now, cluster, reports, &mut new_id);
+            let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
             self.tasks = outcome.tasks.clone();
             for r in &outcome.records {
                 let i = self.records.iter().position(|x| x.service.id == r.service.id).unwrap();

@@ -180,10 +180,10 @@ impl Sim {
             blobs: vec![],
             loaded_at_ms: 0,
         }];
-        let tasks: Vec<&Task> = self.tasks.iter().collect();
         let names = HashMap::new();
-        let cluster = Cluster { records: &records, tasks: &tasks, nodes: &self.nodes, images: &images, names: &names };
-        let outcome = self.reconciler.pass(Now { mono: now, wall_ms: now }, cluster, Vec::new(), &mut new_id);
+        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &images, names: &names };
+        let tasks = std::mem::take(&mut self.tasks);
+        let outcome = self.reconciler.pass(Now { mono: now, wall_ms: now }, cluster, tasks, Vec::new(), &mut new_id);
         self.wake_at = outcome.wake_at;
         // Something changed for a node: its agent has work.
         self.agents_busy |= !outcome.diffs.is_empty();

@@ -122,12 +122,10 @@ impl Lab {
             TaskId::from_random(seed)
         };
         let records = [self.record.clone()];
-        let tasks: Vec<&Task> = self.tasks.iter().collect();
         let names = HashMap::new();
-        let cluster =
-            Cluster { records: &records, tasks: &tasks, nodes: &self.nodes, images: &self.images, names: &names };
-        let reports = std::mem::take(&mut self.reports);
-        let outcome = self.reconciler.pass(now, cluster, reports, &mut new_id);
+        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &self.images, names: &names };
+        let (tasks, reports) = (std::mem::take(&mut self.tasks), std::mem::take(&mut self.reports));
+        let outcome = self.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
         for event in outcome.events {
             if let Event::Update { message, .. } = event {
                 self.log.push(message);

@@ -76,11 +76,11 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let mut svc = mgr.services.lock().expect("services lock");
     let svc = &mut *svc;
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
-    let tasks: Vec<&Task> = svc.tasks.values().collect();
-    let cluster = Cluster { records: &records, tasks: &tasks, nodes: &nodes, images: &images, names: &svc.names };
+    // A copy: if the write below fails, memory stays as it was stored.
+    let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
+    let cluster = Cluster { records: &records, nodes: &nodes, images: &images, names: &svc.names };
     let mut new_id = || TaskId::from_random(crate::random());
-    let outcome = svc.reconciler.pass(now, cluster, reports, &mut new_id);
-    drop(tasks);
+    let outcome = svc.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
     for event in &outcome.events {
         log_event(event);
     }
