@@ -435,6 +435,8 @@ mod tests {
         tasks: Vec<Task>,
         nodes: Vec<ClusterNode>,
         images: Vec<ImageRecord>,
+        /// Service names the server keeps, removed services' included.
+        names: HashMap<ServiceId, ServiceName>,
         ids: u32,
     }
 
@@ -446,7 +448,16 @@ mod tests {
             configure(&mut spec);
             let record = services::create(&[], spec, &images, ServiceId::from_random([7; 16]), WALL0).unwrap();
             let nodes = vec![node(1, "n1", "x86_64", &[])];
-            Self { reconciler: Reconciler::default(), records: vec![record], tasks: vec![], nodes, images, ids: 0 }
+            let names = HashMap::from([(record.service.id.clone(), record.service.spec.name.clone())]);
+            Self {
+                reconciler: Reconciler::default(),
+                records: vec![record],
+                tasks: vec![],
+                nodes,
+                images,
+                names,
+                ids: 0,
+            }
         }
 
         fn pass(&mut self, mono: Millis, reports: Vec<(NodeId, Vec<TaskReport>)>) -> Outcome {
@@ -457,10 +468,26 @@ mod tests {
                 seed[..4].copy_from_slice(&ids.to_le_bytes());
                 TaskId::from_random(seed)
             };
-            let names = HashMap::new();
-            let cluster = Cluster { records: &self.records, nodes: &self.nodes, images: &self.images, names: &names };
+            let cluster =
+                Cluster { records: &self.records, nodes: &self.nodes, images: &self.images, names: &self.names };
             let now = Now { mono, wall_ms: WALL0 + mono };
             let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
+            // What the pass says it changed is exactly what differs, task by task.
+            let before: HashMap<&TaskId, &Task> = self.tasks.iter().map(|t| (&t.id, t)).collect();
+            let after: HashMap<&TaskId, &Task> = outcome.tasks.iter().map(|t| (&t.id, t)).collect();
+            let mut put: Vec<&TaskId> =
+                outcome.tasks.iter().filter(|t| before.get(&t.id) != Some(t)).map(|t| &t.id).collect();
+            let mut gone: Vec<&TaskId> = before.keys().copied().filter(|id| !after.contains_key(id)).collect();
+            put.sort();
+            gone.sort();
+            assert_eq!(outcome.put_tasks().map(|t| &t.id).collect::<Vec<_>>(), put);
+            assert_eq!(outcome.remove_tasks.iter().collect::<Vec<_>>(), gone);
+            let full = dispatcher::diff(
+                &self.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
+                &outcome.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
+                &self.names,
+            );
+            assert_eq!(outcome.diffs, full, "the diffs of the changed tasks are the diffs of all tasks");
             self.tasks = outcome.tasks.clone();
             for r in &outcome.records {
                 let i = self.records.iter().position(|x| x.service.id == r.service.id).unwrap();
@@ -578,5 +605,23 @@ mod tests {
         assert_eq!(w.tasks[0].status.state, TaskState::Running);
         assert!(matches!(out.events[..], [Event::ReportRefused { .. }]), "{:?}", out.events);
         assert!(out.writes_nothing());
+    }
+
+    #[test]
+    fn a_removed_service_is_stopped_under_its_name_then_deleted() {
+        let mut w = World::new(1, |_| {});
+        w.pass(0, vec![]);
+        w.pass(100, w.node_reports(100));
+        let task = w.tasks[0].id.clone();
+        w.records.clear();
+        let out = w.pass(200, vec![]);
+        let (node, diff) = out.diffs.iter().next().unwrap();
+        assert_eq!(diff.upsert[0].desired_state, TaskState::Shutdown);
+        assert_eq!(diff.upsert[0].service_name.as_str(), "web", "the name outlives the record");
+        assert_eq!(out.put_tasks().count(), 1);
+        let out = w.pass(300, w.node_reports(300));
+        assert_eq!(out.remove_tasks, vec![task.clone()]);
+        assert_eq!(out.diffs[node].remove, vec![task]);
+        assert!(w.tasks.is_empty());
     }
 }
