@@ -1,15 +1,17 @@
-//! shoal's manager and command line. The pure decision logic is in [`core`]; [`server`]
-//! is the QUIC shell that applies it; [`cli`] is the `shoal` command.
+//! shoal's manager and command line: the store, the CA, the QUIC shell ([`server`]) and
+//! the `shoal` command ([`cli`]). It owns every side effect; what to do is decided by
+//! the pure [`shoal_core`] crate (re-exported as [`core`]), never here.
 
 pub mod ca;
 pub mod cli;
-pub mod core;
 pub mod images;
 pub mod init;
 pub mod paths;
 pub mod server;
 pub mod store;
 pub mod verify;
+
+pub use shoal_core as core;
 
 /// Random bytes from the operating system.
 pub fn random<const N: usize>() -> [u8; N] {

@@ -5,9 +5,9 @@
 //! images to hold; the archive parsing and blob store are in [`crate::images`].
 //!
 //! Services: control requests change service records; one reconcile task (fed by a
-//! channel, bursts coalesced) then runs the orchestrator, the updater and the scheduler
-//! over every service and task, persists the result in one transaction and sends each
-//! node the assignments that changed for it. Sessions only forward task reports to it.
+//! channel, bursts coalesced) then runs one pure pass of [`shoal_core::pass`] over every
+//! service and task, persists the result in one transaction and sends each node the
+//! assignments that changed for it. Sessions only forward task reports to it.
 //!
 //! Here: connections, identification and the first frame of every stream. Beside it:
 //! `join`, `session`, `control`, `distribution` (images), `reconcile` (services).
@@ -34,11 +34,11 @@ use tracing::{debug, info, warn};
 use crate::ca::{self, Ca, CertRole};
 use crate::core::membership::{LivenessConfig, Membership, SecondSession, Transition};
 use crate::core::nodes::{self, NodeRecord};
-use crate::core::orchestrator::{Now, Orchestrator};
+use crate::core::pass::{Cluster, Event as PassEvent, Outcome, Reconciler};
 use crate::core::placement::ClusterNode;
+use crate::core::plan::Now;
 use crate::core::services::{self as services, ServiceRecord};
-use crate::core::updater::Updater;
-use crate::core::{dispatcher, scheduler, Millis};
+use crate::core::{dispatcher, Millis};
 use crate::images::archive::{self, ImportError};
 use crate::images::blobs::{BlobError, BlobStore};
 use crate::images::{self, ImageRecord};
@@ -47,7 +47,7 @@ use crate::store::ServiceChanges;
 use crate::store::{ClusterRecord, Store};
 use shoal_proto::dispatch::{ServiceReply, ServiceRequest, TaskReport, MAX_TASKS_LISTED};
 use shoal_proto::services::ServiceName;
-use shoal_proto::{Service, ServiceId, Task, TaskId, TaskState};
+use shoal_proto::{ServiceId, Task, TaskId};
 
 mod control;
 mod distribution;
@@ -145,10 +145,9 @@ enum Event {
     Reports(NodeId, Vec<TaskReport>),
 }
 
-/// Services and tasks in memory, as last persisted, with the orchestrator's memory.
+/// Services and tasks in memory, as last persisted, with the reconciler's memory.
 struct ServiceState {
-    orchestrator: Orchestrator,
-    updater: Updater,
+    reconciler: Reconciler,
     records: std::collections::BTreeMap<ServiceId, ServiceRecord>,
     tasks: HashMap<TaskId, Task>,
     /// Names of services, kept while a removed service's tasks are still being stopped.
@@ -286,13 +285,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
-        services: Mutex::new(ServiceState {
-            orchestrator: Orchestrator::default(),
-            updater: Updater::default(),
-            records,
-            tasks,
-            names,
-        }),
+        services: Mutex::new(ServiceState { reconciler: Reconciler::default(), records, tasks, names }),
         events,
         ca,
         cluster: Mutex::new(cluster.clone()),

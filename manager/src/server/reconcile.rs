@@ -1,5 +1,6 @@
-//! Services: the reconcile task (reports, orchestrator, updater, scheduler, one
-//! transaction, diffs to the nodes) and the service requests that change its input.
+//! Services: the reconcile task (loads the state, runs one pure pass of
+//! [`shoal_core::pass`], writes its result in one transaction, sends the diffs to the
+//! nodes) and the service requests that change its input.
 
 use super::*;
 
@@ -65,143 +66,44 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
     }
 }
 
-/// Records task reports, runs the orchestrator, the updater and the scheduler, persists
-/// what changed in one transaction, then tells each node what changed for it. Returns
-/// when the orchestrator wants to run again (monotonic milliseconds).
+/// Runs one reconcile pass ([`Reconciler::pass`]) over the state in memory, persists
+/// what it changed in one transaction, then tells each node what changed for it.
+/// Returns when the pass wants to run again (monotonic milliseconds).
 pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) -> anyhow::Result<Option<Millis>> {
     let nodes = cluster_nodes(mgr)?;
+    let images = mgr.store.images()?;
     let now = Now { mono: mgr.now(), wall_ms: crate::wall_ms() };
     let mut svc = mgr.services.lock().expect("services lock");
     let svc = &mut *svc;
-    let mut tasks: Vec<Task> = svc.tasks.values().cloned().collect();
-    tasks.sort_by(|a, b| a.id.cmp(&b.id));
-
-    if !reports.is_empty() {
-        let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
-        for (node, batch) in reports {
-            for r in batch {
-                let Some(&i) = index.get(&r.task_id) else {
-                    debug!(%node, task = %r.task_id, "report for a task the manager no longer has");
-                    continue;
-                };
-                let t = &mut tasks[i];
-                if t.node_id.as_ref() != Some(&node) {
-                    warn!(%node, task = %t.id, "report for a task assigned to another node; ignored");
-                    continue;
-                }
-                let state = r.status.state;
-                match shoal_proto::apply_status(t, r.status) {
-                    Ok(()) => debug!(%node, task = %t.id, %state, "task status"),
-                    Err(e) => warn!(%node, error = %e, "refused a task report"),
-                }
-            }
-        }
-    }
-
-    let services: Vec<Service> = svc.records.values().map(|r| r.service.clone()).collect();
+    let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
+    // A copy: if the write below fails, memory stays as it was stored.
+    let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
+    let cluster = Cluster { records: &records, nodes: &nodes, images: &images, names: &svc.names };
     let mut new_id = || TaskId::from_random(crate::random());
-    let plan = svc.orchestrator.reconcile(now, &services, &tasks, &nodes, &mut new_id);
-    let wake_at = plan.wake_at;
-    for stop in &plan.shutdown {
-        info!(task = %stop.task, reason = %stop.reason, "stopping task");
-    }
-    plan.apply_to(&mut tasks, now.wall_ms);
-
-    // Updates, one service at a time, each seeing the tasks the previous ones created.
-    // Only services with an update running, or with tasks of an older spec still live
-    // (a paused update, a slot mid-replacement), need a look: one pass finds them.
-    let specs: HashMap<&ServiceId, shoal_proto::TaskSpec> = svc
-        .records
-        .values()
-        .filter(|r| r.update.is_some())
-        .map(|r| (&r.service.id, r.service.spec.task_spec()))
-        .collect();
-    let unsettled: HashSet<ServiceId> = tasks
-        .iter()
-        .filter(|t| t.is_desired_running() && specs.get(&t.service_id).is_some_and(|s| t.is_held() || *s != t.spec))
-        .map(|t| t.service_id.clone())
-        .collect();
-    let mut records_changed: Vec<ServiceRecord> = Vec::new();
-    let mut wake_at = wake_at;
-    for record in svc.records.values() {
-        let active = record.update.as_ref().is_some_and(|u| u.status.state.is_active());
-        if !active && !unsettled.contains(&record.service.id) {
-            continue;
-        }
-        let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == record.service.id).collect();
-        let step = svc.updater.step(now, record, &own, &nodes, &tasks, &mut new_id);
-        for event in &step.events {
-            info!(service = %record.service.spec.name, "{event}");
-        }
-        for stop in &step.plan.shutdown {
-            debug!(task = %stop.task, reason = %stop.reason, "stopping task");
-        }
-        if let Some(at) = step.plan.wake_at {
-            wake_at = Some(wake_at.map_or(at, |w: Millis| w.min(at)));
-        }
-        step.plan.apply_to(&mut tasks, now.wall_ms);
-        records_changed.extend(step.record);
-    }
-    svc.updater.forget_gone(&tasks);
-
-    // A task whose image the manager no longer has (`image rm --force`) could never
-    // start: reject it with the reason rather than leave a board waiting for it. The
-    // orchestrator replaces it after the restart delay, so loading the image again heals.
-    let loaded: HashSet<String> = mgr.store.images()?.into_iter().map(|i| i.reference).collect();
-    let waiting = |t: &Task| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running;
-    for t in tasks.iter_mut().filter(|t| waiting(t) && !loaded.contains(t.spec.image.as_str())) {
-        let message =
-            format!("image {} is not loaded on the manager: load it with `shoal image load ARCHIVE`", t.spec.image);
-        let mut status = shoal_proto::TaskStatus::new(TaskState::Rejected, now.wall_ms, "rejected");
-        status.err = Some(shoal_proto::Message::lossy(&message));
-        let _ = shoal_proto::apply_status(t, status);
-    }
-
-    let pending: Vec<TaskId> = tasks
-        .iter()
-        .filter(|t| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running)
-        .map(|t| t.id.clone())
-        .collect();
-    if !pending.is_empty() {
-        let decisions = scheduler::schedule(&nodes, &tasks, &pending);
-        let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
-        for d in decisions {
-            let Some(&i) = index.get(d.task()) else { continue };
-            let t = &mut tasks[i];
-            match &d {
-                // The same refusal again: keep the time it was first given.
-                scheduler::Decision::Unassignable { reason, .. } if &*t.status.message == reason.as_str() => continue,
-                scheduler::Decision::Unassignable { reason, .. } => info!(task = %t.id, %reason, "task pending"),
-                scheduler::Decision::Assign { node, .. } => debug!(task = %t.id, %node, "task assigned"),
-            }
-            if let Err(e) = scheduler::record(t, &d, now.wall_ms) {
-                warn!(error = %e, "scheduler decision refused");
-            }
-        }
+    let outcome = svc.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
+    for event in &outcome.events {
+        log_event(event);
     }
 
     // What changed, written in one transaction before anyone is told.
-    let after: HashMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
-    let put_tasks: Vec<&Task> = after.values().filter(|t| svc.tasks.get(&t.id) != Some(*t)).collect();
-    let remove_tasks: Vec<&TaskId> = svc.tasks.keys().filter(|id| !after.contains_key(*id)).collect();
     let changes = ServiceChanges {
-        put_services: records_changed.iter().collect(),
+        put_services: outcome.records.iter().collect(),
         remove_services: Vec::new(),
-        put_tasks,
-        remove_tasks,
+        put_tasks: outcome.put_tasks().collect(),
+        remove_tasks: outcome.remove_tasks.iter().collect(),
     };
     mgr.store.change_services(&changes)?;
     drop(changes);
-    for r in records_changed {
+    let Outcome { tasks, records: changed, diffs, wake_at, .. } = outcome;
+    for r in changed {
         svc.records.insert(r.service.id.clone(), r);
     }
-    let before = std::mem::replace(&mut svc.tasks, after);
+    svc.tasks = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
     // Forget the names of removed services once their last task is gone.
     let live: HashSet<&ServiceId> = svc.tasks.values().map(|t| &t.service_id).collect();
     let records = &svc.records;
     svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
 
-    let diffs = dispatcher::diff(&before, &svc.tasks, &svc.name_map());
     if !diffs.is_empty() {
         let st = mgr.state.lock().expect("state lock");
         let mut lagging = Vec::new();
@@ -222,6 +124,24 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
         }
     }
     Ok(wake_at)
+}
+
+/// One line of the pass's log, at the level and with the fields it always had.
+fn log_event(event: &PassEvent) {
+    match event {
+        PassEvent::UnknownTask { node, task } => debug!(%node, %task, "report for a task the manager no longer has"),
+        PassEvent::WrongNode { node, task } => {
+            warn!(%node, %task, "report for a task assigned to another node; ignored")
+        }
+        PassEvent::TaskStatus { node, task, state } => debug!(%node, %task, %state, "task status"),
+        PassEvent::ReportRefused { node, error } => warn!(%node, %error, "refused a task report"),
+        PassEvent::Stopping { task, reason } => info!(%task, %reason, "stopping task"),
+        PassEvent::Replacing { task, reason } => debug!(%task, %reason, "stopping task"),
+        PassEvent::Update { service, message } => info!(%service, "{message}"),
+        PassEvent::Pending { task, reason } => info!(%task, %reason, "task pending"),
+        PassEvent::Assigned { task, node } => debug!(%task, %node, "task assigned"),
+        PassEvent::DecisionRefused { error } => warn!(%error, "scheduler decision refused"),
+    }
 }
 
 /// `shoal service ...`: reads answer from memory; changes are persisted, then a

@@ -1,5 +1,5 @@
-//! Rolling updates on a virtual clock: the manager's pure core (orchestrator, updater,
-//! scheduler) with fake agents that run a task the moment it is assigned, stop it the
+//! Rolling updates on a virtual clock: the manager's pure reconcile pass (the one the
+//! server runs: orchestrator, updater, scheduler) with fake agents that run a task the moment it is assigned, stop it the
 //! moment they are asked, and crash containers of chosen images a while after start.
 //!
 //! Every tick checks the invariants an operator relies on: stop-first never runs a new
@@ -8,17 +8,16 @@
 
 use std::collections::HashMap;
 
-use shoal_manager::core::orchestrator::{Now, Orchestrator};
-use shoal_manager::core::placement::ClusterNode;
-use shoal_manager::core::scheduler::{record, schedule};
-use shoal_manager::core::services::{self, ServiceRecord};
-use shoal_manager::core::updater::Updater;
-use shoal_manager::core::Millis;
-use shoal_manager::images::ImageRecord;
-use shoal_proto::dispatch::UpdateState;
+use shoal_core::images::ImageRecord;
+use shoal_core::pass::{Cluster, Event, Reconciler};
+use shoal_core::placement::ClusterNode;
+use shoal_core::plan::Now;
+use shoal_core::services::{self, ServiceRecord};
+use shoal_core::Millis;
+use shoal_proto::dispatch::{TaskReport, UpdateState};
 use shoal_proto::{
-    apply_status, text, Availability, BoundedVec, FailureAction, NodeId, NodeStatus, PortConfig, Resources, Role,
-    ServiceId, ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatus, UpdateOrder,
+    text, Availability, BoundedVec, FailureAction, NodeId, NodeStatus, PortConfig, Resources, Role, ServiceId,
+    ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatus, UpdateOrder,
 };
 
 const TICK: Millis = 100;
@@ -59,8 +58,7 @@ struct Lab {
     nodes: Vec<ClusterNode>,
     record: ServiceRecord,
     tasks: Vec<Task>,
-    orchestrator: Orchestrator,
-    updater: Updater,
+    reconciler: Reconciler,
     ids: u32,
     images: Vec<ImageRecord>,
     /// Image → how long its containers run before exiting 1.
@@ -74,7 +72,9 @@ struct Lab {
     stop_first: bool,
     /// Whether each tick checks the invariants (quadratic: off for fleet-sized runs).
     checks: bool,
-    /// When the updater last asked to be woken, as of which tick.
+    /// What the agents reported since the last pass, per node.
+    reports: Vec<(NodeId, Vec<TaskReport>)>,
+    /// When the pass last asked to be woken, as of which tick.
     wake_at: Option<(Millis, Millis)>,
 }
 
@@ -90,8 +90,7 @@ impl Lab {
             nodes: (1..=nodes).map(node).collect(),
             record,
             tasks: Vec::new(),
-            orchestrator: Orchestrator::default(),
-            updater: Updater::default(),
+            reconciler: Reconciler::default(),
             ids: 0,
             images,
             crash_after: HashMap::from([("demo/app:2.0", 1_000)]),
@@ -101,6 +100,7 @@ impl Lab {
             stop_first: true,
             checks: true,
             wake_at: None,
+            reports: Vec::new(),
         };
         lab.checks = replicas <= 100;
         lab.run_until("all running", 60_000, |l| l.running("demo/app:1.0") == replicas as usize);
@@ -111,7 +111,7 @@ impl Lab {
         Now { mono: self.now, wall_ms: WALL0 + self.now }
     }
 
-    /// The manager's pass, as `server::reconcile` does it.
+    /// The manager's pass: the same function `server::reconcile` calls.
     fn reconcile(&mut self) {
         let now = self.at();
         let mut ids = self.ids;
@@ -121,27 +121,21 @@ impl Lab {
             seed[..4].copy_from_slice(&ids.to_le_bytes());
             TaskId::from_random(seed)
         };
-        let services = [self.record.service.clone()];
-        let plan = self.orchestrator.reconcile(now, &services, &self.tasks, &self.nodes, &mut new_id);
-        plan.apply_to(&mut self.tasks, now.wall_ms);
-        let own: Vec<&Task> = self.tasks.iter().collect();
-        let step = self.updater.step(now, &self.record, &own, &self.nodes, &self.tasks, &mut new_id);
-        self.log.extend(step.events.iter().cloned());
-        self.wake_at = step.plan.wake_at.map(|w| (now.mono, w));
-        step.plan.apply_to(&mut self.tasks, now.wall_ms);
-        if let Some(r) = step.record {
+        let records = [self.record.clone()];
+        let names = HashMap::new();
+        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &self.images, names: &names };
+        let (tasks, reports) = (std::mem::take(&mut self.tasks), std::mem::take(&mut self.reports));
+        let outcome = self.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
+        for event in outcome.events {
+            if let Event::Update { message, .. } = event {
+                self.log.push(message);
+            }
+        }
+        self.wake_at = outcome.wake_at.map(|w| (now.mono, w));
+        if let Some(r) = outcome.records.into_iter().next() {
             self.record = r;
         }
-        let pending: Vec<TaskId> = self
-            .tasks
-            .iter()
-            .filter(|t| t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running)
-            .map(|t| t.id.clone())
-            .collect();
-        for d in schedule(&self.nodes, &self.tasks, &pending) {
-            let t = self.tasks.iter_mut().find(|t| &t.id == d.task()).unwrap();
-            record(t, &d, now.wall_ms).unwrap();
-        }
+        self.tasks = outcome.tasks;
         self.ids = ids;
         for t in &self.tasks {
             if !self.created.contains_key(&t.id) {
@@ -150,12 +144,14 @@ impl Lab {
         }
     }
 
-    /// Every live board moves each of its tasks to where the manager wants it.
+    /// Every live board moves each of its tasks to where the manager wants it, and
+    /// reports it for the next pass.
     fn agents(&mut self) {
         let wall = WALL0 + self.now;
         let down: Vec<NodeId> =
             self.nodes.iter().filter(|n| n.status == NodeStatus::Down).map(|n| n.id.clone()).collect();
-        for t in self.tasks.iter_mut() {
+        let mut reports: std::collections::BTreeMap<NodeId, Vec<TaskReport>> = Default::default();
+        for t in self.tasks.iter() {
             let Some(node) = &t.node_id else { continue };
             if down.contains(node) || t.status.state < TaskState::Assigned || t.status.state.is_terminal() {
                 continue;
@@ -175,8 +171,9 @@ impl Lab {
                     _ => continue,
                 }
             };
-            apply_status(t, next).unwrap();
+            reports.entry(node.clone()).or_default().push(TaskReport { task_id: t.id.clone(), status: next });
         }
+        self.reports.extend(reports);
     }
 
     fn tick(&mut self) {
@@ -543,8 +540,7 @@ fn a_manager_restart_mid_update_resumes_without_replacing_a_slot_twice() {
     lab.update(Lab::to("demo/app:3.0"));
     lab.run_until("half way", 30_000, |l| l.running("demo/app:3.0") >= 3);
     // The manager restarts: its memory is gone, the store (record, tasks) remains.
-    lab.orchestrator = Orchestrator::default();
-    lab.updater = Updater::default();
+    lab.reconciler = Reconciler::default();
     lab.run_until("completed", 30_000, |l| l.state() == Some(UpdateState::Completed));
     let created: usize = lab.tasks.iter().filter(|t| t.spec.image.as_str() == "demo/app:3.0").count();
     assert_eq!(created, 6, "one new task per slot, none twice");
@@ -599,6 +595,8 @@ fn scaling_alone_starts_no_update() {
 }
 
 #[test]
+// It prints how long it took on the wall clock; the core it drives reads none.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 fn a_fleet_rolls_a_hundred_tasks_at_a_time() {
     // A tenth of the fleet in debug builds (the test command), the whole in release.
     let (boards, replicas) = if cfg!(debug_assertions) { (100, 1_000) } else { (1_000, 10_000) };

@@ -13,8 +13,8 @@ use shoal_proto::dispatch::{ServiceView, TaskView, UpdateState, UpdateStatus};
 use shoal_proto::{
     ErrorKind, ErrorReply, Hostname, Message, NodeId, Service, ServiceId, ServiceMode, ServiceSpec, Task, TaskState,
 };
+use shoal_proto::{TaskId, UpdateConfig};
 
-use super::updater::UpdateProgress;
 use crate::images::{self, ImageRecord};
 
 /// What the manager stores about a service.
@@ -28,6 +28,28 @@ pub struct ServiceRecord {
     pub update: Option<UpdateProgress>,
     /// When the spec last changed, milliseconds since the Unix epoch.
     pub updated_at_ms: u64,
+}
+
+/// An update (or rollback) as the manager stores it with its service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateProgress {
+    /// What `service inspect` shows.
+    pub status: UpdateStatus,
+    /// The pace and failure handling in force: the new spec's update config, or for a
+    /// rollback the rollback config of the spec rolled back from.
+    pub config: UpdateConfig,
+    /// How many slots needed replacing when the update began (the failure ratio's
+    /// denominator); set by the first step.
+    pub total: Option<u32>,
+    /// Tasks whose early end counted as a failure (one per slot at most).
+    pub failed: Vec<TaskId>,
+}
+
+impl UpdateProgress {
+    /// A fresh update in `status`, paced by `config`.
+    pub fn new(status: UpdateStatus, config: UpdateConfig) -> Self {
+        Self { status, config, total: None, failed: Vec::new() }
+    }
 }
 
 fn refuse(kind: ErrorKind, message: &str) -> ErrorReply {
@@ -256,7 +278,7 @@ pub fn ps(services: &[&ServiceRecord], tasks: &[Task], hostnames: &HashMap<NodeI
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{TaskId, TaskStatus};
+    use shoal_proto::TaskStatus;
 
     fn image(reference: &str) -> ImageRecord {
         ImageRecord {

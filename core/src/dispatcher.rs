@@ -9,6 +9,7 @@
 //! ended stays in the set with desired state Shutdown, so a node that comes back from a
 //! partition stops what was replaced while it was away.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use shoal_proto::dispatch::{Assignment, MAX_ASSIGNMENTS, MAX_ASSIGNMENT_BYTES};
@@ -92,15 +93,17 @@ fn chunked(set: Vec<Assignment>) -> Vec<Vec<Assignment>> {
 
 /// Per node, what it must be told after `before` became `after` (both keyed by task).
 /// Changes of observed status alone are not sent back.
-pub fn diff(
-    before: &HashMap<TaskId, Task>,
-    after: &HashMap<TaskId, Task>,
+/// Either map may hold the tasks or references to them.
+pub fn diff<B: Borrow<Task>, A: Borrow<Task>>(
+    before: &HashMap<TaskId, B>,
+    after: &HashMap<TaskId, A>,
     names: &HashMap<ServiceId, ServiceName>,
 ) -> BTreeMap<NodeId, NodeDiff> {
     let mut out: BTreeMap<NodeId, NodeDiff> = BTreeMap::new();
     for (id, t) in after {
+        let t = t.borrow();
         let Some(node) = dispatched_to(t) else { continue };
-        let old = before.get(id).filter(|o| dispatched_to(o) == Some(node));
+        let old = before.get(id).map(Borrow::borrow).filter(|o| dispatched_to(o) == Some(node));
         let changed = old.is_none_or(|o| o.desired_state != t.desired_state || o.spec != t.spec);
         if changed {
             if let Some(name) = names.get(&t.service_id) {
@@ -109,8 +112,8 @@ pub fn diff(
         }
     }
     for (id, t) in before {
-        let Some(node) = dispatched_to(t) else { continue };
-        let still = after.get(id).is_some_and(|a| dispatched_to(a) == Some(node));
+        let Some(node) = dispatched_to(t.borrow()) else { continue };
+        let still = after.get(id).is_some_and(|a| dispatched_to(a.borrow()) == Some(node));
         if !still {
             out.entry(node.clone()).or_default().remove.push(id.clone());
         }
@@ -214,7 +217,7 @@ mod tests {
             let bytes = shoal_proto::frame::encode(m, 64 * 1024).expect("fits a session frame");
             assert!(bytes.len() <= 64 * 1024);
         }
-        let before = HashMap::new();
+        let before: HashMap<TaskId, Task> = HashMap::new();
         let after: HashMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
         let d = diff(&before, &after, &names()).remove(&n1).unwrap();
         let msgs = diff_messages(d);

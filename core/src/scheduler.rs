@@ -379,7 +379,7 @@ pub fn record(task: &mut Task, decision: &Decision, wall_ms: u64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::placement::tests::node;
+    use crate::placement::tests::node;
     use proptest::prelude::*;
     use shoal_proto::{Availability, Constraint, PortConfig, ServiceSpec};
 
@@ -582,6 +582,8 @@ mod tests {
             tasks.extend((0..500).map(|i| task(i, svc, &s)));
         }
         let pending = ids(&tasks);
+        // The test times the scheduler; the scheduler itself reads no clock.
+        #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
         let started = std::time::Instant::now();
         let d = schedule(&nodes, &tasks, &pending);
         let took = started.elapsed();
@@ -643,7 +645,7 @@ mod tests {
             for (t, n) in assigned(&d) {
                 let (t, node) = (by_id[&t], nodes.iter().find(|x| x.id == n).unwrap());
                 prop_assert!(node.takes_new_tasks());
-                prop_assert!(crate::core::placement::placement_allows(node, &t.spec.placement));
+                prop_assert!(crate::placement::placement_allows(node, &t.spec.placement));
                 let used = cpu.entry(n.clone()).or_default();
                 *used += u64::from(t.spec.resources.reserve_cpu_millis);
                 prop_assert!(t.spec.resources.reserve_cpu_millis == 0 || *used <= u64::from(node.resources.cpus) * 1000);

@@ -34,39 +34,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-use shoal_proto::dispatch::{UpdateState, UpdateStatus};
+use shoal_proto::dispatch::UpdateState;
 use shoal_proto::{
     FailureAction, Message, NodeId, NodeStatus, Task, TaskId, TaskSpec, TaskState, UpdateConfig, UpdateOrder,
 };
 
-use super::orchestrator::{new_task, Now, Plan, Stop};
-use super::placement::ClusterNode;
-use super::scheduler::{self, Decision};
-use super::services::{self, ServiceRecord};
-use super::Millis;
-
-/// An update (or rollback) as the manager stores it with its service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateProgress {
-    /// What `service inspect` shows.
-    pub status: UpdateStatus,
-    /// The pace and failure handling in force: the new spec's update config, or for a
-    /// rollback the rollback config of the spec rolled back from.
-    pub config: UpdateConfig,
-    /// How many slots needed replacing when the update began (the failure ratio's
-    /// denominator); set by the first step.
-    pub total: Option<u32>,
-    /// Tasks whose early end counted as a failure (one per slot at most).
-    pub failed: Vec<TaskId>,
-}
-
-impl UpdateProgress {
-    /// A fresh update in `status`, paced by `config`.
-    pub fn new(status: UpdateStatus, config: UpdateConfig) -> Self {
-        Self { status, config, total: None, failed: Vec::new() }
-    }
-}
+use crate::placement::ClusterNode;
+use crate::plan::{earliest, Now, Plan};
+use crate::scheduler::{self, Decision};
+use crate::services::{self, ServiceRecord, UpdateProgress};
+use crate::slots::{self, age_key, new_task, slot_of, SlotKey};
+use crate::Millis;
 
 /// What one step decided for one service.
 #[derive(Debug, Default)]
@@ -78,21 +56,6 @@ pub struct Step {
     pub record: Option<ServiceRecord>,
     /// What happened, for the log.
     pub events: Vec<String>,
-}
-
-/// Where a task belongs: a replicated slot or a global service's node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum SlotKey {
-    Slot(u32),
-    Node(NodeId),
-}
-
-fn slot_of(t: &Task) -> Option<SlotKey> {
-    match (t.slot, &t.node_id) {
-        (0, Some(n)) => Some(SlotKey::Node(n.clone())),
-        (0, None) => None,
-        (s, _) => Some(SlotKey::Slot(s)),
-    }
 }
 
 /// The tasks of one slot, sorted out.
@@ -244,7 +207,7 @@ impl Updater {
                 p.status.message = Message::lossy(message);
                 step.events.push(message.to_owned());
             } else {
-                step.plan.wake_at = Some(step.plan.wake_at.map_or(monitor_end, |w| w.min(monitor_end)));
+                step.plan.wake_at = earliest(step.plan.wake_at, Some(monitor_end));
             }
         }
         if Some(&p) != record.update.as_ref() {
@@ -362,7 +325,7 @@ fn start_slots(
                     note = Some(format!("update in progress; {task}: start-first fell back to stop-first: {reason}"));
                 }
                 for old in &slot.stale {
-                    stop(plan, old, "replaced by the update");
+                    stop(plan, old, "replaced by the update", node_up);
                 }
                 if wait {
                     fresh.desired_state = TaskState::Ready;
@@ -382,14 +345,14 @@ fn settle(slots: &BTreeMap<SlotKey, Slot>, node_up: &HashMap<&NodeId, bool>, pla
         let Some(fresh) = s.fresh else { continue };
         if fresh.is_held() {
             for old in &s.stale {
-                stop(plan, old, "replaced by the update");
+                stop(plan, old, "replaced by the update", node_up);
             }
             if s.stopping == 0 && !s.stale.iter().any(|t| may_run(t, node_up)) {
                 plan.start.push(fresh.id.clone());
             }
         } else if fresh.status.state == TaskState::Running {
             for old in &s.stale {
-                stop(plan, old, "replaced by the update (start-first)");
+                stop(plan, old, "replaced by the update (start-first)", node_up);
             }
         }
     }
@@ -419,7 +382,7 @@ fn sort_into_slots<'a>(
         let slot = slots.entry(key).or_default();
         if t.is_desired_running() {
             if &t.spec == spec {
-                if slot.fresh.is_none_or(|f| (f.created_at_ms, &f.id) < (t.created_at_ms, &t.id)) {
+                if slot.fresh.is_none_or(|f| age_key(f) < age_key(t)) {
                     slot.fresh = Some(t);
                 }
             } else {
@@ -433,11 +396,8 @@ fn sort_into_slots<'a>(
     slots
 }
 
-/// Asks a task to stop; one that never reached a node is simply deleted.
-fn stop(plan: &mut Plan, t: &Task, reason: &str) {
-    if t.status.state < TaskState::Assigned {
-        plan.remove.push(t.id.clone());
-    } else {
-        plan.shutdown.push(Stop { task: t.id.clone(), reason: reason.to_owned() });
-    }
+/// Stops a task the way every caller does ([`slots::stop`]): a task on a node that is
+/// gone is also marked Orphaned.
+fn stop(plan: &mut Plan, t: &Task, reason: &str, node_up: &HashMap<&NodeId, bool>) {
+    slots::stop(plan, t, reason, |n| node_up.contains_key(n));
 }

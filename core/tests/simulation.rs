@@ -1,5 +1,6 @@
-//! Deterministic whole-cluster simulation: the manager's pure core (membership,
-//! orchestrator, scheduler) driven together with N fake agents on a virtual clock.
+//! Deterministic whole-cluster simulation: the manager's pure core (membership, and the
+//! reconcile pass the server runs: orchestrator, updater, scheduler, dispatcher) driven
+//! together with N fake agents on a virtual clock.
 //!
 //! No sockets, no threads, no real time: each step advances the clock and delivers the
 //! live agents' heartbeats; like the server shell, the manager reconciles and schedules
@@ -9,14 +10,19 @@
 //! → Running, or to Shutdown when the manager wants it stopped). Scenarios follow the Swarm lab's tasks 3,
 //! 5 and 6 at fleet scale. Each prints how long it took on the wall clock.
 
+// Each scenario prints how long it took on the wall clock; the core it drives reads none.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use shoal_manager::core::membership::{LivenessConfig, Membership};
-use shoal_manager::core::orchestrator::{Now, Orchestrator, OrchestratorConfig};
-use shoal_manager::core::placement::ClusterNode;
-use shoal_manager::core::scheduler::{record, schedule, Decision};
-use shoal_manager::core::Millis;
+use shoal_core::images::ImageRecord;
+use shoal_core::membership::{LivenessConfig, Membership};
+use shoal_core::pass::{Cluster, Reconciler};
+use shoal_core::placement::ClusterNode;
+use shoal_core::plan::Now;
+use shoal_core::services::ServiceRecord;
+use shoal_core::Millis;
 use shoal_proto::{
     apply_status, text, Availability, BoundedVec, NodeId, NodeStatus, PortConfig, Resources, RestartCondition,
     RestartPolicy, Role, Service, ServiceId, ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatus,
@@ -40,7 +46,7 @@ struct Agent {
 struct Sim {
     now: Millis,
     membership: Membership,
-    orchestrator: Orchestrator,
+    reconciler: Reconciler,
     nodes: Vec<ClusterNode>,
     agents: HashMap<NodeId, Agent>,
     services: Vec<Service>,
@@ -50,7 +56,7 @@ struct Sim {
     next_id: u32,
     /// Something happened that the manager has not reconciled yet.
     dirty: bool,
-    /// When the orchestrator asked to be called again.
+    /// When the pass asked to be called again.
     wake_at: Option<Millis>,
     /// The agents have tasks to move (something changed for them last step).
     agents_busy: bool,
@@ -81,7 +87,7 @@ impl Sim {
         Self {
             now: 0,
             membership,
-            orchestrator: Orchestrator::new(OrchestratorConfig::default()),
+            reconciler: Reconciler::default(),
             nodes,
             agents,
             services: Vec::new(),
@@ -153,39 +159,35 @@ impl Sim {
         changed
     }
 
-    /// The manager's turn: reconcile, apply, schedule, apply.
+    /// The manager's turn: one reconcile pass, as the server runs it. The agents' steps
+    /// reach the task list directly (a report delivered at once), so no reports go in.
     fn manager(&mut self, now: Millis) {
         let next_id = &mut self.next_id;
         let mut new_id = || {
             *next_id += 1;
             TaskId::from_random(seeded(3, *next_id))
         };
-        let plan = self.orchestrator.reconcile(
-            Now { mono: now, wall_ms: now },
-            &self.services,
-            &self.tasks,
-            &self.nodes,
-            &mut new_id,
-        );
-        self.wake_at = plan.wake_at;
-        self.agents_busy |= !plan.shutdown.is_empty();
-        plan.apply_to(&mut self.tasks, now);
-
-        let pending: Vec<TaskId> = self
-            .tasks
+        let records: Vec<ServiceRecord> = self
+            .services
             .iter()
-            .filter(|t| t.status.state == TaskState::Pending && t.is_desired_running())
-            .map(|t| t.id.clone())
+            .map(|s| ServiceRecord { service: s.clone(), previous: None, update: None, updated_at_ms: 0 })
             .collect();
-        if pending.is_empty() {
-            return;
-        }
-        let decisions = schedule(&self.nodes, &self.tasks, &pending);
-        let index: HashMap<TaskId, usize> = self.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
-        for d in &decisions {
-            record(&mut self.tasks[index[d.task()]], d, now).unwrap();
-            self.agents_busy |= matches!(d, Decision::Assign { .. });
-        }
+        let images = [ImageRecord {
+            reference: "demo/app:1.0".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platforms: vec!["linux/arm64".into()],
+            size: 1,
+            blobs: vec![],
+            loaded_at_ms: 0,
+        }];
+        let names = HashMap::new();
+        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &images, names: &names };
+        let tasks = std::mem::take(&mut self.tasks);
+        let outcome = self.reconciler.pass(Now { mono: now, wall_ms: now }, cluster, tasks, Vec::new(), &mut new_id);
+        self.wake_at = outcome.wake_at;
+        // Something changed for a node: its agent has work.
+        self.agents_busy |= !outcome.diffs.is_empty();
+        self.tasks = outcome.tasks;
     }
 
     /// The agents' turn: each moves each of its tasks one step, forward only. Returns

@@ -24,15 +24,16 @@
 
 use std::collections::{HashMap, HashSet};
 
+use shoal_proto::services::Placement;
 use shoal_proto::{
-    apply_status, Availability, NodeId, NodeStatus, RestartCondition, Role, Service, ServiceId, ServiceMode, Task,
-    TaskId, TaskSpec, TaskState, TaskStatus,
+    Availability, NodeId, NodeStatus, RestartCondition, Role, Service, ServiceId, ServiceMode, Task, TaskId, TaskSpec,
+    TaskState,
 };
 
-use shoal_proto::services::Placement;
-
-use super::placement::{placement_allows, ClusterNode};
-use super::Millis;
+use crate::placement::{placement_allows, ClusterNode};
+use crate::plan::{earliest, Now, Plan, Stop};
+use crate::slots::{self, age_key, new_task, newest, SlotKey};
+use crate::Millis;
 
 /// Settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,92 +49,6 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         Self { task_history_limit: 5, orphan_after: 24 * 3600 * 1000 }
     }
-}
-
-/// The two clocks a decision needs: the monotonic one for delays, the wall one for the
-/// timestamps people read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic milliseconds (delays, windows).
-    pub mono: Millis,
-    /// Milliseconds since the Unix epoch (creation times and status timestamps).
-    pub wall_ms: u64,
-}
-
-/// A task the manager no longer wants running.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stop {
-    /// The task; its desired state becomes Shutdown.
-    pub task: TaskId,
-    /// Why, for logs.
-    pub reason: String,
-}
-
-/// What to change, as values. Apply in order: create, start, shutdown, orphan, remove
-/// ([`Plan::apply_to`] does).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// New tasks (observed Pending, desired Running); replicated ones await the scheduler.
-    pub create: Vec<Task>,
-    /// Tasks whose desired state becomes Shutdown.
-    pub shutdown: Vec<Stop>,
-    /// Tasks whose observed state becomes Orphaned: their node will not report again.
-    pub orphan: Vec<TaskId>,
-    /// Tasks to delete from the store.
-    pub remove: Vec<TaskId>,
-    /// Held tasks (desired Ready) whose desired state becomes Running: a stop-first
-    /// update releases them once the task they replace has stopped.
-    pub start: Vec<TaskId>,
-    /// When to call again even if nothing happens (a restart delay ends).
-    pub wake_at: Option<Millis>,
-}
-
-impl Plan {
-    /// Whether the plan changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.create.is_empty()
-            && self.shutdown.is_empty()
-            && self.orphan.is_empty()
-            && self.remove.is_empty()
-            && self.start.is_empty()
-    }
-
-    /// Applies the plan to an in-memory task list (tests, simulations; the server does the
-    /// same in one store transaction).
-    pub fn apply_to(self, tasks: &mut Vec<Task>, wall_ms: u64) {
-        tasks.extend(self.create);
-        if !self.start.is_empty() {
-            let go: HashSet<&TaskId> = self.start.iter().collect();
-            for t in tasks.iter_mut().filter(|t| go.contains(&t.id) && t.is_held()) {
-                t.desired_state = TaskState::Running;
-            }
-        }
-        if !self.shutdown.is_empty() {
-            let stop: HashSet<&TaskId> = self.shutdown.iter().map(|s| &s.task).collect();
-            for t in tasks.iter_mut().filter(|t| stop.contains(&t.id)) {
-                // Desired state only moves forward too.
-                t.desired_state = t.desired_state.max(TaskState::Shutdown);
-            }
-        }
-        if !self.orphan.is_empty() {
-            let orphan: HashSet<&TaskId> = self.orphan.iter().collect();
-            for t in tasks.iter_mut().filter(|t| orphan.contains(&t.id)) {
-                // Orphaned is the last state: the move cannot be backward.
-                let _ = apply_status(t, TaskStatus::new(TaskState::Orphaned, wall_ms, "node is gone"));
-            }
-        }
-        if !self.remove.is_empty() {
-            let gone: HashSet<&TaskId> = self.remove.iter().collect();
-            tasks.retain(|t| !gone.contains(&t.id));
-        }
-    }
-}
-
-/// Where a task belongs within its service: a replicated slot or a global node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum SlotKey {
-    Slot(u32),
-    Node(NodeId),
 }
 
 /// The orchestrator and its small memory (see the module doc).
@@ -362,7 +277,7 @@ impl Orchestrator {
         }
         let due = ended.saturating_add(policy.delay_ms);
         if now.mono < due {
-            plan.wake_at = Some(plan.wake_at.map_or(due, |w| w.min(due)));
+            plan.wake_at = earliest(plan.wake_at, Some(due));
             return None;
         }
         if let Some(max) = policy.max_attempts {
@@ -383,10 +298,7 @@ impl Orchestrator {
 /// the old task until its replacement runs), so they are left alone.
 fn keep_one<'a>(view: &View, plan: &mut Plan, tasks: &[&'a Task], current: &TaskSpec) -> Option<&'a Task> {
     let live = tasks.iter().copied().filter(|t| t.is_desired_running());
-    let newest = |it: &mut dyn Iterator<Item = &'a Task>| {
-        it.max_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)))
-    };
-    let chosen = newest(&mut live.clone().filter(|t| &t.spec == current)).or_else(|| newest(&mut live.clone()))?;
+    let chosen = newest(live.clone().filter(|t| &t.spec == current)).or_else(|| newest(live.clone()))?;
     for t in live.filter(|t| t.id != chosen.id) {
         if t.spec == chosen.spec || &chosen.spec != current {
             stop(view, plan, t, "duplicate task for one slot");
@@ -395,18 +307,9 @@ fn keep_one<'a>(view: &View, plan: &mut Plan, tasks: &[&'a Task], current: &Task
     Some(chosen)
 }
 
-/// Stops a task: one that never reached a node is simply deleted; one whose node is gone
-/// is also marked Orphaned, since nobody will report it stopped.
+/// Stops a task the way every caller does ([`slots::stop`]), with this pass's nodes.
 fn stop(view: &View, plan: &mut Plan, t: &Task, reason: &str) {
-    if t.status.state < TaskState::Assigned {
-        plan.remove.push(t.id.clone());
-        return;
-    }
-    plan.shutdown.push(Stop { task: t.id.clone(), reason: reason.to_owned() });
-    let node_gone = t.node_id.as_ref().is_some_and(|n| !view.nodes.contains_key(n));
-    if node_gone && !t.status.state.is_terminal() {
-        plan.orphan.push(t.id.clone());
-    }
+    slots::stop(plan, t, reason, |n| view.nodes.contains_key(n));
 }
 
 /// Deals with the tasks of one slot the manager no longer wants: orphans those nobody will
@@ -441,7 +344,7 @@ fn history(
         }
     }
     if ended.len() > keep {
-        ended.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        ended.sort_by(|a, b| age_key(a).cmp(&age_key(b)));
         let extra = ended.len() - keep;
         plan.remove.extend(ended[..extra].iter().map(|t| t.id.clone()));
     }
@@ -460,26 +363,12 @@ fn removed_service(view: &View, own: &[&Task], plan: &mut Plan) {
     }
 }
 
-pub(crate) fn new_task(now: Now, service: &Service, slot: u32, node_id: Option<NodeId>, id: TaskId) -> Task {
-    Task {
-        id,
-        service_id: service.id.clone(),
-        slot,
-        node_id,
-        spec: service.spec.task_spec(),
-        spec_version: service.spec_version,
-        desired_state: TaskState::Running,
-        status: TaskStatus::new(TaskState::Pending, now.wall_ms, "pending task scheduling"),
-        created_at_ms: now.wall_ms,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::placement::tests::node;
+    use crate::placement::tests::node;
     use proptest::prelude::*;
-    use shoal_proto::{RestartPolicy, ServiceSpec};
+    use shoal_proto::{RestartPolicy, ServiceSpec, TaskStatus};
 
     struct Ids(u32);
     impl Ids {

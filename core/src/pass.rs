@@ -1,0 +1,627 @@
+//! One reconcile pass, whole: the chain every change of the cluster goes through, as one
+//! function the server, the simulation and the update tests all call.
+//!
+//! In order: task reports are recorded (a report only moves a task forward, and only
+//! from the node the task is on); the orchestrator decides which tasks should exist;
+//! the updater moves each service that needs it one step (see *gating*); a task waiting
+//! for an image the manager no longer has is rejected with the reason; the scheduler
+//! places what is pending; the dispatcher's diffs say what each node must be told.
+//!
+//! Gating: only services with an update running, or with live tasks of an older spec
+//! (a paused update, a slot mid-replacement), are shown to the updater. The others have
+//! nothing to roll, and a fleet of settled services costs one scan.
+//!
+//! A pending task refused again for the same reason keeps its status, and so the time
+//! it was first refused: `service ps` shows how long it has waited, and the pass writes
+//! nothing for it.
+//!
+//! Out comes what to write (in one transaction), what to send, what to log and when to
+//! run again. Nothing here does I/O: the caller gives the time and the task IDs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use shoal_proto::dispatch::TaskReport;
+use shoal_proto::services::ServiceName;
+use shoal_proto::{apply_status, Backward, Message, NodeId, ServiceId, Task, TaskId, TaskState, TaskStatus};
+
+use crate::dispatcher::{self, NodeDiff};
+use crate::images::ImageRecord;
+use crate::orchestrator::{Orchestrator, OrchestratorConfig};
+use crate::placement::ClusterNode;
+use crate::plan::{earliest, Now, Plan};
+use crate::scheduler::{self, Decision};
+use crate::services::ServiceRecord;
+use crate::updater::Updater;
+use crate::Millis;
+
+/// What a pass reads besides the tasks: the manager's state as last persisted.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    /// Every service record, in any order (the updater takes them by ID).
+    pub records: &'a [ServiceRecord],
+    /// Every node, with its liveness now.
+    pub nodes: &'a [ClusterNode],
+    /// The images the manager has loaded.
+    pub images: &'a [ImageRecord],
+    /// Names of services that may no longer have a record (removed, tasks still
+    /// stopping); a record's own name wins.
+    pub names: &'a HashMap<ServiceId, ServiceName>,
+}
+
+/// Something worth a log line, with the level the shell logs it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A report for a task the manager no longer has (debug).
+    UnknownTask {
+        /// The node that reported.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+    },
+    /// A report for a task assigned to another node, ignored (warn).
+    WrongNode {
+        /// The node that reported.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+    },
+    /// A task's observed state, as its node reported it (debug).
+    TaskStatus {
+        /// The node.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
+        /// Its new state.
+        state: TaskState,
+    },
+    /// A report that would move a task backwards, refused (warn).
+    ReportRefused {
+        /// The node that reported.
+        node: NodeId,
+        /// What was refused.
+        error: Backward,
+    },
+    /// The orchestrator stops a task (info).
+    Stopping {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// An update stops a task it replaces (debug).
+    Replacing {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// What an update did: started slots, paused, completed (info).
+    Update {
+        /// The service.
+        service: ServiceName,
+        /// What happened.
+        message: String,
+    },
+    /// A task waits: no node fits, for a reason it did not have before (info).
+    Pending {
+        /// The task.
+        task: TaskId,
+        /// Why, counted per filter.
+        reason: String,
+    },
+    /// A task was placed (debug).
+    Assigned {
+        /// The task.
+        task: TaskId,
+        /// Where.
+        node: NodeId,
+    },
+    /// A scheduler decision that would move a task backwards, refused (warn).
+    DecisionRefused {
+        /// What was refused.
+        error: Backward,
+    },
+}
+
+/// What a pass decided.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every task after the pass, by ID: the manager's new task set.
+    pub tasks: Vec<Task>,
+    /// Indices into `tasks` of the tasks that are new or changed.
+    changed: Vec<usize>,
+    /// Tasks to delete.
+    pub remove_tasks: Vec<TaskId>,
+    /// Service records whose update progress (or, by an automatic rollback, spec)
+    /// changed.
+    pub records: Vec<ServiceRecord>,
+    /// What each node must be told, once the above is stored.
+    pub diffs: BTreeMap<NodeId, NodeDiff>,
+    /// For the log, in the order they happened.
+    pub events: Vec<Event>,
+    /// When to run again even if nothing happens (monotonic), if ever.
+    pub wake_at: Option<Millis>,
+}
+
+impl Outcome {
+    /// Tasks to insert or replace.
+    pub fn put_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.changed.iter().map(|&i| &self.tasks[i])
+    }
+
+    /// Whether the pass changes nothing that is stored.
+    pub fn writes_nothing(&self) -> bool {
+        self.changed.is_empty() && self.remove_tasks.is_empty() && self.records.is_empty()
+    }
+}
+
+/// The reconciler's memory between passes (the orchestrator's and the updater's: when
+/// tasks ended or came up, since when nodes are down). Losing it, as a manager restart
+/// does, only lengthens waits.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    orchestrator: Orchestrator,
+    updater: Updater,
+}
+
+impl Reconciler {
+    /// A reconciler with these settings and no memory.
+    pub fn new(config: OrchestratorConfig) -> Self {
+        Self { orchestrator: Orchestrator::new(config), updater: Updater::default() }
+    }
+
+    /// One whole pass over `cluster` and `tasks` (every task the manager holds, in any
+    /// order) at `now` (see the module doc). `reports` are the task reports received
+    /// since the last pass, per node; `new_id` names new tasks. The tasks come back in
+    /// [`Outcome::tasks`], changed.
+    pub fn pass(
+        &mut self,
+        now: Now,
+        cluster: Cluster<'_>,
+        tasks: Vec<Task>,
+        reports: Vec<(NodeId, Vec<TaskReport>)>,
+        new_id: &mut dyn FnMut() -> TaskId,
+    ) -> Outcome {
+        let Cluster { records, nodes, .. } = cluster;
+        let mut events = Vec::new();
+        let mut w = Working { tasks, before: HashMap::new() };
+        w.tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        record_reports(&mut w, reports, &mut events);
+
+        let services: Vec<_> = records.iter().map(|r| r.service.clone()).collect();
+        let plan = self.orchestrator.reconcile(now, &services, &w.tasks, nodes, new_id);
+        let mut wake_at = plan.wake_at;
+        events.extend(plan.shutdown.iter().map(|s| Event::Stopping { task: s.task.clone(), reason: s.reason.clone() }));
+        w.apply(plan, now.wall_ms);
+
+        // Updates, one service at a time, each seeing the tasks the previous ones created.
+        let mut by_id: Vec<&ServiceRecord> = records.iter().collect();
+        by_id.sort_unstable_by(|a, b| a.service.id.cmp(&b.service.id));
+        let gated = needs_updater(&by_id, &w.tasks);
+        let mut changed_records = Vec::new();
+        for record in by_id.into_iter().filter(|r| gated.contains(&r.service.id)) {
+            let own: Vec<&Task> = w.tasks.iter().filter(|t| t.service_id == record.service.id).collect();
+            let step = self.updater.step(now, record, &own, nodes, &w.tasks, new_id);
+            let service = &record.service.spec.name;
+            events.extend(step.events.into_iter().map(|message| Event::Update { service: service.clone(), message }));
+            events.extend(
+                step.plan.shutdown.iter().map(|s| Event::Replacing { task: s.task.clone(), reason: s.reason.clone() }),
+            );
+            wake_at = earliest(wake_at, step.plan.wake_at);
+            w.apply(step.plan, now.wall_ms);
+            changed_records.extend(step.record);
+        }
+        self.updater.forget_gone(&w.tasks);
+
+        reject_without_image(&mut w, cluster.images, now.wall_ms);
+        schedule(&mut w, nodes, now.wall_ms, &mut events);
+
+        let Working { mut tasks, before } = w;
+        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let (mut changed, mut remove_tasks) = (Vec::new(), Vec::new());
+        for (id, old) in &before {
+            match (tasks.binary_search_by(|t| t.id.cmp(id)), old) {
+                (Ok(i), Some(old)) if *old == tasks[i] => {}
+                (Ok(i), _) => changed.push(i),
+                (Err(_), Some(_)) => remove_tasks.push(id.clone()),
+                // Created and deleted within the pass: it never existed.
+                (Err(_), None) => {}
+            }
+        }
+        changed.sort_unstable();
+        remove_tasks.sort_unstable();
+
+        // Only what changed can change what a node is told.
+        let old: HashMap<TaskId, &Task> =
+            before.values().flatten().filter(|t| !changed_nothing(&tasks, t)).map(|t| (t.id.clone(), t)).collect();
+        let new: HashMap<TaskId, &Task> = changed.iter().map(|&i| (tasks[i].id.clone(), &tasks[i])).collect();
+        let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new));
+
+        Outcome { tasks, changed, remove_tasks, records: changed_records, diffs, events, wake_at }
+    }
+}
+
+/// The tasks of a pass, and what each task the pass touched was before it: only those
+/// are copied, so a pass over a large, quiet cluster copies next to nothing.
+struct Working {
+    /// Every task, as the pass has made them so far.
+    tasks: Vec<Task>,
+    /// Each touched task as it was before the pass; `None` for one the pass created.
+    before: HashMap<TaskId, Option<Task>>,
+}
+
+impl Working {
+    /// Keeps the task at `i` as it was, before it is changed.
+    fn touch(&mut self, i: usize) {
+        let t = &self.tasks[i];
+        if !self.before.contains_key(&t.id) {
+            self.before.insert(t.id.clone(), Some(t.clone()));
+        }
+    }
+
+    /// Applies a plan, keeping what it touches as it was.
+    fn apply(&mut self, plan: Plan, wall_ms: u64) {
+        let touched: HashSet<&TaskId> = plan
+            .start
+            .iter()
+            .chain(plan.shutdown.iter().map(|s| &s.task))
+            .chain(&plan.orphan)
+            .chain(&plan.remove)
+            .collect();
+        if !touched.is_empty() {
+            for t in self.tasks.iter().filter(|t| touched.contains(&t.id)) {
+                self.before.entry(t.id.clone()).or_insert_with(|| Some(t.clone()));
+            }
+        }
+        for t in &plan.create {
+            self.before.entry(t.id.clone()).or_insert(None);
+        }
+        plan.apply_to(&mut self.tasks, wall_ms);
+    }
+}
+
+/// Whether `old` is unchanged in `tasks` (sorted by ID).
+fn changed_nothing(tasks: &[Task], old: &Task) -> bool {
+    tasks.binary_search_by(|t| t.id.cmp(&old.id)).is_ok_and(|i| tasks[i] == *old)
+}
+
+/// Records each node's reports on its tasks.
+fn record_reports(w: &mut Working, reports: Vec<(NodeId, Vec<TaskReport>)>, events: &mut Vec<Event>) {
+    if reports.is_empty() {
+        return;
+    }
+    let index: HashMap<TaskId, usize> = w.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    for (node, batch) in reports {
+        for r in batch {
+            let Some(&i) = index.get(&r.task_id) else {
+                events.push(Event::UnknownTask { node: node.clone(), task: r.task_id });
+                continue;
+            };
+            if w.tasks[i].node_id.as_ref() != Some(&node) {
+                events.push(Event::WrongNode { node: node.clone(), task: r.task_id });
+                continue;
+            }
+            w.touch(i);
+            let t = &mut w.tasks[i];
+            let state = r.status.state;
+            match apply_status(t, r.status) {
+                Ok(()) => events.push(Event::TaskStatus { node: node.clone(), task: t.id.clone(), state }),
+                Err(error) => events.push(Event::ReportRefused { node: node.clone(), error }),
+            }
+        }
+    }
+}
+
+/// The services the updater must see (see *gating* in the module doc).
+fn needs_updater(records: &[&ServiceRecord], tasks: &[Task]) -> HashSet<ServiceId> {
+    let mut out: HashSet<ServiceId> = records
+        .iter()
+        .filter(|r| r.update.as_ref().is_some_and(|u| u.status.state.is_active()))
+        .map(|r| r.service.id.clone())
+        .collect();
+    let specs: HashMap<&ServiceId, shoal_proto::TaskSpec> = records
+        .iter()
+        .filter(|r| r.update.is_some() && !out.contains(&r.service.id))
+        .map(|r| (&r.service.id, r.service.spec.task_spec()))
+        .collect();
+    if specs.is_empty() {
+        return out;
+    }
+    for t in tasks.iter().filter(|t| t.is_desired_running()) {
+        if specs.get(&t.service_id).is_some_and(|s| t.is_held() || *s != t.spec) {
+            out.insert(t.service_id.clone());
+        }
+    }
+    out
+}
+
+/// Whether the manager wants `t` running and nothing has placed it yet.
+fn waiting(t: &Task) -> bool {
+    t.status.state <= TaskState::Pending && t.desired_state == TaskState::Running
+}
+
+/// A task whose image the manager no longer has (`image rm --force`) could never start:
+/// it is rejected with the reason rather than left for a board to wait on. The
+/// orchestrator replaces it after the restart delay, so loading the image again heals.
+fn reject_without_image(w: &mut Working, images: &[ImageRecord], wall_ms: u64) {
+    let loaded: HashSet<&str> = images.iter().map(|i| i.reference.as_str()).collect();
+    for i in 0..w.tasks.len() {
+        let t = &w.tasks[i];
+        if !waiting(t) || loaded.contains(t.spec.image.as_str()) {
+            continue;
+        }
+        w.touch(i);
+        let t = &mut w.tasks[i];
+        let message =
+            format!("image {} is not loaded on the manager: load it with `shoal image load ARCHIVE`", t.spec.image);
+        let mut status = TaskStatus::new(TaskState::Rejected, wall_ms, "rejected");
+        status.err = Some(Message::lossy(&message));
+        // Pending to Rejected is forward: this cannot fail.
+        let _ = apply_status(t, status);
+    }
+}
+
+/// Places every waiting task it can; the others keep (or get) the reason they wait.
+fn schedule(w: &mut Working, nodes: &[ClusterNode], wall_ms: u64, events: &mut Vec<Event>) {
+    let pending: Vec<TaskId> = w.tasks.iter().filter(|t| waiting(t)).map(|t| t.id.clone()).collect();
+    if pending.is_empty() {
+        return;
+    }
+    let decisions = scheduler::schedule(nodes, &w.tasks, &pending);
+    let index: HashMap<TaskId, usize> = w.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    for d in decisions {
+        let Some(&i) = index.get(d.task()) else { continue };
+        let t = &w.tasks[i];
+        match &d {
+            // The same refusal again: keep the time it was first given.
+            Decision::Unassignable { reason, .. } if &*t.status.message == reason.as_str() => continue,
+            Decision::Unassignable { reason, .. } => {
+                events.push(Event::Pending { task: t.id.clone(), reason: reason.clone() })
+            }
+            Decision::Assign { node, .. } => events.push(Event::Assigned { task: t.id.clone(), node: node.clone() }),
+        }
+        w.touch(i);
+        if let Err(error) = scheduler::record(&mut w.tasks[i], &d, wall_ms) {
+            events.push(Event::DecisionRefused { error });
+        }
+    }
+}
+
+/// The name each task's node knows its service by: the record's, else one kept for a
+/// removed service, else the short ID.
+fn names(cluster: &Cluster<'_>, tasks: &HashMap<TaskId, &Task>) -> HashMap<ServiceId, ServiceName> {
+    let mut out: HashMap<ServiceId, ServiceName> = HashMap::new();
+    for t in tasks.values() {
+        if out.contains_key(&t.service_id) {
+            continue;
+        }
+        let name = cluster
+            .records
+            .iter()
+            .find(|r| r.service.id == t.service_id)
+            .map(|r| r.service.spec.name.clone())
+            .or_else(|| cluster.names.get(&t.service_id).cloned())
+            .unwrap_or_else(|| shoal_proto::text_lossy(t.service_id.short()));
+        out.insert(t.service_id.clone(), name);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::tests::node;
+    use crate::services;
+    use shoal_proto::dispatch::UpdateState;
+    use shoal_proto::{text, PortConfig, ServiceMode, ServiceSpec};
+
+    const WALL0: u64 = 1_700_000_000_000;
+
+    fn image(reference: &str) -> ImageRecord {
+        ImageRecord {
+            reference: reference.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platforms: vec!["linux/amd64".into()],
+            size: 1,
+            blobs: vec![],
+            loaded_at_ms: 0,
+        }
+    }
+
+    /// A manager's state between passes, with the pass applied as the server does.
+    struct World {
+        reconciler: Reconciler,
+        records: Vec<ServiceRecord>,
+        tasks: Vec<Task>,
+        nodes: Vec<ClusterNode>,
+        images: Vec<ImageRecord>,
+        /// Service names the server keeps, removed services' included.
+        names: HashMap<ServiceId, ServiceName>,
+        ids: u32,
+    }
+
+    impl World {
+        fn new(replicas: u32, configure: impl FnOnce(&mut ServiceSpec)) -> Self {
+            let images = vec![image("demo/app:1.0"), image("demo/app:2.0")];
+            let mut spec = ServiceSpec::new(text("web").unwrap(), text("demo/app:1.0").unwrap());
+            spec.mode = ServiceMode::Replicated { replicas };
+            configure(&mut spec);
+            let record = services::create(&[], spec, &images, ServiceId::from_random([7; 16]), WALL0).unwrap();
+            let nodes = vec![node(1, "n1", "x86_64", &[])];
+            let names = HashMap::from([(record.service.id.clone(), record.service.spec.name.clone())]);
+            Self {
+                reconciler: Reconciler::default(),
+                records: vec![record],
+                tasks: vec![],
+                nodes,
+                images,
+                names,
+                ids: 0,
+            }
+        }
+
+        fn pass(&mut self, mono: Millis, reports: Vec<(NodeId, Vec<TaskReport>)>) -> Outcome {
+            let ids = &mut self.ids;
+            let mut new_id = || {
+                *ids += 1;
+                let mut seed = [0xCD; 16];
+                seed[..4].copy_from_slice(&ids.to_le_bytes());
+                TaskId::from_random(seed)
+            };
+            let cluster =
+                Cluster { records: &self.records, nodes: &self.nodes, images: &self.images, names: &self.names };
+            let now = Now { mono, wall_ms: WALL0 + mono };
+            let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
+            // What the pass says it changed is exactly what differs, task by task.
+            let before: HashMap<&TaskId, &Task> = self.tasks.iter().map(|t| (&t.id, t)).collect();
+            let after: HashMap<&TaskId, &Task> = outcome.tasks.iter().map(|t| (&t.id, t)).collect();
+            let mut put: Vec<&TaskId> =
+                outcome.tasks.iter().filter(|t| before.get(&t.id) != Some(t)).map(|t| &t.id).collect();
+            let mut gone: Vec<&TaskId> = before.keys().copied().filter(|id| !after.contains_key(id)).collect();
+            put.sort();
+            gone.sort();
+            assert_eq!(outcome.put_tasks().map(|t| &t.id).collect::<Vec<_>>(), put);
+            assert_eq!(outcome.remove_tasks.iter().collect::<Vec<_>>(), gone);
+            let full = dispatcher::diff(
+                &self.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
+                &outcome.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
+                &self.names,
+            );
+            assert_eq!(outcome.diffs, full, "the diffs of the changed tasks are the diffs of all tasks");
+            self.tasks = outcome.tasks.clone();
+            for r in &outcome.records {
+                let i = self.records.iter().position(|x| x.service.id == r.service.id).unwrap();
+                self.records[i] = r.clone();
+            }
+            outcome
+        }
+
+        /// The node's reports: what it was asked to run runs, what to stop has stopped.
+        fn node_reports(&self, mono: Millis) -> Vec<(NodeId, Vec<TaskReport>)> {
+            let wall = WALL0 + mono;
+            let mut out: BTreeMap<NodeId, Vec<TaskReport>> = BTreeMap::new();
+            for t in
+                self.tasks.iter().filter(|t| t.status.state >= TaskState::Assigned && !t.status.state.is_terminal())
+            {
+                let status = if t.desired_state > TaskState::Running {
+                    TaskStatus::new(TaskState::Shutdown, wall, "shutdown")
+                } else if t.status.state < TaskState::Running {
+                    TaskStatus::new(TaskState::Running, wall, "running")
+                } else {
+                    continue;
+                };
+                let node = t.node_id.clone().unwrap();
+                out.entry(node).or_default().push(TaskReport { task_id: t.id.clone(), status });
+            }
+            out.into_iter().collect()
+        }
+
+        fn update_state(&self) -> Option<UpdateState> {
+            self.records[0].update.as_ref().map(|u| u.status.state)
+        }
+    }
+
+    #[test]
+    fn a_paused_update_still_finishes_the_slot_it_was_replacing_and_a_settled_service_is_left_alone() {
+        let mut w = World::new(1, |_| {});
+        w.pass(0, vec![]);
+        w.pass(100, w.node_reports(100));
+        assert_eq!(w.tasks[0].status.state, TaskState::Running);
+
+        // Stop-first: the old task is asked to stop, the new one waits held.
+        let spec = ServiceSpec { image: text("demo/app:2.0").unwrap(), ..w.records[0].service.spec.clone() };
+        w.records[0] = services::update(&w.records[0], spec, 1, &w.images, WALL0 + 200).unwrap();
+        w.pass(200, vec![]);
+        let fresh = w.tasks.iter().find(|t| t.spec.image.as_str() == "demo/app:2.0").unwrap().id.clone();
+        assert!(w.tasks.iter().find(|t| t.id == fresh).unwrap().is_held());
+
+        // The update pauses (as a failure would make it) before the old task stopped.
+        w.records[0].update.as_mut().unwrap().status.state = UpdateState::Paused;
+        let out = w.pass(300, w.node_reports(300));
+        let t = w.tasks.iter().find(|t| t.id == fresh).unwrap();
+        assert_eq!(t.desired_state, TaskState::Running, "released: its slot's old task has stopped");
+        assert_eq!(t.status.state, TaskState::Assigned);
+        assert!(out.records.is_empty(), "a paused update stays paused");
+        assert_eq!(w.update_state(), Some(UpdateState::Paused));
+
+        // Once the slot runs the current spec, nothing is left for anyone to do.
+        w.pass(400, w.node_reports(400));
+        let out = w.pass(500, vec![]);
+        assert!(out.writes_nothing() && out.diffs.is_empty() && out.events.is_empty(), "{:?}", out.events);
+    }
+
+    #[test]
+    fn an_active_update_is_stepped_until_it_completes() {
+        let mut w = World::new(2, |s| s.update_config.monitor_ms = 0);
+        for at in [0, 100] {
+            w.pass(at, w.node_reports(at));
+        }
+        let spec = ServiceSpec { image: text("demo/app:2.0").unwrap(), ..w.records[0].service.spec.clone() };
+        w.records[0] = services::update(&w.records[0], spec, 1, &w.images, WALL0 + 200).unwrap();
+        let mut at = 200;
+        while w.update_state() != Some(UpdateState::Completed) {
+            w.pass(at, w.node_reports(at));
+            at += 100;
+            assert!(at < 5_000, "{:?}", w.records[0].update);
+        }
+        let live: Vec<&Task> = w.tasks.iter().filter(|t| t.is_desired_running()).collect();
+        assert!(live.len() == 2 && live.iter().all(|t| t.spec.image.as_str() == "demo/app:2.0"));
+    }
+
+    #[test]
+    fn a_repeated_refusal_keeps_the_time_it_was_first_given_and_writes_nothing() {
+        let mut w = World::new(2, |s| {
+            s.ports = vec![PortConfig::parse("mode=host,published=8000,target=80").unwrap()].try_into().unwrap();
+        });
+        let out = w.pass(0, vec![]);
+        let pending: Vec<&Task> = w.tasks.iter().filter(|t| t.status.state == TaskState::Pending).collect();
+        assert_eq!(pending.len(), 1, "one node, one host port 8000");
+        let (id, first) = (pending[0].id.clone(), pending[0].status.clone());
+        assert!(first.message.contains("host-mode port 8000"), "{}", first.message);
+        assert_eq!(out.events.iter().filter(|e| matches!(e, Event::Pending { .. })).count(), 1);
+
+        let out = w.pass(5_000, vec![]);
+        let t = w.tasks.iter().find(|t| t.id == id).unwrap();
+        assert_eq!(t.status, first, "the same refusal keeps its first time");
+        assert_eq!(t.status.timestamp_ms, WALL0);
+        assert!(out.writes_nothing(), "nothing changed, nothing is written");
+        assert!(!out.events.iter().any(|e| matches!(e, Event::Pending { .. })), "and it is not logged again");
+    }
+
+    #[test]
+    fn reports_move_tasks_forward_from_their_own_node_only() {
+        let mut w = World::new(1, |_| {});
+        w.pass(0, vec![]);
+        let t = w.tasks[0].clone();
+        let stranger = NodeId::from_random([9; 16]);
+        let report = |state| TaskReport { task_id: t.id.clone(), status: TaskStatus::new(state, WALL0 + 1, "x") };
+        let out = w.pass(100, vec![(stranger.clone(), vec![report(TaskState::Running)])]);
+        assert_eq!(w.tasks[0].status.state, TaskState::Assigned);
+        assert_eq!(out.events, vec![Event::WrongNode { node: stranger, task: t.id.clone() }]);
+
+        let own = t.node_id.clone().unwrap();
+        w.pass(200, vec![(own.clone(), vec![report(TaskState::Running)])]);
+        let out = w.pass(300, vec![(own, vec![report(TaskState::Accepted)])]);
+        assert_eq!(w.tasks[0].status.state, TaskState::Running);
+        assert!(matches!(out.events[..], [Event::ReportRefused { .. }]), "{:?}", out.events);
+        assert!(out.writes_nothing());
+    }
+
+    #[test]
+    fn a_removed_service_is_stopped_under_its_name_then_deleted() {
+        let mut w = World::new(1, |_| {});
+        w.pass(0, vec![]);
+        w.pass(100, w.node_reports(100));
+        let task = w.tasks[0].id.clone();
+        w.records.clear();
+        let out = w.pass(200, vec![]);
+        let (node, diff) = out.diffs.iter().next().unwrap();
+        assert_eq!(diff.upsert[0].desired_state, TaskState::Shutdown);
+        assert_eq!(diff.upsert[0].service_name.as_str(), "web", "the name outlives the record");
+        assert_eq!(out.put_tasks().count(), 1);
+        let out = w.pass(300, w.node_reports(300));
+        assert_eq!(out.remove_tasks, vec![task.clone()]);
+        assert_eq!(out.diffs[node].remove, vec![task]);
+        assert!(w.tasks.is_empty());
+    }
+}
