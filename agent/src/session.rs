@@ -213,7 +213,7 @@ pub async fn run(
 }
 
 fn jitter() -> f64 {
-    f64::from(crate::random::<1>()[0]) / 256.0
+    f64::from(shoal_link::random::<1>()[0]) / 256.0
 }
 
 /// One session: connect, open, then heartbeat until the connection fails.

@@ -30,6 +30,11 @@ pub use services::{
 };
 pub use token::JoinToken;
 
+/// Lowercase hex of `bytes` (digests, IDs in file names).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Version of the message schema below. Exchanged as the first field of every request;
 /// a peer speaking another version is answered with [`ErrorKind::VersionMismatch`].
 /// 3: specs carry their seccomp mode; disk pressure, store backups, forced image removal.

@@ -553,7 +553,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "shoal-fetch-{name}-{}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::random::<8>())
+            u64::from_le_bytes(shoal_link::random::<8>())
         ));
         let store = ImageStore::open(&dir).unwrap();
         Rig { manager, conn, _server: server, _client: client, dir, store }

@@ -325,7 +325,7 @@ impl ImageStore {
     /// A fresh, empty directory to unpack the layer `digest` into, for [`Self::commit_layer`].
     pub fn begin_layer(&self, digest: &str) -> Result<PathBuf, StoreError> {
         let hex = digest::hex(digest)?;
-        let nonce = u64::from_le_bytes(crate::random::<8>());
+        let nonce = u64::from_le_bytes(shoal_link::random::<8>());
         // Unique per attempt: an abandoned unpack still running must not share it.
         let p = self.root.join("tmp").join(format!("{hex}.{nonce:016x}"));
         std::fs::create_dir(&p).map_err(io_err(&p))?;
@@ -511,7 +511,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "shoal-store-{name}-{}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::random::<8>())
+            u64::from_le_bytes(shoal_link::random::<8>())
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir

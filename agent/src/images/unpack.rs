@@ -442,7 +442,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "shoal-unpack-{name}-{}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::random::<8>())
+            u64::from_le_bytes(shoal_link::random::<8>())
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir

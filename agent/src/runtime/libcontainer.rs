@@ -50,7 +50,7 @@ impl LibcontainerRuntime {
     pub fn for_data_dir(data_dir: &Path) -> Result<Self, RuntimeError> {
         let exe = std::env::current_exe().map_err(RuntimeError::io("finding the agent binary"))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
-        let tag: String = digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = shoal_proto::hex(&digest.as_ref()[..6]);
         Ok(Self::new(
             crate::identity::agent_dir(data_dir).join("containers"),
             PathBuf::from("/run/shoal").join(tag),

@@ -357,10 +357,6 @@ struct Worker<N> {
     dirty: bool,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn observe(s: Result<ContainerStatus, RuntimeError>) -> Container {
     match s {
         Ok(ContainerStatus::Created) => Container::Created,
@@ -581,7 +577,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
 
     fn finished(&mut self, done: Done) {
         self.dirty = true;
-        let now = now_ms();
+        let now = shoal_link::wall_ms();
         let (task, outcome) = match done {
             Done::Removed { task: None } => return,
             Done::Removed { task: Some(task) } => {
@@ -689,7 +685,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
 
     /// Steps every idle task until it needs to wait, and starts removals.
     fn reconcile(&mut self) {
-        let now = now_ms();
+        let now = shoal_link::wall_ms();
         let ids: Vec<TaskId> = self.tasks.keys().cloned().collect();
         let mut removals = Vec::new();
         for id in ids {

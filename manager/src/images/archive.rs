@@ -340,7 +340,7 @@ fn walk_index(index: &Index, staging: &Staging) -> Result<Vec<ImageRecord>, Impo
             platforms: walk.platforms.into_iter().collect(),
             size: walk.blobs.values().sum(),
             blobs: walk.blobs.into_keys().collect(),
-            loaded_at_ms: crate::wall_ms(),
+            loaded_at_ms: shoal_link::wall_ms(),
         });
     }
     Ok(images)
@@ -508,7 +508,7 @@ pub(crate) mod tests {
     }
 
     pub fn digest(data: &[u8]) -> String {
-        format!("sha256:{}", super::super::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref()))
+        format!("sha256:{}", shoal_proto::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref()))
     }
 
     impl ArchiveBuilder {
@@ -594,7 +594,8 @@ pub(crate) mod tests {
 
     impl Env {
         fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("shoal-archive-{}", super::super::hex(&crate::random::<6>())));
+            let dir =
+                std::env::temp_dir().join(format!("shoal-archive-{}", shoal_proto::hex(&shoal_link::random::<6>())));
             let store = BlobStore::open(&dir).unwrap();
             Self { dir, store }
         }

@@ -116,7 +116,7 @@ impl BlobStore {
 
     /// A fresh staging area for one import.
     pub fn staging(&self) -> Result<Staging, BlobError> {
-        let dir = self.tmp_dir().join(format!("stage-{}", super::hex(&crate::random::<8>())));
+        let dir = self.tmp_dir().join(format!("stage-{}", shoal_proto::hex(&shoal_link::random::<8>())));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         Ok(Staging { dir, blobs: HashMap::new() })
     }
@@ -193,7 +193,7 @@ impl Staging {
             file.write_all(&buf[..n]).map_err(io(&path))?;
             size += n as u64;
         }
-        if super::hex(ctx.finish().as_ref()) != hex {
+        if shoal_proto::hex(ctx.finish().as_ref()) != hex {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Ok((false, size));
@@ -231,12 +231,12 @@ mod tests {
     use super::*;
 
     fn digest_of(data: &[u8]) -> String {
-        format!("sha256:{}", super::super::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref()))
+        format!("sha256:{}", shoal_proto::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref()))
     }
 
     #[test]
     fn blobs_are_staged_verified_committed_served_and_collected() {
-        let dir = std::env::temp_dir().join(format!("shoal-blobs-{}", super::super::hex(&crate::random::<6>())));
+        let dir = std::env::temp_dir().join(format!("shoal-blobs-{}", shoal_proto::hex(&shoal_link::random::<6>())));
         let store = BlobStore::open(&dir).unwrap();
         let data = b"hello blobs".to_vec();
         let d = digest_of(&data);

@@ -29,11 +29,6 @@ pub struct ImageRecord {
     pub loaded_at_ms: u64,
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Every blob some image uses: what blob GC keeps.
 pub fn referenced_blobs(images: &[ImageRecord]) -> HashSet<String> {
     images.iter().flat_map(|i| i.blobs.iter().cloned()).collect()

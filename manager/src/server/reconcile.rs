@@ -70,7 +70,7 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
 /// when the orchestrator wants to run again (monotonic milliseconds).
 pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) -> anyhow::Result<Option<Millis>> {
     let nodes = cluster_nodes(mgr)?;
-    let now = Now { mono: mgr.now(), wall_ms: crate::wall_ms() };
+    let now = Now { mono: mgr.now(), wall_ms: shoal_link::wall_ms() };
     let mut svc = mgr.services.lock().expect("services lock");
     let svc = &mut *svc;
     let mut tasks: Vec<Task> = svc.tasks.values().cloned().collect();
@@ -99,7 +99,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     }
 
     let services: Vec<Service> = svc.records.values().map(|r| r.service.clone()).collect();
-    let mut new_id = || TaskId::from_random(crate::random());
+    let mut new_id = || TaskId::from_random(shoal_link::random());
     let plan = svc.orchestrator.reconcile(now, &services, &tasks, &nodes, &mut new_id);
     let wake_at = plan.wake_at;
     for stop in &plan.shutdown {
@@ -231,7 +231,7 @@ pub(super) fn handle_service(
     req: ServiceRequest,
     nodes: &[NodeRecord],
 ) -> Result<ServiceReply, ErrorReply> {
-    let wall = crate::wall_ms();
+    let wall = shoal_link::wall_ms();
     let images = || mgr.store.images().map_err(internal);
     let mut svc = mgr.services.lock().expect("services lock");
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
@@ -250,7 +250,8 @@ pub(super) fn handle_service(
     };
     match req {
         ServiceRequest::Create(spec) => {
-            let record = services::create(&records, *spec, &images()?, ServiceId::from_random(crate::random()), wall)?;
+            let record =
+                services::create(&records, *spec, &images()?, ServiceId::from_random(shoal_link::random()), wall)?;
             info!(service = %record.service.spec.name, id = %record.service.id, image = %record.service.spec.image, "service created");
             put(&mut svc, record).map(|r| match r {
                 ServiceReply::Done(id) => ServiceReply::Created(id),
