@@ -1,4 +1,7 @@
-//! What every shoal process shares at its edges: the QUIC transport — TLS configuration (the cluster CA,
+//! What every shoal process shares at its edges (transport, host clock and randomness);
+//! it never decides anything about what the messages mean.
+//!
+//! The QUIC transport — TLS configuration (the cluster CA,
 //! mutual authentication, a CA pinned by digest for joining), endpoints, and framed
 //! postcard messages on QUIC streams — plus durable private files, the logging set-up, and
 //! the host helpers (wall clock, OS randomness, default data directory) every binary shares.
