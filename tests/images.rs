@@ -182,6 +182,50 @@ fn load_fails(host: &Host, path: &str, expect: &str) {
     assert!(err.contains(expect), "expected {expect:?} in {err:?}");
 }
 
+/// `shoal-agent image load` (a board, no manager needed) and `shoal image load` (the
+/// manager) accept the same archives and refuse the others with the same message: plain
+/// and gzipped, a bare tag refused, a truncated archive refused. The board's side runs
+/// on the manager's host under its own data dir, where no agent is running.
+#[test]
+#[ignore = "needs root"]
+fn a_board_side_loads_exactly_what_the_manager_loads() {
+    let c = Cluster::start(0).unwrap();
+    let m = c.manager_host();
+    let good = Archive::busybox().tar();
+    let mut tag_only = Archive::busybox();
+    tag_only.index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = json!("1.0");
+    let cases: [(&str, Vec<u8>, Option<&str>); 4] = [
+        ("plain.tar", good.clone(), None),
+        ("gzipped.tar.gz", gzip(&good), None),
+        ("tag-only.tar", tag_only.tar(), Some("is named only by the tag \"1.0\"")),
+        ("truncated.tar", good[..good.len() / 2].to_vec(), Some("archive is truncated")),
+    ];
+    for (name, bytes, refused) in cases {
+        let path = write(&c.lab.dir, name, &bytes);
+        let manager = m.run("shoal", &["image", "load", &path]);
+        let board = m.run("shoal-agent", &["image", "load", &path]);
+        let (m_err, b_err) = (String::from_utf8_lossy(&manager.stderr), String::from_utf8_lossy(&board.stderr));
+        match refused {
+            None => {
+                assert!(manager.status.success(), "{name}: the manager refused it: {m_err}");
+                assert!(board.status.success(), "{name}: the board refused it: {b_err}");
+                for out in [&manager.stdout, &board.stdout] {
+                    assert_eq!(String::from_utf8_lossy(out).trim(), format!("Loaded image: {REF}"), "{name}");
+                }
+            }
+            Some(why) => {
+                assert!(!manager.status.success() && !board.status.success(), "{name}: loaded somewhere");
+                // The same reason, word for word: the line the manager's CLI printed.
+                let reason = m_err.lines().find(|l| l.contains(why)).unwrap_or_else(|| panic!("{name}: {m_err}"));
+                let reason = reason.trim().trim_start_matches("Error: ").trim_start_matches("error: ");
+                assert!(b_err.contains(reason), "{name}: the board said {b_err:?}, the manager {m_err:?}");
+            }
+        }
+    }
+    let held = m.run("shoal-agent", &["image", "ls"]);
+    assert!(String::from_utf8_lossy(&held.stdout).contains(REF), "the board holds {REF}");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_loaded_image_reaches_every_board_and_rm_takes_it_back() {

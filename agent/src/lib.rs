@@ -17,11 +17,3 @@ pub mod session;
 pub mod supervisor;
 
 pub use error::AgentError;
-
-/// Random bytes from the operating system.
-pub fn random<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut out = [0u8; N];
-    ring::rand::SystemRandom::new().fill(&mut out).expect("the OS random source failed");
-    out
-}

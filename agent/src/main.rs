@@ -17,7 +17,7 @@ use shoal_proto::Label;
 #[command(name = "shoal-agent", version, about = "Run a board in a shoal cluster", propagate_version = true)]
 struct Cli {
     /// Directory holding the node's identity and state.
-    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = "/var/lib/shoal")]
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = shoal_link::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,

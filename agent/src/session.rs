@@ -215,7 +215,7 @@ pub async fn run(
 }
 
 fn jitter() -> f64 {
-    f64::from(crate::random::<1>()[0]) / 256.0
+    f64::from(shoal_link::random::<1>()[0]) / 256.0
 }
 
 /// Where the manager is and how to reach it.

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_agent::images::digest;
-use shoal_agent::images::oci::{HostPlatform, ImageConfig, ImageManifest, LayerMediaType, TopLevel};
+use shoal_oci::digest;
+use shoal_oci::spec::{HostPlatform, ImageConfig, ImageManifest, LayerMediaType, TopLevel};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, json)) = data.split_first() else { return };

@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use libfuzzer_sys::fuzz_target;
-use shoal_manager::cli::parse_duration;
+use shoal_manager::cli::parse_heartbeat_period;
 use shoal_manager::cli::service::{CreateArgs, UpdateArgs};
 use shoal_proto::services::{parse_cpus, parse_duration_ms, parse_memory};
 use shoal_proto::{Availability, Constraint, Label, PortConfig};
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         4 => drop(parse_memory(text)),
         5 => drop(parse_cpus(text)),
         6 => drop(parse_duration_ms(text)),
-        7 => drop(parse_duration(text)),
+        7 => drop(parse_heartbeat_period(text)),
         8 => drop(Label::parse(text)),
         _ => drop(text.parse::<Availability>()),
     }

@@ -86,13 +86,13 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
-    let cluster_id = NodeId::from_random(crate::random());
-    let node_id = NodeId::from_random(crate::random());
+    let cluster_id = NodeId::from_random(shoal_link::random());
+    let node_id = NodeId::from_random(shoal_link::random());
     let ca = Ca::generate(cluster_id.as_str())?;
     let (server_cert, server_key) =
         ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str())?;
     let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str())?;
-    let token = JoinToken::new(ca_digest(ca.cert()), crate::random::<SECRET_LEN>());
+    let token = JoinToken::new(ca_digest(ca.cert()), shoal_link::random::<SECRET_LEN>());
     let listen = listen.unwrap_or_else(|| {
         let any: IpAddr = if advertise.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
         SocketAddr::new(any, advertise.port())
@@ -123,7 +123,7 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
             agent_version: shoal_proto::text_lossy(env!("CARGO_PKG_VERSION")),
         },
         addr: Some(advertise.ip().to_string()),
-        created_at_ms: crate::wall_ms(),
+        created_at_ms: shoal_link::wall_ms(),
     };
     Store::create(&dir.join("state.redb"), &cluster, &manager)?;
     let admin = AdminCredentials {

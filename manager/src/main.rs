@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use shoal_link::DEFAULT_DATA_DIR;
 use shoal_manager::cli::{image::ImageCommand, manager::ManagerCommand, node::NodeCommand, service::ServiceCommand};
-use shoal_manager::paths::DEFAULT_DATA_DIR;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about = "Manage a fleet of shoal boards", propagate_version = true)]

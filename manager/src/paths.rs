@@ -5,9 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Default data directory, as `--data-dir` and `SHOAL_DATA_DIR` override it.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
-
 /// The manager's directory inside a data directory.
 pub fn manager_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("manager")

@@ -520,7 +520,8 @@ mod tests {
 
     #[test]
     fn a_store_of_another_format_is_refused_with_what_to_do() {
-        let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
+        let path =
+            std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())));
         {
             let db = Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
@@ -534,7 +535,7 @@ mod tests {
     }
 
     fn scratch_path() -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())))
+        std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())))
     }
 
     /// A store like `init` makes, with enough records to span many pages.
@@ -621,7 +622,8 @@ mod tests {
 
     #[test]
     fn image_records_survive_reopening_the_store() {
-        let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
+        let path =
+            std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())));
         let image = |r: &str| ImageRecord {
             reference: r.into(),
             digest: format!("sha256:{}", "a".repeat(64)),
@@ -644,7 +646,8 @@ mod tests {
     #[test]
     fn services_and_tasks_survive_reopening_the_store() {
         use shoal_proto::{Service, ServiceSpec, TaskState, TaskStatus};
-        let path = std::env::temp_dir().join(format!("shoal-store-{}.redb", crate::images::hex(&crate::random::<6>())));
+        let path =
+            std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())));
         let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
         let mut old = spec.clone();
         old.env.push(shoal_proto::BoundedString::lossy("A=1")).unwrap();

@@ -4,6 +4,10 @@
 //! Bulk bytes never travel inside postcard frames: an `ImageLoad` request is followed on
 //! its stream by the raw archive, and a `Blob` answer by the raw blob bytes, so neither
 //! side buffers a whole layer in memory and the frame limit stays small.
+//!
+//! It also holds the pure rules about image names (`normalize_ref`, which name an image
+//! in an archive goes by) so the manager's decisions, the manager's import and the
+//! agent's side-load all apply the same ones.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +70,52 @@ pub fn normalize_ref(r: &str) -> String {
     }
 }
 
+/// Annotation that names an image in an OCI layout's `index.json`.
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+/// containerd's (and `docker save`'s) annotation with the image's full name.
+pub const CONTAINERD_NAME_ANNOTATION: &str = "io.containerd.image.name";
+/// Longest image reference accepted.
+pub const MAX_REF_LEN: usize = 256;
+
+/// Why an image in an archive has no usable name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageNameError {
+    /// Only a tag (`1.0`): the repository is unknown, and `1.0:latest` would be wrong.
+    #[error(
+        "is named only by the tag {0:?}: export it with a full name (e.g. `skopeo copy … oci-archive:app.tar:demo/app:1.0`)"
+    )]
+    TagOnly(String),
+    /// No name annotation at all.
+    #[error(
+        "has no name (annotation {REF_NAME_ANNOTATION}): export it with a full name (e.g. `skopeo copy … oci-archive:app.tar:demo/app:1.0`)"
+    )]
+    Missing,
+    /// Too long, or with spaces or control characters.
+    #[error("image name {0:?} is not a valid reference")]
+    Invalid(String),
+}
+
+/// The name an image in an OCI archive goes by, from the annotations of its `index.json`
+/// entry: the OCI `ref.name` when it is a full reference, else containerd's full name.
+/// A bare tag (`1.0`, as `skopeo copy … oci-archive:app.tar:1.0` writes) is refused
+/// rather than guessed at. The one rule for `shoal image load` and `shoal-agent image load`.
+pub fn archive_image_name(oci_ref: Option<&str>, containerd_name: Option<&str>) -> Result<String, ImageNameError> {
+    let oci = oci_ref.filter(|s| !s.is_empty());
+    let containerd = containerd_name.filter(|s| !s.is_empty());
+    let is_full = |s: &str| s.contains(':') || s.contains('/');
+    let name = match (oci, containerd) {
+        (Some(o), _) if is_full(o) => o,
+        (_, Some(c)) => c,
+        (Some(tag), None) => return Err(ImageNameError::TagOnly(tag.to_owned())),
+        (None, None) => return Err(ImageNameError::Missing),
+    };
+    let normalized = normalize_ref(name);
+    if normalized.len() > MAX_REF_LEN || normalized.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ImageNameError::Invalid(name.to_owned()));
+    }
+    Ok(normalized)
+}
+
 /// Checks a digest is `sha256:<64 lowercase hex>`, returning the hex part. Digests name
 /// files in the blob stores, so nothing else may pass.
 pub fn sha256_hex(digest: &str) -> Option<&str> {
@@ -82,6 +132,21 @@ mod tests {
         assert_eq!(normalize_ref("redis"), "redis:latest");
         assert_eq!(normalize_ref("demo/app:1.0"), "demo/app:1.0");
         assert_eq!(normalize_ref("localhost:5000/app"), "localhost:5000/app:latest");
+    }
+
+    #[test]
+    fn archive_images_need_a_full_name() {
+        assert_eq!(archive_image_name(Some("demo/app:1.0"), None).unwrap(), "demo/app:1.0");
+        assert_eq!(archive_image_name(Some("redis:7"), Some("docker.io/library/redis:7")).unwrap(), "redis:7");
+        assert_eq!(archive_image_name(Some("demo/app"), None).unwrap(), "demo/app:latest");
+        assert_eq!(archive_image_name(Some("1.0"), Some("docker.io/demo/app:1.0")).unwrap(), "docker.io/demo/app:1.0");
+        assert_eq!(archive_image_name(None, Some("demo/app")).unwrap(), "demo/app:latest");
+        assert_eq!(archive_image_name(Some("1.0"), None), Err(ImageNameError::TagOnly("1.0".into())));
+        assert_eq!(archive_image_name(Some(""), Some("")), Err(ImageNameError::Missing));
+        assert_eq!(archive_image_name(None, None), Err(ImageNameError::Missing));
+        for bad in ["demo/a pp:1", "demo/app:\u{7}", &format!("demo/{}:1", "a".repeat(300))] {
+            assert!(matches!(archive_image_name(Some(bad), None), Err(ImageNameError::Invalid(_))), "{bad}");
+        }
     }
 
     #[test]

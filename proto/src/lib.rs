@@ -1,5 +1,8 @@
-//! shoal's wire protocol: the messages agents, the manager and the CLI exchange, their
-//! framing, and the join token format.
+//! shoal's wire protocol and pure rules (messages, framing, join tokens, naming and
+//! parsing helpers); it does no I/O and reads no clock.
+//!
+//! The messages agents, the manager and the CLI exchange, their framing, and the join
+//! token format.
 //!
 //! This crate is pure data. It does no I/O, reads no clock and spawns nothing; the
 //! QUIC shells in `shoal-link`, the agent and the manager move its bytes. Every type that
@@ -30,6 +33,11 @@ pub use services::{
     SpecError, Task, TaskId, TaskSpec, TaskState, TaskStatus, UpdateConfig, UpdateOrder,
 };
 pub use token::JoinToken;
+
+/// Lowercase hex of `bytes` (digests, IDs in file names).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Version of the message schema below. Exchanged as the first field of every request;
 /// a peer speaking another version is answered with [`ErrorKind::VersionMismatch`].

@@ -4,6 +4,8 @@
 
 use core::fmt;
 
+use crate::hex;
+
 /// Token prefix, like Swarm's `SWMTKN`.
 pub const PREFIX: &str = "SHOAL";
 /// Token format version.
@@ -81,11 +83,6 @@ impl fmt::Display for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{PREFIX}-{FORMAT_VERSION}-{}-{}", hex(&self.ca_digest), self.secret)
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {

@@ -1,58 +1,54 @@
-//! Side-loading: images from an OCI archive (an OCI image layout in a tar, as
-//! `images/build.sh` makes) on the board itself, for a board that must run something
-//! before it can reach a manager, or one fed by a USB stick. `shoal-agent image load`.
+//! Side-loading: images from an OCI archive on the board itself, for a board that must
+//! run something before it can reach a manager, or one fed by a USB stick.
+//! `shoal-agent image load`.
 //!
-//! The archive is unpacked into a scratch directory inside the store (only
-//! `oci-layout`, `index.json` and `blobs/sha256/<hex>`; anything else is refused), then
-//! each image it names goes through the same path as a fetch from the manager: only
-//! this board's platform, every digest verified, layers unpacked, blobs dropped.
+//! The archive is read by `shoal_oci::archive`, the reader `shoal image load` uses on the
+//! manager, so a board accepts exactly the archives the manager accepts (plain or
+//! gzipped tar, the same naming rule) and refuses the others for the same reason. Its
+//! blobs are verified into a staging directory inside the store's `tmp/` (emptied at
+//! open, so a crash leaves nothing), then each image goes through the same path as a
+//! fetch from the manager: only this board's platform, every digest verified again,
+//! layers unpacked, blobs dropped.
 
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
-use shoal_proto::{images::normalize_ref, WantedImage};
+use shoal_oci::{digest, Sha256, StagingDir};
+use shoal_proto::WantedImage;
 
-use super::digest::{self, Sha256};
 use super::fetch::{sync_image, BlobSource, FetchError, FetchedBlob};
 use super::store::{ImageRecord, ImageStore, StoreError};
 
 /// Why an archive could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    /// The file could not be read.
-    #[error("cannot read archive {path}: {source}")]
-    Io {
-        /// The archive.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Not an OCI archive, or one with unexpected content.
-    #[error("{0} is not a usable OCI archive: {1}")]
-    Malformed(PathBuf, String),
-    /// An image in it failed (corrupt blob, no manifest for this board, bad layer).
+    /// The archive is refused (the same reasons as `shoal image load`), or the staging
+    /// area could not be written.
+    #[error(transparent)]
+    Archive(#[from] shoal_oci::ArchiveError),
+    /// An image in it failed on this board (no manifest for this board, bad layer).
     #[error("{0}")]
     Image(#[from] FetchError),
 }
 
-/// An OCI image layout on disk, as a blob source.
-pub struct LayoutSource {
-    dir: PathBuf,
+/// A verified staging directory, as a blob source.
+struct LayoutSource<'a> {
+    staging: &'a StagingDir,
 }
 
-impl BlobSource for LayoutSource {
+impl BlobSource for LayoutSource<'_> {
     async fn fetch(
         &self,
         store: &ImageStore,
         digest: &str,
         expected_size: Option<u64>,
     ) -> Result<FetchedBlob, FetchError> {
-        let hex = digest::hex(digest)?;
+        digest::hex(digest)?;
         if store.has_verified_blob(digest)? {
             return Ok(FetchedBlob { path: store.blob_path(digest)?, transferred: 0 });
         }
         let missing = |detail: String| FetchError::Transfer { digest: digest.to_owned(), detail };
-        let source = self.dir.join("blobs/sha256").join(hex);
+        let source = self.staging.path(digest).ok_or_else(|| missing("not in the archive".into()))?;
         let mut input = std::fs::File::open(&source).map_err(|e| missing(format!("not in the archive: {e}")))?;
         let partial = store.partial_path(digest)?;
         let io = |e: std::io::Error| FetchError::Store(StoreError::Io { path: partial.clone(), source: e });
@@ -76,86 +72,69 @@ impl BlobSource for LayoutSource {
     }
 }
 
-/// Loads every image of the archive at `path` that has this board's platform, returning
-/// each reference with its record.
+/// Loads every image of the archive at `path` (each must have this board's platform),
+/// returning each reference with its record.
 pub async fn load(store: &ImageStore, path: &Path) -> Result<Vec<(String, ImageRecord)>, ArchiveError> {
-    let scratch = store.root().join(format!("load-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    let result = async {
-        extract(path, &scratch)?;
-        let wanted = references(path, &scratch)?;
-        let source = LayoutSource { dir: scratch.clone() };
-        let mut loaded = Vec::new();
-        for w in wanted {
-            let record = sync_image(&source, store, &w).await?;
-            loaded.push((w.reference.to_string(), record));
-        }
-        Ok(loaded)
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
-}
-
-/// Unpacks the layout's files, refusing anything but the layout's own names.
-fn extract(path: &Path, dest: &Path) -> Result<(), ArchiveError> {
-    let io = |e: std::io::Error| ArchiveError::Io { path: path.to_owned(), source: e };
-    let bad = |m: String| ArchiveError::Malformed(path.to_owned(), m);
-    std::fs::create_dir_all(dest.join("blobs/sha256")).map_err(io)?;
-    let mut archive = tar::Archive::new(std::fs::File::open(path).map_err(io)?);
-    for entry in archive.entries().map_err(io)? {
-        // tar's own message quotes the bad header bytes: say it plainly instead.
-        let mut entry = entry.map_err(|_| bad("not a tar archive, or a truncated one".into()))?;
-        let name = entry.path().map_err(io)?.into_owned();
-        let parts: Vec<String> = name
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect();
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let target = match parts.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            ["oci-layout"] => dest.join("oci-layout"),
-            ["index.json"] => dest.join("index.json"),
-            ["blobs", "sha256", hex] if digest::hex(&format!("sha256:{hex}")).is_ok() => {
-                dest.join("blobs/sha256").join(hex)
-            }
-            _ => return Err(bad(format!("unexpected entry {}", name.display()))),
+    let dir = store.root().join("tmp").join(format!("load-{}", shoal_proto::hex(&shoal_link::random::<8>())));
+    let mut staging = StagingDir::create(dir.clone())
+        .map_err(|source| shoal_oci::ArchiveError::Staging { path: dir.clone(), source })?;
+    let images = shoal_oci::archive::read_file(path, &mut staging)?;
+    let source = LayoutSource { staging: &staging };
+    let mut loaded = Vec::new();
+    for image in images {
+        // The reader bounds references and checks digests, so these fit.
+        let wanted = WantedImage {
+            reference: shoal_proto::text_lossy(&image.reference),
+            digest: shoal_proto::text_lossy(&image.digest),
         };
-        if !entry.header().entry_type().is_file() {
-            return Err(bad(format!("{} is not a regular file", name.display())));
-        }
-        let mut out = std::fs::File::create(&target).map_err(io)?;
-        std::io::copy(&mut entry, &mut out).map_err(io)?;
+        let record = sync_image(&source, store, &wanted).await?;
+        loaded.push((image.reference, record));
     }
-    Ok(())
+    Ok(loaded)
 }
 
-/// The images `index.json` names, by their `org.opencontainers.image.ref.name` (or
-/// containerd's `io.containerd.image.name`) annotation.
-fn references(path: &Path, layout: &Path) -> Result<Vec<WantedImage>, ArchiveError> {
-    let bad = |m: String| ArchiveError::Malformed(path.to_owned(), m);
-    let text = std::fs::read(layout.join("index.json")).map_err(|_| bad("no index.json".into()))?;
-    let index: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(format!("index.json: {e}")))?;
-    let manifests = index["manifests"].as_array().ok_or_else(|| bad("index.json lists no manifests".into()))?;
-    let mut out = Vec::new();
-    for m in manifests {
-        let digest = m["digest"].as_str().ok_or_else(|| bad("a descriptor without a digest".into()))?;
-        let annotations = &m["annotations"];
-        let name = annotations["io.containerd.image.name"]
-            .as_str()
-            .or_else(|| annotations["org.opencontainers.image.ref.name"].as_str())
-            .ok_or_else(|| bad(format!("image {digest} has no reference annotation")))?;
-        out.push(WantedImage {
-            reference: shoal_proto::text(&normalize_ref(name)).map_err(|e| bad(format!("reference {name:?}: {e}")))?,
-            digest: shoal_proto::text(digest).map_err(|e| bad(format!("digest {digest:?}: {e}")))?,
-        });
+#[cfg(test)]
+mod tests {
+    use shoal_oci::testing::{cases, Expect};
+
+    use super::*;
+
+    /// The table `shoal image load` runs too: a board side-loads exactly what the
+    /// manager accepts, refuses the rest with the reader's own reason, and a refused
+    /// archive leaves the image store as it was.
+    #[tokio::test]
+    async fn the_shared_archive_table_holds_for_side_load() {
+        let base =
+            std::env::temp_dir().join(format!("shoal-sideload-{}", shoal_proto::hex(&shoal_link::random::<6>())));
+        for (n, case) in cases().into_iter().enumerate() {
+            let dir = base.join(n.to_string());
+            let store = ImageStore::open(&dir.join("images")).unwrap();
+            let path = dir.join("in.tar");
+            std::fs::write(&path, &case.archive).unwrap();
+            let reader = shoal_oci::archive::read_file(&path, &mut StagingDir::create(dir.join("ref")).unwrap());
+            match (&case.expect, load(&store, &path).await) {
+                (Expect::Loads(refs), Ok(loaded)) => {
+                    let got: Vec<&str> = loaded.iter().map(|(r, _)| r.as_str()).collect();
+                    assert_eq!(got, *refs, "{}", case.name);
+                    for r in refs {
+                        assert!(store.image(r).is_some(), "{}: {r} is not in the store", case.name);
+                    }
+                }
+                (Expect::Refused(why), Err(ArchiveError::Archive(e))) => {
+                    assert!(e.is_bad_archive() && e.to_string().contains(why), "{}: {e}", case.name);
+                    assert_eq!(
+                        e.to_string(),
+                        reader.unwrap_err().to_string(),
+                        "{}: not the reader's reason",
+                        case.name
+                    );
+                    assert!(store.held().is_empty(), "{}: a refused archive left an image", case.name);
+                }
+                (expect, got) => panic!("{}: expected {expect:?}, got {got:?}", case.name),
+            }
+            let left = std::fs::read_dir(dir.join("images/tmp")).unwrap().count();
+            assert_eq!(left, 0, "{}: the staging area was left behind", case.name);
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
-    if out.is_empty() {
-        return Err(bad("index.json lists no images".into()));
-    }
-    Ok(out)
 }

@@ -15,10 +15,10 @@ use shoal_proto::{frame, Envelope, ErrorReply, FetchBlob, Request, Response, Wan
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use super::digest::{self, DigestError, Sha256};
-use super::oci::{HostPlatform, ImageConfig, ImageManifest, LayerMediaType, OciError, TopLevel};
 use super::store::{ImageRecord, ImageStore, StoreError, MAX_JSON_BYTES};
 use super::unpack::{unpack_layer, UnpackError};
+use shoal_oci::digest::{self, DigestError, Sha256};
+use shoal_oci::spec::{HostPlatform, ImageConfig, ImageManifest, LayerMediaType, OciError, TopLevel};
 
 /// Largest layer accepted: the largest archive the manager accepts.
 pub const MAX_LAYER_BYTES: u64 = shoal_proto::images::MAX_ARCHIVE_BYTES;
@@ -486,7 +486,7 @@ mod tests {
     use shoal_proto::ErrorKind;
 
     use super::*;
-    use crate::images::oci;
+    use shoal_oci::spec as oci;
 
     /// What the server does with the next request.
     #[derive(Debug, Clone, Copy)]
@@ -553,7 +553,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "shoal-fetch-{name}-{}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::random::<8>())
+            u64::from_le_bytes(shoal_link::random::<8>())
         ));
         let store = ImageStore::open(&dir).unwrap();
         Rig { manager, conn, _server: server, _client: client, dir, store }

@@ -1,16 +1,14 @@
-//! Images on the board: the OCI documents the agent reads ([`oci`]), digests
-//! ([`digest`]), layers unpacked for overlayfs ([`unpack`]), the on-disk store
+//! Images on the board: layers unpacked for overlayfs ([`unpack`]), the on-disk store
 //! ([`store`]), fetching from the manager over the session connection ([`fetch`]) and
-//! side-loading OCI archives on the board ([`archive`]).
+//! side-loading OCI archives on the board ([`archive`]). The OCI documents, digests and
+//! the archive reader are `shoal_oci`'s, shared with the manager.
 //!
 //! It does not run containers: the runtime asks [`store::ImageStore::lowerdirs`] and
 //! [`store::ImageStore::config`] for what to mount and run. Registries are not spoken
 //! to: images come only from the manager.
 
 pub mod archive;
-pub mod digest;
 pub mod fetch;
-pub mod oci;
 pub mod store;
 pub mod unpack;
 

@@ -33,8 +33,8 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::digest::{self, DigestError};
-use super::oci::{ImageConfig, OciError};
+use shoal_oci::digest::{self, DigestError, HashingReader};
+use shoal_oci::spec::{ImageConfig, OciError};
 
 /// JSON blobs (index, manifest, config) larger than this are refused: they are read
 /// into memory, and real ones are a few KiB.
@@ -276,7 +276,7 @@ impl ImageStore {
             return Ok(true);
         }
         let p = self.blob_path(digest)?;
-        let actual = match digest::of_file(&p) {
+        let actual = match std::fs::File::open(&p).and_then(|f| HashingReader::new(f).finish()) {
             Ok((d, _)) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(&p)(e)),
@@ -325,7 +325,7 @@ impl ImageStore {
     /// A fresh, empty directory to unpack the layer `digest` into, for [`Self::commit_layer`].
     pub fn begin_layer(&self, digest: &str) -> Result<PathBuf, StoreError> {
         let hex = digest::hex(digest)?;
-        let nonce = u64::from_le_bytes(crate::random::<8>());
+        let nonce = u64::from_le_bytes(shoal_link::random::<8>());
         // Unique per attempt: an abandoned unpack still running must not share it.
         let p = self.root.join("tmp").join(format!("{hex}.{nonce:016x}"));
         std::fs::create_dir(&p).map_err(io_err(&p))?;
@@ -505,13 +505,13 @@ fn sync_dir(dir: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::digest;
+    use shoal_oci::digest;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "shoal-store-{name}-{}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::random::<8>())
+            u64::from_le_bytes(shoal_link::random::<8>())
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir

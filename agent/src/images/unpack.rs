@@ -26,8 +26,8 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid
 use rustix::io::Errno;
 use tracing::debug;
 
-use super::digest::HashingReader;
-use super::oci::LayerMediaType;
+use shoal_oci::digest::HashingReader;
+use shoal_oci::spec::LayerMediaType;
 
 /// A layer that could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -442,7 +442,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "shoal-unpack-{name}-{}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::random::<8>())
+            u64::from_le_bytes(shoal_link::random::<8>())
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -542,7 +542,7 @@ mod tests {
         let tar = sample();
         let out = unpack_layer(&tar[..], TAR, &dest).unwrap();
         check_sample(&dest);
-        assert_eq!(out.diff_id, super::super::digest::of(&tar));
+        assert_eq!(out.diff_id, shoal_oci::digest::of(&tar));
         assert_eq!(out.tar_bytes, tar.len() as u64);
         std::fs::remove_dir_all(dest).unwrap();
     }
@@ -553,7 +553,7 @@ mod tests {
         let tar = sample();
         let out = unpack_layer(&gzip(&tar)[..], GZ, &dest).unwrap();
         check_sample(&dest);
-        assert_eq!(out.diff_id, super::super::digest::of(&tar));
+        assert_eq!(out.diff_id, shoal_oci::digest::of(&tar));
         std::fs::remove_dir_all(dest).unwrap();
     }
 
@@ -566,7 +566,7 @@ mod tests {
         two_frames.extend(zstd(b));
         let out = unpack_layer(&two_frames[..], ZST, &dest).unwrap();
         check_sample(&dest);
-        assert_eq!(out.diff_id, super::super::digest::of(&tar));
+        assert_eq!(out.diff_id, shoal_oci::digest::of(&tar));
         std::fs::remove_dir_all(dest).unwrap();
     }
 

@@ -279,7 +279,7 @@ fn describe(config: &BridgeConfig, container_id: &str, ip: Ipv4Addr) -> Sandbox 
 /// fits Linux's 15-byte limit for any container ID and is found again after a restart.
 fn host_veth_name(bridge: &str, container_id: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, format!("{bridge}/{container_id}").as_bytes());
-    let hex: String = digest.as_ref().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hex = shoal_proto::hex(&digest.as_ref()[..6]);
     format!("sh{hex}")
 }
 

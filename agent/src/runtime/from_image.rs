@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::{ContainerConfig, NetworkMode, RuntimeError};
-use crate::images::oci::ImageConfig;
+use shoal_oci::spec::ImageConfig;
 
 /// What a task sets on top of its image.
 #[derive(Debug, Clone, Default)]
@@ -108,7 +108,7 @@ fn user_ids(user: &str, layers: &[PathBuf]) -> Result<(u32, u32), RuntimeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::oci::RunConfig;
+    use shoal_oci::spec::RunConfig;
 
     fn image(entrypoint: Option<&[&str]>, cmd: &[&str], env: &[&str]) -> ImageConfig {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();

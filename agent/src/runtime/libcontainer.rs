@@ -56,7 +56,7 @@ impl LibcontainerRuntime {
     pub fn paths(data_dir: &Path) -> Result<crate::exec::Paths, RuntimeError> {
         let exe = std::env::current_exe().map_err(RuntimeError::io("finding the agent binary"))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
-        let tag: String = digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = shoal_proto::hex(&digest.as_ref()[..6]);
         Ok(crate::exec::Paths {
             containers: crate::identity::agent_dir(data_dir).join("containers"),
             state: PathBuf::from("/run/shoal").join(tag),

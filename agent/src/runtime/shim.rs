@@ -29,10 +29,6 @@ use super::logs::{pump, LogLimits, LogWriter};
 /// only a wait that includes "clone" children sees it.
 const WAIT_ALL: u32 = 0x4000_0000;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs the shim for container `id` of `containers_root`, with libcontainer state under
 /// `state_root`. Returns the process exit code for the shim itself.
 pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
@@ -59,7 +55,7 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    if let Err(e) = bundle.write_exit(code, now_ms()) {
+    if let Err(e) = bundle.write_exit(code, shoal_link::wall_ms()) {
         eprintln!("shim {id}: {e}");
     }
     // Reap only now: until the exit file exists the PID stays reserved, so the agent
@@ -111,7 +107,7 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), S
         .into_iter()
         .map(|(fd, stream)| {
             let log = log.clone();
-            std::thread::spawn(move || pump(std::fs::File::from(fd), stream, &log, now_ms))
+            std::thread::spawn(move || pump(std::fs::File::from(fd), stream, &log, shoal_link::wall_ms))
         })
         .collect();
     Ok((pid, pumps))

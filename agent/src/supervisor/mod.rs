@@ -249,10 +249,6 @@ struct Worker<N> {
     done_tx: mpsc::Sender<Done>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl<N: Sandboxes + 'static> Worker<N> {
     fn load(&mut self) -> Result<(), SupervisorError> {
         for t in self.file.load()? {
@@ -322,7 +318,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
             let disk_full = self.exec.disk.pressure();
             let node = Observed { image_wait_ms: self.image_wait_ms, disk_full: disk_full.as_deref() };
             let exec = self.exec.clone();
-            let decisions = self.book.reconcile(now_ms(), node, |image| exec.image_present(image));
+            let decisions = self.book.reconcile(shoal_link::wall_ms(), node, |image| exec.image_present(image));
             self.perform(decisions);
             *lock(&self.shared.in_use) = self.book.images_in_use();
             self.save();
@@ -363,7 +359,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
                 (task, Outcome::StopFailed { seen: f.seen })
             }
         };
-        let decisions = self.book.finished(now_ms(), &task, outcome);
+        let decisions = self.book.finished(shoal_link::wall_ms(), &task, outcome);
         self.perform(decisions);
     }
 

@@ -13,30 +13,23 @@ pub mod template;
 
 use std::time::Duration;
 
-/// Parses `500ms`, `2s`, `1m`, `1h` or a bare number of seconds, as Docker's flags do.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 2s, 1m"))?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    // `from_secs_f64` panics on values past `Duration`'s range: refuse them instead.
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid duration {s:?}: too long"))
-}
+use shoal_proto::services::parse_duration_ms;
+use shoal_proto::SpecError;
 
 /// Shortest and longest heartbeat period `manager run` takes.
 pub const HEARTBEAT_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(60));
 
 /// Parses `--heartbeat-period`: a duration within [`HEARTBEAT_RANGE`], since a node is
-/// declared down after three missed periods and the timers add periods together.
+/// declared down after three missed periods and the timers add periods together. Units
+/// as every other duration flag (`500ms`, `2s`, `1m30s`); a bare number is seconds, as
+/// this flag always took it.
 pub fn parse_heartbeat_period(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
+    let trimmed = s.trim();
+    let bare = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let ms = if bare { parse_duration_ms(&format!("{trimmed}s")) } else { parse_duration_ms(trimmed) };
+    // Name what the operator typed, not the `s` added to a bare number.
+    let ms = ms.map_err(|_| SpecError::Duration(trimmed.to_owned()).to_string())?;
+    let d = Duration::from_millis(ms);
     let (min, max) = HEARTBEAT_RANGE;
     if d < min || d > max {
         return Err(format!("heartbeat period {s:?} is out of range: use {}ms to {}s", min.as_millis(), max.as_secs()));
@@ -49,33 +42,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_like_docker_flags() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5y").is_err());
+    fn heartbeat_periods_parse_like_the_other_duration_flags() {
+        assert_eq!(parse_heartbeat_period("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_heartbeat_period("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_heartbeat_period("3").unwrap(), Duration::from_secs(3), "a bare number is seconds");
+        assert_eq!(parse_heartbeat_period("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_heartbeat_period("1.5").unwrap(), Duration::from_millis(1500));
+        for bad in ["fast", "5y", "", "1.2.3"] {
+            let e = parse_heartbeat_period(bad).unwrap_err();
+            assert!(e.starts_with(&format!("invalid duration {:?}", bad.trim())), "{bad}: {e}");
+        }
     }
 
     #[test]
     fn heartbeat_periods_out_of_range_are_refused_not_panicked_on() {
-        assert_eq!(parse_heartbeat_period("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_heartbeat_period("60s").unwrap(), Duration::from_secs(60));
         for bad in ["1e300", "99999999999999999999h", "0", "1ms", "61s", "1h"] {
             let e = parse_heartbeat_period(bad).unwrap_err();
-            assert!(e.contains("out of range") || e.contains("too long") || e.contains("invalid"), "{bad}: {e}");
+            assert!(e.contains("out of range") || e.contains("invalid duration"), "{bad}: {e}");
         }
-        assert!(parse_duration("1e300").is_err() || parse_duration("99999999999999999999h").is_err());
-        assert!(parse_duration("99999999999999999999h").unwrap_err().contains("too long"));
     }
 
     /// Found by the `service_args` fuzz target: these panicked in `Duration::from_secs_f64`.
     #[test]
     fn overlong_durations_are_refused_not_a_panic() {
         for s in ["999999999999999999999999", "99999999999999999h", "18446744073709551616", &"9".repeat(400)] {
-            let err = parse_duration(s).unwrap_err();
-            assert!(err.contains("too long"), "{s}: {err}");
+            let err = parse_heartbeat_period(s).unwrap_err();
+            assert!(err.starts_with("invalid duration"), "{s}: {err}");
         }
     }
 }

@@ -1,17 +1,18 @@
 //! The manager's content-addressed blob store: `<data-dir>/manager/blobs/sha256/<hex>`.
 //! It stores and serves bytes by digest and collects what no image uses; it does not
-//! know what a manifest is (see [`super::archive`]).
+//! know what a manifest is (see `shoal_oci::archive`).
 //!
 //! Only names that pass `shoal_proto::images::sha256_hex` ever become paths, so a digest
 //! from the wire or an archive can't point outside the store. New blobs are written into
 //! a staging directory on the same file system and renamed into place once a whole
 //! import has been verified, so a refused import leaves nothing behind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use shoal_oci::{ArchiveError, StagingDir};
 use shoal_proto::images::sha256_hex;
 
 /// Blob store failures.
@@ -33,9 +34,6 @@ pub enum BlobError {
         /// Its size.
         size: u64,
     },
-    /// Reading the bytes to store failed (the archive, not the store).
-    #[error("{0}")]
-    Source(std::io::Error),
     /// File system trouble.
     #[error("blob store {path}: {source}")]
     Io {
@@ -114,23 +112,22 @@ impl BlobStore {
         Ok((file, size))
     }
 
-    /// A fresh staging area for one import.
-    pub fn staging(&self) -> Result<Staging, BlobError> {
-        let dir = self.tmp_dir().join(format!("stage-{}", super::hex(&crate::random::<8>())));
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Staging { dir, blobs: HashMap::new() })
+    /// A fresh staging area for one import, on the store's file system so a commit is
+    /// a rename.
+    pub fn staging(&self) -> Result<StagingDir, ArchiveError> {
+        let dir = self.tmp_dir().join(format!("stage-{}", shoal_proto::hex(&shoal_link::random::<8>())));
+        StagingDir::create(dir.clone()).map_err(|source| ArchiveError::Staging { path: dir, source })
     }
 
     /// Moves the listed staged blobs into the store (a blob already there is kept: same
     /// name, same content). Unlisted staged blobs are dropped with the staging area.
-    pub fn commit(&self, staging: &Staging, digests: &HashSet<String>) -> Result<(), BlobError> {
+    pub fn commit(&self, staging: &StagingDir, digests: &HashSet<String>) -> Result<(), BlobError> {
         for digest in digests {
             let target = self.path(digest)?;
             if target.exists() {
                 continue;
             }
-            let hex = sha256_hex(digest).ok_or_else(|| BlobError::InvalidDigest(digest.clone()))?;
-            let from = staging.dir.join(hex);
+            let from = staging.path(digest).ok_or_else(|| BlobError::NotFound(digest.clone()))?;
             std::fs::rename(&from, &target).map_err(io(&from))?;
         }
         // Make the renames durable before the records that point at them are written.
@@ -156,93 +153,24 @@ impl BlobStore {
     }
 }
 
-/// Blobs of one import, verified by content as they were written; removed on drop.
-#[derive(Debug)]
-pub struct Staging {
-    dir: PathBuf,
-    /// Digest → size of each blob written so far.
-    blobs: HashMap<String, u64>,
-}
-
-impl Staging {
-    /// Streams `reader` into the staging area while hashing it, keeping it only when its
-    /// SHA-256 is `hex` (the name it came under). Returns whether it matched and how many
-    /// bytes were read, so a caller can tell a short (truncated) blob from a tampered one.
-    pub fn add(&mut self, hex: &str, reader: &mut dyn Read) -> Result<(bool, u64), BlobError> {
-        let digest = format!("sha256:{hex}");
-        if sha256_hex(&digest).is_none() {
-            return Err(BlobError::InvalidDigest(digest));
-        }
-        let path = self.dir.join(hex);
-        let mut file = File::create(&path).map_err(io(&path))?;
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&path);
-                    return Err(BlobError::Source(e));
-                }
-            };
-            ctx.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(io(&path))?;
-            size += n as u64;
-        }
-        if super::hex(ctx.finish().as_ref()) != hex {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            return Ok((false, size));
-        }
-        file.sync_all().map_err(io(&path))?;
-        self.blobs.insert(digest, size);
-        Ok((true, size))
-    }
-
-    /// Size of a staged blob, if it is here.
-    pub fn size(&self, digest: &str) -> Option<u64> {
-        self.blobs.get(digest).copied()
-    }
-
-    /// Reads a staged blob whole, refusing ones over `limit` (manifests and configs).
-    pub fn read_small(&self, digest: &str, limit: u64) -> Result<Option<Vec<u8>>, BlobError> {
-        let Some(size) = self.size(digest) else { return Ok(None) };
-        if size > limit {
-            return Ok(None);
-        }
-        let hex = sha256_hex(digest).ok_or_else(|| BlobError::InvalidDigest(digest.to_owned()))?;
-        let path = self.dir.join(hex);
-        std::fs::read(&path).map(Some).map_err(io(&path))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn digest_of(data: &[u8]) -> String {
-        format!("sha256:{}", super::super::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref()))
+        shoal_oci::digest::of(data)
     }
 
     #[test]
     fn blobs_are_staged_verified_committed_served_and_collected() {
-        let dir = std::env::temp_dir().join(format!("shoal-blobs-{}", super::super::hex(&crate::random::<6>())));
+        let dir = std::env::temp_dir().join(format!("shoal-blobs-{}", shoal_proto::hex(&shoal_link::random::<6>())));
         let store = BlobStore::open(&dir).unwrap();
         let data = b"hello blobs".to_vec();
         let d = digest_of(&data);
         let mut staging = store.staging().unwrap();
         let hex_part = sha256_hex(&d).unwrap().to_owned();
-        assert!(!staging.add(&hex_part, &mut &b"tampered"[..]).unwrap().0, "wrong content is refused");
         assert_eq!(staging.add(&hex_part, &mut &data[..]).unwrap(), (true, 11));
         assert_eq!(store.size(&d).unwrap(), None, "nothing is in the store before commit");
         store.commit(&staging, &HashSet::from([d.clone()])).unwrap();

@@ -8,8 +8,3 @@ pub mod archive;
 pub mod blobs;
 
 pub use shoal_core::images::{referenced_blobs, resolve, wanted, ImageRecord};
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -37,7 +37,7 @@ pub(super) fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
 /// while the manager keeps working.
 pub(super) async fn send_backup(mgr: &Manager, mut send: quinn::SendStream) {
     let dir = paths::manager_dir(&mgr.data_dir);
-    let tmp = RemoveOnDrop(dir.join(format!("backup-{}.tmp", crate::images::hex(&crate::random::<6>()))));
+    let tmp = RemoveOnDrop(dir.join(format!("backup-{}.tmp", shoal_proto::hex(&shoal_link::random::<6>()))));
     let made = tokio::task::block_in_place(|| mgr.store.snapshot(&tmp.0));
     let file = made.map_err(internal).and_then(|()| std::fs::File::open(&tmp.0).map_err(internal));
     let file = match file {
@@ -142,7 +142,7 @@ pub(super) async fn handle_control(
             let mut cluster = mgr.cluster.lock().expect("cluster lock");
             if rotate {
                 let mut next = cluster.clone();
-                next.worker_secret = JoinToken::new(mgr.ca.digest(), crate::random()).secret;
+                next.worker_secret = JoinToken::new(mgr.ca.digest(), shoal_link::random()).secret;
                 mgr.store.put_cluster(&next).map_err(internal)?;
                 *cluster = next;
                 info!("worker join token rotated");

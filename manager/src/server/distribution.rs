@@ -76,7 +76,8 @@ pub(super) async fn load_image(
     if size == 0 {
         return Err(ErrorReply::new(ErrorKind::InvalidRequest, "the archive is empty: give an OCI image archive"));
     }
-    let upload = RemoveOnDrop(mgr.blobs.tmp_dir().join(format!("upload-{}.tar", images::hex(&crate::random::<8>()))));
+    let upload =
+        RemoveOnDrop(mgr.blobs.tmp_dir().join(format!("upload-{}.tar", shoal_proto::hex(&shoal_link::random::<8>()))));
     receive_upload(recv, &upload.0, size).await?;
     let (path, blobs) = (upload.0.clone(), mgr.blobs.clone());
     let imported = tokio::task::spawn_blocking(move || archive::import(&path, &blobs))

@@ -28,7 +28,7 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
     if join.node.hostname.is_empty() {
         return Err(ErrorReply::new(ErrorKind::InvalidRequest, "a joining node must say its hostname"));
     }
-    let node_id = NodeId::from_random(crate::random());
+    let node_id = NodeId::from_random(shoal_link::random());
     let certificate = mgr
         .ca
         .sign_node(join.csr.as_slice(), node_id.as_str(), &cluster.cluster_id)
@@ -40,7 +40,7 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
         labels: BoundedVec::new(),
         addr: join.node.advertise_addr.as_ref().map(|a| a.to_string()),
         description: join.node,
-        created_at_ms: crate::wall_ms(),
+        created_at_ms: shoal_link::wall_ms(),
     };
     mgr.store.put_node(&record).map_err(internal)?;
     mgr.state.lock().expect("state lock").members.track(mgr.now(), node_id.clone());

@@ -72,14 +72,14 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
 pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) -> anyhow::Result<Option<Millis>> {
     let nodes = cluster_nodes(mgr)?;
     let images = mgr.store.images()?;
-    let now = Now { mono: mgr.now(), wall_ms: crate::wall_ms() };
+    let now = Now { mono: mgr.now(), wall_ms: shoal_link::wall_ms() };
     let mut svc = mgr.services.lock().expect("services lock");
     let svc = &mut *svc;
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
     // A copy: if the write below fails, memory stays as it was stored.
     let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
     let cluster = Cluster { records: &records, nodes: &nodes, images: &images, names: &svc.names };
-    let mut new_id = || TaskId::from_random(crate::random());
+    let mut new_id = || TaskId::from_random(shoal_link::random());
     let outcome = svc.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
     for event in &outcome.events {
         log_event(event);
@@ -151,7 +151,7 @@ pub(super) fn handle_service(
     req: ServiceRequest,
     nodes: &[NodeRecord],
 ) -> Result<ServiceReply, ErrorReply> {
-    let wall = crate::wall_ms();
+    let wall = shoal_link::wall_ms();
     let images = || mgr.store.images().map_err(internal);
     let mut svc = mgr.services.lock().expect("services lock");
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
@@ -170,7 +170,8 @@ pub(super) fn handle_service(
     };
     match req {
         ServiceRequest::Create(spec) => {
-            let record = services::create(&records, *spec, &images()?, ServiceId::from_random(crate::random()), wall)?;
+            let record =
+                services::create(&records, *spec, &images()?, ServiceId::from_random(shoal_link::random()), wall)?;
             info!(service = %record.service.spec.name, id = %record.service.id, image = %record.service.spec.image, "service created");
             put(&mut svc, record).map(|r| match r {
                 ServiceReply::Done(id) => ServiceReply::Created(id),

@@ -240,5 +240,5 @@ async fn update(client: &Client, u: &UpdateArgs) -> anyhow::Result<()> {
 }
 
 fn shoal_manager_now() -> u64 {
-    crate::wall_ms()
+    shoal_link::wall_ms()
 }

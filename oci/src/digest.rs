@@ -2,7 +2,8 @@
 //! store, so nothing else may reach a path), and a streaming SHA-256 verifier so blobs
 //! are checked as they arrive, without holding them in memory.
 //!
-//! It does not decide what to do with a mismatch; the fetcher does.
+//! It does not decide what to do with a mismatch; its callers (the archive reader, the
+//! agent's fetcher and store) do.
 
 use std::io::Read;
 
@@ -102,11 +103,6 @@ impl<R: Read> Read for HashingReader<R> {
         self.hash.update(&buf[..n]);
         Ok(n)
     }
-}
-
-/// `sha256:<hex>` and length of a whole file.
-pub fn of_file(path: &std::path::Path) -> std::io::Result<(String, u64)> {
-    HashingReader::new(std::fs::File::open(path)?).finish()
 }
 
 #[cfg(test)]

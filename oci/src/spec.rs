@@ -1,11 +1,12 @@
-//! The parts of the OCI image specification (and Docker's v2 schema, its ancestor) the
-//! agent reads: image index, manifest, descriptor, image config, and which manifest of
-//! an index fits the board it runs on.
+//! The parts of the OCI image specification (and Docker's v2 schema, its ancestor) shoal
+//! reads: media types, image index, manifest, descriptor, platform, image config, and
+//! which manifest of an index fits a board.
 //!
 //! Pure data: no I/O. Unknown fields are ignored, so newer images still parse. It does
 //! not validate an image against the whole spec, only what the agent relies on.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Deserialize;
 
@@ -50,11 +51,15 @@ pub enum OciError {
     },
 }
 
+/// The annotation BuildKit puts on an attestation manifest in an index.
+pub const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
+
 /// A reference to a blob: what it is, its digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    /// Media type of the blob it points to.
+    /// Media type of the blob it points to; empty when a producer left it out.
+    #[serde(default)]
     pub media_type: String,
     /// `sha256:<hex>`.
     pub digest: String,
@@ -63,6 +68,23 @@ pub struct Descriptor {
     /// Platform, in an index.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Annotations: an image's name in a layout's `index.json`.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    /// An annotation's value, if present and not empty.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// Whether it points at a build attestation (BuildKit's `unknown/unknown`), which no
+    /// board runs and exporters may leave out of an archive.
+    pub fn is_attestation(&self) -> bool {
+        self.annotation(REFERENCE_TYPE_ANNOTATION) == Some("attestation-manifest")
+            || self.platform.as_ref().is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
+    }
 }
 
 /// A platform as images describe them.
@@ -77,8 +99,8 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
         match self.variant.as_deref() {
             Some(v) if !v.is_empty() => write!(f, "/{v}"),
