@@ -154,16 +154,6 @@ impl Watch {
     pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
         self.verdict.subscribe()
     }
-
-    /// The message a task gets when `err` made it fail: the disk's state first when the
-    /// disk is what failed, so `service ps` says why.
-    pub fn explain(&self, err: &(dyn std::error::Error + 'static)) -> String {
-        if self.noticed(err) {
-            format!("no space left on the board's disk ({}): {err}", self.dir.display())
-        } else {
-            err.to_string()
-        }
-    }
 }
 
 #[cfg(test)]
@@ -203,8 +193,7 @@ mod tests {
         let other = Wrap(std::io::Error::other("No space left on device"));
         assert!(!is_disk_full(&other), "text is never matched");
         let w = Watch::new(Path::new("/"));
-        let said = w.explain(&full);
-        assert!(said.starts_with("no space left on the board's disk (/): writing ipam.json"), "{said}");
+        assert!(w.noticed(&full));
         assert!(w.pressure().is_some(), "a write that hit ENOSPC puts the disk under pressure");
     }
 }

@@ -42,7 +42,8 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Version of the message schema below. Exchanged as the first field of every request;
 /// a peer speaking another version is answered with [`ErrorKind::VersionMismatch`].
 /// 3: specs carry their seccomp mode; disk pressure, store backups, forced image removal.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: `shoal exec` (CLI → manager → board streams).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// ALPN protocol name negotiated by TLS, so a non-shoal QUIC peer fails at the handshake.
 pub const ALPN: &[u8] = b"shoal/1";

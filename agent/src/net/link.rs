@@ -18,14 +18,14 @@ use rustix::io::Errno;
 use super::error::{errno, NetError};
 
 /// A netlink connection whose driver task ends with it.
-pub struct Conn {
+pub(super) struct Conn {
     handle: Handle,
     driver: tokio::task::JoinHandle<()>,
 }
 
 impl Conn {
     /// Opens a connection in the calling thread's network namespace; needs a tokio runtime.
-    pub fn open() -> Result<Self, NetError> {
+    pub(super) fn open() -> Result<Self, NetError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::io("opening a netlink socket", e))?;
         let driver = tokio::spawn(conn);
         Ok(Self { handle, driver })
@@ -69,7 +69,7 @@ pub(super) async fn find(c: &Conn, name: &str) -> Result<Option<(u32, Option<Inf
 
 /// Makes the bridge `name` exist, carry `gateway/prefix` and be up, leaving whatever
 /// else it has (ports, other addresses) alone, so running containers are undisturbed.
-pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
+pub(super) async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
     let c = Conn::open()?;
     let index = match find(&c, name).await? {
         Some((index, Some(InfoKind::Bridge))) => index,
@@ -129,7 +129,7 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
 /// Creates a veth pair: `host` on the host, attached to `bridge` and up; its peer
 /// created directly inside the namespace open as `netns` under the name `eth0`, so no
 /// host-side name is ever taken by it.
-pub async fn create_veth(host: &str, bridge: &str, netns: &std::fs::File) -> Result<(), NetError> {
+pub(super) async fn create_veth(host: &str, bridge: &str, netns: &std::fs::File) -> Result<(), NetError> {
     let c = Conn::open()?;
     let Some((bridge_index, _)) = find(&c, bridge).await? else {
         return Err(NetError::Config(format!("bridge {bridge} does not exist: call ensure_bridge first")));
@@ -145,7 +145,7 @@ pub async fn create_veth(host: &str, bridge: &str, netns: &std::fs::File) -> Res
 
 /// Deletes the link `name`; a missing one is fine. Deleting one end of a veth pair
 /// deletes both.
-pub async fn delete(name: &str) -> Result<(), NetError> {
+pub(super) async fn delete(name: &str) -> Result<(), NetError> {
     let c = Conn::open()?;
     let Some((index, _)) = find(&c, name).await? else {
         return Ok(());
@@ -159,7 +159,7 @@ pub async fn delete(name: &str) -> Result<(), NetError> {
 
 /// Inside a sandbox (called on a thread that entered it): `lo` up, `eth0` up with
 /// `ip/prefix`, default route via `gateway`.
-pub async fn configure_inside(ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
+pub(super) async fn configure_inside(ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
     let c = Conn::open()?;
     let Some((lo, _)) = find(&c, "lo").await? else {
         return Err(NetError::Config("the sandbox has no loopback interface".into()));

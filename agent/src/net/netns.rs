@@ -23,7 +23,7 @@ use super::error::NetError;
 /// `/run/netns`: bind mounts made in it then propagate to mount namespaces cloned
 /// later (containers), and an unmount here also frees their copies, so a removed
 /// namespace does not linger.
-pub fn prepare_dir(dir: &Path) -> Result<(), NetError> {
+pub(super) fn prepare_dir(dir: &Path) -> Result<(), NetError> {
     // Two concurrent callers could both find `dir` unmounted and stack two bind mounts.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -43,7 +43,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), NetError> {
 }
 
 /// Creates a new network namespace pinned at `path` (which must not exist).
-pub async fn create(path: &Path) -> Result<(), NetError> {
+pub(super) async fn create(path: &Path) -> Result<(), NetError> {
     let target = path.to_path_buf();
     let label = path.display().to_string();
     on_thread(&label, move || create_on_this_thread(&target)).await
@@ -80,7 +80,7 @@ fn unshare_net() -> Result<(), NetError> {
 
 /// Unmounts and deletes the namespace file at `path`; a missing one is fine. The
 /// namespace itself lives on while a process still runs in it.
-pub fn remove(path: &Path) -> Result<(), NetError> {
+pub(super) fn remove(path: &Path) -> Result<(), NetError> {
     match rustix::mount::unmount(path, UnmountFlags::DETACH) {
         // EINVAL: not a mount point (a half-made namespace); ENOENT: already gone.
         Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
@@ -96,7 +96,7 @@ pub fn remove(path: &Path) -> Result<(), NetError> {
 
 /// Runs `f` on a new thread that has entered the namespace pinned at `path`, and
 /// awaits its result without blocking the caller's runtime.
-pub async fn run_in<T, F>(path: &Path, f: F) -> Result<T, NetError>
+pub(super) async fn run_in<T, F>(path: &Path, f: F) -> Result<T, NetError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, NetError> + Send + 'static,

@@ -95,11 +95,6 @@ impl PortPublisher {
         Self::default()
     }
 
-    /// A publisher with other limits.
-    pub fn with_limits(limits: Limits) -> Self {
-        Self { limits }
-    }
-
     /// Listens on `0.0.0.0:host_port` and forwards to `target_ip:target_port`; fails at
     /// once with [`NetError::PortInUse`] when the port is taken. Port 0 takes any free
     /// port (see [`Published::local_addr`]). Needs a tokio runtime.

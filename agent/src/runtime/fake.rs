@@ -60,11 +60,6 @@ impl Runtime for FakeRuntime {
         Ok(143)
     }
 
-    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
-        self.record(format!("kill {id} {signal}"));
-        Ok(())
-    }
-
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         self.record(format!("delete {id}"));
         self.containers

@@ -287,13 +287,6 @@ impl Runtime for LibcontainerRuntime {
         })
     }
 
-    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
-        let bundle = self.bundle(id)?;
-        let signal =
-            Signal::from_named_raw(signal).ok_or_else(|| RuntimeError::Spec(format!("unknown signal {signal}")))?;
-        self.signal(id, &bundle, signal)
-    }
-
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         let bundle = self.bundle(id)?;
         let alive = self.shim_alive(id, &bundle);

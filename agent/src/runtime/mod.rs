@@ -151,8 +151,6 @@ pub trait Runtime: Send + Sync {
     /// SIGTERM, then SIGKILL after `grace`; returns the exit code (143 when SIGTERM
     /// ended it). Stopping an exited container returns its code.
     fn stop(&self, id: &str, grace: Duration) -> Result<i32, RuntimeError>;
-    /// Sends a signal to a running container.
-    fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError>;
     /// Removes a container that is not running, with its rootfs and logs.
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
     /// Current state.

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The repository's root.
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Fails the test, saying why, unless it runs as root. Tests that need root are marked
 /// `#[ignore = "needs root"]`; `scripts/test.sh` runs them as root with `--include-ignored`.
-pub fn require_root() {
+pub(crate) fn require_root() {
     let root = std::fs::read_to_string("/proc/self/status")
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false);
@@ -20,19 +20,19 @@ pub fn require_root() {
 }
 
 /// Builds the lab images if needed (fast when they are up to date) and returns their folder.
-pub fn lab_images() -> PathBuf {
+pub(crate) fn lab_images() -> PathBuf {
     let status = std::process::Command::new(repo().join("images/build.sh")).status().expect("images/build.sh");
     assert!(status.success(), "images/build.sh failed");
     repo().join("out/images")
 }
 
 /// A TCP port free right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Sends `request` to 127.0.0.1:`port` until the answer contains `until`.
-pub fn ask(port: u16, request: &[u8], until: &str) -> String {
+pub(crate) fn ask(port: u16, request: &[u8], until: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = String::new();
     while Instant::now() < deadline {
