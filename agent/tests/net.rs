@@ -160,6 +160,8 @@ fn assert_gone(net: &Network, s: &Sandbox) {
 fn sandboxes_reach_each_other_and_the_host() {
     let mut fx = Fixture::new('a', 24);
     let (id_a, id_b) = (fx.id("a"), fx.id("b"));
+    let start = |_: ()| std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let board_start = start(());
     let rt = runtime();
     rt.block_on(fx.net.ensure_bridge()).unwrap();
     assert!(link_exists(fx.bridge()));
@@ -195,6 +197,10 @@ fn sandboxes_reach_each_other_and_the_host() {
     let got = in_netns(&a.netns_path, || tcp_round_trip(SocketAddr::from((a.gateway, host_port)), b"a to host"))
         .expect("sandbox a reaches the host via the gateway");
     assert_eq!(got, b"a to host");
+
+    // Any user may bind a low port in a sandbox, as in Docker; the board keeps its own rule.
+    assert_eq!(in_netns(&a.netns_path, || start(())).trim(), "0");
+    assert_eq!(start(()), board_start, "the board's own namespace must keep its setting");
 
     // The sandbox holds its own address (the host does not).
     let bound = in_netns(&a.netns_path, || TcpListener::bind((a.ip, 0)).is_ok());
