@@ -43,7 +43,12 @@ pub fn wanted(images: &[ImageRecord]) -> Vec<WantedImage> {
 /// A digest several references share matches all of them.
 pub fn resolve<'a>(images: &'a [ImageRecord], name: &str) -> Result<Vec<&'a ImageRecord>, ErrorReply> {
     let normalized = normalize_ref(name);
-    if let Some(i) = images.iter().find(|i| i.reference == normalized || i.reference == name) {
+    // Records stored before names were normalised to Docker's familiar form may still
+    // carry `docker.io/library/…`: they match by their normalised name too.
+    let same = |i: &&ImageRecord| {
+        i.reference == normalized || i.reference == name || normalize_ref(&i.reference) == normalized
+    };
+    if let Some(i) = images.iter().find(same) {
         return Ok(vec![i]);
     }
     let prefix = name.strip_prefix("sha256:").unwrap_or(name);
@@ -84,6 +89,10 @@ mod tests {
     fn images_resolve_by_reference_or_digest_prefix() {
         let images = vec![rec("demo/app:1.0", 'a'), rec("redis:latest", 'b'), rec("redis:7", 'b')];
         assert_eq!(resolve(&images, "redis").unwrap()[0].reference, "redis:latest");
+        // Every way Docker names a Hub image, both ways round.
+        assert_eq!(resolve(&images, "docker.io/library/redis:7").unwrap()[0].reference, "redis:7");
+        let old = vec![rec("docker.io/library/nginx:1.27", 'c')];
+        assert_eq!(resolve(&old, "nginx:1.27").unwrap()[0].reference, "docker.io/library/nginx:1.27");
         assert_eq!(resolve(&images, "demo/app:1.0").unwrap().len(), 1);
         assert_eq!(resolve(&images, "aaaa").unwrap()[0].reference, "demo/app:1.0");
         assert_eq!(resolve(&images, "sha256:bbb").unwrap().len(), 2, "a shared digest means every reference");

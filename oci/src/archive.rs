@@ -690,7 +690,7 @@ mod tests {
         assert!(matches!(err, ArchiveError::Unnamed { .. }), "{err}");
         assert!(err.to_string().contains("named only by the tag \"1.0\""), "{err}");
         tag_only.index["manifests"][0]["annotations"][CONTAINERD_NAME_ANNOTATION] = json!("docker.io/demo/app:1.0");
-        assert_eq!(env.read(&tag_only.tar(&[])).unwrap()[0].reference, "docker.io/demo/app:1.0");
+        assert_eq!(env.read(&tag_only.tar(&[])).unwrap()[0].reference, "demo/app:1.0");
 
         let mut bad_digest = ArchiveBuilder::multi_arch("demo/app:1.0", PLATFORMS);
         bad_digest.index["manifests"][0]["digest"] = json!("sha256:../../etc/passwd");

@@ -60,8 +60,17 @@ pub struct ImageView {
     pub nodes: BoundedVec<NodeId, { crate::MAX_NODES }>,
 }
 
-/// Normalises a reference the way Docker does: no tag means `:latest`.
+/// Normalises a reference the way Docker shows it (its "familiar" form): Docker Hub's
+/// registry and `library/` are implied (`docker.io/library/redis` is `redis`,
+/// `index.docker.io/team/app` is `team/app`), and no tag means `:latest`. So every way
+/// Docker accepts to name an image finds it, whatever name the archive carried.
 pub fn normalize_ref(r: &str) -> String {
+    let r = ["docker.io/", "index.docker.io/"].iter().find_map(|p| r.strip_prefix(p)).unwrap_or(r);
+    let r = match r.strip_prefix("library/") {
+        // Only an official image's own name: `library/a/b` is a real repository path.
+        Some(rest) if !rest.split(['@', ':']).next().unwrap_or(rest).contains('/') => rest,
+        _ => r,
+    };
     let name_part = r.rsplit('/').next().unwrap_or(r);
     if r.contains('@') || name_part.contains(':') {
         r.to_owned()
@@ -132,6 +141,14 @@ mod tests {
         assert_eq!(normalize_ref("redis"), "redis:latest");
         assert_eq!(normalize_ref("demo/app:1.0"), "demo/app:1.0");
         assert_eq!(normalize_ref("localhost:5000/app"), "localhost:5000/app:latest");
+        // Docker Hub's names, as `docker save` of Docker 25+ writes them.
+        assert_eq!(normalize_ref("docker.io/library/rwpyhttp:docker25"), "rwpyhttp:docker25");
+        assert_eq!(normalize_ref("docker.io/library/nginx"), "nginx:latest");
+        assert_eq!(normalize_ref("library/nginx:1.27"), "nginx:1.27");
+        assert_eq!(normalize_ref("index.docker.io/team/app:2"), "team/app:2");
+        assert_eq!(normalize_ref("docker.io/team/app"), "team/app:latest");
+        assert_eq!(normalize_ref("library/a/b:1"), "library/a/b:1");
+        assert_eq!(normalize_ref("registry.local:5000/library/x"), "registry.local:5000/library/x:latest");
     }
 
     #[test]
@@ -139,7 +156,11 @@ mod tests {
         assert_eq!(archive_image_name(Some("demo/app:1.0"), None).unwrap(), "demo/app:1.0");
         assert_eq!(archive_image_name(Some("redis:7"), Some("docker.io/library/redis:7")).unwrap(), "redis:7");
         assert_eq!(archive_image_name(Some("demo/app"), None).unwrap(), "demo/app:latest");
-        assert_eq!(archive_image_name(Some("1.0"), Some("docker.io/demo/app:1.0")).unwrap(), "docker.io/demo/app:1.0");
+        assert_eq!(
+            archive_image_name(Some("1.0"), Some("docker.io/demo/app:1.0")).unwrap(),
+            "demo/app:1.0",
+            "Docker Hub is implied"
+        );
         assert_eq!(archive_image_name(None, Some("demo/app")).unwrap(), "demo/app:latest");
         assert_eq!(archive_image_name(Some("1.0"), None), Err(ImageNameError::TagOnly("1.0".into())));
         assert_eq!(archive_image_name(Some(""), Some("")), Err(ImageNameError::Missing));
