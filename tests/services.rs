@@ -86,7 +86,19 @@ fn lab_task3_database_and_appserver_run_in_host_mode() {
         "demo/app:1.0",
     ]);
     assert!(out.contains("overall progress: 1 out of 1 tasks"), "{out}");
+    assert!(out.contains("verify: Waiting 5 seconds to verify that tasks are stable..."), "{out}");
     assert!(out.contains("verify: Service converged"), "{out}");
+
+    // A service whose task exits a second after it starts is not reported converged: the
+    // CLI says what docker/cli says, and gives up with the task's error.
+    c.manager_host().shoal(&["image", "load", lab_image("demo-app-2.0.tar").to_str().unwrap()]);
+    let out = m.run("shoal", &["service", "create", "--name", "crashloop", "--restart-delay", "1s", "demo/app:2.0"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "a crash-looping service was reported converged: {stdout}");
+    assert!(!stdout.contains("verify: Service converged"), "{stdout}");
+    assert!(stdout.contains("verify: Detected task failure"), "{stdout}");
+    assert!(stderr.contains("keep failing") && stderr.contains("non-zero exit (1)"), "{stderr}");
+    m.shoal(&["service", "rm", "crashloop"]);
 
     wait_for("database 1/1", Duration::from_secs(90), || (c.replicas("database") == "1/1").then_some(()));
     let ls = c.service_ls();

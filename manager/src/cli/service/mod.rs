@@ -131,7 +131,8 @@ async fn dispatch(client: &Client, cmd: ServiceCommand, checked: Checked) -> any
             };
             println!("{id}");
             if !c.detach.unwrap_or(false) {
-                converge(client, id.as_str(), Watch::new(Follow::Tasks, 0)).await?;
+                let monitor_ms = inspect(client, id.as_str()).await?.service.spec.update_config.monitor_ms;
+                converge(client, id.as_str(), Watch::new(Follow::Tasks, monitor_ms)).await?;
             }
         }
         ServiceCommand::Ls { quiet } => {
@@ -189,7 +190,8 @@ async fn dispatch(client: &Client, cmd: ServiceCommand, checked: Checked) -> any
             }
             if !detach {
                 for id in scaled {
-                    converge(client, id.as_str(), Watch::new(Follow::Tasks, 0)).await?;
+                    let monitor_ms = inspect(client, id.as_str()).await?.service.spec.update_config.monitor_ms;
+                    converge(client, id.as_str(), Watch::new(Follow::Tasks, monitor_ms)).await?;
                 }
             }
             if !failed.is_empty() {

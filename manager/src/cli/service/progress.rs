@@ -119,6 +119,10 @@ pub(super) fn status_verdict(status: &UpdateStatus, follow: Follow) -> Verdict {
 /// The update messages that only say an update or rollback runs: not worth a line.
 pub(super) const PLAIN_MESSAGES: [&str; 2] = ["update in progress", "manually requested rollback"];
 
+/// Task failures seen while following tasks before the wait gives up (Docker's CLI would
+/// wait for ever; a crash-looping service is reported as failing instead).
+pub const MAX_TASK_FAILURES: u32 = 3;
+
 /// A wait's memory of what it printed, so that each line appears once.
 #[derive(Debug)]
 pub struct Watch {
@@ -128,15 +132,89 @@ pub struct Watch {
     progress: String,
     message: String,
     verifying: bool,
+    /// Following tasks: since when every task runs (milliseconds, the caller's clock).
+    stable_since_ms: Option<u64>,
+    /// Failed tasks already counted (or failed before the wait began), by ID.
+    failed_seen: Option<std::collections::BTreeSet<String>>,
+    failures: u32,
 }
 
 impl Watch {
     /// A wait that follows `follow`, paced by a config whose monitor period is `monitor_ms`.
     pub fn new(follow: Follow, monitor_ms: u64) -> Self {
-        Self { follow, monitor_ms, progress: String::new(), message: String::new(), verifying: false }
+        Self {
+            follow,
+            monitor_ms,
+            progress: String::new(),
+            message: String::new(),
+            verifying: false,
+            stable_since_ms: None,
+            failed_seen: None,
+            failures: 0,
+        }
     }
 
-    /// One look at the service: the lines to print now, and the verdict.
+    /// One look at the service at time `now_ms`: the lines to print now, and the verdict.
+    /// Following tasks (create, scale), the service converges only once every task has
+    /// run for the monitor period, and a task that fails meanwhile is reported as
+    /// docker/cli does (`verify: Detected task failure`); after [`MAX_TASK_FAILURES`]
+    /// the wait fails with the task's error.
+    pub fn observe_at(&mut self, view: &ServiceView, tasks: &[TaskView], now_ms: u64) -> (Vec<String>, Verdict) {
+        let (mut lines, verdict) = self.observe(view, tasks);
+        if self.follow != Follow::Tasks || self.monitor_ms == 0 {
+            return (lines, verdict);
+        }
+        let failed: Vec<&TaskView> = tasks
+            .iter()
+            .filter(|t| {
+                t.task.service_id == view.service.id
+                    && matches!(t.task.status.state, TaskState::Failed | TaskState::Rejected)
+            })
+            .collect();
+        let first_look = self.failed_seen.is_none();
+        let seen = self.failed_seen.get_or_insert_with(Default::default);
+        let mut newest_error = None;
+        for t in failed {
+            if seen.insert(t.task.id.to_string()) && !first_look {
+                let error = super::output::task_error(t);
+                let why = if error.is_empty() { t.task.status.message.to_string() } else { error };
+                newest_error = Some(format!("{}: {why}", task_name(t)));
+            }
+        }
+        if let Some(error) = newest_error {
+            self.failures += 1;
+            self.stable_since_ms = None;
+            lines.retain(|l| l != "verify: Service converged");
+            lines.push("verify: Detected task failure".to_owned());
+            if self.failures >= MAX_TASK_FAILURES {
+                let name = &view.service.spec.name;
+                return (
+                    lines,
+                    Verdict::Failed(format!("tasks of {name} keep failing ({error}): see `shoal service ps {name}`")),
+                );
+            }
+            return (lines, Verdict::Continue);
+        }
+        if verdict != Verdict::Done {
+            self.stable_since_ms = None;
+            return (lines, verdict);
+        }
+        // Every task runs: done once they have for the monitor period.
+        lines.retain(|l| l != "verify: Service converged");
+        let since = *self.stable_since_ms.get_or_insert_with(|| {
+            let secs = self.monitor_ms.div_ceil(1000);
+            lines.push(format!("verify: Waiting {secs} seconds to verify that tasks are stable..."));
+            now_ms
+        });
+        if now_ms.saturating_sub(since) >= self.monitor_ms {
+            lines.push("verify: Service converged".to_owned());
+            (lines, Verdict::Done)
+        } else {
+            (lines, Verdict::Continue)
+        }
+    }
+
+    /// One look at the service, with no clock: what [`Watch::observe_at`] builds on.
     pub fn observe(&mut self, view: &ServiceView, tasks: &[TaskView]) -> (Vec<String>, Verdict) {
         let p = progress(view, tasks);
         let mut lines = Vec::new();
@@ -196,7 +274,7 @@ pub(super) async fn converge(client: &Client, id: &str, mut watch: Watch) -> any
     loop {
         let view = inspect(client, id).await?;
         let tasks = tasks(client, &[id.to_owned()]).await?;
-        let (lines, verdict) = watch.observe(&view, &tasks);
+        let (lines, verdict) = watch.observe_at(&view, &tasks, shoal_link::wall_ms());
         if !lines.is_empty() {
             last_change = Instant::now();
         }

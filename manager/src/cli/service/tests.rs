@@ -592,3 +592,40 @@ fn security_opts_set_the_seccomp_mode_and_bad_ones_are_refused_before_connecting
     u.apply(&mut spec).unwrap();
     assert_eq!(spec.seccomp, Seccomp::Default);
 }
+
+#[test]
+fn following_tasks_waits_out_the_monitor_period_and_reports_crash_loops() {
+    use TaskState::{Failed, Running, Shutdown};
+    let v = view(2, 2);
+    let running = |n: u8, slot: u32| task_view(&v, n, slot, Running, Running, 0);
+    let failed = |n: u8, slot: u32| task_view(&v, n, slot, Failed, Shutdown, 0);
+
+    // Every task runs: converged only once they ran for the monitor period.
+    let mut w = Watch::new(Follow::Tasks, 5_000);
+    let (lines, verdict) = w.observe_at(&v, &[running(1, 1), running(2, 2)], 1_000);
+    assert_eq!(verdict, Verdict::Continue);
+    assert_eq!(lines.last().unwrap(), "verify: Waiting 5 seconds to verify that tasks are stable...");
+    assert_eq!(w.observe_at(&v, &[running(1, 1), running(2, 2)], 5_999).1, Verdict::Continue);
+    let (lines, verdict) = w.observe_at(&v, &[running(1, 1), running(2, 2)], 6_000);
+    assert_eq!((lines, verdict), (vec!["verify: Service converged".to_owned()], Verdict::Done));
+
+    // A task that fails while being verified: reported, and the wait starts over; a
+    // failure from before the wait does not count; three failures end the wait.
+    let mut w = Watch::new(Follow::Tasks, 5_000);
+    let old = failed(9, 1);
+    let _ = w.observe_at(&v, &[old.clone(), running(1, 1), running(2, 2)], 0);
+    let (lines, verdict) = w.observe_at(&v, &[old.clone(), failed(1, 1), running(2, 2)], 2_000);
+    assert_eq!((lines.last().unwrap().as_str(), verdict), ("verify: Detected task failure", Verdict::Continue));
+    let _ = w.observe_at(&v, &[old.clone(), failed(1, 1), running(3, 1), running(2, 2)], 3_000);
+    assert_eq!(
+        w.observe_at(&v, &[failed(1, 1), running(3, 1), running(2, 2)], 7_999).1,
+        Verdict::Continue,
+        "the stable period restarted after the failure"
+    );
+    let _ = w.observe_at(&v, &[failed(1, 1), failed(3, 1), running(2, 2)], 8_000);
+    let (_, verdict) = w.observe_at(&v, &[failed(1, 1), failed(3, 1), failed(4, 2)], 9_000);
+    match verdict {
+        Verdict::Failed(e) => assert!(e.contains("keep failing"), "{e}"),
+        other => panic!("a crash loop must fail the wait, got {other:?}"),
+    }
+}
