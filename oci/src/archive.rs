@@ -3,7 +3,10 @@
 //! `blobs/sha256/<hex>`), as `docker save` (Docker 25+), `skopeo copy … oci-archive:`,
 //! `buildah push … oci-archive:` and `images/build.sh` write it. Both `shoal image load`
 //! (the manager) and `shoal-agent image load` (a board) read archives here, so they
-//! accept and refuse exactly the same ones.
+//! accept and refuse exactly the same ones. A `docker save` of Docker before 25
+//! (`manifest.json`, `<id>/layer.tar`, `<config>.json`, no OCI layout) is read too: its
+//! layers are hashed as they stream and an OCI manifest is made for each image. A tar
+//! whose first entry belongs to neither kind is refused after that one header.
 //!
 //! Every blob is hashed while it streams into a [`StagingDir`] and must match its name;
 //! then every image named in `index.json` is walked (index → manifests → config and
@@ -178,6 +181,40 @@ impl StagingDir {
         Ok((true, size))
     }
 
+    /// Streams `reader` into the staging area under the SHA-256 it turns out to have (for
+    /// content that comes without a digest: the layers of a pre-OCI `docker save`).
+    /// Returns its digest and size.
+    pub fn add_unnamed(&mut self, reader: &mut dyn Read) -> Result<(String, u64), StageError> {
+        let incoming = self.dir.join(format!(".incoming-{}", self.blobs.len()));
+        let local = |path: &Path, source| StageError::Local { path: path.to_owned(), source };
+        let mut file = File::create(&incoming).map_err(|e| local(&incoming, e))?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&incoming);
+                    return Err(StageError::Source(e));
+                }
+            };
+            hash.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(|e| local(&incoming, e))?;
+        }
+        file.sync_all().map_err(|e| local(&incoming, e))?;
+        drop(file);
+        let size = hash.len();
+        let digest = hash.finish();
+        let hex = sha256_hex(&digest).unwrap_or_else(|| unreachable!("our own digest is well formed")).to_owned();
+        let path = self.dir.join(&hex);
+        std::fs::rename(&incoming, &path).map_err(|e| local(&path, e))?;
+        self.blobs.insert(digest.clone(), size);
+        Ok((digest, size))
+    }
+
     /// Reads a staged blob whole, or `None` when it is absent or over `limit` bytes
     /// (manifests and configs).
     pub fn read_small(&self, digest: &str, limit: u64) -> Result<Option<Vec<u8>>, ArchiveError> {
@@ -315,14 +352,20 @@ pub fn read(input: impl Read, staging: &mut StagingDir) -> Result<Vec<ArchiveIma
         if gzip { Box::new(flate2::read::GzDecoder::new(buffered)) } else { Box::new(buffered) };
     let seen = Rc::new(Seen::default());
     let source = Source { inner: reader, read: 0, seen: seen.clone() };
-    let (layout, index) = unpack(source, &seen, staging)?;
-    let layout = layout.ok_or_else(|| {
-        ArchiveError::Invalid(
-            "there is no oci-layout file: load an OCI archive (`docker save` from Docker 25+, \
-             `skopeo copy … oci-archive:FILE`, `buildah push … oci-archive:FILE`)"
-                .into(),
-        )
-    })?;
+    let Unpacked { layout, index, legacy_manifest, legacy_layers } = unpack(source, &seen, staging)?;
+    let layout = match (layout, legacy_manifest) {
+        (Some(layout), _) => layout,
+        // Docker before 25 (e.g. Debian's docker.io 20.10): `manifest.json`, a config
+        // and a `layer.tar` per layer, and no OCI layout.
+        (None, Some(manifest)) => return legacy::read(&manifest, &legacy_layers, staging),
+        (None, None) => {
+            return Err(ArchiveError::Invalid(
+                "there is no oci-layout file: load an OCI archive (`docker save`, \
+                 `skopeo copy … oci-archive:FILE`, `buildah push … oci-archive:FILE`)"
+                    .into(),
+            ))
+        }
+    };
     let layout: Layout = serde_json::from_slice(&layout)
         .map_err(|e| ArchiveError::Invalid(format!("oci-layout does not parse: {e}")))?;
     if !layout.version.starts_with("1.") {
@@ -334,15 +377,38 @@ pub fn read(input: impl Read, staging: &mut StagingDir) -> Result<Vec<ArchiveIma
     walk_index(&index, staging)
 }
 
-/// The two files of the layout that are not blobs: `oci-layout` and `index.json`.
-type Unpacked = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// What the tar held besides blobs.
+#[derive(Default)]
+struct Unpacked {
+    /// `oci-layout`.
+    layout: Option<Vec<u8>>,
+    /// `index.json`.
+    index: Option<Vec<u8>>,
+    /// A pre-OCI `docker save`'s `manifest.json` (read only without an OCI layout).
+    legacy_manifest: Option<Vec<u8>>,
+    /// Its `<dir>/layer.tar` entries, staged under their digests: path → (digest, size).
+    legacy_layers: HashMap<String, (String, u64)>,
+}
+
+/// Whether `name` (the first entry of the tar) belongs to an image archive of a kind we
+/// read: an OCI layout, or a `docker save` of any age. Anything else is refused at once,
+/// after reading one tar header, instead of after the whole file.
+fn is_image_entry(name: &str) -> bool {
+    let first = name.split('/').next().unwrap_or(name);
+    let is_hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    matches!(name, "oci-layout" | "index.json" | "manifest.json" | "repositories")
+        || first == "blobs"
+        || first.strip_suffix(".json").is_some_and(is_hex)
+        || is_hex(first)
+}
 
 /// Streams the tar: blobs into `staging` (checked against their names), `oci-layout`
-/// and `index.json` into memory. Other entries (Docker's `manifest.json`) are ignored.
+/// and `index.json` into memory; for a pre-OCI `docker save`, its `manifest.json` into
+/// memory, its configs (named by digest) and layers (hashed on the way) into `staging`.
 fn unpack(reader: impl Read, seen: &Seen, staging: &mut StagingDir) -> Result<Unpacked, ArchiveError> {
     let mut archive = tar::Archive::new(reader);
-    let mut layout = None;
-    let mut index = None;
+    let mut out = Unpacked::default();
+    let mut first = true;
     let entries = archive.entries().map_err(|e| seen.error(e, "the archive"))?;
     for entry in entries {
         // tar's own message quotes the bad header bytes: say it plainly instead.
@@ -360,6 +426,12 @@ fn unpack(reader: impl Read, seen: &Seen, staging: &mut StagingDir) -> Result<Un
         if name.split('/').any(|c| c == "..") {
             return Err(ArchiveError::Invalid(format!("entry {raw:?} points outside the archive")));
         }
+        if std::mem::take(&mut first) && !is_image_entry(name.trim_end_matches('/')) {
+            return Err(ArchiveError::Invalid(format!(
+                "this tar is no image archive (its first entry is {raw:?}): load what `docker save`, \
+                 `skopeo copy … oci-archive:FILE` or `buildah push … oci-archive:FILE` writes"
+            )));
+        }
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             continue;
@@ -368,10 +440,40 @@ fn unpack(reader: impl Read, seen: &Seen, staging: &mut StagingDir) -> Result<Un
         let expected = entry.header().size().map_err(|e| ArchiveError::Read(format!("{raw}: {e}")))?;
         match name {
             "oci-layout" if regular => {
-                layout = Some(seen.read_entry(&mut entry, expected, MAX_INDEX_BYTES, "oci-layout")?)
+                out.layout = Some(seen.read_entry(&mut entry, expected, MAX_INDEX_BYTES, "oci-layout")?)
             }
             "index.json" if regular => {
-                index = Some(seen.read_entry(&mut entry, expected, MAX_INDEX_BYTES, "index.json")?)
+                out.index = Some(seen.read_entry(&mut entry, expected, MAX_INDEX_BYTES, "index.json")?)
+            }
+            "manifest.json" if regular => {
+                out.legacy_manifest = Some(seen.read_entry(&mut entry, expected, MAX_INDEX_BYTES, "manifest.json")?)
+            }
+            // A pre-OCI config: `<sha256 hex>.json`, verified against its name.
+            _ if regular && !name.contains('/') && name.strip_suffix(".json").is_some_and(|h| h.len() == 64) => {
+                let hex = name.strip_suffix(".json").unwrap_or_default();
+                let (matched, _) = staging.add(hex, &mut entry).map_err(|e| match e {
+                    StageError::Source(e) => seen.error(e, &format!("config {name}")),
+                    StageError::InvalidName(n) => ArchiveError::Invalid(format!("entry {n:?} is not a config name")),
+                    StageError::Local { path, source } => ArchiveError::Staging { path, source },
+                })?;
+                if !matched {
+                    return Err(ArchiveError::Corrupt(format!("sha256:{hex}")));
+                }
+            }
+            // A pre-OCI layer: `<dir>/layer.tar`, named by nothing we can check; its
+            // digest is computed here and the manifest made from it is verified later.
+            _ if regular && name.ends_with("/layer.tar") && name.matches('/').count() == 1 => {
+                let (digest, got) = staging.add_unnamed(&mut entry).map_err(|e| match e {
+                    StageError::Source(e) => seen.error(e, &format!("layer {name}")),
+                    StageError::InvalidName(n) => ArchiveError::Invalid(format!("entry {n:?} is not a layer")),
+                    StageError::Local { path, source } => ArchiveError::Staging { path, source },
+                })?;
+                if got < expected {
+                    return Err(ArchiveError::Truncated(format!(
+                        "it ends inside layer {name} ({got} of {expected} bytes)"
+                    )));
+                }
+                out.legacy_layers.insert(name.to_owned(), (digest, got));
             }
             _ if name.starts_with("blobs/") => {
                 let hex = name
@@ -402,7 +504,84 @@ fn unpack(reader: impl Read, seen: &Seen, staging: &mut StagingDir) -> Result<Un
             _ => {}
         }
     }
-    Ok((layout, index))
+    Ok(out)
+}
+
+/// Pre-OCI `docker save` archives, turned into the OCI form the rest of this module
+/// verifies: one OCI manifest per image (config and `layer.tar`s by their digests),
+/// staged as a blob, and an index naming it by each of its `RepoTags`.
+mod legacy {
+    use super::*;
+
+    /// One image of `manifest.json`.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Entry {
+        config: String,
+        #[serde(default)]
+        repo_tags: Option<Vec<String>>,
+        layers: Vec<String>,
+    }
+
+    pub(super) fn read(
+        manifest: &[u8],
+        layers: &HashMap<String, (String, u64)>,
+        staging: &mut StagingDir,
+    ) -> Result<Vec<ArchiveImage>, ArchiveError> {
+        let entries: Vec<Entry> = serde_json::from_slice(manifest)
+            .map_err(|e| ArchiveError::Invalid(format!("manifest.json does not parse: {e}")))?;
+        if entries.len() > MAX_IMAGES_PER_ARCHIVE {
+            return Err(ArchiveError::Invalid(format!(
+                "manifest.json lists {} images; at most {MAX_IMAGES_PER_ARCHIVE} per archive",
+                entries.len()
+            )));
+        }
+        let mut index = Vec::new();
+        for e in &entries {
+            let hex = e.config.strip_suffix(".json").unwrap_or(&e.config);
+            let config = format!("sha256:{hex}");
+            let Some(config_size) = staging.size(&config) else {
+                return Err(ArchiveError::Truncated(format!("config {} is missing", e.config)));
+            };
+            if e.layers.len() > MAX_CHILDREN {
+                return Err(ArchiveError::Invalid(format!("an image has {} layers", e.layers.len())));
+            }
+            let mut descs = Vec::new();
+            for path in &e.layers {
+                let Some((digest, size)) = layers.get(path.trim_start_matches("./")) else {
+                    return Err(ArchiveError::Truncated(format!("layer {path} is missing")));
+                };
+                descs.push(serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size,
+                }));
+            }
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size },
+                "layers": descs,
+            });
+            let bytes = serde_json::to_vec(&manifest).unwrap_or_else(|e| unreachable!("plain JSON encodes: {e}"));
+            let (digest, size) = staging.add_unnamed(&mut bytes.as_slice()).map_err(|e| match e {
+                StageError::Local { path, source } => ArchiveError::Staging { path, source },
+                other => ArchiveError::Read(other.to_string()),
+            })?;
+            let tags = e.repo_tags.clone().unwrap_or_default();
+            if tags.is_empty() {
+                // No name: `walk_index` refuses it the way it refuses an unnamed OCI image.
+                index.push(serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": size }));
+            }
+            for tag in tags {
+                index.push(serde_json::json!({
+                    "mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                    "annotations": { REF_NAME_ANNOTATION: tag },
+                }));
+            }
+        }
+        let index: ImageIndex = serde_json::from_value(serde_json::json!({ "manifests": index }))
+            .map_err(|e| ArchiveError::Invalid(format!("manifest.json describes no usable image: {e}")))?;
+        walk_index(&index, staging)
+    }
 }
 
 /// What one image's walk collected.
@@ -623,6 +802,87 @@ mod tests {
             }
             env.assert_clean();
         }
+    }
+
+    /// The directory `docker save` names a layer by (a hash of its own, not its digest).
+    const LAYER_DIR: &str = "5d1f0b6a3e8c9d7f2b4a6c8e0f1d3b5a7c9e1f3d5b7a9c0e2f4d6b8a0c2e4f6a";
+
+    /// A `docker save` of Docker before 25: `<id>/layer.tar`, `<config hex>.json`,
+    /// `manifest.json`, `repositories`, no OCI layout.
+    fn legacy_archive(tags: &[&str], drop_layer: bool) -> Vec<u8> {
+        let mut layer = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(6);
+        h.set_mode(0o644);
+        h.set_cksum();
+        layer.append_data(&mut h, "hello.txt", &b"hello\n"[..]).unwrap();
+        let layer = layer.into_inner().unwrap();
+        let diff_id = crate::digest::of(&layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": { "Cmd": ["/bin/sh"] },
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        }))
+        .unwrap();
+        let config_hex = crate::digest::of(&config).trim_start_matches("sha256:").to_owned();
+        let manifest = serde_json::to_vec(&serde_json::json!([{
+            "Config": format!("{config_hex}.json"),
+            "RepoTags": tags,
+            "Layers": [format!("{LAYER_DIR}/layer.tar")],
+        }]))
+        .unwrap();
+        let mut out = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            out.append_data(&mut h, name, data).unwrap();
+        };
+        add(&format!("{LAYER_DIR}/VERSION"), b"1.0");
+        if !drop_layer {
+            add(&format!("{LAYER_DIR}/layer.tar"), &layer);
+        }
+        add(&format!("{config_hex}.json"), &config);
+        add("manifest.json", &manifest);
+        add("repositories", b"{}");
+        out.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_pre_oci_docker_save_loads_by_its_tags() {
+        let env = Env::new();
+        let archive = legacy_archive(&["rwpyhttp:docker20", "docker.io/library/rwpyhttp:latest"], false);
+        for bytes in [archive.clone(), gzip(&archive)] {
+            let images = env.read(&bytes).unwrap();
+            let refs: Vec<&str> = images.iter().map(|i| i.reference.as_str()).collect();
+            assert_eq!(refs, ["rwpyhttp:docker20", "rwpyhttp:latest"]);
+            assert_eq!(images[0].platforms, ["linux/amd64"]);
+            assert_eq!(images[0].blobs.len(), 3, "manifest, config, layer");
+            env.assert_clean();
+        }
+        let err = env.read(&legacy_archive(&["x:1"], true)).unwrap_err();
+        assert!(matches!(err, ArchiveError::Truncated(_)), "{err}");
+        let err = env.read(&legacy_archive(&[], false)).unwrap_err();
+        assert!(err.is_bad_archive() && err.to_string().contains("name"), "{err}");
+        env.assert_clean();
+    }
+
+    #[test]
+    fn a_tar_of_something_else_is_refused_at_its_first_header() {
+        let env = Env::new();
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, "etc/passwd", &b"root"[..]).unwrap();
+        let mut bytes = t.into_inner().unwrap();
+        // Whatever follows the first entry is never read: garbage there changes nothing.
+        bytes.truncate(1024);
+        bytes.extend(std::iter::repeat_n(0xAAu8, 1 << 20));
+        let err = env.read(&bytes).unwrap_err();
+        assert!(err.to_string().contains("is no image archive (its first entry is \"etc/passwd\")"), "{err}");
     }
 
     #[test]
