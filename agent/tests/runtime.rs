@@ -52,6 +52,7 @@ impl Lab {
 
     fn config(&self, id: &str, args: &[&str]) -> ContainerConfig {
         ContainerConfig {
+            stop_signal: 15,
             id: id.to_owned(),
             hostname: id.replace('.', "-"),
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -101,6 +102,27 @@ fn wait_exit(rt: &LibcontainerRuntime, id: &str, timeout: Duration) -> i32 {
         assert!(Instant::now() < deadline, "{id} did not exit within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_stop_sends_the_containers_stop_signal_first() {
+    let lab = Lab::new("stopsig");
+    let rt = lab.runtime();
+    let c = id("sigint");
+    // Exits 42 on SIGINT and ignores SIGTERM, as a server with a fast-shutdown signal.
+    let script = "trap 'exit 42' INT; trap '' TERM; echo ready; while :; do sleep 0.05; done";
+    rt.create(&ContainerConfig { stop_signal: 2, ..lab.config(&c, &["sh", "-c", script]) }).unwrap();
+    rt.start(&c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.log(&c).contains("ready") {
+        assert!(Instant::now() < deadline, "the script never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    assert_eq!(rt.stop(&c, Duration::from_secs(10)).unwrap(), 42, "SIGINT was not sent first");
+    assert!(t.elapsed() < Duration::from_secs(2), "stop took {:?}", t.elapsed());
+    rt.delete(&c).unwrap();
 }
 
 #[test]

@@ -223,6 +223,9 @@ pub struct RunConfig {
     /// Executable and leading arguments.
     #[serde(default)]
     pub entrypoint: Option<Vec<String>>,
+    /// The signal that stops it (`StopSignal`, e.g. `SIGINT`).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
     /// Default arguments (or command, without an entrypoint).
     #[serde(default)]
     pub cmd: Option<Vec<String>>,

@@ -203,6 +203,27 @@ pub struct ServiceSpec {
     pub rollback_config: UpdateConfig,
     /// System-call filter of its containers.
     pub seccomp: Seccomp,
+    /// The signal that asks its containers to stop (`--stop-signal`); `None`: the
+    /// image's `StopSignal`, else SIGTERM.
+    pub stop_signal: Option<Text<16>>,
+}
+
+/// The signals a stop may send: those a container's init forwards to its command.
+/// Linux numbering on x86 and ARM, the architectures boards run.
+pub const STOP_SIGNALS: [(&str, i32); 7] =
+    [("SIGHUP", 1), ("SIGINT", 2), ("SIGQUIT", 3), ("SIGUSR1", 10), ("SIGUSR2", 12), ("SIGTERM", 15), ("SIGWINCH", 28)];
+
+/// Reads a stop signal as Docker takes it: `SIGINT`, `INT` or `2`, in any case.
+pub fn parse_stop_signal(s: &str) -> Result<i32, SpecError> {
+    let upper = s.trim().to_ascii_uppercase();
+    let found = STOP_SIGNALS.iter().find(|(name, n)| {
+        *name == upper || name.strip_prefix("SIG") == Some(upper.as_str()) || upper.parse::<i32>().ok() == Some(*n)
+    });
+    found.map(|(_, n)| *n).ok_or_else(|| SpecError::Choice {
+        what: "stop signal",
+        input: s.to_owned(),
+        expected: "SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM or SIGWINCH (by name or number)",
+    })
 }
 
 impl ServiceSpec {
@@ -226,6 +247,7 @@ impl ServiceSpec {
             update_config: UpdateConfig::default(),
             rollback_config: UpdateConfig::default(),
             seccomp: Seccomp::Default,
+            stop_signal: None,
         }
     }
 
@@ -277,6 +299,9 @@ impl ServiceSpec {
                     format_cpus(MAX_CPU_MILLIS)
                 )));
             }
+        }
+        if let Some(signal) = &self.stop_signal {
+            parse_stop_signal(signal)?;
         }
         let durations = [
             ("--stop-grace-period", self.stop_grace_period_ms, MAX_STOP_GRACE_MS),
@@ -344,6 +369,7 @@ impl ServiceSpec {
             stop_grace_period_ms: self.stop_grace_period_ms,
             placement: Placement { constraints: self.constraints.clone(), platforms: self.platforms.clone() },
             seccomp: self.seccomp.clone(),
+            stop_signal: self.stop_signal.clone(),
         }
     }
 }
@@ -914,6 +940,8 @@ pub struct TaskSpec {
     pub placement: Placement,
     /// System-call filter.
     pub seccomp: Seccomp,
+    /// The stop signal asked for (see [`ServiceSpec::stop_signal`]).
+    pub stop_signal: Option<Text<16>>,
 }
 
 /// Placement rules of a task.

@@ -64,6 +64,16 @@ impl Bundle {
         self.dir.join("shim.log")
     }
 
+    /// The signal a stop sends first, as a number (written at create).
+    pub fn stop_signal_file(&self) -> PathBuf {
+        self.dir.join("stop-signal")
+    }
+
+    /// The stop signal recorded at create; SIGTERM for a container made before it was.
+    pub fn read_stop_signal(&self) -> i32 {
+        std::fs::read_to_string(self.stop_signal_file()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(15)
+    }
+
     /// PID file.
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("pid")

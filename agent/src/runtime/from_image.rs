@@ -27,6 +27,8 @@ pub struct Overrides {
     pub hosts: Vec<String>,
     /// System-call filter.
     pub seccomp: super::seccomp::SeccompPolicy,
+    /// `--stop-signal`, as the operator typed it.
+    pub stop_signal: Option<String>,
 }
 
 /// Builds the container configuration for `id`.
@@ -56,6 +58,7 @@ pub fn container_config(
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     let (uid, gid) = user_ids(run.user.as_deref().unwrap_or(""), &layers)?;
+    let stop_signal = stop_signal(o.stop_signal.as_deref(), run.stop_signal.as_deref())?;
     Ok(ContainerConfig {
         id: id.to_owned(),
         hostname: if o.hostname.is_empty() { id.chars().take(63).collect() } else { o.hostname.clone() },
@@ -70,7 +73,20 @@ pub fn container_config(
         cpu_millis: o.cpu_millis,
         hosts: o.hosts.clone(),
         seccomp: o.seccomp.clone(),
+        stop_signal,
     })
+}
+
+/// The signal a stop sends first, as Docker picks it: `--stop-signal`, else the image's
+/// `StopSignal` (PostgreSQL's SIGINT, nginx's SIGQUIT, httpd's SIGWINCH), else SIGTERM.
+/// An image asking for a signal the container's init does not forward (systemd's
+/// `SIGRTMIN+3`) gets SIGTERM, which such images also stop on.
+fn stop_signal(asked: Option<&str>, image: Option<&str>) -> Result<i32, RuntimeError> {
+    use shoal_proto::services::parse_stop_signal;
+    if let Some(s) = asked {
+        return parse_stop_signal(s).map_err(|e| RuntimeError::Spec(e.to_string()));
+    }
+    Ok(image.and_then(|s| parse_stop_signal(s).ok()).unwrap_or(15))
 }
 
 /// `""`, `uid`, `uid:gid`, `name` or `name:group`, names looked up in the image's
@@ -163,5 +179,15 @@ mod tests {
         assert_eq!(user_ids("redis:staff", &layers).unwrap(), (100, 50));
         assert!(user_ids("nobody", &layers).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_stop_signal_is_the_flag_then_the_image_then_sigterm() {
+        assert_eq!(stop_signal(Some("SIGQUIT"), Some("SIGINT")).unwrap(), 3);
+        assert_eq!(stop_signal(None, Some("SIGINT")).unwrap(), 2);
+        assert_eq!(stop_signal(None, Some("sigwinch")).unwrap(), 28);
+        assert_eq!(stop_signal(None, Some("SIGRTMIN+3")).unwrap(), 15, "not forwarded: SIGTERM");
+        assert_eq!(stop_signal(None, None).unwrap(), 15);
+        assert!(stop_signal(Some("SIGKILL"), None).is_err());
     }
 }

@@ -117,6 +117,9 @@ impl LibcontainerRuntime {
         for dir in [bundle.rootfs(), bundle.upper(), bundle.work()] {
             std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
         }
+        // Read back by `stop`, which knows only the container's ID.
+        shoal_link::files::write_private(&bundle.stop_signal_file(), config.stop_signal.to_string().as_bytes())
+            .map_err(RuntimeError::io("writing the stop signal"))?;
         std::fs::write(bundle.dir().join("hosts"), spec::hosts_file(config))
             .map_err(RuntimeError::io("writing hosts"))?;
         std::fs::write(bundle.dir().join("hostname"), format!("{}\n", config.hostname))
@@ -275,7 +278,8 @@ impl Runtime for LibcontainerRuntime {
         if let ContainerStatus::Lost = bundle.status(self.shim_alive(id, &bundle)) {
             return self.stop_lost(id, &bundle);
         }
-        self.signal(id, &bundle, Signal::TERM)?;
+        let first = Signal::from_named_raw(bundle.read_stop_signal()).unwrap_or(Signal::TERM);
+        self.signal(id, &bundle, first)?;
         if let Some(code) = self.wait_for_exit(&bundle, grace) {
             return Ok(code);
         }

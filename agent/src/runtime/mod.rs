@@ -52,6 +52,9 @@ pub struct ContainerConfig {
     pub hosts: Vec<String>,
     /// System-call filter (`--security-opt seccomp=…`).
     pub seccomp: seccomp::SeccompPolicy,
+    /// The signal a stop sends first (`--stop-signal`, else the image's `StopSignal`,
+    /// else SIGTERM); SIGKILL follows after the grace period.
+    pub stop_signal: i32,
 }
 
 /// Which network namespace a container joins.

@@ -152,6 +152,7 @@ mod tests {
 
     fn config() -> ContainerConfig {
         ContainerConfig {
+            stop_signal: 15,
             id: "web.1".into(),
             hostname: "web-1".into(),
             args: vec!["/bin/httpd".into(), "-f".into()],

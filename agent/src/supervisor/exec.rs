@@ -303,6 +303,7 @@ impl<N: Sandboxes + 'static> Exec<N> {
             }
         };
         let overrides = Overrides {
+            stop_signal: a.spec.stop_signal.as_ref().map(|s| s.to_string()),
             args: a.spec.args.iter().map(|s| s.to_string()).collect(),
             env: a.spec.env.iter().map(|s| s.to_string()).collect(),
             hostname: core::hostname(&a.service_name, a.slot, a.task_id.as_str()),

@@ -460,6 +460,7 @@ mod tests {
 
     fn orphan_config() -> crate::runtime::ContainerConfig {
         crate::runtime::ContainerConfig {
+            stop_signal: 15,
             id: "old.1.x".into(),
             hostname: "old".into(),
             args: vec!["true".into()],

@@ -74,6 +74,8 @@ pub struct CreateArgs {
     pub security_opt: Vec<SecurityOpt>,
     #[command(flatten)]
     pub policy: UpdatePolicyArgs,
+    #[command(flatten)]
+    pub stop: StopArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
@@ -117,6 +119,8 @@ pub struct UpdateArgs {
     pub security_opt: Vec<SecurityOpt>,
     #[command(flatten)]
     pub policy: UpdatePolicyArgs,
+    #[command(flatten)]
+    pub stop: StopArgs,
     /// Go back to the previous spec.
     #[arg(long)]
     pub rollback: bool,
@@ -285,6 +289,7 @@ impl CreateArgs {
         }
         SecurityOpt::apply_all(&self.security_opt, &mut spec)?;
         self.policy.apply(&mut spec);
+        self.stop.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -361,6 +366,7 @@ impl UpdateArgs {
         spec.constraints = bounded(constraints, "constraints")?;
         SecurityOpt::apply_all(&self.security_opt, spec)?;
         self.policy.apply(spec);
+        self.stop.apply(spec)?;
         spec.validate()?;
         Ok(())
     }
@@ -446,4 +452,28 @@ fn read_seccomp_profile(path: &std::path::Path) -> anyhow::Result<BoundedString<
             compact.len()
         )
     })
+}
+
+/// `--stop-signal`, on create and update.
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct StopArgs {
+    /// Signal that asks the containers to stop, e.g. SIGINT [default: the image's
+    /// StopSignal, else SIGTERM].
+    #[arg(long = "stop-signal", value_parser = parse_stop_signal_arg)]
+    pub stop_signal: Option<String>,
+}
+
+impl StopArgs {
+    /// Sets the spec's stop signal when given.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        if let Some(s) = &self.stop_signal {
+            spec.stop_signal = Some(text(s)?);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `--stop-signal` value, keeping it as typed (Docker shows it so).
+fn parse_stop_signal_arg(s: &str) -> Result<String, String> {
+    shoal_proto::services::parse_stop_signal(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
 }

@@ -629,3 +629,22 @@ fn following_tasks_waits_out_the_monitor_period_and_reports_crash_loops() {
         other => panic!("a crash loop must fail the wait, got {other:?}"),
     }
 }
+
+#[test]
+fn stop_signals_are_taken_as_docker_takes_them_and_refused_when_not_forwardable() {
+    let ServiceCommand::Create(c) = parse(&["create", "--name", "pg", "--stop-signal", "SIGINT", "postgres"]) else {
+        panic!()
+    };
+    assert_eq!(c.spec().unwrap().stop_signal.as_deref(), Some("SIGINT"));
+    for ok in ["INT", "2", "sigquit", "SIGWINCH"] {
+        assert!(shoal_proto::services::parse_stop_signal(ok).is_ok(), "{ok}");
+    }
+    for bad in ["SIGKILL", "9", "SIGSTOP", "SIGRTMIN+3", ""] {
+        let e = shoal_proto::services::parse_stop_signal(bad).unwrap_err().to_string();
+        assert!(e.contains("invalid stop signal"), "{bad}: {e}");
+    }
+    let parsed = Cli::try_parse_from(["service", "create", "--name", "x", "--stop-signal", "KILL", "redis"]);
+    let fine = Cli::try_parse_from(["service", "create", "--name", "x", "--stop-signal", "QUIT", "redis"]);
+    assert!(fine.is_ok());
+    assert!(parsed.is_err());
+}
