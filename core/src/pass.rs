@@ -21,11 +21,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::dispatch::TaskReport;
-use shoal_proto::services::ServiceName;
+use shoal_proto::networks::Network;
+use shoal_proto::services::{NetworkName, ServiceName};
 use shoal_proto::{apply_status, Backward, Message, NodeId, ServiceId, Task, TaskId, TaskState, TaskStatus};
 
 use crate::dispatcher::{self, NodeDiff};
 use crate::images::ImageRecord;
+use crate::ipam::{self, Ipam};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::placement::ClusterNode;
 use crate::plan::{earliest, Now, Plan};
@@ -46,6 +48,8 @@ pub struct Cluster<'a> {
     /// Names of services that may no longer have a record (removed, tasks still
     /// stopping); a record's own name wins.
     pub names: &'a HashMap<ServiceId, ServiceName>,
+    /// Every overlay network, ingress included: tasks get their addresses on them.
+    pub networks: &'a [Network],
 }
 
 /// Something worth a log line, with the level the shell logs it at.
@@ -215,6 +219,7 @@ impl Reconciler {
 
         reject_without_image(&mut w, cluster.images, now.wall_ms);
         schedule(&mut w, nodes, now.wall_ms, &mut events);
+        attach_addresses(&mut w, cluster.networks, records);
 
         let Working { mut tasks, before } = w;
         tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -235,7 +240,7 @@ impl Reconciler {
         let old: HashMap<TaskId, &Task> =
             before.values().flatten().filter(|t| !changed_nothing(&tasks, t)).map(|t| (t.id.clone(), t)).collect();
         let new: HashMap<TaskId, &Task> = changed.iter().map(|&i| (tasks[i].id.clone(), &tasks[i])).collect();
-        let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new));
+        let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new), cluster.networks);
 
         Outcome { tasks, changed, remove_tasks, records: changed_records, diffs, events, wake_at }
     }
@@ -277,6 +282,25 @@ impl Working {
             self.before.entry(t.id.clone()).or_insert(None);
         }
         plan.apply_to(&mut self.tasks, wall_ms);
+    }
+}
+
+/// Gives every task that has not ended its addresses on its networks (new tasks, in
+/// practice: addresses are never taken back from a live task). The allocator is rebuilt
+/// from the records only when some task needs an address.
+fn attach_addresses(w: &mut Working, networks: &[Network], records: &[ServiceRecord]) {
+    if networks.is_empty() {
+        return;
+    }
+    let by_name: HashMap<&NetworkName, &Network> = networks.iter().map(|n| (&n.spec.name, n)).collect();
+    let needs: Vec<usize> = (0..w.tasks.len()).filter(|&i| ipam::needs_attach(&by_name, &w.tasks[i])).collect();
+    if needs.is_empty() {
+        return;
+    }
+    let mut ipam = Ipam::rebuild(networks, records.iter().map(|r| &r.service), &w.tasks);
+    for i in needs {
+        w.touch(i);
+        ipam::attach(&mut ipam, &by_name, &mut w.tasks[i]);
     }
 }
 
@@ -468,8 +492,13 @@ mod tests {
                 seed[..4].copy_from_slice(&ids.to_le_bytes());
                 TaskId::from_random(seed)
             };
-            let cluster =
-                Cluster { records: &self.records, nodes: &self.nodes, images: &self.images, names: &self.names };
+            let cluster = Cluster {
+                records: &self.records,
+                nodes: &self.nodes,
+                images: &self.images,
+                names: &self.names,
+                networks: &[],
+            };
             let now = Now { mono, wall_ms: WALL0 + mono };
             let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
             // What the pass says it changed is exactly what differs, task by task.
@@ -486,6 +515,7 @@ mod tests {
                 &self.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
                 &outcome.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
                 &self.names,
+                &[],
             );
             assert_eq!(outcome.diffs, full, "the diffs of the changed tasks are the diffs of all tasks");
             self.tasks = outcome.tasks.clone();
