@@ -22,6 +22,8 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 /// Tasks by task ID.
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// Overlay networks by network ID (ingress included).
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const CLUSTER_KEY: &str = "cluster";
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
@@ -448,6 +450,31 @@ impl Store {
         self.all(TASKS)
     }
 
+    /// Every overlay network, in ID order.
+    pub fn networks(&self) -> Result<Vec<shoal_proto::networks::Network>, StoreError> {
+        self.all(NETWORKS)
+    }
+
+    /// Writes a network record.
+    pub fn put_network(&self, network: &shoal_proto::networks::Network) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NETWORKS)?.insert(network.id.as_str(), postcard::to_allocvec(network)?.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a network record.
+    pub fn remove_network(&self, id: &shoal_proto::networks::NetworkId) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NETWORKS)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Writes services and tasks in one transaction: a reconciliation is all or nothing.
     pub fn change_services(&self, changes: &ServiceChanges) -> Result<(), StoreError> {
         self.note(|| {
@@ -672,6 +699,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Pending, 0, "pending"),
             created_at_ms: 0,
+            networks: Default::default(),
         };
         let (t1, t2) = (task(1), task(2));
         {

@@ -235,12 +235,12 @@ impl NetworkSpec {
             )));
         }
         match (self.subnet, self.gateway) {
-            (None, Some(g)) => Err(NetworkError::Invalid(format!(
-                "gateway {g} needs a subnet: give --subnet CIDR with --gateway"
-            ))),
-            (Some(s), Some(g)) if !s.contains_host(g) => {
-                Err(NetworkError::Invalid(format!("gateway {g} is not a host address of subnet {s}: pick one inside it")))
+            (None, Some(g)) => {
+                Err(NetworkError::Invalid(format!("gateway {g} needs a subnet: give --subnet CIDR with --gateway")))
             }
+            (Some(s), Some(g)) if !s.contains_host(g) => Err(NetworkError::Invalid(format!(
+                "gateway {g} is not a host address of subnet {s}: pick one inside it"
+            ))),
             _ => Ok(()),
         }
     }
@@ -404,11 +404,7 @@ impl NetworkView {
                 None => of_service(i),
             };
         }
-        self.tasks
-            .iter()
-            .filter(|t| t.name.as_str() == name || t.task_id.as_str() == name)
-            .map(|t| t.address)
-            .collect()
+        self.tasks.iter().filter(|t| t.name.as_str() == name || t.task_id.as_str() == name).map(|t| t.address).collect()
     }
 }
 

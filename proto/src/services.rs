@@ -1337,7 +1337,13 @@ mod tests {
         let t = task();
         let bytes = postcard::to_allocvec(&t).unwrap();
         assert_eq!(postcard::from_bytes::<Task>(&bytes).unwrap(), t);
-        let s = Service { id: t.service_id.clone(), spec: spec(), spec_version: 3, created_at_ms: 9, virtual_ips: BoundedVec::new() };
+        let s = Service {
+            id: t.service_id.clone(),
+            spec: spec(),
+            spec_version: 3,
+            created_at_ms: 9,
+            virtual_ips: BoundedVec::new(),
+        };
         let bytes = postcard::to_allocvec(&s).unwrap();
         assert_eq!(postcard::from_bytes::<Service>(&bytes).unwrap(), s);
     }

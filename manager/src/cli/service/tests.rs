@@ -150,7 +150,13 @@ fn view(replicas: u32, running: u32) -> ServiceView {
     spec.mode = ServiceMode::Replicated { replicas };
     spec.ports = vec![PortConfig::parse("mode=host,target=8000,published=8000").unwrap()].try_into().unwrap();
     ServiceView {
-        service: Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 },
+        service: Service {
+            id: ServiceId::from_random([1; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        },
         running,
         desired: replicas,
         updated: running,
@@ -171,6 +177,7 @@ fn task_view(v: &ServiceView, n: u8, slot: u32, state: TaskState, desired: TaskS
             desired_state: desired,
             status: TaskStatus::new(state, at, ""),
             created_at_ms: at,
+            networks: Default::default(),
         },
         service_name: v.service.spec.name.clone(),
         node_hostname: Some(shoal_proto::text("node1").unwrap()),
@@ -559,7 +566,13 @@ fn security_opts_set_the_seccomp_mode_and_bad_ones_are_refused_before_connecting
         Seccomp::Profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[]}"#.try_into().unwrap())
     );
     let j = json(&ServiceView {
-        service: Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 },
+        service: Service {
+            id: ServiceId::from_random([1; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        },
         running: 0,
         desired: 1,
         updated: 0,
