@@ -137,7 +137,7 @@ pub fn check_remove(network: &Network, services: &[Service], tasks: &[Task]) -> 
     }
     let users: Vec<&str> = services
         .iter()
-        .filter(|s| s.spec.networks.iter().any(|n| *n == network.spec.name))
+        .filter(|s| s.spec.networks.contains(&network.spec.name))
         .map(|s| s.spec.name.as_str())
         .collect();
     if !users.is_empty() {

@@ -684,6 +684,7 @@ mod tests {
                 spec: spec.clone(),
                 spec_version: 2,
                 created_at_ms: 5,
+                virtual_ips: Default::default(),
             },
             previous: Some(old),
             update: None,
@@ -716,6 +717,34 @@ mod tests {
             .change_services(&ServiceChanges { remove_services: vec![&record.service.id], ..Default::default() })
             .unwrap();
         assert!(store.services().unwrap().is_empty());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn networks_survive_reopening_the_store() {
+        let path =
+            std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())));
+        let ingress = crate::core::ipam::ingress(shoal_proto::networks::NetworkId::from_random([1; 16]), 3);
+        let spec = shoal_proto::networks::NetworkSpec::new(shoal_proto::text("atsea").unwrap());
+        let atsea = crate::core::ipam::create_network(
+            std::slice::from_ref(&ingress),
+            spec,
+            shoal_proto::networks::NetworkId::from_random([2; 16]),
+            4,
+        )
+        .unwrap();
+        {
+            let store = Store::from_db(Database::create(&path).unwrap(), &path);
+            assert!(store.networks().unwrap().is_empty());
+            store.put_network(&ingress).unwrap();
+            store.put_network(&atsea).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut both = vec![ingress.clone(), atsea.clone()];
+        both.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(store.networks().unwrap(), both, "in ID order");
+        store.remove_network(&atsea.id).unwrap();
+        assert_eq!(store.networks().unwrap(), vec![ingress]);
         let _ = std::fs::remove_file(&path);
     }
 }
