@@ -33,10 +33,14 @@ pub fn holds_addresses(t: &Task) -> bool {
     !t.status.state.is_terminal()
 }
 
-/// The networks a task of `spec` attaches to, by name: those it lists, and `ingress`
-/// when it publishes a port through the routing mesh.
+/// Each board's own networks: not manager objects, and they take no addresses here
+/// (`--network host` shares the board's network namespace).
+pub const LOCAL_NETWORKS: [&str; 2] = ["host", "bridge"];
+
+/// The overlay networks a task of `spec` attaches to, by name: those it lists, and
+/// `ingress` when it publishes a port through the routing mesh.
 pub fn wanted_networks(spec: &TaskSpec) -> Vec<&str> {
-    let mut out: Vec<&str> = spec.networks.iter().map(|n| n.as_str()).collect();
+    let mut out: Vec<&str> = spec.networks.iter().map(|n| n.as_str()).filter(|n| !LOCAL_NETWORKS.contains(n)).collect();
     if spec.ports.iter().any(|p| p.mode == PublishMode::Ingress) && !out.contains(&INGRESS) {
         out.insert(0, INGRESS);
     }
@@ -214,11 +218,21 @@ impl Ipam {
 /// Checks that every network `spec` names exists (and that they fit in a task) before
 /// a service is created or updated.
 pub fn check_service_networks(networks: &[Network], spec: &ServiceSpec) -> Result<(), ErrorReply> {
+    let host = spec.networks.iter().any(|n| n.as_str() == "host");
+    if host && spec.networks.len() > 1 {
+        return Err(refuse(
+            ErrorKind::InvalidRequest,
+            "--network host shares the board's network and can't be combined with other networks: give one or the other",
+        ));
+    }
     for (i, name) in spec.networks.iter().enumerate() {
-        resolve(networks, name)?;
         if spec.networks[..i].contains(name) {
             return Err(refuse(ErrorKind::InvalidRequest, &format!("network {name} is given twice: give it once")));
         }
+        if LOCAL_NETWORKS.contains(&name.as_str()) {
+            continue;
+        }
+        resolve(networks, name)?;
         if name.as_str() == INGRESS {
             return Err(refuse(
                 ErrorKind::InvalidRequest,

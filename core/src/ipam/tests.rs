@@ -96,6 +96,23 @@ fn unknown_networks_are_refused_and_vips_follow_the_endpoint_mode() {
 }
 
 #[test]
+fn the_boards_own_networks_need_no_object_and_take_no_address() {
+    let nets = cluster();
+    let mut svc = service(1, "host", EndpointMode::Vip);
+    assign_vips(&nets, &[], &[], &mut svc).unwrap();
+    assert!(svc.virtual_ips.is_empty(), "no VIP on the board's own network");
+    assert!(wanted_networks(&svc.spec.task_spec()).is_empty());
+    svc.spec.networks.push(text("myoverlay").unwrap()).unwrap();
+    let e = assign_vips(&nets, &[], &[], &mut svc).unwrap_err();
+    assert!(e.message.contains("can't be combined"), "{}", e.message);
+    let mut svc = service(2, "myoverlay", EndpointMode::Vip);
+    svc.spec.networks.push(text("myoverlay").unwrap()).unwrap();
+    assert!(assign_vips(&nets, &[], &[], &mut svc).unwrap_err().message.contains("given twice"));
+    let mut svc = service(3, "ingress", EndpointMode::Vip);
+    assert!(assign_vips(&nets, &[], &[], &mut svc).unwrap_err().message.contains("publish a port"));
+}
+
+#[test]
 fn ended_tasks_give_their_addresses_back_and_live_ones_keep_them() {
     let nets = cluster();
     let by_name: HashMap<&NetworkName, &Network> = nets.iter().map(|n| (&n.spec.name, n)).collect();
