@@ -461,6 +461,8 @@ mod tests {
         images: Vec<ImageRecord>,
         /// Service names the server keeps, removed services' included.
         names: HashMap<ServiceId, ServiceName>,
+        /// Overlay networks (none unless a test adds them).
+        networks: Vec<Network>,
         ids: u32,
     }
 
@@ -480,6 +482,7 @@ mod tests {
                 nodes,
                 images,
                 names,
+                networks: Vec::new(),
                 ids: 0,
             }
         }
@@ -497,7 +500,7 @@ mod tests {
                 nodes: &self.nodes,
                 images: &self.images,
                 names: &self.names,
-                networks: &[],
+                networks: &self.networks,
             };
             let now = Now { mono, wall_ms: WALL0 + mono };
             let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
@@ -515,7 +518,7 @@ mod tests {
                 &self.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
                 &outcome.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
                 &self.names,
-                &[],
+                &self.networks,
             );
             assert_eq!(outcome.diffs, full, "the diffs of the changed tasks are the diffs of all tasks");
             self.tasks = outcome.tasks.clone();
@@ -549,6 +552,50 @@ mod tests {
         fn update_state(&self) -> Option<UpdateState> {
             self.records[0].update.as_ref().map(|u| u.status.state)
         }
+    }
+
+    #[test]
+    fn new_tasks_get_addresses_their_assignments_carry_and_replacements_never_reuse_a_live_one() {
+        let mut w = World::new(3, |s| s.networks.push(text("atsea").unwrap()).unwrap());
+        let ingress = crate::ipam::ingress(shoal_proto::networks::NetworkId::from_random([1; 16]), 0);
+        let spec = shoal_proto::networks::NetworkSpec::new(text("atsea").unwrap());
+        let atsea = crate::ipam::create_network(
+            std::slice::from_ref(&ingress),
+            spec,
+            shoal_proto::networks::NetworkId::from_random([2; 16]),
+            0,
+        )
+        .unwrap();
+        w.networks = vec![ingress, atsea.clone()];
+        let out = w.pass(0, vec![]);
+        let addresses: HashSet<_> = w.tasks.iter().map(|t| t.networks[0].address).collect();
+        assert_eq!(addresses.len(), 3, "three tasks, three addresses");
+        let sent: Vec<_> = out.diffs.values().flat_map(|d| d.upsert.iter()).collect();
+        assert_eq!(sent.len(), 3);
+        for a in sent {
+            assert_eq!((a.networks.len(), a.networks[0].vni, a.networks[0].subnet), (1, 4098, atsea.subnet));
+            assert!(addresses.contains(&a.networks[0].address));
+        }
+        let reports = w.node_reports(1);
+        w.pass(1, reports);
+        assert!(w.pass(2, vec![]).writes_nothing(), "a settled cluster allocates nothing");
+
+        // An update replaces each task; while the old ones live, their addresses stay theirs.
+        let next = {
+            let mut spec = w.records[0].service.spec.clone();
+            spec.image = text("demo/app:2.0").unwrap();
+            services::update(&w.records[0], spec, 1, &w.images, WALL0).unwrap()
+        };
+        w.records[0] = next;
+        for mono in 3..60 {
+            let reports = w.node_reports(mono);
+            w.pass(mono * 1000, reports);
+            let live: Vec<_> =
+                w.tasks.iter().filter(|t| crate::ipam::holds_addresses(t)).map(|t| t.networks[0].address).collect();
+            let unique: HashSet<_> = live.iter().collect();
+            assert_eq!(unique.len(), live.len(), "no address held twice at {mono}");
+        }
+        assert_eq!(w.update_state(), Some(UpdateState::Completed));
     }
 
     #[test]
