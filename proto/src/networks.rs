@@ -6,8 +6,8 @@
 //!
 //! Data and pure helpers only: the manager's IPAM (`shoal-core`'s `ipam`) decides the
 //! addresses and the agent programs the data plane. Every list is bounded; a board's
-//! view travels in chunks of [`MAX_VIEW_CHUNK`] networks so one message stays far below
-//! the 1 MiB frame the agent reads (one network at its bounds is under 120 KiB).
+//! view travels in chunks of [`MAX_VIEW_CHUNK`] networks so one message stays below half
+//! the 1 MiB frame the agent reads (one network at its bounds is under 220 KiB).
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr};
@@ -23,8 +23,9 @@ pub use crate::services::{NetworkId, NetworkName};
 pub const MAX_NETWORK_LABELS: usize = 64;
 /// Most networks in one listing.
 pub const MAX_NETWORKS_LISTED: usize = 1024;
-/// Most networks in one [`NodeNetworks`] message; larger views are chunked.
-pub const MAX_VIEW_CHUNK: usize = 4;
+/// Most networks in one [`NodeNetworks`] message; larger views are chunked. A network
+/// at every bound encodes to under 220 KiB, so a chunk stays below half a frame.
+pub const MAX_VIEW_CHUNK: usize = 2;
 /// Most peers of one network in a board's view: tasks on other boards.
 pub const MAX_PEERS: usize = 1024;
 /// Most services named on one network in a board's view.
@@ -491,6 +492,49 @@ mod tests {
     fn a_subnet_with_host_bits_is_refused_at_decode() {
         let bytes = postcard::to_allocvec(&(Ipv4Addr::new(10, 0, 0, 5), 24u8)).unwrap();
         assert!(postcard::from_bytes::<Subnet>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_chunk_of_the_largest_networks_fits_half_a_frame() {
+        let id = |n: u32| {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&n.to_le_bytes());
+            b
+        };
+        let addr = Ipv4Addr::new(10, 0, 0, 2);
+        let name = crate::text::<63>(&"s".repeat(63)).unwrap();
+        let view = NetworkView {
+            id: NetworkId::from_random(id(0)),
+            name: crate::text(&"n".repeat(64)).unwrap(),
+            vni: MAX_VNI,
+            subnet: Subnet::parse("10.0.0.0/8").unwrap(),
+            gateway: addr,
+            encrypted: true,
+            peers: vec![Peer { address: addr, underlay: IpAddr::from([0xffff_u16; 8]) }; MAX_PEERS].try_into().unwrap(),
+            services: vec![
+                ServiceEntry { name, endpoint_mode: EndpointMode::Vip, vip: Some(addr) };
+                MAX_NAMED_SERVICES
+            ]
+            .try_into()
+            .unwrap(),
+            tasks: (0..MAX_NAMED_TASKS as u32)
+                .map(|n| TaskEntry {
+                    service: u16::MAX,
+                    name: crate::text(&"t".repeat(128)).unwrap(),
+                    task_id: TaskId::from_random(id(n)),
+                    address: addr,
+                })
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap(),
+            truncated: true,
+        };
+        let chunk = crate::ManagerMessage::Networks(NodeNetworks {
+            more: true,
+            networks: vec![view; MAX_VIEW_CHUNK].try_into().unwrap(),
+        });
+        let size = postcard::to_allocvec(&chunk).unwrap().len();
+        assert!(size < crate::MAX_FRAME_LEN / 2, "{size} bytes");
     }
 
     #[test]

@@ -234,10 +234,29 @@ proptest! {
 }
 
 #[test]
-fn a_view_in_chunks_stays_within_a_frame() {
+fn a_view_goes_in_chunks_and_an_empty_one_is_still_told() {
     let nets = cluster();
-    let views: Vec<_> =
-        (0..9).map(|_| netview::node_view(&NodeId::from_random([1; 16]), &nets, &[], &[], &HashMap::new())).collect();
-    assert!(views.iter().all(Vec::is_empty));
+    let by_name: HashMap<&NetworkName, &Network> = nets.iter().map(|n| (&n.spec.name, n)).collect();
+    let svc = service(1, "myoverlay", EndpointMode::Dnsrr);
+    let mut t = task(&svc, 1, 1, TaskState::Running);
+    attach(&mut Ipam::rebuild(&nets, [&svc], &[]), &by_name, &mut t);
+    let node = NodeId::from_random([1; 16]);
+    let view = netview::node_view(&node, &nets, &[&svc], std::slice::from_ref(&t), &HashMap::new());
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].resolve("svc1"), vec![t.networks[0].address], "dnsrr: the tasks' addresses");
+    assert_eq!(view[0].resolve("tasks.svc1"), vec![t.networks[0].address]);
+    assert!(view[0].peers.is_empty(), "its own task is no peer");
+    let other =
+        netview::node_view(&NodeId::from_random([2; 16]), &nets, &[&svc], std::slice::from_ref(&t), &HashMap::new());
+    assert!(other.is_empty(), "the network does not exist where none of its tasks runs");
+    let five = vec![view[0].clone(); 5];
+    let more: Vec<bool> = netview::messages(five)
+        .into_iter()
+        .map(|m| match m {
+            shoal_proto::ManagerMessage::Networks(n) => n.more,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(more, [true, true, false]);
     assert_eq!(netview::messages(Vec::new()).len(), 1, "an empty view is still told");
 }
