@@ -75,7 +75,7 @@ fn networks_are_created_listed_inspected_with_their_tasks_and_refused_when_bad()
     let vip = net["Services"][&svc]["VIP"].as_str().unwrap().to_owned();
     assert!(vip.starts_with("10.0.1."), "{net}");
     let service: serde_json::Value = serde_json::from_str(&m.shoal(&["service", "inspect", &svc])).unwrap();
-    assert_eq!(service[0]["Endpoint"]["VirtualIPs"][0]["Addr"], vip.as_str());
+    assert_eq!(service[0]["Endpoint"]["VirtualIPs"][0]["Addr"], format!("{vip}/24"));
     assert_eq!(service[0]["Spec"]["TaskTemplate"]["Networks"][0]["Target"], "myoverlay");
 
     // A restarted manager rebuilds the same addresses from its store.

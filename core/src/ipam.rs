@@ -266,7 +266,7 @@ pub fn service_vips(
                 Some(v) => v.clone(),
                 None => {
                     let address = ipam.allocate(&net.id).ok_or_else(|| full(net))?;
-                    VirtualIp { network_id: net.id.clone(), address }
+                    VirtualIp { network_id: net.id.clone(), address, prefix: net.subnet.prefix() }
                 }
             };
             out.push(vip);

@@ -282,6 +282,8 @@ pub struct VirtualIp {
     pub network_id: NetworkId,
     /// The VIP in its subnet.
     pub address: Ipv4Addr,
+    /// The subnet's prefix length (`Addr` shows `10.0.1.2/24`, as Docker's).
+    pub prefix: u8,
 }
 
 /// What a board needs to attach one container to one network: in the assignment.

@@ -304,7 +304,7 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
             "Spec": { "Mode": spec.endpoint_mode.to_string(), "Ports": ports.clone() },
             "Ports": ports,
             "VirtualIPs": v.service.virtual_ips.iter()
-                .map(|ip| json!({ "NetworkID": ip.network_id.as_str(), "Addr": ip.address.to_string() }))
+                .map(|ip| json!({ "NetworkID": ip.network_id.as_str(), "Addr": format!("{}/{}", ip.address, ip.prefix) }))
                 .collect::<Vec<_>>(),
         },
         "ServiceStatus": { "RunningTasks": v.running, "DesiredTasks": v.desired },
