@@ -333,6 +333,10 @@ async fn session(
                     debug!(full, more, upsert = upsert.len(), remove = remove.len(), "assignments from the manager");
                     supervisor.assign(full, more, upsert.into_vec(), remove.into_vec()).await;
                 }
+                // Wired by the lead: the overlay, resolver and load balancer take this view.
+                Ok(Some(ManagerMessage::Networks(view))) => {
+                    debug!(more = view.more, networks = view.networks.len(), "network view from the manager");
+                }
                 Ok(None) => return "the manager closed the session".to_owned(),
                 Err(e) => return e.to_string(),
             }

@@ -65,6 +65,7 @@ fn scheduler_rate() -> (Duration, usize) {
                 desired_state: TaskState::Running,
                 status: TaskStatus::new(TaskState::Pending, 0, "pending"),
                 created_at_ms: 0,
+                networks: Default::default(),
             });
         }
     }

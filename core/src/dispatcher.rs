@@ -13,6 +13,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 
 use shoal_proto::dispatch::{Assignment, MAX_ASSIGNMENTS, MAX_ASSIGNMENT_BYTES};
+use shoal_proto::networks::Network;
 use shoal_proto::services::ServiceName;
 use shoal_proto::{BoundedVec, ManagerMessage, NodeId, ServiceId, Task, TaskId, TaskState};
 
@@ -22,8 +23,8 @@ pub fn dispatched_to(t: &Task) -> Option<&NodeId> {
     t.node_id.as_ref().filter(|_| told)
 }
 
-/// A task as its node sees it.
-pub fn assignment(t: &Task, service_name: &ServiceName) -> Assignment {
+/// A task as its node sees it, with what it needs to attach to its `networks`.
+pub fn assignment(t: &Task, service_name: &ServiceName, networks: &[Network]) -> Assignment {
     Assignment {
         task_id: t.id.clone(),
         service_name: service_name.clone(),
@@ -31,6 +32,7 @@ pub fn assignment(t: &Task, service_name: &ServiceName) -> Assignment {
         spec: t.spec.clone(),
         desired_state: t.desired_state,
         hosts: BoundedVec::new(),
+        networks: crate::netview::attachments(networks, t),
     }
 }
 
@@ -48,10 +50,11 @@ pub fn full_set<'a>(
     node: &NodeId,
     tasks: impl Iterator<Item = &'a Task>,
     names: &HashMap<ServiceId, ServiceName>,
+    networks: &[Network],
 ) -> Vec<ManagerMessage> {
     let mut set: Vec<Assignment> = tasks
         .filter(|t| dispatched_to(t) == Some(node))
-        .filter_map(|t| names.get(&t.service_id).map(|n| assignment(t, n)))
+        .filter_map(|t| names.get(&t.service_id).map(|n| assignment(t, n, networks)))
         .collect();
     set.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     let mut chunks = chunked(set);
@@ -98,16 +101,18 @@ pub fn diff<B: Borrow<Task>, A: Borrow<Task>>(
     before: &HashMap<TaskId, B>,
     after: &HashMap<TaskId, A>,
     names: &HashMap<ServiceId, ServiceName>,
+    networks: &[Network],
 ) -> BTreeMap<NodeId, NodeDiff> {
     let mut out: BTreeMap<NodeId, NodeDiff> = BTreeMap::new();
     for (id, t) in after {
         let t = t.borrow();
         let Some(node) = dispatched_to(t) else { continue };
         let old = before.get(id).map(Borrow::borrow).filter(|o| dispatched_to(o) == Some(node));
-        let changed = old.is_none_or(|o| o.desired_state != t.desired_state || o.spec != t.spec);
+        let changed =
+            old.is_none_or(|o| o.desired_state != t.desired_state || o.spec != t.spec || o.networks != t.networks);
         if changed {
             if let Some(name) = names.get(&t.service_id) {
-                out.entry(node.clone()).or_default().upsert.push(assignment(t, name));
+                out.entry(node.clone()).or_default().upsert.push(assignment(t, name, networks));
             }
         }
     }
@@ -152,7 +157,13 @@ mod tests {
 
     fn task(n: u32, node: Option<&NodeId>, state: TaskState, desired: TaskState) -> Task {
         let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
-        let svc = Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 };
+        let svc = Service {
+            id: ServiceId::from_random([1; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        };
         let mut seed = [7u8; 16];
         seed[..4].copy_from_slice(&n.to_le_bytes());
         Task {
@@ -165,6 +176,7 @@ mod tests {
             desired_state: desired,
             status: TaskStatus::new(state, 0, ""),
             created_at_ms: 0,
+            networks: Default::default(),
         }
     }
 
@@ -191,11 +203,14 @@ mod tests {
             task(4, Some(&n2), Running, Running),
             task(5, None, Pending, Running),
         ];
-        let msgs = full_set(&n1, tasks.iter(), &names());
+        let msgs = full_set(&n1, tasks.iter(), &names(), &[]);
         assert_eq!(msgs.iter().map(upserts).collect::<Vec<_>>(), vec![(true, false, 2, 0)]);
-        assert_eq!(upserts(&full_set(&NodeId::from_random([3; 16]), tasks.iter(), &names())[0]), (true, false, 0, 0));
+        assert_eq!(
+            upserts(&full_set(&NodeId::from_random([3; 16]), tasks.iter(), &names(), &[])[0]),
+            (true, false, 0, 0)
+        );
         tasks = (0..600).map(|i| task(i, Some(&n1), Assigned, Running)).collect();
-        let msgs: Vec<_> = full_set(&n1, tasks.iter(), &names()).iter().map(upserts).collect();
+        let msgs: Vec<_> = full_set(&n1, tasks.iter(), &names(), &[]).iter().map(upserts).collect();
         assert_eq!(msgs, vec![(true, true, 256, 0), (true, true, 256, 0), (true, false, 88, 0)]);
     }
 
@@ -210,7 +225,7 @@ mod tests {
                 t
             })
             .collect();
-        let msgs = full_set(&n1, tasks.iter(), &names());
+        let msgs = full_set(&n1, tasks.iter(), &names(), &[]);
         assert!(msgs.len() >= 4, "{} messages", msgs.len());
         assert_eq!(msgs.iter().map(|m| upserts(m).2).sum::<usize>(), 10);
         for m in &msgs {
@@ -219,7 +234,7 @@ mod tests {
         }
         let before: HashMap<TaskId, Task> = HashMap::new();
         let after: HashMap<TaskId, Task> = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
-        let d = diff(&before, &after, &names()).remove(&n1).unwrap();
+        let d = diff(&before, &after, &names(), &[]).remove(&n1).unwrap();
         let msgs = diff_messages(d);
         assert!(msgs.len() >= 4);
         assert_eq!(msgs.iter().map(|m| upserts(m).2).sum::<usize>(), 10);
@@ -246,7 +261,7 @@ mod tests {
         let t4 = after.get_mut(&id(4)).unwrap();
         t4.node_id = Some(n1.clone());
         t4.status.state = Assigned;
-        let d = diff(&before, &after, &names());
+        let d = diff(&before, &after, &names(), &[]);
         let d1 = &d[&n1];
         assert_eq!(d1.upsert.iter().map(|a| a.slot).collect::<Vec<_>>().len(), 2);
         assert!(d1.upsert.iter().any(|a| a.slot == 2 && a.desired_state == Shutdown));

@@ -93,7 +93,13 @@ mod tests {
 
     fn task(n: u32, node: u8, state: TaskState, desired: TaskState, created: u64) -> Task {
         let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
-        let svc = Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 };
+        let svc = Service {
+            id: ServiceId::from_random([1; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        };
         let mut seed = [7u8; 16];
         seed[..4].copy_from_slice(&n.to_le_bytes());
         seed[4] = created as u8;
@@ -107,6 +113,7 @@ mod tests {
             desired_state: desired,
             status: TaskStatus::new(state, 0, ""),
             created_at_ms: created,
+            networks: Default::default(),
         }
     }
 

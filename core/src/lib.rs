@@ -10,7 +10,9 @@
 pub mod dispatcher;
 pub mod exec;
 pub mod images;
+pub mod ipam;
 pub mod membership;
+pub mod netview;
 pub mod nodes;
 pub mod orchestrator;
 pub mod pass;

@@ -384,7 +384,13 @@ mod tests {
         let mut spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1").unwrap());
         spec.mode = mode;
         spec.restart_policy = policy;
-        Service { id: ServiceId::from_random([9; 16]), spec, spec_version: 1, created_at_ms: 0 }
+        Service {
+            id: ServiceId::from_random([9; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        }
     }
 
     fn replicated(n: u32) -> Service {
@@ -627,6 +633,7 @@ mod tests {
                 desired_state: if *running { Running } else { Shutdown },
                 status: TaskStatus::new(all[*state], 0, ""),
                 created_at_ms: i as u64,
+                networks: Default::default(),
             }).collect();
             let mut o = Orchestrator::default();
             for step in 0..6u64 {

@@ -21,11 +21,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::dispatch::TaskReport;
-use shoal_proto::services::ServiceName;
+use shoal_proto::networks::Network;
+use shoal_proto::services::{NetworkName, ServiceName};
 use shoal_proto::{apply_status, Backward, Message, NodeId, ServiceId, Task, TaskId, TaskState, TaskStatus};
 
 use crate::dispatcher::{self, NodeDiff};
 use crate::images::ImageRecord;
+use crate::ipam::{self, Ipam};
 use crate::orchestrator::{Orchestrator, OrchestratorConfig};
 use crate::placement::ClusterNode;
 use crate::plan::{earliest, Now, Plan};
@@ -46,6 +48,8 @@ pub struct Cluster<'a> {
     /// Names of services that may no longer have a record (removed, tasks still
     /// stopping); a record's own name wins.
     pub names: &'a HashMap<ServiceId, ServiceName>,
+    /// Every overlay network, ingress included: tasks get their addresses on them.
+    pub networks: &'a [Network],
 }
 
 /// Something worth a log line, with the level the shell logs it at.
@@ -215,6 +219,7 @@ impl Reconciler {
 
         reject_without_image(&mut w, cluster.images, now.wall_ms);
         schedule(&mut w, nodes, now.wall_ms, &mut events);
+        attach_addresses(&mut w, cluster.networks, records);
 
         let Working { mut tasks, before } = w;
         tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -235,7 +240,7 @@ impl Reconciler {
         let old: HashMap<TaskId, &Task> =
             before.values().flatten().filter(|t| !changed_nothing(&tasks, t)).map(|t| (t.id.clone(), t)).collect();
         let new: HashMap<TaskId, &Task> = changed.iter().map(|&i| (tasks[i].id.clone(), &tasks[i])).collect();
-        let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new));
+        let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new), cluster.networks);
 
         Outcome { tasks, changed, remove_tasks, records: changed_records, diffs, events, wake_at }
     }
@@ -277,6 +282,25 @@ impl Working {
             self.before.entry(t.id.clone()).or_insert(None);
         }
         plan.apply_to(&mut self.tasks, wall_ms);
+    }
+}
+
+/// Gives every task that has not ended its addresses on its networks (new tasks, in
+/// practice: addresses are never taken back from a live task). The allocator is rebuilt
+/// from the records only when some task needs an address.
+fn attach_addresses(w: &mut Working, networks: &[Network], records: &[ServiceRecord]) {
+    if networks.is_empty() {
+        return;
+    }
+    let by_name: HashMap<&NetworkName, &Network> = networks.iter().map(|n| (&n.spec.name, n)).collect();
+    let needs: Vec<usize> = (0..w.tasks.len()).filter(|&i| ipam::needs_attach(&by_name, &w.tasks[i])).collect();
+    if needs.is_empty() {
+        return;
+    }
+    let mut ipam = Ipam::rebuild(networks, records.iter().map(|r| &r.service), &w.tasks);
+    for i in needs {
+        w.touch(i);
+        ipam::attach(&mut ipam, &by_name, &mut w.tasks[i]);
     }
 }
 
@@ -437,6 +461,8 @@ mod tests {
         images: Vec<ImageRecord>,
         /// Service names the server keeps, removed services' included.
         names: HashMap<ServiceId, ServiceName>,
+        /// Overlay networks (none unless a test adds them).
+        networks: Vec<Network>,
         ids: u32,
     }
 
@@ -456,6 +482,7 @@ mod tests {
                 nodes,
                 images,
                 names,
+                networks: Vec::new(),
                 ids: 0,
             }
         }
@@ -468,8 +495,13 @@ mod tests {
                 seed[..4].copy_from_slice(&ids.to_le_bytes());
                 TaskId::from_random(seed)
             };
-            let cluster =
-                Cluster { records: &self.records, nodes: &self.nodes, images: &self.images, names: &self.names };
+            let cluster = Cluster {
+                records: &self.records,
+                nodes: &self.nodes,
+                images: &self.images,
+                names: &self.names,
+                networks: &self.networks,
+            };
             let now = Now { mono, wall_ms: WALL0 + mono };
             let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
             // What the pass says it changed is exactly what differs, task by task.
@@ -486,6 +518,7 @@ mod tests {
                 &self.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
                 &outcome.tasks.iter().map(|t| (t.id.clone(), t)).collect::<HashMap<_, _>>(),
                 &self.names,
+                &self.networks,
             );
             assert_eq!(outcome.diffs, full, "the diffs of the changed tasks are the diffs of all tasks");
             self.tasks = outcome.tasks.clone();
@@ -519,6 +552,50 @@ mod tests {
         fn update_state(&self) -> Option<UpdateState> {
             self.records[0].update.as_ref().map(|u| u.status.state)
         }
+    }
+
+    #[test]
+    fn new_tasks_get_addresses_their_assignments_carry_and_replacements_never_reuse_a_live_one() {
+        let mut w = World::new(3, |s| s.networks.push(text("atsea").unwrap()).unwrap());
+        let ingress = crate::ipam::ingress(shoal_proto::networks::NetworkId::from_random([1; 16]), 0);
+        let spec = shoal_proto::networks::NetworkSpec::new(text("atsea").unwrap());
+        let atsea = crate::ipam::create_network(
+            std::slice::from_ref(&ingress),
+            spec,
+            shoal_proto::networks::NetworkId::from_random([2; 16]),
+            0,
+        )
+        .unwrap();
+        w.networks = vec![ingress, atsea.clone()];
+        let out = w.pass(0, vec![]);
+        let addresses: HashSet<_> = w.tasks.iter().map(|t| t.networks[0].address).collect();
+        assert_eq!(addresses.len(), 3, "three tasks, three addresses");
+        let sent: Vec<_> = out.diffs.values().flat_map(|d| d.upsert.iter()).collect();
+        assert_eq!(sent.len(), 3);
+        for a in sent {
+            assert_eq!((a.networks.len(), a.networks[0].vni, a.networks[0].subnet), (1, 4098, atsea.subnet));
+            assert!(addresses.contains(&a.networks[0].address));
+        }
+        let reports = w.node_reports(1);
+        w.pass(1, reports);
+        assert!(w.pass(2, vec![]).writes_nothing(), "a settled cluster allocates nothing");
+
+        // An update replaces each task; while the old ones live, their addresses stay theirs.
+        let next = {
+            let mut spec = w.records[0].service.spec.clone();
+            spec.image = text("demo/app:2.0").unwrap();
+            services::update(&w.records[0], spec, 1, &w.images, WALL0).unwrap()
+        };
+        w.records[0] = next;
+        for mono in 3..60 {
+            let reports = w.node_reports(mono);
+            w.pass(mono * 1000, reports);
+            let live: Vec<_> =
+                w.tasks.iter().filter(|t| crate::ipam::holds_addresses(t)).map(|t| t.networks[0].address).collect();
+            let unique: HashSet<_> = live.iter().collect();
+            assert_eq!(unique.len(), live.len(), "no address held twice at {mono}");
+        }
+        assert_eq!(w.update_state(), Some(UpdateState::Completed));
     }
 
     #[test]

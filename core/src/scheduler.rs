@@ -402,6 +402,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Pending, 0, "pending"),
             created_at_ms: 0,
+            networks: Default::default(),
         }
     }
 

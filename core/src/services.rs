@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use shoal_proto::dispatch::{ServiceView, TaskView, UpdateState, UpdateStatus};
+use shoal_proto::{BoundedVec, TaskId, UpdateConfig};
 use shoal_proto::{
     ErrorKind, ErrorReply, Hostname, Message, NodeId, Service, ServiceId, ServiceMode, ServiceSpec, Task, TaskState,
 };
-use shoal_proto::{TaskId, UpdateConfig};
 
 use crate::images::{self, ImageRecord};
 
@@ -118,7 +118,7 @@ pub fn create(
     }
     let spec = prepare(spec, images)?;
     Ok(ServiceRecord {
-        service: Service { id, spec, spec_version: 1, created_at_ms: wall_ms },
+        service: Service { id, spec, spec_version: 1, created_at_ms: wall_ms, virtual_ips: BoundedVec::new() },
         previous: None,
         update: None,
         updated_at_ms: wall_ms,
@@ -359,6 +359,7 @@ mod tests {
             desired_state: desired,
             status: TaskStatus::new(state, created, ""),
             created_at_ms: created,
+            networks: Default::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! how a task is stopped. One behaviour for both callers, so a task is stopped the same
 //! way whoever decides it.
 
-use shoal_proto::{NodeId, Service, Task, TaskId, TaskState, TaskStatus};
+use shoal_proto::{BoundedVec, NodeId, Service, Task, TaskId, TaskState, TaskStatus};
 
 use crate::plan::{Now, Plan, Stop};
 
@@ -65,6 +65,7 @@ pub fn new_task(now: Now, service: &Service, slot: u32, node_id: Option<NodeId>,
         desired_state: TaskState::Running,
         status: TaskStatus::new(TaskState::Pending, now.wall_ms, "pending task scheduling"),
         created_at_ms: now.wall_ms,
+        networks: BoundedVec::new(),
     }
 }
 
@@ -79,6 +80,7 @@ mod tests {
             spec: ServiceSpec::new(text("s").unwrap(), text("demo/app:1.0").unwrap()),
             spec_version: 1,
             created_at_ms: 0,
+            virtual_ips: BoundedVec::new(),
         };
         let mut t = new_task(
             Now { mono: 0, wall_ms: created },

@@ -106,7 +106,13 @@ impl Sim {
         f(&mut spec);
         spec.validate().unwrap();
         let id = ServiceId::from_random(seeded(2, self.services.len() as u32));
-        self.services.push(Service { id: id.clone(), spec, spec_version: 1, created_at_ms: 0 });
+        self.services.push(Service {
+            id: id.clone(),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        });
         self.dirty = true;
         id
     }
@@ -181,7 +187,7 @@ impl Sim {
             loaded_at_ms: 0,
         }];
         let names = HashMap::new();
-        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &images, names: &names };
+        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &images, names: &names, networks: &[] };
         let tasks = std::mem::take(&mut self.tasks);
         let outcome = self.reconciler.pass(Now { mono: now, wall_ms: now }, cluster, tasks, Vec::new(), &mut new_id);
         self.wake_at = outcome.wake_at;

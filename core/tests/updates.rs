@@ -123,7 +123,8 @@ impl Lab {
         };
         let records = [self.record.clone()];
         let names = HashMap::new();
-        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &self.images, names: &names };
+        let cluster =
+            Cluster { records: &records, nodes: &self.nodes, images: &self.images, names: &names, networks: &[] };
         let (tasks, reports) = (std::mem::take(&mut self.tasks), std::mem::take(&mut self.reports));
         let outcome = self.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
         for event in outcome.events {

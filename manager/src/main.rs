@@ -28,6 +28,9 @@ enum Command {
     /// Manage the images the manager distributes to the nodes.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(shoal_manager::cli::network::NetworkCommand),
     /// Manage services: replicated or global sets of containers on the boards.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Manager(cmd) => shoal_manager::cli::manager::run(&cli.data_dir, cmd).await,
             Command::Node(cmd) => shoal_manager::cli::node::run(&cli.data_dir, cmd).await,
             Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
+            Command::Network(cmd) => shoal_manager::cli::network::run(&cli.data_dir, cmd).await,
             Command::Service(cmd) => shoal_manager::cli::service::run(&cli.data_dir, cmd).await,
             Command::Exec(_) => unreachable!("handled above"),
         }

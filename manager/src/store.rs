@@ -22,6 +22,8 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 /// Tasks by task ID.
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// Overlay networks by network ID (ingress included).
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const CLUSTER_KEY: &str = "cluster";
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
@@ -448,6 +450,31 @@ impl Store {
         self.all(TASKS)
     }
 
+    /// Every overlay network, in ID order.
+    pub fn networks(&self) -> Result<Vec<shoal_proto::networks::Network>, StoreError> {
+        self.all(NETWORKS)
+    }
+
+    /// Writes a network record.
+    pub fn put_network(&self, network: &shoal_proto::networks::Network) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NETWORKS)?.insert(network.id.as_str(), postcard::to_allocvec(network)?.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a network record.
+    pub fn remove_network(&self, id: &shoal_proto::networks::NetworkId) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NETWORKS)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Writes services and tasks in one transaction: a reconciliation is all or nothing.
     pub fn change_services(&self, changes: &ServiceChanges) -> Result<(), StoreError> {
         self.note(|| {
@@ -657,6 +684,7 @@ mod tests {
                 spec: spec.clone(),
                 spec_version: 2,
                 created_at_ms: 5,
+                virtual_ips: Default::default(),
             },
             previous: Some(old),
             update: None,
@@ -672,6 +700,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Pending, 0, "pending"),
             created_at_ms: 0,
+            networks: Default::default(),
         };
         let (t1, t2) = (task(1), task(2));
         {
@@ -688,6 +717,34 @@ mod tests {
             .change_services(&ServiceChanges { remove_services: vec![&record.service.id], ..Default::default() })
             .unwrap();
         assert!(store.services().unwrap().is_empty());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn networks_survive_reopening_the_store() {
+        let path =
+            std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())));
+        let ingress = crate::core::ipam::ingress(shoal_proto::networks::NetworkId::from_random([1; 16]), 3);
+        let spec = shoal_proto::networks::NetworkSpec::new(shoal_proto::text("atsea").unwrap());
+        let atsea = crate::core::ipam::create_network(
+            std::slice::from_ref(&ingress),
+            spec,
+            shoal_proto::networks::NetworkId::from_random([2; 16]),
+            4,
+        )
+        .unwrap();
+        {
+            let store = Store::from_db(Database::create(&path).unwrap(), &path);
+            assert!(store.networks().unwrap().is_empty());
+            store.put_network(&ingress).unwrap();
+            store.put_network(&atsea).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut both = vec![ingress.clone(), atsea.clone()];
+        both.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(store.networks().unwrap(), both, "in ID order");
+        store.remove_network(&atsea.id).unwrap();
+        assert_eq!(store.networks().unwrap(), vec![ingress]);
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -46,6 +46,7 @@ fn main() {
         spec: spec.task_spec(),
         desired_state: TaskState::Running,
         hosts: BoundedVec::new(),
+        networks: BoundedVec::new(),
     };
     let report = TaskReport { task_id: task_id.clone(), status: status.clone() };
 

@@ -42,6 +42,9 @@ pub struct Assignment {
     pub desired_state: TaskState,
     /// Extra `/etc/hosts` lines (`IP NAME`), for names on its networks.
     pub hosts: BoundedVec<Text<128>, MAX_HOSTS>,
+    /// What the board needs to attach the container to each of its networks, in the
+    /// order of `spec.networks`.
+    pub networks: BoundedVec<crate::networks::AttachmentConfig, { crate::services::MAX_NETWORKS }>,
 }
 
 /// A change of one task's observed status, from its node.

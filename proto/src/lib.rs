@@ -18,6 +18,7 @@ pub mod frame;
 pub mod ids;
 pub mod images;
 pub mod messages;
+pub mod networks;
 pub mod services;
 pub mod time;
 pub mod token;

@@ -154,6 +154,9 @@ pub enum ManagerMessage {
         /// Tasks to forget (stopped and removed if they run).
         remove: BoundedVec<crate::services::TaskId, { crate::dispatch::MAX_ASSIGNMENTS }>,
     },
+    /// One chunk of this node's view of its networks (peers, names, VIP backends),
+    /// sent whole each time it changes: see [`crate::networks::NodeNetworks`].
+    Networks(crate::networks::NodeNetworks),
 }
 
 /// Administrative requests, from the `shoal` CLI.
@@ -206,6 +209,8 @@ pub enum ControlRequest {
     },
     /// `shoal service ...`.
     Service(crate::dispatch::ServiceRequest),
+    /// `shoal network ...`.
+    Network(crate::networks::NetworkRequest),
     /// `shoal manager backup FILE`: a consistent copy of the state store, whose bytes
     /// follow the [`ControlReply::Backup`] frame on the same stream.
     Backup,
@@ -274,6 +279,8 @@ pub enum ControlReply {
     Images(BoundedVec<ImageView, MAX_IMAGES>),
     /// Answer to a service request.
     Service(crate::dispatch::ServiceReply),
+    /// Answer to a network request.
+    Network(crate::networks::NetworkReply),
     /// A backup of `size` bytes follows this frame.
     Backup {
         /// Exact length of the store copy that follows.

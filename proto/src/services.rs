@@ -121,6 +121,10 @@ define_id!(
     /// A task's identity: 25 base-36 characters, like a node's.
     TaskId
 );
+define_id!(
+    /// A network's identity: 25 base-36 characters, like a node's.
+    NetworkId
+);
 
 /// A command-line form or spec that cannot be used, with what to type instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -416,6 +420,9 @@ pub struct Service {
     pub spec_version: u64,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Its virtual IPs, one per network it is on (endpoint mode `vip`; none for
+    /// `dnsrr`), allocated by the manager.
+    pub virtual_ips: BoundedVec<crate::networks::VirtualIp, MAX_NETWORKS>,
 }
 
 /// Replicated (n tasks anywhere) or global (one task per eligible node).
@@ -1077,6 +1084,9 @@ pub struct Task {
     pub status: TaskStatus,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Its address on each network of its spec, allocated by the manager when the task
+    /// is created; held while the task has not ended.
+    pub networks: BoundedVec<crate::networks::NetworkAttachment, MAX_NETWORKS>,
 }
 
 impl Task {
@@ -1346,6 +1356,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Pending, 0, "pending"),
             created_at_ms: 0,
+            networks: BoundedVec::new(),
         }
     }
 
@@ -1354,7 +1365,13 @@ mod tests {
         let t = task();
         let bytes = postcard::to_allocvec(&t).unwrap();
         assert_eq!(postcard::from_bytes::<Task>(&bytes).unwrap(), t);
-        let s = Service { id: t.service_id.clone(), spec: spec(), spec_version: 3, created_at_ms: 9 };
+        let s = Service {
+            id: t.service_id.clone(),
+            spec: spec(),
+            spec_version: 3,
+            created_at_ms: 9,
+            virtual_ips: BoundedVec::new(),
+        };
         let bytes = postcard::to_allocvec(&s).unwrap();
         assert_eq!(postcard::from_bytes::<Service>(&bytes).unwrap(), s);
     }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod exec;
 pub mod image;
 pub mod manager;
+pub mod network;
 pub mod node;
 pub mod output;
 pub mod service;

@@ -77,6 +77,7 @@ pub(super) async fn handle_control(
     let nodes = mgr.store.nodes().map_err(internal)?;
     match req {
         ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
+        ControlRequest::Network(req) => super::networks::handle(mgr, req, &nodes).map(ControlReply::Network),
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();

@@ -53,6 +53,7 @@ mod control;
 mod distribution;
 mod exec;
 mod join;
+mod networks;
 mod reconcile;
 mod session;
 
@@ -124,6 +125,11 @@ struct Session {
     last_heard: Millis,
     /// Messages for the agent, written by its session task.
     tx: mpsc::Sender<ManagerMessage>,
+    /// The board's underlay address: the source of its session as the manager sees it
+    /// (memory only; other boards tunnel to it).
+    underlay: std::net::IpAddr,
+    /// The network view last queued for the board; `None` until the first is.
+    view: Option<Vec<shoal_proto::networks::NetworkView>>,
 }
 
 struct State {
@@ -152,6 +158,8 @@ struct ServiceState {
     tasks: HashMap<TaskId, Task>,
     /// Names of services, kept while a removed service's tasks are still being stopped.
     names: HashMap<ServiceId, ServiceName>,
+    /// Overlay networks, ingress included, as stored.
+    networks: Vec<shoal_proto::networks::Network>,
 }
 
 impl ServiceState {
@@ -282,10 +290,11 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let tasks: HashMap<TaskId, Task> = store.tasks()?.into_iter().map(|t| (t.id.clone(), t)).collect();
     info!(services = records.len(), tasks = tasks.len(), "services loaded");
     let names = records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
+    let networks = networks::load_or_create_ingress(&store)?;
     let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
-        services: Mutex::new(ServiceState { reconciler: Reconciler::default(), records, tasks, names }),
+        services: Mutex::new(ServiceState { reconciler: Reconciler::default(), records, tasks, names, networks }),
         events,
         ca,
         cluster: Mutex::new(cluster.clone()),

@@ -78,7 +78,8 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
     // A copy: if the write below fails, memory stays as it was stored.
     let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
-    let cluster = Cluster { records: &records, nodes: &nodes, images: &images, names: &svc.names };
+    let cluster =
+        Cluster { records: &records, nodes: &nodes, images: &images, names: &svc.names, networks: &svc.networks };
     let mut new_id = || TaskId::from_random(shoal_link::random());
     let outcome = svc.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
     for event in &outcome.events {
@@ -104,13 +105,25 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let records = &svc.records;
     svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
 
-    if !diffs.is_empty() {
+    let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"));
+    if !diffs.is_empty() || !views.is_empty() {
         let st = mgr.state.lock().expect("state lock");
         let mut lagging = Vec::new();
         for (node, d) in diffs {
             let Some(session) = st.sessions.get(&node) else { continue };
             debug!(%node, upsert = d.upsert.len(), remove = d.remove.len(), "assignments changed");
             for message in dispatcher::diff_messages(d) {
+                if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
+                    lagging.push((node.clone(), session.conn.clone()));
+                    break;
+                }
+            }
+        }
+        // After the assignments, so a board learns a task's peers no earlier than the task.
+        for (node, messages) in views {
+            let Some(session) = st.sessions.get(&node) else { continue };
+            debug!(%node, "network view changed");
+            for message in messages {
                 if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
                     lagging.push((node.clone(), session.conn.clone()));
                     break;
@@ -158,7 +171,12 @@ pub(super) fn handle_service(
     let tasks_of = |svc: &ServiceState, id: &ServiceId| -> Vec<Task> {
         svc.tasks.values().filter(|t| &t.service_id == id).cloned().collect()
     };
-    let put = |svc: &mut ServiceState, record: ServiceRecord| -> Result<ServiceReply, ErrorReply> {
+    let put = |svc: &mut ServiceState, mut record: ServiceRecord| -> Result<ServiceReply, ErrorReply> {
+        // Its networks must exist; its VIPs are (re)allocated for its spec before it is stored.
+        let others: Vec<&shoal_proto::Service> =
+            svc.records.values().filter(|r| r.service.id != record.service.id).map(|r| &r.service).collect();
+        let all: Vec<Task> = svc.tasks.values().cloned().collect();
+        crate::core::ipam::assign_vips(&svc.networks, &others, &all, &mut record.service)?;
         mgr.store
             .change_services(&ServiceChanges { put_services: vec![&record], ..Default::default() })
             .map_err(internal)?;

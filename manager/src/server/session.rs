@@ -50,7 +50,17 @@ pub(super) async fn run_session(
         st.next_serial += 1;
         let serial = st.next_serial;
         let now = mgr.now();
-        let replaced = st.sessions.insert(node.clone(), Session { serial, conn: conn.clone(), last_heard: now, tx });
+        let replaced = st.sessions.insert(
+            node.clone(),
+            Session {
+                serial,
+                conn: conn.clone(),
+                last_heard: now,
+                tx,
+                underlay: conn.remote_address().ip().to_canonical(),
+                view: None,
+            },
+        );
         (serial, st.members.heard(now, &node), replaced)
     };
     if let Some(old) = replaced {
@@ -76,13 +86,15 @@ pub(super) async fn run_session(
     // Likewise the task set: a reconciliation after this queues its diff behind it.
     let full = {
         let svc = mgr.services.lock().expect("services lock");
-        dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map())
+        dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map(), &svc.networks)
     };
     for message in full {
         if framed::send(&mut send, &message).await.is_err() {
             return;
         }
     }
+    // The network view comes with the next pass (the session starts with none sent).
+    mgr.kick();
     // The read is kept across loop turns rather than restarted: `framed::recv` is not
     // cancel-safe, and dropping it halfway through a frame would lose bytes.
     let mut reading = Box::pin(next_message(recv));

@@ -113,6 +113,15 @@ pub struct UpdateArgs {
     /// Remove a placement constraint (as it was given).
     #[arg(long = "constraint-rm", value_parser = Constraint::parse)]
     pub constraint_rm: Vec<Constraint>,
+    /// Attach to a network.
+    #[arg(long = "network-add")]
+    pub network_add: Vec<String>,
+    /// Detach from a network.
+    #[arg(long = "network-rm")]
+    pub network_rm: Vec<String>,
+    /// vip or dnsrr.
+    #[arg(long = "endpoint-mode")]
+    pub endpoint_mode: Option<EndpointMode>,
     /// Change a security option (same forms as `create --security-opt`; `seccomp=default`
     /// goes back to the default profile).
     #[arg(long = "security-opt", value_name = "OPTION", value_parser = SecurityOpt::parse)]
@@ -307,6 +316,9 @@ impl UpdateArgs {
             || !self.publish_rm.is_empty()
             || !self.constraint_add.is_empty()
             || !self.constraint_rm.is_empty()
+            || !self.network_add.is_empty()
+            || !self.network_rm.is_empty()
+            || self.endpoint_mode.is_some()
             || !self.security_opt.is_empty()
             || self.policy != UpdatePolicyArgs::default();
         if self.rollback && changes {
@@ -364,6 +376,23 @@ impl UpdateArgs {
             }
         }
         spec.constraints = bounded(constraints, "constraints")?;
+
+        let mut networks: Vec<String> = spec.networks.iter().map(|n| n.to_string()).collect();
+        for rm in &self.network_rm {
+            if !networks.contains(rm) {
+                anyhow::bail!("--network-rm {rm}: the service is not on that network (see `shoal service inspect`)");
+            }
+            networks.retain(|n| n != rm);
+        }
+        for add in &self.network_add {
+            if !networks.contains(add) {
+                networks.push(add.clone());
+            }
+        }
+        spec.networks = bounded(networks.iter().map(|n| text(n)).collect::<anyhow::Result<_>>()?, "networks")?;
+        if let Some(m) = self.endpoint_mode {
+            spec.endpoint_mode = m;
+        }
         SecurityOpt::apply_all(&self.security_opt, spec)?;
         self.policy.apply(spec);
         self.stop.apply(spec)?;

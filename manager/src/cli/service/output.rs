@@ -301,7 +301,13 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
             "RollbackConfig": update_config_json(&spec.rollback_config),
             "EndpointSpec": { "Mode": spec.endpoint_mode.to_string(), "Ports": ports.clone() },
         },
-        "Endpoint": { "Spec": { "Mode": spec.endpoint_mode.to_string(), "Ports": ports.clone() }, "Ports": ports },
+        "Endpoint": {
+            "Spec": { "Mode": spec.endpoint_mode.to_string(), "Ports": ports.clone() },
+            "Ports": ports,
+            "VirtualIPs": v.service.virtual_ips.iter()
+                .map(|ip| json!({ "NetworkID": ip.network_id.as_str(), "Addr": format!("{}/{}", ip.address, ip.prefix) }))
+                .collect::<Vec<_>>(),
+        },
         "ServiceStatus": { "RunningTasks": v.running, "DesiredTasks": v.desired },
     });
     if let Some(u) = &v.update_status {

@@ -105,6 +105,27 @@ fn rollback_refuses_flags_that_would_be_dropped() {
 }
 
 #[test]
+fn update_network_flags_add_remove_and_refuse_what_is_not_there() {
+    let mut spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
+    spec.networks = vec![shoal_proto::text("atsea").unwrap()].try_into().unwrap();
+    let ServiceCommand::Update(u) =
+        parse(&["update", "--network-add", "other", "--network-rm", "atsea", "--endpoint-mode", "dnsrr", "web"])
+    else {
+        panic!()
+    };
+    assert!(u.check().is_ok());
+    u.apply(&mut spec).unwrap();
+    assert_eq!(spec.networks.iter().map(|n| n.as_str()).collect::<Vec<_>>(), ["other"]);
+    assert_eq!(spec.endpoint_mode, EndpointMode::Dnsrr);
+    let before = spec.clone();
+    let ServiceCommand::Update(u) = parse(&["update", "--network-rm", "nosuch", "web"]) else { panic!() };
+    assert!(u.apply(&mut spec).unwrap_err().to_string().contains("not on that network"));
+    assert_eq!(spec.networks, before.networks, "nothing removed");
+    let ServiceCommand::Update(u) = parse(&["update", "--rollback", "--network-add", "x", "web"]) else { panic!() };
+    assert!(u.check().is_err(), "a rollback would drop the change");
+}
+
+#[test]
 fn update_flags_change_the_spec() {
     let mut spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
     spec.env = vec![BoundedString::lossy("A=1"), BoundedString::lossy("B=2")].try_into().unwrap();
@@ -150,7 +171,13 @@ fn view(replicas: u32, running: u32) -> ServiceView {
     spec.mode = ServiceMode::Replicated { replicas };
     spec.ports = vec![PortConfig::parse("mode=host,target=8000,published=8000").unwrap()].try_into().unwrap();
     ServiceView {
-        service: Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 },
+        service: Service {
+            id: ServiceId::from_random([1; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        },
         running,
         desired: replicas,
         updated: running,
@@ -171,6 +198,7 @@ fn task_view(v: &ServiceView, n: u8, slot: u32, state: TaskState, desired: TaskS
             desired_state: desired,
             status: TaskStatus::new(state, at, ""),
             created_at_ms: at,
+            networks: Default::default(),
         },
         service_name: v.service.spec.name.clone(),
         node_hostname: Some(shoal_proto::text("node1").unwrap()),
@@ -559,7 +587,13 @@ fn security_opts_set_the_seccomp_mode_and_bad_ones_are_refused_before_connecting
         Seccomp::Profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[]}"#.try_into().unwrap())
     );
     let j = json(&ServiceView {
-        service: Service { id: ServiceId::from_random([1; 16]), spec, spec_version: 1, created_at_ms: 0 },
+        service: Service {
+            id: ServiceId::from_random([1; 16]),
+            spec,
+            spec_version: 1,
+            created_at_ms: 0,
+            virtual_ips: Default::default(),
+        },
         running: 0,
         desired: 1,
         updated: 0,
