@@ -42,6 +42,7 @@ fn assignment(service: &str, slot: u32, id: u8, args: &[&str], ports: &[PortConf
         spec,
         desired_state: TaskState::Running,
         hosts: BoundedVec::new(),
+        networks: BoundedVec::new(),
     }
 }
 

@@ -29,7 +29,8 @@ const CLUSTER_KEY: &str = "cluster";
 const FORMAT_KEY: &str = "format";
 /// 2: tasks know the desired state Ready; services carry their update progress.
 /// 3: service and task specs carry their seccomp mode.
-const FORMAT: u32 = 3;
+/// 4: networks (a table), tasks' addresses, services' virtual IPs, stop signals.
+const FORMAT: u32 = 4;
 
 /// One atomic change to services and tasks: what a control request or a reconciliation
 /// writes.

@@ -43,7 +43,9 @@ pub struct Assignment {
     /// Extra `/etc/hosts` lines (`IP NAME`), for names on its networks.
     pub hosts: BoundedVec<Text<128>, MAX_HOSTS>,
     /// What the board needs to attach the container to each of its networks, in the
-    /// order of `spec.networks`.
+    /// order of `spec.networks`. (Defaulted: an agent's `tasks.json` from before networks
+    /// still loads.)
+    #[serde(default)]
     pub networks: BoundedVec<crate::networks::AttachmentConfig, { crate::services::MAX_NETWORKS }>,
 }
 

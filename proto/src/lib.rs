@@ -43,7 +43,8 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Version of the message schema below. Exchanged as the first field of every request;
 /// a peer speaking another version is answered with [`ErrorKind::VersionMismatch`].
 /// 3: specs carry their seccomp mode; disk pressure, store backups, forced image removal.
-/// 4: `shoal exec` (CLI → manager → board streams).
+/// 4: `shoal exec` (CLI → manager → board streams); overlay networks (objects, task
+/// addresses, VIPs, each board's network view); stop signals.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// ALPN protocol name negotiated by TLS, so a non-shoal QUIC peer fails at the handshake.

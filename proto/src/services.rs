@@ -947,7 +947,9 @@ pub struct TaskSpec {
     pub placement: Placement,
     /// System-call filter.
     pub seccomp: Seccomp,
-    /// The stop signal asked for (see [`ServiceSpec::stop_signal`]).
+    /// The stop signal asked for (see [`ServiceSpec::stop_signal`]). (Defaulted: an
+    /// agent's `tasks.json` from before it still loads.)
+    #[serde(default)]
     pub stop_signal: Option<Text<16>>,
 }
 

@@ -455,6 +455,7 @@ mod tests {
             spec,
             desired_state: desired,
             hosts: BoundedVec::new(),
+            networks: BoundedVec::new(),
         }
     }
 

@@ -147,6 +147,7 @@ mod tests {
             spec,
             desired_state: TaskState::Running,
             hosts: BoundedVec::new(),
+            networks: BoundedVec::new(),
         }
     }
 

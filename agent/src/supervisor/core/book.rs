@@ -507,6 +507,7 @@ mod tests {
             spec,
             desired_state: desired,
             hosts: BoundedVec::new(),
+            networks: BoundedVec::new(),
         }
     }
 
