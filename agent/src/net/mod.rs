@@ -37,6 +37,7 @@ mod link;
 mod netns;
 pub mod nft;
 pub mod overlay;
+pub mod plane;
 pub mod publish;
 pub mod subnet;
 

@@ -116,6 +116,11 @@ impl Resolver {
         self.clients.write().unwrap_or_else(|p| p.into_inner()).insert(ip, networks);
     }
 
+    /// Replaces every client at once (see [`Resolver::set_client`]).
+    pub fn set_clients(&self, clients: HashMap<Ipv4Addr, Vec<String>>) {
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = clients;
+    }
+
     /// Forgets the container at `ip`.
     pub fn remove_client(&self, ip: Ipv4Addr) {
         self.clients.write().unwrap_or_else(|p| p.into_inner()).remove(&ip);
