@@ -64,6 +64,7 @@ impl Lab {
             memory_limit: None,
             cpu_millis: None,
             hosts: vec![],
+            resolv_conf: None,
             seccomp: Default::default(),
         }
     }

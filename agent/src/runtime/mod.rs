@@ -52,6 +52,8 @@ pub struct ContainerConfig {
     pub hosts: Vec<String>,
     /// System-call filter (`--security-opt seccomp=…`).
     pub seccomp: seccomp::SeccompPolicy,
+    /// The container's `/etc/resolv.conf`; `None` keeps the image's own file.
+    pub resolv_conf: Option<String>,
 }
 
 /// Which network namespace a container joins.

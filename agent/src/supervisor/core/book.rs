@@ -26,6 +26,19 @@ use super::{container_id, rejected, step, Action, Container, Facts};
 /// [`super::step`] says).
 const STEPS_PER_PASS: usize = 8;
 
+/// One of a task's overlay networks, as its container joins it: the network, the
+/// overlay's devices and the container's address on it. The wire's assignment is
+/// mapped onto these where the task enters the book.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAttachment {
+    /// The network's ID.
+    pub network: String,
+    /// The overlay (VNI, subnet, MTU).
+    pub overlay: crate::net::overlay::Overlay,
+    /// The container's address on it.
+    pub address: std::net::Ipv4Addr,
+}
+
 /// One task as the node knows it.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -49,6 +62,9 @@ pub struct Task {
     pub ports_open: bool,
     /// Top digest of its container's image.
     pub digest: Option<String>,
+    /// Its overlay networks, in interface order (`eth1`, `eth2`, …); empty for a task
+    /// on the board's bridge only.
+    pub attachments: Vec<NetworkAttachment>,
 }
 
 impl Task {
@@ -65,6 +81,7 @@ impl Task {
             bound: Vec::new(),
             ports_open: false,
             digest: None,
+            attachments: Vec::new(),
         }
     }
 
@@ -102,6 +119,8 @@ pub enum Decision {
         assignment: Box<Assignment>,
         /// The container's ID.
         container_id: String,
+        /// Its overlay networks.
+        attachments: Vec<NetworkAttachment>,
     },
     /// Start the created container, then [`Outcome::Started`] or [`Outcome::Failed`].
     Start {
@@ -436,6 +455,7 @@ impl Book {
                             task: id.clone(),
                             assignment: Box::new(t.assignment.clone()),
                             container_id: t.container_id.clone(),
+                            attachments: t.attachments.clone(),
                         });
                         break;
                     }
