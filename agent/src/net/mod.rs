@@ -23,10 +23,10 @@
 //! containers back. The [`Sandboxes`] trait is what a supervisor should hold;
 //! [`fake::FakeNetwork`] stands in for it in unit tests.
 //!
-//! Not done here: outbound NAT (masquerade) to the internet, so containers reach the
-//! bridge, each other and the host but not beyond it unless the board routes the
-//! subnet; IPv6; overlay networks across boards; DNS; ingress routing mesh; inbound
-//! firewalling. Published ports are proxied, so containers see the gateway as the
+//! Beside it: [`overlay`] (VXLAN networks across boards), [`dns`] (the containers'
+//! resolver), [`nft`] (NAT), and [`plane`], which applies a board's desired overlay
+//! networks, names and NAT (outbound masquerade included) with those. Not done here:
+//! IPv6; the ingress routing mesh; inbound firewalling. Published ports are proxied, so containers see the gateway as the
 //! client's address.
 
 pub mod dns;

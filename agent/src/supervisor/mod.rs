@@ -25,7 +25,8 @@
 //! manager has arrived.
 //!
 //! Not here: restart policies (the manager's orchestrator replaces failed tasks),
-//! overlay networks, the ingress routing mesh (ingress-mode ports are published on the
+//! the overlays themselves (`net::plane` makes them; a task's container only joins its
+//! networks when it is prepared), the ingress routing mesh (ingress-mode ports are published on the
 //! task's node only, best effort), health checks.
 
 pub mod core;
