@@ -297,15 +297,22 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     d2.attachments.insert(c2.container_id.clone(), vec![Attachment { network: "atsea".into(), address: a2 }]);
     d2.attachments.insert(c3.container_id.clone(), vec![Attachment { network: "other".into(), address: o1 }]);
     let addrs1: BTreeMap<String, Ipv4Addr> = [(c1.container_id.clone(), c1.ip)].into();
+    // Board 1's plane first hears of its container before its sandbox exists (the
+    // plane is applied before tasks are prepared), then is told its address.
+    let early: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let addrs2: BTreeMap<String, Ipv4Addr> =
         [(c2.container_id.clone(), c2.ip), (c3.container_id.clone(), c3.ip)].into();
 
     let p1 = Arc::new(NetworkPlane::new(board_side(u1), Some(r1)));
     let p2 = Arc::new(NetworkPlane::new(board_side(u2), Some(r2)));
     let started = std::time::Instant::now();
-    apply(&lab.ns(0), &p1, &d1, &addrs1);
+    apply(&lab.ns(0), &p1, &d1, &early);
     apply(&lab.ns(1), &p2, &d2, &addrs2);
     eprintln!("first apply on both boards: {:?}", started.elapsed());
+    assert_eq!(resolve(&c1.netns_path, gw, "app"), (5, vec![]), "a container not yet known was answered");
+    let (p, a) = (p1.clone(), addrs1.clone());
+    let plan = in_ns(&lab.ns(0), move || Box::pin(async move { p.reapply(&a).await.expect("reapply") }));
+    assert!(plan.clients.is_some() && plan.ensure.is_empty() && plan.ruleset.is_none(), "{plan:?}");
     // Twice: idempotent.
     apply(&lab.ns(0), &p1, &d1, &addrs1);
     let ov = |n: &NetworkDef| Overlay::new(n.vni, n.subnet, 1500).unwrap();

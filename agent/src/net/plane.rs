@@ -302,6 +302,8 @@ pub fn diff(last: Option<&Target>, next: &Target) -> Plan {
 struct Applied {
     target: Option<Target>,
     complete: bool,
+    /// The desired state last given, for [`NetworkPlane::reapply`].
+    desired: BoardNetworks,
 }
 
 /// The overlays of `last` that `next` no longer has (a network whose subnet changed
@@ -341,8 +343,26 @@ impl NetworkPlane {
         desired: &BoardNetworks,
         bridge_addresses: &BTreeMap<String, Ipv4Addr>,
     ) -> Result<Plan, PlaneError> {
-        let next = target(desired, &self.board, bridge_addresses)?;
         let mut last = self.last.lock().await;
+        self.apply_locked(&mut last, desired, bridge_addresses).await
+    }
+
+    /// Applies the last desired state again with new bridge addresses: what a container
+    /// whose sandbox was made after that state arrived needs to become the resolver's
+    /// client. Touches the kernel only if an earlier apply failed.
+    pub async fn reapply(&self, bridge_addresses: &BTreeMap<String, Ipv4Addr>) -> Result<Plan, PlaneError> {
+        let mut last = self.last.lock().await;
+        let desired = last.desired.clone();
+        self.apply_locked(&mut last, &desired, bridge_addresses).await
+    }
+
+    async fn apply_locked(
+        &self,
+        last: &mut Applied,
+        desired: &BoardNetworks,
+        bridge_addresses: &BTreeMap<String, Ipv4Addr>,
+    ) -> Result<Plan, PlaneError> {
+        let next = target(desired, &self.board, bridge_addresses)?;
         let plan = match (&last.target, last.complete) {
             (Some(t), true) => diff(Some(t), &next),
             (Some(t), false) => Plan { remove: removals(t, &next), ..diff(None, &next) },
@@ -355,11 +375,11 @@ impl NetworkPlane {
         }
         match self.perform(&plan).await {
             Ok(()) => {
-                *last = Applied { target: Some(next), complete: true };
+                *last = Applied { target: Some(next), complete: true, desired: desired.clone() };
                 Ok(plan)
             }
             Err(e) => {
-                *last = Applied { target: Some(maybe), complete: false };
+                *last = Applied { target: Some(maybe), complete: false, desired: desired.clone() };
                 Err(e)
             }
         }
