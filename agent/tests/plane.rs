@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_agent::net::dns::{self, Resolver};
-use shoal_agent::net::overlay::{self, Overlay};
-use shoal_agent::net::plane::{Attachment, BoardNetworks, BoardSide, NetworkDef, NetworkPlane, ServiceNames, TaskName};
+use shoal_agent::net::overlay::Overlay;
+use shoal_agent::net::plane::{
+    self, Attachment, BoardNetworks, BoardSide, NetworkAttachment, NetworkDef, NetworkPlane, ServiceNames, TaskName,
+};
 use shoal_agent::net::{BridgeConfig, Network, Sandbox, Subnet};
 
 /// Port of the listeners in containers and on the "internet".
@@ -218,10 +220,32 @@ fn apply(ns: &Path, plane: &Arc<NetworkPlane>, desired: &BoardNetworks, addrs: &
     in_ns(ns, move || Box::pin(async move { p.apply(&d, &a).await.expect("apply") }));
 }
 
-/// Joins a container to an overlay as the supervisor does when it prepares one.
-fn join(ns: &Path, s: &Sandbox, o: Overlay, host: &str, ifname: &str, addr: Ipv4Addr) {
-    let (netns, host, ifname) = (s.netns_path.clone(), host.to_owned(), ifname.to_owned());
-    in_ns(ns, move || Box::pin(async move { overlay::join(&o, &host, &netns, &ifname, addr).await.expect("join") }));
+/// Joins a container to its overlays as the supervisor does when it prepares one.
+fn join(ns: &Path, s: &Sandbox, attachments: Vec<(&NetworkDef, Ipv4Addr)>) {
+    let attachments: Vec<NetworkAttachment> = attachments
+        .into_iter()
+        .map(|(n, address)| NetworkAttachment {
+            network: n.id.clone(),
+            overlay: Overlay::new(n.vni, n.subnet, 1500).unwrap(),
+            address,
+        })
+        .collect();
+    let s = s.clone();
+    in_ns(ns, move || {
+        Box::pin(async move {
+            plane::join_container(&s, &attachments).await.map_err(|(n, e)| format!("{n}: {e}")).expect("join")
+        })
+    });
+}
+
+/// `ifname`'s IPv4 addresses inside the container namespace pinned at `netns`.
+fn addresses_of(netns: &Path, ifname: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-o", "-4", "addr", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn link_exists(ns: &Path, name: &str) -> bool {
@@ -259,6 +283,8 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
         encrypted: false,
     };
     let (a1, a2, o1) = (Ipv4Addr::new(10, 1, k, 2), Ipv4Addr::new(10, 1, k, 3), Ipv4Addr::new(10, 2, k, 2));
+    // A container on both networks: `other` first (eth1), then atsea (eth2).
+    let (o2, a3) = (Ipv4Addr::new(10, 2, k, 3), Ipv4Addr::new(10, 1, k, 4));
     let vip = Ipv4Addr::new(10, 1, k, 100);
 
     let (n1, n2) = (bridge(&lab, 0), bridge(&lab, 1));
@@ -267,6 +293,7 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     let c1 = sandbox(&mut lab, 0, &n1, "app.1.aaa");
     let c2 = sandbox(&mut lab, 1, &n2, "app.2.bbb");
     let c3 = sandbox(&mut lab, 1, &n2, "lone.1.ccc");
+    let c4 = sandbox(&mut lab, 1, &n2, "both.1.ddd");
 
     // What the manager would send: both networks, the app's tasks on atsea, a lone
     // container on `other`, each board with its own attachments.
@@ -276,6 +303,8 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     common.peers.insert(a1, u1);
     common.peers.insert(a2, u2);
     common.peers.insert(o1, u2);
+    common.peers.insert(o2, u2);
+    common.peers.insert(a3, u2);
     common.names.push(ServiceNames {
         network: "atsea".into(),
         service: "app".into(),
@@ -296,12 +325,16 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     let mut d2 = common.clone();
     d2.attachments.insert(c2.container_id.clone(), vec![Attachment { network: "atsea".into(), address: a2 }]);
     d2.attachments.insert(c3.container_id.clone(), vec![Attachment { network: "other".into(), address: o1 }]);
+    d2.attachments.insert(
+        c4.container_id.clone(),
+        vec![Attachment { network: "other".into(), address: o2 }, Attachment { network: "atsea".into(), address: a3 }],
+    );
     let addrs1: BTreeMap<String, Ipv4Addr> = [(c1.container_id.clone(), c1.ip)].into();
     // Board 1's plane first hears of its container before its sandbox exists (the
     // plane is applied before tasks are prepared), then is told its address.
     let early: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     let addrs2: BTreeMap<String, Ipv4Addr> =
-        [(c2.container_id.clone(), c2.ip), (c3.container_id.clone(), c3.ip)].into();
+        [(c2.container_id.clone(), c2.ip), (c3.container_id.clone(), c3.ip), (c4.container_id.clone(), c4.ip)].into();
 
     let p1 = Arc::new(NetworkPlane::new(board_side(u1), Some(r1)));
     let p2 = Arc::new(NetworkPlane::new(board_side(u2), Some(r2)));
@@ -320,16 +353,23 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     assert!(!link_exists(&lab.ns(0), &ov(&other).vxlan()), "a network with no local container exists on board 1");
     assert!(link_exists(&lab.ns(1), &ov(&other).vxlan()));
 
-    join(&lab.ns(0), &c1, ov(&atsea), "spj1", "eth1", a1);
-    join(&lab.ns(1), &c2, ov(&atsea), "spj2", "eth1", a2);
-    join(&lab.ns(1), &c3, ov(&other), "spj3", "eth1", o1);
+    join(&lab.ns(0), &c1, vec![(&atsea, a1)]);
+    join(&lab.ns(1), &c2, vec![(&atsea, a2)]);
+    join(&lab.ns(1), &c3, vec![(&other, o1)]);
+    join(&lab.ns(1), &c4, vec![(&other, o2), (&atsea, a3)]);
+    assert!(addresses_of(&c4.netns_path, "eth1").contains(&format!("{o2}/24")));
+    assert!(addresses_of(&c4.netns_path, "eth2").contains(&format!("{a3}/24")));
     listen(&c2.netns_path, a2, "c2");
     listen(&c1.netns_path, a1, "c1");
+    listen(&c3.netns_path, o1, "c3");
 
     // Over the overlay, between boards, seeing each other's overlay address.
     assert_eq!(ask_tcp(&c1.netns_path, a2).as_deref(), Some(format!("c2 {a1}").as_str()));
     assert_eq!(ask_tcp(&c2.netns_path, a1).as_deref(), Some(format!("c1 {a2}").as_str()));
     assert_eq!(ask_tcp(&c3.netns_path, a1), None, "a container of another network reached atsea");
+    // On both networks: reaches both, across boards and on its own board.
+    assert_eq!(ask_tcp(&c4.netns_path, a1).as_deref(), Some(format!("c1 {a3}").as_str()));
+    assert_eq!(ask_tcp(&c4.netns_path, o1).as_deref(), Some(format!("c3 {o2}").as_str()));
 
     // Names, asked from inside the containers to the gateway's port 53.
     assert_eq!(resolve(&c1.netns_path, gw, "app"), (0, vec![vip]));
@@ -339,6 +379,8 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     assert_eq!(resolve(&c1.netns_path, gw, "lone"), (3, vec![]), "a name of another network resolved");
     assert_eq!(resolve(&c3.netns_path, gw, "app"), (3, vec![]), "a name of another network resolved");
     assert_eq!(resolve(&c3.netns_path, gw, "tasks.lone"), (0, vec![o1]));
+    assert_eq!(resolve(&c4.netns_path, gw, "app"), (0, vec![vip]));
+    assert_eq!(resolve(&c4.netns_path, gw, "lone"), (0, vec![o1]));
 
     // A task stops: its name goes at the next apply.
     let mut d1b = d1.clone();

@@ -25,7 +25,7 @@ use super::dns::names::Names;
 use super::dns::Resolver;
 use super::nft::{self, Destination, Masquerade, NftError, Ruleset, RulesetError, Service, L4};
 use super::overlay::{self, Overlay, Peer};
-use super::{NetError, Subnet};
+use super::{NetError, Sandbox, Subnet};
 
 /// At most this many networks on one board (each is two interfaces).
 pub const MAX_NETWORKS: usize = 256;
@@ -52,6 +52,39 @@ pub struct Attachment {
     pub network: String,
     /// The container's address on it.
     pub address: Ipv4Addr,
+}
+
+/// One of a container's overlay networks, as it joins it ([`join_container`]): the
+/// network, the overlay's devices and the container's address on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAttachment {
+    /// The network's ID.
+    pub network: String,
+    /// The overlay (VNI, subnet, MTU).
+    pub overlay: Overlay,
+    /// The container's address on it.
+    pub address: Ipv4Addr,
+}
+
+/// Joins a container's sandbox to each of its overlay networks, as `eth1`, `eth2`, …
+/// in order (its `eth0` is the bridge). The overlays must exist ([`NetworkPlane::apply`]
+/// makes them before the container is prepared). The veths go with the sandbox's
+/// namespace.
+pub async fn join_container(sandbox: &Sandbox, attachments: &[NetworkAttachment]) -> Result<(), (String, NetError)> {
+    for (i, at) in attachments.iter().enumerate() {
+        let host = attachment_veth(&sandbox.container_id, &at.network);
+        overlay::join(&at.overlay, &host, &sandbox.netns_path, &format!("eth{}", i + 1), at.address)
+            .await
+            .map_err(|e| (at.network.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// The host end of a container's veth on an overlay: `so` and 12 hex digits of a hash
+/// of container and network (Linux's 15-byte limit holds for any IDs).
+pub fn attachment_veth(container_id: &str, network: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{container_id}/{network}").as_bytes());
+    format!("so{}", shoal_proto::hex(&digest.as_ref()[..6]))
 }
 
 /// A running task as the resolver names it.
@@ -525,6 +558,14 @@ mod tests {
         assert_eq!(plan.ensure.iter().map(|o| o.vni).collect::<Vec<_>>(), [4098]);
         assert_eq!(plan.peers.len(), 1);
         assert!(plan.remove.is_empty());
+    }
+
+    #[test]
+    fn attachment_veths_fit_linux_and_differ() {
+        let long = "x".repeat(128);
+        assert_eq!(attachment_veth(&long, &long).len(), 14);
+        assert_ne!(attachment_veth("a", "n1"), attachment_veth("a", "n2"));
+        assert_ne!(attachment_veth("a", "n1"), attachment_veth("b", "n1"));
     }
 
     #[test]

@@ -391,13 +391,9 @@ impl<N: Sandboxes + 'static> Exec<N> {
     /// overlays themselves are the network plane's ([`crate::net::plane`]): it makes
     /// them for the networks of the board's tasks before they are prepared.
     async fn attach(&self, sandbox: &Sandbox, attachments: &[NetworkAttachment]) -> Result<(), ExecError> {
-        for (i, at) in attachments.iter().enumerate() {
-            let host = attachment_veth(&sandbox.container_id, &at.network);
-            crate::net::overlay::join(&at.overlay, &host, &sandbox.netns_path, &format!("eth{}", i + 1), at.address)
-                .await
-                .map_err(|e| ExecError::Attach { network: at.network.clone(), source: Box::new(e) })?;
-        }
-        Ok(())
+        crate::net::plane::join_container(sandbox, attachments)
+            .await
+            .map_err(|(network, e)| ExecError::Attach { network, source: Box::new(e) })
     }
 
     /// Starts a created container.
@@ -451,14 +447,6 @@ impl<N: Sandboxes + 'static> Exec<N> {
     pub(crate) async fn remove_sandbox(&self, cid: &str) -> Result<(), ExecError> {
         self.network.remove_sandbox(cid).await.map_err(ExecError::Sandbox)
     }
-}
-
-/// The host end of a container's veth on an overlay: `so` and 12 hex digits of a hash
-/// of container and network (Linux's 15-byte limit holds for any IDs). It goes with the
-/// container's namespace.
-fn attachment_veth(container_id: &str, network: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{container_id}/{network}").as_bytes());
-    format!("so{}", shoal_proto::hex(&digest.as_ref()[..6]))
 }
 
 /// Publishes the task's ports that go to this node (host mode, and ingress mode best

@@ -26,18 +26,9 @@ use super::{container_id, rejected, step, Action, Container, Facts};
 /// [`super::step`] says).
 const STEPS_PER_PASS: usize = 8;
 
-/// One of a task's overlay networks, as its container joins it: the network, the
-/// overlay's devices and the container's address on it. The wire's assignment is
-/// mapped onto these where the task enters the book.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkAttachment {
-    /// The network's ID.
-    pub network: String,
-    /// The overlay (VNI, subnet, MTU).
-    pub overlay: crate::net::overlay::Overlay,
-    /// The container's address on it.
-    pub address: std::net::Ipv4Addr,
-}
+/// One of a task's overlay networks (the wire's assignment is mapped onto these where
+/// the task enters the book).
+pub use crate::net::plane::NetworkAttachment;
 
 /// One task as the node knows it.
 #[derive(Debug, Clone)]
