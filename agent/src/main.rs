@@ -161,7 +161,11 @@ async fn run(
     let runtime = LibcontainerRuntime::for_data_dir(data_dir).map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
     let network = Network::new(BridgeConfig::default(), &shoal_agent::identity::agent_dir(data_dir).join("net"))
         .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
-    let (_resolver, overlay_resolv_conf) = start_resolver(&network).await;
+    // A missing file is a board with no resolver configured: forwarding then fails
+    // with SERVFAIL, cluster names still resolve.
+    let board_conf = std::fs::read_to_string(BOARD_RESOLV_CONF).unwrap_or_default();
+    // Kept for the network plane, which feeds it names once the manager sends them.
+    let (_resolver, overlay_resolv_conf) = shoal_agent::net::plane::start_resolver(&network, &board_conf).await;
     let mut config = SupervisorConfig::new(data_dir.to_path_buf());
     config.overlay_resolv_conf = overlay_resolv_conf;
     let supervisor =
@@ -174,37 +178,6 @@ async fn run(
 
 /// Where the board's own resolvers are listed.
 const BOARD_RESOLV_CONF: &str = "/etc/resolv.conf";
-
-/// The containers' resolver on the bridge gateway, port 53, and the `/etc/resolv.conf`
-/// containers on overlay networks get. Nothing here stops the agent: without the
-/// bridge or with port 53 taken, the resolver is not started (a warning says why) and
-/// those containers get the board's resolvers instead. The resolver is what the
-/// board's `net::plane::NetworkPlane` feeds with names.
-async fn start_resolver(network: &Network) -> (Option<Arc<shoal_agent::net::dns::Resolver>>, Option<String>) {
-    use shoal_agent::net::dns;
-    // A missing file is a board with no resolver configured: forwarding then fails
-    // with SERVFAIL, cluster names still resolve.
-    let board = std::fs::read_to_string(BOARD_RESOLV_CONF).unwrap_or_default();
-    let gateway = network.config().gateway();
-    if let Err(e) = network.ensure_bridge().await {
-        tracing::warn!(error = %e, "no resolver for containers: the container bridge can't be set up");
-        return (None, dns::board_resolv_conf(&board));
-    }
-    match dns::start(gateway, &board).await {
-        Ok(resolver) => {
-            tracing::info!(%gateway, "resolver for containers on overlay networks listening on port 53");
-            (Some(resolver), Some(dns::container_resolv_conf(gateway, &board)))
-        }
-        Err(e) => {
-            tracing::warn!(
-                %gateway,
-                error = %e,
-                "port 53 on the bridge gateway is not available, so containers keep the board's resolvers and can't resolve service names: stop what listens on {gateway}:53 and restart the agent"
-            );
-            (None, dns::board_resolv_conf(&board))
-        }
-    }
-}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

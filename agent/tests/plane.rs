@@ -451,3 +451,39 @@ fn containers_reach_the_internet_masqueraded_and_a_vip_spreads_connections() {
         assert!(ask_tcp(&lab.ns(1), vip).unwrap().starts_with("web2 "));
     }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_taken_port_53_leaves_containers_the_boards_resolvers() {
+    let k = 33;
+    let lab = lab(k, 253, &["b", "x"]);
+    let net = bridge(&lab, 0);
+    let gw = net.config().gateway();
+    let board_conf = "nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan\n";
+
+    // Something else answers on the gateway's port 53.
+    let ns = lab.ns(0);
+    let squatter = std::thread::spawn(move || {
+        enter(&ns);
+        UdpSocket::bind((gw, 53)).expect("squatting port 53")
+    })
+    .join()
+    .unwrap();
+    let n = net.clone();
+    let (resolver, conf) =
+        in_ns(&lab.ns(0), move || Box::pin(async move { plane::start_resolver(&n, board_conf).await }));
+    assert!(resolver.is_none(), "a resolver started on a taken port");
+    assert_eq!(conf.as_deref(), Some("nameserver 192.0.2.53\nsearch lan\n"));
+
+    // Free again: the resolver starts and containers are pointed at the gateway.
+    drop(squatter);
+    let n = net.clone();
+    let (resolver, conf) = in_ns(&lab.ns(0), move || {
+        Box::pin(async move {
+            let started = plane::start_resolver(&n, board_conf).await;
+            (started.0.is_some(), started.1)
+        })
+    });
+    assert!(resolver, "no resolver on a free port 53");
+    assert_eq!(conf.as_deref(), Some(format!("nameserver {gw}\nsearch lan\n").as_str()));
+}

@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use super::dns::names::Names;
-use super::dns::Resolver;
+use super::dns::{self, Resolver};
 use super::nft::{self, Destination, Masquerade, NftError, Ruleset, RulesetError, Service, L4};
 use super::overlay::{self, Overlay, Peer};
 use super::{NetError, Sandbox, Subnet};
@@ -337,6 +337,33 @@ struct Applied {
     complete: bool,
     /// The desired state last given, for [`NetworkPlane::reapply`].
     desired: BoardNetworks,
+}
+
+/// Starts the containers' resolver on the bridge gateway, port 53, forwarding to the
+/// nameservers of `board_conf` (the board's `/etc/resolv.conf`), and says what
+/// `/etc/resolv.conf` containers on overlay networks get. Never fails: without the
+/// bridge or with port 53 taken there, it logs a warning saying so and returns no
+/// resolver, and those containers get the board's reachable nameservers instead.
+pub async fn start_resolver(network: &super::Network, board_conf: &str) -> (Option<Arc<Resolver>>, Option<String>) {
+    let gateway = network.config().gateway();
+    if let Err(e) = network.ensure_bridge().await {
+        tracing::warn!(error = %e, "no resolver for containers: the container bridge can't be set up");
+        return (None, dns::board_resolv_conf(board_conf));
+    }
+    match dns::start(gateway, board_conf).await {
+        Ok(resolver) => {
+            tracing::info!(%gateway, "resolver for containers on overlay networks listening on port 53");
+            (Some(resolver), Some(dns::container_resolv_conf(gateway, board_conf)))
+        }
+        Err(e) => {
+            tracing::warn!(
+                %gateway,
+                error = %e,
+                "port 53 on the bridge gateway is not available, so containers keep the board's resolvers and can't resolve service names: stop what listens on {gateway}:53 and restart the agent"
+            );
+            (None, dns::board_resolv_conf(board_conf))
+        }
+    }
 }
 
 /// The overlays of `last` that `next` no longer has (a network whose subnet changed
