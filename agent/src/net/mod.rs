@@ -127,6 +127,12 @@ pub trait Sandboxes: Send + Sync {
     fn remove_sandbox(&self, container_id: &str) -> impl std::future::Future<Output = Result<(), NetError>> + Send;
     /// See [`Network::sandbox`].
     fn sandbox(&self, container_id: &str) -> Option<Sandbox>;
+    /// See [`plane::join_container`]; the error names the network that failed.
+    fn join_overlays(
+        &self,
+        sandbox: &Sandbox,
+        attachments: &[plane::NetworkAttachment],
+    ) -> impl std::future::Future<Output = Result<(), (String, NetError)>> + Send;
 }
 
 impl Sandboxes for Network {
@@ -141,6 +147,13 @@ impl Sandboxes for Network {
     }
     fn sandbox(&self, container_id: &str) -> Option<Sandbox> {
         Network::sandbox(self, container_id)
+    }
+    async fn join_overlays(
+        &self,
+        sandbox: &Sandbox,
+        attachments: &[plane::NetworkAttachment],
+    ) -> Result<(), (String, NetError)> {
+        plane::join_container(sandbox, attachments).await
     }
 }
 

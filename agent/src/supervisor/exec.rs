@@ -391,7 +391,8 @@ impl<N: Sandboxes + 'static> Exec<N> {
     /// overlays themselves are the network plane's ([`crate::net::plane`]): it makes
     /// them for the networks of the board's tasks before they are prepared.
     async fn attach(&self, sandbox: &Sandbox, attachments: &[NetworkAttachment]) -> Result<(), ExecError> {
-        crate::net::plane::join_container(sandbox, attachments)
+        self.network
+            .join_overlays(sandbox, attachments)
             .await
             .map_err(|(network, e)| ExecError::Attach { network, source: Box::new(e) })
     }

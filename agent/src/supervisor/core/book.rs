@@ -241,6 +241,14 @@ impl Book {
         self.tasks.values()
     }
 
+    /// Sets a task's overlay networks, used when its container is next prepared (a
+    /// container already made keeps the interfaces it has).
+    pub fn set_attachments(&mut self, id: &TaskId, attachments: Vec<NetworkAttachment>) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.attachments = attachments;
+        }
+    }
+
     /// Records the image digest of a task's adopted container.
     pub fn set_digest(&mut self, id: &TaskId, digest: Option<String>) {
         if let Some(t) = self.tasks.get_mut(id) {
@@ -592,6 +600,25 @@ mod tests {
             [Decision::Remove { task: None, container_id: "old.1.x".into(), grace_ms: DEFAULT_STOP_GRACE_MS }]
         );
         assert!(book.assign(true, false, vec![a], vec![]).is_empty(), "only once");
+    }
+
+    #[test]
+    fn a_tasks_attachments_go_with_its_preparation() {
+        let a = assignment(1, Running);
+        let id = a.task_id.clone();
+        let mut book = Book::new();
+        book.assign(false, false, vec![a], vec![]);
+        assert!(book.task(&id).unwrap().attachments.is_empty(), "none by default");
+        let subnet = crate::net::Subnet::new(std::net::Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
+        let at = NetworkAttachment {
+            network: "atsea".into(),
+            overlay: crate::net::overlay::Overlay::new(4097, subnet, 1500).unwrap(),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
+        };
+        book.set_attachments(&id, vec![at.clone()]);
+        let out = book.reconcile(10, NODE, present);
+        let Some(Decision::Prepare { attachments, .. }) = out.last() else { panic!("{out:?}") };
+        assert_eq!(attachments, &[at]);
     }
 
     #[test]
