@@ -161,19 +161,23 @@ async fn run(
     let runtime = LibcontainerRuntime::for_data_dir(data_dir).map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
     let network = Network::new(BridgeConfig::default(), &shoal_agent::identity::agent_dir(data_dir).join("net"))
         .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
-    let supervisor = Supervisor::start(
-        SupervisorConfig::new(data_dir.to_path_buf()),
-        Arc::new(runtime),
-        Arc::new(network),
-        PortPublisher::new(),
-        store.clone(),
-    )
-    .await?;
+    // A missing file is a board with no resolver configured: forwarding then fails
+    // with SERVFAIL, cluster names still resolve.
+    let board_conf = std::fs::read_to_string(BOARD_RESOLV_CONF).unwrap_or_default();
+    // Kept for the network plane, which feeds it names once the manager sends them.
+    let (_resolver, overlay_resolv_conf) = shoal_agent::net::plane::start_resolver(&network, &board_conf).await;
+    let mut config = SupervisorConfig::new(data_dir.to_path_buf());
+    config.overlay_resolv_conf = overlay_resolv_conf;
+    let supervisor =
+        Supervisor::start(config, Arc::new(runtime), Arc::new(network), PortPublisher::new(), store.clone()).await?;
     let result = session::run(data_dir, identity, description, store, &supervisor, shutdown_signal()).await;
     // Containers keep running under their shims; the next agent takes them back.
     supervisor.shutdown().await;
     result
 }
+
+/// Where the board's own resolvers are listed.
+const BOARD_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -65,6 +65,7 @@ impl Lab {
             memory_limit: None,
             cpu_millis: None,
             hosts: vec![],
+            resolv_conf: None,
             seccomp: Default::default(),
         }
     }
@@ -166,6 +167,27 @@ fn stdout_and_stderr_are_logged() {
     let log = lab.log(&c);
     assert!(log.contains(" stdout hello out"), "{log}");
     assert!(log.contains(" stderr hello err"), "{log}");
+}
+
+/// A container on an overlay network gets the board's resolver in its resolv.conf;
+/// one without keeps its image's (this layer has none).
+#[test]
+#[ignore = "needs root"]
+fn resolv_conf_is_the_given_one_or_the_images() {
+    let lab = Lab::new("resolv");
+    let rt = lab.runtime();
+    let (with, without) = (id("resolv-with"), id("resolv-without"));
+    let mut config = lab.config(&with, &["cat", "/etc/resolv.conf"]);
+    config.resolv_conf = Some("nameserver 10.88.0.1\nsearch lan\n".into());
+    rt.create(&config).unwrap();
+    rt.start(&with).unwrap();
+    assert_eq!(wait_exit(&rt, &with, Duration::from_secs(10)), 0, "{}", lab.log(&with));
+    let log = lab.log(&with);
+    assert!(log.contains(" stdout nameserver 10.88.0.1") && log.contains(" stdout search lan"), "{log}");
+
+    rt.create(&lab.config(&without, &["cat", "/etc/resolv.conf"])).unwrap();
+    rt.start(&without).unwrap();
+    assert_ne!(wait_exit(&rt, &without, Duration::from_secs(10)), 0, "{}", lab.log(&without));
 }
 
 #[test]

@@ -28,6 +28,7 @@ fn busybox_layer(dir: &Path) -> Result<PathBuf> {
 fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
     ContainerConfig {
         stop_signal: 15,
+        resolv_conf: None,
         id: id.to_owned(),
         hostname: id.to_owned(),
         args: args.iter().map(|s| s.to_string()).collect(),

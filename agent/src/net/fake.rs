@@ -18,6 +18,8 @@ pub enum Call {
     Create(String),
     /// `remove_sandbox(id)`.
     Remove(String),
+    /// `join_overlays(id, networks)`.
+    Join(String, Vec<String>),
 }
 
 /// Records calls and keeps sandboxes in memory.
@@ -74,6 +76,16 @@ impl Sandboxes for FakeNetwork {
 
     fn sandbox(&self, container_id: &str) -> Option<Sandbox> {
         self.lock().1.get(container_id).cloned()
+    }
+
+    async fn join_overlays(
+        &self,
+        sandbox: &Sandbox,
+        attachments: &[super::plane::NetworkAttachment],
+    ) -> Result<(), (String, NetError)> {
+        let networks = attachments.iter().map(|a| a.network.clone()).collect();
+        self.lock().2.push(Call::Join(sandbox.container_id.clone(), networks));
+        Ok(())
     }
 }
 

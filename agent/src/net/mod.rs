@@ -23,10 +23,10 @@
 //! containers back. The [`Sandboxes`] trait is what a supervisor should hold;
 //! [`fake::FakeNetwork`] stands in for it in unit tests.
 //!
-//! Not done here: outbound NAT (masquerade) to the internet, so containers reach the
-//! bridge, each other and the host but not beyond it unless the board routes the
-//! subnet; IPv6; overlay networks across boards; DNS; ingress routing mesh; inbound
-//! firewalling. Published ports are proxied, so containers see the gateway as the
+//! Beside it: [`overlay`] (VXLAN networks across boards), [`dns`] (the containers'
+//! resolver), [`nft`] (NAT), and [`plane`], which applies a board's desired overlay
+//! networks, names and NAT (outbound masquerade included) with those. Not done here:
+//! IPv6; the ingress routing mesh; inbound firewalling. Published ports are proxied, so containers see the gateway as the
 //! client's address.
 
 pub mod dns;
@@ -37,6 +37,7 @@ mod link;
 mod netns;
 pub mod nft;
 pub mod overlay;
+pub mod plane;
 pub mod publish;
 pub mod subnet;
 
@@ -126,6 +127,12 @@ pub trait Sandboxes: Send + Sync {
     fn remove_sandbox(&self, container_id: &str) -> impl std::future::Future<Output = Result<(), NetError>> + Send;
     /// See [`Network::sandbox`].
     fn sandbox(&self, container_id: &str) -> Option<Sandbox>;
+    /// See [`plane::join_container`]; the error names the network that failed.
+    fn join_overlays(
+        &self,
+        sandbox: &Sandbox,
+        attachments: &[plane::NetworkAttachment],
+    ) -> impl std::future::Future<Output = Result<(), (String, NetError)>> + Send;
 }
 
 impl Sandboxes for Network {
@@ -140,6 +147,13 @@ impl Sandboxes for Network {
     }
     fn sandbox(&self, container_id: &str) -> Option<Sandbox> {
         Network::sandbox(self, container_id)
+    }
+    async fn join_overlays(
+        &self,
+        sandbox: &Sandbox,
+        attachments: &[plane::NetworkAttachment],
+    ) -> Result<(), (String, NetError)> {
+        plane::join_container(sandbox, attachments).await
     }
 }
 

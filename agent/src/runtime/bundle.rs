@@ -7,6 +7,7 @@
 //!                  /rootfs/       overlay mount point (layers + upper)
 //!                  /upper/ work/  the container's own writable layer
 //!                  /hosts hostname  bind-mounted into /etc
+//!                  /resolv.conf   likewise, when the task has one (overlay networks)
 //!                  /container.log  stdout+stderr, rotated (container.log.1, ...)
 //!                  /shim.log      the shim's own messages
 //!                  /pid           init PID, once started

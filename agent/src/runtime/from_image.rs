@@ -25,6 +25,8 @@ pub struct Overrides {
     pub cpu_millis: Option<u64>,
     /// Extra `/etc/hosts` lines.
     pub hosts: Vec<String>,
+    /// `/etc/resolv.conf` (`None`: the image's own).
+    pub resolv_conf: Option<String>,
     /// System-call filter.
     pub seccomp: super::seccomp::SeccompPolicy,
     /// `--stop-signal`, as the operator typed it.
@@ -72,6 +74,7 @@ pub fn container_config(
         memory_limit: o.memory_limit,
         cpu_millis: o.cpu_millis,
         hosts: o.hosts.clone(),
+        resolv_conf: o.resolv_conf.clone(),
         seccomp: o.seccomp.clone(),
         stop_signal,
     })

@@ -124,6 +124,9 @@ impl LibcontainerRuntime {
             .map_err(RuntimeError::io("writing hosts"))?;
         std::fs::write(bundle.dir().join("hostname"), format!("{}\n", config.hostname))
             .map_err(RuntimeError::io("writing hostname"))?;
+        if let Some(text) = &config.resolv_conf {
+            std::fs::write(bundle.dir().join("resolv.conf"), text).map_err(RuntimeError::io("writing resolv.conf"))?;
+        }
         let oci = spec::build(config, bundle, device_cgroup_enforced())?;
         oci.save(bundle.config()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
         self.mount_rootfs(config, bundle)

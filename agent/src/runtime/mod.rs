@@ -55,6 +55,8 @@ pub struct ContainerConfig {
     /// The signal a stop sends first (`--stop-signal`, else the image's `StopSignal`,
     /// else SIGTERM); SIGKILL follows after the grace period.
     pub stop_signal: i32,
+    /// The container's `/etc/resolv.conf`; `None` keeps the image's own file.
+    pub resolv_conf: Option<String>,
 }
 
 /// Which network namespace a container joins.

@@ -132,6 +132,12 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
     if let Some(seccomp) = seccomp {
         spec["linux"]["seccomp"] = seccomp;
     }
+    if config.resolv_conf.is_some() {
+        // Only when set: a container without one keeps its image's file, as before.
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            mounts.push(ro_bind(bundle.dir().join("resolv.conf"), "/etc/resolv.conf"));
+        }
+    }
     serde_json::from_value(spec).map_err(|e| RuntimeError::Spec(e.to_string()))
 }
 
@@ -165,8 +171,25 @@ mod tests {
             memory_limit: Some(64 << 20),
             cpu_millis: Some(500),
             hosts: vec!["10.0.0.5\tdatabase".into()],
+            resolv_conf: None,
             seccomp: Default::default(),
         }
+    }
+
+    #[test]
+    fn resolv_conf_is_mounted_only_when_given() {
+        let bundle = Bundle::new(std::path::Path::new("/c"), "web.1");
+        let has = |c: &ContainerConfig| {
+            build(c, &bundle, true)
+                .unwrap()
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.destination() == std::path::Path::new("/etc/resolv.conf"))
+        };
+        assert!(!has(&config()));
+        assert!(has(&ContainerConfig { resolv_conf: Some("nameserver 10.88.0.1\n".into()), ..config() }));
     }
 
     #[test]

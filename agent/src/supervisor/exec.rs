@@ -18,10 +18,10 @@ use shoal_proto::services::Seccomp;
 use shoal_proto::{PortConfig, Protocol, PublishMode, TaskId};
 use tracing::{debug, warn};
 
-use super::core::book::host_network;
+use super::core::book::{host_network, NetworkAttachment};
 use super::core::{self, Container};
 use crate::images::{ImageStore, StoreError};
-use crate::net::{NetError, PortPublisher, Published, Sandboxes};
+use crate::net::{NetError, PortPublisher, Published, Sandbox, Sandboxes};
 use crate::runtime::from_image::{container_config, Overrides};
 use crate::runtime::seccomp::SeccompPolicy;
 use crate::runtime::{ContainerStatus, NetworkMode, Runtime, RuntimeError};
@@ -50,6 +50,14 @@ pub enum ExecError {
     /// The task's network sandbox can't be made.
     #[error(transparent)]
     Sandbox(NetError),
+    /// The container can't join one of its overlay networks.
+    #[error("cannot attach the container to network {network}: {source}")]
+    Attach {
+        /// The network's ID.
+        network: String,
+        /// Why (boxed: it is rare, and every other error would carry its size).
+        source: Box<NetError>,
+    },
     /// A port can't be published (a host-mode port in use, most often).
     #[error(transparent)]
     Ports(NetError),
@@ -154,6 +162,8 @@ pub(crate) struct Exec<N> {
     pub(crate) images: Arc<ImageStore>,
     pub(crate) disk: Arc<crate::disk::Watch>,
     bridge_ready: AtomicBool,
+    /// `/etc/resolv.conf` of containers with overlay attachments.
+    overlay_resolv_conf: Option<String>,
 }
 
 /// What the runtime's answer says of a container.
@@ -175,7 +185,21 @@ impl<N: Sandboxes + 'static> Exec<N> {
         images: Arc<ImageStore>,
         disk: Arc<crate::disk::Watch>,
     ) -> Self {
-        Self { runtime, network, publisher, images, disk, bridge_ready: AtomicBool::new(false) }
+        Self {
+            runtime,
+            network,
+            publisher,
+            images,
+            disk,
+            bridge_ready: AtomicBool::new(false),
+            overlay_resolv_conf: None,
+        }
+    }
+
+    /// Gives containers with overlay attachments `resolv_conf` as `/etc/resolv.conf`.
+    pub(crate) fn with_resolv_conf(mut self, resolv_conf: Option<String>) -> Self {
+        self.overlay_resolv_conf = resolv_conf;
+        self
     }
 
     /// Sets up the container bridge if it is not yet known to be there.
@@ -269,9 +293,15 @@ impl<N: Sandboxes + 'static> Exec<N> {
         Some(publish_all(&self.publisher, a, IpAddr::V4(sandbox.ip)).await)
     }
 
-    /// Makes a task's container: its sandbox and ports (or, on the host network, a check
-    /// of its ports) and the container itself. Undoes what it made when it fails.
-    pub(crate) async fn prepare(&self, a: &Assignment, cid: &str) -> Result<Prepared, ExecError> {
+    /// Makes a task's container: its sandbox, its overlay interfaces and ports (or, on
+    /// the host network, a check of its ports) and the container itself. Undoes what it
+    /// made when it fails.
+    pub(crate) async fn prepare(
+        &self,
+        a: &Assignment,
+        cid: &str,
+        attachments: &[NetworkAttachment],
+    ) -> Result<Prepared, ExecError> {
         let reference = a.spec.image.as_str();
         let image_error = |source| ExecError::Image { reference: reference.to_owned(), source };
         let record =
@@ -294,6 +324,10 @@ impl<N: Sandboxes + 'static> Exec<N> {
                 }
                 Err(e) => return Err(self.on_disk(ExecError::Sandbox(e))),
             };
+            if let Err(e) = self.attach(&sandbox, attachments).await {
+                let _ = self.network.remove_sandbox(cid).await;
+                return Err(e);
+            }
             match publish_all(&self.publisher, a, IpAddr::V4(sandbox.ip)).await {
                 Ok((ports, bound)) => (Some(sandbox), ports, bound),
                 Err(e) => {
@@ -314,6 +348,13 @@ impl<N: Sandboxes + 'static> Exec<N> {
             memory_limit: (a.spec.resources.limit_memory > 0).then_some(a.spec.resources.limit_memory),
             cpu_millis: (a.spec.resources.limit_cpu_millis > 0).then_some(u64::from(a.spec.resources.limit_cpu_millis)),
             hosts: a.hosts.iter().map(|h| h.to_string()).collect(),
+            // Only containers on overlay networks need the board's resolver; the others
+            // stay exactly as they were before overlays existed.
+            resolv_conf: if attachments.is_empty() || sandbox.is_none() {
+                None
+            } else {
+                self.overlay_resolv_conf.clone()
+            },
             seccomp: match &a.spec.seccomp {
                 Seccomp::Default => SeccompPolicy::Default,
                 Seccomp::Unconfined => SeccompPolicy::Unconfined,
@@ -345,6 +386,16 @@ impl<N: Sandboxes + 'static> Exec<N> {
             return Err(self.on_disk(e));
         }
         Ok(Prepared { ports, bound, digest: record.digest })
+    }
+
+    /// Joins the sandbox to each overlay network, as `eth1`, `eth2`, … in order. The
+    /// overlays themselves are the network plane's ([`crate::net::plane`]): it makes
+    /// them for the networks of the board's tasks before they are prepared.
+    async fn attach(&self, sandbox: &Sandbox, attachments: &[NetworkAttachment]) -> Result<(), ExecError> {
+        self.network
+            .join_overlays(sandbox, attachments)
+            .await
+            .map_err(|(network, e)| ExecError::Attach { network, source: Box::new(e) })
     }
 
     /// Starts a created container.

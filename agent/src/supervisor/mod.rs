@@ -25,7 +25,8 @@
 //! manager has arrived.
 //!
 //! Not here: restart policies (the manager's orchestrator replaces failed tasks),
-//! overlay networks, the ingress routing mesh (ingress-mode ports are published on the
+//! the overlays themselves (`net::plane` makes them; a task's container only joins its
+//! networks when it is prepared), the ingress routing mesh (ingress-mode ports are published on the
 //! task's node only, best effort), health checks.
 
 pub mod core;
@@ -59,12 +60,21 @@ pub struct SupervisorConfig {
     pub poll: Duration,
     /// How long a task waits for a missing image before it is rejected.
     pub image_wait: Duration,
+    /// The `/etc/resolv.conf` of containers on overlay networks (the board's resolver
+    /// on the bridge gateway, see `net::dns::container_resolv_conf`); `None` leaves
+    /// theirs as the image has it. Containers on the bridge only never get one.
+    pub overlay_resolv_conf: Option<String>,
 }
 
 impl SupervisorConfig {
     /// The defaults: poll every 250 ms, wait up to two minutes for an image.
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, poll: Duration::from_millis(250), image_wait: Duration::from_millis(core::IMAGE_WAIT_MS) }
+        Self {
+            data_dir,
+            poll: Duration::from_millis(250),
+            image_wait: Duration::from_millis(core::IMAGE_WAIT_MS),
+            overlay_resolv_conf: None,
+        }
     }
 }
 
@@ -135,7 +145,10 @@ impl Supervisor {
             }
         });
         let mut worker = Worker {
-            exec: Arc::new(Exec::new(runtime, network, publisher, images, disk.clone())),
+            exec: Arc::new(
+                Exec::new(runtime, network, publisher, images, disk.clone())
+                    .with_resolv_conf(config.overlay_resolv_conf.clone()),
+            ),
             image_wait_ms: config.image_wait.as_millis() as u64,
             file: TaskFile::new(&config.data_dir),
             poll: config.poll,
@@ -390,9 +403,9 @@ impl<N: Sandboxes + 'static> Worker<N> {
                 Decision::ClosePorts(task) => {
                     self.ports.remove(&task);
                 }
-                Decision::Prepare { task, assignment, container_id } => {
+                Decision::Prepare { task, assignment, container_id, attachments } => {
                     tokio::spawn(async move {
-                        let result = exec.prepare(&assignment, &container_id).await;
+                        let result = exec.prepare(&assignment, &container_id, &attachments).await;
                         let _ = tx.send(Done::Prepared { task, result }).await;
                     });
                 }
@@ -474,6 +487,7 @@ mod tests {
             memory_limit: None,
             cpu_millis: None,
             hosts: vec![],
+            resolv_conf: None,
             seccomp: Default::default(),
         }
     }

@@ -88,6 +88,65 @@ pub fn upstreams_from(resolv_conf: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// A container's `/etc/resolv.conf` when the board's resolver serves it on `gateway`:
+/// that one nameserver, and the board's `search` and `options` lines (at most 8 of
+/// them, each at most 256 bytes: the board's file is trusted no more than it must be).
+pub fn container_resolv_conf(gateway: Ipv4Addr, board_conf: &str) -> String {
+    let mut text = format!("nameserver {gateway}\n");
+    for line in search_and_options(board_conf) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A container's `/etc/resolv.conf` when the board's resolver is not running: the
+/// board's own nameservers that a container can reach (not loopback ones, which would
+/// be the container's own), with the `search` and `options` lines. `None` when the
+/// board has none of those: the container then keeps its image's file.
+pub fn board_resolv_conf(board_conf: &str) -> Option<String> {
+    let servers: Vec<Ipv4Addr> = upstreams_from(board_conf)
+        .into_iter()
+        .filter_map(|s| match s.ip() {
+            IpAddr::V4(ip) if !ip.is_loopback() => Some(ip),
+            _ => None,
+        })
+        .collect();
+    if servers.is_empty() {
+        return None;
+    }
+    let mut text: String = servers.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+    for line in search_and_options(board_conf) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    Some(text)
+}
+
+fn search_and_options(board_conf: &str) -> impl Iterator<Item = &str> {
+    board_conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| (l.starts_with("search ") || l.starts_with("options ")) && l.len() <= 256)
+        .take(8)
+}
+
+/// Serves a new resolver on `gateway:53` (UDP) in the background, forwarding to the
+/// nameservers of `board_conf` (the board's `/etc/resolv.conf`). Fails when the
+/// address can't be bound (port 53 taken by another resolver, most often); the caller
+/// then leaves containers with the board's resolvers.
+pub async fn start(gateway: Ipv4Addr, board_conf: &str) -> std::io::Result<Arc<Resolver>> {
+    let socket = tokio::net::UdpSocket::bind((gateway, PORT)).await?;
+    let resolver = Resolver::new(upstreams_from(board_conf));
+    let serving = resolver.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(socket).await {
+            tracing::warn!(%gateway, error = %e, "the containers' resolver stopped: containers on overlay networks no longer resolve names");
+        }
+    });
+    Ok(resolver)
+}
+
 /// The resolver's state: the names, and which container (by address) sees which
 /// networks. Both are replaced whole as the manager's view changes.
 #[derive(Debug, Default)]
@@ -114,6 +173,11 @@ impl Resolver {
     /// an empty list still makes it a client (it gets forwarding only).
     pub fn set_client(&self, ip: Ipv4Addr, networks: Vec<String>) {
         self.clients.write().unwrap_or_else(|p| p.into_inner()).insert(ip, networks);
+    }
+
+    /// Replaces every client at once (see [`Resolver::set_client`]).
+    pub fn set_clients(&self, clients: HashMap<Ipv4Addr, Vec<String>>) {
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = clients;
     }
 
     /// Forgets the container at `ip`.
@@ -229,6 +293,23 @@ mod tests {
         let mut bad = query("web", wire::TYPE_A);
         bad.truncate(14);
         assert_eq!(rcode(&respond(&n, Some(&nets), &bad, 0)), 1);
+    }
+
+    #[test]
+    fn containers_get_the_gateway_or_the_boards_reachable_resolvers() {
+        let board = "nameserver 127.0.0.53\nsearch lan example.org\noptions edns0 trust-ad\nnameserver 192.0.2.1\n";
+        let gw = Ipv4Addr::new(10, 88, 0, 1);
+        assert_eq!(
+            container_resolv_conf(gw, board),
+            "nameserver 10.88.0.1\nsearch lan example.org\noptions edns0 trust-ad\n"
+        );
+        assert_eq!(
+            board_resolv_conf(board).unwrap(),
+            "nameserver 192.0.2.1\nsearch lan example.org\noptions edns0 trust-ad\n"
+        );
+        assert_eq!(board_resolv_conf("nameserver 127.0.0.53\nsearch lan\n"), None);
+        let hostile = format!("search {}\n", "a".repeat(10_000)).repeat(3) + &"options x\n".repeat(100);
+        assert_eq!(container_resolv_conf(gw, &hostile).lines().count(), 9);
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub enum RulesetError {
     /// Port 0 can't be matched.
     #[error("service {0} has port 0: use a port from 1 to 65535")]
     ZeroPort(String),
+    /// A port-less service ([`super::L4::Any`]) with a port.
+    #[error("service {0} matches any protocol, so it can't match a port: use port 0 or a protocol")]
+    PortOfAny(String),
     /// A backend with port 0 or address 0.0.0.0.
     #[error("service {service} has backend {backend}: backends need an address and a port from 1 to 65535")]
     Backend {

@@ -59,21 +59,26 @@ pub enum Destination {
     Local,
 }
 
-/// A transport protocol.
+/// A transport protocol, or every one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum L4 {
     /// TCP.
     Tcp,
     /// UDP.
     Udp,
+    /// Any protocol and port: the service matches its destination address alone and
+    /// keeps the port (a service's virtual IP, which answers on every port its tasks
+    /// listen on). Its `port` and its backends' ports are 0.
+    Any,
 }
 
 impl L4 {
-    /// Its IP protocol number.
-    pub fn number(self) -> u8 {
+    /// Its IP protocol number (`None` for [`L4::Any`]).
+    pub fn number(self) -> Option<u8> {
         match self {
-            L4::Tcp => 6,
-            L4::Udp => 17,
+            L4::Tcp => Some(6),
+            L4::Udp => Some(17),
+            L4::Any => None,
         }
     }
 }
@@ -83,6 +88,7 @@ impl fmt::Display for L4 {
         f.write_str(match self {
             L4::Tcp => "tcp",
             L4::Udp => "udp",
+            L4::Any => "any",
         })
     }
 }
@@ -98,7 +104,10 @@ impl fmt::Display for Destination {
 
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.destination, self.port, self.proto)
+        match self.proto {
+            L4::Any => write!(f, "{}/any", self.destination),
+            _ => write!(f, "{}:{}/{}", self.destination, self.port, self.proto),
+        }
     }
 }
 
@@ -132,7 +141,11 @@ impl Ruleset {
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.services {
-            if s.port == 0 {
+            let any = s.proto == L4::Any;
+            if any && s.port != 0 {
+                return Err(RulesetError::PortOfAny(s.to_string()));
+            }
+            if !any && s.port == 0 {
                 return Err(RulesetError::ZeroPort(s.to_string()));
             }
             if s.backends.is_empty() {
@@ -145,7 +158,8 @@ impl Ruleset {
                     max: MAX_BACKENDS,
                 });
             }
-            if let Some(b) = s.backends.iter().find(|b| b.port() == 0 || b.ip().is_unspecified()) {
+            // A port-less service keeps the connection's port: its backends name none.
+            if let Some(b) = s.backends.iter().find(|b| (b.port() == 0) != any || b.ip().is_unspecified()) {
                 return Err(RulesetError::Backend { service: s.to_string(), backend: b.to_string() });
             }
             if !seen.insert((s.destination, s.proto, s.port)) {

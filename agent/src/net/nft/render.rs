@@ -16,6 +16,9 @@
 //! }
 //! ```
 //!
+//! A port-less service ([`super::L4::Any`], a virtual IP) is matched by `ip daddr` alone
+//! and its backends are `dnat to <address>`, which keeps the connection's port.
+//!
 //! Rule k of N backends matches one time in N-k, so each backend gets 1/N of the
 //! connections without sets or maps (which need more kernel options). Conntrack applies
 //! the choice to the whole connection, replies included.
@@ -157,11 +160,13 @@ pub fn render(ruleset: &Ruleset, first_seq: u32) -> Result<Rendered, RulesetErro
                 }
                 Destination::Local => e.fib_daddr_type(REG_1).cmp(REG_1, CmpOp::Eq, &RTN_LOCAL.to_ne_bytes()),
             };
-            e.meta(META_L4PROTO, REG_1)
-                .cmp(REG_1, CmpOp::Eq, &[s.proto.number()])
-                .payload(TRANSPORT_HEADER, L4_DPORT, 2, REG_1)
-                .cmp(REG_1, CmpOp::Eq, &s.port.to_be_bytes())
-                .jump(&chain);
+            if let Some(number) = s.proto.number() {
+                e.meta(META_L4PROTO, REG_1)
+                    .cmp(REG_1, CmpOp::Eq, &[number])
+                    .payload(TRANSPORT_HEADER, L4_DPORT, 2, REG_1)
+                    .cmp(REG_1, CmpOp::Eq, &s.port.to_be_bytes());
+            }
+            e.jump(&chain);
         });
         let needs = match s.destination {
             Destination::Address(_) => "",
@@ -182,7 +187,11 @@ fn render_backends(p: &mut Parts, s: &Service, chain: &str) {
             if k + 1 < n {
                 e.numgen_random((n - k) as u32, REG_1).cmp(REG_1, CmpOp::Eq, &0u32.to_ne_bytes());
             }
-            e.immediate(REG_1, &b.ip().octets()).immediate(REG_2, &b.port().to_be_bytes()).dnat(REG_1, REG_2);
+            if s.proto.number().is_some() {
+                e.immediate(REG_1, &b.ip().octets()).immediate(REG_2, &b.port().to_be_bytes()).dnat(REG_1, REG_2);
+            } else {
+                e.immediate(REG_1, &b.ip().octets()).dnat_addr(REG_1);
+            }
         });
         p.push(seq, format!("rule {k} of service {s} (dnat to {b})"), "CONFIG_NFT_NUMGEN, CONFIG_NFT_NAT");
     }
@@ -377,6 +386,38 @@ mod tests {
         assert_eq!(e[0], ("fib".into(), vec![(1, u32a(1)), (2, u32a(3)), (3, u32a(2))]));
         assert_eq!(e[1].1[2], (3, value(&2u32.to_ne_bytes())));
         assert_eq!(r.parts[r.parts.len() - 2].needs, "CONFIG_NFT_FIB_IPV4");
+    }
+
+    #[test]
+    fn a_portless_service_matches_the_address_only_and_keeps_the_port() {
+        let mut s = vip(2);
+        s.proto = L4::Any;
+        s.port = 0;
+        for b in &mut s.backends {
+            b.set_port(0);
+        }
+        let r = render(&Ruleset { masquerades: vec![], services: vec![s.clone()] }, 0).unwrap();
+        let m = messages(&r.bytes);
+        // The match, then two backends; the batch's end message last.
+        let matched = exprs(&m[m.len() - 4].3);
+        assert_eq!(matched.len(), 3, "payload, cmp, jump: {matched:?}");
+        assert_eq!(matched[1].1[2], (3, value(&[10, 99, 0, 1])));
+        let last = exprs(&m[m.len() - 2].3);
+        assert_eq!(last[0], ("immediate".into(), vec![(1, u32a(1)), (2, value(&[10, 88, 0, 3]))]));
+        assert_eq!(last[1], ("nat".into(), vec![(1, u32a(1)), (2, u32a(2)), (3, u32a(1))]));
+        assert_eq!(last.len(), 2);
+
+        s.port = 80;
+        assert!(matches!(
+            render(&Ruleset { masquerades: vec![], services: vec![s.clone()] }, 0),
+            Err(RulesetError::PortOfAny(_))
+        ));
+        s.port = 0;
+        s.backends[0].set_port(80);
+        assert!(matches!(
+            render(&Ruleset { masquerades: vec![], services: vec![s] }, 0),
+            Err(RulesetError::Backend { .. })
+        ));
     }
 
     #[test]

@@ -219,6 +219,15 @@ impl Exprs<'_> {
         })
     }
 
+    /// `nat` (destination, IPv4) to the address in `addr_reg`, keeping the port.
+    pub fn dnat_addr(&mut self, addr_reg: u32) -> &mut Self {
+        self.expr("nat", |b| {
+            put_u32(b, 1, 1);
+            put_u32(b, 2, u32::from(FAMILY_IP));
+            put_u32(b, 3, addr_reg);
+        })
+    }
+
     /// `masq`: source NAT to the outgoing interface's address, forgotten with it.
     pub fn masquerade(&mut self) -> &mut Self {
         self.expr("masq", |_| {})

@@ -26,6 +26,10 @@ use super::{container_id, rejected, step, Action, Container, Facts};
 /// [`super::step`] says).
 const STEPS_PER_PASS: usize = 8;
 
+/// One of a task's overlay networks (the wire's assignment is mapped onto these where
+/// the task enters the book).
+pub use crate::net::plane::NetworkAttachment;
+
 /// One task as the node knows it.
 #[derive(Debug, Clone)]
 pub struct Task {
@@ -49,6 +53,9 @@ pub struct Task {
     pub ports_open: bool,
     /// Top digest of its container's image.
     pub digest: Option<String>,
+    /// Its overlay networks, in interface order (`eth1`, `eth2`, …); empty for a task
+    /// on the board's bridge only.
+    pub attachments: Vec<NetworkAttachment>,
 }
 
 impl Task {
@@ -65,6 +72,7 @@ impl Task {
             bound: Vec::new(),
             ports_open: false,
             digest: None,
+            attachments: Vec::new(),
         }
     }
 
@@ -102,6 +110,8 @@ pub enum Decision {
         assignment: Box<Assignment>,
         /// The container's ID.
         container_id: String,
+        /// Its overlay networks.
+        attachments: Vec<NetworkAttachment>,
     },
     /// Start the created container, then [`Outcome::Started`] or [`Outcome::Failed`].
     Start {
@@ -229,6 +239,14 @@ impl Book {
     /// Every task of the set (and those being removed).
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()
+    }
+
+    /// Sets a task's overlay networks, used when its container is next prepared (a
+    /// container already made keeps the interfaces it has).
+    pub fn set_attachments(&mut self, id: &TaskId, attachments: Vec<NetworkAttachment>) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.attachments = attachments;
+        }
     }
 
     /// Records the image digest of a task's adopted container.
@@ -436,6 +454,7 @@ impl Book {
                             task: id.clone(),
                             assignment: Box::new(t.assignment.clone()),
                             container_id: t.container_id.clone(),
+                            attachments: t.attachments.clone(),
                         });
                         break;
                     }
@@ -582,6 +601,25 @@ mod tests {
             [Decision::Remove { task: None, container_id: "old.1.x".into(), grace_ms: DEFAULT_STOP_GRACE_MS }]
         );
         assert!(book.assign(true, false, vec![a], vec![]).is_empty(), "only once");
+    }
+
+    #[test]
+    fn a_tasks_attachments_go_with_its_preparation() {
+        let a = assignment(1, Running);
+        let id = a.task_id.clone();
+        let mut book = Book::new();
+        book.assign(false, false, vec![a], vec![]);
+        assert!(book.task(&id).unwrap().attachments.is_empty(), "none by default");
+        let subnet = crate::net::Subnet::new(std::net::Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
+        let at = NetworkAttachment {
+            network: "atsea".into(),
+            overlay: crate::net::overlay::Overlay::new(4097, subnet, 1500).unwrap(),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
+        };
+        book.set_attachments(&id, vec![at.clone()]);
+        let out = book.reconcile(10, NODE, present);
+        let Some(Decision::Prepare { attachments, .. }) = out.last() else { panic!("{out:?}") };
+        assert_eq!(attachments, &[at]);
     }
 
     #[test]
