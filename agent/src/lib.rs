@@ -4,6 +4,7 @@
 //! [`supervisor`] runs the tasks the manager assigns (its pure state machine in
 //! [`supervisor::core`]) with [`runtime`], [`images`] and [`net`].
 
+pub mod board_net;
 pub mod core;
 pub mod disk;
 pub mod error;

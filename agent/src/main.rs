@@ -164,13 +164,14 @@ async fn run(
     // A missing file is a board with no resolver configured: forwarding then fails
     // with SERVFAIL, cluster names still resolve.
     let board_conf = std::fs::read_to_string(BOARD_RESOLV_CONF).unwrap_or_default();
-    // Kept for the network plane, which feeds it names once the manager sends them.
-    let (_resolver, overlay_resolv_conf) = shoal_agent::net::plane::start_resolver(&network, &board_conf).await;
+    // Fed with names by the network plane once the manager sends them.
+    let (resolver, overlay_resolv_conf) = shoal_agent::net::plane::start_resolver(&network, &board_conf).await;
     let mut config = SupervisorConfig::new(data_dir.to_path_buf());
     config.overlay_resolv_conf = overlay_resolv_conf;
-    let supervisor =
-        Supervisor::start(config, Arc::new(runtime), Arc::new(network), PortPublisher::new(), store.clone()).await?;
-    let result = session::run(data_dir, identity, description, store, &supervisor, shutdown_signal()).await;
+    let network = Arc::new(network);
+    let networks = shoal_agent::board_net::BoardNet::new(network.clone(), resolver);
+    let supervisor = Supervisor::start(config, Arc::new(runtime), network, PortPublisher::new(), store.clone()).await?;
+    let result = session::run(data_dir, identity, description, store, &supervisor, &networks, shutdown_signal()).await;
     // Containers keep running under their shims; the next agent takes them back.
     supervisor.shutdown().await;
     result

@@ -138,6 +138,7 @@ pub async fn run(
     description: NodeDescription,
     store: Arc<ImageStore>,
     supervisor: &Supervisor,
+    networks: &Arc<crate::board_net::BoardNet>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let tls = identity.tls(data_dir, IDLE_TIMEOUT)?;
@@ -169,7 +170,7 @@ pub async fn run(
         let ep = &endpoint.as_ref().expect("endpoint just set").1;
         let mut conn_slot = None;
         let end = tokio::select! {
-            end = session(ManagerLink { endpoint: ep, addr, tls: &tls }, &description, &images, supervisor, &exec_paths, &mut conn_slot) => end,
+            end = session(ManagerLink { endpoint: ep, addr, tls: &tls }, &description, &images, Board { supervisor, exec_paths: &exec_paths, networks }, &mut conn_slot) => end,
             _ = &mut shutdown => {
                 if let Some(conn) = conn_slot {
                     quinn::Connection::close(&conn, 0u32.into(), b"agent shutting down");
@@ -218,6 +219,13 @@ fn jitter() -> f64 {
     f64::from(shoal_link::random::<1>()[0]) / 256.0
 }
 
+/// This board's long-lived parts a session feeds.
+struct Board<'a> {
+    supervisor: &'a Supervisor,
+    exec_paths: &'a crate::exec::Paths,
+    networks: &'a Arc<crate::board_net::BoardNet>,
+}
+
 /// Where the manager is and how to reach it.
 struct ManagerLink<'a> {
     endpoint: &'a quinn::Endpoint,
@@ -230,11 +238,11 @@ async fn session(
     link: ManagerLink<'_>,
     description: &NodeDescription,
     images: &Images,
-    supervisor: &Supervisor,
-    exec_paths: &crate::exec::Paths,
+    board: Board<'_>,
     conn_slot: &mut Option<quinn::Connection>,
 ) -> SessionEnd {
     let ManagerLink { endpoint, addr, tls } = link;
+    let Board { supervisor, exec_paths, networks } = board;
     let unreachable =
         |e: LinkError| SessionEnd::Failed(AgentError::Unreachable { addr: addr.to_string(), detail: e.to_string() });
     let conn = match shoal_link::connect(endpoint, addr, tls, CONNECT_TIMEOUT).await {
@@ -250,6 +258,11 @@ async fn session(
     let period = match response {
         Response::SessionAccepted { node_id, heartbeat_period_ms } => {
             info!(node = %node_id, manager = %addr, "session established");
+            // Overlay packets leave from the address this board reaches the manager from.
+            match underlay_towards(addr) {
+                Some(ip) => networks.connected(ip).await,
+                None => warn!(manager = %addr, "no IPv4 address towards the manager: overlay networks can't be used"),
+            }
             Duration::from_millis(u64::from(heartbeat_period_ms.max(10)))
         }
         Response::Error(e) => return SessionEnd::Failed(AgentError::Refused(e)),
@@ -331,11 +344,13 @@ async fn session(
                 }
                 Ok(Some(ManagerMessage::Assignments { full, more, upsert, remove })) => {
                     debug!(full, more, upsert = upsert.len(), remove = remove.len(), "assignments from the manager");
+                    // Overlays first, so they exist when a container of them is prepared.
+                    networks.assignments(full, more, &upsert, &remove).await;
                     supervisor.assign(full, more, upsert.into_vec(), remove.into_vec()).await;
                 }
-                // Wired by the lead: the overlay, resolver and load balancer take this view.
                 Ok(Some(ManagerMessage::Networks(view))) => {
                     debug!(more = view.more, networks = view.networks.len(), "network view from the manager");
+                    networks.view(view).await;
                 }
                 Ok(None) => return "the manager closed the session".to_owned(),
                 Err(e) => return e.to_string(),
@@ -478,4 +493,15 @@ async fn sync_all(
         }
     }
     Pass::Done { retry }
+}
+
+/// The local IPv4 address the kernel picks to reach `manager` (a connected UDP socket
+/// sends nothing): where this board's VXLAN packets leave from.
+fn underlay_towards(manager: SocketAddr) -> Option<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect(manager).ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
 }

@@ -153,6 +153,13 @@ impl Sandboxes for Network {
         sandbox: &Sandbox,
         attachments: &[plane::NetworkAttachment],
     ) -> Result<(), (String, NetError)> {
+        // The plane makes overlays when the assignment arrives; making sure here too
+        // (idempotent) keeps a container from racing it.
+        if let Some(local) = self.underlay() {
+            for a in attachments {
+                overlay::ensure(&a.overlay, local).await.map_err(|e| (a.network.clone(), e))?;
+            }
+        }
         plane::join_container(sandbox, attachments).await
     }
 }
@@ -162,6 +169,8 @@ impl Sandboxes for Network {
 pub struct Network {
     config: BridgeConfig,
     ipam: Mutex<Ipam>,
+    /// This board's underlay address (where VXLAN packets leave from), once known.
+    underlay: Mutex<Option<Ipv4Addr>>,
 }
 
 impl Network {
@@ -171,7 +180,17 @@ impl Network {
         config.validate()?;
         std::fs::create_dir_all(state_dir).map_err(|e| NetError::io(format!("creating {}", state_dir.display()), e))?;
         let ipam = Ipam::load(&state_dir.join("ipam.json"), config.subnet)?;
-        Ok(Self { config, ipam: Mutex::new(ipam) })
+        Ok(Self { config, ipam: Mutex::new(ipam), underlay: Mutex::new(None) })
+    }
+
+    /// Records this board's underlay address (from the session with the manager).
+    pub fn set_underlay(&self, ip: Ipv4Addr) {
+        *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = Some(ip);
+    }
+
+    /// This board's underlay address, once a session told it.
+    pub fn underlay(&self) -> Option<Ipv4Addr> {
+        *self.underlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configuration.

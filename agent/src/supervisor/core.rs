@@ -197,11 +197,12 @@ pub fn container_id(service: &str, slot: u32, task_id: &str) -> String {
     id.chars().take(64).collect()
 }
 
-/// The hostname inside a task's container: `<service>.<slot>`, or `<service>.<task
-/// id>` for a global service's task (slot 0), cut to 63 bytes.
-pub fn hostname(service: &str, slot: u32, task_id: &str) -> String {
-    let name = if slot == 0 { format!("{service}.{task_id}") } else { format!("{service}.{slot}") };
-    name.chars().take(63).collect()
+/// The hostname inside a task's container: the first 12 characters of its task ID, as
+/// Swarm uses the short container ID. No dot in it: resolvers take what follows a
+/// hostname's first dot as the search domain when `resolv.conf` names none (a
+/// `web.2` hostname made every lookup of `db` a lookup of `db.2`).
+pub fn hostname(_service: &str, _slot: u32, task_id: &str) -> String {
+    task_id.chars().take(12).collect()
 }
 
 #[cfg(test)]
@@ -384,7 +385,8 @@ mod tests {
         assert!(long.len() <= 64 && long.ends_with(".12.abcdefghijklmnopqrstuvwxy"), "{long}");
         assert!(crate::runtime::validate_id(&long).is_ok());
         assert!(crate::runtime::validate_id(&container_id("", 0, task)).is_ok());
-        assert_eq!(hostname("web", 2, task), "web.2");
-        assert_eq!(hostname("agent", 0, "abc"), "agent.abc");
+        assert_eq!(hostname("web", 2, task), "abcdefghijkl");
+        assert_eq!(hostname("agent", 0, "abc"), "abc");
+        assert!(!hostname("web.x", 2, task).contains('.'));
     }
 }

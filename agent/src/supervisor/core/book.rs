@@ -58,9 +58,24 @@ pub struct Task {
     pub attachments: Vec<NetworkAttachment>,
 }
 
+/// The overlays an assignment's container joins, in the order the manager gave (its
+/// `eth1`, `eth2`, …). An attachment that can't describe an overlay (a subnet or VNI
+/// out of range, which the manager never sends) is left out.
+fn attachments_of(a: &Assignment) -> Vec<NetworkAttachment> {
+    a.networks
+        .iter()
+        .filter_map(|c| {
+            let subnet = crate::net::Subnet::new(c.subnet.addr(), c.subnet.prefix()).ok()?;
+            let overlay = crate::net::overlay::Overlay::new(c.vni, subnet, crate::board_net::UNDERLAY_MTU).ok()?;
+            Some(NetworkAttachment { network: c.network_id.to_string(), overlay, address: c.address })
+        })
+        .collect()
+}
+
 impl Task {
     fn new(assignment: Assignment, status: TaskStatus, stop_requested: bool) -> Self {
         let container_id = container_id(&assignment.service_name, assignment.slot, assignment.task_id.as_str());
+        let attachments = attachments_of(&assignment);
         Self {
             assignment,
             status,
@@ -72,7 +87,7 @@ impl Task {
             bound: Vec::new(),
             ports_open: false,
             digest: None,
-            attachments: Vec::new(),
+            attachments,
         }
     }
 
