@@ -152,31 +152,14 @@ impl StagingDir {
             return Err(StageError::InvalidName(digest));
         }
         let path = self.dir.join(hex);
-        let local = |source| StageError::Local { path: path.clone(), source };
-        let mut file = File::create(&path).map_err(local)?;
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&path);
-                    return Err(StageError::Source(e));
-                }
-            };
-            hash.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(local)?;
-        }
+        let (file, hash) = write_hashing(&path, reader)?;
         let size = hash.len();
         if hash.finish() != digest {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Ok((false, size));
         }
-        file.sync_all().map_err(local)?;
+        file.sync_all().map_err(|source| StageError::Local { path: path.clone(), source })?;
         self.blobs.insert(digest, size);
         Ok((true, size))
     }
@@ -187,23 +170,7 @@ impl StagingDir {
     pub fn add_unnamed(&mut self, reader: &mut dyn Read) -> Result<(String, u64), StageError> {
         let incoming = self.dir.join(format!(".incoming-{}", self.blobs.len()));
         let local = |path: &Path, source| StageError::Local { path: path.to_owned(), source };
-        let mut file = File::create(&incoming).map_err(|e| local(&incoming, e))?;
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&incoming);
-                    return Err(StageError::Source(e));
-                }
-            };
-            hash.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(|e| local(&incoming, e))?;
-        }
+        let (file, hash) = write_hashing(&incoming, reader)?;
         file.sync_all().map_err(|e| local(&incoming, e))?;
         drop(file);
         let size = hash.len();
@@ -224,6 +191,30 @@ impl StagingDir {
         }
         let Some(path) = self.path(digest) else { return Ok(None) };
         std::fs::read(&path).map(Some).map_err(staging_io(&path))
+    }
+}
+
+/// Copies `reader` into a new file at `path`, hashing what passes. A failure to read
+/// `reader` removes the file and is [`StageError::Source`]; the caller decides, from the
+/// hash, whether the file stays.
+fn write_hashing(path: &Path, reader: &mut dyn Read) -> Result<(File, Sha256), StageError> {
+    let local = |source| StageError::Local { path: path.to_owned(), source };
+    let mut file = File::create(path).map_err(local)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok((file, hash)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(StageError::Source(e));
+            }
+        };
+        hash.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(local)?;
     }
 }
 
