@@ -7,13 +7,19 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_agent::net::overlay::{self, Overlay, Peer};
 use shoal_agent::net::Subnet;
+
+mod common;
+
+/// Where `ip netns` pins namespace `ns`.
+fn netns_path(ns: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(ns)
+}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
@@ -23,20 +29,13 @@ fn ip(args: &[&str]) {
 /// Port of the echo listener each container namespace runs.
 const PORT: u16 = 7000;
 
-/// Enters namespace `ns` on the calling thread.
-fn enter(ns: &str) {
-    let file = std::fs::File::open(PathBuf::from("/run/netns").join(ns)).expect("opening the namespace");
-    rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-        .expect("entering the namespace");
-}
-
 /// A listener on `addr:PORT` inside `ns` answering each connection with `hello`, for as
 /// long as the test process lives.
 fn listen(ns: &str, addr: Ipv4Addr) {
     let ns = ns.to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&netns_path(&ns));
         let l = TcpListener::bind((addr, PORT)).expect("binding the echo listener");
         tx.send(()).unwrap();
         for mut s in l.incoming().flatten() {
@@ -50,7 +49,7 @@ fn listen(ns: &str, addr: Ipv4Addr) {
 fn reaches(ns: &str, to: Ipv4Addr) -> bool {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&netns_path(&ns));
         let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((to, PORT)), Duration::from_secs(2)) else {
             return false;
         };
@@ -61,21 +60,6 @@ fn reaches(ns: &str, to: Ipv4Addr) -> bool {
     })
     .join()
     .unwrap()
-}
-
-/// Runs `f` on a thread that entered namespace `ns`, on a runtime of its own.
-fn in_ns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> T {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        enter(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(f())
-    })
-    .join()
-    .expect("the namespace thread panicked")
 }
 
 /// Two boards and a container on each; everything deleted on drop.
@@ -128,7 +112,7 @@ fn overlay_of(k: u8) -> Overlay {
 fn board_up(lab: &Lab, b: usize, o: Overlay, local: Ipv4Addr, container: usize, addr: Ipv4Addr, peers: Vec<Peer>) {
     let netns = PathBuf::from("/run/netns").join(lab.ns(container));
     let veth = format!("svh{}{b}", std::process::id());
-    in_ns(lab.ns(b), move || {
+    common::in_netns_async(&netns_path(lab.ns(b)), move || {
         Box::pin(async move {
             overlay::ensure(&o, local).await.expect("ensure");
             // Twice: idempotent.
@@ -140,7 +124,9 @@ fn board_up(lab: &Lab, b: usize, o: Overlay, local: Ipv4Addr, container: usize, 
 }
 
 fn set_peers(lab: &Lab, b: usize, o: Overlay, peers: Vec<Peer>) {
-    in_ns(lab.ns(b), move || Box::pin(async move { overlay::set_peers(&o, &peers).await.expect("set_peers") }));
+    common::in_netns_async(&netns_path(lab.ns(b)), move || {
+        Box::pin(async move { overlay::set_peers(&o, &peers).await.expect("set_peers") })
+    });
 }
 
 #[test]
@@ -184,8 +170,12 @@ fn containers_on_two_boards_reach_each_other_over_vxlan() {
     assert!(reaches(lab.ns(2), b), "c1 cannot reach c2 after the peer came back");
 
     // The network leaves the board with its devices.
-    in_ns(lab.ns(0), move || Box::pin(async move { overlay::remove(&o).await.expect("remove") }));
-    in_ns(lab.ns(0), move || Box::pin(async move { overlay::remove(&o).await.expect("remove twice") }));
+    common::in_netns_async(&netns_path(lab.ns(0)), move || {
+        Box::pin(async move { overlay::remove(&o).await.expect("remove") })
+    });
+    common::in_netns_async(&netns_path(lab.ns(0)), move || {
+        Box::pin(async move { overlay::remove(&o).await.expect("remove twice") })
+    });
     let out = Command::new("ip").args(["-n", lab.ns(0), "link", "show", &o.vxlan()]).output().unwrap();
     assert!(!out.status.success(), "the VXLAN device outlived remove");
     assert!(!reaches(lab.ns(3), a), "c2 still reaches c1 after the overlay left board 1");

@@ -6,10 +6,11 @@
 //! The test plumbing (board namespaces, cables) uses the `ip` binary; the code under
 //! test never does.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -30,35 +31,13 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
-/// Enters the network namespace pinned at `path` on the calling thread.
-fn enter(path: &Path) {
-    let file = std::fs::File::open(path).expect("opening the namespace");
-    rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-        .expect("entering the namespace");
-}
-
-/// Runs `f` on a thread that entered namespace `ns`, on a runtime of its own.
-fn in_ns<T: Send + 'static>(
-    ns: &Path,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> T {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        enter(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(f())
-    })
-    .join()
-    .expect("the namespace thread panicked")
-}
-
 /// A listener on `addr:PORT` inside `ns` answering each connection with `name` and the
 /// address it came from, for as long as the test process lives.
 fn listen(ns: &Path, addr: Ipv4Addr, name: &'static str) {
     let ns = ns.to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&ns);
         let l = TcpListener::bind((addr, PORT)).expect("binding the listener");
         tx.send(()).unwrap();
         for mut s in l.incoming().flatten() {
@@ -74,7 +53,7 @@ fn listen(ns: &Path, addr: Ipv4Addr, name: &'static str) {
 fn ask_tcp(ns: &Path, to: Ipv4Addr) -> Option<String> {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&ns);
         let mut s = TcpStream::connect_timeout(&SocketAddr::from((to, PORT)), Duration::from_secs(2)).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let mut buf = String::new();
@@ -101,7 +80,7 @@ fn query(id: u16, name: &str) -> Vec<u8> {
 fn resolve(ns: &Path, server: Ipv4Addr, name: &str) -> (u8, Vec<Ipv4Addr>) {
     let (ns, name) = (ns.to_owned(), name.to_owned());
     std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&ns);
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let q = query(0x4242, &name);
@@ -144,7 +123,7 @@ impl Drop for Lab {
         for (board, net, cid) in self.sandboxes.drain(..) {
             let cid2 = cid.clone();
             let _ = std::thread::spawn(move || {
-                enter(&board);
+                common::enter_netns(&board);
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(net.remove_sandbox(&cid2))
             })
@@ -187,14 +166,18 @@ fn bridge(lab: &Lab, b: usize) -> Arc<Network> {
     let config = BridgeConfig { netns_dir: lab.dir.join(format!("netns{b}")), ..BridgeConfig::default() };
     let net = Arc::new(Network::new(config, &lab.dir.join(format!("state{b}"))).unwrap());
     let n = net.clone();
-    in_ns(&lab.ns(b), move || Box::pin(async move { n.ensure_bridge().await.expect("ensure_bridge") }));
+    common::in_netns_async(&lab.ns(b), move || {
+        Box::pin(async move { n.ensure_bridge().await.expect("ensure_bridge") })
+    });
     net
 }
 
 /// A container sandbox `cid` on board `b`.
 fn sandbox(lab: &mut Lab, b: usize, net: &Arc<Network>, cid: &str) -> Sandbox {
     let (n, id) = (net.clone(), cid.to_owned());
-    let s = in_ns(&lab.ns(b), move || Box::pin(async move { n.create_sandbox(&id).await.expect("create_sandbox") }));
+    let s = common::in_netns_async(&lab.ns(b), move || {
+        Box::pin(async move { n.create_sandbox(&id).await.expect("create_sandbox") })
+    });
     lab.sandboxes.push((lab.ns(b), net.clone(), cid.to_owned()));
     s
 }
@@ -205,7 +188,7 @@ fn resolver(ns: &Path, gateway: Ipv4Addr) -> Arc<Resolver> {
     let ns = ns.to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&ns);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             tx.send(dns::start(gateway, "").await.expect("binding the resolver")).unwrap();
@@ -217,7 +200,7 @@ fn resolver(ns: &Path, gateway: Ipv4Addr) -> Arc<Resolver> {
 
 fn apply(ns: &Path, plane: &Arc<NetworkPlane>, desired: &BoardNetworks, addrs: &BTreeMap<String, Ipv4Addr>) {
     let (p, d, a) = (plane.clone(), desired.clone(), addrs.clone());
-    in_ns(ns, move || Box::pin(async move { p.apply(&d, &a).await.expect("apply") }));
+    common::in_netns_async(ns, move || Box::pin(async move { p.apply(&d, &a).await.expect("apply") }));
 }
 
 /// Joins a container to its overlays as the supervisor does when it prepares one.
@@ -231,7 +214,7 @@ fn join(ns: &Path, s: &Sandbox, attachments: Vec<(&NetworkDef, Ipv4Addr)>) {
         })
         .collect();
     let s = s.clone();
-    in_ns(ns, move || {
+    common::in_netns_async(ns, move || {
         Box::pin(async move {
             plane::join_container(&s, &attachments).await.map_err(|(n, e)| format!("{n}: {e}")).expect("join")
         })
@@ -344,7 +327,8 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
     eprintln!("first apply on both boards: {:?}", started.elapsed());
     assert_eq!(resolve(&c1.netns_path, gw, "app"), (5, vec![]), "a container not yet known was answered");
     let (p, a) = (p1.clone(), addrs1.clone());
-    let plan = in_ns(&lab.ns(0), move || Box::pin(async move { p.reapply(&a).await.expect("reapply") }));
+    let plan =
+        common::in_netns_async(&lab.ns(0), move || Box::pin(async move { p.reapply(&a).await.expect("reapply") }));
     assert!(plan.clients.is_some() && plan.ensure.is_empty() && plan.ruleset.is_none(), "{plan:?}");
     // Twice: idempotent.
     apply(&lab.ns(0), &p1, &d1, &addrs1);
@@ -464,21 +448,22 @@ fn a_taken_port_53_leaves_containers_the_boards_resolvers() {
     // Something else answers on the gateway's port 53.
     let ns = lab.ns(0);
     let squatter = std::thread::spawn(move || {
-        enter(&ns);
+        common::enter_netns(&ns);
         UdpSocket::bind((gw, 53)).expect("squatting port 53")
     })
     .join()
     .unwrap();
     let n = net.clone();
-    let (resolver, conf) =
-        in_ns(&lab.ns(0), move || Box::pin(async move { plane::start_resolver(&n, board_conf).await }));
+    let (resolver, conf) = common::in_netns_async(&lab.ns(0), move || {
+        Box::pin(async move { plane::start_resolver(&n, board_conf).await })
+    });
     assert!(resolver.is_none(), "a resolver started on a taken port");
     assert_eq!(conf.as_deref(), Some("nameserver 192.0.2.53\nsearch lan\n"));
 
     // Free again: the resolver starts and containers are pointed at the gateway.
     drop(squatter);
     let n = net.clone();
-    let (resolver, conf) = in_ns(&lab.ns(0), move || {
+    let (resolver, conf) = common::in_netns_async(&lab.ns(0), move || {
         Box::pin(async move {
             let started = plane::start_resolver(&n, board_conf).await;
             (started.0.is_some(), started.1)

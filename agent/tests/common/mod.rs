@@ -51,3 +51,27 @@ pub(crate) fn ask(port: u16, request: &[u8], until: &str) -> String {
     }
     panic!("no answer containing {until:?} on port {port}; last: {last:?}");
 }
+
+/// Moves the calling thread into the network namespace pinned at `path`.
+pub(crate) fn enter_netns(path: &Path) {
+    use std::os::fd::AsFd;
+    let file = std::fs::File::open(path).expect("opening the namespace");
+    rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+        .expect("entering the namespace");
+}
+
+/// Runs the future `f` makes on a thread that entered the namespace pinned at `path`,
+/// on a runtime of its own.
+pub(crate) fn in_netns_async<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(f())
+    })
+    .join()
+    .expect("the namespace thread panicked")
+}
