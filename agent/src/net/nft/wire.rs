@@ -423,16 +423,7 @@ pub enum DumpItem {
 /// from the kernel are still checked: a truncated message is an error.
 pub fn parse_dump(mut data: &[u8]) -> Result<Vec<DumpItem>, String> {
     let mut items = Vec::new();
-    while !data.is_empty() {
-        if data.len() < NLMSG_HDRLEN {
-            return Err(format!("a {}-byte netlink message is shorter than its header", data.len()));
-        }
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(format!("a netlink message claims {len} bytes of {}", data.len()));
-        }
-        let ty = u16::from_ne_bytes([data[4], data[5]]);
-        let body = &data[NLMSG_HDRLEN..len];
+    while let Some(Message { ty, body, .. }) = next_message(&mut data)? {
         if ty == NLMSG_DONE {
             items.push(DumpItem::Done);
         } else if ty == NLMSG_ERROR {
@@ -467,7 +458,6 @@ pub fn parse_dump(mut data: &[u8]) -> Result<Vec<DumpItem>, String> {
                 _ => return Err("a rule without its table or chain".into()),
             }
         }
-        data = data.get(align4(len)..).unwrap_or(&[]);
     }
     Ok(items)
 }
@@ -496,18 +486,7 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// error, since these bytes come from outside the program.
 pub fn parse_acks(mut data: &[u8]) -> Result<Vec<Ack>, String> {
     let mut acks = Vec::new();
-    while !data.is_empty() {
-        if data.len() < NLMSG_HDRLEN {
-            return Err(format!("a {}-byte netlink message is shorter than its header", data.len()));
-        }
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(format!("a netlink message claims {len} bytes of {}", data.len()));
-        }
-        let ty = u16::from_ne_bytes([data[4], data[5]]);
-        let flags = u16::from_ne_bytes([data[6], data[7]]);
-        let seq = u32::from_ne_bytes([data[8], data[9], data[10], data[11]]);
-        let body = &data[NLMSG_HDRLEN..len];
+    while let Some(Message { ty, flags, seq, body }) = next_message(&mut data)? {
         if ty == NLMSG_ERROR {
             if body.len() < 4 + NLMSG_HDRLEN {
                 return Err(format!("a netlink error message of {} bytes is too short", body.len()));
@@ -521,9 +500,40 @@ pub fn parse_acks(mut data: &[u8]) -> Result<Vec<Ack>, String> {
         } else if ty == NLMSG_DONE {
             break;
         }
-        data = data.get(align4(len)..).unwrap_or(&[]);
     }
     Ok(acks)
+}
+
+/// One netlink message of a datagram: its header fields and body.
+struct Message<'a> {
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    body: &'a [u8],
+}
+
+/// The next message of `data`, which then starts after it (and its padding); `None` at
+/// the end. A header that is short, or a length shorter than a header or longer than
+/// what is left, is an error: these bytes come from outside the program.
+fn next_message<'a>(data: &mut &'a [u8]) -> Result<Option<Message<'a>>, String> {
+    let d = *data;
+    if d.is_empty() {
+        return Ok(None);
+    }
+    if d.len() < NLMSG_HDRLEN {
+        return Err(format!("a {}-byte netlink message is shorter than its header", d.len()));
+    }
+    let len = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]) as usize;
+    if len < NLMSG_HDRLEN || len > d.len() {
+        return Err(format!("a netlink message claims {len} bytes of {}", d.len()));
+    }
+    *data = d.get(align4(len)..).unwrap_or(&[]);
+    Ok(Some(Message {
+        ty: u16::from_ne_bytes([d[4], d[5]]),
+        flags: u16::from_ne_bytes([d[6], d[7]]),
+        seq: u32::from_ne_bytes([d[8], d[9], d[10], d[11]]),
+        body: &d[NLMSG_HDRLEN..len],
+    }))
 }
 
 fn align4(n: usize) -> usize {
