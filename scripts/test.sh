@@ -5,29 +5,46 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step's wall time, printed as it ends and summed up at the end: CI has 30 minutes.
+timings=()
+step_start=$SECONDS
+step_name=setup
+step() {
+  timings+=("$(printf '%5ds  %s' $((SECONDS - step_start)) "$step_name")")
+  echo "== $1"
+  step_name=$1
+  step_start=$SECONDS
+}
+report() {
+  timings+=("$(printf '%5ds  %s' $((SECONDS - step_start)) "$step_name")")
+  echo "== step times (total ${SECONDS}s)"
+  printf '%s\n' "${timings[@]}"
+}
+trap report EXIT
+
 ./scripts/setup.sh
 
-echo "== format"
+step "format"
 cargo fmt --all -- --check
 
-echo "== lints"
+step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== build"
+step "build"
 cargo build --workspace --bins
 
-echo "== images"
+step "images"
 ./images/build.sh
 
-echo "== tests"
+step "tests"
 # Tests that need root (real containers, network namespaces) are marked
 # #[ignore = "needs root"]; this command runs as root and includes them. The one other
 # ignored test is a release-build timing check (see its doc).
 cargo test --workspace -- --include-ignored --skip scale_5000_nodes_100000_tasks
 
-echo "== fuzz"
+step "fuzz"
 # Builds the fuzz targets, replays fuzz/corpus and fuzzes each target a few seconds.
 ./scripts/fuzz.sh --ci
 
-echo "== static agent builds"
+step "static agent builds"
 ./scripts/build-agents.sh
