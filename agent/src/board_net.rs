@@ -121,8 +121,28 @@ pub struct BoardNet {
 
 impl BoardNet {
     /// For the board's container `network`, feeding `resolver` (none if it could not start).
+    /// Must be called inside a tokio runtime: it watches containers joining overlays
+    /// ([`Network::watch_joins`]) to give each its load balancer before it starts.
     pub fn new(network: Arc<Network>, resolver: Option<Arc<Resolver>>) -> Arc<Self> {
-        Arc::new(Self { network, resolver, state: tokio::sync::Mutex::new(State::default()) })
+        let mut joins = network.watch_joins();
+        let me = Arc::new(Self { network, resolver, state: tokio::sync::Mutex::new(State::default()) });
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            while let Some(joined) = joins.recv().await {
+                let Some(me) = weak.upgrade() else { break };
+                me.joined(&joined.container).await;
+                let _ = joined.done.send(());
+            }
+        });
+        me
+    }
+
+    /// A container joined its overlays: the last desired state is applied again, which
+    /// now knows its sandbox (resolver client, load balancer).
+    async fn joined(&self, container: &str) {
+        let mut st = self.state.lock().await;
+        debug!(container, "container joined its overlays");
+        self.apply(&mut st).await;
     }
 
     /// A session is open and VXLAN packets leave from `underlay`: the plane is made the
@@ -138,7 +158,7 @@ impl BoardNet {
                 bridge_subnet: config.subnet,
                 bridge: config.name.clone(),
             };
-            st.plane = Some(NetworkPlane::new(board, self.resolver.clone()));
+            st.plane = Some(NetworkPlane::new(board, self.resolver.clone()).with_sandboxes(config.netns_dir.clone()));
         }
         self.apply(&mut st).await;
     }
