@@ -1,7 +1,8 @@
 //! The lab's task 2 replayed on real boards (network namespaces) with real containers:
 //! an overlay network, a task on node1, the network absent from node2 until a task of it
 //! lands there, and a container on another board reaching the first by its service name
-//! over VXLAN, through `shoal exec`.
+//! over VXLAN, through `shoal exec`; and a `vip`-mode service reached by name, its
+//! connections spread over its replicas by each client container's own load balancer.
 
 use std::process::Command;
 use std::time::Duration;
@@ -37,8 +38,6 @@ fn lab_task2_containers_on_an_overlay_reach_each_other_by_name_across_boards() {
         &host,
         "--network",
         &net,
-        "--endpoint-mode",
-        "dnsrr",
         "--constraint",
         "node.hostname==node1",
         "--detach=true",
@@ -89,6 +88,78 @@ fn lab_task2_containers_on_an_overlay_reach_each_other_by_name_across_boards() {
     m.shoal(&["service", "rm", &client]);
     wait_for("the overlay gone from node2", Duration::from_secs(20), || {
         vxlan_devices(&c.lab.hosts[2].ns).is_empty().then_some(())
+    });
+    m.shoal(&["network", "rm", &net]);
+}
+
+/// The answers of `n` requests to `url` from one `shoal exec` into `client`: one line
+/// each, `failed` for a request that got none.
+fn ask_many(m: &shoal_e2e::Host, client: &str, url: &str, n: usize) -> Vec<String> {
+    // No `-T`: this busybox's wget crashes with it.
+    let script = format!("for i in $(seq {n}); do wget -qO- {url} || echo failed; done");
+    let out = m.run("shoal", &["exec", client, "sh", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_vip_service_is_reached_by_name_and_spreads_over_its_replicas() {
+    let c = Cluster::start(3).unwrap();
+    let m = c.manager_host();
+    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap()]);
+    let net = format!("{}vn", c.lab.tag());
+    m.shoal(&["network", "create", "-d", "overlay", &net]);
+    let (web, client) = (format!("{}-web", c.lab.tag()), format!("{}-cli", c.lab.tag()));
+
+    // Each replica serves its own random ID at /who, so the answers tell them apart.
+    let serve = "mkdir -p /tmp/w && cat /proc/sys/kernel/random/uuid > /tmp/w/who && exec httpd -f -p 8000 -h /tmp/w";
+    m.shoal(&[
+        "service",
+        "create",
+        "--name",
+        &web,
+        "--network",
+        &net,
+        "--replicas",
+        "3",
+        "--detach=true",
+        "demo/app:1.0",
+        "sh",
+        "-c",
+        serve,
+    ]);
+    m.shoal(&["service", "create", "--name", &client, "--network", &net, "--detach=true", "demo/app:1.0"]);
+    wait_for("3 web replicas", Duration::from_secs(60), || c.replicas(&web).starts_with("3/3").then_some(()));
+    wait_for("the client running", Duration::from_secs(30), || c.replicas(&client).starts_with("1/1").then_some(()));
+
+    // The name is the VIP (default endpoint mode), and it answers.
+    let url = format!("http://{web}:8000/who");
+    let out = m.shoal(&["exec", &client, "nslookup", &web]);
+    assert!(out.contains("10.0."), "{web} does not resolve to an overlay address: {out}");
+    let answers = wait_for("every replica answering through the VIP", Duration::from_secs(20), || {
+        let a = ask_many(m, &client, &url, 30);
+        let ids: std::collections::BTreeSet<&String> = a.iter().collect();
+        (ids.len() == 3 && !a.iter().any(|l| l == "failed")).then_some(a)
+    });
+    assert_eq!(answers.len(), 30);
+
+    // Scale down to one: the name keeps working, and soon only one replica answers.
+    m.shoal(&["service", "scale", &format!("{web}=1")]);
+    let started = std::time::Instant::now();
+    wait_for("only the remaining replica answering", Duration::from_secs(20), || {
+        let a = ask_many(m, &client, &url, 10);
+        assert!(!a.iter().any(|l| l == "failed"), "a request failed while scaling down: {a:?}");
+        let ids: std::collections::BTreeSet<&String> = a.iter().collect();
+        (ids.len() == 1 && a.len() == 10).then_some(())
+    });
+    let took = started.elapsed();
+    eprintln!("scale 3 -> 1: the VIP answered from one replica only after {took:?} (one exec of 10 requests included)");
+    assert!(took < Duration::from_secs(2), "the VIP kept removed replicas for {took:?}");
+
+    m.shoal(&["service", "rm", &client]);
+    m.shoal(&["service", "rm", &web]);
+    wait_for("the services gone", Duration::from_secs(30), || {
+        (shoal_e2e::running_containers(&web) == 0 && shoal_e2e::running_containers(&client) == 0).then_some(())
     });
     m.shoal(&["network", "rm", &net]);
 }
