@@ -163,3 +163,92 @@ fn a_vip_service_is_reached_by_name_and_spreads_over_its_replicas() {
     });
     m.shoal(&["network", "rm", &net]);
 }
+
+/// A namespace standing for "the internet", cabled to one board namespace: the board
+/// gets `192.0.2.1/24` on its end, the internet `192.0.2.2/24` and a listener on port
+/// 8080 that answers an HTTP request with the address the connection came from. Removed
+/// on drop.
+struct Internet {
+    ns: String,
+    listener: std::process::Child,
+}
+
+impl Internet {
+    const ADDR: &'static str = "192.0.2.2";
+    const BOARD_SIDE: &'static str = "192.0.2.1";
+
+    fn new(tag: &str, board_ns: &str) -> Self {
+        let ns = format!("{tag}inet");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", &ns]);
+        let (board_end, inet_end) = (format!("{tag}iu"), format!("{tag}ii"));
+        ip(&["link", "add", &board_end, "netns", board_ns, "type", "veth", "peer", "name", &inet_end, "netns", &ns]);
+        ip(&["-n", board_ns, "addr", "add", &format!("{}/24", Self::BOARD_SIDE), "dev", &board_end]);
+        ip(&["-n", board_ns, "link", "set", &board_end, "up"]);
+        ip(&["-n", &ns, "addr", "add", &format!("{}/24", Self::ADDR), "dev", &inet_end]);
+        ip(&["-n", &ns, "link", "set", &inet_end, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let server = format!(
+            "import socket\n\
+             s = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{}', 8080))\n\
+             s.listen(8)\n\
+             while True:\n\
+             \x20   c, a = s.accept()\n\
+             \x20   c.recv(4096)\n\
+             \x20   c.sendall(('HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n' + a[0] + '\\n').encode())\n\
+             \x20   c.close()\n",
+            Self::ADDR
+        );
+        let listener = Command::new("ip")
+            .args(["netns", "exec", &ns, "/usr/bin/python3", "-c", &server])
+            .spawn()
+            .expect("starting the internet's listener");
+        Self { ns, listener }
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = self.listener.kill();
+        let _ = self.listener.wait();
+        // Deleting the namespace deletes its veth end, and with it the board's.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_container_on_an_overlay_reaches_the_internet_from_its_boards_address() {
+    let c = Cluster::start(1).unwrap();
+    let m = c.manager_host();
+    let internet = Internet::new(c.lab.tag(), &c.lab.hosts[1].ns);
+    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap()]);
+    let net = format!("{}on", c.lab.tag());
+    m.shoal(&["network", "create", "-d", "overlay", &net]);
+    let client = format!("{}-out", c.lab.tag());
+    m.shoal(&["service", "create", "--name", &client, "--network", &net, "--detach=true", "demo/app:1.0"]);
+    wait_for("the client running", Duration::from_secs(30), || c.replicas(&client).starts_with("1/1").then_some(()));
+    let out = m.shoal(&["exec", &client, "ip", "-4", "-o", "addr"]);
+    assert!(out.contains("eth1") && out.contains("10.0."), "the container is not on the overlay: {out}");
+
+    // The internet has no route back to the container's addresses: only the board's
+    // masquerade lets the answer come back, and the connection arrives from the board.
+    let url = format!("http://{}:8080/", Internet::ADDR);
+    let seen = wait_for("the container reaching the internet", Duration::from_secs(10), || {
+        let out = m.run("shoal", &["exec", &client, "wget", "-qO-", &url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    assert_eq!(seen, Internet::BOARD_SIDE, "the connection did not come from the board's address");
+
+    m.shoal(&["service", "rm", &client]);
+    wait_for("the client gone", Duration::from_secs(30), || {
+        (shoal_e2e::running_containers(&client) == 0).then_some(())
+    });
+    m.shoal(&["network", "rm", &net]);
+    drop(internet);
+}
