@@ -161,19 +161,20 @@ impl Sandboxes for Network {
             }
         }
         plane::join_container(sandbox, attachments).await?;
-        self.joined(&sandbox.container_id).await;
-        Ok(())
+        let first = attachments.first().map(|a| a.network.clone()).unwrap_or_default();
+        self.joined(&sandbox.container_id).await.map_err(|e| (first, e))
     }
 }
 
 /// A container just joined its overlays ([`Network::watch_joins`]); answer `done` once
-/// it has its load balancer.
+/// it has its load balancer: `None`, or why the board can't ever give it one (the
+/// container then fails with that error).
 #[derive(Debug)]
 pub struct Joined {
     /// The container's ID.
     pub container: String,
-    /// Answered when the container is set up; dropping it answers too.
-    pub done: tokio::sync::oneshot::Sender<()>,
+    /// Answered when the container is set up; dropping it answers `None` too.
+    pub done: tokio::sync::oneshot::Sender<Option<String>>,
 }
 
 /// How long a container's preparation waits for its load balancer before it starts
@@ -210,22 +211,29 @@ impl Network {
     }
 
     /// Tells the watcher that `container` joined, and waits (at most [`JOIN_WAIT`]) for
-    /// it to be done.
-    async fn joined(&self, container: &str) {
+    /// it to be done; fails only when the board can't ever set the container up.
+    async fn joined(&self, container: &str) -> Result<(), NetError> {
         let tx = self.joins.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(tx) = tx else { return };
+        let Some(tx) = tx else { return Ok(()) };
         let (done, wait) = tokio::sync::oneshot::channel();
         let notice = Joined { container: container.to_string(), done };
         let told = async {
             if tx.send(notice).await.is_ok() {
-                let _ = wait.await;
+                wait.await.ok().flatten()
+            } else {
+                None
             }
         };
-        if tokio::time::timeout(JOIN_WAIT, told).await.is_err() {
-            tracing::warn!(
-                container,
-                "the network plane took over {JOIN_WAIT:?} to set up the container's load balancer; starting it anyway"
-            );
+        match tokio::time::timeout(JOIN_WAIT, told).await {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(NetError::Unsupported(why)),
+            Err(_) => {
+                tracing::warn!(
+                    container,
+                    "the network plane took over {JOIN_WAIT:?} to set up the container's load balancer; starting it anyway"
+                );
+                Ok(())
+            }
         }
     }
 

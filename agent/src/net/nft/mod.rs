@@ -12,10 +12,8 @@
 //!   answer read and mapped to [`NftError`] ("the board's kernel lacks nf_tables", EPERM,
 //!   the message the kernel refused).
 //!
-//! Not done here (yet): wiring into the supervisor, IPv6, filtering (only `nat` chains),
-//! hairpin NAT (a container reaching a VIP whose chosen backend sits on its own bridge
-//! needs masquerading of that path too), removal of dead backends without a full
-//! re-apply. See docs/networking.md.
+//! Not done here (yet): IPv6, filtering (only `nat` chains), removal of dead backends
+//! without a full re-apply of the table. See docs/networking.md.
 
 mod client;
 pub mod error;
