@@ -143,6 +143,27 @@ fn a_vip_service_is_reached_by_name_and_spreads_over_its_replicas() {
     });
     assert_eq!(answers.len(), 30);
 
+    // A replica dies (killed on its board): its address leaves `tasks.<web>` (and, in the
+    // same apply of the board's networks, the VIP's backends) before it is replaced.
+    let tasks = |m: &shoal_e2e::Host| {
+        let out = m.shoal(&["exec", &client, "nslookup", &format!("tasks.{web}")]);
+        out.lines().filter(|l| l.starts_with("Address") && l.contains("10.0.")).count()
+    };
+    assert_eq!(tasks(m), 3);
+    let victim = shoal_e2e::running_container_ids().into_iter().find(|id| id.starts_with(&format!("{web}."))).unwrap();
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/shoal/{victim}/cgroup.procs"))
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/pids/shoal/{victim}/cgroup.procs")))
+        .expect("the replica's processes");
+    let killed = std::time::Instant::now();
+    for pid in procs.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    wait_for("the dead replica leaving tasks.<web>", Duration::from_secs(10), || (tasks(m) == 2).then_some(()));
+    let took = killed.elapsed();
+    eprintln!("a replica's death to its address leaving DNS: {took:?} (an exec per check included)");
+    assert!(took < Duration::from_secs(2), "a dead replica stayed in DNS for {took:?}");
+    wait_for("the replica replaced", Duration::from_secs(60), || c.replicas(&web).starts_with("3/3").then_some(()));
+
     // Scale down to one: the name keeps working, and soon only one replica answers.
     m.shoal(&["service", "scale", &format!("{web}=1")]);
     let started = std::time::Instant::now();
