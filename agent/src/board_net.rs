@@ -19,7 +19,9 @@ use shoal_proto::TaskId;
 use tracing::{debug, warn};
 
 use crate::net::dns::Resolver;
-use crate::net::plane::{Attachment, BoardNetworks, BoardSide, NetworkDef, NetworkPlane, ServiceNames, TaskName};
+use crate::net::plane::{
+    Attachment, BoardNetworks, BoardSide, NetworkDef, NetworkPlane, PlaneError, ServiceNames, TaskName,
+};
 use crate::net::{Network, Subnet};
 
 /// The underlay MTU assumed for overlays (Ethernet's).
@@ -121,8 +123,29 @@ pub struct BoardNet {
 
 impl BoardNet {
     /// For the board's container `network`, feeding `resolver` (none if it could not start).
+    /// Must be called inside a tokio runtime: it watches containers joining overlays
+    /// ([`Network::watch_joins`]) to give each its load balancer before it starts.
     pub fn new(network: Arc<Network>, resolver: Option<Arc<Resolver>>) -> Arc<Self> {
-        Arc::new(Self { network, resolver, state: tokio::sync::Mutex::new(State::default()) })
+        let mut joins = network.watch_joins();
+        let me = Arc::new(Self { network, resolver, state: tokio::sync::Mutex::new(State::default()) });
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            while let Some(joined) = joins.recv().await {
+                let Some(me) = weak.upgrade() else { break };
+                let refused = me.joined(&joined.container).await;
+                let _ = joined.done.send(refused);
+            }
+        });
+        me
+    }
+
+    /// A container joined its overlays: the last desired state is applied again, which
+    /// now knows its sandbox (resolver client, load balancer). Returns why the container
+    /// can't run here, if the board can't ever set it up.
+    async fn joined(&self, container: &str) -> Option<String> {
+        let mut st = self.state.lock().await;
+        debug!(container, "container joined its overlays");
+        self.apply(&mut st).await.err().as_ref().and_then(refusal)
     }
 
     /// A session is open and VXLAN packets leave from `underlay`: the plane is made the
@@ -138,9 +161,9 @@ impl BoardNet {
                 bridge_subnet: config.subnet,
                 bridge: config.name.clone(),
             };
-            st.plane = Some(NetworkPlane::new(board, self.resolver.clone()));
+            st.plane = Some(NetworkPlane::new(board, self.resolver.clone()).with_sandboxes(config.netns_dir.clone()));
         }
-        self.apply(&mut st).await;
+        let _ = self.apply(&mut st).await; // logged; retried with the next change
     }
 
     /// Assignments from the manager, as the supervisor gets them.
@@ -159,7 +182,7 @@ impl BoardNet {
                 st.local.remove(id);
             }
         }
-        self.apply(&mut st).await;
+        let _ = self.apply(&mut st).await; // logged; retried with the next change
     }
 
     /// A (chunk of the) manager's view of this board's networks.
@@ -170,19 +193,32 @@ impl BoardNet {
             return;
         }
         st.views = std::mem::take(&mut st.views_pending);
-        self.apply(&mut st).await;
+        let _ = self.apply(&mut st).await; // logged; retried with the next change
     }
 
-    async fn apply(&self, st: &mut State) {
-        let Some(plane) = &st.plane else { return };
+    async fn apply(&self, st: &mut State) -> Result<(), PlaneError> {
+        let Some(plane) = &st.plane else { return Ok(()) };
         let want = desired(&st.views, &st.local);
         let bridge: BTreeMap<String, Ipv4Addr> =
             want.attachments.keys().filter_map(|cid| self.network.sandbox(cid).map(|s| (cid.clone(), s.ip))).collect();
         match plane.apply(&want, &bridge).await {
             Ok(plan) if !plan.is_empty() => debug!(?plan, "board networks applied"),
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot apply this board's networks; retrying with the next change"),
+            Err(e) => {
+                warn!(error = %e, "cannot apply this board's networks; retrying with the next change");
+                return Err(e);
+            }
         }
+        Ok(())
+    }
+}
+
+/// Whether a failed apply means containers on overlays can't work on this board at all
+/// (the kernel lacks nf_tables or a part of it), and then the task's error.
+fn refusal(e: &PlaneError) -> Option<String> {
+    match e {
+        PlaneError::Nft(n) if n.is_unsupported() => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -193,6 +229,21 @@ mod tests {
 
     fn net_subnet(third: u8) -> shoal_proto::networks::Subnet {
         shoal_proto::networks::Subnet::new(Ipv4Addr::new(10, 0, third, 0), 24).unwrap()
+    }
+
+    #[test]
+    fn only_a_kernel_without_nf_tables_fails_a_joining_container() {
+        use crate::net::nft::NftError;
+        let missing = PlaneError::Nft(NftError::NoNfTables { detail: "no NETLINK_NETFILTER sockets".into() });
+        let why = refusal(&missing).expect("a board without nf_tables refuses the container");
+        assert!(why.contains("CONFIG_NF_TABLES"), "{why}");
+        let e = crate::net::NetError::Unsupported(why);
+        assert!(e.to_string().starts_with("this board can't set up the container's service VIPs"), "{e}");
+        // Passing trouble (a busy kernel, a contradiction in the state) is retried, not
+        // pinned on the task.
+        assert_eq!(refusal(&PlaneError::Invalid("x".into())), None);
+        let denied = PlaneError::Nft(NftError::PermissionDenied { what: "x".into() });
+        assert_eq!(refusal(&denied), None);
     }
 
     #[test]

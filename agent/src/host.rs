@@ -37,6 +37,13 @@ pub fn describe(hostname: &str, advertise_addr: Option<&str>, labels: &[Label]) 
             memory_bytes: memory_bytes(),
         },
         agent_version: shoal_proto::text_lossy(env!("CARGO_PKG_VERSION")),
+        missing_features: crate::kernel::missing(&crate::kernel::Facts::read())
+            .iter()
+            .take(shoal_proto::MAX_MISSING_FEATURES)
+            .map(|m| shoal_proto::text_lossy(m))
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap_or_default(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod host;
 pub mod identity;
 pub mod images;
+pub mod kernel;
 pub mod net;
 pub mod runtime;
 pub mod session;

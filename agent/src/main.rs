@@ -157,6 +157,9 @@ async fn run(
     identity: &NodeIdentity,
     description: shoal_proto::NodeDescription,
 ) -> Result<(), AgentError> {
+    for m in description.missing_features.iter() {
+        tracing::warn!("this board's kernel lacks {m}: use a kernel with that option, see docs/networking.md");
+    }
     let store = session::open_images(data_dir)?;
     let runtime = LibcontainerRuntime::for_data_dir(data_dir).map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
     let network = Network::new(BridgeConfig::default(), &shoal_agent::identity::agent_dir(data_dir).join("net"))

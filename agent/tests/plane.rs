@@ -389,7 +389,7 @@ fn two_boards_share_an_overlay_with_names_and_it_leaves_with_its_last_container(
 
 #[test]
 #[ignore = "needs root"]
-fn containers_reach_the_internet_masqueraded_and_a_vip_spreads_connections() {
+fn containers_reach_the_internet_masqueraded() {
     let k = 32;
     // b: the board; i: the "internet", reached over b's uplink 10.254.<k>.1.
     let mut lab = lab(k, 254, &["b", "i"]);
@@ -397,43 +397,143 @@ fn containers_reach_the_internet_masqueraded_and_a_vip_spreads_connections() {
     let outside = Ipv4Addr::new(10, 254, k, 2);
     let net = bridge(&lab, 0);
     let client = sandbox(&mut lab, 0, &net, "client.1.x");
-    let s1 = sandbox(&mut lab, 0, &net, "web.1.y");
-    let s2 = sandbox(&mut lab, 0, &net, "web.2.z");
     listen(&lab.ns(1), outside, "internet");
-    listen(&s1.netns_path, s1.ip, "web1");
-    listen(&s2.netns_path, s2.ip, "web2");
 
     // Without the plane, the internet can't answer the bridge's private addresses.
     assert_eq!(ask_tcp(&client.netns_path, outside), None, "reached the internet before any masquerade");
 
-    let vip = Ipv4Addr::new(10, 99, k, 100);
-    let mut desired = BoardNetworks::default();
-    desired.vips.insert(vip, BTreeSet::from([s1.ip, s2.ip]));
     let plane = Arc::new(NetworkPlane::new(board_side(uplink), None));
-    apply(&lab.ns(0), &plane, &desired, &BTreeMap::new());
-
+    apply(&lab.ns(0), &plane, &BoardNetworks::default(), &BTreeMap::new());
     assert_eq!(ask_tcp(&client.netns_path, outside).as_deref(), Some(format!("internet {uplink}").as_str()));
+}
 
-    // Connections to the VIP, from outside the board (through it) and from the board
-    // itself, spread over both backends; each keeps its port.
-    ip(&["-n", &lab.names[1], "route", "add", &format!("{vip}/32"), "via", &uplink.to_string()]);
-    // The board's own connections need a route to leave by before DNAT redirects them.
-    ip(&["-n", &lab.names[0], "route", "add", "default", "via", &outside.to_string()]);
-    for from in [lab.ns(1), lab.ns(0)] {
-        let mut seen = BTreeSet::new();
-        for _ in 0..40 {
-            let answer = ask_tcp(&from, vip).expect("the VIP answers");
-            seen.insert(answer.split(' ').next().unwrap().to_owned());
+/// How a TCP connection from `ns` to `to:PORT` ends: its answer, or the error's kind.
+fn try_tcp(ns: &Path, to: Ipv4Addr) -> Result<String, std::io::ErrorKind> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        common::enter_netns(&ns);
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((to, PORT)), Duration::from_secs(2)).map_err(|e| e.kind())?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        Ok(buf)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn containers_balance_their_own_connections_to_a_vip_over_both_boards() {
+    let k = 34;
+    let mut lab = lab(k, 253, &["b1", "b2"]);
+    let (u1, u2) = (Ipv4Addr::new(10, 253, k, 1), Ipv4Addr::new(10, 253, k, 2));
+    let atsea = NetworkDef {
+        id: "atsea".into(),
+        vni: 4200 + u32::from(k),
+        subnet: Subnet::new(Ipv4Addr::new(10, 1, k, 0), 24).unwrap(),
+        gateway: Ipv4Addr::new(10, 1, k, 1),
+        encrypted: false,
+    };
+    let a = |d: u8| Ipv4Addr::new(10, 1, k, d);
+    let (client_ip, w1, w2, w3, late_ip) = (a(2), a(3), a(4), a(5), a(6));
+    let (vip, idle_vip) = (a(100), a(101));
+
+    let (n1, n2) = (bridge(&lab, 0), bridge(&lab, 1));
+    let client = sandbox(&mut lab, 0, &n1, "client.1.c");
+    let web1 = sandbox(&mut lab, 0, &n1, "web.1.a");
+    let web2 = sandbox(&mut lab, 1, &n2, "web.2.b");
+    let web3 = sandbox(&mut lab, 1, &n2, "web.3.d");
+
+    // The client and web1 on board 1, web2 and web3 on board 2; `idle` has no task.
+    let mut common = BoardNetworks::default();
+    common.networks.insert("atsea".into(), atsea.clone());
+    for (addr, board) in [(client_ip, u1), (w1, u1), (w2, u2), (w3, u2), (late_ip, u2)] {
+        common.peers.insert(addr, board);
+    }
+    common.vips.insert(vip, BTreeSet::from([w1, w2, w3]));
+    common.vips.insert(idle_vip, BTreeSet::new());
+    let att = |addr| vec![Attachment { network: "atsea".into(), address: addr }];
+    let mut d1 = common.clone();
+    d1.attachments.insert(client.container_id.clone(), att(client_ip));
+    d1.attachments.insert(web1.container_id.clone(), att(w1));
+    let mut d2 = common.clone();
+    d2.attachments.insert(web2.container_id.clone(), att(w2));
+    d2.attachments.insert(web3.container_id.clone(), att(w3));
+    let addrs =
+        |ss: &[&Sandbox]| -> BTreeMap<String, Ipv4Addr> { ss.iter().map(|s| (s.container_id.clone(), s.ip)).collect() };
+    let (addrs1, addrs2) = (addrs(&[&client, &web1]), addrs(&[&web2, &web3]));
+
+    let p1 = Arc::new(NetworkPlane::new(board_side(u1), None).with_sandboxes(lab.dir.join("netns0")));
+    let p2 = Arc::new(NetworkPlane::new(board_side(u2), None).with_sandboxes(lab.dir.join("netns1")));
+    apply(&lab.ns(0), &p1, &d1, &addrs1);
+    apply(&lab.ns(1), &p2, &d2, &addrs2);
+    join(&lab.ns(0), &client, vec![(&atsea, client_ip)]);
+    join(&lab.ns(0), &web1, vec![(&atsea, w1)]);
+    join(&lab.ns(1), &web2, vec![(&atsea, w2)]);
+    join(&lab.ns(1), &web3, vec![(&atsea, w3)]);
+    listen(&web1.netns_path, w1, "web1");
+    listen(&web2.netns_path, w2, "web2");
+    listen(&web3.netns_path, w3, "web3");
+
+    // Every backend, on both boards, gets connections; each sees the client's own
+    // overlay address (DNAT only, no masquerade).
+    let spread = |from: &Path, n: usize| {
+        let mut seen = BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            let answer = ask_tcp(from, vip).expect("the VIP answers");
+            let (name, peer) = answer.split_once(' ').unwrap();
+            assert_eq!(peer, client_ip.to_string(), "{answer}");
+            *seen.entry(name.to_owned()).or_default() += 1;
         }
-        assert_eq!(seen, BTreeSet::from(["web1".to_string(), "web2".to_string()]), "from {}", from.display());
-    }
+        seen
+    };
+    let seen = spread(&client.netns_path, 60);
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["web1", "web2", "web3"], "{seen:?}");
 
-    // A backend leaves: every connection goes to the other one.
-    desired.vips.insert(vip, BTreeSet::from([s2.ip]));
-    apply(&lab.ns(0), &plane, &desired, &BTreeMap::new());
-    for _ in 0..10 {
-        assert!(ask_tcp(&lab.ns(1), vip).unwrap().starts_with("web2 "));
-    }
+    // A VIP with no running task refuses at once rather than timing out on-link.
+    let started = std::time::Instant::now();
+    assert_eq!(try_tcp(&client.netns_path, idle_vip), Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(started.elapsed() < Duration::from_millis(500), "refusal took {:?}", started.elapsed());
+
+    // web2 dies: the next apply takes it out of the client's table, and only the
+    // client's table (the same batch on web1, whose VIP set changed too).
+    let mut d1b = d1.clone();
+    d1b.vips.insert(vip, BTreeSet::from([w1, w3]));
+    let (p, d, ad) = (p1.clone(), d1b.clone(), addrs1.clone());
+    let started = std::time::Instant::now();
+    let plan = common::in_netns_async(&lab.ns(0), move || Box::pin(async move { p.apply(&d, &ad).await.unwrap() }));
+    let took = started.elapsed();
+    assert_eq!(plan.sandboxes.len(), 2, "{plan:?}");
+    assert!(plan.ruleset.is_none() && plan.ensure.is_empty() && plan.peers.is_empty());
+    let table = &plan.sandboxes[0].1;
+    let bytes = shoal_agent::net::nft::render::render_sandbox(table, 0).unwrap().bytes.len();
+    eprintln!("backend removal: plane apply for 2 containers took {took:?}; one container's batch is {bytes} bytes");
+    let seen = spread(&client.netns_path, 30);
+    assert!(!seen.contains_key("web2"), "a removed backend still got connections: {seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // A container that joins board 2 later gets its table at the apply that knows its
+    // sandbox.
+    let late = sandbox(&mut lab, 1, &n2, "late.1.e");
+    let mut d2b = d2.clone();
+    d2b.vips.insert(vip, BTreeSet::from([w1, w3]));
+    d2b.attachments.insert(late.container_id.clone(), att(late_ip));
+    let (p, d, ad) = (p2.clone(), d2b.clone(), addrs2.clone());
+    let plan = common::in_netns_async(&lab.ns(1), move || Box::pin(async move { p.apply(&d, &ad).await.unwrap() }));
+    assert!(plan.sandboxes.iter().all(|(c, _)| c != "late.1.e"), "a table for a container without a sandbox");
+    join(&lab.ns(1), &late, vec![(&atsea, late_ip)]);
+    let mut addrs2b = addrs2.clone();
+    addrs2b.insert(late.container_id.clone(), late.ip);
+    let (p, ad) = (p2.clone(), addrs2b.clone());
+    let started = std::time::Instant::now();
+    let plan =
+        common::in_netns_async(&lab.ns(1), move || Box::pin(async move { p.reapply(&ad).await.expect("reapply") }));
+    eprintln!("a joining container's table: reapply took {:?}", started.elapsed());
+    assert_eq!(plan.sandboxes.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(), ["late.1.e"]);
+    let answer = ask_tcp(&late.netns_path, vip).expect("the late container reaches the VIP");
+    assert!(answer.starts_with("web1 ") || answer.starts_with("web3 "), "{answer}");
 }
 
 #[test]

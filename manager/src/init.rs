@@ -121,6 +121,7 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
             labels: BoundedVec::new(),
             resources: Resources::default(),
             agent_version: shoal_proto::text_lossy(env!("CARGO_PKG_VERSION")),
+            missing_features: BoundedVec::new(),
         },
         addr: Some(advertise.ip().to_string()),
         created_at_ms: shoal_link::wall_ms(),

@@ -12,6 +12,8 @@ use crate::{BoundedString, BoundedVec, Bytes, Digest, NodeId, Text, PROTOCOL_VER
 pub const MAX_DER: usize = 8 * 1024;
 /// Most labels on one node.
 pub const MAX_LABELS: usize = 64;
+/// At most this many missing kernel features in a node's description.
+pub const MAX_MISSING_FEATURES: usize = 8;
 /// Most nodes in one listing.
 pub const MAX_NODES: usize = 4096;
 
@@ -90,6 +92,10 @@ pub struct NodeDescription {
     pub resources: Resources,
     /// Version of the agent binary.
     pub agent_version: Text<32>,
+    /// Kernel features the board lacks, each saying what does not work without it
+    /// (`vxlan: no overlay networks (CONFIG_VXLAN)`); empty when it has them all.
+    #[serde(default)]
+    pub missing_features: BoundedVec<Text<128>, MAX_MISSING_FEATURES>,
 }
 
 /// A `KEY=VALUE` label.

@@ -73,6 +73,10 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    /// The board's kernel can't give the container what its networks need (nf_tables
+    /// for its load balancer and outbound NAT); the text says which option is missing.
+    #[error("this board can't set up the container's service VIPs and outbound NAT: {0}")]
+    Unsupported(String),
     /// The thread working inside a namespace died without answering.
     #[error("the network namespace worker for {0} stopped unexpectedly: see the agent log")]
     Worker(String),

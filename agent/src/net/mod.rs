@@ -160,9 +160,26 @@ impl Sandboxes for Network {
                 overlay::ensure(&a.overlay, local).await.map_err(|e| (a.network.clone(), e))?;
             }
         }
-        plane::join_container(sandbox, attachments).await
+        plane::join_container(sandbox, attachments).await?;
+        let first = attachments.first().map(|a| a.network.clone()).unwrap_or_default();
+        self.joined(&sandbox.container_id).await.map_err(|e| (first, e))
     }
 }
+
+/// A container just joined its overlays ([`Network::watch_joins`]); answer `done` once
+/// it has its load balancer: `None`, or why the board can't ever give it one (the
+/// container then fails with that error).
+#[derive(Debug)]
+pub struct Joined {
+    /// The container's ID.
+    pub container: String,
+    /// Answered when the container is set up; dropping it answers `None` too.
+    pub done: tokio::sync::oneshot::Sender<Option<String>>,
+}
+
+/// How long a container's preparation waits for its load balancer before it starts
+/// anyway (then it gets it at the plane's next apply).
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The container network of one board.
 #[derive(Debug)]
@@ -171,6 +188,8 @@ pub struct Network {
     ipam: Mutex<Ipam>,
     /// This board's underlay address (where VXLAN packets leave from), once known.
     underlay: Mutex<Option<Ipv4Addr>>,
+    /// Who is told of containers joining overlays (the network plane's owner).
+    joins: Mutex<Option<tokio::sync::mpsc::Sender<Joined>>>,
 }
 
 impl Network {
@@ -180,7 +199,42 @@ impl Network {
         config.validate()?;
         std::fs::create_dir_all(state_dir).map_err(|e| NetError::io(format!("creating {}", state_dir.display()), e))?;
         let ipam = Ipam::load(&state_dir.join("ipam.json"), config.subnet)?;
-        Ok(Self { config, ipam: Mutex::new(ipam), underlay: Mutex::new(None) })
+        Ok(Self { config, ipam: Mutex::new(ipam), underlay: Mutex::new(None), joins: Mutex::new(None) })
+    }
+
+    /// Each container joined to its overlays from now on, so that it gets its load
+    /// balancer before it starts (replaces an earlier watcher).
+    pub fn watch_joins(&self) -> tokio::sync::mpsc::Receiver<Joined> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        *self.joins.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Tells the watcher that `container` joined, and waits (at most [`JOIN_WAIT`]) for
+    /// it to be done; fails only when the board can't ever set the container up.
+    async fn joined(&self, container: &str) -> Result<(), NetError> {
+        let tx = self.joins.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(tx) = tx else { return Ok(()) };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let notice = Joined { container: container.to_string(), done };
+        let told = async {
+            if tx.send(notice).await.is_ok() {
+                wait.await.ok().flatten()
+            } else {
+                None
+            }
+        };
+        match tokio::time::timeout(JOIN_WAIT, told).await {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(NetError::Unsupported(why)),
+            Err(_) => {
+                tracing::warn!(
+                    container,
+                    "the network plane took over {JOIN_WAIT:?} to set up the container's load balancer; starting it anyway"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Records this board's underlay address (from the session with the manager).

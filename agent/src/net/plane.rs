@@ -8,8 +8,11 @@
 //!   other boards ([`overlay::set_peers`]).
 //! - The resolver gets the names of every network and, per container (by its bridge
 //!   address), the networks it may see.
-//! - nf_tables gets one ruleset, in one batch: outbound masquerade of the bridge subnet
-//!   and, per virtual IP, a port-less DNAT spread over its backends.
+//! - nf_tables gets one ruleset, in one batch: outbound masquerade of the bridge subnet.
+//! - Each local container on an overlay gets its own load balancer, in its own network
+//!   namespace ([`nft::SandboxRuleset`]): the VIPs of its networks, each a port-less DNAT
+//!   spread over the service's running tasks, or refused when none runs. Only containers
+//!   whose VIPs changed get a new batch.
 //!
 //! [`target`] and [`diff`] are the whole decision, pure; [`NetworkPlane`] performs the
 //! [`Plan`] in the network namespace of the calling thread. Not here: attaching
@@ -18,12 +21,13 @@
 //! ingress routing mesh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::dns::names::Names;
 use super::dns::{self, Resolver};
-use super::nft::{self, Destination, Masquerade, NftError, Ruleset, RulesetError, Service, L4};
+use super::nft::{self, Masquerade, NftError, Ruleset, RulesetError, SandboxRuleset};
 use super::overlay::{self, Overlay, Peer};
 use super::{NetError, Sandbox, Subnet};
 
@@ -170,6 +174,9 @@ pub struct Target {
     pub clients: BTreeMap<Ipv4Addr, Vec<String>>,
     /// The NAT ruleset.
     pub ruleset: Ruleset,
+    /// Each local container's own load balancer (containers with a sandbox only), by
+    /// container ID.
+    pub sandboxes: BTreeMap<String, SandboxRuleset>,
 }
 
 /// What one apply does, in this order.
@@ -187,6 +194,8 @@ pub struct Plan {
     pub clients: Option<BTreeMap<Ipv4Addr, Vec<String>>>,
     /// A new NAT ruleset.
     pub ruleset: Option<Ruleset>,
+    /// Containers whose load balancer to replace, with the new one.
+    pub sandboxes: Vec<(String, SandboxRuleset)>,
 }
 
 impl Plan {
@@ -231,6 +240,7 @@ pub fn target(
     let mut overlays = BTreeMap::new();
     let mut local = BTreeSet::new();
     let mut clients = BTreeMap::new();
+    let mut sandboxes = BTreeMap::new();
     for (cid, atts) in &desired.attachments {
         let mut nets = Vec::new();
         for a in atts {
@@ -253,6 +263,7 @@ pub fn target(
             nets.push(a.network.clone());
         }
         if let Some(ip) = bridge_addresses.get(cid) {
+            sandboxes.insert(cid.clone(), sandbox_table(desired, &overlays_all, &nets)?);
             clients.insert(*ip, nets);
         }
     }
@@ -278,25 +289,34 @@ pub fn target(
         }
     }
 
-    let mut ruleset = Ruleset {
+    // VIPs are not DNATed here: the board has no route into an overlay, so each
+    // container balances its own connections (`sandboxes`).
+    let ruleset = Ruleset {
         masquerades: vec![Masquerade { source: board.bridge_subnet, except_out: board.bridge.clone() }],
         services: Vec::new(),
     };
-    for (vip, backends) in &desired.vips {
-        // A VIP with no running task matches nothing: connections are refused by the
-        // lack of a listener on its address rather than sent nowhere.
-        if backends.is_empty() {
-            continue;
-        }
-        ruleset.services.push(Service {
-            destination: Destination::Address(*vip),
-            proto: L4::Any,
-            port: 0,
-            backends: backends.iter().map(|b| SocketAddrV4::new(*b, 0)).collect(),
-        });
-    }
     ruleset.validate()?;
-    Ok(Target { overlays, peers, names, clients, ruleset })
+    Ok(Target { overlays, peers, names, clients, ruleset, sandboxes })
+}
+
+/// The load balancer of a container attached to `networks`: every VIP inside one of
+/// their subnets (a VIP is allocated in its network's subnet), with its backends.
+fn sandbox_table(
+    desired: &BoardNetworks,
+    overlays: &BTreeMap<String, Overlay>,
+    networks: &[String],
+) -> Result<SandboxRuleset, PlaneError> {
+    let subnets: Vec<Subnet> = networks.iter().filter_map(|n| overlays.get(n)).map(|o| o.subnet).collect();
+    let vips: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> = desired
+        .vips
+        .iter()
+        .filter(|(vip, _)| subnets.iter().any(|s| s.contains(**vip)))
+        .map(|(vip, backends)| (*vip, backends.iter().copied().collect()))
+        .collect();
+    let table = SandboxRuleset { vips };
+    // Refused here, so a bad table never reaches a container's kernel half-applied.
+    nft::render::render_sandbox(&table, 0)?;
+    Ok(table)
 }
 
 /// What turns `last` (what was applied; `None`: nothing known, so everything is set)
@@ -325,6 +345,11 @@ pub fn diff(last: Option<&Target>, next: &Target) -> Plan {
     }
     if !known || last.ruleset != next.ruleset {
         plan.ruleset = Some(next.ruleset.clone());
+    }
+    for (cid, table) in &next.sandboxes {
+        if !known || last.sandboxes.get(cid) != Some(table) {
+            plan.sandboxes.push((cid.clone(), table.clone()));
+        }
     }
     plan
 }
@@ -381,12 +406,22 @@ pub struct NetworkPlane {
     board: BoardSide,
     resolver: Option<Arc<Resolver>>,
     last: tokio::sync::Mutex<Applied>,
+    /// Where containers' namespaces are pinned (`<dir>/<container ID>`); without it no
+    /// container gets a load balancer.
+    netns_dir: Option<PathBuf>,
 }
 
 impl NetworkPlane {
     /// A plane for `board`, feeding `resolver` (none when it could not be started).
     pub fn new(board: BoardSide, resolver: Option<Arc<Resolver>>) -> Self {
-        Self { board, resolver, last: tokio::sync::Mutex::new(Applied::default()) }
+        Self { board, resolver, last: tokio::sync::Mutex::new(Applied::default()), netns_dir: None }
+    }
+
+    /// Gives each container on an overlay its load balancer, in its namespace pinned at
+    /// `<netns_dir>/<container ID>` (the board's [`super::BridgeConfig::netns_dir`]).
+    pub fn with_sandboxes(mut self, netns_dir: PathBuf) -> Self {
+        self.netns_dir = Some(netns_dir);
+        self
     }
 
     /// The board as the plane sees it.
@@ -466,8 +501,36 @@ impl NetworkPlane {
         if let Some(ruleset) = &plan.ruleset {
             nft::apply(ruleset)?;
         }
+        if let Some(dir) = &self.netns_dir {
+            for (cid, table) in &plan.sandboxes {
+                apply_sandbox(&dir.join(cid), cid, table).await?;
+            }
+        }
         Ok(())
     }
+}
+
+/// Replaces the load balancer of container `cid`, whose namespace is pinned at `netns`,
+/// on a thread that enters it. A container whose namespace went meanwhile (it stopped)
+/// needs none.
+async fn apply_sandbox(netns: &std::path::Path, cid: &str, table: &SandboxRuleset) -> Result<(), PlaneError> {
+    if !super::valid_id(cid) {
+        return Err(PlaneError::Invalid(format!("container ID {cid:?} can't name a namespace")));
+    }
+    if !netns.exists() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let t = table.clone();
+    let applied = super::netns::run_in(netns, move || Ok(nft::apply_sandbox(&t))).await??;
+    tracing::debug!(
+        container = cid,
+        vips = table.vips.len(),
+        bytes = applied.bytes,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "container load balancer applied"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -533,9 +596,32 @@ mod tests {
         );
         assert_eq!(t.clients[&Ipv4Addr::new(10, 88, 0, 5)], ["atsea"]);
         assert_eq!(t.ruleset.masquerades.len(), 1);
-        assert_eq!(t.ruleset.services.len(), 1);
-        assert_eq!(t.ruleset.services[0].proto, L4::Any);
-        assert_eq!(t.ruleset.services[0].backends.len(), 2);
+        assert!(t.ruleset.services.is_empty(), "a VIP DNATed on the board, which can't route into overlays");
+        // The container balances its own connections to its network's VIP.
+        assert_eq!(t.sandboxes.len(), 1);
+        assert_eq!(t.sandboxes["app.1"].vips[&ip(1, 100)], [ip(1, 2), ip(1, 3)]);
+    }
+
+    #[test]
+    fn a_container_gets_the_vips_of_its_networks_only_once_its_sandbox_exists() {
+        let mut d = lab();
+        d.vips.insert(ip(2, 100), [ip(2, 3)].into());
+        d.vips.insert(ip(1, 101), BTreeSet::new());
+        // Not yet prepared: no sandbox, no table.
+        assert!(target(&d, &board(), &BTreeMap::new()).unwrap().sandboxes.is_empty());
+        let t = target(&d, &board(), &addrs()).unwrap();
+        let table = &t.sandboxes["app.1"];
+        assert_eq!(table.vips.keys().copied().collect::<Vec<_>>(), [ip(1, 100), ip(1, 101)], "other's VIP leaked");
+        // A VIP with no running task stays, to be refused rather than sent on-link.
+        assert!(table.vips[&ip(1, 101)].is_empty());
+        // A container joining later gets its table; the others are left alone.
+        d.attachments.insert("x.1".into(), vec![Attachment { network: "other".into(), address: ip(2, 2) }]);
+        let mut later = addrs();
+        later.insert("x.1".into(), Ipv4Addr::new(10, 88, 0, 6));
+        let plan = diff(Some(&t), &target(&d, &board(), &later).unwrap());
+        assert_eq!(plan.sandboxes.len(), 1);
+        assert_eq!(plan.sandboxes[0].0, "x.1");
+        assert_eq!(plan.sandboxes[0].1.vips.keys().copied().collect::<Vec<_>>(), [ip(2, 100)]);
     }
 
     #[test]
@@ -545,6 +631,7 @@ mod tests {
         assert_eq!(first.ensure.len(), 1);
         assert_eq!(first.peers.len(), 1);
         assert!(first.names.is_some() && first.clients.is_some() && first.ruleset.is_some());
+        assert_eq!(first.sandboxes.len(), 1);
         assert!(diff(Some(&t), &t).is_empty());
     }
 
@@ -564,8 +651,9 @@ mod tests {
         d.names[0].tasks.pop();
         d.vips.insert(ip(1, 100), [ip(1, 2)].into());
         let plan = diff(Some(&t0), &target(&d, &board(), &addrs()).unwrap());
-        assert!(plan.names.is_some() && plan.ruleset.is_some());
-        assert!(plan.ensure.is_empty() && plan.peers.is_empty() && plan.clients.is_none());
+        assert!(plan.names.is_some() && plan.sandboxes.len() == 1);
+        assert_eq!(plan.sandboxes[0].1.vips[&ip(1, 100)], [ip(1, 2)]);
+        assert!(plan.ensure.is_empty() && plan.peers.is_empty() && plan.clients.is_none() && plan.ruleset.is_none());
     }
 
     #[test]

@@ -172,7 +172,11 @@ pub fn json(n: &NodeView) -> serde_json::Value {
             "Hostname": d.hostname.as_str(),
             "Platform": { "Architecture": d.arch.as_str(), "OS": d.os.as_str() },
             "Resources": { "NanoCPUs": u64::from(d.resources.cpus) * 1_000_000_000, "MemoryBytes": d.resources.memory_bytes },
-            "Engine": { "EngineVersion": format!("shoal-agent {}", d.agent_version), "Labels": labels(&d.labels) },
+            "Engine": {
+                "EngineVersion": format!("shoal-agent {}", d.agent_version),
+                "Labels": labels(&d.labels),
+                "MissingKernelFeatures": d.missing_features.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            },
         },
         "Status": {
             "State": n.status.to_string().to_lowercase(),
@@ -221,5 +225,53 @@ pub fn pretty(n: &NodeView) -> String {
         }
     }
     out.push_str(&format!("Agent Version:\t\tshoal-agent {}\n", d.agent_version));
+    if !d.missing_features.is_empty() {
+        out.push_str("Missing Kernel Features:\n");
+        for m in d.missing_features.iter() {
+            out.push_str(&format!(" - {m}\n"));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{NodeDescription, NodeId, NodeStatus};
+
+    fn node(missing: &[&str]) -> NodeView {
+        NodeView {
+            id: NodeId::from_random([1; 16]),
+            role: Role::Worker,
+            status: NodeStatus::Ready,
+            availability: Availability::Active,
+            description: NodeDescription {
+                hostname: shoal_proto::text("node1").unwrap(),
+                missing_features: missing
+                    .iter()
+                    .map(|m| shoal_proto::text(m).unwrap())
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .unwrap(),
+                ..NodeDescription::default()
+            },
+            labels: BoundedVec::new(),
+            addr: None,
+            created_at_ms: 0,
+            last_seen_ago_ms: Some(0),
+            status_message: shoal_proto::Message::lossy(""),
+        }
+    }
+
+    #[test]
+    fn a_board_without_kernel_features_says_so_in_node_inspect() {
+        let n = node(&["vxlan: no overlay networks (CONFIG_VXLAN)"]);
+        let text = pretty(&n);
+        assert!(text.contains("Missing Kernel Features:\n - vxlan: no overlay networks (CONFIG_VXLAN)\n"), "{text}");
+        let v = json(&n);
+        assert_eq!(v["Description"]["Engine"]["MissingKernelFeatures"][0], "vxlan: no overlay networks (CONFIG_VXLAN)");
+        // A board with everything shows no such section.
+        assert!(!pretty(&node(&[])).contains("Missing Kernel"));
+        assert_eq!(json(&node(&[]))["Description"]["Engine"]["MissingKernelFeatures"], json!([]));
+    }
 }

@@ -11,7 +11,7 @@ use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket};
 use super::error::NftError;
 use super::render::{self, Rendered};
 use super::wire::{self, Ack};
-use super::Ruleset;
+use super::{Ruleset, SandboxRuleset};
 
 /// How long to wait for answers the kernel has not queued by the end of the send; only
 /// a kernel that defers work would need it.
@@ -32,6 +32,14 @@ pub struct Applied {
 /// it was. Blocking (a few milliseconds): call it from a blocking thread in async code.
 pub fn apply(ruleset: &Ruleset) -> Result<Applied, NftError> {
     let rendered = render::render(ruleset, first_seq())?;
+    send(&rendered)
+}
+
+/// Replaces table `ip shoal` of the calling thread's network namespace (a container's)
+/// with the container's own load balancer, in one batch; on any error the table is as
+/// it was. Blocking, like [`apply`].
+pub fn apply_sandbox(table: &SandboxRuleset) -> Result<Applied, NftError> {
+    let rendered = render::render_sandbox(table, first_seq())?;
     send(&rendered)
 }
 

@@ -2,6 +2,7 @@
 //! container subnets and load-balanced DNAT for service addresses. [`Ruleset::validate`]
 //! refuses what can't be rendered; nothing here touches the kernel.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -23,6 +24,36 @@ pub struct Ruleset {
     pub masquerades: Vec<Masquerade>,
     /// Load-balanced destinations.
     pub services: Vec<Service>,
+}
+
+/// A container's own load balancer, applied in its network namespace (see
+/// [`super::render::render_sandbox`]): connections it opens to one of `vips` go to one of
+/// that VIP's backends, the port kept; a VIP without backends refuses them at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxRuleset {
+    /// Virtual IP → the addresses of its service's running tasks (empty: refused).
+    pub vips: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+}
+
+impl SandboxRuleset {
+    /// The VIPs with backends as port-less services, and the VIPs to refuse.
+    pub fn split(&self) -> (Ruleset, Vec<Ipv4Addr>) {
+        let mut ruleset = Ruleset::default();
+        let mut refused = Vec::new();
+        for (vip, backends) in &self.vips {
+            if backends.is_empty() {
+                refused.push(*vip);
+            } else {
+                ruleset.services.push(Service {
+                    destination: Destination::Address(*vip),
+                    proto: L4::Any,
+                    port: 0,
+                    backends: backends.iter().map(|b| SocketAddrV4::new(*b, 0)).collect(),
+                });
+            }
+        }
+        (ruleset, refused)
+    }
 }
 
 /// `ip saddr <source> oifname != "<except_out>" masquerade`: traffic from `source`

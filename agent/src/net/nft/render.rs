@@ -29,7 +29,7 @@
 //! named, so other programs' rules on the board are left alone.
 
 use super::error::RulesetError;
-use super::model::{Destination, Ruleset, Service};
+use super::model::{Destination, Ruleset, SandboxRuleset, Service, MAX_SERVICES};
 use super::wire::{BatchWriter, CmpOp, NLM_F_CREATE, REG_1, REG_2};
 
 /// The agent's table (family `ip`).
@@ -111,13 +111,45 @@ impl Parts {
 
 /// Renders `ruleset` into one batch whose first message has sequence number `first_seq`.
 pub fn render(ruleset: &Ruleset, first_seq: u32) -> Result<Rendered, RulesetError> {
+    render_table(ruleset, &BASE_CHAINS, &[], first_seq)
+}
+
+/// Renders a container's own load balancer, for its network namespace: the same table
+/// `ip shoal` with only the `output` hook (the container's own connections), its VIPs
+/// as port-less services, and `ip daddr <vip> reject` for each VIP without backends:
+///
+/// ```text
+/// table ip shoal {
+///   chain output   { type nat hook output priority dstnat; jump services }
+///   chain services { ip daddr 10.0.1.100 jump svc-0
+///                    ip daddr 10.0.1.101 reject with icmp port-unreachable }
+///   chain svc-0    { numgen random mod 2 == 0 dnat to 10.0.1.2
+///                    dnat to 10.0.1.3 }
+/// }
+/// ```
+pub fn render_sandbox(table: &SandboxRuleset, first_seq: u32) -> Result<Rendered, RulesetError> {
+    if table.vips.len() > MAX_SERVICES {
+        return Err(RulesetError::TooMany { what: "virtual IPs", count: table.vips.len(), max: MAX_SERVICES });
+    }
+    let (ruleset, refused) = table.split();
+    render_table(&ruleset, &BASE_CHAINS[1..2], &refused, first_seq)
+}
+
+/// The table with base chains `base` (the `dstnat` ones jump to `services`), the
+/// ruleset's rules, and a refusal for each of `refused`.
+fn render_table(
+    ruleset: &Ruleset,
+    base: &[(&str, u32, i32)],
+    refused: &[std::net::Ipv4Addr],
+    first_seq: u32,
+) -> Result<Rendered, RulesetError> {
     ruleset.validate()?;
     let mut p = Parts { w: BatchWriter::new(first_seq), parts: Vec::new() };
     p.drop_table();
     let seq = p.w.new_table(TABLE, NLM_F_CREATE);
     p.push(seq, format!("table ip {TABLE}"), "");
 
-    for (name, hook, priority) in BASE_CHAINS {
+    for &(name, hook, priority) in base {
         let seq = p.w.new_chain(TABLE, name, Some(("nat", hook, priority)));
         p.push(seq, format!("nat chain {name}"), "CONFIG_NFT_NAT, CONFIG_NF_NAT");
     }
@@ -129,7 +161,7 @@ pub fn render(ruleset: &Ruleset, first_seq: u32) -> Result<Rendered, RulesetErro
         p.push(seq, format!("chain {name}"), "");
     }
 
-    for (chain, _, _) in &BASE_CHAINS[..2] {
+    for (chain, _, _) in base.iter().filter(|(_, _, priority)| *priority < 0) {
         let seq = p.w.rule(TABLE, chain, |e| {
             e.jump(SERVICES);
         });
@@ -174,6 +206,14 @@ pub fn render(ruleset: &Ruleset, first_seq: u32) -> Result<Rendered, RulesetErro
         };
         p.push(seq, format!("the match of service {s}"), needs);
         render_backends(&mut p, s, &chain);
+    }
+    for vip in refused {
+        let seq = p.w.rule(TABLE, SERVICES, |e| {
+            e.payload(NETWORK_HEADER, IP_DADDR, 4, REG_1)
+                .cmp(REG_1, CmpOp::Eq, &vip.octets())
+                .reject_port_unreachable();
+        });
+        p.push(seq, format!("the refusal of {vip} (no running task)"), "CONFIG_NFT_REJECT, CONFIG_NFT_REJECT_IPV4");
     }
     Ok(p.finish())
 }
@@ -451,6 +491,38 @@ mod tests {
 
         let many = Ruleset { masquerades: vec![], services: vec![vip(super::super::model::MAX_BACKENDS + 1)] };
         assert!(matches!(render(&many, 0), Err(RulesetError::TooMany { .. })));
+    }
+
+    #[test]
+    fn a_containers_table_has_only_output_and_refuses_vips_without_tasks() {
+        use super::super::model::SandboxRuleset;
+        let (vip, empty) = (Ipv4Addr::new(10, 0, 1, 100), Ipv4Addr::new(10, 0, 1, 101));
+        let table = SandboxRuleset {
+            vips: [(vip, vec![Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 3)]), (empty, vec![])].into(),
+        };
+        let r = render_sandbox(&table, 0).unwrap();
+        let m = messages(&r.bytes);
+        // begin, newtable, deltable, newtable, output, services, svc-0, jump, match,
+        // two backends, the refusal, end
+        let types: Vec<u16> = m.iter().map(|x| x.0).collect();
+        assert_eq!(types, [0x10, 0xa00, 0xa02, 0xa00, 0xa03, 0xa03, 0xa03, 0xa06, 0xa06, 0xa06, 0xa06, 0xa06, 0x11]);
+        assert_eq!(attrs(&m[4].3)[1], (3, b"output\0".to_vec()));
+        let jump = attrs(&m[7].3);
+        assert_eq!(jump[1], (2, b"output\0".to_vec()));
+        // A port-less match of the VIP, then the refusal of the empty one.
+        assert_eq!(exprs(&m[8].3).len(), 3);
+        let refusal = &m[m.len() - 2];
+        assert_eq!(attrs(&refusal.3)[1], (2, b"services\0".to_vec()));
+        let e = exprs(&refusal.3);
+        assert_eq!(e[1].1[2], (3, value(&empty.octets())));
+        assert_eq!(e[2], ("reject".into(), vec![(1, u32a(0)), (2, vec![3])]));
+        assert!(r.parts.last().unwrap().needs.contains("CONFIG_NFT_REJECT"));
+        // No VIP at all: an empty table, which replaces a stale one.
+        let none = messages(&render_sandbox(&SandboxRuleset::default(), 0).unwrap().bytes);
+        assert_eq!(none.len(), 8);
+        // Too many backends is refused like on the board.
+        let many = SandboxRuleset { vips: [(vip, vec![Ipv4Addr::new(10, 0, 1, 2); 300])].into() };
+        assert!(matches!(render_sandbox(&many, 0), Err(RulesetError::TooMany { .. })));
     }
 
     #[test]

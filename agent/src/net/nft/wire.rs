@@ -232,6 +232,16 @@ impl Exprs<'_> {
     pub fn masquerade(&mut self) -> &mut Self {
         self.expr("masq", |_| {})
     }
+
+    /// `reject with icmp port-unreachable` (`NFTA_REJECT_TYPE` 1 = `NFT_REJECT_ICMP_UNREACH`
+    /// 0, `NFTA_REJECT_ICMP_CODE` 2 = `ICMP_PORT_UNREACH` 3, one byte): the sender's
+    /// `connect` fails at once with "connection refused", TCP included.
+    pub fn reject_port_unreachable(&mut self) -> &mut Self {
+        self.expr("reject", |b| {
+            put_u32(b, 1, 0);
+            put_attr(b, 2, &[3]);
+        })
+    }
 }
 
 /// Appends nf_tables messages inside one `BATCH_BEGIN` … `BATCH_END` and numbers them.
