@@ -421,4 +421,6 @@ pub fn assign_vips_beside(
 }
 
 #[cfg(test)]
+mod mesh_tests;
+#[cfg(test)]
 mod tests;
