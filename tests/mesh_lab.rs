@@ -26,6 +26,21 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
 }
 
+/// `n` sequential `GET /version` on `addr`: requests/s, p50 and p99 latency.
+fn measure(addr: SocketAddr, n: usize) -> (f64, Duration, Duration) {
+    let started = Instant::now();
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            get(addr, "/version").unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let rps = n as f64 / started.elapsed().as_secs_f64();
+    times.sort();
+    (rps, times[n / 2], times[n * 99 / 100])
+}
+
 /// What the prober saw on one board: the longest run of failures, and when the last
 /// failure was.
 #[derive(Debug, Default, Clone)]
@@ -131,6 +146,31 @@ fn lab_task3_the_routing_mesh_answers_on_every_board_and_follows_the_tasks() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("already published by service appserver"), "{err}");
     assert!(!m.shoal(&["service", "ls"]).contains("dup"));
+
+    // Requests/s and p99, one client, a new connection per request: through the mesh on
+    // a board without the task, and host mode on the board with it (a second service
+    // with the same image, host-mode port 8001, on that board).
+    let host_mode = "apphost";
+    m.shoal(&[
+        "service",
+        "create",
+        "--name",
+        host_mode,
+        "--publish",
+        "mode=host,published=8001,target=8000",
+        "--constraint",
+        &format!("node.hostname=={on}"),
+        "--detach=true",
+        "demo/app:1.0",
+    ]);
+    let on_index: usize = on.trim_start_matches("node").parse().unwrap();
+    let direct: SocketAddr = format!("{}:8001", c.lab.hosts[on_index].ip).parse().unwrap();
+    wait_for("the host-mode copy answering", Duration::from_secs(30), || get(direct, "/version").ok());
+    for (what, addr) in [("mesh, board without the task", boards[other - 1]), ("host mode, board with it", direct)] {
+        let (rps, p50, p99) = measure(addr, 300);
+        eprintln!("{what}: {rps:.0} requests/s, p50 {p50:?}, p99 {p99:?} (300 sequential GETs, one client)");
+    }
+    m.shoal(&["service", "rm", host_mode]);
 
     // From here on, every board in the mesh is asked all the time.
     let targets = Arc::new(Mutex::new(boards.clone()));
