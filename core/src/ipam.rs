@@ -391,6 +391,52 @@ pub fn check_published(others: &[&Service], service: &Service) -> Result<(), Err
     Ok(())
 }
 
+/// The range ingress-mode ports without a published port are given one from (Swarm's).
+pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Gives each ingress-mode port of `service` that has no published port one from
+/// [`DYNAMIC_PORTS`], written into its spec (so it is stored, and shown by `service
+/// inspect` and `service ls`): the one `current` (the record before this change) had
+/// for the same target and protocol, else the lowest that no other service publishes.
+pub fn allocate_ingress_ports(
+    others: &[&Service],
+    current: Option<&Service>,
+    service: &mut Service,
+) -> Result<(), ErrorReply> {
+    let mut used: BTreeSet<(u16, shoal_proto::Protocol)> = others
+        .iter()
+        .filter(|o| o.id != service.id)
+        .flat_map(|o| o.spec.ports.iter())
+        .filter_map(|p| Some((p.published?, p.protocol)))
+        .collect();
+    used.extend(service.spec.ports.iter().filter_map(|p| Some((p.published?, p.protocol))));
+    let before: Vec<shoal_proto::PortConfig> = current.map(|c| c.spec.ports.to_vec()).unwrap_or_default();
+    let mut ports = service.spec.ports.to_vec();
+    for p in ports.iter_mut() {
+        if p.mode != PublishMode::Ingress || p.published.is_some() {
+            continue;
+        }
+        let kept = before
+            .iter()
+            .find(|q| q.mode == PublishMode::Ingress && q.target == p.target && q.protocol == p.protocol)
+            .and_then(|q| q.published)
+            .filter(|port| DYNAMIC_PORTS.contains(port) && !used.contains(&(*port, p.protocol)));
+        let port = kept
+            .or_else(|| DYNAMIC_PORTS.clone().find(|port| !used.contains(&(*port, p.protocol))))
+            .ok_or_else(|| {
+                refuse(
+                    ErrorKind::Conflict,
+                    "no published port is free in 30000-32767: give one with --publish PUBLISHED:TARGET",
+                )
+            })?;
+        used.insert((port, p.protocol));
+        p.published = Some(port);
+    }
+    // As many ports as before: it fits.
+    service.spec.ports = ports.try_into().unwrap_or_default();
+    Ok(())
+}
+
 /// Sets `record`'s VIPs for its current spec (keeping those of networks it stays on),
 /// refusing unknown networks. `others` are the other services; `tasks` every task.
 pub fn assign_vips(

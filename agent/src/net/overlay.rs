@@ -1,5 +1,6 @@
 //! Overlay networks on a board, in the kernel: per network one bridge (`sob<VNI>`, no
-//! address, so the host never routes into it) and one VXLAN device (`sov<VNI>`, UDP
+//! address, so the host never routes into it, except `ingress`'s on a board of the
+//! routing mesh: [`set_address`]) and one VXLAN device (`sov<VNI>`, UDP
 //! 4789) enslaved to it; containers join through a veth whose far end is their `ethN`.
 //!
 //! Nothing is learnt from the wire: VXLAN learning is off and ARP is answered by the

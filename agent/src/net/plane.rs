@@ -10,12 +10,15 @@
 //!   address), the networks it may see.
 //! - nf_tables gets one ruleset, in one batch: outbound masquerade of the bridge subnet
 //!   and, per virtual IP, a port-less DNAT spread over its backends.
+//! - The ingress routing mesh ([`Mesh`]), when the board is in it: the `ingress`
+//!   overlay exists even without a local container, its bridge carries the board's own
+//!   address, each published port is DNATed from any local address to its backends, and
+//!   what leaves through that bridge is masqueraded to the board's address.
 //!
 //! [`target`] and [`diff`] are the whole decision, pure; [`NetworkPlane`] performs the
 //! [`Plan`] in the network namespace of the calling thread. Not here: attaching
 //! containers (the supervisor does that with [`overlay::join`] when it makes their
-//! sandbox), encryption of the overlay (the flag is carried, not yet acted on), the
-//! ingress routing mesh.
+//! sandbox), encryption of the overlay (the flag is carried, not yet acted on).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};

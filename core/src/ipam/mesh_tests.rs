@@ -136,3 +136,25 @@ fn without_an_ingress_port_nothing_is_meshed() {
     assert!(!mesh_active([&svc]));
     assert!(mesh_active([&web(2, "8000:80")]));
 }
+
+#[test]
+fn an_ingress_port_without_a_published_one_gets_one_from_30000_kept_across_updates() {
+    let taken = web(1, "30000:80");
+    let mut s = web(2, "80");
+    allocate_ingress_ports(&[&taken], None, &mut s).unwrap();
+    assert_eq!(s.spec.ports[0].published, Some(30001));
+    // An update that still leaves it out keeps the same port.
+    let mut next = web(2, "80");
+    let other = web(3, "8080");
+    allocate_ingress_ports(&[&taken, &other], Some(&s), &mut next).unwrap();
+    assert_eq!(next.spec.ports[0].published, Some(30001));
+    // Host mode is the board's business; a given port is left as it is.
+    let mut host = web(4, "mode=host,target=80");
+    allocate_ingress_ports(&[], None, &mut host).unwrap();
+    assert_eq!(host.spec.ports[0].published, None);
+    // The range exhausted: refused, saying what to do.
+    let all: Vec<Service> = (0..=2767u16).map(|i| web(9, &format!("{}:80", 30000 + i))).collect();
+    let refs: Vec<&Service> = all.iter().collect();
+    let e = allocate_ingress_ports(&refs, None, &mut web(5, "80")).unwrap_err();
+    assert!(e.message.contains("--publish PUBLISHED:TARGET"), "{}", e.message);
+}

@@ -183,6 +183,8 @@ pub(super) fn handle_service(
         let others: Vec<&shoal_proto::Service> =
             svc.records.values().filter(|r| r.service.id != record.service.id).map(|r| &r.service).collect();
         let all: Vec<Task> = svc.tasks.values().cloned().collect();
+        let current = svc.records.get(&record.service.id).map(|r| &r.service);
+        crate::core::ipam::allocate_ingress_ports(&others, current, &mut record.service)?;
         let boards: Vec<std::net::Ipv4Addr> = nodes.iter().filter_map(|n| n.ingress_address).collect();
         crate::core::ipam::assign_vips_beside(&svc.networks, &others, &all, &boards, &mut record.service)?;
         mgr.store
