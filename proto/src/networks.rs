@@ -7,7 +7,8 @@
 //! Data and pure helpers only: the manager's IPAM (`shoal-core`'s `ipam`) decides the
 //! addresses and the agent programs the data plane. Every list is bounded; a board's
 //! view travels in chunks of [`MAX_VIEW_CHUNK`] networks so one message stays below half
-//! the 1 MiB frame the agent reads (one network at its bounds is under 220 KiB).
+//! the 1 MiB frame the agent reads (one network at its bounds, routing mesh included, is
+//! under 250 KiB).
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr};
@@ -24,7 +25,7 @@ pub const MAX_NETWORK_LABELS: usize = 64;
 /// Most networks in one listing.
 pub const MAX_NETWORKS_LISTED: usize = 1024;
 /// Most networks in one [`NodeNetworks`] message; larger views are chunked. A network
-/// at every bound encodes to under 220 KiB, so a chunk stays below half a frame.
+/// at every bound encodes to under 250 KiB, so a chunk stays below half a frame.
 pub const MAX_VIEW_CHUNK: usize = 2;
 /// Most peers of one network in a board's view: tasks on other boards.
 pub const MAX_PEERS: usize = 1024;
@@ -588,6 +589,7 @@ mod tests {
         });
         let size = postcard::to_allocvec(&chunk).unwrap().len();
         assert!(size < crate::MAX_FRAME_LEN / 2, "{size} bytes");
+        assert!(size < MAX_VIEW_CHUNK * 250 * 1024, "{size} bytes");
     }
 
     #[test]
