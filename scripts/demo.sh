@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on one Linux host: a manager and three boards, each board a network
 # namespace on a bridge with its own address; the lab's images on every board; the
-# lab's application (redis `database`, demo/app `appserver`) running as services.
+# lab's application deployed as lab task 3 does: overlay network `atsea`, redis `database`
+# (DNS round robin, host-mode 6379), demo/app `appserver` publishing 8000 through the
+# ingress routing mesh, so every board answers on 8000.
 # Run as root.
 #
 #   scripts/demo.sh          set up (installs and builds what is missing) and start
@@ -113,15 +115,25 @@ for _ in $(seq 300); do
 done
 "$bin/shoal" image ls
 
-echo "== the lab's application (lab task 3, host-mode publishing)"
-"$bin/shoal" service create --name database --endpoint-mode dnsrr \
-  --publish mode=host,target=6379 redis
-"$bin/shoal" service create --name appserver --replicas 3 \
-  --publish mode=host,target=8000,published=8000 demo/app:1.0
+echo "== the lab's application, as lab task 3 deploys it"
+"$bin/shoal" network create -d overlay atsea
+"$bin/shoal" service create --name database --endpoint-mode dnsrr --network atsea \
+  --publish mode=host,target=6379 --detach=true redis
+"$bin/shoal" service create --name appserver --publish 8000:8000 --network atsea \
+  --detach=true demo/app:1.0
+for _ in $(seq 150); do
+  [ "$("$bin/shoal" service ls | grep -c ' 1/1 ')" = 2 ] && break
+  sleep 0.2
+done
 "$bin/shoal" service ls
 "$bin/shoal" service ps appserver
+on=$("$bin/shoal" service ps appserver | awk '/Running/ {print $4; exit}')
+echo "== the routing mesh: port 8000 answers on every board (appserver runs on $on)"
 for i in "${!boards[@]}"; do
-  echo "-- http://$subnet.$((11 + i)):8000/ ($(busybox wget -qO- "http://$subnet.$((11 + i)):8000/" | grep -o 'demo app [0-9.]*' | head -1))"
+  b=${boards[$i]}
+  note=""; [ "$b" = "$on" ] || note="  (no appserver on $b: through the mesh)"
+  for _ in $(seq 50); do busybox wget -qO- "http://$subnet.$((11 + i)):8000/version" >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "-- http://$subnet.$((11 + i)):8000/cgi-bin/db: $(busybox wget -qO- "http://$subnet.$((11 + i)):8000/cgi-bin/db" 2>&1 | head -1)$note"
 done
 cat <<TXT
 
@@ -136,7 +148,7 @@ The cluster keeps running. Try:
   $bin/shoal service inspect -f '{{json .UpdateStatus}}' appserver
   $bin/shoal service update --rollback appserver                # every replica back on 1.0
   $bin/shoal service update --image demo/app:3.0 --update-order start-first appserver
-  $bin/shoal service scale appserver=6            # one per node fits port 8000: 3 stay pending, with the reason
+  $bin/shoal service scale appserver=6            # the mesh spreads port 8000 over all six
   $bin/shoal service create --name web --replicas 6 demo/app:3.0
   ip netns pids shoal-node3 | xargs kill -9      # node3's agent dies: Down, its tasks move
 Logs: $demo/*.log.  Stop and clean up: scripts/demo.sh down

@@ -10,7 +10,7 @@
 //! and names once tasks run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use shoal_proto::dispatch::Assignment;
@@ -19,8 +19,9 @@ use shoal_proto::TaskId;
 use tracing::{debug, warn};
 
 use crate::net::dns::Resolver;
+use crate::net::nft::L4;
 use crate::net::plane::{
-    Attachment, BoardNetworks, BoardSide, NetworkDef, NetworkPlane, PlaneError, ServiceNames, TaskName,
+    Attachment, BoardNetworks, BoardSide, Mesh, MeshPort, NetworkDef, NetworkPlane, PlaneError, ServiceNames, TaskName,
 };
 use crate::net::{Network, Subnet};
 
@@ -98,8 +99,30 @@ pub fn desired(views: &[NetworkView], local: &BTreeMap<TaskId, LocalTask>) -> Bo
         for (vip, backends) in v.vip_backends() {
             d.vips.entry(vip).or_insert_with(BTreeSet::new).extend(backends);
         }
+        if let Some(address) = v.board_address {
+            d.mesh = Some(mesh(&id, address, v));
+        }
     }
     d
+}
+
+/// The routing mesh of a view that gives this board an address (`ingress`'s).
+fn mesh(network: &str, address: Ipv4Addr, v: &NetworkView) -> Mesh {
+    let ports = v
+        .published
+        .iter()
+        .map(|p| MeshPort {
+            proto: match p.protocol {
+                shoal_proto::Protocol::Tcp => L4::Tcp,
+                shoal_proto::Protocol::Udp => L4::Udp,
+            },
+            port: p.published,
+            // A target port of 0 can't be sent to: such a backend is left out.
+            backends: p.backends.iter().filter(|b| b.port != 0).map(|b| SocketAddrV4::new(b.address, b.port)).collect(),
+        })
+        .filter(|p| p.port != 0)
+        .collect();
+    Mesh { network: network.to_owned(), address, ports }
 }
 
 /// What [`BoardNet`] remembers between messages.
@@ -257,6 +280,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             address: Ipv4Addr::new(10, 0, 1, 2),
             encrypted: false,
+            ingress: false,
         };
         let local = BTreeMap::from([(task.clone(), LocalTask { container: "web.1.x".into(), networks: vec![config] })]);
         // Before any view: the network and the attachment, nothing else.
@@ -276,6 +300,8 @@ mod tests {
             services: Default::default(),
             tasks: Default::default(),
             truncated: false,
+            board_address: None,
+            published: Default::default(),
         };
         let _ =
             view.peers.push(Peer { address: Ipv4Addr::new(10, 0, 1, 3), underlay: "192.168.1.12".parse().unwrap() });
@@ -299,5 +325,42 @@ mod tests {
         assert_eq!(d.names.len(), 1);
         assert_eq!(d.names[0].tasks[0].name, "db.1.y");
         assert_eq!(d.attachments.len(), 1);
+    }
+
+    #[test]
+    fn a_view_with_a_board_address_makes_the_mesh() {
+        use shoal_proto::networks::{MeshBackend, MeshPort as WirePort};
+        let id = NetworkId::from_random([9; 16]);
+        let mut view = NetworkView {
+            id: id.clone(),
+            name: shoal_proto::text("ingress").unwrap(),
+            vni: 4097,
+            subnet: net_subnet(0),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            encrypted: false,
+            peers: Default::default(),
+            services: Default::default(),
+            tasks: Default::default(),
+            truncated: false,
+            board_address: Some(Ipv4Addr::new(10, 0, 0, 254)),
+            published: Default::default(),
+        };
+        let backends = vec![
+            MeshBackend { address: Ipv4Addr::new(10, 0, 0, 3), port: 8000 },
+            // Hostile: a target port of 0 can't be DNATed to; it is left out.
+            MeshBackend { address: Ipv4Addr::new(10, 0, 0, 4), port: 0 },
+        ];
+        let _ = view.published.push(WirePort {
+            protocol: shoal_proto::Protocol::Tcp,
+            published: 8000,
+            backends: backends.try_into().unwrap(),
+        });
+        // No local task: the network is still there, with the mesh.
+        let d = desired(&[view], &BTreeMap::new());
+        assert!(d.networks.contains_key(id.as_str()) && d.attachments.is_empty());
+        let mesh = d.mesh.unwrap();
+        assert_eq!((mesh.network.as_str(), mesh.address), (id.as_str(), Ipv4Addr::new(10, 0, 0, 254)));
+        assert_eq!(mesh.ports.len(), 1);
+        assert_eq!(mesh.ports[0].backends, vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), 8000)]);
     }
 }

@@ -162,7 +162,7 @@ fn outbound_masquerade() {
     let before = container.run(move || ask(target));
     assert!(before.is_err(), "reached {target} without masquerade: {before:?}");
 
-    let rs = Ruleset { masquerades: vec![masquerade()], services: vec![] };
+    let rs = Ruleset { masquerades: vec![masquerade()], services: vec![], masquerade_via: vec![] };
     let applied = board.run(|| nft::apply(&rs)).unwrap();
     assert!(applied.messages > 0);
     assert_eq!(board.run(nft::rule_counts).unwrap().get("postrouting"), Some(&1));
@@ -232,7 +232,7 @@ fn load_balanced_dnat() {
     };
 
     assert!(client.run(move || ask(vip)).is_err(), "the VIP answered before any rule");
-    let three = Ruleset { masquerades: vec![], services: vec![service(&backends)] };
+    let three = Ruleset { masquerades: vec![], services: vec![service(&backends)], masquerade_via: vec![] };
     board.run(|| nft::apply(&three)).unwrap();
 
     let counts = spread(&client, vip, 300);
@@ -245,7 +245,7 @@ fn load_balanced_dnat() {
     let local = spread(&board, vip, 30);
     assert_eq!(local.values().sum::<usize>(), 30, "{local:?}");
 
-    let two = Ruleset { masquerades: vec![], services: vec![service(&backends[..2])] };
+    let two = Ruleset { masquerades: vec![], services: vec![service(&backends[..2])], masquerade_via: vec![] };
     board.run(|| nft::apply(&two)).unwrap();
     let counts = spread(&client, vip, 100);
     eprintln!("100 connections over 2 backends: {counts:?}");
@@ -294,6 +294,7 @@ fn local_destination_is_every_board_address() {
             port: 8000,
             backends: vec![SocketAddrV4::new(Ipv4Addr::new(10, 88, 0, 2), 8080)],
         }],
+        masquerade_via: vec![],
     };
     let lan = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 8000));
     assert!(client.run(move || ask(lan)).is_err(), "port 8000 answered before any rule");
@@ -316,7 +317,7 @@ fn local_destination_is_every_board_address() {
 fn refusals_are_typed_and_change_nothing() {
     common::require_root();
     let board = Ns::new('r', "b");
-    let good = Ruleset { masquerades: vec![masquerade()], services: vec![] };
+    let good = Ruleset { masquerades: vec![masquerade()], services: vec![], masquerade_via: vec![] };
     board.run(|| nft::apply(&good)).unwrap();
     let before = board.run(nft::rule_counts).unwrap();
 
@@ -324,6 +325,7 @@ fn refusals_are_typed_and_change_nothing() {
     let empty = Ruleset {
         masquerades: vec![],
         services: vec![Service { destination: vip, proto: L4::Tcp, port: 80, backends: vec![] }],
+        masquerade_via: vec![],
     };
     let e = board.run(|| nft::apply(&empty)).unwrap_err();
     assert!(matches!(e, NftError::Invalid(RulesetError::NoBackends(_))), "{e}");
@@ -332,6 +334,7 @@ fn refusals_are_typed_and_change_nothing() {
     let zero = Ruleset {
         masquerades: vec![],
         services: vec![Service { destination: vip, proto: L4::Udp, port: 0, backends: vec![backend] }],
+        masquerade_via: vec![],
     };
     assert!(matches!(board.run(|| nft::apply(&zero)), Err(NftError::Invalid(RulesetError::ZeroPort(_)))));
     assert_eq!(board.run(nft::rule_counts).unwrap(), before, "a refused ruleset changed the kernel's rules");
@@ -361,6 +364,7 @@ fn refusals_are_typed_and_change_nothing() {
         services: (0..1000u16)
             .map(|i| Service { destination: vip, proto: L4::Tcp, port: 1 + i, backends: vec![backend; 3] })
             .collect(),
+        masquerade_via: vec![],
     };
     let e = board.run(|| nft::apply(&huge)).unwrap_err();
     assert!(matches!(e, NftError::TooLarge { .. }), "{e}");
@@ -383,7 +387,7 @@ fn a_hundred_services_in_one_batch() {
             backends: (0..3u8).map(|k| SocketAddrV4::new(Ipv4Addr::new(10, 88, i, 2 + k), 8080)).collect(),
         })
         .collect();
-    let rs = Ruleset { masquerades: vec![masquerade()], services };
+    let rs = Ruleset { masquerades: vec![masquerade()], services, masquerade_via: vec![] };
     let started = Instant::now();
     let rendered = render::render(&rs, 1).unwrap();
     let render_time = started.elapsed();

@@ -207,6 +207,23 @@ impl Ipam {
         Some(free)
     }
 
+    /// Marks the boards' own addresses on `network` (the routing mesh's, on `ingress`)
+    /// as taken: they live in the node records, not in tasks or services.
+    pub fn take_boards(&mut self, network: &NetworkId, boards: impl IntoIterator<Item = Ipv4Addr>) {
+        for a in boards {
+            self.take(network, a);
+        }
+    }
+
+    /// The highest free host address of `network`, now taken: boards' addresses come from
+    /// the top of the subnet, tasks' and VIPs' from the bottom, so the two rarely meet.
+    pub fn allocate_high(&mut self, network: &NetworkId) -> Option<Ipv4Addr> {
+        let (subnet, used) = self.networks.get_mut(network)?;
+        let free = (1..subnet.size() - 1).rev().filter_map(|i| subnet.nth(i)).find(|a| !used.contains(a))?;
+        used.insert(free);
+        Some(free)
+    }
+
     /// Gives `address` back.
     pub fn free(&mut self, network: &NetworkId, address: Ipv4Addr) {
         if let Some((_, used)) = self.networks.get_mut(network) {
@@ -319,6 +336,107 @@ pub fn needs_attach(by_name: &HashMap<&NetworkName, &Network>, t: &Task) -> bool
         })
 }
 
+/// Whether some service publishes a port through the routing mesh: then every Ready,
+/// non-drained board carries `ingress`.
+pub fn mesh_active<'a>(services: impl IntoIterator<Item = &'a Service>) -> bool {
+    services.into_iter().any(|s| s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+}
+
+/// The routing mesh's addresses for the boards in `wanted` that have none yet (Swarm's
+/// ingress-sbox address), from the top of `ingress`'s subnet; `held` are the boards'
+/// addresses already given. The caller persists each in its node record, which keeps it
+/// until the node is removed. Boards left without one (the subnet full) are left out.
+pub fn board_addresses(
+    ingress: &Network,
+    services: &[&Service],
+    tasks: &[Task],
+    held: &[Ipv4Addr],
+    wanted: &[shoal_proto::NodeId],
+) -> Vec<(shoal_proto::NodeId, Ipv4Addr)> {
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut ipam = Ipam::rebuild(std::slice::from_ref(ingress), services.iter().copied(), tasks);
+    ipam.take_boards(&ingress.id, held.iter().copied());
+    wanted.iter().filter_map(|n| Some((n.clone(), ipam.allocate_high(&ingress.id)?))).collect()
+}
+
+/// Refuses a spec whose published ports collide with another service's: an ingress port
+/// answers on every board, so it clashes with any other service's port of the same
+/// number and protocol, ingress or host mode (two host-mode ports only clash on one
+/// board, which the scheduler handles).
+pub fn check_published(others: &[&Service], service: &Service) -> Result<(), ErrorReply> {
+    for p in service.spec.ports.iter() {
+        let Some(port) = p.published else { continue };
+        for o in others.iter().filter(|o| o.id != service.id) {
+            let clash = o.spec.ports.iter().find(|q| {
+                q.published == Some(port)
+                    && q.protocol == p.protocol
+                    && (p.mode == PublishMode::Ingress || q.mode == PublishMode::Ingress)
+            });
+            if let Some(q) = clash {
+                let mode = |m: PublishMode| if m == PublishMode::Ingress { "ingress" } else { "host" };
+                return Err(refuse(
+                    ErrorKind::Conflict,
+                    &format!(
+                        "port {port}/{} is already published by service {} (mode {}), and an ingress port answers on every board: choose another published port",
+                        p.protocol,
+                        o.spec.name,
+                        mode(q.mode)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The range ingress-mode ports without a published port are given one from (Swarm's).
+pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Gives each ingress-mode port of `service` that has no published port one from
+/// [`DYNAMIC_PORTS`], written into its spec (so it is stored, and shown by `service
+/// inspect` and `service ls`): the one `current` (the record before this change) had
+/// for the same target and protocol, else the lowest that no other service publishes.
+pub fn allocate_ingress_ports(
+    others: &[&Service],
+    current: Option<&Service>,
+    service: &mut Service,
+) -> Result<(), ErrorReply> {
+    let mut used: BTreeSet<(u16, shoal_proto::Protocol)> = others
+        .iter()
+        .filter(|o| o.id != service.id)
+        .flat_map(|o| o.spec.ports.iter())
+        .filter_map(|p| Some((p.published?, p.protocol)))
+        .collect();
+    used.extend(service.spec.ports.iter().filter_map(|p| Some((p.published?, p.protocol))));
+    let before: Vec<shoal_proto::PortConfig> = current.map(|c| c.spec.ports.to_vec()).unwrap_or_default();
+    let mut ports = service.spec.ports.to_vec();
+    for p in ports.iter_mut() {
+        if p.mode != PublishMode::Ingress || p.published.is_some() {
+            continue;
+        }
+        let kept = before
+            .iter()
+            .find(|q| q.mode == PublishMode::Ingress && q.target == p.target && q.protocol == p.protocol)
+            .and_then(|q| q.published)
+            .filter(|port| DYNAMIC_PORTS.contains(port) && !used.contains(&(*port, p.protocol)));
+        let port = kept
+            .or_else(|| DYNAMIC_PORTS.clone().find(|port| !used.contains(&(*port, p.protocol))))
+            .ok_or_else(|| {
+                refuse(
+                    ErrorKind::Conflict,
+                    "no published port is free in 30000-32767: give one with --publish PUBLISHED:TARGET",
+                )
+            })?;
+        used.insert((port, p.protocol));
+        p.published = Some(port);
+    }
+    // As many ports as before: it fits.
+    service.spec.ports = ports.try_into().unwrap_or_default();
+    Ok(())
+}
+
 /// Sets `record`'s VIPs for its current spec (keeping those of networks it stays on),
 /// refusing unknown networks. `others` are the other services; `tasks` every task.
 pub fn assign_vips(
@@ -327,11 +445,28 @@ pub fn assign_vips(
     tasks: &[Task],
     service: &mut Service,
 ) -> Result<(), ErrorReply> {
+    assign_vips_beside(networks, others, tasks, &[], service)
+}
+
+/// [`assign_vips`], with `boards` the boards' addresses on `ingress` (taken too).
+pub fn assign_vips_beside(
+    networks: &[Network],
+    others: &[&Service],
+    tasks: &[Task],
+    boards: &[Ipv4Addr],
+    service: &mut Service,
+) -> Result<(), ErrorReply> {
     check_service_networks(networks, &service.spec)?;
+    check_published(others, service)?;
     let mut ipam = Ipam::rebuild(networks, others.iter().copied().chain([&*service]), tasks);
+    if let Some(ingress) = networks.iter().find(|n| n.ingress) {
+        ipam.take_boards(&ingress.id, boards.iter().copied());
+    }
     service.virtual_ips = service_vips(&mut ipam, networks, &service.spec, &service.virtual_ips)?;
     Ok(())
 }
 
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod tests;

@@ -13,11 +13,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use shoal_proto::networks::{
-    AttachmentConfig, Network, NetworkInspect, NetworkTask, NetworkView, NodeNetworks, Peer, ServiceEntry, TaskEntry,
-    MAX_INSPECT_TASKS, MAX_NAMED_SERVICES, MAX_NAMED_TASKS, MAX_PEERS, MAX_VIEW_CHUNK,
+    AttachmentConfig, MeshBackend, MeshPort, Network, NetworkInspect, NetworkTask, NetworkView, NodeNetworks, Peer,
+    ServiceEntry, TaskEntry, MAX_INSPECT_TASKS, MAX_MESH_BACKENDS, MAX_MESH_PORTS, MAX_NAMED_SERVICES, MAX_NAMED_TASKS,
+    MAX_PEERS, MAX_VIEW_CHUNK,
 };
 use shoal_proto::services::MAX_NETWORKS;
-use shoal_proto::{BoundedVec, Hostname, ManagerMessage, NodeId, Service, Task, TaskState, Text};
+use shoal_proto::{BoundedVec, Hostname, ManagerMessage, NodeId, PublishMode, Service, Task, TaskState, Text};
 
 use crate::ipam::holds_addresses;
 
@@ -116,9 +117,90 @@ pub fn node_view(
                 services: services.try_into().unwrap_or_default(),
                 tasks: named.try_into().unwrap_or_default(),
                 truncated,
+                board_address: None,
+                published: BoundedVec::new(),
             }
         })
         .collect()
+}
+
+/// The routing mesh added to `view` (what [`node_view`] made for `node`). `boards` are
+/// the mesh's boards, each with its own address on `ingress`: the Ready, non-drained
+/// ones, while some service publishes an ingress-mode port. On such a board the view
+/// holds `ingress` even with no local task of it, with the board's address, peers that
+/// include every other mesh board's address (replies come back to the board a
+/// connection entered by), and the published ports with their backends: the running
+/// tasks' ingress addresses and target ports. Other boards' views are left as they are.
+pub fn with_mesh(
+    node: &NodeId,
+    mut view: Vec<NetworkView>,
+    networks: &[Network],
+    services: &[&Service],
+    tasks: &[Task],
+    underlay: &HashMap<NodeId, IpAddr>,
+    boards: &std::collections::BTreeMap<NodeId, std::net::Ipv4Addr>,
+) -> Vec<NetworkView> {
+    let (Some(ingress), Some(own)) = (networks.iter().find(|n| n.ingress), boards.get(node)) else { return view };
+    let live: Vec<&Task> = tasks.iter().filter(|t| holds_addresses(t) && t.node_id.is_some()).collect();
+    let ingress_address = |t: &Task| t.networks.iter().find(|a| a.network_id == ingress.id).map(|a| a.address);
+    let mut extra: Vec<Peer> = boards
+        .iter()
+        .filter(|(id, _)| *id != node)
+        .filter_map(|(id, a)| Some(Peer { address: *a, underlay: *underlay.get(id)? }))
+        .collect();
+    extra.extend(
+        live.iter()
+            .filter(|t| t.node_id.as_ref() != Some(node))
+            .filter_map(|t| Some(Peer { address: ingress_address(t)?, underlay: *underlay.get(t.node_id.as_ref()?)? })),
+    );
+    let mut ports: Vec<MeshPort> = Vec::new();
+    let mut sorted: Vec<&&Service> = services.iter().collect();
+    sorted.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    for s in sorted {
+        for p in s.spec.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+            let Some(published) = p.published else { continue };
+            let mut backends: Vec<MeshBackend> = live
+                .iter()
+                .filter(|t| t.service_id == s.id && is_running(t))
+                .filter_map(|t| Some(MeshBackend { address: ingress_address(t)?, port: p.target }))
+                .collect();
+            backends.sort();
+            backends.truncate(MAX_MESH_BACKENDS);
+            ports.push(MeshPort { protocol: p.protocol, published, backends: backends.try_into().unwrap_or_default() });
+        }
+    }
+    ports.truncate(MAX_MESH_PORTS);
+    let i = match view.iter().position(|v| v.id == ingress.id) {
+        Some(i) => i,
+        None => {
+            view.push(NetworkView {
+                id: ingress.id.clone(),
+                name: ingress.spec.name.clone(),
+                vni: ingress.vni,
+                subnet: ingress.subnet,
+                gateway: ingress.gateway,
+                encrypted: ingress.spec.encrypted,
+                peers: BoundedVec::new(),
+                services: BoundedVec::new(),
+                tasks: BoundedVec::new(),
+                truncated: false,
+                board_address: None,
+                published: BoundedVec::new(),
+            });
+            view.sort_by(|a, b| a.id.cmp(&b.id));
+            view.iter().position(|v| v.id == ingress.id).expect("just added")
+        }
+    };
+    let v = &mut view[i];
+    let mut peers: Vec<Peer> = v.peers.iter().copied().chain(extra).collect();
+    peers.sort();
+    peers.dedup();
+    v.truncated |= peers.len() > MAX_PEERS;
+    peers.truncate(MAX_PEERS);
+    v.peers = peers.try_into().unwrap_or_default();
+    v.board_address = Some(*own);
+    v.published = ports.try_into().unwrap_or_default();
+    view
 }
 
 /// A view as the messages that carry it: chunks of [`MAX_VIEW_CHUNK`] networks, `more`
@@ -158,6 +240,7 @@ pub fn attachments(networks: &[Network], t: &Task) -> BoundedVec<AttachmentConfi
                 gateway: n.gateway,
                 address: a.address,
                 encrypted: n.spec.encrypted,
+                ingress: n.ingress,
             })
         })
         .collect();

@@ -24,6 +24,10 @@ pub struct NodeRecord {
     pub addr: Option<String>,
     /// Join time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Its own address on `ingress` (the routing mesh's), given the first time it is in
+    /// the mesh and kept until the node is removed.
+    #[serde(default)]
+    pub ingress_address: Option<std::net::Ipv4Addr>,
 }
 
 /// Finds the node `query` names: an exact ID, then an exact hostname, then a unique ID
@@ -91,6 +95,7 @@ mod tests {
             description: NodeDescription { hostname: shoal_proto::text(hostname).unwrap(), ..Default::default() },
             addr: None,
             created_at_ms: 0,
+            ingress_address: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct Cluster<'a> {
     pub names: &'a HashMap<ServiceId, ServiceName>,
     /// Every overlay network, ingress included: tasks get their addresses on them.
     pub networks: &'a [Network],
+    /// The boards' own addresses on `ingress` (the routing mesh's): taken, never given to
+    /// a task.
+    pub boards: &'a [std::net::Ipv4Addr],
 }
 
 /// Something worth a log line, with the level the shell logs it at.
@@ -219,7 +222,7 @@ impl Reconciler {
 
         reject_without_image(&mut w, cluster.images, now.wall_ms);
         schedule(&mut w, nodes, now.wall_ms, &mut events);
-        attach_addresses(&mut w, cluster.networks, records);
+        attach_addresses(&mut w, cluster.networks, records, cluster.boards);
 
         let Working { mut tasks, before } = w;
         tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -288,7 +291,7 @@ impl Working {
 /// Gives every task that has not ended its addresses on its networks (new tasks, in
 /// practice: addresses are never taken back from a live task). The allocator is rebuilt
 /// from the records only when some task needs an address.
-fn attach_addresses(w: &mut Working, networks: &[Network], records: &[ServiceRecord]) {
+fn attach_addresses(w: &mut Working, networks: &[Network], records: &[ServiceRecord], boards: &[std::net::Ipv4Addr]) {
     if networks.is_empty() {
         return;
     }
@@ -298,6 +301,9 @@ fn attach_addresses(w: &mut Working, networks: &[Network], records: &[ServiceRec
         return;
     }
     let mut ipam = Ipam::rebuild(networks, records.iter().map(|r| &r.service), &w.tasks);
+    if let Some(ingress) = networks.iter().find(|n| n.ingress) {
+        ipam.take_boards(&ingress.id, boards.iter().copied());
+    }
     for i in needs {
         w.touch(i);
         ipam::attach(&mut ipam, &by_name, &mut w.tasks[i]);
@@ -501,6 +507,7 @@ mod tests {
                 images: &self.images,
                 names: &self.names,
                 networks: &self.networks,
+                boards: &[],
             };
             let now = Now { mono, wall_ms: WALL0 + mono };
             let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);

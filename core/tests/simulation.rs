@@ -187,7 +187,14 @@ impl Sim {
             loaded_at_ms: 0,
         }];
         let names = HashMap::new();
-        let cluster = Cluster { records: &records, nodes: &self.nodes, images: &images, names: &names, networks: &[] };
+        let cluster = Cluster {
+            records: &records,
+            nodes: &self.nodes,
+            images: &images,
+            names: &names,
+            networks: &[],
+            boards: &[],
+        };
         let tasks = std::mem::take(&mut self.tasks);
         let outcome = self.reconciler.pass(Now { mono: now, wall_ms: now }, cluster, tasks, Vec::new(), &mut new_id);
         self.wake_at = outcome.wake_at;

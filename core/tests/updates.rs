@@ -123,8 +123,14 @@ impl Lab {
         };
         let records = [self.record.clone()];
         let names = HashMap::new();
-        let cluster =
-            Cluster { records: &records, nodes: &self.nodes, images: &self.images, names: &names, networks: &[] };
+        let cluster = Cluster {
+            records: &records,
+            nodes: &self.nodes,
+            images: &self.images,
+            names: &names,
+            networks: &[],
+            boards: &[],
+        };
         let (tasks, reports) = (std::mem::take(&mut self.tasks), std::mem::take(&mut self.reports));
         let outcome = self.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
         for event in outcome.events {

@@ -125,6 +125,7 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
         },
         addr: Some(advertise.ip().to_string()),
         created_at_ms: shoal_link::wall_ms(),
+        ingress_address: None,
     };
     Store::create(&dir.join("state.redb"), &cluster, &manager)?;
     let admin = AdminCredentials {

@@ -68,6 +68,7 @@ fn new_store(path: &Path) -> Store {
         description: Default::default(),
         addr: None,
         created_at_ms: 0,
+        ingress_address: None,
     };
     Store::create(path, &cluster, &node).unwrap()
 }

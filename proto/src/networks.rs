@@ -7,7 +7,8 @@
 //! Data and pure helpers only: the manager's IPAM (`shoal-core`'s `ipam`) decides the
 //! addresses and the agent programs the data plane. Every list is bounded; a board's
 //! view travels in chunks of [`MAX_VIEW_CHUNK`] networks so one message stays below half
-//! the 1 MiB frame the agent reads (one network at its bounds is under 220 KiB).
+//! the 1 MiB frame the agent reads (one network at its bounds, routing mesh included, is
+//! under 250 KiB).
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr};
@@ -24,7 +25,7 @@ pub const MAX_NETWORK_LABELS: usize = 64;
 /// Most networks in one listing.
 pub const MAX_NETWORKS_LISTED: usize = 1024;
 /// Most networks in one [`NodeNetworks`] message; larger views are chunked. A network
-/// at every bound encodes to under 220 KiB, so a chunk stays below half a frame.
+/// at every bound encodes to under 250 KiB, so a chunk stays below half a frame.
 pub const MAX_VIEW_CHUNK: usize = 2;
 /// Most peers of one network in a board's view: tasks on other boards.
 pub const MAX_PEERS: usize = 1024;
@@ -36,6 +37,10 @@ pub const MAX_NAMED_TASKS: usize = 1024;
 pub const MAX_INSPECT_TASKS: usize = 1024;
 /// The name of the network published ports go through, created with the cluster.
 pub const INGRESS: &str = "ingress";
+/// Most ports published through the routing mesh in one board's view of `ingress`.
+pub const MAX_MESH_PORTS: usize = 64;
+/// Most backends (running tasks) of one port published through the routing mesh.
+pub const MAX_MESH_BACKENDS: usize = 64;
 /// The first VXLAN network identifier handed out (Swarm's).
 pub const FIRST_VNI: u32 = 4097;
 /// The largest VXLAN network identifier (24 bits).
@@ -301,6 +306,10 @@ pub struct AttachmentConfig {
     pub address: Ipv4Addr,
     /// Whether traffic between boards is to be encrypted.
     pub encrypted: bool,
+    /// This is the routing mesh's network: the task's ingress-mode ports are served by
+    /// the mesh (nf_tables on every board), not by a proxy on its own board.
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// One chunk of a board's view of its networks: every network that has a task on the
@@ -339,6 +348,36 @@ pub struct NetworkView {
     pub tasks: BoundedVec<TaskEntry, MAX_NAMED_TASKS>,
     /// Some list was cut at its bound.
     pub truncated: bool,
+    /// The routing mesh (only on `ingress`): this board's own address on the network,
+    /// carried by its bridge; the mesh's traffic leaves the board from it.
+    #[serde(default)]
+    pub board_address: Option<Ipv4Addr>,
+    /// The routing mesh (only on `ingress`): the ports published in ingress mode, each
+    /// answering on every local address of the board and sent to its backends.
+    #[serde(default)]
+    pub published: BoundedVec<MeshPort, MAX_MESH_PORTS>,
+}
+
+/// A port published through the routing mesh: `(protocol, published)` on every board
+/// goes to one of `backends`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPort {
+    /// TCP or UDP.
+    pub protocol: crate::Protocol,
+    /// The port every board answers on.
+    pub published: u16,
+    /// The service's running tasks: ingress address and target port. Cut at
+    /// [`MAX_MESH_BACKENDS`].
+    pub backends: BoundedVec<MeshBackend, MAX_MESH_BACKENDS>,
+}
+
+/// One backend of a [`MeshPort`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MeshBackend {
+    /// The task's address on `ingress`.
+    pub address: Ipv4Addr,
+    /// The container's port.
+    pub port: u16,
 }
 
 /// A task on another board: its overlay address and where to tunnel to.
@@ -530,6 +569,19 @@ mod tests {
                 .try_into()
                 .unwrap(),
             truncated: true,
+            board_address: Some(addr),
+            published: vec![
+                MeshPort {
+                    protocol: crate::Protocol::Udp,
+                    published: u16::MAX,
+                    backends: vec![MeshBackend { address: addr, port: u16::MAX }; MAX_MESH_BACKENDS]
+                        .try_into()
+                        .unwrap(),
+                };
+                MAX_MESH_PORTS
+            ]
+            .try_into()
+            .unwrap(),
         };
         let chunk = crate::ManagerMessage::Networks(NodeNetworks {
             more: true,
@@ -537,6 +589,7 @@ mod tests {
         });
         let size = postcard::to_allocvec(&chunk).unwrap().len();
         assert!(size < crate::MAX_FRAME_LEN / 2, "{size} bytes");
+        assert!(size < MAX_VIEW_CHUNK * 250 * 1024, "{size} bytes");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Overlay networks on a board, in the kernel: per network one bridge (`sob<VNI>`, no
-//! address, so the host never routes into it) and one VXLAN device (`sov<VNI>`, UDP
+//! address, so the host never routes into it, except `ingress`'s on a board of the
+//! routing mesh: [`set_address`]) and one VXLAN device (`sov<VNI>`, UDP
 //! 4789) enslaved to it; containers join through a veth whose far end is their `ethN`.
 //!
 //! Nothing is learnt from the wire: VXLAN learning is off and ARP is answered by the
@@ -144,6 +145,52 @@ pub async fn ensure(o: &Overlay, local: Ipv4Addr) -> Result<(), NetError> {
             .execute()
             .await
             .map_err(|e| NetError::netlink(format!("bringing {name} up"), e))?;
+    }
+    Ok(())
+}
+
+/// Gives the overlay's bridge this board's own address on the network (`ip`, with the
+/// MAC [`mac_of`] it, so the other boards' forwarding entries reach it) and no other:
+/// what the routing mesh needs, on `ingress` only. The board then routes into the
+/// overlay, and replies to the mesh's traffic come back to it.
+pub async fn set_address(o: &Overlay, ip: Ipv4Addr) -> Result<(), NetError> {
+    let c = Conn::open()?;
+    let bridge = o.bridge();
+    let index = find_index(&c, &bridge).await?;
+    c.handle()
+        .link()
+        .set(LinkUnspec::new_with_index(index).address(mac_of(ip).to_vec()).up().build())
+        .execute()
+        .await
+        .map_err(|e| NetError::netlink(format!("setting the MAC address of {bridge}"), e))?;
+    let present: Vec<_> = c
+        .handle()
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| NetError::netlink(format!("listing addresses of {bridge}"), e))?;
+    let mut has = false;
+    for m in present {
+        let this = m.attributes.iter().any(
+            |a| matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) if *a == ip),
+        );
+        if this && m.header.prefix_len == o.subnet.prefix() {
+            has = true;
+        } else if let Err(e) = c.handle().address().del(m).execute().await {
+            if errno(&e) != Some(Errno::ADDRNOTAVAIL.raw_os_error()) {
+                return Err(NetError::netlink(format!("removing an old address of {bridge}"), e));
+            }
+        }
+    }
+    if !has {
+        match c.handle().address().add(index, IpAddr::V4(ip), o.subnet.prefix()).execute().await {
+            Ok(()) => {}
+            Err(e) if is(&e, Errno::EXIST) => {}
+            Err(e) => return Err(NetError::netlink(format!("adding {ip}/{} to {bridge}", o.subnet.prefix()), e)),
+        }
     }
     Ok(())
 }

@@ -13,21 +13,24 @@
 //!   namespace ([`nft::SandboxRuleset`]): the VIPs of its networks, each a port-less DNAT
 //!   spread over the service's running tasks, or refused when none runs. Only containers
 //!   whose VIPs changed get a new batch.
+//! - The ingress routing mesh ([`Mesh`]), when the board is in it: the `ingress`
+//!   overlay exists even without a local container, its bridge carries the board's own
+//!   address, each published port is DNATed from any local address to its backends, and
+//!   what leaves through that bridge is masqueraded to the board's address.
 //!
 //! [`target`] and [`diff`] are the whole decision, pure; [`NetworkPlane`] performs the
 //! [`Plan`] in the network namespace of the calling thread. Not here: attaching
 //! containers (the supervisor does that with [`overlay::join`] when it makes their
-//! sandbox), encryption of the overlay (the flag is carried, not yet acted on), the
-//! ingress routing mesh.
+//! sandbox), encryption of the overlay (the flag is carried, not yet acted on).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::dns::names::Names;
 use super::dns::{self, Resolver};
-use super::nft::{self, Masquerade, NftError, Ruleset, RulesetError, SandboxRuleset};
+use super::nft::{self, Destination, Masquerade, NftError, Ruleset, RulesetError, SandboxRuleset, Service, L4};
 use super::overlay::{self, Overlay, Peer};
 use super::{NetError, Sandbox, Subnet};
 
@@ -129,6 +132,33 @@ pub struct BoardNetworks {
     pub names: Vec<ServiceNames>,
     /// Virtual IPs → the addresses of the service's running tasks.
     pub vips: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>,
+    /// The routing mesh, when this board is part of it.
+    pub mesh: Option<Mesh>,
+}
+
+/// The routing mesh on this board: the network (`ingress`) exists here even without a
+/// local container, its bridge carries the board's own address, and each published
+/// port answers on every local address, DNATed to its backends over the overlay and
+/// masqueraded to the board's address on the way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// The network's ID.
+    pub network: String,
+    /// This board's address on it.
+    pub address: Ipv4Addr,
+    /// The published ports.
+    pub ports: Vec<MeshPort>,
+}
+
+/// One port published through the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPort {
+    /// TCP or UDP.
+    pub proto: L4,
+    /// The port every board answers on.
+    pub port: u16,
+    /// The running tasks: ingress address and target port (none: the port is closed).
+    pub backends: Vec<SocketAddrV4>,
 }
 
 /// What the plane needs to know of the board itself.
@@ -177,6 +207,8 @@ pub struct Target {
     /// Each local container's own load balancer (containers with a sandbox only), by
     /// container ID.
     pub sandboxes: BTreeMap<String, SandboxRuleset>,
+    /// The board's own address on an overlay's bridge (the mesh's), by network ID.
+    pub addresses: BTreeMap<String, Ipv4Addr>,
 }
 
 /// What one apply does, in this order.
@@ -196,6 +228,8 @@ pub struct Plan {
     pub ruleset: Option<Ruleset>,
     /// Containers whose load balancer to replace, with the new one.
     pub sandboxes: Vec<(String, SandboxRuleset)>,
+    /// Bridges to give the board's address (after `ensure`, before the ruleset).
+    pub addresses: Vec<(Overlay, Ipv4Addr)>,
 }
 
 impl Plan {
@@ -268,6 +302,24 @@ pub fn target(
         }
     }
 
+    let mut addresses = BTreeMap::new();
+    if let Some(m) = &desired.mesh {
+        let Some(o) = overlays_all.get(&m.network) else {
+            return invalid(format!("the routing mesh is on unknown network {}", m.network));
+        };
+        if !o.subnet.contains(m.address) {
+            return invalid(format!(
+                "the board's mesh address {} is outside network {} ({})",
+                m.address, m.network, o.subnet
+            ));
+        }
+        if !local.insert(m.address) {
+            return invalid(format!("the board's mesh address {} is also a local container's", m.address));
+        }
+        overlays.insert(m.network.clone(), *o);
+        addresses.insert(m.network.clone(), m.address);
+    }
+
     let mut peers: BTreeMap<String, BTreeSet<Peer>> = overlays.keys().map(|id| (id.clone(), BTreeSet::new())).collect();
     for (ip, board_ip) in &desired.peers {
         if local.contains(ip) {
@@ -291,12 +343,25 @@ pub fn target(
 
     // VIPs are not DNATed here: the board has no route into an overlay, so each
     // container balances its own connections (`sandboxes`).
-    let ruleset = Ruleset {
+    let mut ruleset = Ruleset {
         masquerades: vec![Masquerade { source: board.bridge_subnet, except_out: board.bridge.clone() }],
         services: Vec::new(),
+        masquerade_via: Vec::new(),
     };
+    if let Some(m) = &desired.mesh {
+        ruleset.masquerade_via.push(overlays[&m.network].bridge());
+        // A port with no running task matches nothing: connections are refused.
+        for p in m.ports.iter().filter(|p| !p.backends.is_empty()) {
+            ruleset.services.push(Service {
+                destination: Destination::Local,
+                proto: p.proto,
+                port: p.port,
+                backends: p.backends.clone(),
+            });
+        }
+    }
     ruleset.validate()?;
-    Ok(Target { overlays, peers, names, clients, ruleset, sandboxes })
+    Ok(Target { overlays, peers, names, clients, ruleset, sandboxes, addresses })
 }
 
 /// The load balancer of a container attached to `networks`: every VIP inside one of
@@ -334,6 +399,12 @@ pub fn diff(last: Option<&Target>, next: &Target) -> Plan {
         let wanted = next.peers.get(id).cloned().unwrap_or_default();
         if changed || !known || last.peers.get(id) != Some(&wanted) {
             plan.peers.push((*o, wanted.into_iter().collect()));
+        }
+    }
+    for (id, ip) in &next.addresses {
+        let remade = plan.ensure.iter().any(|o| Some(o) == next.overlays.get(id));
+        if remade || last.addresses.get(id) != Some(ip) {
+            plan.addresses.extend(next.overlays.get(id).map(|o| (*o, *ip)));
         }
     }
     plan.remove = removals(last, next);
@@ -483,6 +554,9 @@ impl NetworkPlane {
     async fn perform(&self, plan: &Plan) -> Result<(), PlaneError> {
         for o in &plan.ensure {
             overlay::ensure(o, self.board.underlay).await?;
+        }
+        for (o, ip) in &plan.addresses {
+            overlay::set_address(o, *ip).await?;
         }
         for (o, peers) in &plan.peers {
             overlay::set_peers(o, peers).await?;
@@ -736,5 +810,47 @@ mod tests {
             }
             proptest::prop_assert!(diff(Some(&tb), &tb).is_empty());
         }
+    }
+
+    #[test]
+    fn the_mesh_makes_its_overlay_without_a_local_container() {
+        let mut d = BoardNetworks::default();
+        d.networks.insert("ingress".into(), net("ingress", 4097, 0));
+        d.peers.insert(ip(0, 253), Ipv4Addr::new(192, 168, 1, 11));
+        d.peers.insert(ip(0, 3), Ipv4Addr::new(192, 168, 1, 11));
+        d.mesh = Some(Mesh {
+            network: "ingress".into(),
+            address: ip(0, 254),
+            ports: vec![
+                MeshPort { proto: L4::Tcp, port: 8000, backends: vec![SocketAddrV4::new(ip(0, 3), 8000)] },
+                MeshPort { proto: L4::Udp, port: 53, backends: vec![] },
+            ],
+        });
+        let t = target(&d, &board(), &BTreeMap::new()).unwrap();
+        let o = t.overlays["ingress"];
+        assert_eq!(t.addresses["ingress"], ip(0, 254));
+        assert_eq!(t.peers["ingress"].len(), 2);
+        assert_eq!(t.ruleset.masquerade_via, vec![o.bridge()]);
+        // The port without a running task is not in the ruleset.
+        assert_eq!(t.ruleset.services.len(), 1);
+        assert_eq!(t.ruleset.services[0].destination, Destination::Local);
+        let plan = diff(None, &t);
+        assert_eq!(plan.addresses, vec![(o, ip(0, 254))]);
+        // Applied again: nothing to do; the mesh gone: the overlay goes.
+        assert!(diff(Some(&t), &t).is_empty());
+        d.mesh = None;
+        let gone = target(&d, &board(), &BTreeMap::new()).unwrap();
+        assert_eq!(diff(Some(&t), &gone).remove, vec![o]);
+    }
+
+    #[test]
+    fn a_mesh_address_outside_its_network_or_taken_is_refused() {
+        let mut d = lab();
+        d.mesh = Some(Mesh { network: "atsea".into(), address: ip(9, 9), ports: vec![] });
+        assert!(target(&d, &board(), &BTreeMap::new()).unwrap_err().to_string().contains("outside"));
+        d.mesh = Some(Mesh { network: "atsea".into(), address: ip(1, 2), ports: vec![] });
+        assert!(target(&d, &board(), &BTreeMap::new()).unwrap_err().to_string().contains("local container"));
+        d.mesh = Some(Mesh { network: "nope".into(), address: ip(1, 9), ports: vec![] });
+        assert!(target(&d, &board(), &BTreeMap::new()).unwrap_err().to_string().contains("unknown network"));
     }
 }

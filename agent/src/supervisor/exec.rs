@@ -451,16 +451,22 @@ impl<N: Sandboxes + 'static> Exec<N> {
     }
 }
 
-/// Publishes the task's ports that go to this node (host mode, and ingress mode best
-/// effort while there is no routing mesh) to `ip`. A host-mode port in use fails; an
-/// ingress-mode one is skipped.
+/// Publishes the task's ports that go to this node to `ip`: host mode, and ingress mode
+/// only when the task has no address on `ingress` (the routing mesh serves its ingress
+/// ports then, on every board; without one, a proxy here is the best effort). A
+/// host-mode port in use fails; an ingress-mode one is skipped.
 async fn publish_all(
     publisher: &PortPublisher,
     a: &Assignment,
     ip: IpAddr,
 ) -> Result<(Vec<Published>, Vec<PortConfig>), ExecError> {
     let (mut live, mut bound) = (Vec::new(), Vec::new());
+    let meshed = a.networks.iter().any(|n| n.ingress);
     for p in a.spec.ports.iter() {
+        if meshed && p.mode == PublishMode::Ingress {
+            bound.push(*p);
+            continue;
+        }
         match publisher.publish(p.published.unwrap_or(0), p.protocol, ip, p.target).await {
             Ok(published) => {
                 bound.push(PortConfig { published: Some(published.local_addr().port()), ..*p });

@@ -41,6 +41,7 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
         addr: join.node.advertise_addr.as_ref().map(|a| a.to_string()),
         description: join.node,
         created_at_ms: shoal_link::wall_ms(),
+        ingress_address: None,
     };
     mgr.store.put_node(&record).map_err(internal)?;
     mgr.state.lock().expect("state lock").members.track(mgr.now(), node_id.clone());

@@ -4,7 +4,8 @@
 //! reconciliation and queued only when it differs from the one last queued for its
 //! session; a new session starts with none, so it gets its view at the next pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 
 use shoal_proto::networks::{Network, NetworkId, NetworkReply, NetworkRequest, MAX_NETWORKS_LISTED};
 use shoal_proto::{ErrorReply, ManagerMessage, NodeId};
@@ -65,9 +66,60 @@ pub(super) fn handle(mgr: &Manager, req: NetworkRequest, nodes: &[NodeRecord]) -
     }
 }
 
+/// The routing mesh's boards now: while some service publishes an ingress-mode port, the
+/// Ready, non-drained workers, each with its address on `ingress` (given here the first
+/// time, from [`ipam::board_addresses`], and stored in its node record). Also every
+/// address the node records hold, which no task may be given.
+pub(super) fn mesh_boards(
+    store: &Store,
+    svc: &ServiceState,
+    nodes: &[crate::core::placement::ClusterNode],
+) -> Result<(BTreeMap<NodeId, Ipv4Addr>, Vec<Ipv4Addr>), crate::store::StoreError> {
+    let mut records = store.nodes()?;
+    let mut held: Vec<Ipv4Addr> = records.iter().filter_map(|r| r.ingress_address).collect();
+    let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
+    let Some(ingress) = svc.networks.iter().find(|n| n.ingress) else { return Ok((BTreeMap::new(), held)) };
+    if !ipam::mesh_active(services.iter().copied()) {
+        return Ok((BTreeMap::new(), held));
+    }
+    let eligible: Vec<&NodeId> = nodes
+        .iter()
+        .filter(|n| {
+            n.role == shoal_proto::Role::Worker
+                && n.status == shoal_proto::NodeStatus::Ready
+                && n.availability != shoal_proto::Availability::Drain
+        })
+        .map(|n| &n.id)
+        .collect();
+    let wanted: Vec<NodeId> = records
+        .iter()
+        .filter(|r| r.ingress_address.is_none() && eligible.contains(&&r.id))
+        .map(|r| r.id.clone())
+        .collect();
+    let tasks: Vec<_> = svc.tasks.values().cloned().collect();
+    for (id, address) in ipam::board_addresses(ingress, &services, &tasks, &held, &wanted) {
+        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
+            r.ingress_address = Some(address);
+            store.put_node(r)?;
+            held.push(address);
+            info!(node = %id, %address, "node joins the routing mesh");
+        }
+    }
+    let mesh = records
+        .iter()
+        .filter(|r| eligible.contains(&&r.id))
+        .filter_map(|r| Some((r.id.clone(), r.ingress_address?)))
+        .collect();
+    Ok((mesh, held))
+}
+
 /// The views that changed since last queued, per node with a session, as messages; the
-/// sessions remember them as queued.
-pub(super) fn changed_views(svc: &ServiceState, st: &mut State) -> Vec<(NodeId, Vec<ManagerMessage>)> {
+/// sessions remember them as queued. `mesh`: [`mesh_boards`].
+pub(super) fn changed_views(
+    svc: &ServiceState,
+    st: &mut State,
+    mesh: &BTreeMap<NodeId, Ipv4Addr>,
+) -> Vec<(NodeId, Vec<ManagerMessage>)> {
     let underlay: HashMap<NodeId, std::net::IpAddr> =
         st.sessions.iter().map(|(id, s)| (id.clone(), s.underlay)).collect();
     let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
@@ -75,6 +127,7 @@ pub(super) fn changed_views(svc: &ServiceState, st: &mut State) -> Vec<(NodeId, 
     let mut out = Vec::new();
     for (node, session) in st.sessions.iter_mut() {
         let view = netview::node_view(node, &svc.networks, &services, &tasks, &underlay);
+        let view = netview::with_mesh(node, view, &svc.networks, &services, &tasks, &underlay, mesh);
         if session.view.as_ref() != Some(&view) {
             session.view = Some(view.clone());
             out.push((node.clone(), netview::messages(view)));

@@ -78,8 +78,15 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
     // A copy: if the write below fails, memory stays as it was stored.
     let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
-    let cluster =
-        Cluster { records: &records, nodes: &nodes, images: &images, names: &svc.names, networks: &svc.networks };
+    let (mesh, boards) = super::networks::mesh_boards(&mgr.store, svc, &nodes)?;
+    let cluster = Cluster {
+        records: &records,
+        nodes: &nodes,
+        images: &images,
+        names: &svc.names,
+        networks: &svc.networks,
+        boards: &boards,
+    };
     let mut new_id = || TaskId::from_random(shoal_link::random());
     let outcome = svc.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
     for event in &outcome.events {
@@ -105,7 +112,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let records = &svc.records;
     svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
 
-    let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"));
+    let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"), &mesh);
     if !diffs.is_empty() || !views.is_empty() {
         let st = mgr.state.lock().expect("state lock");
         let mut lagging = Vec::new();
@@ -176,7 +183,10 @@ pub(super) fn handle_service(
         let others: Vec<&shoal_proto::Service> =
             svc.records.values().filter(|r| r.service.id != record.service.id).map(|r| &r.service).collect();
         let all: Vec<Task> = svc.tasks.values().cloned().collect();
-        crate::core::ipam::assign_vips(&svc.networks, &others, &all, &mut record.service)?;
+        let current = svc.records.get(&record.service.id).map(|r| &r.service);
+        crate::core::ipam::allocate_ingress_ports(&others, current, &mut record.service)?;
+        let boards: Vec<std::net::Ipv4Addr> = nodes.iter().filter_map(|n| n.ingress_address).collect();
+        crate::core::ipam::assign_vips_beside(&svc.networks, &others, &all, &boards, &mut record.service)?;
         mgr.store
             .change_services(&ServiceChanges { put_services: vec![&record], ..Default::default() })
             .map_err(internal)?;

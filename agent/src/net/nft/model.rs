@@ -24,6 +24,10 @@ pub struct Ruleset {
     pub masquerades: Vec<Masquerade>,
     /// Load-balanced destinations.
     pub services: Vec<Service>,
+    /// `oifname "<name>" masquerade`: everything routed out through these interfaces
+    /// takes their address (the routing mesh's bridge, so replies come back to the board
+    /// the connection entered by).
+    pub masquerade_via: Vec<String>,
 }
 
 /// A container's own load balancer, applied in its network namespace (see
@@ -161,8 +165,14 @@ impl Ruleset {
         if self.services.len() > MAX_SERVICES {
             return Err(RulesetError::TooMany { what: "services", count: self.services.len(), max: MAX_SERVICES });
         }
-        for m in &self.masquerades {
-            let name = &m.except_out;
+        if self.masquerade_via.len() > MAX_MASQUERADES {
+            return Err(RulesetError::TooMany {
+                what: "masquerade rules",
+                count: self.masquerade_via.len(),
+                max: MAX_MASQUERADES,
+            });
+        }
+        for name in self.masquerades.iter().map(|m| &m.except_out).chain(&self.masquerade_via) {
             let ok = !name.is_empty()
                 && name.len() <= 15
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');

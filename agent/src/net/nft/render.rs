@@ -183,6 +183,14 @@ fn render_table(
         });
         p.push(seq, format!("rule {m}"), "CONFIG_NFT_MASQ");
     }
+    for via in &ruleset.masquerade_via {
+        let seq = p.w.rule(TABLE, "postrouting", |e| {
+            let mut name = [0u8; IFNAMSIZ];
+            name[..via.len()].copy_from_slice(via.as_bytes());
+            e.meta(META_OIFNAME, REG_1).cmp(REG_1, CmpOp::Eq, &name).masquerade();
+        });
+        p.push(seq, format!("rule masquerade via {via}"), "CONFIG_NFT_MASQ");
+    }
     for (i, s) in ruleset.services.iter().enumerate() {
         let chain = service_chain(i);
         let seq = p.w.rule(TABLE, SERVICES, |e| {
@@ -355,6 +363,7 @@ mod tests {
                 except_out: "shoal0".into(),
             }],
             services: vec![],
+            masquerade_via: vec![],
         };
         let r = render(&rs, 0).unwrap();
         let m = messages(&r.bytes);
@@ -378,8 +387,26 @@ mod tests {
     }
 
     #[test]
+    fn masquerade_via_matches_the_interface_only() {
+        let rs = Ruleset { masquerades: vec![], services: vec![], masquerade_via: vec!["sob4097".into()] };
+        let r = render(&rs, 0).unwrap();
+        let m = messages(&r.bytes);
+        let rule = &m[m.len() - 2];
+        assert_eq!(attrs(&rule.3)[1], (2, b"postrouting\0".to_vec()));
+        let mut name = b"sob4097".to_vec();
+        name.resize(16, 0);
+        let e = exprs(&rule.3);
+        let names: Vec<&str> = e.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["meta", "cmp", "masq"]);
+        // NFT_CMP_EQ is 0.
+        assert_eq!(e[1].1, vec![(1, u32a(1)), (2, u32a(0)), (3, value(&name))]);
+        let bad = Ruleset { masquerades: vec![], services: vec![], masquerade_via: vec!["a bad name".into()] };
+        assert!(matches!(render(&bad, 0), Err(RulesetError::Interface(_))));
+    }
+
+    #[test]
     fn backends_are_chained_numgen_rules_ending_unconditionally() {
-        let rs = Ruleset { masquerades: vec![], services: vec![vip(3)] };
+        let rs = Ruleset { masquerades: vec![], services: vec![vip(3)], masquerade_via: vec![] };
         let r = render(&rs, 0).unwrap();
         let m = messages(&r.bytes);
         // The service's match in chain `services`.
@@ -420,7 +447,7 @@ mod tests {
     fn a_local_destination_uses_fib() {
         let mut s = vip(1);
         s.destination = Destination::Local;
-        let r = render(&Ruleset { masquerades: vec![], services: vec![s] }, 0).unwrap();
+        let r = render(&Ruleset { masquerades: vec![], services: vec![s], masquerade_via: vec![] }, 0).unwrap();
         let m = messages(&r.bytes);
         let e = exprs(&m[m.len() - 3].3);
         assert_eq!(e[0], ("fib".into(), vec![(1, u32a(1)), (2, u32a(3)), (3, u32a(2))]));
@@ -436,7 +463,7 @@ mod tests {
         for b in &mut s.backends {
             b.set_port(0);
         }
-        let r = render(&Ruleset { masquerades: vec![], services: vec![s.clone()] }, 0).unwrap();
+        let r = render(&Ruleset { masquerades: vec![], services: vec![s.clone()], masquerade_via: vec![] }, 0).unwrap();
         let m = messages(&r.bytes);
         // The match, then two backends; the batch's end message last.
         let matched = exprs(&m[m.len() - 4].3);
@@ -449,20 +476,20 @@ mod tests {
 
         s.port = 80;
         assert!(matches!(
-            render(&Ruleset { masquerades: vec![], services: vec![s.clone()] }, 0),
+            render(&Ruleset { masquerades: vec![], services: vec![s.clone()], masquerade_via: vec![] }, 0),
             Err(RulesetError::PortOfAny(_))
         ));
         s.port = 0;
         s.backends[0].set_port(80);
         assert!(matches!(
-            render(&Ruleset { masquerades: vec![], services: vec![s] }, 0),
+            render(&Ruleset { masquerades: vec![], services: vec![s], masquerade_via: vec![] }, 0),
             Err(RulesetError::Backend { .. })
         ));
     }
 
     #[test]
     fn bad_rulesets_are_refused_before_rendering() {
-        let none = Ruleset { masquerades: vec![], services: vec![vip(0)] };
+        let none = Ruleset { masquerades: vec![], services: vec![vip(0)], masquerade_via: vec![] };
         let e = render(&none, 0).unwrap_err();
         assert_eq!(e, RulesetError::NoBackends("10.99.0.1:80/tcp".into()));
         assert!(e.to_string().contains("give it at least one"), "{e}");
@@ -470,26 +497,31 @@ mod tests {
         let mut zero = vip(2);
         zero.port = 0;
         assert_eq!(
-            render(&Ruleset { masquerades: vec![], services: vec![zero] }, 0).unwrap_err(),
+            render(&Ruleset { masquerades: vec![], services: vec![zero], masquerade_via: vec![] }, 0).unwrap_err(),
             RulesetError::ZeroPort("10.99.0.1:0/tcp".into())
         );
 
         let mut bad_backend = vip(2);
         bad_backend.backends[1].set_port(0);
-        let e = render(&Ruleset { masquerades: vec![], services: vec![bad_backend] }, 0).unwrap_err();
+        let e = render(&Ruleset { masquerades: vec![], services: vec![bad_backend], masquerade_via: vec![] }, 0)
+            .unwrap_err();
         assert!(matches!(e, RulesetError::Backend { .. }), "{e}");
 
-        let twice = Ruleset { masquerades: vec![], services: vec![vip(1), vip(2)] };
+        let twice = Ruleset { masquerades: vec![], services: vec![vip(1), vip(2)], masquerade_via: vec![] };
         assert!(matches!(render(&twice, 0), Err(RulesetError::Duplicate(_))));
 
         for name in ["", "much-too-long-name", "a\"b", "eth0\0"] {
             let m =
                 Masquerade { source: Subnet::new(Ipv4Addr::new(10, 88, 0, 0), 16).unwrap(), except_out: name.into() };
-            let rs = Ruleset { masquerades: vec![m], services: vec![] };
+            let rs = Ruleset { masquerades: vec![m], services: vec![], masquerade_via: vec![] };
             assert!(matches!(render(&rs, 0), Err(RulesetError::Interface(_))), "{name:?}");
         }
 
-        let many = Ruleset { masquerades: vec![], services: vec![vip(super::super::model::MAX_BACKENDS + 1)] };
+        let many = Ruleset {
+            masquerades: vec![],
+            services: vec![vip(super::super::model::MAX_BACKENDS + 1)],
+            masquerade_via: vec![],
+        };
         assert!(matches!(render(&many, 0), Err(RulesetError::TooMany { .. })));
     }
 
