@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 mkdir -p out/agents
 printf '%-34s %10s  %s\n' TARGET BYTES LINKAGE
+# One cargo run for all three: the release profile's LTO step is single-threaded, so the
+# targets' final links overlap instead of queueing (CI has 30 minutes).
+cargo build --quiet --release -p shoal-agent "${targets[@]/#/--target=}"
 for t in "${targets[@]}"; do
-  cargo build --quiet --release -p shoal-agent --target "$t"
   bin=target/$t/release/shoal-agent
   mkdir -p "out/agents/$t"
   cp "$bin" "out/agents/$t/shoal-agent"
