@@ -101,7 +101,7 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
         "root": {"path": bundle.rootfs(), "readonly": false},
         "process": {
             "terminal": false,
-            "user": {"uid": config.uid, "gid": config.gid},
+            "user": {"uid": config.uid, "gid": config.gid, "additionalGids": config.additional_gids},
             "args": config.args,
             "env": config.env,
             "cwd": config.cwd,
@@ -166,6 +166,7 @@ mod tests {
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![0],
             layers: vec![],
             network: NetworkMode::Host,
             memory_limit: Some(64 << 20),

@@ -482,6 +482,7 @@ mod tests {
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![0],
             layers: vec![],
             network: NetworkMode::Host,
             memory_limit: None,
