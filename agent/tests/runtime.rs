@@ -55,6 +55,7 @@ impl Lab {
             stop_signal: 15,
             id: id.to_owned(),
             hostname: id.replace('.', "-"),
+            addresses: vec![],
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),

@@ -17,6 +17,8 @@ pub struct Overrides {
     pub env: Vec<String>,
     /// Hostname inside the container.
     pub hostname: String,
+    /// The container's own addresses (its `/etc/hosts` names it at each).
+    pub addresses: Vec<std::net::IpAddr>,
     /// Network namespace.
     pub network: Option<NetworkMode>,
     /// Memory limit in bytes.
@@ -32,6 +34,9 @@ pub struct Overrides {
     /// `--stop-signal`, as the operator typed it.
     pub stop_signal: Option<String>,
 }
+
+/// Docker's `PATH` for an image that sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Builds the container configuration for `id`.
 pub fn container_config(
@@ -50,20 +55,23 @@ pub fn container_config(
     if args.is_empty() {
         return Err(RuntimeError::Spec("the image has no command and none was given".into()));
     }
-    let mut env: Vec<String> = run.env.clone().unwrap_or_default();
-    for entry in &o.env {
+    let hostname = if o.hostname.is_empty() { id.chars().take(63).collect() } else { o.hostname.clone() };
+    // Docker's order: its defaults (PATH, HOSTNAME), replaced or followed by the image's
+    // entries, then the task's; a key keeps its first place.
+    let mut env = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}")];
+    for entry in run.env.iter().flatten().chain(&o.env) {
         let key = entry.split('=').next().unwrap_or(entry);
-        env.retain(|e| e.split('=').next() != Some(key));
-        env.push(entry.clone());
-    }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        match env.iter_mut().find(|e| e.split('=').next() == Some(key)) {
+            Some(e) => e.clone_from(entry),
+            None => env.push(entry.clone()),
+        }
     }
     let user = super::user::resolve_in_layers(run.user.as_deref().unwrap_or(""), &layers)?;
     let stop_signal = stop_signal(o.stop_signal.as_deref(), run.stop_signal.as_deref())?;
     Ok(ContainerConfig {
         id: id.to_owned(),
-        hostname: if o.hostname.is_empty() { id.chars().take(63).collect() } else { o.hostname.clone() },
+        hostname,
+        addresses: o.addresses.clone(),
         args,
         env,
         cwd: run.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
@@ -128,7 +136,14 @@ mod tests {
         let img = image(None, &["x"], &["PATH=/bin", "MODE=prod"]);
         let o = Overrides { env: vec!["MODE=test".into(), "EXTRA=1".into()], ..Default::default() };
         let c = container_config("a", &img, vec![], &o).unwrap();
-        assert_eq!(c.env, ["PATH=/bin", "MODE=test", "EXTRA=1"]);
+        assert_eq!(c.env, ["PATH=/bin", "HOSTNAME=a", "MODE=test", "EXTRA=1"]);
+        // Without a PATH of its own, an image gets Docker's; HOSTNAME can be overridden.
+        let img = image(None, &["x"], &["MODE=prod"]);
+        let o = Overrides { env: vec!["HOSTNAME=mine".into()], hostname: "web-2".into(), ..Default::default() };
+        let c = container_config("a", &img, vec![], &o).unwrap();
+        assert_eq!(c.env, [format!("PATH={DEFAULT_PATH}").as_str(), "HOSTNAME=mine", "MODE=prod"]);
+        let c = container_config("a", &img, vec![], &Overrides { hostname: "web-2".into(), ..Default::default() });
+        assert_eq!(c.unwrap().env[1], "HOSTNAME=web-2");
     }
 
     #[test]

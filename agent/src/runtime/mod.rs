@@ -30,6 +30,9 @@ pub struct ContainerConfig {
     pub id: String,
     /// Hostname inside the container.
     pub hostname: String,
+    /// The container's own addresses: `/etc/hosts` names the hostname at each (at
+    /// `127.0.1.1` when it has none of its own, on the host's network).
+    pub addresses: Vec<std::net::IpAddr>,
     /// The process: executable and arguments.
     pub args: Vec<String>,
     /// `KEY=VALUE` environment.
