@@ -314,7 +314,7 @@ mod tests {
         let evil = dir.join("evil");
         std::fs::create_dir_all(evil.join("etc")).unwrap();
         std::os::unix::fs::symlink(bottom.join("etc"), evil.join("etc2")).unwrap();
-        assert_eq!(read_image_file(&[evil.clone()], &["etc2", "passwd"]).unwrap(), None);
+        assert_eq!(read_image_file(std::slice::from_ref(&evil), &["etc2", "passwd"]).unwrap(), None);
         // Too large: refused with a reason rather than read whole.
         let big = dir.join("big");
         std::fs::create_dir_all(big.join("etc")).unwrap();
@@ -336,7 +336,7 @@ mod tests {
         std::fs::write(bottom.join("etc/group"), GROUP).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &top.join("etc/group"),
+            top.join("etc/group"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
@@ -345,8 +345,7 @@ mod tests {
         assert_eq!(read_image_file(&[top.clone(), bottom.clone()], &["etc", "group"]).unwrap(), None);
         std::fs::remove_file(top.join("etc/group")).unwrap();
         // An opaque etc in the top layer hides the lower layer's files.
-        rustix::fs::setxattr(&top.join("etc"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty())
-            .unwrap();
+        rustix::fs::setxattr(top.join("etc"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
         assert_eq!(read_image_file(&[top.clone(), bottom.clone()], &["etc", "group"]).unwrap(), None);
         assert!(read_image_file(&[bottom], &["etc", "group"]).unwrap().is_some());
         std::fs::remove_dir_all(&dir).unwrap();
