@@ -453,3 +453,21 @@ fn the_images_user_runs_with_its_supplementary_groups() {
         rt.delete(&c).unwrap();
     }
 }
+
+/// Docker's working directory and umask: a `WorkingDir` the image lacks is made (root's,
+/// 0755) instead of failing the start, and the process runs with umask 0022 whatever
+/// the agent's.
+#[test]
+#[ignore = "needs root"]
+fn a_missing_working_dir_is_made_and_the_umask_is_dockers() {
+    let lab = Lab::new("cwd");
+    let rt = lab.runtime();
+    let c = id("cwd");
+    let config = ContainerConfig { cwd: "/srv/new/dir".into(), ..lab.config(&c, &["sh", "-c", "pwd; umask"]) };
+    rt.create(&config).unwrap();
+    rt.start(&c).unwrap();
+    assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 0, "{}", lab.log(&c));
+    let log = lab.log(&c);
+    assert!(log.contains(" stdout /srv/new/dir") && log.contains(" stdout 0022"), "{log}");
+    assert!(!lab.layer.join("srv").exists(), "made in the container's own layer, not the image's");
+}

@@ -101,7 +101,8 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
         "root": {"path": bundle.rootfs(), "readonly": false},
         "process": {
             "terminal": false,
-            "user": {"uid": config.uid, "gid": config.gid, "additionalGids": config.additional_gids},
+            // Docker's umask (runc's default), whatever the agent was started with.
+            "user": {"uid": config.uid, "gid": config.gid, "additionalGids": config.additional_gids, "umask": 0o022},
             "args": config.args,
             "env": config.env,
             "cwd": config.cwd,
@@ -210,6 +211,7 @@ mod tests {
         let spec = build(&config(), &bundle, true).unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.user().umask(), Some(0o022));
         let caps = process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         let linux = spec.linux().as_ref().unwrap();
