@@ -240,6 +240,41 @@ def python3(ctx: Ctx) -> dict:
     }
 
 
+NGINX_CONF = """# As the Docker library image runs it: master as root, workers as an unprivileged user,
+# logs to the container's stdout/stderr, temporary files under /tmp.
+user nobody nogroup;
+worker_processes 1;
+pid /run/nginx.pid;
+error_log /dev/stderr notice;
+events { worker_connections 256; }
+http {
+    include /etc/nginx/mime.types;
+    access_log /dev/stdout;
+    client_body_temp_path /tmp/nginx-body;
+    proxy_temp_path /tmp/nginx-proxy;
+    fastcgi_temp_path /tmp/nginx-fastcgi;
+    uwsgi_temp_path /tmp/nginx-uwsgi;
+    scgi_temp_path /tmp/nginx-scgi;
+    server {
+        listen 80;
+        root /usr/share/nginx/html;
+    }
+}
+"""
+
+
+def nginx(ctx: Ctx) -> dict:
+    ctx.install(["nginx", "nginx-common"], ["/usr/sbin/nginx", "/etc/nginx/mime.types"])
+    ctx.write("etc/nginx/nginx.conf", NGINX_CONF)
+    ctx.write("usr/share/nginx/html/index.html", "<h1>Welcome to nginx (Debian's, on shoal)</h1>\n")
+    ctx.mkdir("var/log/nginx")  # opened before the configuration is read
+    return {
+        "Cmd": ["/usr/sbin/nginx", "-g", "daemon off;"],
+        "StopSignal": "SIGQUIT",  # graceful: finish the requests in flight
+        "ExposedPorts": {"80/tcp": {}},
+    }
+
+
 PG = "/usr/lib/postgresql/15"
 PG_UID, SSL_CERT_GID = 999, 101
 
@@ -325,6 +360,7 @@ IMAGES = [
     Image("demo-app-3.0", "demo/app:3.0", demo_app("3.0")),
     Image("redis", "redis:latest", redis),
     Image("python3", "demo/python3:3.11", python3),
+    Image("nginx", "nginx:1.22", nginx),
     Image("postgres", "postgres:15", postgres, default=False),  # 61 MB, 41 s: built by its test
 ]
 

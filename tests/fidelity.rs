@@ -160,3 +160,29 @@ fn postgres_takes_tls_clients_and_an_update_with_a_client_stops_fast() {
     wait_for("the updated task answering", Duration::from_secs(60), || psql("select 1").status.success().then_some(()));
     m.shoal(&["service", "rm", &svc]);
 }
+
+/// Debian's nginx as the Docker library image runs it: the master as root, workers as
+/// `nobody`, answering on port 80; its `StopSignal` (SIGQUIT, graceful) ends it well
+/// before the grace period.
+#[test]
+#[ignore = "needs root"]
+fn nginx_answers_and_stops_gracefully_on_its_stop_signal() {
+    let c = Cluster::start(1).unwrap();
+    let m = c.manager_host();
+    m.shoal(&["image", "load", lab_image("nginx.tar").to_str().unwrap()]);
+    let svc = format!("{}ngx", c.lab.tag());
+    m.shoal(&["service", "create", "--name", &svc, "nginx:1.22"]);
+    wait_for("nginx running", Duration::from_secs(30), || c.replicas(&svc).starts_with("1/1").then_some(()));
+    let page = wait_for("an answer on port 80", Duration::from_secs(15), || {
+        let out = m.run("shoal", &["exec", &svc, "wget", "-qO-", "http://127.0.0.1/"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(page.contains("Welcome to nginx"), "{page}");
+    let ps = m.shoal(&["exec", &svc, "ps"]);
+    let worker = ps.lines().find(|l| l.contains("nginx: worker process")).unwrap_or_else(|| panic!("{ps}"));
+    assert!(worker.split_whitespace().nth(1).is_some_and(|u| u == "nobody" || u == "65534"), "{ps}");
+    let t = std::time::Instant::now();
+    m.shoal(&["service", "rm", &svc]);
+    wait_for("nginx gone", Duration::from_secs(15), || (shoal_e2e::running_containers(&svc) == 0).then_some(()));
+    assert!(t.elapsed() < Duration::from_secs(5), "nginx was not stopped by SIGQUIT: {:?}", t.elapsed());
+}
