@@ -76,6 +76,7 @@ class Image:
     name: str  # out/images/<name>.tar
     ref: str  # full reference, recorded in index.json
     recipe: Callable[[Ctx], dict]  # fills the rootfs, returns the image config's "config"
+    default: bool = True  # built without names; big ones only when named (their tests name them)
 
 
 # --- what every image has ---
@@ -111,8 +112,10 @@ def base(ctx: Ctx, applets: list[str]) -> None:
     ctx.mkdir("tmp", 0o1777)
     ctx.mkdir("var/tmp", 0o1777)
     ctx.mkdir("root", 0o700)
-    ctx.write("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
-    ctx.write("etc/group", "root:x:0:\nnogroup:x:65534:\n")
+    # A recipe that has users of its own writes both files whole (root and nobody too).
+    if not os.path.exists(os.path.join(ctx.rootfs, "etc/passwd")):
+        ctx.write("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        ctx.write("etc/group", "root:x:0:\nnogroup:x:65534:\n")
     # The runtime may bind-mount its own; this one makes `localhost` work regardless.
     ctx.write("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 
@@ -202,11 +205,163 @@ def redis(ctx: Ctx) -> dict:
     }
 
 
+def python_tree(ctx: Ctx, pkgs: list[str], prefix: str, skip: tuple[str, ...]) -> None:
+    """Every file under `prefix` in `pkgs` (Python's standard library is data for
+    install(), which copies files, not directories), but the subdirectories in `skip`."""
+    ctx.sysroot.add_many(pkgs)
+    paths = []
+    for pkg in pkgs:
+        top = ctx.sysroot.add(pkg)
+        for root, dirs, files in os.walk(os.path.join(top, prefix.strip("/"))):
+            rel = os.path.relpath(root, top)
+            dirs[:] = [d for d in dirs if f"{rel}/{d}".split("/", 3)[-1] not in skip and d != "__pycache__"]
+            paths += ["/" + os.path.join(rel, f) for f in files]
+    ctx.install(pkgs, sorted(paths))
+
+
+def python3(ctx: Ctx) -> dict:
+    # The interpreter and its pure-Python library; no lib-dynload: the C modules Debian
+    # does not build into the interpreter (ssl, sqlite3, ctypes, ...) are not needed by
+    # http.server, and leaving them out keeps their libraries out.
+    ctx.install(["python3.11-minimal"], ["/usr/bin/python3.11"])
+    ctx.sysroot.add_many(["libpython3.11-minimal", "libpython3.11-stdlib"])
+    skip = ("lib-dynload", "test", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo", "pydoc_data")
+    python_tree(ctx, ["libpython3.11-minimal", "libpython3.11-stdlib"], "/usr/lib/python3.11", skip)
+    os.symlink("python3.11", os.path.join(ctx.rootfs, "usr/bin/python3"))
+    ctx.mkdir("usr/lib/python3.11/lib-dynload")  # else python warns at every start
+    ctx.mkdir("srv/www")
+    ctx.write("srv/www/index.html", "<h1>python3 http.server as nobody on port 80</h1>\n")
+    return {
+        # A non-root server on a port below 1024: as under Docker, the container's
+        # namespace lets it (net.ipv4.ip_unprivileged_port_start=0).
+        "Cmd": ["/usr/bin/python3", "-m", "http.server", "80", "--directory", "/srv/www"],
+        "User": "nobody",
+        "ExposedPorts": {"80/tcp": {}},
+    }
+
+
+NGINX_CONF = """# As the Docker library image runs it: master as root, workers as an unprivileged user,
+# logs to the container's stdout/stderr, temporary files under /tmp.
+user nobody nogroup;
+worker_processes 1;
+pid /run/nginx.pid;
+error_log /dev/stderr notice;
+events { worker_connections 256; }
+http {
+    include /etc/nginx/mime.types;
+    access_log /dev/stdout;
+    client_body_temp_path /tmp/nginx-body;
+    proxy_temp_path /tmp/nginx-proxy;
+    fastcgi_temp_path /tmp/nginx-fastcgi;
+    uwsgi_temp_path /tmp/nginx-uwsgi;
+    scgi_temp_path /tmp/nginx-scgi;
+    server {
+        listen 80;
+        root /usr/share/nginx/html;
+    }
+}
+"""
+
+
+def nginx(ctx: Ctx) -> dict:
+    ctx.install(["nginx", "nginx-common"], ["/usr/sbin/nginx", "/etc/nginx/mime.types"])
+    ctx.write("etc/nginx/nginx.conf", NGINX_CONF)
+    ctx.write("usr/share/nginx/html/index.html", "<h1>Welcome to nginx (Debian's, on shoal)</h1>\n")
+    ctx.mkdir("var/log/nginx")  # opened before the configuration is read
+    return {
+        "Cmd": ["/usr/sbin/nginx", "-g", "daemon off;"],
+        "StopSignal": "SIGQUIT",  # graceful: finish the requests in flight
+        "ExposedPorts": {"80/tcp": {}},
+    }
+
+
+PG = "/usr/lib/postgresql/15"
+PG_UID, SSL_CERT_GID = 999, 101
+
+PG_ENTRYPOINT = """#!/bin/sh
+# As the Docker library image does, in busybox sh: a data directory on first start
+# (POSTGRES_PASSWORD for the postgres user, scram over TCP), then postgres itself as
+# PID 2 (the runtime's init is PID 1), so a stop's SIGINT reaches it.
+set -e
+export PGDATA="${PGDATA:-/var/lib/postgresql/data}"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    : "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+    pw=$(mktemp)
+    printf '%s\\n' "$POSTGRES_PASSWORD" > "$pw"
+    /usr/lib/postgresql/15/bin/initdb -D "$PGDATA" -U postgres --pwfile="$pw" \\
+        --locale=C --encoding=UTF8 --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    rm -f "$pw"
+    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+fi
+exec /usr/lib/postgresql/15/bin/postgres -D "$PGDATA" -c listen_addresses='*' \\
+    -c ssl=on -c ssl_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem \\
+    -c ssl_key_file=/etc/ssl/private/ssl-cert-snakeoil.key "$@"
+"""
+
+
+def snakeoil() -> tuple[str, str]:
+    """Debian's snakeoil pair (ssl-cert makes it at install time, so it is not in the
+    package): made once per machine with the host's openssl and kept in the cache, so
+    rebuilds give the same image."""
+    d = os.path.join(CACHE, "snakeoil")
+    pem, key = os.path.join(d, "ssl-cert-snakeoil.pem"), os.path.join(d, "ssl-cert-snakeoil.key")
+    if not os.path.exists(key):
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=localhost",
+             "-keyout", key + ".tmp", "-out", pem],
+            check=True, capture_output=True,
+        )
+        os.rename(key + ".tmp", key)
+    return open(pem).read(), open(key).read()
+
+
+def postgres(ctx: Ctx) -> dict:
+    bins = [f"{PG}/bin/postgres", f"{PG}/bin/initdb"]
+    # Loaded with dlopen by initdb's scripts: PL/pgSQL and the snowball dictionaries.
+    libs = [f"{PG}/lib/plpgsql.so", f"{PG}/lib/dict_snowball.so"]
+    ctx.install(["postgresql-15", "tzdata"], bins + libs + ["/usr/share/zoneinfo/Etc/UTC"])
+    python_tree(ctx, ["postgresql-15"], "/usr/share/postgresql/15", ("man",))
+    pem, key = snakeoil()
+    ctx.write("etc/ssl/certs/ssl-cert-snakeoil.pem", pem)
+    ctx.mkdir("etc/ssl/private", 0o710)
+    ctx.write("etc/ssl/private/ssl-cert-snakeoil.key", key, 0o640)
+    ctx.write("usr/local/bin/docker-entrypoint.sh", PG_ENTRYPOINT, 0o755)
+    ctx.write(
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\n"
+        f"postgres:x:{PG_UID}:{PG_UID}:PostgreSQL administrator:/var/lib/postgresql:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    # As Debian's postgresql-common makes it: postgres is in ssl-cert, which may read the key.
+    ctx.write("etc/group", f"root:x:0:\nssl-cert:x:{SSL_CERT_GID}:postgres\npostgres:x:{PG_UID}:\nnogroup:x:65534:\n")
+    ctx.mkdir("var/lib/postgresql")
+    ctx.mkdir("var/run/postgresql", 0o2775)
+    return {
+        "Entrypoint": ["/usr/local/bin/docker-entrypoint.sh"],
+        "Cmd": [],
+        "User": "postgres",
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:" + PG + "/bin",
+                "PGDATA=/var/lib/postgresql/data", "TZ=Etc/UTC"],
+        "StopSignal": "SIGINT",
+        "ExposedPorts": {"5432/tcp": {}},
+        "_owners": {
+            "var/lib/postgresql": (PG_UID, PG_UID),
+            "var/run/postgresql": (PG_UID, PG_UID),
+            "etc/ssl/private": (0, SSL_CERT_GID),
+            "etc/ssl/private/ssl-cert-snakeoil.key": (0, SSL_CERT_GID),
+        },
+    }
+
+
 IMAGES = [
     Image("demo-app-1.0", "demo/app:1.0", demo_app("1.0")),
     Image("demo-app-2.0", "demo/app:2.0", demo_app_broken("2.0")),
     Image("demo-app-3.0", "demo/app:3.0", demo_app("3.0")),
     Image("redis", "redis:latest", redis),
+    Image("python3", "demo/python3:3.11", python3),
+    Image("nginx", "nginx:1.22", nginx),
+    Image("postgres", "postgres:15", postgres, default=False),  # 61 MB, 41 s: built by its test
 ]
 
 
@@ -242,7 +397,8 @@ def main() -> None:
     todo = [
         img
         for img in IMAGES
-        if (not a.names or img.name in a.names) and (a.force or not up_to_date(os.path.join(OUT, img.name + ".tar")))
+        if (img.name in a.names or (not a.names and img.default))
+        and (a.force or not up_to_date(os.path.join(OUT, img.name + ".tar")))
     ]
     if not todo:
         log(f"up to date in {os.path.relpath(OUT)}")
@@ -260,6 +416,7 @@ def main() -> None:
             os.makedirs(rootfs)
             ctx = Ctx(rootfs, sysroot)
             config = img.recipe(ctx)
+            owners = config.pop("_owners", None)
             base(ctx, applets)  # after the recipe: its programs win over applet links
             copyrights(ctx)
             platforms.append(
@@ -269,6 +426,7 @@ def main() -> None:
                     config,
                     variant=sysroot.variant,
                     created_by=f"images/build.sh {img.name} (Debian packages: {', '.join(sorted(ctx.used))})",
+                    owners=owners,
                 )
             )
         out = os.path.join(OUT, img.name + ".tar")

@@ -69,6 +69,7 @@ class Platform:
     os: str = "linux"
     variant: str | None = None  # e.g. "v7" for arm
     created_by: str = "images/oci.py"
+    owners: dict | None = None  # path in the rootfs -> (uid, gid); everything else 0:0
 
     @property
     def descriptor_platform(self) -> dict:
@@ -82,8 +83,9 @@ class Platform:
         return "/".join(filter(None, (self.os, self.architecture, self.variant)))
 
 
-def layer_tar(rootfs: str) -> bytes:
-    """An uncompressed, deterministic tar of everything under `rootfs` (not rootfs itself)."""
+def layer_tar(rootfs: str, owners: dict | None = None) -> bytes:
+    """An uncompressed, deterministic tar of everything under `rootfs` (not rootfs itself);
+    `owners` gives some paths another owner than 0:0 (a server's data directory)."""
     paths = []
     for dirpath, dirnames, filenames in os.walk(rootfs):
         # os.walk lists symlinks to directories as directories but does not descend into
@@ -99,7 +101,7 @@ def layer_tar(rootfs: str) -> bytes:
             st = os.lstat(full)
             ti = tarfile.TarInfo(rel)
             ti.mode = stat.S_IMODE(st.st_mode)
-            ti.uid = ti.gid = 0
+            ti.uid, ti.gid = (owners or {}).get(rel, (0, 0))
             ti.uname = ti.gname = ""
             ti.mtime = 0
             if stat.S_ISLNK(st.st_mode):
@@ -137,7 +139,7 @@ class Layout:
 
     def add_platform(self, p: Platform) -> dict:
         """Layer, config and manifest of one platform; returns the manifest's descriptor."""
-        tar = layer_tar(p.rootfs)
+        tar = layer_tar(p.rootfs, p.owners)
         layer = self.add(MT_LAYER, gzip_bytes(tar))
         config = {
             "created": _created(),

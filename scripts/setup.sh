@@ -13,6 +13,8 @@ for pkg_cmd in \
     "file:file" \
     "python3:python3" \
     "patch:patch" \
+    "postgresql-client:psql" \
+    "openssl:openssl" \
     "g++:g++"; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")

@@ -171,6 +171,13 @@ async fn run(
     let (resolver, overlay_resolv_conf) = shoal_agent::net::plane::start_resolver(&network, &board_conf).await;
     let mut config = SupervisorConfig::new(data_dir.to_path_buf());
     config.overlay_resolv_conf = overlay_resolv_conf;
+    config.board_resolv_conf = board_conf.clone();
+    config.node = shoal_agent::supervisor::guest::NodeFacts {
+        id: identity.node_id.clone(),
+        hostname: description.hostname.to_string(),
+        os: description.os.to_string(),
+        arch: description.arch.to_string(),
+    };
     let network = Arc::new(network);
     let networks = shoal_agent::board_net::BoardNet::new(network.clone(), resolver);
     let supervisor = Supervisor::start(config, Arc::new(runtime), network, PortPublisher::new(), store.clone()).await?;

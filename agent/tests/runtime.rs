@@ -55,11 +55,13 @@ impl Lab {
             stop_signal: 15,
             id: id.to_owned(),
             hostname: id.replace('.', "-"),
+            addresses: vec![],
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![0],
             layers: vec![self.layer.clone()],
             network: NetworkMode::Host,
             memory_limit: None,
@@ -415,4 +417,57 @@ fn a_container_whose_shim_was_killed_is_still_stopped() {
     assert!(matches!(rt.status(&lost).unwrap(), ContainerStatus::Exited { code: 137, .. }));
     rt.delete(&lost).unwrap();
     assert!(rt.list().unwrap().is_empty());
+}
+
+/// The image's user runs with the groups Docker gives it: its primary group and the
+/// groups of the image's `/etc/group` that name it (postgres in ssl-cert, so it can
+/// read Debian's snakeoil key, root:ssl-cert 0640).
+#[test]
+#[ignore = "needs root"]
+fn the_images_user_runs_with_its_supplementary_groups() {
+    let lab = Lab::new("groups");
+    std::fs::create_dir_all(lab.layer.join("etc/private")).unwrap();
+    std::fs::write(lab.layer.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\npostgres:x:100:102::/:/bin/sh\n").unwrap();
+    std::fs::write(lab.layer.join("etc/group"), "root:x:0:\nssl-cert:x:101:postgres\npostgres:x:102:\n").unwrap();
+    let key = lab.layer.join("etc/private/key");
+    std::fs::write(&key, "secret\n").unwrap();
+    std::os::unix::fs::chown(&key, Some(0), Some(101)).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let rt = lab.runtime();
+    for (user, groups, reads) in [("postgres", "101 102", true), ("postgres:postgres", "102", false), ("", "0", true)] {
+        let c = id("groups");
+        let who = shoal_agent::runtime::user::resolve_in_layers(user, std::slice::from_ref(&lab.layer)).unwrap();
+        let script = "grep Groups: /proc/self/status; cat /etc/private/key";
+        let config = ContainerConfig {
+            uid: who.uid,
+            gid: who.gid,
+            additional_gids: who.groups,
+            ..lab.config(&c, &["sh", "-c", script])
+        };
+        rt.create(&config).unwrap();
+        rt.start(&c).unwrap();
+        let code = wait_exit(&rt, &c, Duration::from_secs(10));
+        let log = lab.log(&c);
+        assert!(log.contains(&format!(" stdout Groups:\t{groups}")), "{user:?}: {log}");
+        assert_eq!(code == 0 && log.contains(" stdout secret"), reads, "{user:?}: {log}");
+        rt.delete(&c).unwrap();
+    }
+}
+
+/// Docker's working directory and umask: a `WorkingDir` the image lacks is made (root's,
+/// 0755) instead of failing the start, and the process runs with umask 0022 whatever
+/// the agent's.
+#[test]
+#[ignore = "needs root"]
+fn a_missing_working_dir_is_made_and_the_umask_is_dockers() {
+    let lab = Lab::new("cwd");
+    let rt = lab.runtime();
+    let c = id("cwd");
+    let config = ContainerConfig { cwd: "/srv/new/dir".into(), ..lab.config(&c, &["sh", "-c", "pwd; umask"]) };
+    rt.create(&config).unwrap();
+    rt.start(&c).unwrap();
+    assert_eq!(wait_exit(&rt, &c, Duration::from_secs(10)), 0, "{}", lab.log(&c));
+    let log = lab.log(&c);
+    assert!(log.contains(" stdout /srv/new/dir") && log.contains(" stdout 0022"), "{log}");
+    assert!(!lab.layer.join("srv").exists(), "made in the container's own layer, not the image's");
 }

@@ -43,6 +43,7 @@ fn assignment(service: &str, slot: u32, id: u8, args: &[&str], ports: &[PortConf
         desired_state: TaskState::Running,
         hosts: BoundedVec::new(),
         networks: BoundedVec::new(),
+        service_id: None,
     }
 }
 

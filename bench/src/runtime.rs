@@ -36,6 +36,8 @@ fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
         cwd: "/".into(),
         uid: 0,
         gid: 0,
+        additional_gids: vec![],
+        addresses: vec![],
         layers: vec![layer.to_owned()],
         network: NetworkMode::Host,
         memory_limit: None,

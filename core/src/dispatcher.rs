@@ -33,6 +33,7 @@ pub fn assignment(t: &Task, service_name: &ServiceName, networks: &[Network]) ->
         desired_state: t.desired_state,
         hosts: BoundedVec::new(),
         networks: crate::netview::attachments(networks, t),
+        service_id: Some(t.service_id.clone()),
     }
 }
 

@@ -47,6 +47,7 @@ fn main() {
         desired_state: TaskState::Running,
         hosts: BoundedVec::new(),
         networks: BoundedVec::new(),
+        service_id: None,
     };
     let report = TaskReport { task_id: task_id.clone(), status: status.clone() };
 

@@ -47,6 +47,10 @@ pub struct Assignment {
     /// still loads.)
     #[serde(default)]
     pub networks: BoundedVec<crate::networks::AttachmentConfig, { crate::services::MAX_NETWORKS }>,
+    /// Its service's ID, for `{{.Service.ID}}` in templates. (Defaulted: a `tasks.json`
+    /// from before it still loads; its templates then expand it to nothing.)
+    #[serde(default)]
+    pub service_id: Option<crate::services::ServiceId>,
 }
 
 /// A change of one task's observed status, from its node.

@@ -210,7 +210,15 @@ pub struct ServiceSpec {
     /// The signal that asks its containers to stop (`--stop-signal`); `None`: the
     /// image's `StopSignal`, else SIGTERM.
     pub stop_signal: Option<Text<16>>,
+    /// The containers' hostname (`--hostname`), Swarm's placeholders allowed (see
+    /// [`crate::template`]); `None`: the task ID's first 12 characters. (Defaulted: a
+    /// spec saved before it still loads from JSON.)
+    #[serde(default)]
+    pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
 }
+
+/// Longest `--hostname` template; expanded, a hostname has at most 63 bytes.
+pub const MAX_HOSTNAME_TEMPLATE: usize = 128;
 
 /// The signals a stop may send: those a container's init forwards to its command.
 /// Linux numbering on x86 and ARM, the architectures boards run.
@@ -252,6 +260,7 @@ impl ServiceSpec {
             rollback_config: UpdateConfig::default(),
             seccomp: Seccomp::Default,
             stop_signal: None,
+            hostname: None,
         }
     }
 
@@ -306,6 +315,12 @@ impl ServiceSpec {
         }
         if let Some(signal) = &self.stop_signal {
             parse_stop_signal(signal)?;
+        }
+        if let Some(hostname) = &self.hostname {
+            crate::template::check(hostname).map_err(|e| SpecError::Invalid(format!("--hostname: {e}")))?;
+        }
+        for env in &self.env {
+            crate::template::check(env).map_err(|e| SpecError::Invalid(format!("--env: {e}")))?;
         }
         let durations = [
             ("--stop-grace-period", self.stop_grace_period_ms, MAX_STOP_GRACE_MS),
@@ -374,6 +389,7 @@ impl ServiceSpec {
             placement: Placement { constraints: self.constraints.clone(), platforms: self.platforms.clone() },
             seccomp: self.seccomp.clone(),
             stop_signal: self.stop_signal.clone(),
+            hostname: self.hostname.clone(),
         }
     }
 }
@@ -951,6 +967,9 @@ pub struct TaskSpec {
     /// agent's `tasks.json` from before it still loads.)
     #[serde(default)]
     pub stop_signal: Option<Text<16>>,
+    /// The hostname template (see [`ServiceSpec::hostname`]). (Defaulted likewise.)
+    #[serde(default)]
+    pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
 }
 
 /// Placement rules of a task.

@@ -720,10 +720,12 @@ pub fn parse_table(text: &str, headers: &[&str]) -> Vec<std::collections::HashMa
 }
 
 /// The lab's OCI archive `name` (e.g. `redis.tar`), built by `images/build.sh` when
-/// missing or stale (fast when up to date).
+/// missing or stale (fast when up to date). Named, so images outside the default set
+/// (`postgres.tar`) are built by the tests that use them.
 pub fn lab_image(name: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(repo.join("images/build.sh")).status().expect("images/build.sh");
+    let stem = name.strip_suffix(".tar").unwrap_or(name);
+    let status = Command::new(repo.join("images/build.sh")).arg(stem).status().expect("images/build.sh");
     assert!(status.success(), "images/build.sh failed");
     let path = repo.join("out/images").join(name);
     assert!(path.exists(), "{} was not built", path.display());

@@ -17,6 +17,8 @@ pub struct Overrides {
     pub env: Vec<String>,
     /// Hostname inside the container.
     pub hostname: String,
+    /// The container's own addresses (its `/etc/hosts` names it at each).
+    pub addresses: Vec<std::net::IpAddr>,
     /// Network namespace.
     pub network: Option<NetworkMode>,
     /// Memory limit in bytes.
@@ -32,6 +34,9 @@ pub struct Overrides {
     /// `--stop-signal`, as the operator typed it.
     pub stop_signal: Option<String>,
 }
+
+/// Docker's `PATH` for an image that sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Builds the container configuration for `id`.
 pub fn container_config(
@@ -50,25 +55,29 @@ pub fn container_config(
     if args.is_empty() {
         return Err(RuntimeError::Spec("the image has no command and none was given".into()));
     }
-    let mut env: Vec<String> = run.env.clone().unwrap_or_default();
-    for entry in &o.env {
+    let hostname = if o.hostname.is_empty() { id.chars().take(63).collect() } else { o.hostname.clone() };
+    // Docker's order: its defaults (PATH, HOSTNAME), replaced or followed by the image's
+    // entries, then the task's; a key keeps its first place.
+    let mut env = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}")];
+    for entry in run.env.iter().flatten().chain(&o.env) {
         let key = entry.split('=').next().unwrap_or(entry);
-        env.retain(|e| e.split('=').next() != Some(key));
-        env.push(entry.clone());
+        match env.iter_mut().find(|e| e.split('=').next() == Some(key)) {
+            Some(e) => e.clone_from(entry),
+            None => env.push(entry.clone()),
+        }
     }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
-    let (uid, gid) = user_ids(run.user.as_deref().unwrap_or(""), &layers)?;
+    let user = super::user::resolve_in_layers(run.user.as_deref().unwrap_or(""), &layers)?;
     let stop_signal = stop_signal(o.stop_signal.as_deref(), run.stop_signal.as_deref())?;
     Ok(ContainerConfig {
         id: id.to_owned(),
-        hostname: if o.hostname.is_empty() { id.chars().take(63).collect() } else { o.hostname.clone() },
+        hostname,
+        addresses: o.addresses.clone(),
         args,
         env,
         cwd: run.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
-        uid,
-        gid,
+        uid: user.uid,
+        gid: user.gid,
+        additional_gids: user.groups,
         layers,
         network: o.network.clone().unwrap_or(NetworkMode::Host),
         memory_limit: o.memory_limit,
@@ -90,38 +99,6 @@ fn stop_signal(asked: Option<&str>, image: Option<&str>) -> Result<i32, RuntimeE
         return parse_stop_signal(s).map_err(|e| RuntimeError::Spec(e.to_string()));
     }
     Ok(image.and_then(|s| parse_stop_signal(s).ok()).unwrap_or(15))
-}
-
-/// `""`, `uid`, `uid:gid`, `name` or `name:group`, names looked up in the image's
-/// `/etc/passwd` and `/etc/group` (topmost layer first).
-fn user_ids(user: &str, layers: &[PathBuf]) -> Result<(u32, u32), RuntimeError> {
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
-    let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
-    let find = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = layers.iter().find_map(|l| std::fs::read_to_string(l.join(file)).ok())?;
-        text.lines().find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.first() == Some(&name))
-                .then(|| Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0))))?
-        })
-    };
-    let (uid, primary_gid) = match u.parse::<u32>() {
-        Ok(n) => (n, find("etc/passwd", u).map_or(n, |(_, g)| g)),
-        Err(_) => find("etc/passwd", u)
-            .ok_or_else(|| RuntimeError::Spec(format!("user {u:?} is not in the image's /etc/passwd")))?,
-    };
-    let gid = match g {
-        None => primary_gid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => find("etc/group", g)
-                .map(|(gid, _)| gid)
-                .ok_or_else(|| RuntimeError::Spec(format!("group {g:?} is not in the image's /etc/group")))?,
-        },
-    };
-    Ok((uid, gid))
 }
 
 #[cfg(test)]
@@ -159,7 +136,14 @@ mod tests {
         let img = image(None, &["x"], &["PATH=/bin", "MODE=prod"]);
         let o = Overrides { env: vec!["MODE=test".into(), "EXTRA=1".into()], ..Default::default() };
         let c = container_config("a", &img, vec![], &o).unwrap();
-        assert_eq!(c.env, ["PATH=/bin", "MODE=test", "EXTRA=1"]);
+        assert_eq!(c.env, ["PATH=/bin", "HOSTNAME=a", "MODE=test", "EXTRA=1"]);
+        // Without a PATH of its own, an image gets Docker's; HOSTNAME can be overridden.
+        let img = image(None, &["x"], &["MODE=prod"]);
+        let o = Overrides { env: vec!["HOSTNAME=mine".into()], hostname: "web-2".into(), ..Default::default() };
+        let c = container_config("a", &img, vec![], &o).unwrap();
+        assert_eq!(c.env, [format!("PATH={DEFAULT_PATH}").as_str(), "HOSTNAME=mine", "MODE=prod"]);
+        let c = container_config("a", &img, vec![], &Overrides { hostname: "web-2".into(), ..Default::default() });
+        assert_eq!(c.unwrap().env[1], "HOSTNAME=web-2");
     }
 
     #[test]
@@ -169,18 +153,18 @@ mod tests {
     }
 
     #[test]
-    fn users_are_numeric_or_looked_up_in_the_image() {
+    fn the_images_user_brings_its_groups() {
         let dir = std::env::temp_dir().join(format!("shoal-user-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nredis:x:100:101::/data:/bin/false\n")
             .unwrap();
-        std::fs::write(dir.join("etc/group"), "root:x:0:\nredis:x:101:\nstaff:x:50:\n").unwrap();
-        let layers = vec![dir.clone()];
-        assert_eq!(user_ids("", &layers).unwrap(), (0, 0));
-        assert_eq!(user_ids("1000:1000", &layers).unwrap(), (1000, 1000));
-        assert_eq!(user_ids("redis", &layers).unwrap(), (100, 101));
-        assert_eq!(user_ids("redis:staff", &layers).unwrap(), (100, 50));
-        assert!(user_ids("nobody", &layers).is_err());
+        std::fs::write(dir.join("etc/group"), "root:x:0:\nredis:x:101:\nstaff:x:50:redis\n").unwrap();
+        let mut img = image(None, &["x"], &[]);
+        img.config.as_mut().unwrap().user = Some("redis".into());
+        let c = container_config("a", &img, vec![dir.clone()], &Overrides::default()).unwrap();
+        assert_eq!((c.uid, c.gid, c.additional_gids), (100, 101, vec![101, 50]));
+        img.config.as_mut().unwrap().user = Some("nobody".into());
+        assert!(container_config("a", &img, vec![dir.clone()], &Overrides::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -129,7 +129,8 @@ impl LibcontainerRuntime {
         }
         let oci = spec::build(config, bundle, device_cgroup_enforced())?;
         oci.save(bundle.config()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
-        self.mount_rootfs(config, bundle)
+        self.mount_rootfs(config, bundle)?;
+        make_working_dir(&bundle.rootfs(), &config.cwd)
     }
 
     fn wait_for_exit(&self, bundle: &Bundle, timeout: Duration) -> Option<i32> {
@@ -202,6 +203,35 @@ fn state_name(s: ContainerStatus) -> &'static str {
         ContainerStatus::Exited { .. } => "exited",
         ContainerStatus::Lost => "lost",
     }
+}
+
+/// Creates the working directory in `rootfs` when the image lacks it, as Docker does
+/// (root-owned, 0755, in the container's own layer); libcontainer would fail the start
+/// at its `chdir`. The image is hostile: no symlink on the way is followed (it could
+/// lead out of the rootfs onto the board), and where one is, nothing more is made; the
+/// container's own `chdir` then resolves it inside the container.
+pub fn make_working_dir(rootfs: &std::path::Path, cwd: &str) -> Result<(), RuntimeError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    let context = || format!("creating the working directory {cwd}");
+    let mut dir = rustix::fs::open(rootfs, flags, Mode::empty()).map_err(|e| RuntimeError::io(context())(e.into()))?;
+    for part in cwd.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Ok(());
+        }
+        dir = match rustix::fs::openat(&dir, part, flags, Mode::empty()) {
+            Ok(next) => next,
+            Err(rustix::io::Errno::NOENT) => {
+                rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755))
+                    .map_err(|e| RuntimeError::io(context())(e.into()))?;
+                rustix::fs::openat(&dir, part, flags, Mode::empty())
+                    .map_err(|e| RuntimeError::io(context())(e.into()))?
+            }
+            // A symlink (ELOOP) or a file (ENOTDIR): not ours to resolve.
+            Err(_) => return Ok(()),
+        };
+    }
+    Ok(())
 }
 
 impl Runtime for LibcontainerRuntime {
@@ -347,5 +377,32 @@ impl Runtime for LibcontainerRuntime {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_working_dir_is_made_without_following_symlinks() {
+        let dir = std::env::temp_dir().join(format!("shoal-cwd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (rootfs, outside) = (dir.join("rootfs"), dir.join("outside"));
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        make_working_dir(&rootfs, "/srv/app/./data").unwrap();
+        let meta = std::fs::metadata(rootfs.join("srv/app/data")).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o755);
+        make_working_dir(&rootfs, "/").unwrap();
+        make_working_dir(&rootfs, "/srv/app").unwrap();
+        // A symlink in the image, pointing at the board: nothing is made through it.
+        std::os::unix::fs::symlink(&outside, rootfs.join("data")).unwrap();
+        make_working_dir(&rootfs, "/data/x/y").unwrap();
+        assert!(!outside.join("x").exists());
+        make_working_dir(&rootfs, "/../escape").unwrap();
+        assert!(!dir.join("escape").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod user;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub struct ContainerConfig {
     pub id: String,
     /// Hostname inside the container.
     pub hostname: String,
+    /// The container's own addresses: `/etc/hosts` names the hostname at each (at
+    /// `127.0.1.1` when it has none of its own, on the host's network).
+    pub addresses: Vec<std::net::IpAddr>,
     /// The process: executable and arguments.
     pub args: Vec<String>,
     /// `KEY=VALUE` environment.
@@ -39,6 +43,9 @@ pub struct ContainerConfig {
     pub uid: u32,
     /// Group ID.
     pub gid: u32,
+    /// Supplementary groups, the primary one first, as Docker sets them (see
+    /// [`user`]).
+    pub additional_gids: Vec<u32>,
     /// Read-only layer directories stacked with overlayfs, topmost first. The container
     /// writes to its own upper directory; the layers are shared, never copied.
     pub layers: Vec<PathBuf>,

@@ -101,7 +101,8 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
         "root": {"path": bundle.rootfs(), "readonly": false},
         "process": {
             "terminal": false,
-            "user": {"uid": config.uid, "gid": config.gid},
+            // Docker's umask (runc's default), whatever the agent was started with.
+            "user": {"uid": config.uid, "gid": config.gid, "additionalGids": config.additional_gids, "umask": 0o022},
             "args": config.args,
             "env": config.env,
             "cwd": config.cwd,
@@ -141,10 +142,20 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
     serde_json::from_value(spec).map_err(|e| RuntimeError::Spec(e.to_string()))
 }
 
-/// `/etc/hosts` of a container.
+/// `/etc/hosts` of a container, as Docker writes it: localhost and the IPv6 names, the
+/// container's hostname at each of its own addresses, then the names of its networks.
 pub fn hosts_file(config: &ContainerConfig) -> String {
-    let mut text =
-        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", config.hostname);
+    let mut text = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if config.addresses.is_empty() {
+        // On the host's network: Debian's convention for the machine's own name.
+        text.push_str(&format!("127.0.1.1\t{}\n", config.hostname));
+    }
+    for ip in &config.addresses {
+        text.push_str(&format!("{ip}\t{}\n", config.hostname));
+    }
     for line in &config.hosts {
         text.push_str(line);
         text.push('\n');
@@ -161,11 +172,13 @@ mod tests {
             stop_signal: 15,
             id: "web.1".into(),
             hostname: "web-1".into(),
+            addresses: vec![],
             args: vec!["/bin/httpd".into(), "-f".into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![0],
             layers: vec![],
             network: NetworkMode::Host,
             memory_limit: Some(64 << 20),
@@ -198,6 +211,7 @@ mod tests {
         let spec = build(&config(), &bundle, true).unwrap();
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.user().umask(), Some(0o022));
         let caps = process.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         let linux = spec.linux().as_ref().unwrap();
@@ -249,5 +263,11 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains("/run/shoal/netns/web.1"));
         assert!(hosts_file(&c).contains("10.0.0.5\tdatabase"));
+        assert!(hosts_file(&c).contains("127.0.1.1\tweb-1\n"));
+        c.addresses = vec!["10.88.0.7".parse().unwrap(), "10.0.1.3".parse().unwrap()];
+        let hosts = hosts_file(&c);
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"), "{hosts}");
+        assert!(hosts.contains("ff02::2\tip6-allrouters\n10.88.0.7\tweb-1\n10.0.1.3\tweb-1\n"), "{hosts}");
+        assert!(!hosts.contains("127.0.1.1"), "{hosts}");
     }
 }

@@ -19,7 +19,7 @@ use shoal_proto::{PortConfig, Protocol, PublishMode, TaskId};
 use tracing::{debug, warn};
 
 use super::core::book::{host_network, NetworkAttachment};
-use super::core::{self, Container};
+use super::core::Container;
 use crate::images::{ImageStore, StoreError};
 use crate::net::{NetError, PortPublisher, Published, Sandbox, Sandboxes};
 use crate::runtime::from_image::{container_config, Overrides};
@@ -164,6 +164,11 @@ pub(crate) struct Exec<N> {
     bridge_ready: AtomicBool,
     /// `/etc/resolv.conf` of containers with overlay attachments.
     overlay_resolv_conf: Option<String>,
+    /// `/etc/resolv.conf` of containers on the bridge only, and on the host's network.
+    bridge_resolv_conf: String,
+    host_resolv_conf: String,
+    /// What `{{.Node.…}}` placeholders stand for.
+    node: super::guest::NodeFacts,
 }
 
 /// What the runtime's answer says of a container.
@@ -193,7 +198,19 @@ impl<N: Sandboxes + 'static> Exec<N> {
             disk,
             bridge_ready: AtomicBool::new(false),
             overlay_resolv_conf: None,
+            bridge_resolv_conf: super::guest::bridge_resolv_conf(""),
+            host_resolv_conf: String::new(),
+            node: super::guest::NodeFacts::default(),
         }
+    }
+
+    /// Gives placeholders the node's facts, and containers without overlays a
+    /// `resolv.conf` made from the board's (`board_conf`), as Docker does.
+    pub(crate) fn with_guest(mut self, node: super::guest::NodeFacts, board_conf: &str) -> Self {
+        self.node = node;
+        self.bridge_resolv_conf = super::guest::bridge_resolv_conf(board_conf);
+        self.host_resolv_conf = super::guest::host_resolv_conf(board_conf);
+        self
     }
 
     /// Gives containers with overlay attachments `resolv_conf` as `/etc/resolv.conf`.
@@ -336,11 +353,28 @@ impl<N: Sandboxes + 'static> Exec<N> {
                 }
             }
         };
+        let guest = super::guest::hostname(a, &self.node)
+            .and_then(|h| Ok((h, super::guest::env(a, &self.node)?)))
+            .map_err(|e| ExecError::Spec(RuntimeError::Spec(e.to_string())));
+        let (hostname, env) = match guest {
+            Ok(x) => x,
+            Err(e) => {
+                drop(ports);
+                if sandbox.is_some() {
+                    let _ = self.network.remove_sandbox(cid).await;
+                }
+                return Err(e);
+            }
+        };
+        // The container's own addresses, for its /etc/hosts line(s), as Docker writes them.
+        let mut addresses: Vec<std::net::IpAddr> = sandbox.iter().map(|s| IpAddr::V4(s.ip)).collect();
+        addresses.extend(attachments.iter().map(|n| IpAddr::V4(n.address)));
         let overrides = Overrides {
             stop_signal: a.spec.stop_signal.as_ref().map(|s| s.to_string()),
             args: a.spec.args.iter().map(|s| s.to_string()).collect(),
-            env: a.spec.env.iter().map(|s| s.to_string()).collect(),
-            hostname: core::hostname(&a.service_name, a.slot, a.task_id.as_str()),
+            env,
+            hostname,
+            addresses,
             network: Some(match &sandbox {
                 Some(s) => NetworkMode::Namespace(s.netns_path.clone()),
                 None => NetworkMode::Host,
@@ -350,11 +384,14 @@ impl<N: Sandboxes + 'static> Exec<N> {
             hosts: a.hosts.iter().map(|h| h.to_string()).collect(),
             // Only containers on overlay networks need the board's resolver; the others
             // stay exactly as they were before overlays existed.
-            resolv_conf: if attachments.is_empty() || sandbox.is_none() {
-                None
-            } else {
-                self.overlay_resolv_conf.clone()
-            },
+            // Every container gets one, as under Docker: the board's resolver on overlays,
+            // the board's reachable nameservers on the bridge, the board's own file on
+            // the host's network.
+            resolv_conf: Some(match (&sandbox, attachments.is_empty(), &self.overlay_resolv_conf) {
+                (None, _, _) => self.host_resolv_conf.clone(),
+                (Some(_), false, Some(overlay)) => overlay.clone(),
+                (Some(_), _, _) => self.bridge_resolv_conf.clone(),
+            }),
             seccomp: match &a.spec.seccomp {
                 Seccomp::Default => SeccompPolicy::Default,
                 Seccomp::Unconfined => SeccompPolicy::Unconfined,

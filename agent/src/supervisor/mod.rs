@@ -31,6 +31,7 @@
 
 pub mod core;
 pub mod exec;
+pub mod guest;
 pub mod persist;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,11 @@ pub struct SupervisorConfig {
     /// on the bridge gateway, see `net::dns::container_resolv_conf`); `None` leaves
     /// theirs as the image has it. Containers on the bridge only never get one.
     pub overlay_resolv_conf: Option<String>,
+    /// The board's own `/etc/resolv.conf`, from which the other containers' are made
+    /// (see [`guest`]).
+    pub board_resolv_conf: String,
+    /// What `{{.Node.…}}` placeholders stand for.
+    pub node: guest::NodeFacts,
 }
 
 impl SupervisorConfig {
@@ -74,6 +80,8 @@ impl SupervisorConfig {
             poll: Duration::from_millis(250),
             image_wait: Duration::from_millis(core::IMAGE_WAIT_MS),
             overlay_resolv_conf: None,
+            board_resolv_conf: String::new(),
+            node: guest::NodeFacts::default(),
         }
     }
 }
@@ -147,7 +155,8 @@ impl Supervisor {
         let mut worker = Worker {
             exec: Arc::new(
                 Exec::new(runtime, network, publisher, images, disk.clone())
-                    .with_resolv_conf(config.overlay_resolv_conf.clone()),
+                    .with_resolv_conf(config.overlay_resolv_conf.clone())
+                    .with_guest(config.node.clone(), &config.board_resolv_conf),
             ),
             image_wait_ms: config.image_wait.as_millis() as u64,
             file: TaskFile::new(&config.data_dir),
@@ -469,6 +478,7 @@ mod tests {
             desired_state: desired,
             hosts: BoundedVec::new(),
             networks: BoundedVec::new(),
+            service_id: None,
         }
     }
 
@@ -477,11 +487,13 @@ mod tests {
             stop_signal: 15,
             id: "old.1.x".into(),
             hostname: "old".into(),
+            addresses: vec![],
             args: vec!["true".into()],
             env: vec![],
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![0],
             layers: vec![],
             network: NetworkMode::Host,
             memory_limit: None,

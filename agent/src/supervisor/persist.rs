@@ -148,6 +148,7 @@ mod tests {
             desired_state: TaskState::Running,
             hosts: BoundedVec::new(),
             networks: BoundedVec::new(),
+            service_id: None,
         }
     }
 

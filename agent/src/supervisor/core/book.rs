@@ -542,6 +542,7 @@ mod tests {
             desired_state: desired,
             hosts: BoundedVec::new(),
             networks: BoundedVec::new(),
+            service_id: None,
         }
     }
 

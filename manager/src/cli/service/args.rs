@@ -76,6 +76,8 @@ pub struct CreateArgs {
     pub policy: UpdatePolicyArgs,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
@@ -130,6 +132,8 @@ pub struct UpdateArgs {
     pub policy: UpdatePolicyArgs,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub container: ContainerArgs,
     /// Go back to the previous spec.
     #[arg(long)]
     pub rollback: bool,
@@ -299,6 +303,7 @@ impl CreateArgs {
         SecurityOpt::apply_all(&self.security_opt, &mut spec)?;
         self.policy.apply(&mut spec);
         self.stop.apply(&mut spec)?;
+        self.container.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -396,6 +401,7 @@ impl UpdateArgs {
         SecurityOpt::apply_all(&self.security_opt, spec)?;
         self.policy.apply(spec);
         self.stop.apply(spec)?;
+        self.container.apply(spec)?;
         spec.validate()?;
         Ok(())
     }
@@ -500,6 +506,34 @@ impl StopArgs {
         }
         Ok(())
     }
+}
+
+/// `--hostname`, on create and update.
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct ContainerArgs {
+    /// Container hostname; Swarm's placeholders allowed, e.g. `{{.Service.Name}}-{{.Task.Slot}}`
+    /// [default: the task ID's first 12 characters].
+    #[arg(long, value_parser = parse_hostname_arg)]
+    pub hostname: Option<String>,
+}
+
+impl ContainerArgs {
+    /// Sets the spec's hostname when given (`--hostname ""` goes back to the default).
+    pub fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        if let Some(h) = &self.hostname {
+            spec.hostname = if h.is_empty() { None } else { Some(text(h)?) };
+        }
+        Ok(())
+    }
+}
+
+/// Checks a `--hostname` value: its placeholders, and its length when it has none.
+fn parse_hostname_arg(s: &str) -> Result<String, String> {
+    shoal_proto::template::check(s).map_err(|e| e.to_string())?;
+    if !shoal_proto::template::is_template(s) && s.len() > 63 {
+        return Err(format!("hostname {s:?} is {} bytes: a hostname has at most 63", s.len()));
+    }
+    Ok(s.to_owned())
 }
 
 /// Checks a `--stop-signal` value, keeping it as typed (Docker shows it so).

@@ -278,6 +278,7 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
                     "Env": spec.env.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                     "StopGracePeriod": spec.stop_grace_period_ms * 1_000_000,
                     "StopSignal": spec.stop_signal.as_deref(),
+                    "Hostname": spec.hostname.as_deref(),
                     "Privileges": { "NoNewPrivileges": true, "Seccomp": seccomp_json(&spec.seccomp) },
                 },
                 "Resources": {

@@ -682,3 +682,38 @@ fn stop_signals_are_taken_as_docker_takes_them_and_refused_when_not_forwardable(
     assert!(fine.is_ok());
     assert!(parsed.is_err());
 }
+
+#[test]
+fn hostname_takes_swarms_placeholders_and_a_bad_one_is_refused_at_create() {
+    let ServiceCommand::Create(c) =
+        parse(&["create", "--name", "db", "--hostname", "{{.Service.Name}}-{{.Task.Slot}}", "postgres"])
+    else {
+        panic!()
+    };
+    let spec = c.spec().unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("{{.Service.Name}}-{{.Task.Slot}}"));
+    assert_eq!(spec.task_spec().hostname, spec.hostname, "tasks carry the template");
+    let mut v = view(1, 1);
+    v.service.spec = spec.clone();
+    let shown = super::output::json(&v);
+    assert_eq!(shown["Spec"]["TaskTemplate"]["ContainerSpec"]["Hostname"], "{{.Service.Name}}-{{.Task.Slot}}");
+    // Refused by the CLI's parser, and by the spec's check the manager runs too.
+    let bad = Cli::try_parse_from(["s", "create", "--name", "x", "--hostname", "{{.Task.Nmae}}", "redis"]);
+    let e = bad.unwrap_err().to_string();
+    assert!(e.contains("unknown placeholder {{.Task.Nmae}}: use {{.Service.ID}}"), "{e}");
+    let long = "x".repeat(64);
+    assert!(Cli::try_parse_from(["s", "create", "--name", "x", "--hostname", &long, "redis"]).is_err());
+    let ServiceCommand::Create(c) = parse(&["create", "--name", "db", "-e", "SLOT={{.Task.Slott}}", "postgres"]) else {
+        panic!()
+    };
+    let e = c.spec().unwrap_err().to_string();
+    assert!(e.contains("--env: template \"SLOT={{.Task.Slott}}\": unknown placeholder"), "{e}");
+    // Update sets it, and `--hostname ""` goes back to the default.
+    let mut spec = spec;
+    let ServiceCommand::Update(u) = parse(&["update", "--hostname", "pg-{{.Node.Hostname}}", "db"]) else { panic!() };
+    u.apply(&mut spec).unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("pg-{{.Node.Hostname}}"));
+    let ServiceCommand::Update(u) = parse(&["update", "--hostname", "", "db"]) else { panic!() };
+    u.apply(&mut spec).unwrap();
+    assert_eq!(spec.hostname, None);
+}
