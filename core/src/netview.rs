@@ -116,6 +116,7 @@ pub fn node_view(
                 services: services.try_into().unwrap_or_default(),
                 tasks: named.try_into().unwrap_or_default(),
                 truncated,
+                keys: None,
             }
         })
         .collect()

@@ -339,6 +339,37 @@ pub struct NetworkView {
     pub tasks: BoundedVec<TaskEntry, MAX_NAMED_TASKS>,
     /// Some list was cut at its bound.
     pub truncated: bool,
+    /// An encrypted network's keys (only in the views of boards where it is present;
+    /// never in `network inspect`, and redacted in Debug output).
+    #[serde(default)]
+    pub keys: Option<OverlayKeys>,
+}
+
+/// An encrypted network's keys. Boards accept packets under both and send under `send`;
+/// a rotation goes `{send: old}` → `{send: old, accept: new}` → `{send: new, accept: old}`
+/// → `{send: new}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayKeys {
+    /// The key boards send with (and accept).
+    pub send: OverlayKey,
+    /// Another key boards accept during a rotation.
+    pub accept: Option<OverlayKey>,
+}
+
+/// One secret of an encrypted network: boards derive each SA's key, salt and SPI from
+/// it. Its Debug output shows the ID only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayKey {
+    /// Which key (new per rotation).
+    pub id: u32,
+    /// 32 random bytes.
+    pub secret: [u8; 32],
+}
+
+impl fmt::Debug for OverlayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverlayKey").field("id", &self.id).field("secret", &"<redacted>").finish()
+    }
 }
 
 /// A task on another board: its overlay address and where to tunnel to.
@@ -530,6 +561,10 @@ mod tests {
                 .try_into()
                 .unwrap(),
             truncated: true,
+            keys: Some(OverlayKeys {
+                send: OverlayKey { id: u32::MAX, secret: [0xff; 32] },
+                accept: Some(OverlayKey { id: u32::MAX, secret: [0xff; 32] }),
+            }),
         };
         let chunk = crate::ManagerMessage::Networks(NodeNetworks {
             more: true,
@@ -537,6 +572,13 @@ mod tests {
         });
         let size = postcard::to_allocvec(&chunk).unwrap().len();
         assert!(size < crate::MAX_FRAME_LEN / 2, "{size} bytes");
+    }
+
+    #[test]
+    fn overlay_keys_are_redacted_in_debug_output() {
+        let keys = OverlayKeys { send: OverlayKey { id: 7, secret: [0xab; 32] }, accept: None };
+        let text = format!("{keys:?}");
+        assert!(text.contains("id: 7") && text.contains("<redacted>") && !text.contains("171"), "{text}");
     }
 
     #[test]
