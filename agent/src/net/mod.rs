@@ -40,6 +40,7 @@ pub mod overlay;
 pub mod plane;
 pub mod publish;
 pub mod subnet;
+pub mod xfrm;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
