@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::net::dns::Resolver;
 use crate::net::plane::{Attachment, BoardNetworks, BoardSide, NetworkDef, NetworkPlane, ServiceNames, TaskName};
+use crate::net::xfrm::{EspKey, NetworkKeys};
 use crate::net::{Network, Subnet};
 
 /// The underlay MTU assumed for overlays (Ethernet's).
@@ -96,8 +97,17 @@ pub fn desired(views: &[NetworkView], local: &BTreeMap<TaskId, LocalTask>) -> Bo
         for (vip, backends) in v.vip_backends() {
             d.vips.entry(vip).or_insert_with(BTreeSet::new).extend(backends);
         }
+        if let (true, Some(keys)) = (v.encrypted, &v.keys) {
+            d.keys.insert(id.clone(), network_keys(keys));
+        }
     }
     d
+}
+
+/// An encrypted network's keys as the plane takes them.
+fn network_keys(k: &shoal_proto::networks::OverlayKeys) -> NetworkKeys {
+    let key = |k: &shoal_proto::networks::OverlayKey| EspKey { id: k.id, secret: k.secret };
+    NetworkKeys { send: key(&k.send), accept: k.accept.as_ref().map(key) }
 }
 
 /// What [`BoardNet`] remembers between messages.
@@ -225,6 +235,7 @@ mod tests {
             services: Default::default(),
             tasks: Default::default(),
             truncated: false,
+            keys: None,
         };
         let _ =
             view.peers.push(Peer { address: Ipv4Addr::new(10, 0, 1, 3), underlay: "192.168.1.12".parse().unwrap() });
@@ -248,5 +259,32 @@ mod tests {
         assert_eq!(d.names.len(), 1);
         assert_eq!(d.names[0].tasks[0].name, "db.1.y");
         assert_eq!(d.attachments.len(), 1);
+        assert!(d.keys.is_empty());
+    }
+
+    #[test]
+    fn an_encrypted_networks_keys_reach_the_plane() {
+        let id = NetworkId::from_random([3; 16]);
+        let key = |id: u32, b: u8| shoal_proto::networks::OverlayKey { id, secret: [b; 32] };
+        let view = NetworkView {
+            id: id.clone(),
+            name: shoal_proto::text("secure").unwrap(),
+            vni: 4097,
+            subnet: net_subnet(1),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            encrypted: true,
+            peers: Default::default(),
+            services: Default::default(),
+            tasks: Default::default(),
+            truncated: false,
+            keys: Some(shoal_proto::networks::OverlayKeys { send: key(2, 2), accept: Some(key(1, 1)) }),
+        };
+        let d = desired(std::slice::from_ref(&view), &BTreeMap::new());
+        let k = &d.keys[id.as_str()];
+        assert_eq!((k.send.id, k.send.secret), (2, [2; 32]));
+        assert_eq!(k.accept.as_ref().map(|k| k.id), Some(1));
+        // Keys for a network not marked encrypted are ignored.
+        let d = desired(&[NetworkView { encrypted: false, ..view }], &BTreeMap::new());
+        assert!(d.keys.is_empty());
     }
 }
