@@ -84,6 +84,8 @@ fn lab(k: u8) -> Lab {
     let sw = &lab.names[2];
     ip(&["-n", sw, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", sw, "link", "set", "br0", "up"]);
+    // A third host on the underlay, without any IPsec policy: the forger.
+    ip(&["-n", sw, "addr", "add", &format!("10.251.{k}.3/24"), "dev", "br0"]);
     for i in 0..2 {
         let (dev, port) = (format!("sxu{pid}{k}{i}"), format!("sxs{pid}{k}{i}"));
         ip(&["link", "add", &dev, "netns", &lab.names[i], "type", "veth", "peer", "name", &port, "netns", sw]);
@@ -330,7 +332,8 @@ fn forged_vxlan(vni: u32, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u
     m
 }
 
-/// Whether a datagram for `dst:UDP_PORT+1`, sent from board `from_board` as plaintext
+/// Whether a datagram for `dst:UDP_PORT+1`, sent from namespace `from` of the lab (the
+/// switch's, 2, is a host on the underlay with no IPsec policy of its own) as plaintext
 /// VXLAN (VNI `vni`, inner source `src`) to `board:port`, reaches a probe socket in the
 /// container namespace `container` within 800 ms.
 #[allow(clippy::too_many_arguments)]
@@ -338,7 +341,7 @@ fn forged_arrives(
     lab: &Lab,
     container: &Path,
     dst: Ipv4Addr,
-    from_board: usize,
+    from: usize,
     board: Ipv4Addr,
     port: u16,
     vni: u32,
@@ -359,7 +362,7 @@ fn forged_arrives(
     // Aim at the probe's port instead of the echo's.
     let at = packet.len() - 6 - 8 + 2;
     packet[at..at + 2].copy_from_slice(&(UDP_PORT + 1).to_be_bytes());
-    in_ns(&lab.ns(from_board), move || {
+    in_ns(&lab.ns(from), move || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         for _ in 0..3 {
             s.send_to(&packet, (board, port)).unwrap();
@@ -503,15 +506,16 @@ fn an_encrypted_network_never_crosses_in_the_clear_and_a_plain_one_stays_plain()
     assert!(frames.iter().all(|f| classify(f).is_none_or(|(proto, _)| proto != 50)), "the plain network was encrypted");
     assert!(frames.iter().any(|f| classify(f).is_some_and(|(_, port)| port == Some(overlay::VXLAN_PORT))));
 
-    // No downgrade: plaintext VXLAN forged for the encrypted network is dropped by the in
-    // policy; the same forged for the plain network arrives (the forgery is sound).
+    // No downgrade: plaintext VXLAN forged for the encrypted network by a host of the
+    // underlay is dropped by board 1's in policy; the same forged for the plain network
+    // arrives (the forgery is sound).
     let u0 = p.u[0];
     assert!(
         !forged_arrives(
             &p.lab,
             &p.c[0].netns_path,
             p.addr[0][0],
-            1,
+            2,
             u0,
             overlay_of(&p.secure).port,
             p.secure.vni,
@@ -520,7 +524,7 @@ fn an_encrypted_network_never_crosses_in_the_clear_and_a_plain_one_stays_plain()
         "plaintext VXLAN for the encrypted network was accepted"
     );
     assert!(
-        forged_arrives(&p.lab, &p.c[0].netns_path, p.addr[0][1], 1, u0, overlay::VXLAN_PORT, p.plain.vni, p.addr[1][1]),
+        forged_arrives(&p.lab, &p.c[0].netns_path, p.addr[0][1], 2, u0, overlay::VXLAN_PORT, p.plain.vni, p.addr[1][1]),
         "a forged plaintext packet did not arrive on the plain network: the forgery is wrong"
     );
 
