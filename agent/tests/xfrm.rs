@@ -729,3 +729,27 @@ fn ipsec_figures_plain_encrypted_and_underlay() {
         eprintln!("FIGURE {name}: {t:.0} Mbit/s TCP, {r:.0} µs median UDP round trip");
     }
 }
+
+#[test]
+#[ignore = "needs root"]
+fn an_encrypted_network_is_not_joined_before_its_policies_stand() {
+    use shoal_agent::net::Sandboxes;
+    let p = pair(44);
+    let n1 = bridge(&p.lab, 0);
+    n1.set_underlay(p.u[0]);
+    let at =
+        vec![NetworkAttachment { network: "secure".into(), overlay: overlay_of(&p.secure), address: p.addr[0][0] }];
+    let join = |n: Arc<Network>, s: Sandbox, at: Vec<NetworkAttachment>| {
+        common::in_netns_async(&p.lab.ns(0), move || {
+            Box::pin(async move { n.join_overlays(&s, &at).await.map_err(|(net, e)| format!("{net}: {e}")) })
+        })
+    };
+    // No plane has run: no policy, so no overlay and no join.
+    let e = join(n1.clone(), p.c[0].clone(), at.clone()).unwrap_err();
+    assert!(e.contains("policies for it are not in place") && e.contains("CONFIG_XFRM_USER"), "{e}");
+    let out = Command::new("ip").args(["-n", &p.lab.names[0], "link", "show", &overlay_of(&p.secure).vxlan()]).output();
+    assert!(!out.unwrap().status.success(), "the encrypted overlay was made without its policies");
+    // Once the plane has put them in place, the container joins.
+    apply(&p.lab.ns(0), &p.planes[0], &p.desired(0, None, true));
+    join(n1, p.c[0].clone(), at).expect("joining once the policies stand");
+}
