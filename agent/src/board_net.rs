@@ -23,6 +23,7 @@ use crate::net::nft::L4;
 use crate::net::plane::{
     Attachment, BoardNetworks, BoardSide, Mesh, MeshPort, NetworkDef, NetworkPlane, PlaneError, ServiceNames, TaskName,
 };
+use crate::net::xfrm::{EspKey, NetworkKeys};
 use crate::net::{Network, Subnet};
 
 /// The underlay MTU assumed for overlays (Ethernet's).
@@ -102,6 +103,9 @@ pub fn desired(views: &[NetworkView], local: &BTreeMap<TaskId, LocalTask>) -> Bo
         if let Some(address) = v.board_address {
             d.mesh = Some(mesh(&id, address, v));
         }
+        if let (true, Some(keys)) = (v.encrypted, &v.keys) {
+            d.keys.insert(id.clone(), network_keys(keys));
+        }
     }
     d
 }
@@ -123,6 +127,12 @@ fn mesh(network: &str, address: Ipv4Addr, v: &NetworkView) -> Mesh {
         .filter(|p| p.port != 0)
         .collect();
     Mesh { network: network.to_owned(), address, ports }
+}
+
+/// An encrypted network's keys as the plane takes them.
+fn network_keys(k: &shoal_proto::networks::OverlayKeys) -> NetworkKeys {
+    let key = |k: &shoal_proto::networks::OverlayKey| EspKey { id: k.id, secret: k.secret };
+    NetworkKeys { send: key(&k.send), accept: k.accept.as_ref().map(key) }
 }
 
 /// What [`BoardNet`] remembers between messages.
@@ -302,6 +312,7 @@ mod tests {
             truncated: false,
             board_address: None,
             published: Default::default(),
+            keys: None,
         };
         let _ =
             view.peers.push(Peer { address: Ipv4Addr::new(10, 0, 1, 3), underlay: "192.168.1.12".parse().unwrap() });
@@ -325,6 +336,35 @@ mod tests {
         assert_eq!(d.names.len(), 1);
         assert_eq!(d.names[0].tasks[0].name, "db.1.y");
         assert_eq!(d.attachments.len(), 1);
+        assert!(d.keys.is_empty());
+    }
+
+    #[test]
+    fn an_encrypted_networks_keys_reach_the_plane() {
+        let id = NetworkId::from_random([3; 16]);
+        let key = |id: u32, b: u8| shoal_proto::networks::OverlayKey { id, secret: [b; 32] };
+        let view = NetworkView {
+            id: id.clone(),
+            name: shoal_proto::text("secure").unwrap(),
+            vni: 4097,
+            subnet: net_subnet(1),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            encrypted: true,
+            peers: Default::default(),
+            services: Default::default(),
+            tasks: Default::default(),
+            truncated: false,
+            board_address: None,
+            published: Default::default(),
+            keys: Some(shoal_proto::networks::OverlayKeys { send: key(2, 2), accept: Some(key(1, 1)) }),
+        };
+        let d = desired(std::slice::from_ref(&view), &BTreeMap::new());
+        let k = &d.keys[id.as_str()];
+        assert_eq!((k.send.id, k.send.secret), (2, [2; 32]));
+        assert_eq!(k.accept.as_ref().map(|k| k.id), Some(1));
+        // Keys for a network not marked encrypted are ignored.
+        let d = desired(&[NetworkView { encrypted: false, ..view }], &BTreeMap::new());
+        assert!(d.keys.is_empty());
     }
 
     #[test]
@@ -344,6 +384,7 @@ mod tests {
             truncated: false,
             board_address: Some(Ipv4Addr::new(10, 0, 0, 254)),
             published: Default::default(),
+            keys: None,
         };
         let backends = vec![
             MeshBackend { address: Ipv4Addr::new(10, 0, 0, 3), port: 8000 },

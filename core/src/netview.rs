@@ -119,6 +119,7 @@ pub fn node_view(
                 truncated,
                 board_address: None,
                 published: BoundedVec::new(),
+                keys: None,
             }
         })
         .collect()
@@ -186,6 +187,7 @@ pub fn with_mesh(
                 truncated: false,
                 board_address: None,
                 published: BoundedVec::new(),
+                keys: None,
             });
             view.sort_by(|a, b| a.id.cmp(&b.id));
             view.iter().position(|v| v.id == ingress.id).expect("just added")

@@ -30,7 +30,8 @@ const FORMAT_KEY: &str = "format";
 /// 2: tasks know the desired state Ready; services carry their update progress.
 /// 3: service and task specs carry their seccomp mode.
 /// 4: networks (a table), tasks' addresses, services' virtual IPs, stop signals.
-const FORMAT: u32 = 4;
+/// 5: nodes' ingress addresses and missing kernel features, specs' hostnames.
+const FORMAT: u32 = 5;
 
 /// One atomic change to services and tasks: what a control request or a reconciliation
 /// writes.

@@ -46,7 +46,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// 3: specs carry their seccomp mode; disk pressure, store backups, forced image removal.
 /// 4: `shoal exec` (CLI → manager → board streams); overlay networks (objects, task
 /// addresses, VIPs, each board's network view); stop signals.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: the routing mesh (board addresses and published ports in the ingress view), keys of
+/// encrypted networks, missing kernel features in node descriptions, hostnames and
+/// templates in specs, the service ID in assignments.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// ALPN protocol name negotiated by TLS, so a non-shoal QUIC peer fails at the handshake.
 pub const ALPN: &[u8] = b"shoal/1";

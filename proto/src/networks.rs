@@ -356,6 +356,10 @@ pub struct NetworkView {
     /// answering on every local address of the board and sent to its backends.
     #[serde(default)]
     pub published: BoundedVec<MeshPort, MAX_MESH_PORTS>,
+    /// An encrypted network's keys (only in the views of boards where it is present;
+    /// never in `network inspect`, and redacted in Debug output).
+    #[serde(default)]
+    pub keys: Option<OverlayKeys>,
 }
 
 /// A port published through the routing mesh: `(protocol, published)` on every board
@@ -378,6 +382,33 @@ pub struct MeshBackend {
     pub address: Ipv4Addr,
     /// The container's port.
     pub port: u16,
+}
+
+/// An encrypted network's keys. Boards accept packets under both and send under `send`;
+/// a rotation goes `{send: old}` → `{send: old, accept: new}` → `{send: new, accept: old}`
+/// → `{send: new}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayKeys {
+    /// The key boards send with (and accept).
+    pub send: OverlayKey,
+    /// Another key boards accept during a rotation.
+    pub accept: Option<OverlayKey>,
+}
+
+/// One secret of an encrypted network: boards derive each SA's key, salt and SPI from
+/// it. Its Debug output shows the ID only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayKey {
+    /// Which key (new per rotation).
+    pub id: u32,
+    /// 32 random bytes.
+    pub secret: [u8; 32],
+}
+
+impl fmt::Debug for OverlayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverlayKey").field("id", &self.id).field("secret", &"<redacted>").finish()
+    }
 }
 
 /// A task on another board: its overlay address and where to tunnel to.
@@ -582,6 +613,10 @@ mod tests {
             ]
             .try_into()
             .unwrap(),
+            keys: Some(OverlayKeys {
+                send: OverlayKey { id: u32::MAX, secret: [0xff; 32] },
+                accept: Some(OverlayKey { id: u32::MAX, secret: [0xff; 32] }),
+            }),
         };
         let chunk = crate::ManagerMessage::Networks(NodeNetworks {
             more: true,
@@ -590,6 +625,13 @@ mod tests {
         let size = postcard::to_allocvec(&chunk).unwrap().len();
         assert!(size < crate::MAX_FRAME_LEN / 2, "{size} bytes");
         assert!(size < MAX_VIEW_CHUNK * 250 * 1024, "{size} bytes");
+    }
+
+    #[test]
+    fn overlay_keys_are_redacted_in_debug_output() {
+        let keys = OverlayKeys { send: OverlayKey { id: 7, secret: [0xab; 32] }, accept: None };
+        let text = format!("{keys:?}");
+        assert!(text.contains("id: 7") && text.contains("<redacted>") && !text.contains("171"), "{text}");
     }
 
     #[test]

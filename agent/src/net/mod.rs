@@ -40,6 +40,7 @@ pub mod overlay;
 pub mod plane;
 pub mod publish;
 pub mod subnet;
+pub mod xfrm;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,7 @@ impl Sandboxes for Network {
         // (idempotent) keeps a container from racing it.
         if let Some(local) = self.underlay() {
             for a in attachments {
+                guard_encrypted(&a.network, &a.overlay, local).map_err(|e| (a.network.clone(), e))?;
                 overlay::ensure(&a.overlay, local).await.map_err(|e| (a.network.clone(), e))?;
             }
         }
@@ -180,6 +182,25 @@ pub struct Joined {
 /// How long a container's preparation waits for its load balancer before it starts
 /// anyway (then it gets it at the plane's next apply).
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An encrypted network's overlay is made here only if the plane's IPsec policy that
+/// keeps its packets from leaving in the clear stands (it may not, on a kernel without
+/// `CONFIG_XFRM_USER`: then the container is not joined, saying why).
+fn guard_encrypted(network: &str, o: &overlay::Overlay, local: Ipv4Addr) -> Result<(), NetError> {
+    if o.port == overlay::VXLAN_PORT {
+        return Ok(());
+    }
+    let guarded = xfrm::current().is_ok_and(|(_, policies)| {
+        policies.iter().any(|p| p.dir == xfrm::Dir::Out && p.selector.dport == o.port && p.selector.src == local)
+    });
+    if guarded {
+        Ok(())
+    } else {
+        Err(NetError::Config(format!(
+            "network {network} is encrypted but this board's IPsec policies for it are not in place, so its traffic would cross in the clear: see the agent's log (the kernel needs CONFIG_XFRM_USER, CONFIG_INET_ESP and CONFIG_CRYPTO_GCM)"
+        )))
+    }
+}
 
 /// The container network of one board.
 #[derive(Debug)]

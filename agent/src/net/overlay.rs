@@ -1,7 +1,8 @@
 //! Overlay networks on a board, in the kernel: per network one bridge (`sob<VNI>`, no
 //! address, so the host never routes into it, except `ingress`'s on a board of the
-//! routing mesh: [`set_address`]) and one VXLAN device (`sov<VNI>`, UDP
-//! 4789) enslaved to it; containers join through a veth whose far end is their `ethN`.
+//! routing mesh: [`set_address`]) and one VXLAN device (`sov<VNI>`, UDP 4789, or a port
+//! of its own when encrypted) enslaved to it; containers join through a veth whose far
+//! end is their `ethN`.
 //!
 //! Nothing is learnt from the wire: VXLAN learning is off and ARP is answered by the
 //! VXLAN device itself (its `proxy` mode) from neighbour entries the agent writes, so no
@@ -36,6 +37,15 @@ pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_OVERHEAD: u32 = 50;
 /// The largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// What ESP in transport mode with AES-GCM adds to an encrypted overlay's packets, at
+/// most: SPI and sequence (8), IV (8), padding, pad length and next header (≤ 5), tag (16),
+/// rounded up.
+pub const ESP_OVERHEAD: u32 = 40;
+/// Encrypted networks' VXLAN packets go to UDP port `ENCRYPTED_PORT_BASE + VNI % ENCRYPTED_PORTS`
+/// instead of 4789, so IPsec policies can select them (and only them) by port.
+pub const ENCRYPTED_PORT_BASE: u16 = 24000;
+/// How many ports encrypted networks spread over (all below Linux's ephemeral range).
+pub const ENCRYPTED_PORTS: u32 = 8192;
 
 /// One overlay network as a board sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +56,9 @@ pub struct Overlay {
     pub subnet: Subnet,
     /// The MTU of the bridge, the VXLAN device and the containers' interfaces.
     pub mtu: u32,
+    /// The UDP port its VXLAN packets go to ([`VXLAN_PORT`], or one of its own when
+    /// encrypted: see [`Overlay::encrypted`]).
+    pub port: u16,
 }
 
 impl Overlay {
@@ -57,7 +70,13 @@ impl Overlay {
         let mtu = underlay_mtu.checked_sub(VXLAN_OVERHEAD).filter(|m| *m >= 576).ok_or_else(|| {
             NetError::Config(format!("an underlay MTU of {underlay_mtu} leaves too little room for VXLAN"))
         })?;
-        Ok(Self { vni, subnet, mtu })
+        Ok(Self { vni, subnet, mtu, port: VXLAN_PORT })
+    }
+
+    /// The same overlay, encrypted: its own UDP port ([`encrypted_port`]) and room for ESP
+    /// in its MTU.
+    pub fn encrypted(self) -> Self {
+        Self { mtu: self.mtu - ESP_OVERHEAD, port: encrypted_port(self.vni), ..self }
     }
 
     /// The bridge's name: `sob` and the VNI in decimal (at most 11 bytes).
@@ -69,6 +88,13 @@ impl Overlay {
     pub fn vxlan(&self) -> String {
         format!("sov{}", self.vni)
     }
+}
+
+/// The UDP port of encrypted network `vni`'s VXLAN packets: every board computes the
+/// same one, and two networks share one only if their VNIs differ by a multiple of
+/// [`ENCRYPTED_PORTS`].
+pub fn encrypted_port(vni: u32) -> u16 {
+    ENCRYPTED_PORT_BASE + (vni % ENCRYPTED_PORTS) as u16
 }
 
 /// A container of the network on another board.
@@ -117,7 +143,7 @@ pub async fn ensure(o: &Overlay, local: Ipv4Addr) -> Result<(), NetError> {
         None => {
             let msg = LinkVxlan::new(&vxlan, o.vni)
                 .local(local)
-                .port(VXLAN_PORT)
+                .port(o.port)
                 .learning(false)
                 .append_info_data(InfoVxlan::Proxy(true))
                 .append_info_data(InfoVxlan::Ttl(64))
@@ -397,5 +423,16 @@ mod tests {
         assert!(Overlay::new(0, s, 1500).is_err());
         assert!(Overlay::new(MAX_VNI + 1, s, 1500).is_err());
         assert!(Overlay::new(7, s, 600).is_err());
+    }
+
+    #[test]
+    fn encrypted_overlays_have_their_own_port_and_room_for_esp() {
+        let s = Subnet::new(Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
+        let plain = Overlay::new(4097, s, 1500).unwrap();
+        assert_eq!(plain.port, VXLAN_PORT);
+        let e = plain.encrypted();
+        assert_eq!((e.port, e.mtu, e.vni), (24000 + 4097, 1410, 4097));
+        assert_eq!(Overlay::new(MAX_VNI, s, 1500).unwrap().encrypted().port, 24000 + 8191);
+        assert!(u32::from(ENCRYPTED_PORT_BASE) + ENCRYPTED_PORTS <= 32768);
     }
 }

@@ -21,7 +21,12 @@
 //! [`target`] and [`diff`] are the whole decision, pure; [`NetworkPlane`] performs the
 //! [`Plan`] in the network namespace of the calling thread. Not here: attaching
 //! containers (the supervisor does that with [`overlay::join`] when it makes their
-//! sandbox), encryption of the overlay (the flag is carried, not yet acted on).
+//! sandbox).
+//!
+//! Encrypted networks ([`NetworkDef::encrypted`]) get their own VXLAN port and IPsec
+//! between this board and each peer board, with the manager's keys ([`BoardNetworks::keys`]):
+//! see [`super::xfrm`]. Their policies are applied before any overlay is made, so no
+//! packet of theirs ever leaves in the clear.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -32,6 +37,7 @@ use super::dns::names::Names;
 use super::dns::{self, Resolver};
 use super::nft::{self, Destination, Masquerade, NftError, Ruleset, RulesetError, SandboxRuleset, Service, L4};
 use super::overlay::{self, Overlay, Peer};
+use super::xfrm::{self, XfrmError};
 use super::{NetError, Sandbox, Subnet};
 
 /// At most this many networks on one board (each is two interfaces).
@@ -48,7 +54,7 @@ pub struct NetworkDef {
     pub subnet: Subnet,
     /// Its gateway address (reserved in the subnet; no board carries it).
     pub gateway: Ipv4Addr,
-    /// Whether traffic between boards is to be encrypted (carried, not acted on yet).
+    /// Whether traffic between boards is encrypted (IPsec, [`super::xfrm`]).
     pub encrypted: bool,
 }
 
@@ -134,6 +140,8 @@ pub struct BoardNetworks {
     pub vips: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>,
     /// The routing mesh, when this board is part of it.
     pub mesh: Option<Mesh>,
+    /// Encrypted networks' keys, by network ID (from the manager; never logged).
+    pub keys: BTreeMap<String, xfrm::NetworkKeys>,
 }
 
 /// The routing mesh on this board: the network (`ingress`) exists here even without a
@@ -189,6 +197,9 @@ pub enum PlaneError {
     /// The kernel refused the NAT rules.
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// The IPsec state of encrypted networks can't be made.
+    #[error(transparent)]
+    Xfrm(#[from] XfrmError),
 }
 
 /// The state the kernel and the resolver should be in, derived from a desired state.
@@ -209,6 +220,8 @@ pub struct Target {
     pub sandboxes: BTreeMap<String, SandboxRuleset>,
     /// The board's own address on an overlay's bridge (the mesh's), by network ID.
     pub addresses: BTreeMap<String, Ipv4Addr>,
+    /// The IPsec SAs and policies of encrypted networks.
+    pub xfrm: xfrm::Desired,
 }
 
 /// What one apply does, in this order.
@@ -230,6 +243,8 @@ pub struct Plan {
     pub sandboxes: Vec<(String, SandboxRuleset)>,
     /// Bridges to give the board's address (after `ensure`, before the ruleset).
     pub addresses: Vec<(Overlay, Ipv4Addr)>,
+    /// New IPsec state (done first).
+    pub xfrm: Option<xfrm::Desired>,
 }
 
 impl Plan {
@@ -268,6 +283,7 @@ pub fn target(
         }
         let o = Overlay::new(n.vni, n.subnet, board.underlay_mtu)
             .map_err(|e| PlaneError::Invalid(format!("network {id}: {e}")))?;
+        let o = encrypted_overlay(&overlays_all, id, n, o)?;
         overlays_all.insert(id.clone(), o);
     }
 
@@ -361,7 +377,8 @@ pub fn target(
         }
     }
     ruleset.validate()?;
-    Ok(Target { overlays, peers, names, clients, ruleset, sandboxes, addresses })
+    let xfrm = xfrm_target(desired, board, &overlays, &peers);
+    Ok(Target { overlays, peers, names, clients, ruleset, sandboxes, addresses, xfrm })
 }
 
 /// The load balancer of a container attached to `networks`: every VIP inside one of
@@ -382,6 +399,48 @@ fn sandbox_table(
     // Refused here, so a bad table never reaches a container's kernel half-applied.
     nft::render::render_sandbox(&table, 0)?;
     Ok(table)
+}
+
+/// Network `n`'s overlay `o`, made encrypted if `n` is; two encrypted networks may not
+/// share a VXLAN port (their IPsec policies would be one).
+fn encrypted_overlay(
+    others: &BTreeMap<String, Overlay>,
+    id: &str,
+    n: &NetworkDef,
+    o: Overlay,
+) -> Result<Overlay, PlaneError> {
+    if !n.encrypted {
+        return Ok(o);
+    }
+    let o = o.encrypted();
+    if let Some((other, _)) = others.iter().find(|(_, x)| x.port == o.port) {
+        return Err(PlaneError::Invalid(format!(
+            "encrypted networks {other} and {id} share VXLAN port {}: remove one of them",
+            o.port
+        )));
+    }
+    Ok(o)
+}
+
+/// The IPsec state of the encrypted networks that have an overlay here: their peers'
+/// boards and their keys.
+fn xfrm_target(
+    desired: &BoardNetworks,
+    board: &BoardSide,
+    overlays: &BTreeMap<String, Overlay>,
+    peers: &BTreeMap<String, BTreeSet<Peer>>,
+) -> xfrm::Desired {
+    let nets: Vec<xfrm::EncryptedNetwork> = overlays
+        .iter()
+        .filter(|(id, _)| desired.networks.get(*id).is_some_and(|n| n.encrypted))
+        .map(|(id, o)| xfrm::EncryptedNetwork {
+            vni: o.vni,
+            port: o.port,
+            peers: peers.get(id).map(|p| p.iter().map(|p| p.board).collect()).unwrap_or_default(),
+            keys: desired.keys.get(id).cloned(),
+        })
+        .collect();
+    xfrm::desired(board.underlay, &nets)
 }
 
 /// What turns `last` (what was applied; `None`: nothing known, so everything is set)
@@ -421,6 +480,9 @@ pub fn diff(last: Option<&Target>, next: &Target) -> Plan {
         if !known || last.sandboxes.get(cid) != Some(table) {
             plan.sandboxes.push((cid.clone(), table.clone()));
         }
+    }
+    if !known || last.xfrm != next.xfrm {
+        plan.xfrm = Some(next.xfrm.clone());
     }
     plan
 }
@@ -552,13 +614,31 @@ impl NetworkPlane {
     }
 
     async fn perform(&self, plan: &Plan) -> Result<(), PlaneError> {
-        for o in &plan.ensure {
+        // IPsec first, so an encrypted network's policies stand before its overlay
+        // exists. Its failure (a kernel without ESP, say) does not hold back the other
+        // networks: it is returned at the end, so the next apply redoes everything.
+        let mut failed: Option<XfrmError> = None;
+        let mut guarded = true;
+        if let Some(want) = &plan.xfrm {
+            match xfrm::apply(want) {
+                Ok(_) => {}
+                // A kernel without IPsec has none of the agent's state to remove.
+                Err(XfrmError::NoXfrm) if *want == xfrm::Desired::default() => {}
+                Err(e) => {
+                    // Without its policies an encrypted overlay would send in the clear:
+                    // it is not made. With them and no SAs, its packets are dropped.
+                    guarded = xfrm::current().is_ok_and(|(_, have)| want.policies.iter().all(|p| have.contains(p)));
+                    failed = Some(e);
+                }
+            }
+        }
+        for o in plan.ensure.iter().filter(|o| guarded || o.port == overlay::VXLAN_PORT) {
             overlay::ensure(o, self.board.underlay).await?;
         }
         for (o, ip) in &plan.addresses {
             overlay::set_address(o, *ip).await?;
         }
-        for (o, peers) in &plan.peers {
+        for (o, peers) in plan.peers.iter().filter(|(o, _)| guarded || o.port == overlay::VXLAN_PORT) {
             overlay::set_peers(o, peers).await?;
         }
         for o in &plan.remove {
@@ -580,7 +660,10 @@ impl NetworkPlane {
                 apply_sandbox(&dir.join(cid), cid, table).await?;
             }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -747,6 +830,35 @@ mod tests {
         assert_eq!(plan.ensure.iter().map(|o| o.vni).collect::<Vec<_>>(), [4098]);
         assert_eq!(plan.peers.len(), 1);
         assert!(plan.remove.is_empty());
+    }
+
+    #[test]
+    fn an_encrypted_network_gets_its_port_policies_and_sas_and_a_plain_one_none() {
+        let mut d = lab();
+        d.networks.get_mut("atsea").unwrap().encrypted = true;
+        d.attachments.insert("x.1".into(), vec![Attachment { network: "other".into(), address: ip(2, 2) }]);
+        let t = target(&d, &board(), &addrs()).unwrap();
+        assert_eq!((t.overlays["atsea"].port, t.overlays["atsea"].mtu), (overlay::encrypted_port(4097), 1410));
+        assert_eq!(t.overlays["other"].port, overlay::VXLAN_PORT);
+        // Keys not here yet: the policies alone (nothing passes in the clear).
+        assert_eq!((t.xfrm.policies.len(), t.xfrm.sas.len()), (2, 0));
+        assert!(t.xfrm.policies.iter().all(|p| p.selector.dport == overlay::encrypted_port(4097)));
+        let key = xfrm::EspKey { id: 1, secret: [1; 32] };
+        d.keys.insert("atsea".into(), xfrm::NetworkKeys { send: key, accept: None });
+        let t2 = target(&d, &board(), &addrs()).unwrap();
+        // One peer board: an SA each way.
+        assert_eq!(t2.xfrm.sas.len(), 2);
+        let plan = diff(Some(&t), &t2);
+        assert!(plan.xfrm.is_some() && plan.ensure.is_empty() && plan.ruleset.is_none());
+        // The network leaves: its IPsec state goes too.
+        d.attachments.remove("app.1");
+        let t3 = target(&d, &board(), &addrs()).unwrap();
+        assert_eq!(t3.xfrm, xfrm::Desired::default());
+        // Two encrypted networks on one port are refused.
+        let mut d = lab();
+        d.networks.get_mut("atsea").unwrap().encrypted = true;
+        d.networks.insert("twin".into(), NetworkDef { encrypted: true, ..net("twin", 4097 + 8192, 9) });
+        assert!(target(&d, &board(), &addrs()).unwrap_err().to_string().contains("share VXLAN port"));
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct RunArgs {
     /// How often agents send heartbeats; a node is Down after 3 missed ones.
     #[arg(long, default_value = "500ms", value_parser = super::parse_heartbeat_period)]
     pub heartbeat_period: std::time::Duration,
+    /// How often each encrypted overlay network's key is replaced (Swarm: 12h).
+    #[arg(long, default_value = "12h", value_parser = super::parse_key_rotation)]
+    pub overlay_key_rotation: std::time::Duration,
     /// Overrides the listen address chosen at init.
     #[arg(long)]
     pub listen_addr: Option<SocketAddr>,
@@ -93,7 +96,8 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
         ManagerCommand::Run(args) => {
             let period = args.heartbeat_period.as_millis().max(10) as u64;
             let liveness = LivenessConfig { heartbeat_period: period, ..LivenessConfig::default() };
-            server::run(data_dir, RunConfig { liveness, listen: args.listen_addr }).await
+            let key_rotation_ms = args.overlay_key_rotation.as_millis() as u64;
+            server::run(data_dir, RunConfig { liveness, listen: args.listen_addr, key_rotation_ms }).await
         }
         ManagerCommand::Backup(args) => {
             let client = Client::connect(data_dir).await?;

@@ -38,9 +38,26 @@ pub fn parse_heartbeat_period(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses `--overlay-key-rotation` (`12h`, `90s`, …): at least 4 s, at most a year.
+pub fn parse_key_rotation(s: &str) -> Result<Duration, String> {
+    let ms = parse_duration_ms(s.trim()).map_err(|_| SpecError::Duration(s.trim().to_owned()).to_string())?;
+    if !(4_000..=365 * 24 * 3_600_000).contains(&ms) {
+        return Err(format!("overlay key rotation {s:?} is out of range: use 4s to 8760h"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_rotation_periods_parse_and_stay_in_range() {
+        assert_eq!(parse_key_rotation("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_key_rotation("6s").unwrap(), Duration::from_secs(6));
+        assert!(parse_key_rotation("1s").unwrap_err().contains("out of range"));
+        assert!(parse_key_rotation("soon").is_err());
+    }
 
     #[test]
     fn heartbeat_periods_parse_like_the_other_duration_flags() {

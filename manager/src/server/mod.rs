@@ -86,6 +86,8 @@ pub struct RunConfig {
     pub liveness: LivenessConfig,
     /// Overrides the listen address chosen at init.
     pub listen: Option<SocketAddr>,
+    /// How often encrypted networks' keys are replaced, in milliseconds.
+    pub key_rotation_ms: u64,
 }
 
 /// Largest request from a peer without a certificate: a join request with every label
@@ -160,6 +162,8 @@ struct ServiceState {
     names: HashMap<ServiceId, ServiceName>,
     /// Overlay networks, ingress included, as stored.
     networks: Vec<shoal_proto::networks::Network>,
+    /// Encrypted networks' keys (memory only: a restarted manager makes new ones).
+    keys: shoal_core::netkeys::Keyring,
 }
 
 impl ServiceState {
@@ -294,7 +298,14 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
-        services: Mutex::new(ServiceState { reconciler: Reconciler::default(), records, tasks, names, networks }),
+        services: Mutex::new(ServiceState {
+            reconciler: Reconciler::default(),
+            records,
+            tasks,
+            names,
+            networks,
+            keys: shoal_core::netkeys::Keyring::new(config.key_rotation_ms),
+        }),
         events,
         ca,
         cluster: Mutex::new(cluster.clone()),

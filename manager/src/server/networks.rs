@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::{internal, Manager, ServiceState, State};
 use crate::core::nodes::NodeRecord;
-use crate::core::{ipam, netview};
+use crate::core::{ipam, netkeys, netview};
 use crate::store::Store;
 
 /// The stored networks, with the ingress network created first if there is none.
@@ -113,6 +113,17 @@ pub(super) fn mesh_boards(
     Ok((mesh, held))
 }
 
+/// Brings encrypted networks' keys to `now` (new networks get one, rotations step on);
+/// returns when the next rotation step is due. Keys are never logged.
+pub(super) fn step_keys(svc: &mut ServiceState, now: shoal_core::Millis) -> Option<shoal_core::Millis> {
+    let mut random = || shoal_link::random::<32>();
+    let (changed, next) = svc.keys.step(now, &svc.networks, &mut random);
+    if changed {
+        info!("encrypted networks' keys changed");
+    }
+    next
+}
+
 /// The views that changed since last queued, per node with a session, as messages; the
 /// sessions remember them as queued. `mesh`: [`mesh_boards`].
 pub(super) fn changed_views(
@@ -127,7 +138,8 @@ pub(super) fn changed_views(
     let mut out = Vec::new();
     for (node, session) in st.sessions.iter_mut() {
         let view = netview::node_view(node, &svc.networks, &services, &tasks, &underlay);
-        let view = netview::with_mesh(node, view, &svc.networks, &services, &tasks, &underlay, mesh);
+        let mut view = netview::with_mesh(node, view, &svc.networks, &services, &tasks, &underlay, mesh);
+        netkeys::fill(&mut view, &svc.keys);
         if session.view.as_ref() != Some(&view) {
             session.view = Some(view.clone());
             out.push((node.clone(), netview::messages(view)));

@@ -112,6 +112,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let records = &svc.records;
     svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
 
+    let keys_due = super::networks::step_keys(svc, now.mono);
     let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"), &mesh);
     if !diffs.is_empty() || !views.is_empty() {
         let st = mgr.state.lock().expect("state lock");
@@ -143,7 +144,11 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
             conn.close(close::LAGGING.into(), b"session fell behind; reconnect");
         }
     }
-    Ok(wake_at)
+    // The pass runs again for the next step of a key rotation too.
+    Ok(match (wake_at, keys_due) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 /// One line of the pass's log, at the level and with the fields it always had.

@@ -67,6 +67,8 @@ fn attachments_of(a: &Assignment) -> Vec<NetworkAttachment> {
         .filter_map(|c| {
             let subnet = crate::net::Subnet::new(c.subnet.addr(), c.subnet.prefix()).ok()?;
             let overlay = crate::net::overlay::Overlay::new(c.vni, subnet, crate::board_net::UNDERLAY_MTU).ok()?;
+            // An encrypted network's port and MTU, as the plane makes its overlay.
+            let overlay = if c.encrypted { overlay.encrypted() } else { overlay };
             Some(NetworkAttachment { network: c.network_id.to_string(), overlay, address: c.address })
         })
         .collect()
@@ -636,6 +638,24 @@ mod tests {
         let out = book.reconcile(10, NODE, present);
         let Some(Decision::Prepare { attachments, .. }) = out.last() else { panic!("{out:?}") };
         assert_eq!(attachments, &[at]);
+    }
+
+    #[test]
+    fn an_encrypted_networks_container_joins_with_its_port_and_mtu() {
+        let mut a = assignment(1, Running);
+        let config = |encrypted| shoal_proto::networks::AttachmentConfig {
+            network_id: shoal_proto::networks::NetworkId::from_random([3; 16]),
+            vni: 4097,
+            subnet: shoal_proto::networks::Subnet::parse("10.0.1.0/24").unwrap(),
+            gateway: std::net::Ipv4Addr::new(10, 0, 1, 1),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
+            encrypted,
+            ingress: false,
+        };
+        a.networks = vec![config(true), config(false)].try_into().unwrap();
+        let got = attachments_of(&a);
+        assert_eq!((got[0].overlay.port, got[0].overlay.mtu), (crate::net::overlay::encrypted_port(4097), 1410));
+        assert_eq!((got[1].overlay.port, got[1].overlay.mtu), (crate::net::overlay::VXLAN_PORT, 1450));
     }
 
     #[test]
