@@ -58,8 +58,24 @@ rss() { awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r " KiB RSS, " p " KiB PSS
 agent_rss=$(rss "$apid")
 manager_rss=$(rss "$mpid")
 
-# bench/chaos.sh writes its own section: keep it.
+echo "== networking" >&2
+# Overlay data path against the underlay between two boards (namespaces), TCP bulk and
+# UDP round trips, from the agent's own netlink code built in release.
+overlay=$(cargo test --quiet --release -p shoal-agent --test xfrm -- --include-ignored --nocapture \
+  ipsec_figures_ 2>&1 | sed -n 's/^FIGURE //p')
+# The lab's networked task 3 and task 2 on release binaries: the mesh against host mode,
+# failure windows, and how fast a dead replica leaves DNS.
+mesh=$(SHOAL_BIN_DIR=$PWD/target/release cargo test --quiet -p shoal-e2e --test mesh_lab -- \
+  --include-ignored --nocapture 2>&1 | grep -E 'requests/s|failure window|Down in|within' || true)
+names=$(SHOAL_BIN_DIR=$PWD/target/release cargo test --quiet -p shoal-e2e --test overlay_lab -- \
+  --include-ignored --nocapture a_vip_service 2>&1 | grep -E 'leaving DNS|scale 3' || true)
+dns=$(cargo test --quiet --release -p shoal-agent --test dns -- --include-ignored --nocapture 2>&1 |
+  grep -E 'p99' || true)
+
+# bench/chaos.sh writes its own section, and sections measured by hand are marked
+# `<!-- keep: … -->` … `<!-- /keep -->`: keep both.
 chaos=$(sed -n '/<!-- chaos: written by bench\/chaos.sh -->/,/<!-- \/chaos -->/p' BENCHMARKS.md 2>/dev/null || true)
+kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || true)
 {
   echo "# Benchmarks"
   echo
@@ -93,11 +109,41 @@ chaos=$(sed -n '/<!-- chaos: written by bench\/chaos.sh -->/,/<!-- \/chaos -->/p
   echo "| \`shoal-agent\` (static x86_64), joined, idle, heartbeating | ${agent_rss} |"
   echo "| \`shoal manager run\` with one node | ${manager_rss} |"
   echo
+  echo "### Networking (boards in network namespaces)"
+  echo
+  echo "Between two boards, from the agent's netlink code (\`agent/tests/xfrm.rs\`"
+  echo "\`ipsec_figures_\`, release; TCP bulk for 3 s, median of 2000 UDP round trips):"
+  echo
+  echo '```'
+  echo "$overlay"
+  echo '```'
+  echo
+  echo "The lab's task 3 over an overlay with the routing mesh, release binaries"
+  echo "(\`tests/mesh_lab.rs\`: 300 sequential GETs, one client, a new connection each;"
+  echo "failure windows seen by a prober on every board while scaling, draining and"
+  echo "power-cutting a board), and service names (\`tests/overlay_lab.rs\`, each check"
+  echo "includes one \`shoal exec\`):"
+  echo
+  echo '```'
+  echo "$mesh"
+  echo "$names"
+  echo '```'
+  echo
+  echo "The containers' resolver (\`agent/tests/dns.rs\`, release, over loopback): $dns"
+  echo
+  echo "Docker Swarm's ingress is not measured side by side: its routing mesh needs the"
+  echo "kernel's IPVS, which this machine's kernel lacks (\`bench/swarm.sh\` runs dockerd"
+  echo "with \`--iptables=false\` for the same reason); shoal's mesh needs only nf_tables."
+  echo
   echo "### Static agent size per board target (release, stripped)"
   echo
   echo '```'
   echo "$sizes"
   echo '```'
+  if [ -n "$kept" ]; then
+    echo
+    echo "$kept"
+  fi
   if [ -n "$chaos" ]; then
     echo
     echo "$chaos"
