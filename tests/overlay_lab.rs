@@ -164,18 +164,30 @@ fn a_vip_service_is_reached_by_name_and_spreads_over_its_replicas() {
     assert!(took < Duration::from_secs(2), "a dead replica stayed in DNS for {took:?}");
     wait_for("the replica replaced", Duration::from_secs(60), || c.replicas(&web).starts_with("3/3").then_some(()));
 
-    // Scale down to one: the name keeps working, and soon only one replica answers.
+    // Scale down to one: the name keeps working, and soon only one replica answers. A
+    // removed replica stops on its board while the client's board may not yet have its
+    // new table (two boards, no barrier between them, as in Swarm): requests may fail
+    // for that moment, never after it (the bound: within 1 s, plus one exec).
     m.shoal(&["service", "scale", &format!("{web}=1")]);
     let started = std::time::Instant::now();
+    let mut last_failure = None;
     wait_for("only the remaining replica answering", Duration::from_secs(20), || {
         let a = ask_many(m, &client, &url, 10);
-        assert!(!a.iter().any(|l| l == "failed"), "a request failed while scaling down: {a:?}");
+        let failed = a.iter().any(|l| l == "failed");
+        if failed {
+            last_failure = Some(started.elapsed());
+        }
         let ids: std::collections::BTreeSet<&String> = a.iter().collect();
-        (ids.len() == 1 && a.len() == 10).then_some(())
+        (!failed && ids.len() == 1 && a.len() == 10).then_some(())
     });
     let took = started.elapsed();
-    eprintln!("scale 3 -> 1: the VIP answered from one replica only after {took:?} (one exec of 10 requests included)");
+    eprintln!(
+        "scale 3 -> 1: the VIP answered from one replica only after {took:?}, last failed request seen at {last_failure:?} (one exec of 10 requests included)"
+    );
     assert!(took < Duration::from_secs(2), "the VIP kept removed replicas for {took:?}");
+    if let Some(t) = last_failure {
+        assert!(t < Duration::from_secs(2), "requests to the VIP still failed {t:?} after the scale-down");
+    }
 
     m.shoal(&["service", "rm", &client]);
     m.shoal(&["service", "rm", &web]);
