@@ -412,6 +412,16 @@ pub fn apply(want: &Desired) -> Result<Applied, XfrmError> {
         seq = seq.wrapping_add(1);
         seq
     };
+    let delete_sa = |s: u32, dst: &std::net::Ipv4Addr, spi: &u32| {
+        request(
+            &socket,
+            &wire::del_sa(s, *dst, *spi),
+            s,
+            || format!("deleting IPsec SA {spi:#x} to {dst}"),
+            false,
+            true,
+        )
+    };
     for p in &c.policies {
         let s = next();
         request(
@@ -425,15 +435,7 @@ pub fn apply(want: &Desired) -> Result<Applied, XfrmError> {
     }
     for (dst, spi) in c.delete.iter().filter(|k| c.add.iter().any(|a| (a.dst, a.spi) == **k)) {
         // Replaced in place: the old one must go first.
-        let s = next();
-        request(
-            &socket,
-            &wire::del_sa(s, *dst, *spi),
-            s,
-            || format!("deleting IPsec SA {spi:#x} to {dst}"),
-            false,
-            true,
-        )?;
+        delete_sa(next(), dst, spi)?;
     }
     for sa in &c.add {
         let s = next();
@@ -447,15 +449,7 @@ pub fn apply(want: &Desired) -> Result<Applied, XfrmError> {
         )?;
     }
     for (dst, spi) in c.delete.iter().filter(|k| !c.add.iter().any(|a| (a.dst, a.spi) == **k)) {
-        let s = next();
-        request(
-            &socket,
-            &wire::del_sa(s, *dst, *spi),
-            s,
-            || format!("deleting IPsec SA {spi:#x} to {dst}"),
-            false,
-            true,
-        )?;
+        delete_sa(next(), dst, spi)?;
     }
     for p in &c.delete_policies {
         let s = next();
