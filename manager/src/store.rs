@@ -427,6 +427,35 @@ impl Store {
         })
     }
 
+    /// Changes one node record in place, in one write transaction: read, `change`, write.
+    /// Writers that each change their own fields (the operator's availability and labels,
+    /// the session's description, the mesh's ingress address) never undo one another,
+    /// and a node removed meanwhile is not written back. `None`: there is no such node.
+    pub fn update_node(
+        &self,
+        id: &NodeId,
+        change: impl FnOnce(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            let updated = {
+                let mut table = tx.open_table(NODES)?;
+                let record: Option<NodeRecord> =
+                    table.get(id.as_str())?.map(|v| postcard::from_bytes(v.value())).transpose()?;
+                match record {
+                    Some(mut record) => {
+                        change(&mut record);
+                        table.insert(id.as_str(), postcard::to_allocvec(&record)?.as_slice())?;
+                        Some(record)
+                    }
+                    None => None,
+                }
+            };
+            tx.commit()?;
+            Ok(updated)
+        })
+    }
+
     /// Deletes a node record; its certificate is refused from then on.
     pub fn remove_node(&self, id: &NodeId) -> Result<(), StoreError> {
         self.note(|| {
@@ -584,6 +613,41 @@ mod tests {
             })
             .collect();
         store.update_images(&images, &[]).unwrap();
+    }
+
+    #[test]
+    fn update_node_changes_only_what_it_is_given_and_never_resurrects_a_removed_node() {
+        let path = scratch_path();
+        full_store(&path);
+        let store = Store::open(&path).unwrap();
+        let id = NodeId::from_random(shoal_link::random());
+        let node = NodeRecord {
+            id: id.clone(),
+            role: shoal_proto::Role::Worker,
+            availability: shoal_proto::Availability::Active,
+            labels: Default::default(),
+            description: Default::default(),
+            addr: None,
+            created_at_ms: 1,
+            ingress_address: None,
+        };
+        store.put_node(&node).unwrap();
+        // Two writers that each read the record before the other wrote: the mesh's
+        // address and the operator's drain both stand.
+        let stale = store.node(&id).unwrap().unwrap();
+        let address = std::net::Ipv4Addr::new(10, 0, 0, 254);
+        store.update_node(&id, |r| r.ingress_address = Some(address)).unwrap().unwrap();
+        let mut drained = stale.clone();
+        drained.availability = shoal_proto::Availability::Drain;
+        store.update_node(&id, |r| r.availability = drained.availability).unwrap().unwrap();
+        let now = store.node(&id).unwrap().unwrap();
+        assert_eq!((now.ingress_address, now.availability), (Some(address), shoal_proto::Availability::Drain));
+        // Removed meanwhile: nothing is written back.
+        store.remove_node(&id).unwrap();
+        assert!(store.update_node(&id, |r| r.ingress_address = None).unwrap().is_none());
+        assert!(store.node(&id).unwrap().is_none());
+        drop(store);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -98,11 +98,20 @@ pub(super) fn mesh_boards(
         .collect();
     let tasks: Vec<_> = svc.tasks.values().cloned().collect();
     for (id, address) in ipam::board_addresses(ingress, &services, &tasks, &held, &wanted) {
-        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
-            r.ingress_address = Some(address);
-            store.put_node(r)?;
-            held.push(address);
+        // Only this field, in the store's own transaction: the operator or the node's
+        // session may be writing the same record meanwhile, or removing it.
+        let Some(stored) = store.update_node(&id, |r| {
+            r.ingress_address.get_or_insert(address);
+        })?
+        else {
+            continue;
+        };
+        if stored.ingress_address == Some(address) {
             info!(node = %id, %address, "node joins the routing mesh");
+        }
+        held.extend(stored.ingress_address.filter(|a| !held.contains(a)));
+        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
+            *r = stored;
         }
     }
     let mesh = records
