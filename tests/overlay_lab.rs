@@ -89,7 +89,16 @@ fn lab_task2_containers_on_an_overlay_reach_each_other_by_name_across_boards() {
     wait_for("the overlay gone from node2", Duration::from_secs(20), || {
         vxlan_devices(&c.lab.hosts[2].ns).is_empty().then_some(())
     });
-    m.shoal(&["network", "rm", &net]);
+    remove_network(m, &net);
+}
+
+/// Removes `net` once its last task's stop has been reported: until then the manager
+/// refuses, saying tasks are still stopping on it (as `docker network rm` refuses while
+/// endpoints remain).
+fn remove_network(m: &shoal_e2e::Host, net: &str) {
+    wait_for(&format!("network {net} removed"), Duration::from_secs(20), || {
+        m.run("shoal", &["network", "rm", net]).status.success().then_some(())
+    });
 }
 
 /// The answers of `n` requests to `url` from one `shoal exec` into `client`: one line
@@ -194,7 +203,7 @@ fn a_vip_service_is_reached_by_name_and_spreads_over_its_replicas() {
     wait_for("the services gone", Duration::from_secs(30), || {
         (shoal_e2e::running_containers(&web) == 0 && shoal_e2e::running_containers(&client) == 0).then_some(())
     });
-    m.shoal(&["network", "rm", &net]);
+    remove_network(m, &net);
 }
 
 /// A namespace standing for "the internet", cabled to one board namespace: the board
@@ -282,6 +291,6 @@ fn a_container_on_an_overlay_reaches_the_internet_from_its_boards_address() {
     wait_for("the client gone", Duration::from_secs(30), || {
         (shoal_e2e::running_containers(&client) == 0).then_some(())
     });
-    m.shoal(&["network", "rm", &net]);
+    remove_network(m, &net);
     drop(internet);
 }

@@ -424,8 +424,10 @@ impl<N: Sandboxes + 'static> Worker<N> {
                         let _ = tx.send(Done::Started { task, result }).await;
                     });
                 }
-                Decision::Stop { task, container_id, grace_ms } => {
+                Decision::Stop { task, container_id, grace_ms, drain_ms } => {
                     tokio::spawn(async move {
+                        // Other boards are dropping it as a backend meanwhile.
+                        tokio::time::sleep(Duration::from_millis(drain_ms)).await;
                         let result = exec.stop(container_id, Duration::from_millis(grace_ms)).await;
                         let _ = tx.send(Done::Stopped { task, result }).await;
                     });
