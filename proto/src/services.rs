@@ -281,13 +281,15 @@ impl ServiceSpec {
     /// below reservations, no published port listed twice, DNSRR without ingress ports.
     pub fn validate(&self) -> Result<(), SpecError> {
         let name = self.name.as_str();
+        // `_` as Docker allows it: a stack's services are `<stack>_<name>`.
         let dns_label = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !name.starts_with('-')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && name.as_bytes()[0].is_ascii_alphanumeric()
             && !name.ends_with('-');
         if !dns_label {
             return Err(SpecError::Invalid(format!(
-                "service name {name:?} must be letters, digits and inner dashes (a DNS label)"
+                "service name {name:?} must be a DNS label: letters, digits and inner dashes (and `_`, as a \
+                 stack's `<stack>_<name>`)"
             )));
         }
         if self.image.is_empty() {
