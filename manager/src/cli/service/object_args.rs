@@ -86,6 +86,38 @@ impl ObjectUpdateArgs {
     }
 }
 
+/// `service inspect`: the service's labels, and its secrets and configs as Docker shows
+/// them (`SecretName`, `File`), with the version each task uses. Never bytes: the spec
+/// has none.
+pub fn inspect_json(spec: &ServiceSpec, out: &mut serde_json::Value) {
+    let labels: serde_json::Map<String, serde_json::Value> =
+        spec.labels.iter().map(|l| (l.key.to_string(), serde_json::json!(l.value.as_str()))).collect();
+    out["Spec"]["Labels"] = serde_json::Value::Object(labels);
+    let refs = |kind: Kind, list: &[SecretRef]| -> Vec<serde_json::Value> {
+        let name_key = if kind == Kind::Secret { "SecretName" } else { "ConfigName" };
+        list.iter()
+            .map(|r| {
+                let name = match kind {
+                    Kind::Secret => r.file_name().to_owned(),
+                    Kind::Config => r.target.to_string(),
+                };
+                serde_json::json!({
+                    name_key: r.source.as_str(),
+                    "File": { "Name": name, "UID": r.uid.to_string(), "GID": r.gid.to_string(), "Mode": r.mode },
+                    "Version": r.version,
+                })
+            })
+            .collect()
+    };
+    let container = &mut out["Spec"]["TaskTemplate"]["ContainerSpec"];
+    if !spec.secrets.is_empty() {
+        container["Secrets"] = serde_json::json!(refs(Kind::Secret, &spec.secrets));
+    }
+    if !spec.configs.is_empty() {
+        container["Configs"] = serde_json::json!(refs(Kind::Config, &spec.configs));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +140,11 @@ mod tests {
         assert_eq!(spec.configs[0].target.as_str(), "/c");
         let gone = ObjectUpdateArgs { secret_rm: vec!["zzz".into()], ..Default::default() };
         assert!(gone.apply(&mut spec).unwrap_err().to_string().contains("no such secret"));
+        let mut out = serde_json::json!({"Spec": {"TaskTemplate": {"ContainerSpec": {}}}});
+        inspect_json(&spec, &mut out);
+        let c = &out["Spec"]["TaskTemplate"]["ContainerSpec"];
+        assert_eq!(c["Secrets"][0]["SecretName"], "b");
+        assert_eq!(c["Secrets"][0]["File"]["Name"], "bee");
+        assert_eq!(c["Configs"][0]["File"]["Name"], "/c");
     }
 }
