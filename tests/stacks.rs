@@ -173,8 +173,12 @@ fn secrets_configs_and_stacks_on_real_boards() {
     let stack_started = Instant::now();
     let said = deploy("1.0");
     let (db, app) = (format!("{stack}_database"), format!("{stack}_appserver"));
-    for what in [format!("network {stack}_atsea"), format!("service {db}"), format!("service {app}"), format!("secret {stack}_api_key")]
-    {
+    for what in [
+        format!("network {stack}_atsea"),
+        format!("service {db}"),
+        format!("service {app}"),
+        format!("secret {stack}_api_key"),
+    ] {
         assert!(said.contains(&format!("Creating {what}")), "{said}");
     }
     let board = format!("{}:8000", c.lab.hosts[1].ip);
@@ -202,9 +206,7 @@ fn secrets_configs_and_stacks_on_real_boards() {
     // Re-deploy with one changed service: only it is updated.
     let said = deploy("3.0");
     assert!(said.contains(&format!("Updating service {app}")) && !said.contains(&db), "{said}");
-    wait_for("appserver 3.0", Duration::from_secs(20), || {
-        get(&board, "/version").ok().filter(|b| b.contains("3.0"))
-    });
+    wait_for("appserver 3.0", Duration::from_secs(20), || get(&board, "/version").ok().filter(|b| b.contains("3.0")));
     assert_eq!(db_task(&c), db_before, "database was not touched");
     let said = deploy("3.0");
     assert!(!said.contains("Updating"), "nothing changed, nothing updated: {said}");

@@ -126,9 +126,8 @@ pub fn materialize(root: &Path, cid: &str, spec: &TaskSpec, held: &Held) -> Resu
     let mut files: Vec<(Kind, &SecretRef, Vec<u8>)> = Vec::new();
     for (kind, refs) in [(Kind::Secret, &spec.secrets), (Kind::Config, &spec.configs)] {
         for r in refs.iter() {
-            let data = held
-                .get(kind, &r.source)
-                .ok_or_else(|| SecretError::Missing { kind, name: r.source.to_string() })?;
+            let data =
+                held.get(kind, &r.source).ok_or_else(|| SecretError::Missing { kind, name: r.source.to_string() })?;
             files.push((kind, r, data));
         }
     }
@@ -164,12 +163,8 @@ pub fn materialize(root: &Path, cid: &str, spec: &TaskSpec, held: &Held) -> Resu
                 Kind::Secret => secrets.join(r.file_name()),
                 Kind::Config => configs.join(i.to_string()),
             };
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(r.mode)
-                .open(&path)
-                .map_err(io(&path))?;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(r.mode).open(&path).map_err(io(&path))?;
             f.write_all(data).map_err(io(&path))?;
             // `mode` at open is cut by the umask; the asked bits exactly.
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(r.mode)).map_err(io(&path))?;
@@ -198,6 +193,8 @@ pub fn release(root: &Path, cid: &str) {
     // Lazily: a container still starting may hold it; the memory goes with the last user.
     let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
     let _ = std::fs::remove_dir_all(&dir);
+    // The agent's directory too once no container has secrets (fails while one does).
+    let _ = std::fs::remove_dir(root);
 }
 
 #[cfg(test)]
@@ -226,6 +223,45 @@ mod tests {
         held.apply(chunk(false, vec![]));
         assert!(held.is_empty(), "a half set of a lost session is dropped");
         assert!(!format!("{held:?}").contains('4'));
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_containers_objects_live_in_a_tmpfs_of_its_own_until_released() {
+        assert!(rustix::process::geteuid().is_root(), "this test needs root (it mounts a tmpfs)");
+        let root = std::env::temp_dir().join(format!("shoal-secrets-root-{}", std::process::id()));
+        let held = Held::default();
+        let set = SecretSet {
+            more: false,
+            items: vec![payload(Kind::Secret, "pw", b"hunter2"), payload(Kind::Config, "conf", b"x = 1\n")]
+                .try_into()
+                .unwrap(),
+        };
+        held.apply(set);
+        let mut spec = shoal_proto::ServiceSpec::new(
+            shoal_proto::text("web").unwrap(),
+            shoal_proto::ImageRef::try_from("x:1").unwrap(),
+        );
+        spec.secrets
+            .push(SecretRef::parse(Kind::Secret, "source=pw,target=db,uid=70,gid=71,mode=0400").unwrap())
+            .unwrap();
+        spec.configs.push(SecretRef::parse(Kind::Config, "source=conf,target=/etc/app.conf").unwrap()).unwrap();
+        let mounts = materialize(&root, "web.1.x", &spec.task_spec(), &held).unwrap();
+        let dir = root.join("web.1.x");
+        assert_eq!(mounts[0], FileMount { source: dir.join("secrets"), destination: "/run/secrets".into() });
+        assert_eq!(mounts[1].destination, "/etc/app.conf");
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info.lines().find(|l| l.split_whitespace().nth(4) == Some(dir.to_str().unwrap())).expect("mounted");
+        assert!(line.contains(" - tmpfs "), "{line}");
+        let db = dir.join("secrets/db");
+        assert_eq!(std::fs::read(&db).unwrap(), b"hunter2");
+        let meta = std::fs::metadata(&db).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o400, 70, 71));
+        assert_eq!(std::fs::read(&mounts[1].source).unwrap(), b"x = 1\n");
+        release(&root, "web.1.x");
+        assert!(!dir.exists() && !root.exists(), "released: the tmpfs and its directory are gone");
+        assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(dir.to_str().unwrap()));
     }
 
     #[test]

@@ -49,16 +49,16 @@ fn edit_refs<E>(
 
 /// Gives each reference of `spec` its object's current version (`version_of`); an
 /// unknown object is refused, saying how to create it.
-pub fn fill_versions(
-    spec: &mut ServiceSpec,
-    version_of: impl Fn(Kind, &str) -> Option<u64>,
-) -> Result<(), ErrorReply> {
+pub fn fill_versions(spec: &mut ServiceSpec, version_of: impl Fn(Kind, &str) -> Option<u64>) -> Result<(), ErrorReply> {
     for kind in [Kind::Secret, Kind::Config] {
         edit_refs(spec, kind, |r| {
             r.version = version_of(kind, &r.source).ok_or_else(|| {
                 ErrorReply::new(
                     ErrorKind::NotFound,
-                    &format!("{kind} {} not found: create it first with `shoal {kind} create {} FILE`", r.source, r.source),
+                    &format!(
+                        "{kind} {} not found: create it first with `shoal {kind} create {} FILE`",
+                        r.source, r.source
+                    ),
                 )
             })?;
             Ok::<(), ErrorReply>(())
@@ -79,7 +79,11 @@ pub fn users<'a>(kind: Kind, name: &str, services: impl IntoIterator<Item = &'a 
 }
 
 /// `rm` of an object in use is refused, naming the services (Docker's words).
-pub fn check_remove<'a>(kind: Kind, name: &str, services: impl IntoIterator<Item = &'a Service>) -> Result<(), ErrorReply> {
+pub fn check_remove<'a>(
+    kind: Kind,
+    name: &str,
+    services: impl IntoIterator<Item = &'a Service>,
+) -> Result<(), ErrorReply> {
     let using = users(kind, name, services);
     if using.is_empty() {
         return Ok(());
@@ -166,8 +170,7 @@ mod tests {
     }
 
     fn record(name: &str, secret: Option<&str>) -> ServiceRecord {
-        services::create(&[], spec(name, secret), &images(), ServiceId::from_random([name.len() as u8; 16]), 1)
-            .unwrap()
+        services::create(&[], spec(name, secret), &images(), ServiceId::from_random([name.len() as u8; 16]), 1).unwrap()
     }
 
     #[test]

@@ -470,9 +470,11 @@ impl NetworkView {
         // stack service on its networks), when no other service takes that name.
         let find = |wanted: &str| {
             self.services.iter().position(|s| s.name.as_str() == wanted).or_else(|| {
-                let mut alias = self.services.iter().enumerate().filter(|(_, s)| {
-                    s.name.as_str().split_once('_').is_some_and(|(_, short)| short == wanted)
-                });
+                let mut alias = self
+                    .services
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.name.as_str().split_once('_').is_some_and(|(_, short)| short == wanted));
                 match (alias.next(), alias.next()) {
                     (Some((i, _)), None) => Some(i),
                     _ => None,

@@ -212,7 +212,8 @@ impl SecretRef {
                 }
             }
         }
-        let source = source.filter(|s| !s.is_empty()).ok_or_else(|| bad("a source is required, e.g. source=NAME".into()))?;
+        let source =
+            source.filter(|s| !s.is_empty()).ok_or_else(|| bad("a source is required, e.g. source=NAME".into()))?;
         let default_target = match kind {
             Kind::Secret => source.to_owned(),
             Kind::Config => format!("/{source}"),
@@ -244,7 +245,9 @@ impl SecretRef {
                 // A name under /run/secrets (Docker also takes the full path).
                 let name = t.strip_prefix("/run/secrets/").unwrap_or(t);
                 if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-                    return Err(bad(format!("target {t:?} must be a file name under /run/secrets, e.g. target=db_password")));
+                    return Err(bad(format!(
+                        "target {t:?} must be a file name under /run/secrets, e.g. target=db_password"
+                    )));
                 }
             }
             Kind::Config => {
@@ -265,13 +268,18 @@ impl SecretRef {
 
     /// The long form, which [`SecretRef::parse`] reads back.
     pub fn long_form(&self) -> String {
-        format!("source={},target={},uid={},gid={},mode={:04o}", self.source, self.target, self.uid, self.gid, self.mode)
+        format!(
+            "source={},target={},uid={},gid={},mode={:04o}",
+            self.source, self.target, self.uid, self.gid, self.mode
+        )
     }
 }
 
 /// A name that is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} name {name:?}: use letters, digits, `-`, `_` and `.` (at most 64, starting with a letter or digit)")]
+#[error(
+    "invalid {kind} name {name:?}: use letters, digits, `-`, `_` and `.` (at most 64, starting with a letter or digit)"
+)]
 pub struct BadName {
     /// Which kind.
     pub kind: Kind,

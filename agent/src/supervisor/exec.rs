@@ -387,10 +387,11 @@ impl<N: Sandboxes + 'static> Exec<N> {
         let files = if crate::secrets::needed(&a.spec) {
             let (root, cid_owned, spec, held) =
                 (self.secrets_root.clone(), cid.to_owned(), a.spec.clone(), self.secrets.clone());
-            let made = tokio::task::spawn_blocking(move || crate::secrets::materialize(&root, &cid_owned, &spec, &held))
-                .await
-                .map_err(ExecError::panicked("writing the container's secrets"))
-                .and_then(|r| r.map_err(ExecError::Secrets));
+            let made =
+                tokio::task::spawn_blocking(move || crate::secrets::materialize(&root, &cid_owned, &spec, &held))
+                    .await
+                    .map_err(ExecError::panicked("writing the container's secrets"))
+                    .and_then(|r| r.map_err(ExecError::Secrets));
             match made {
                 Ok(f) => f,
                 Err(e) => {

@@ -122,7 +122,12 @@ pub async fn run(data_dir: &Path, kind: Kind, cmd: ObjectCommand) -> anyhow::Res
     result
 }
 
-async fn dispatch(client: &Client, kind: Kind, cmd: ObjectCommand, request: Option<ObjectRequest>) -> anyhow::Result<()> {
+async fn dispatch(
+    client: &Client,
+    kind: Kind,
+    cmd: ObjectCommand,
+    request: Option<ObjectRequest>,
+) -> anyhow::Result<()> {
     let unexpected = || anyhow::anyhow!("unexpected answer from the manager");
     match cmd {
         ObjectCommand::Create { .. } => {

@@ -66,10 +66,7 @@ fn find<'a>(svc: &'a ServiceState, kind: Kind, query: &str) -> Result<&'a Held, 
             ErrorKind::Ambiguous,
             &format!("{kind} {query} is ambiguous: give more of its ID, or its name"),
         )),
-        _ => Err(ErrorReply::new(
-            ErrorKind::NotFound,
-            &format!("no such {kind}: {query} (see `shoal {kind} ls`)"),
-        )),
+        _ => Err(ErrorReply::new(ErrorKind::NotFound, &format!("no such {kind}: {query} (see `shoal {kind} ls`)"))),
     }
 }
 

@@ -63,21 +63,24 @@ impl ObjectUpdateArgs {
     /// Applies the flags: removals first, then additions (replacing a reference to the
     /// same object or at the same target).
     pub fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
-        let edit = |list: Vec<SecretRef>, rm: &[String], add: &[SecretRef], kind: Kind| -> anyhow::Result<Vec<SecretRef>> {
-            let mut list = list;
-            for name in rm {
-                let before = list.len();
-                list.retain(|r| r.source.as_str() != name);
-                if list.len() == before {
-                    anyhow::bail!("--{kind}-rm {name}: the service has no such {kind} (see `shoal service inspect`)");
+        let edit =
+            |list: Vec<SecretRef>, rm: &[String], add: &[SecretRef], kind: Kind| -> anyhow::Result<Vec<SecretRef>> {
+                let mut list = list;
+                for name in rm {
+                    let before = list.len();
+                    list.retain(|r| r.source.as_str() != name);
+                    if list.len() == before {
+                        anyhow::bail!(
+                            "--{kind}-rm {name}: the service has no such {kind} (see `shoal service inspect`)"
+                        );
+                    }
                 }
-            }
-            for a in add {
-                list.retain(|r| r.source != a.source && r.target != a.target);
-                list.push(a.clone());
-            }
-            Ok(list)
-        };
+                for a in add {
+                    list.retain(|r| r.source != a.source && r.target != a.target);
+                    list.push(a.clone());
+                }
+                Ok(list)
+            };
         spec.secrets =
             bounded(edit(spec.secrets.to_vec(), &self.secret_rm, &self.secret_add, Kind::Secret)?, "secrets")?;
         spec.configs =

@@ -76,7 +76,8 @@ pub struct Plan {
 /// Parses one file's text.
 pub fn parse(file: &str, text: &str) -> Result<Value, ComposeError> {
     serde_yaml_ng::from_str::<Value>(text).map_err(|e| {
-        let path = e.location().map_or_else(|| "document".to_owned(), |l| format!("line {} column {}", l.line(), l.column()));
+        let path =
+            e.location().map_or_else(|| "document".to_owned(), |l| format!("line {} column {}", l.line(), l.column()));
         ComposeError { file: file.to_owned(), path, message: e.to_string() }
     })
 }
@@ -130,14 +131,20 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
             let name_end = expr.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(expr.len());
             let (name, op) = expr.split_at(name_end);
             if name.is_empty() {
-                return Err(format!("invalid interpolation ${{{expr}}} in {s:?}: expected ${{NAME}} or ${{NAME:-default}}"));
+                return Err(format!(
+                    "invalid interpolation ${{{expr}}} in {s:?}: expected ${{NAME}} or ${{NAME:-default}}"
+                ));
             }
             let value = env(name);
             let set = value.as_deref().is_some_and(|v| !v.is_empty());
             let expanded = if op.is_empty() {
                 value.unwrap_or_default()
             } else if let Some(d) = op.strip_prefix(":-") {
-                if set { value.unwrap_or_default() } else { interpolate(d, env)? }
+                if set {
+                    value.unwrap_or_default()
+                } else {
+                    interpolate(d, env)?
+                }
             } else if let Some(d) = op.strip_prefix('-') {
                 match value {
                     Some(v) => v,
@@ -170,7 +177,11 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
 }
 
 /// Interpolates every string value of `v` (keys are left alone, as compose does).
-pub fn interpolate_all(v: &mut Value, env: &dyn Fn(&str) -> Option<String>, path: &str) -> Result<(), (String, String)> {
+pub fn interpolate_all(
+    v: &mut Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    path: &str,
+) -> Result<(), (String, String)> {
     match v {
         Value::String(s) => *s = interpolate(s, env).map_err(|e| (path.to_owned(), e))?,
         Value::Sequence(items) => {
@@ -291,7 +302,8 @@ impl<'a> Reader<'a> {
     /// Reads the whole merged document into a plan.
     pub fn plan(mut self, doc: &Value) -> R<Plan> {
         let top = self.map(doc, "document")?;
-        let mut plan = Plan { services: BTreeMap::new(), networks: Vec::new(), objects: Vec::new(), warnings: Vec::new() };
+        let mut plan =
+            Plan { services: BTreeMap::new(), networks: Vec::new(), objects: Vec::new(), warnings: Vec::new() };
         let mut networks: BTreeMap<String, NetworkPlan> = BTreeMap::new();
         let mut objects: BTreeMap<(Kind, String), ObjectPlan> = BTreeMap::new();
         for (k, v) in top {
@@ -368,7 +380,8 @@ impl<'a> Reader<'a> {
                     "driver" => {
                         let d = self.string(x, &p)?;
                         if d != "overlay" {
-                            return self.err(&p, format!("driver {d:?} is not supported: shoal's networks are overlay"));
+                            return self
+                                .err(&p, format!("driver {d:?} is not supported: shoal's networks are overlay"));
                         }
                     }
                     "external" => match x {
@@ -439,7 +452,8 @@ impl<'a> Reader<'a> {
                 "external" => match x {
                     Value::Bool(b) => external = b.then(|| name.to_owned()),
                     Value::Mapping(e) => {
-                        external = Some(e.get("name").map(|n| self.string(n, &p)).transpose()?.unwrap_or(name.to_owned()))
+                        external =
+                            Some(e.get("name").map(|n| self.string(n, &p)).transpose()?.unwrap_or(name.to_owned()))
                     }
                     _ => return self.err(&p, "expected true or false"),
                 },
@@ -474,7 +488,8 @@ impl<'a> Reader<'a> {
             Some(i) => self.string(i, &format!("{path}.image"))?,
             None => return self.err(path, "an image is required (shoal does not build images: `image: NAME:TAG`)"),
         };
-        let name = shoal_proto::text(&self.full(short)).or_else(|e| self.err(path, format!("the name is too long: {e}")))?;
+        let name =
+            shoal_proto::text(&self.full(short)).or_else(|e| self.err(path, format!("the name is too long: {e}")))?;
         let image_ref = shoal_proto::text(&image).or_else(|e| self.err(&format!("{path}.image"), e.to_string()))?;
         let mut spec = ServiceSpec::new(name, image_ref);
         let _ = spec.labels.push(self.namespace());
@@ -525,7 +540,8 @@ impl<'a> Reader<'a> {
                     };
                     for n in keys {
                         if n != "default" && !networks.contains_key(&n) {
-                            return self.err(&p, format!("network {n} is not declared under the top-level `networks:`"));
+                            return self
+                                .err(&p, format!("network {n} is not declared under the top-level `networks:`"));
                         }
                         used_nets.push(n);
                     }
@@ -537,23 +553,30 @@ impl<'a> Reader<'a> {
                         let ip = format!("{p}[{i}]");
                         let (source, mut r) = self.reference(kind, item, &ip)?;
                         let Some(obj) = objects.get(&(kind, source.clone())) else {
-                            return self.err(&ip, format!("{kind} {source} is not declared under the top-level `{key}:`"));
+                            return self
+                                .err(&ip, format!("{kind} {source} is not declared under the top-level `{key}:`"));
                         };
                         r.source = shoal_proto::text(&obj.name).or_else(|e| self.err(&ip, e.to_string()))?;
                         used_objs.push((kind, source));
-                        if kind == Kind::Secret { secrets.push(r) } else { configs.push(r) }
+                        if kind == Kind::Secret {
+                            secrets.push(r)
+                        } else {
+                            configs.push(r)
+                        }
                     }
                 }
                 "deploy" => self.deploy(&mut spec, x, &p)?,
                 "hostname" => {
-                    spec.hostname = Some(shoal_proto::text(&self.string(x, &p)?).or_else(|e| self.err(&p, e.to_string()))?)
+                    spec.hostname =
+                        Some(shoal_proto::text(&self.string(x, &p)?).or_else(|e| self.err(&p, e.to_string()))?)
                 }
                 "stop_grace_period" => spec.stop_grace_period_ms = self.duration(x, &p)?,
                 "stop_signal" => {
-                    spec.stop_signal = Some(shoal_proto::text(&self.string(x, &p)?).or_else(|e| self.err(&p, e.to_string()))?)
+                    spec.stop_signal =
+                        Some(shoal_proto::text(&self.string(x, &p)?).or_else(|e| self.err(&p, e.to_string()))?)
                 }
-                "entrypoint" | "labels" | "healthcheck" | "volumes" | "devices" | "user" | "working_dir" | "cap_add"
-                | "cap_drop" | "sysctls" | "ulimits" | "dns" | "read_only" | "init" | "tmpfs" => {
+                "entrypoint" | "labels" | "healthcheck" | "volumes" | "devices" | "user" | "working_dir"
+                | "cap_add" | "cap_drop" | "sysctls" | "ulimits" | "dns" | "read_only" | "init" | "tmpfs" => {
                     self.warn(&p, "not supported by shoal's stacks yet")
                 }
                 "build" => self.warn(&p, "shoal does not build images: it deploys `image`"),
@@ -570,10 +593,8 @@ impl<'a> Reader<'a> {
         if !saw_networks {
             used_nets.push("default".into());
         }
-        let full_nets: Vec<String> = used_nets
-            .iter()
-            .map(|n| networks.get(n).map_or_else(|| self.full(n), |p| p.name.clone()))
-            .collect();
+        let full_nets: Vec<String> =
+            used_nets.iter().map(|n| networks.get(n).map_or_else(|| self.full(n), |p| p.name.clone())).collect();
         spec.networks = bounded(
             full_nets.iter().map(|n| shoal_proto::text(n).expect("checked network name")).collect(),
             &format!("{path}.networks"),
@@ -615,7 +636,10 @@ impl<'a> Reader<'a> {
                         };
                         form.push_str(&format!(",mode={mode}"));
                     }
-                    other => return self.err(&p, format!("unknown key {other:?}: expected source, target, uid, gid or mode")),
+                    other => {
+                        return self
+                            .err(&p, format!("unknown key {other:?}: expected source, target, uid, gid or mode"))
+                    }
                 }
             }
         }
@@ -631,18 +655,40 @@ impl<'a> Reader<'a> {
                 PortConfig::parse(&s).or_else(|e| self.err(path, e.to_string()))
             }
             Value::Mapping(m) => {
-                let mut p = PortConfig { target: 0, published: None, protocol: Protocol::Tcp, mode: PublishMode::Ingress };
+                let mut p =
+                    PortConfig { target: 0, published: None, protocol: Protocol::Tcp, mode: PublishMode::Ingress };
                 for (k, x) in m {
                     let key = self.string(k, path)?;
                     let kp = format!("{path}.{key}");
                     match key.as_str() {
-                        "target" => p.target = port_number(self.number(x, &kp)?).map_or_else(|| self.err(&kp, "expected 1-65535"), Ok)?,
-                        "published" => {
-                            p.published = Some(port_number(self.number(x, &kp)?).map_or_else(|| self.err(&kp, "expected 1-65535"), Ok)?)
+                        "target" => {
+                            p.target = port_number(self.number(x, &kp)?)
+                                .map_or_else(|| self.err(&kp, "expected 1-65535"), Ok)?
                         }
-                        "protocol" => p.protocol = self.string(x, &kp)?.parse().or_else(|e: shoal_proto::SpecError| self.err(&kp, e.to_string()))?,
-                        "mode" => p.mode = self.string(x, &kp)?.parse().or_else(|e: shoal_proto::SpecError| self.err(&kp, e.to_string()))?,
-                        other => return self.err(&kp, format!("unknown key {other:?}: expected target, published, protocol or mode")),
+                        "published" => {
+                            p.published = Some(
+                                port_number(self.number(x, &kp)?)
+                                    .map_or_else(|| self.err(&kp, "expected 1-65535"), Ok)?,
+                            )
+                        }
+                        "protocol" => {
+                            p.protocol = self
+                                .string(x, &kp)?
+                                .parse()
+                                .or_else(|e: shoal_proto::SpecError| self.err(&kp, e.to_string()))?
+                        }
+                        "mode" => {
+                            p.mode = self
+                                .string(x, &kp)?
+                                .parse()
+                                .or_else(|e: shoal_proto::SpecError| self.err(&kp, e.to_string()))?
+                        }
+                        other => {
+                            return self.err(
+                                &kp,
+                                format!("unknown key {other:?}: expected target, published, protocol or mode"),
+                            )
+                        }
                     }
                 }
                 if p.target == 0 {
@@ -690,7 +736,10 @@ impl<'a> Reader<'a> {
                                 let list = self.command_list(pv, &pp)?;
                                 let mut out = Vec::new();
                                 for (i, c) in list.iter().enumerate() {
-                                    out.push(Constraint::parse(c).or_else(|e| self.err(&format!("{pp}[{i}]"), e.to_string()))?);
+                                    out.push(
+                                        Constraint::parse(c)
+                                            .or_else(|e| self.err(&format!("{pp}[{i}]"), e.to_string()))?,
+                                    );
                                 }
                                 spec.constraints = bounded(out, &pp, self)?;
                             }
@@ -715,12 +764,22 @@ impl<'a> Reader<'a> {
                             let ep = format!("{rp}.{ekey}");
                             match ekey.as_str() {
                                 "cpus" => {
-                                    let c = parse_cpus(&format!("{}", self.float(ev, &ep)?)).or_else(|e| self.err(&ep, e.to_string()))?;
-                                    if limits { spec.resources.limit_cpu_millis = c } else { spec.resources.reserve_cpu_millis = c }
+                                    let c = parse_cpus(&format!("{}", self.float(ev, &ep)?))
+                                        .or_else(|e| self.err(&ep, e.to_string()))?;
+                                    if limits {
+                                        spec.resources.limit_cpu_millis = c
+                                    } else {
+                                        spec.resources.reserve_cpu_millis = c
+                                    }
                                 }
                                 "memory" => {
-                                    let mem = parse_memory(&self.string(ev, &ep)?).or_else(|e| self.err(&ep, e.to_string()))?;
-                                    if limits { spec.resources.limit_memory = mem } else { spec.resources.reserve_memory = mem }
+                                    let mem = parse_memory(&self.string(ev, &ep)?)
+                                        .or_else(|e| self.err(&ep, e.to_string()))?;
+                                    if limits {
+                                        spec.resources.limit_memory = mem
+                                    } else {
+                                        spec.resources.reserve_memory = mem
+                                    }
                                 }
                                 other => self.warn(&ep, &format!("{other} is not supported yet")),
                             }
@@ -785,7 +844,9 @@ impl<'a> Reader<'a> {
                     c.failure_action =
                         self.string(x, &p)?.parse::<FailureAction>().or_else(|e| self.err(&p, e.to_string()))?
                 }
-                "order" => c.order = self.string(x, &p)?.parse::<UpdateOrder>().or_else(|e| self.err(&p, e.to_string()))?,
+                "order" => {
+                    c.order = self.string(x, &p)?.parse::<UpdateOrder>().or_else(|e| self.err(&p, e.to_string()))?
+                }
                 "max_failure_ratio" => {
                     let r = self.float(x, &p)?;
                     if !(0.0..=1.0).contains(&r) {
@@ -826,11 +887,7 @@ fn strings<const L: usize, const N: usize>(
 
 /// Lines of an `env_file`: `KEY=VALUE`, blank lines and `#` comments skipped.
 pub fn env_file_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
 }
 
 /// Splits a command string into words as compose does (shell-like quotes, no

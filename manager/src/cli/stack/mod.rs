@@ -76,8 +76,11 @@ pub fn plan_files(stack: &str, files: &[PathBuf], env: &dyn Fn(&str) -> Option<S
         let shown = f.display().to_string();
         let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {shown}: {e}"))?;
         let mut v = compose::parse(&shown, &text)?;
-        compose::interpolate_all(&mut v, env, "")
-            .map_err(|(path, message)| compose::ComposeError { file: shown.clone(), path, message })?;
+        compose::interpolate_all(&mut v, env, "").map_err(|(path, message)| compose::ComposeError {
+            file: shown.clone(),
+            path,
+            message,
+        })?;
         if doc.is_null() {
             doc = v;
         } else {
@@ -128,20 +131,21 @@ pub fn stack_of(labels: &[shoal_proto::Label]) -> Option<&str> {
 pub fn normalized(desired: &ServiceSpec, current: &ServiceSpec) -> ServiceSpec {
     let mut d = desired.clone();
     d.platforms = current.platforms.clone();
-    let versions = |refs: &BoundedVec<shoal_proto::secrets::SecretRef, { shoal_proto::secrets::MAX_REFS }>,
-                    now: &BoundedVec<shoal_proto::secrets::SecretRef, { shoal_proto::secrets::MAX_REFS }>| {
-        let v: Vec<_> = refs
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                if let Some(c) = now.iter().find(|c| c.source == r.source && c.target == r.target) {
-                    r.version = c.version;
-                }
-                r
-            })
-            .collect();
-        v.try_into().expect("the same length")
-    };
+    let versions =
+        |refs: &BoundedVec<shoal_proto::secrets::SecretRef, { shoal_proto::secrets::MAX_REFS }>,
+         now: &BoundedVec<shoal_proto::secrets::SecretRef, { shoal_proto::secrets::MAX_REFS }>| {
+            let v: Vec<_> = refs
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    if let Some(c) = now.iter().find(|c| c.source == r.source && c.target == r.target) {
+                        r.version = c.version;
+                    }
+                    r
+                })
+                .collect();
+            v.try_into().expect("the same length")
+        };
     d.secrets = versions(&desired.secrets, &current.secrets);
     d.configs = versions(&desired.configs, &current.configs);
     let ports: Vec<_> = desired
@@ -150,7 +154,9 @@ pub fn normalized(desired: &ServiceSpec, current: &ServiceSpec) -> ServiceSpec {
         .map(|p| {
             let mut p = *p;
             if p.published.is_none() {
-                if let Some(c) = current.ports.iter().find(|c| c.target == p.target && c.protocol == p.protocol && c.mode == p.mode) {
+                if let Some(c) =
+                    current.ports.iter().find(|c| c.target == p.target && c.protocol == p.protocol && c.mode == p.mode)
+                {
                     p.published = c.published;
                 }
             }
@@ -182,9 +188,9 @@ pub fn diff(stack: &str, plan: &Plan, running: &[ServiceView]) -> anyhow::Result
     for (name, spec) in &plan.services {
         match by_name.get(name.as_str()) {
             None => out.create.push(name.clone()),
-            Some(v) if !in_stack(&v.service.spec.labels, stack) => anyhow::bail!(
-                "service {name} exists and is not part of stack {stack}: remove it or rename the stack"
-            ),
+            Some(v) if !in_stack(&v.service.spec.labels, stack) => {
+                anyhow::bail!("service {name} exists and is not part of stack {stack}: remove it or rename the stack")
+            }
             Some(v) => {
                 if normalized(spec, &v.service.spec) == v.service.spec {
                     out.unchanged.push(name.clone());
@@ -297,7 +303,12 @@ async fn dispatch(client: &Client, cmd: StackCommand, plan: Option<Plan>) -> any
                 anyhow::bail!("nothing found in stack: {name}");
             }
             let names = mine.iter().map(|n| text(n)).collect::<anyhow::Result<Vec<_>>>()?;
-            let tasks: Vec<TaskView> = match service(client, ServiceRequest::Ps { services: names.try_into().map_err(|_| anyhow::anyhow!("too many services"))? }).await? {
+            let tasks: Vec<TaskView> = match service(
+                client,
+                ServiceRequest::Ps { services: names.try_into().map_err(|_| anyhow::anyhow!("too many services"))? },
+            )
+            .await?
+            {
                 ServiceReply::Tasks(t) => t.into_vec(),
                 _ => anyhow::bail!("unexpected answer from the manager"),
             };
@@ -419,7 +430,9 @@ async fn remove(client: &Client, stack: &str) -> anyhow::Result<()> {
                     tracing::debug!(error = %e, "network still in use; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(anyhow::Error::from(e).context(format!("network {} is still in use", n.spec.name))),
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!("network {} is still in use", n.spec.name)))
+                }
             }
         }
     }

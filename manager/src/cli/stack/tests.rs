@@ -60,7 +60,10 @@ fn the_lab_file_plans_the_labs_application() {
     let app = &p.services["lab_appserver"];
     assert_eq!(app.image.as_str(), "demo/app:1.0");
     assert_eq!(app.mode, ServiceMode::Replicated { replicas: 1 });
-    assert_eq!((app.ports[0].published, app.ports[0].target, app.ports[0].mode), (Some(8000), 8000, PublishMode::Ingress));
+    assert_eq!(
+        (app.ports[0].published, app.ports[0].target, app.ports[0].mode),
+        (Some(8000), 8000, PublishMode::Ingress)
+    );
     assert_eq!(app.env.iter().map(|e| e.to_string()).collect::<Vec<_>>(), ["DB_HOST=database"]);
     assert_eq!(app.update_config.delay_ms, 2000);
     assert!(in_stack(&app.labels, "lab") && !in_stack(&app.labels, "other"));
@@ -150,7 +153,10 @@ fn every_supported_key_lands_in_the_spec() {
     assert_eq!((web.update_config.parallelism, web.update_config.max_failure_ratio_permille), (2, 250));
     assert!(web.labels.iter().any(|l| l.key.as_str() == "team"));
     let s: Vec<String> = web.secrets.iter().map(|r| r.long_form()).collect();
-    assert_eq!(s, ["source=lab_db_pw,target=db_pw,uid=0,gid=0,mode=0444", "source=api_key,target=key,uid=70,gid=0,mode=0400"]);
+    assert_eq!(
+        s,
+        ["source=lab_db_pw,target=db_pw,uid=0,gid=0,mode=0444", "source=api_key,target=key,uid=70,gid=0,mode=0400"]
+    );
     assert_eq!(web.configs[0].source.as_str(), "lab_conf");
     assert_eq!(web.networks.iter().map(|n| n.as_str()).collect::<Vec<_>>(), ["lab_default"]);
     let db = &p.services["lab_db"];
@@ -171,12 +177,20 @@ fn errors_name_the_file_the_key_path_and_the_line() {
     assert_eq!(e.file, "stack.yml");
     assert!(e.path.starts_with("line "), "{e}");
     for (text, path, words) in [
-        ("services:\n  web:\n    image: x\n    deploy:\n      replicas: many\n", "services.web.deploy.replicas", "whole number"),
+        (
+            "services:\n  web:\n    image: x\n    deploy:\n      replicas: many\n",
+            "services.web.deploy.replicas",
+            "whole number",
+        ),
         ("services:\n  web:\n    image: x\n    ports: [\"1-5:80\"]\n", "services.web.ports[0]", "ranges"),
         ("services:\n  web:\n    command: x\n", "services.web", "an image is required"),
         ("services:\n  web:\n    image: x\n    networks: [nope]\n", "services.web.networks", "not declared"),
         ("services:\n  web:\n    image: x\n    secrets: [nope]\n", "services.web.secrets[0]", "not declared"),
-        ("services:\n  web:\n    image: x\n    deploy: {update_config: {order: sideways}}\n", "services.web.deploy.update_config.order", "stop-first"),
+        (
+            "services:\n  web:\n    image: x\n    deploy: {update_config: {order: sideways}}\n",
+            "services.web.deploy.update_config.order",
+            "stop-first",
+        ),
         ("services:\n  web:\n    image: ${NEED:?give NEED}\n", "services.web.image", "NEED is required"),
         ("secrets:\n  s: {}\nservices:\n  web: {image: x}\n", "secrets.s", "file"),
     ] {
