@@ -102,6 +102,13 @@ impl Held {
         self.len() == 0
     }
 
+    /// Whether every object `spec` references is held.
+    pub fn has_all(&self, spec: &TaskSpec) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let held = |kind: Kind, r: &SecretRef| inner.current.contains_key(&(kind, r.source.to_string()));
+        spec.secrets.iter().all(|r| held(Kind::Secret, r)) && spec.configs.iter().all(|r| held(Kind::Config, r))
+    }
+
     fn get(&self, kind: Kind, name: &str) -> Option<Vec<u8>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).current.get(&(kind, name.to_owned())).cloned()
     }

@@ -147,6 +147,9 @@ pub struct StopFailure {
     pub seen: Option<Container>,
 }
 
+/// How long a task waits for its secrets and configs to arrive from the manager.
+const OBJECTS_WAIT: Duration = Duration::from_secs(10);
+
 /// A task's container made and its ports published.
 pub(crate) struct Prepared {
     /// Live publications: dropping them closes the ports.
@@ -385,6 +388,13 @@ impl<N: Sandboxes + 'static> Exec<N> {
         };
         // Its secrets and configs, in a tmpfs of its own.
         let files = if crate::secrets::needed(&a.spec) {
+            // Right after an agent restart, a task from `tasks.json` may be prepared before
+            // the new session has brought the objects (it sends them before any task):
+            // wait for them a little rather than reject the task at once.
+            let until = tokio::time::Instant::now() + OBJECTS_WAIT;
+            while !self.secrets.has_all(&a.spec) && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let (root, cid_owned, spec, held) =
                 (self.secrets_root.clone(), cid.to_owned(), a.spec.clone(), self.secrets.clone());
             let made =
