@@ -100,6 +100,9 @@ fn secrets_configs_and_stacks_on_real_boards() {
         &format!("source={pw},target=alt,mode=0400"),
         "--config",
         &format!("source={tag}conf,target=/etc/app.conf,mode=0440"),
+        // On node1 always: the agent restart below must be the board of the next task.
+        "--constraint",
+        "node.hostname==node1",
         "demo/app:1.0",
     ]);
     let exec = |args: &[&str]| -> Option<String> {
@@ -141,6 +144,20 @@ fn secrets_configs_and_stacks_on_real_boards() {
         exec(&["cat", &format!("/run/secrets/{pw}")]).filter(|s| *s == second)
     });
     let rotation = rolled.elapsed();
+
+    // After an agent restart (memory gone) its board gets the secrets again: the next
+    // rotation's task there reads the new bytes.
+    let (node, board) = ("node1", 1);
+    let pid = c.agents[board - 1].pid().expect("the agent runs").to_string();
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let _restarted = c.lab.hosts[board].spawn("shoal-agent", &["run"]);
+    c.wait_status(node, "Ready", Duration::from_secs(10));
+    let third = format!("third-{tag}-s3cret");
+    let out = m.run_with_input("shoal", &["secret", "update", &pw, "-"], third.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the secret after an agent restart", Duration::from_secs(15), || {
+        exec(&["cat", &format!("/run/secrets/{pw}")]).filter(|s| *s == third)
+    });
 
     // The last task stops: the bytes leave the board.
     m.shoal(&["service", "rm", &svc]);
