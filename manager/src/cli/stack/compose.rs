@@ -621,7 +621,8 @@ impl<'a> Reader<'a> {
                 match key.as_str() {
                     "source" => {}
                     "target" | "uid" | "gid" => form.push_str(&format!(",{key}={}", self.string(x, &p)?)),
-                    // YAML reads 0440 as decimal 440 and 0o440 as 288: compose takes both as octal.
+                    // The YAML parser reads `0440` as octal (288), as compose means it; a plain `644`
+                    // (octal digits, above 0777) is taken as the octal its author meant.
                     "mode" => {
                         let mode = match x {
                             Value::Number(n) => {
