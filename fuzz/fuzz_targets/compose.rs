@@ -24,4 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = compose::Reader::new("base.yml+fuzz.yml", "lab", &read).plan(&base);
     let _ = compose::split_words(text);
     let _ = compose::interpolate(text, &env);
+    for path in ["services.web.ports[1]", "services.web.secrets[0].mode", "a[3].b", "x.[0]."] {
+        let _ = compose::locate(text, path);
+    }
 });

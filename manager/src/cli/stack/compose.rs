@@ -27,16 +27,73 @@ use shoal_proto::{
 /// The label Docker puts on every object of a stack.
 pub const NAMESPACE: &str = "com.docker.stack.namespace";
 
-/// A compose file that can't be used: the file, the key path and what is wrong.
+/// A compose file that can't be used: the file (and line, when known), the key path and
+/// what is wrong: `stack.yml:12: services.web.deploy.replicas: expected a whole number`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {path}: {message}")]
+#[error("{file}{}: {path}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ComposeError {
-    /// The file (or `compose` for the merged document).
+    /// The file (the files joined with `+` for an error in the merged document).
     pub file: String,
+    /// The line of the key in `file`, found by [`locate`] (1-based).
+    pub line: Option<usize>,
     /// The key path, e.g. `services.web.ports[0]`; the line and column for a syntax error.
     pub path: String,
     /// What is wrong and what to write.
     pub message: String,
+}
+
+/// The line (1-based) of key path `path` (`services.web.ports[1]`) in a compose file's
+/// `text`: each key searched below its parent, deeper indented; an index counts the
+/// parent's `- ` items (a flow list `[a, b]` gives the key's own line). `None` when a
+/// key is not found (it came from another file).
+pub fn locate(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let (mut at, mut indent): (usize, isize) = (0, -1);
+    let mut first = true;
+    // After an index, the item's own line may hold the next key (`- source: x`).
+    let mut on_item = false;
+    for segment in path.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let start = if first || on_item { at } else { at + 1 };
+        let item_line = on_item.then_some(at);
+        first = false;
+        on_item = false;
+        let found = lines.iter().enumerate().skip(start).find(|(j, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            let ind = indent_of(l) as isize;
+            let named = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
+            (ind > indent || item_line == Some(*j)) && named.iter().any(|n| t.starts_with(n.as_str()))
+        });
+        let (i, l) = found?;
+        at = i;
+        indent = indent_of(l) as isize;
+        if let Some(n) = index {
+            let mut seen = 0;
+            for (j, item) in lines.iter().enumerate().skip(at + 1) {
+                let t = item.trim_start();
+                if t.is_empty() || t.starts_with('#') {
+                    continue;
+                }
+                if (indent_of(item) as isize) < indent || (indent_of(item) as isize == indent && !t.starts_with('-')) {
+                    break;
+                }
+                if t.starts_with("- ") || t == "-" {
+                    if seen == n {
+                        at = j;
+                        indent = indent_of(item) as isize;
+                        on_item = true;
+                        break;
+                    }
+                    seen += 1;
+                }
+            }
+        }
+    }
+    Some(at + 1)
 }
 
 /// A secret or config the stack creates from a file, or takes as it exists.
@@ -78,7 +135,7 @@ pub fn parse(file: &str, text: &str) -> Result<Value, ComposeError> {
     serde_yaml_ng::from_str::<Value>(text).map_err(|e| {
         let path =
             e.location().map_or_else(|| "document".to_owned(), |l| format!("line {} column {}", l.line(), l.column()));
-        ComposeError { file: file.to_owned(), path, message: e.to_string() }
+        ComposeError { file: file.to_owned(), line: None, path, message: e.to_string() }
     })
 }
 
@@ -220,7 +277,7 @@ impl<'a> Reader<'a> {
     }
 
     fn err<T>(&self, path: &str, message: impl Into<String>) -> R<T> {
-        Err(ComposeError { file: self.file.clone(), path: path.to_owned(), message: message.into() })
+        Err(ComposeError { file: self.file.clone(), line: None, path: path.to_owned(), message: message.into() })
     }
 
     fn warn(&mut self, path: &str, why: &str) {

@@ -72,12 +72,14 @@ pub enum StackCommand {
 pub fn plan_files(stack: &str, files: &[PathBuf], env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Plan> {
     check_stack_name(stack)?;
     let mut doc = serde_yaml_ng::Value::Null;
+    let mut texts: Vec<(String, String)> = Vec::new();
     for f in files {
         let shown = f.display().to_string();
         let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read {shown}: {e}"))?;
         let mut v = compose::parse(&shown, &text)?;
         compose::interpolate_all(&mut v, env, "").map_err(|(path, message)| compose::ComposeError {
             file: shown.clone(),
+            line: compose::locate(&text, &path),
             path,
             message,
         })?;
@@ -86,13 +88,23 @@ pub fn plan_files(stack: &str, files: &[PathBuf], env: &dyn Fn(&str) -> Option<S
         } else {
             compose::merge(&mut doc, v);
         }
+        texts.push((shown, text));
     }
     // Relative paths (env_file, secrets' and configs' files) are from the first file's
     // directory, as docker's.
     let base = files.first().and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
     let read = |p: &str| std::fs::read_to_string(base.join(p)).map_err(|e| e.to_string());
     let name = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join("+");
-    let mut plan = compose::Reader::new(&name, stack, &read).plan(&doc)?;
+    let mut plan = compose::Reader::new(&name, stack, &read).plan(&doc).map_err(|mut e| {
+        // The last file that has the key is the one whose value was taken.
+        if let Some((file, line)) =
+            texts.iter().rev().find_map(|(file, text)| Some((file, compose::locate(text, &e.path)?)))
+        {
+            e.file.clone_from(file);
+            e.line = Some(line);
+        }
+        e
+    })?;
     for o in &mut plan.objects {
         if let Some(file) = &mut o.file {
             *file = base.join(&*file).display().to_string();

@@ -27,6 +27,7 @@ fn plan(text: &str) -> Result<Plan, compose::ComposeError> {
     let mut doc = compose::parse("stack.yml", text)?;
     compose::interpolate_all(&mut doc, &env, "").map_err(|(path, message)| compose::ComposeError {
         file: "stack.yml".into(),
+        line: compose::locate(text, &path),
         path,
         message,
     })?;
@@ -197,8 +198,29 @@ fn errors_name_the_file_the_key_path_and_the_line() {
         let e = plan(text).unwrap_err();
         assert_eq!(e.path, path, "{e}");
         assert!(e.message.contains(words), "{e}");
-        assert!(e.to_string().starts_with(&format!("stack.yml: {path}: ")), "{e}");
+        let shown = e.to_string();
+        assert!(shown.starts_with("stack.yml") && shown.contains(&format!(": {path}: ")), "{e}");
     }
+}
+
+#[test]
+fn errors_in_files_carry_the_line_of_their_key() {
+    let dir = std::env::temp_dir().join(format!("shoal-stack-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.yml"), dir.join("b.yml"));
+    std::fs::write(&a, "services:\n  web:\n    image: x\n    ports:\n      - \"80:80\"\n      - \"1-5:80\"\n").unwrap();
+    std::fs::write(&b, "services:\n  db:\n    image: redis\n    deploy:\n      replicas: many\n").unwrap();
+    let e = plan_files("s", std::slice::from_ref(&a), &|_| None).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}:6: services.web.ports[1]: ", a.display())), "{e}");
+    let e = plan_files("s", &[a.clone(), b.clone()], &|_| None).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}:6: ", a.display())) || e.starts_with(&format!("{}:5: ", b.display())), "{e}");
+    std::fs::write(&a, "services:\n  web:\n    image: x\n").unwrap();
+    let e = plan_files("s", &[a.clone(), b.clone()], &|_| None).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}:5: services.db.deploy.replicas: ", b.display())), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(compose::locate("a:\n  b:\n    - x\n    - y: 1\n", "a.b[1].y"), Some(4));
+    assert_eq!(compose::locate("a:\n  b: [x, y]\n", "a.b[1]"), Some(2), "a flow list: the key's line");
+    assert_eq!(compose::locate("a:\n  b: 1\n", "a.c"), None);
 }
 
 #[test]
