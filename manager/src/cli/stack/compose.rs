@@ -281,7 +281,7 @@ impl<'a> Reader<'a> {
     }
 
     fn warn(&mut self, path: &str, why: &str) {
-        self.warnings.push(format!("ignoring {path}: {why}"));
+        self.warnings.push(format!("{path} ({why})"));
     }
 
     fn map<'v>(&self, v: &'v Value, path: &str) -> R<&'v Mapping> {
