@@ -6,17 +6,26 @@
 //! - A joining board trusts the manager through the CA digest in its token
 //!   ([`Trust::CaDigest`]): the chain must contain a certificate with that SHA-256 and the
 //!   manager's certificate must verify against it. No trust on first use.
-//! - Joined boards and the CLI trust the stored CA ([`Trust::Ca`]) and present their own
-//!   certificate.
+//! - Joined boards and the CLI trust the stored CAs ([`Trust::Bundle`]: one, two during a
+//!   CA rotation) and present their own certificate.
+//! - Clocks: a board may have no real-time clock and boot years in the past. A client
+//!   checks the manager's certificate at `max(its clock, the latest manager time it has
+//!   seen)`, and does not hold `notBefore` against it: a certificate the cluster's CA
+//!   signed is not made unsafe by the board's clock being behind, while one that ended
+//!   before the last time the board heard the manager is still refused (an old, perhaps
+//!   stolen, manager key can't be replayed to it). The manager checks clients by its own
+//!   clock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::CertificateError;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use shoal_proto::ALPN;
 
@@ -44,6 +53,15 @@ pub enum Trust {
     CaDigest([u8; 32]),
     /// The CA certificate itself (after joining).
     Ca(CertificateDer<'static>),
+    /// The CAs stored after joining (two during a CA rotation), and the latest manager
+    /// time this client has seen (ms since the Unix epoch; 0 if none): no clock reading
+    /// below it is believed when checking the manager's certificate's expiry.
+    Bundle {
+        /// Trusted CA certificates.
+        cas: Vec<CertificateDer<'static>>,
+        /// Lower bound of the real time, ms.
+        floor_ms: u64,
+    },
 }
 
 /// SHA-256 of a DER certificate, as join tokens carry it.
@@ -70,8 +88,20 @@ pub fn server_config(
     identity: Identity,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, LinkError> {
+    server_config_trusting(vec![ca], identity, idle_timeout)
+}
+
+/// The manager's QUIC server configuration, accepting client certificates of any of
+/// `cas` (two during a CA rotation).
+pub fn server_config_trusting(
+    cas: Vec<CertificateDer<'static>>,
+    identity: Identity,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, LinkError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    for ca in cas {
+        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    }
     let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
@@ -127,35 +157,29 @@ impl PeerLimits {
     }
 }
 
-/// A client TLS configuration, remembering whether a pinned CA failed to match.
+/// A client TLS configuration, remembering whether the manager's certificate was not
+/// from a CA this client trusts.
 #[derive(Clone)]
 pub struct ClientTls {
     config: quinn::ClientConfig,
-    pinned: Option<Arc<PinnedCa>>,
+    verifier: Arc<ClusterVerifier>,
 }
 
 impl ClientTls {
     /// Builds the client side: how to trust the manager, and what to present to it.
     pub fn new(trust: Trust, identity: Option<Identity>, idle_timeout: Duration) -> Result<Self, LinkError> {
-        let (verifier, pinned): (Arc<dyn ServerCertVerifier>, _) = match trust {
-            Trust::CaDigest(digest) => {
-                let p = Arc::new(PinnedCa { digest, mismatch: AtomicBool::new(false), provider: provider() });
-                (p.clone(), Some(p))
-            }
-            Trust::Ca(ca) => {
-                let mut roots = RootCertStore::empty();
-                roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
-                let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .build()
-                    .map_err(|e| LinkError::Tls(e.to_string()))?;
-                (v, None)
-            }
+        let (anchor, floor_ms) = match trust {
+            Trust::CaDigest(digest) => (Anchor::Digest(digest), 0),
+            Trust::Ca(ca) => (Anchor::Roots(roots_verifier(vec![ca])?), 0),
+            Trust::Bundle { cas, floor_ms } => (Anchor::Roots(roots_verifier(cas)?), floor_ms),
         };
+        let verifier =
+            Arc::new(ClusterVerifier { anchor, floor_ms, mismatch: AtomicBool::new(false), provider: provider() });
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| LinkError::Tls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
+            .with_custom_certificate_verifier(verifier.clone() as Arc<dyn ServerCertVerifier>);
         let mut tls = match identity {
             Some(id) => builder
                 .with_client_auth_cert(id.chain, id.key)
@@ -166,7 +190,7 @@ impl ClientTls {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport(idle_timeout, idle_timeout / 4));
-        Ok(Self { config, pinned })
+        Ok(Self { config, verifier })
     }
 
     /// The quinn configuration.
@@ -174,41 +198,103 @@ impl ClientTls {
         self.config.clone()
     }
 
-    /// True when a handshake failed because no certificate in the manager's chain had
-    /// the pinned digest: the token belongs to another cluster (or someone else answers).
+    /// True when a handshake failed because the manager's certificate was not from a
+    /// CA this client trusts: with a token, no certificate in its chain had the pinned
+    /// digest (the token belongs to another cluster, or someone else answers); after
+    /// joining, the cluster's CA was rotated while this client was away (or someone else
+    /// answers).
     pub fn ca_mismatch(&self) -> bool {
-        self.pinned.as_ref().is_some_and(|p| p.mismatch.load(Ordering::Relaxed))
+        self.verifier.mismatch.load(Ordering::Relaxed)
     }
 }
 
-/// Trusts a server whose chain contains a CA with a known digest and verifies against it.
+fn roots_verifier(cas: Vec<CertificateDer<'static>>) -> Result<Arc<WebPkiServerVerifier>, LinkError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| LinkError::Tls(e.to_string()))
+}
+
+/// What a client trusts the manager by.
 #[derive(Debug)]
-struct PinnedCa {
-    digest: [u8; 32],
+enum Anchor {
+    /// A CA in the manager's chain with this SHA-256 (joining).
+    Digest([u8; 32]),
+    /// These CAs (joined).
+    Roots(Arc<WebPkiServerVerifier>),
+}
+
+/// Verifies the manager's certificate against the cluster's CAs, at a time that does not
+/// depend on a board's wrong clock (see the module doc).
+#[derive(Debug)]
+struct ClusterVerifier {
+    anchor: Anchor,
+    floor_ms: u64,
     mismatch: AtomicBool,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+/// How many times a verification is retried at a later `notBefore`: the leaf and each CA
+/// above it may each start after the board's clock.
+const NOT_BEFORE_RETRIES: usize = 4;
+
+/// Verifies at `max(at, notBefore)`: a chain whose certificates start after the board's
+/// clock is checked as of their start, so only `notAfter` is held against the clock.
+fn verify_ignoring_not_before(
+    webpki: &WebPkiServerVerifier,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    ocsp_response: &[u8],
+    mut at: UnixTime,
+) -> Result<ServerCertVerified, rustls::Error> {
+    for _ in 0..NOT_BEFORE_RETRIES {
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, at) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { not_before, .. }))
+                if not_before.as_secs() > at.as_secs() =>
+            {
+                at = not_before;
+            }
+            result => return result,
+        }
+    }
+    webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, at)
+}
+
+impl ServerCertVerifier for ClusterVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp_response: &[u8],
-        now: UnixTime,
+        _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates.iter().find(|c| ca_digest(c) == self.digest) else {
+        let unknown = || {
             self.mismatch.store(true, Ordering::Relaxed);
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
         };
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let webpki =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let webpki = match &self.anchor {
+            Anchor::Digest(digest) => {
+                let ca = intermediates.iter().find(|c| ca_digest(c) == *digest).ok_or_else(unknown)?;
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone().into_owned())?;
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?
+            }
+            Anchor::Roots(v) => v.clone(),
+        };
+        // The board's clock (moved by the test offset, if any), never below the latest
+        // manager time it has seen.
+        let at = UnixTime::since_unix_epoch(Duration::from_millis(crate::host::board_ms().max(self.floor_ms)));
+        match verify_ignoring_not_before(&webpki, end_entity, intermediates, server_name, ocsp_response, at) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Err(unknown()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(

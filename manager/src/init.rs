@@ -10,8 +10,9 @@ use shoal_link::tls::ca_digest;
 use shoal_proto::token::SECRET_LEN;
 use shoal_proto::{Availability, BoundedVec, JoinToken, NodeDescription, NodeId, Resources, Role};
 
-use crate::ca::{Ca, CertRole};
+use crate::ca::{Ca, CertRole, SERVER_VALIDITY_MS};
 use crate::core::nodes::NodeRecord;
+use crate::core::rotation::PkiRecord;
 use crate::paths::{self, AdminCredentials};
 use crate::store::{ClusterRecord, Store};
 
@@ -46,6 +47,7 @@ pub fn init(
     advertise: SocketAddr,
     listen: Option<SocketAddr>,
     hostname: &str,
+    cert_expiry_ms: u64,
 ) -> anyhow::Result<Initialized> {
     let dir = paths::manager_dir(data_dir);
     if paths::store_path(data_dir).exists() {
@@ -60,7 +62,7 @@ pub fn init(
     let scratch = data_dir.join("manager.init-tmp");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
-    let result = build(&scratch, advertise, listen, hostname);
+    let result = build(&scratch, advertise, listen, hostname, cert_expiry_ms);
     match result {
         Ok(done) => {
             // The files are synced (redb commits, `write_private`); sync the scratch
@@ -85,13 +87,19 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
-fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
+fn build(
+    dir: &Path,
+    advertise: SocketAddr,
+    listen: Option<SocketAddr>,
+    hostname: &str,
+    cert_expiry_ms: u64,
+) -> anyhow::Result<Initialized> {
     let cluster_id = NodeId::from_random(shoal_link::random());
     let node_id = NodeId::from_random(shoal_link::random());
     let ca = Ca::generate(cluster_id.as_str())?;
     let (server_cert, server_key) =
-        ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str())?;
-    let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str())?;
+        ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str(), SERVER_VALIDITY_MS)?;
+    let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str(), cert_expiry_ms)?;
     let token = JoinToken::new(ca_digest(ca.cert()), shoal_link::random::<SECRET_LEN>());
     let listen = listen.unwrap_or_else(|| {
         let any: IpAddr = if advertise.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
@@ -127,7 +135,9 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
         created_at_ms: shoal_link::wall_ms(),
         ingress_address: None,
     };
-    Store::create(&dir.join("state.redb"), &cluster, &manager)?;
+    let store = Store::create(&dir.join("state.redb"), &cluster, &manager)?;
+    store.put_pki(&PkiRecord { cert_expiry_ms, rotation: None }, None)?;
+    drop(store);
     let admin = AdminCredentials {
         manager_addr: advertise.to_string(),
         ca_pem: paths::cert_pem(ca.cert()),
@@ -174,11 +184,18 @@ pub fn restore(data_dir: &Path, backup: &Path) -> anyhow::Result<String> {
     sync_dir(&dir)?;
     let admin = paths::admin_path(data_dir);
     if !admin.exists() {
+        let store = Store::open(&target)?;
+        let expiry = store.pki()?.cert_expiry_ms;
+        // A rotation in progress in the backup: the new CA signs, both are trusted.
+        let rotation = store.pki()?.rotation;
+        drop(store);
         let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
-        let (cert, key) = ca.issue(CertRole::Admin, "admin", &cluster.cluster_id)?;
+        let next = rotation.as_ref().map(|r| Ca::from_parts(r.ca_cert.clone(), &r.ca_key_pem)).transpose()?;
+        let (cert, key) = next.as_ref().unwrap_or(&ca).issue(CertRole::Admin, "admin", &cluster.cluster_id, expiry)?;
+        let trust = std::iter::once(ca.cert().as_ref()).chain(next.as_ref().map(|n| n.cert().as_ref()));
         let creds = AdminCredentials {
             manager_addr: cluster.advertise_addr.clone(),
-            ca_pem: paths::cert_pem(ca.cert()),
+            ca_pem: shoal_link::files::certs_pem(trust),
             cert_pem: paths::cert_pem(&cert),
             key_pem: key.serialize_pem(),
         };

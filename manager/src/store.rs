@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::{NodeId, ServiceId, Task, TaskId};
 
 use crate::core::nodes::NodeRecord;
+use crate::core::rotation::{NodeCert, PkiRecord};
 use crate::core::services::ServiceRecord;
 use crate::images::ImageRecord;
 
@@ -25,6 +26,11 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Overlay networks by network ID (ingress included).
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const CLUSTER_KEY: &str = "cluster";
+/// Certificate settings and the CA rotation in progress ([`PkiRecord`]); absent in stores
+/// made before them, which means the defaults.
+const PKI_KEY: &str = "pki";
+/// The certificate each node holds, by node ID ([`NodeCert`]).
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
 /// 2: tasks know the desired state Ready; services carry their update progress.
@@ -427,11 +433,73 @@ impl Store {
         })
     }
 
-    /// Deletes a node record; its certificate is refused from then on.
+    /// Deletes a node record (and what it knew of its certificate); its certificates,
+    /// old and renewed alike, are refused from then on.
     pub fn remove_node(&self, id: &NodeId) -> Result<(), StoreError> {
         self.note(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NODES)?.remove(id.as_str())?;
+            tx.open_table(CERTS)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Certificate settings and the CA rotation in progress (the defaults when never set).
+    pub fn pki(&self) -> Result<PkiRecord, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = tx.open_table(META).map_err(|_| StoreError::Empty)?;
+            let value = table.get(PKI_KEY)?;
+            Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default())
+        })
+    }
+
+    /// Replaces the certificate settings and, in the same transaction, the cluster record
+    /// when given (retiring a CA changes both at once).
+    pub fn put_pki(&self, pki: &PkiRecord, cluster: Option<&ClusterRecord>) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                meta.insert(PKI_KEY, postcard::to_allocvec(pki)?.as_slice())?;
+                if let Some(c) = cluster {
+                    meta.insert(CLUSTER_KEY, postcard::to_allocvec(c)?.as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// What each node's certificate is, by node ID.
+    pub fn node_certs(&self) -> Result<std::collections::HashMap<NodeId, NodeCert>, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = match tx.open_table(CERTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = std::collections::HashMap::new();
+            for row in table.iter()? {
+                let (key, value) = row?;
+                // A key that is not a node ID is skipped, not fatal: the record is advisory.
+                if let Ok(id) = key.value().parse::<NodeId>() {
+                    out.insert(id, postcard::from_bytes(value.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records the certificate node `id` holds, unless the node was removed meanwhile.
+    pub fn put_node_cert(&self, id: &NodeId, cert: &NodeCert) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            if tx.open_table(NODES)?.get(id.as_str())?.is_some() {
+                tx.open_table(CERTS)?.insert(id.as_str(), postcard::to_allocvec(cert)?.as_slice())?;
+            }
             tx.commit()?;
             Ok(())
         })
