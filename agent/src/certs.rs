@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::identity::NodeIdentity;
 
 /// A request the manager has not answered within this long is given up and made again.
-const REQUEST_PATIENCE: Duration = Duration::from_secs(30);
+const REQUEST_PATIENCE: Duration = Duration::from_secs(10);
 /// The manager time kept on disk moves by at least this much before the file is
 /// rewritten (it is a lower bound of the real time; an hour off is fine, an SD card
 /// rewritten every minute is not).

@@ -129,7 +129,9 @@ async fn ca(client: &Client, args: CaArgs) -> anyhow::Result<()> {
     if args.rotate && !args.detach {
         println!("CA rotation started: every board gets a certificate of the new CA over its session.");
         let mut last = String::new();
+        let mut to_rotate = status.to_rotate;
         while status.rotating {
+            to_rotate = status.to_rotate;
             let line = rotation_line(&status);
             if line != last {
                 println!("{line}");
@@ -138,6 +140,7 @@ async fn ca(client: &Client, args: CaArgs) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             status = ca_status(client, false).await?;
         }
+        println!("rotated {to_rotate}/{to_rotate} nodes");
         println!("CA rotation complete: the old CA is retired; boards that were down must re-join.");
         println!("Join tokens changed with the CA: get the new one with `shoal manager join-token worker`.");
         println!("admin.json here was renewed; copies of it elsewhere must be copied again.");

@@ -19,7 +19,7 @@ const PKI_PERIOD: Duration = Duration::from_secs(1);
 pub(super) const CREDENTIALS_PERIOD: Duration = Duration::from_secs(60);
 /// A board may ask for a certificate at most this often (a renewal is a signature and a
 /// store write; a hostile agent must not turn it into load).
-pub(super) const MIN_RENEWAL_GAP_MS: Millis = 1_000;
+pub(super) const MIN_RENEWAL_GAP_MS: Millis = 250;
 
 /// The CAs in force.
 pub(super) struct Pki {

@@ -165,21 +165,23 @@ pub(super) async fn run_session(
                         }
                     }
                     Ok(Some(AgentMessage::RenewCertificate { csr })) => {
-                        let now = mgr.now();
-                        if last_issued.is_some_and(|t| now.saturating_sub(t) < pki::MIN_RENEWAL_GAP_MS) {
-                            warn!(%node, "certificate requests come too fast; this one is ignored");
-                        } else {
-                            last_issued = Some(now);
-                            match mgr.renew_node(&node, csr.as_slice()) {
-                                Ok((cert, issued)) => {
-                                    debug!(%node, until = issued.valid_until_ms, "issued a renewed certificate");
-                                    pending = Some(issued);
-                                    if framed::send(&mut send, &mgr.credentials(Some(issued), Some(&cert))).await.is_err() {
-                                        break None;
-                                    }
+                        // Requests come at most this often: one that comes sooner waits
+                        // (slowing only this board's session, by a bounded time), so a
+                        // renewal racing a rotation's request is answered, never dropped.
+                        let since = last_issued.map(|t| mgr.now().saturating_sub(t));
+                        if let Some(wait) = since.and_then(|s| pki::MIN_RENEWAL_GAP_MS.checked_sub(s)) {
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                        last_issued = Some(mgr.now());
+                        match mgr.renew_node(&node, csr.as_slice()) {
+                            Ok((cert, issued)) => {
+                                debug!(%node, until = issued.valid_until_ms, "issued a renewed certificate");
+                                pending = Some(issued);
+                                if framed::send(&mut send, &mgr.credentials(Some(issued), Some(&cert))).await.is_err() {
+                                    break None;
                                 }
-                                Err(e) => warn!(%node, error = %e.message, "refused a certificate request"),
                             }
+                            Err(e) => warn!(%node, error = %e.message, "refused a certificate request"),
                         }
                     }
                     Ok(Some(AgentMessage::CertificateSaved)) => {
