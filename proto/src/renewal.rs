@@ -60,7 +60,7 @@ impl Validity {
 /// The certificate's fixed point in the window, from its digest (SHA-256 of its DER):
 /// `0..1000`.
 pub fn jitter(cert_digest: &[u8; 32]) -> u16 {
-    (u16::from_le_bytes([cert_digest[0], cert_digest[1]]) % 1000) as u16
+    u16::from_le_bytes([cert_digest[0], cert_digest[1]]) % 1000
 }
 
 #[cfg(test)]

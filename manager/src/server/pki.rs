@@ -21,6 +21,9 @@ pub(super) const CREDENTIALS_PERIOD: Duration = Duration::from_secs(60);
 /// store write; a hostile agent must not turn it into load).
 pub(super) const MIN_RENEWAL_GAP_MS: Millis = 250;
 
+/// A worker, its liveness and the CA of the certificate it holds.
+type BoardState = (NodeId, NodeStatus, Option<[u8; 32]>);
+
 /// The CAs in force.
 pub(super) struct Pki {
     /// The CA join tokens name; it signs everything unless a rotation is in progress.
@@ -199,7 +202,7 @@ impl Manager {
     }
 
     /// Worker nodes with their status and the CA of the certificate they hold.
-    fn boards(&self) -> Result<Vec<(NodeId, NodeStatus, Option<[u8; 32]>)>, crate::store::StoreError> {
+    fn boards(&self) -> Result<Vec<BoardState>, crate::store::StoreError> {
         let certs = self.store.node_certs()?;
         let nodes = self.store.nodes()?;
         let st = self.state.lock().expect("state lock");
