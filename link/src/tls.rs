@@ -292,7 +292,11 @@ impl ServerCertVerifier for ClusterVerifier {
         // manager time it has seen.
         let at = UnixTime::since_unix_epoch(Duration::from_millis(crate::host::board_ms().max(self.floor_ms)));
         match verify_ignoring_not_before(&webpki, end_entity, intermediates, server_name, ocsp_response, at) {
-            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Err(unknown()),
+            // Not signed by a trusted CA, whether no CA of that name is trusted or one of
+            // that name is but did not sign it (another cluster's CA of the same name).
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            )) => Err(unknown()),
             other => other,
         }
     }
@@ -317,5 +321,83 @@ impl ServerCertVerifier for ClusterVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use time::{Duration as Span, OffsetDateTime};
+
+    /// A CA and a manager certificate valid from `from` to `until` (days from now).
+    fn chain(from: i64, until: i64) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let now = OffsetDateTime::now_utc();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.not_before = now + Span::days(from);
+        ca.not_after = now + Span::days(3650);
+        let ca_cert = ca.clone().self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![shoal_proto::MANAGER_SERVER_NAME.to_owned()]).unwrap();
+        leaf.not_before = now + Span::days(from);
+        leaf.not_after = now + Span::days(until);
+        let cert = leaf.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+        (ca_cert.der().clone(), cert.der().clone())
+    }
+
+    fn verify(
+        ca: &CertificateDer<'static>,
+        leaf: &CertificateDer<'static>,
+        floor_ms: u64,
+    ) -> Result<(), rustls::Error> {
+        let v = ClusterVerifier {
+            anchor: Anchor::Roots(roots_verifier(vec![ca.clone()]).unwrap()),
+            floor_ms,
+            mismatch: AtomicBool::new(false),
+            provider: provider(),
+        };
+        let name = ServerName::try_from(shoal_proto::MANAGER_SERVER_NAME).unwrap();
+        v.verify_server_cert(leaf, std::slice::from_ref(ca), &name, &[], UnixTime::now()).map(|_| ())
+    }
+
+    #[test]
+    fn a_board_whose_clock_is_behind_accepts_the_managers_certificate() {
+        // As a board three years behind sees a certificate made now: not yet valid.
+        let (ca, leaf) = chain(3 * 365, 3 * 365 + 90);
+        let plain = roots_verifier(vec![ca.clone()]).unwrap();
+        let name = ServerName::try_from(shoal_proto::MANAGER_SERVER_NAME).unwrap();
+        let strict = plain.verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], UnixTime::now());
+        assert!(
+            matches!(strict, Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }))),
+            "{strict:?}"
+        );
+        verify(&ca, &leaf, 0).unwrap();
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_even_by_a_clock_behind_what_the_board_has_seen() {
+        let (ca, leaf) = chain(-2, -1);
+        let e = verify(&ca, &leaf, 0).unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })), "{e:?}");
+        // Valid by the board's clock, but it has seen the manager two days later: refused.
+        let (ca, leaf) = chain(-2, 1);
+        verify(&ca, &leaf, 0).unwrap();
+        let two_days_on = crate::host::wall_ms() + 2 * 86_400_000;
+        assert!(verify(&ca, &leaf, two_days_on).is_err());
+    }
+
+    #[test]
+    fn a_manager_of_another_ca_is_flagged_as_a_mismatch() {
+        let (ca, _) = chain(-1, 1);
+        let (other_ca, other_leaf) = chain(-1, 1);
+        let tls =
+            ClientTls::new(Trust::Bundle { cas: vec![ca.clone()], floor_ms: 0 }, None, Duration::from_secs(5)).unwrap();
+        let name = ServerName::try_from(shoal_proto::MANAGER_SERVER_NAME).unwrap();
+        assert!(!tls.ca_mismatch());
+        let r = tls.verifier.verify_server_cert(&other_leaf, &[other_ca], &name, &[], UnixTime::now());
+        assert!(r.is_err());
+        assert!(tls.ca_mismatch(), "the agent says how to re-join instead of just failing");
     }
 }

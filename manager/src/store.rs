@@ -817,4 +817,46 @@ mod tests {
         assert_eq!(store.networks().unwrap(), vec![ingress]);
         let _ = std::fs::remove_file(&path);
     }
+
+    /// A CA rotation in progress is in the store, so a restarted manager resumes it; a
+    /// node's certificate record goes with the node.
+    #[test]
+    fn certificate_settings_and_a_rotation_survive_reopening_the_store() {
+        use crate::core::rotation::Rotation;
+        let path = scratch_path();
+        let node = NodeRecord {
+            id: NodeId::from_random([7; 16]),
+            role: shoal_proto::Role::Worker,
+            availability: shoal_proto::Availability::Active,
+            labels: shoal_proto::BoundedVec::new(),
+            description: shoal_proto::NodeDescription::default(),
+            addr: None,
+            created_at_ms: 1,
+            ingress_address: None,
+        };
+        let cert = NodeCert { valid_from_ms: 1, valid_until_ms: 2, ca_digest: [3; 32] };
+        let pki = PkiRecord {
+            cert_expiry_ms: 60_000,
+            rotation: Some(Rotation { ca_cert: vec![1, 2], ca_key_pem: "k".into(), ca_digest: [4; 32], started_ms: 5 }),
+        };
+        {
+            let store = Store::from_db(Database::create(&path).unwrap(), &path);
+            let tx = store.db().unwrap().begin_write().unwrap();
+            tx.open_table(META).unwrap().insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(store.pki().unwrap(), PkiRecord::default(), "a store from before: the defaults");
+            // A node removed meanwhile gets no record.
+            store.put_node_cert(&node.id, &cert).unwrap();
+            assert!(store.node_certs().unwrap().is_empty());
+            store.put_node(&node).unwrap();
+            store.put_node_cert(&node.id, &cert).unwrap();
+            store.put_pki(&pki, None).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.pki().unwrap(), pki);
+        assert_eq!(store.node_certs().unwrap().get(&node.id), Some(&cert));
+        store.remove_node(&node.id).unwrap();
+        assert!(store.node_certs().unwrap().is_empty(), "removing a node forgets its certificate");
+        let _ = std::fs::remove_file(&path);
+    }
 }
