@@ -9,6 +9,7 @@
 //! 3. `manager ca --rotate` with one board offline: progress, completion; the old token
 //!    and the old CA's certificates are refused afterwards; the offline board is told how
 //!    to re-join, and re-joins.
+//! 4. A removed node is refused on its renewed certificate of the new CA.
 
 use std::time::{Duration, Instant};
 
@@ -148,5 +149,11 @@ fn certificates_renew_rotate_and_tolerate_a_clock_years_behind() {
     wait_for("node3 to renew under the new CA", Duration::from_secs(10), || {
         (renewals(&c.agents[2].output()) > before).then_some(())
     });
+    // 4. Revocation holds across renewals and the rotation: node1, on its latest renewed
+    //    certificate of the new CA, is refused once removed.
+    c.manager_host().shoal(&["node", "rm", "--force", "node1"]);
+    let code = c.agents[0].wait_exit(Duration::from_secs(10));
+    let log = c.agents[0].output();
+    assert!(code.is_some() && log.contains("was removed from the cluster"), "{code:?}: {log}");
     println!("the whole test took {:?}", started.elapsed());
 }
