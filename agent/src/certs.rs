@@ -24,9 +24,9 @@ use crate::identity::NodeIdentity;
 /// A request the manager has not answered within this long is given up and made again.
 const REQUEST_PATIENCE: Duration = Duration::from_secs(10);
 /// The manager time kept on disk moves by at least this much before the file is
-/// rewritten (it is a lower bound of the real time; an hour off is fine, an SD card
+/// rewritten (it is a lower bound of the real time; a day off is fine, an SD card
 /// rewritten every minute is not).
-const FLOOR_STEP_MS: u64 = 3_600_000;
+const FLOOR_STEP_MS: u64 = 24 * 3_600_000;
 
 /// The identity the agent runs with, shared between the session (which reconnects with
 /// it) and the renewal task (which replaces it).
@@ -154,6 +154,12 @@ fn take(data_dir: &Path, identity: &SharedIdentity, state: &mut Renewal, c: Cred
         }
     }
     if changed {
+        // What the next connection will be made with must make one: a trust bundle or a
+        // certificate that doesn't parse is refused here, and the old identity goes on.
+        if let Err(e) = next.tls(data_dir, Duration::from_secs(5)) {
+            warn!(error = %e, "the manager's new credentials are unusable; keeping the old ones");
+            return None;
+        }
         if let Err(e) = next.save(data_dir) {
             // Nothing changes until it can be saved: the old certificate and trust go on.
             warn!(error = %e, "cannot save the node's identity; keeping the old one");

@@ -69,7 +69,7 @@ pub struct NodeIdentity {
     /// Labels given at join.
     pub labels: Vec<String>,
     /// The latest manager time this board has seen (ms since the Unix epoch, kept to the
-    /// hour): a board whose clock is behind checks the manager's certificate's expiry
+    /// day): a board whose clock is behind checks the manager's certificate's expiry
     /// against this at least (see `shoal_link::tls`).
     #[serde(default)]
     pub manager_time_ms: u64,

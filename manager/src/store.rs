@@ -493,6 +493,20 @@ impl Store {
         })
     }
 
+    /// What node `id`'s certificate is, if known.
+    pub fn node_cert(&self, id: &NodeId) -> Result<Option<NodeCert>, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = match tx.open_table(CERTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let value = table.get(id.as_str())?;
+            Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?)
+        })
+    }
+
     /// Records the certificate node `id` holds, unless the node was removed meanwhile.
     pub fn put_node_cert(&self, id: &NodeId, cert: &NodeCert) -> Result<(), StoreError> {
         self.note(|| {
@@ -855,6 +869,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.pki().unwrap(), pki);
         assert_eq!(store.node_certs().unwrap().get(&node.id), Some(&cert));
+        assert_eq!(store.node_cert(&node.id).unwrap(), Some(cert));
         store.remove_node(&node.id).unwrap();
         assert!(store.node_certs().unwrap().is_empty(), "removing a node forgets its certificate");
         let _ = std::fs::remove_file(&path);

@@ -134,7 +134,7 @@ impl Manager {
 
     /// Records the certificate a node holds, if it changed.
     pub(super) fn note_node_cert(&self, node: &NodeId, cert: NodeCert) {
-        let known = self.store.node_certs().ok().and_then(|m| m.get(node).copied());
+        let known = self.store.node_cert(node).ok().flatten();
         if known != Some(cert) {
             if let Err(e) = self.store.put_node_cert(node, &cert) {
                 warn!(%node, error = %e, "cannot record the node's certificate");
