@@ -9,6 +9,7 @@
 //! 3. `manager ca --rotate` with one board offline: progress, completion; the old token
 //!    and the old CA's certificates are refused afterwards; the offline board is told how
 //!    to re-join, and re-joins.
+//!    A second rotation, interrupted by a manager crash, resumes and completes.
 //! 4. A removed node is refused on its renewed certificate of the new CA.
 
 use std::time::{Duration, Instant};
@@ -42,7 +43,9 @@ fn certificates_renew_rotate_and_tolerate_a_clock_years_behind() {
     let m = &lab.hosts[0];
     let init = m.shoal(&["manager", "init", "--advertise-addr", &m.ip, "--hostname", "manager", "--cert-expiry", "4s"]);
     let token = init.split_whitespace().find(|w| w.starts_with("SHOAL-1-")).unwrap().to_owned();
-    let manager = m.spawn("shoal", &["manager", "run"]);
+    // 1 s heartbeats: a stopped board stays Ready for 3 s, time enough to restart the
+    // manager mid-rotation without racing its Down.
+    let manager = m.spawn("shoal", &["manager", "run", "--heartbeat-period", "1s"]);
     wait_for("the manager to answer", Duration::from_secs(10), || {
         m.run("shoal", &["node", "ls"]).status.success().then_some(())
     });
@@ -149,6 +152,28 @@ fn certificates_renew_rotate_and_tolerate_a_clock_years_behind() {
     wait_for("node3 to renew under the new CA", Duration::from_secs(10), || {
         (renewals(&c.agents[2].output()) > before).then_some(())
     });
+    // 3b. A rotation resumes after a manager crash: node3 frozen keeps it in progress
+    //     (Ready, then Unknown after the restart, so it is waited for).
+    let frozen = c.agents[2].pid().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &frozen]).status().unwrap().success());
+    let out = c.manager_host().shoal(&["manager", "ca", "--rotate", "--detach"]);
+    c.manager.kill9();
+    let next =
+        out.lines().find_map(|l| l.strip_prefix("Rotating to:\t\t")).unwrap_or_else(|| panic!("{out}")).to_owned();
+    assert!(out.contains("waiting for node3"), "{out}");
+    c.manager = c.manager_host().spawn("shoal", &["manager", "run", "--heartbeat-period", "1s"]);
+    let resumed = wait_for("the restarted manager to answer", Duration::from_secs(10), || {
+        let o = c.manager_host().run("shoal", &["manager", "ca"]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    assert!(resumed.contains(&format!("Rotating to:\t\t{next}")), "the rotation resumed: {resumed}");
+    assert!(std::process::Command::new("kill").args(["-CONT", &frozen]).status().unwrap().success());
+    let out = c.manager_host().shoal(&["manager", "ca", "--rotate"]);
+    assert!(out.contains("rotated 3/3 nodes") && out.contains("CA rotation complete"), "{out}");
+    let done = c.manager_host().shoal(&["manager", "ca"]);
+    assert!(done.contains(&format!("CA digest:\t\t{next}")) && !done.contains("Rotating"), "{done}");
+    c.wait_status_all("Ready", Duration::from_secs(15));
+
     // 4. Revocation holds across renewals and the rotation: node1, on its latest renewed
     //    certificate of the new CA, is refused once removed.
     c.manager_host().shoal(&["node", "rm", "--force", "node1"]);

@@ -295,6 +295,8 @@ pub struct CaStatus {
     pub to_rotate: u32,
     /// Hostnames of nodes left to rotate (the first few).
     pub waiting_for: BoundedVec<Hostname, 16>,
+    /// SHA-256 of the CA being rotated in.
+    pub rotating_to: Option<[u8; 32]>,
 }
 
 /// Every answer to the first frame of a stream.

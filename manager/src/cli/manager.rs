@@ -146,11 +146,14 @@ async fn ca(client: &Client, args: CaArgs) -> anyhow::Result<()> {
         println!("admin.json here was renewed; copies of it elsewhere must be copied again.");
         return Ok(());
     }
-    println!("CA digest:		sha256:{}", shoal_proto::hex(&status.digest));
-    println!("CA valid until:		{}", shoal_proto::time::utc(status.ca_until_ms));
-    println!("Certificate expiry:	{}", format_duration_ms(status.cert_expiry_ms));
+    println!("CA digest:\t\tsha256:{}", shoal_proto::hex(&status.digest));
+    println!("CA valid until:\t\t{}", shoal_proto::time::utc(status.ca_until_ms));
+    println!("Certificate expiry:\t{}", format_duration_ms(status.cert_expiry_ms));
     if status.rotating {
-        println!("Rotation:		in progress, {}", rotation_line(&status));
+        println!("Rotation:\t\tin progress, {}", rotation_line(&status));
+    }
+    if let Some(next) = status.rotating_to {
+        println!("Rotating to:\t\tsha256:{}", shoal_proto::hex(&next));
     }
     Ok(())
 }

@@ -148,14 +148,14 @@ impl Manager {
         if rotate {
             self.start_rotation().map_err(internal)?;
         }
-        let (step, pki_digest, until, expiry, rotating) = {
+        let (step, pki_digest, until, expiry, rotating_to) = {
             let boards = self.boards().map_err(internal)?;
             let pki = self.pki.lock().expect("pki lock");
             let refs: Vec<Board> =
                 boards.iter().map(|(n, s, c)| Board { node: n, status: *s, ca_digest: *c }).collect();
             let step = rotation::step(pki.record.rotation.as_ref(), &refs);
             let until = ca::validity(pki.current.cert()).map(|v| v.until_ms).unwrap_or(0);
-            (step, pki.current.digest(), until, pki.record.cert_expiry_ms, pki.next.is_some())
+            (step, pki.current.digest(), until, pki.record.cert_expiry_ms, pki.next.as_ref().map(|n| n.digest()))
         };
         let progress = match step {
             Step::Idle => Default::default(),
@@ -176,7 +176,8 @@ impl Manager {
             digest: pki_digest,
             ca_until_ms: until,
             cert_expiry_ms: expiry,
-            rotating,
+            rotating: rotating_to.is_some(),
+            rotating_to,
             rotated: progress.rotated,
             to_rotate: progress.to_rotate,
             waiting_for,
