@@ -81,6 +81,18 @@ pub fn init(
     }
 }
 
+/// Makes `path` readable and writable by its owner only (the store holds the cluster's
+/// private keys). `manager run` applies it too, to stores made before it was done here.
+pub fn owner_only(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (it holds the CA key)", path.display()))?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -136,6 +148,8 @@ fn build(
         ingress_address: None,
     };
     let store = Store::create(&dir.join("state.redb"), &cluster, &manager)?;
+    // The store holds the CA's key: only its owner may read it.
+    owner_only(&dir.join("state.redb"))?;
     store.put_pki(&PkiRecord { cert_expiry_ms, rotation: None }, None)?;
     drop(store);
     let admin = AdminCredentials {
@@ -202,4 +216,22 @@ pub fn restore(data_dir: &Path, backup: &Path) -> anyhow::Result<String> {
         paths::write_private(&admin, serde_json::to_string_pretty(&creds)?.as_bytes())?;
     }
     Ok(cluster.cluster_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_holding_the_ca_key_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shoal-init-{}", shoal_proto::hex(&shoal_link::random::<6>())));
+        let done = init(&dir, "127.0.0.1:4242".parse().unwrap(), None, "m", 60_000).unwrap();
+        assert!(!done.token.to_string().is_empty());
+        let mode = std::fs::metadata(paths::store_path(&dir)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // And the certificate expiry asked for is stored.
+        assert_eq!(Store::open(&paths::store_path(&dir)).unwrap().pki().unwrap().cert_expiry_ms, 60_000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

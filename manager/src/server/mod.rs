@@ -10,7 +10,8 @@
 //! assignments that changed for it. Sessions only forward task reports to it.
 //!
 //! Here: connections, identification and the first frame of every stream. Beside it:
-//! `join`, `session`, `control`, `distribution` (images), `reconcile` (services).
+//! `join`, `session`, `control`, `distribution` (images), `reconcile` (services), `pki`
+//! (certificate renewal and CA rotation).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -276,6 +277,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         );
     }
     crate::verify::in_child(&store_path)?;
+    crate::init::owner_only(&store_path)?;
     let store = Store::open(&store_path)?;
     let cluster = store.cluster()?;
     // A rotation in progress resumes: both CAs are trusted again.
