@@ -44,6 +44,20 @@ pub enum AgentError {
          check the address, and ask that manager for `shoal manager join-token worker`"
     )]
     CaMismatch(String),
+    /// The manager's certificate is not from a CA this board trusts: the cluster's CA was
+    /// rotated while the board was away (or another machine answers at that address).
+    #[error(
+        "the manager at {addr} presents a certificate of a CA this board does not trust: the cluster's CA was \
+         probably rotated (`shoal manager ca --rotate`) while this board was offline. To re-join, run \
+         `shoal node rm {node_id}` on the manager, then here `shoal-agent join --force --token TOKEN MANAGER` with \
+         the token of `shoal manager join-token worker`"
+    )]
+    CaRotated {
+        /// The manager's address.
+        addr: String,
+        /// This board's node ID.
+        node_id: String,
+    },
     /// The manager did not answer.
     #[error("cannot reach the manager at {addr}: {detail}")]
     Unreachable {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
-use shoal_link::files::{pem_der, write_private};
+use shoal_link::files::{pem_der, pem_ders, write_private};
 use shoal_link::{ClientTls, Identity, Trust};
 
 use crate::AgentError;
@@ -56,7 +56,7 @@ pub struct NodeIdentity {
     pub node_id: String,
     /// `IP:PORT` of the manager.
     pub manager_addr: String,
-    /// Cluster CA, PEM.
+    /// Cluster CAs, PEM: one, or two during a CA rotation.
     pub ca_pem: String,
     /// Node certificate, PEM.
     pub cert_pem: String,
@@ -68,6 +68,11 @@ pub struct NodeIdentity {
     pub advertise_addr: Option<String>,
     /// Labels given at join.
     pub labels: Vec<String>,
+    /// The latest manager time this board has seen (ms since the Unix epoch, kept to the
+    /// day): a board whose clock is behind checks the manager's certificate's expiry
+    /// against this at least (see `shoal_link::tls`).
+    #[serde(default)]
+    pub manager_time_ms: u64,
 }
 
 impl NodeIdentity {
@@ -93,14 +98,15 @@ impl NodeIdentity {
     /// TLS settings for sessions: trust the cluster CA, present the node certificate.
     pub fn tls(&self, data_dir: &Path, idle_timeout: std::time::Duration) -> Result<ClientTls, AgentError> {
         let bad = |e: String| AgentError::BadIdentity(identity_path(data_dir), e);
-        let ca = pem_der(&self.ca_pem).map_err(|e| bad(e.to_string()))?;
+        let cas = pem_ders(&self.ca_pem).map_err(|e| bad(e.to_string()))?;
         let cert = pem_der(&self.cert_pem).map_err(|e| bad(e.to_string()))?;
         let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|e| bad(e.to_string()))?;
         let identity = Identity {
             chain: vec![CertificateDer::from(cert)],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         };
-        ClientTls::new(Trust::Ca(CertificateDer::from(ca)), Some(identity), idle_timeout)
+        let cas = cas.into_iter().map(CertificateDer::from).collect();
+        ClientTls::new(Trust::Bundle { cas, floor_ms: self.manager_time_ms }, Some(identity), idle_timeout)
             .map_err(|e| bad(e.to_string()))
     }
 }
@@ -126,6 +132,7 @@ mod removal_tests {
             hostname: None,
             advertise_addr: None,
             labels: Vec::new(),
+            manager_time_ms: 0,
         }
     }
 

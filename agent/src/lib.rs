@@ -1,10 +1,11 @@
 //! shoal's board agent. [`core`] holds the decisions that need no I/O; [`identity`]
-//! keeps the node's credentials; [`host`] describes the board; [`session`] is the QUIC
+//! keeps the node's credentials and [`certs`] renews them; [`host`] describes the board; [`session`] is the QUIC
 //! shell that joins a cluster and keeps the session with the manager alive;
 //! [`supervisor`] runs the tasks the manager assigns (its pure state machine in
 //! [`supervisor::core`]) with [`runtime`], [`images`] and [`net`].
 
 pub mod board_net;
+pub mod certs;
 pub mod core;
 pub mod disk;
 pub mod error;

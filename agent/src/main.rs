@@ -132,6 +132,7 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
                 hostname: node.hostname.clone(),
                 advertise_addr: node.advertise_addr.clone(),
                 labels: node.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect(),
+                manager_time_ms: 0,
             };
             let identity =
                 session::join(&cli.data_dir, &manager, &token, description(&node, None), saved, force).await?;

@@ -29,6 +29,7 @@ use shoal_proto::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::certs::SharedIdentity;
 use crate::core::backoff::Backoff;
 use crate::identity::{self, NodeIdentity};
 use crate::images::{sync_image, ImageStore};
@@ -141,7 +142,8 @@ pub async fn run(
     networks: &Arc<crate::board_net::BoardNet>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let tls = identity.tls(data_dir, IDLE_TIMEOUT)?;
+    // Renewals and trust changes replace it; each connection is made with the newest.
+    let shared: SharedIdentity = Arc::new(std::sync::Mutex::new(identity.clone()));
     let exec_paths = crate::runtime::LibcontainerRuntime::paths(data_dir)
         .map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
     let images = Images::new(store, supervisor);
@@ -169,8 +171,10 @@ pub async fn run(
         }
         let ep = &endpoint.as_ref().expect("endpoint just set").1;
         let mut conn_slot = None;
+        let tls = shared.lock().expect("identity lock").tls(data_dir, IDLE_TIMEOUT)?;
+        let link = ManagerLink { endpoint: ep, addr, tls: &tls, identity: &shared, data_dir };
         let end = tokio::select! {
-            end = session(ManagerLink { endpoint: ep, addr, tls: &tls }, &description, &images, Board { supervisor, exec_paths: &exec_paths, networks }, &mut conn_slot) => end,
+            end = session(link, &description, &images, Board { supervisor, exec_paths: &exec_paths, networks }, &mut conn_slot) => end,
             _ = &mut shutdown => {
                 if let Some(conn) = conn_slot {
                     quinn::Connection::close(&conn, 0u32.into(), b"agent shutting down");
@@ -191,6 +195,15 @@ pub async fn run(
                 });
             }
             SessionEnd::Failed(AgentError::Refused(e)) if e.kind.is_permanent() => return Err(AgentError::Refused(e)),
+            SessionEnd::Failed(e @ AgentError::CaRotated { .. }) => {
+                // Said once per attempt, and attempts are slow: nothing changes until the
+                // operator re-joins the board (or the right manager answers again).
+                error!("{e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(DUPLICATE_RETRY) => continue,
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
             SessionEnd::Failed(AgentError::Refused(e)) if e.kind == ErrorKind::Conflict => {
                 // Another board carries this identity and holds the session: this copy
                 // must not run the node's tasks too. It keeps asking, slowly, in case the
@@ -231,6 +244,9 @@ struct ManagerLink<'a> {
     endpoint: &'a quinn::Endpoint,
     addr: SocketAddr,
     tls: &'a ClientTls,
+    /// The identity `tls` was made from, which renewals replace.
+    identity: &'a SharedIdentity,
+    data_dir: &'a Path,
 }
 
 /// One session: connect, open, then heartbeat until the connection fails.
@@ -241,12 +257,16 @@ async fn session(
     board: Board<'_>,
     conn_slot: &mut Option<quinn::Connection>,
 ) -> SessionEnd {
-    let ManagerLink { endpoint, addr, tls } = link;
+    let ManagerLink { endpoint, addr, tls, identity, data_dir } = link;
     let Board { supervisor, exec_paths, networks } = board;
     let unreachable =
         |e: LinkError| SessionEnd::Failed(AgentError::Unreachable { addr: addr.to_string(), detail: e.to_string() });
     let conn = match shoal_link::connect(endpoint, addr, tls, CONNECT_TIMEOUT).await {
         Ok(c) => c,
+        Err(_) if tls.ca_mismatch() => {
+            let node_id = identity.lock().expect("identity lock").node_id.clone();
+            return SessionEnd::Failed(AgentError::CaRotated { addr: addr.to_string(), node_id });
+        }
         Err(e) => return unreachable(e),
     };
     *conn_slot = Some(conn.clone());
@@ -303,6 +323,10 @@ async fn session(
     // The worker stops by itself once its connection and this sender are gone, and
     // `Images::one_pass` keeps it from overlapping the next session's worker.
     drop(tokio::spawn(image_worker(conn.clone(), images.clone(), wanted_rx, outbox.clone())));
+    // The manager's clock, trust and certificates; renewals go out through the outbox.
+    let (credentials_tx, credentials_rx) = mpsc::channel(4);
+    let renewals =
+        tokio::spawn(crate::certs::renew(data_dir.to_owned(), identity.clone(), credentials_rx, outbox.clone()));
     // Task reports: first the current status of every task, then each change. A batch
     // taken when the session dies is not lost: the next session sends every status again.
     supervisor.secrets().new_session();
@@ -358,6 +382,16 @@ async fn session(
                     debug!(more = view.more, networks = view.networks.len(), "network view from the manager");
                     networks.view(view).await;
                 }
+                Ok(Some(ManagerMessage::Credentials(c))) => {
+                    debug!(
+                        renew_now = c.renew_now,
+                        certificate = c.certificate.is_some(),
+                        "credentials from the manager"
+                    );
+                    if credentials_tx.send(c).await.is_err() {
+                        return "the certificate task ended".to_owned();
+                    }
+                }
                 Ok(None) => return "the manager closed the session".to_owned(),
                 Err(e) => return e.to_string(),
             }
@@ -368,6 +402,7 @@ async fn session(
     let why = tokio::select! { w = beats => w, w = inbox => w };
     execs.abort();
     reports.abort();
+    renewals.abort();
     disk_reports.abort();
     drop(outbox);
     SessionEnd::Lost(why)

@@ -54,6 +54,7 @@ fn identity(round: u64) -> NodeIdentity {
         hostname: Some(format!("round-{round}")),
         advertise_addr: None,
         labels: vec![],
+        manager_time_ms: round,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod orchestrator;
 pub mod pass;
 pub mod placement;
 pub mod plan;
+pub mod rotation;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;

@@ -15,6 +15,21 @@ pub fn pem_der(text: &str) -> Result<Vec<u8>, pem::PemError> {
     Ok(pem::parse(text)?.into_contents())
 }
 
+/// Decodes every PEM block of `text` (a trust bundle holds one CA, or two during a CA
+/// rotation); at least one.
+pub fn pem_ders(text: &str) -> Result<Vec<Vec<u8>>, pem::PemError> {
+    let all: Vec<Vec<u8>> = pem::parse_many(text)?.into_iter().map(pem::Pem::into_contents).collect();
+    if all.is_empty() {
+        return Err(pem::PemError::MalformedFraming);
+    }
+    Ok(all)
+}
+
+/// PEM-encodes several DER certificates, one block after another.
+pub fn certs_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    ders.into_iter().map(cert_pem).collect()
+}
+
 /// Writes `bytes` to `path`, readable by the owner only, all or nothing: after a crash
 /// or power cut at any point the file holds either its old content or `bytes`. On
 /// failure (a full disk) the temporary file is removed, so a failed write costs no space.

@@ -21,6 +21,25 @@ pub fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// **Test only**: seconds (may be negative) `SHOAL_TEST_CLOCK_OFFSET` moves the clock
+/// [`board_ms`] reads, to play a board without a real-time clock (Linux time namespaces
+/// do not move the wall clock). Never set it on a real board.
+pub const TEST_CLOCK_OFFSET_ENV: &str = "SHOAL_TEST_CLOCK_OFFSET";
+
+/// The board's own wall clock, ms since the Unix epoch: [`wall_ms`] moved by
+/// [`TEST_CLOCK_OFFSET_ENV`] when a test set it. What a board believes, which may be
+/// years wrong: certificate checks and renewal never rely on it alone.
+pub fn board_ms() -> u64 {
+    static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET_MS.get_or_init(|| {
+        std::env::var(TEST_CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .map_or(0, |s| s.saturating_mul(1000))
+    });
+    wall_ms().saturating_add_signed(offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

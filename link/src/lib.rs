@@ -20,5 +20,5 @@ pub mod tls;
 
 pub use endpoint::{client_endpoint, connect, request};
 pub use error::LinkError;
-pub use host::{random, wall_ms, DEFAULT_DATA_DIR};
+pub use host::{board_ms, random, wall_ms, DEFAULT_DATA_DIR};
 pub use tls::{ClientTls, Identity, Trust};

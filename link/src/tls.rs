@@ -6,17 +6,26 @@
 //! - A joining board trusts the manager through the CA digest in its token
 //!   ([`Trust::CaDigest`]): the chain must contain a certificate with that SHA-256 and the
 //!   manager's certificate must verify against it. No trust on first use.
-//! - Joined boards and the CLI trust the stored CA ([`Trust::Ca`]) and present their own
-//!   certificate.
+//! - Joined boards and the CLI trust the stored CAs ([`Trust::Bundle`]: one, two during a
+//!   CA rotation) and present their own certificate.
+//! - Clocks: a board may have no real-time clock and boot years in the past. A client
+//!   checks the manager's certificate at `max(its clock, the latest manager time it has
+//!   seen)`, and does not hold `notBefore` against it: a certificate the cluster's CA
+//!   signed is not made unsafe by the board's clock being behind, while one that ended
+//!   before the last time the board heard the manager is still refused (an old, perhaps
+//!   stolen, manager key can't be replayed to it). The manager checks clients by its own
+//!   clock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::CertificateError;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use shoal_proto::ALPN;
 
@@ -44,6 +53,15 @@ pub enum Trust {
     CaDigest([u8; 32]),
     /// The CA certificate itself (after joining).
     Ca(CertificateDer<'static>),
+    /// The CAs stored after joining (two during a CA rotation), and the latest manager
+    /// time this client has seen (ms since the Unix epoch; 0 if none): no clock reading
+    /// below it is believed when checking the manager's certificate's expiry.
+    Bundle {
+        /// Trusted CA certificates.
+        cas: Vec<CertificateDer<'static>>,
+        /// Lower bound of the real time, ms.
+        floor_ms: u64,
+    },
 }
 
 /// SHA-256 of a DER certificate, as join tokens carry it.
@@ -70,8 +88,20 @@ pub fn server_config(
     identity: Identity,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, LinkError> {
+    server_config_trusting(vec![ca], identity, idle_timeout)
+}
+
+/// The manager's QUIC server configuration, accepting client certificates of any of
+/// `cas` (two during a CA rotation).
+pub fn server_config_trusting(
+    cas: Vec<CertificateDer<'static>>,
+    identity: Identity,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, LinkError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    for ca in cas {
+        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    }
     let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
@@ -127,35 +157,29 @@ impl PeerLimits {
     }
 }
 
-/// A client TLS configuration, remembering whether a pinned CA failed to match.
+/// A client TLS configuration, remembering whether the manager's certificate was not
+/// from a CA this client trusts.
 #[derive(Clone)]
 pub struct ClientTls {
     config: quinn::ClientConfig,
-    pinned: Option<Arc<PinnedCa>>,
+    verifier: Arc<ClusterVerifier>,
 }
 
 impl ClientTls {
     /// Builds the client side: how to trust the manager, and what to present to it.
     pub fn new(trust: Trust, identity: Option<Identity>, idle_timeout: Duration) -> Result<Self, LinkError> {
-        let (verifier, pinned): (Arc<dyn ServerCertVerifier>, _) = match trust {
-            Trust::CaDigest(digest) => {
-                let p = Arc::new(PinnedCa { digest, mismatch: AtomicBool::new(false), provider: provider() });
-                (p.clone(), Some(p))
-            }
-            Trust::Ca(ca) => {
-                let mut roots = RootCertStore::empty();
-                roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
-                let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .build()
-                    .map_err(|e| LinkError::Tls(e.to_string()))?;
-                (v, None)
-            }
+        let (anchor, floor_ms) = match trust {
+            Trust::CaDigest(digest) => (Anchor::Digest(digest), 0),
+            Trust::Ca(ca) => (Anchor::Roots(roots_verifier(vec![ca])?), 0),
+            Trust::Bundle { cas, floor_ms } => (Anchor::Roots(roots_verifier(cas)?), floor_ms),
         };
+        let verifier =
+            Arc::new(ClusterVerifier { anchor, floor_ms, mismatch: AtomicBool::new(false), provider: provider() });
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| LinkError::Tls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
+            .with_custom_certificate_verifier(verifier.clone() as Arc<dyn ServerCertVerifier>);
         let mut tls = match identity {
             Some(id) => builder
                 .with_client_auth_cert(id.chain, id.key)
@@ -166,7 +190,7 @@ impl ClientTls {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport(idle_timeout, idle_timeout / 4));
-        Ok(Self { config, pinned })
+        Ok(Self { config, verifier })
     }
 
     /// The quinn configuration.
@@ -174,41 +198,107 @@ impl ClientTls {
         self.config.clone()
     }
 
-    /// True when a handshake failed because no certificate in the manager's chain had
-    /// the pinned digest: the token belongs to another cluster (or someone else answers).
+    /// True when a handshake failed because the manager's certificate was not from a
+    /// CA this client trusts: with a token, no certificate in its chain had the pinned
+    /// digest (the token belongs to another cluster, or someone else answers); after
+    /// joining, the cluster's CA was rotated while this client was away (or someone else
+    /// answers).
     pub fn ca_mismatch(&self) -> bool {
-        self.pinned.as_ref().is_some_and(|p| p.mismatch.load(Ordering::Relaxed))
+        self.verifier.mismatch.load(Ordering::Relaxed)
     }
 }
 
-/// Trusts a server whose chain contains a CA with a known digest and verifies against it.
+fn roots_verifier(cas: Vec<CertificateDer<'static>>) -> Result<Arc<WebPkiServerVerifier>, LinkError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| LinkError::Tls(e.to_string()))
+}
+
+/// What a client trusts the manager by.
 #[derive(Debug)]
-struct PinnedCa {
-    digest: [u8; 32],
+enum Anchor {
+    /// A CA in the manager's chain with this SHA-256 (joining).
+    Digest([u8; 32]),
+    /// These CAs (joined).
+    Roots(Arc<WebPkiServerVerifier>),
+}
+
+/// Verifies the manager's certificate against the cluster's CAs, at a time that does not
+/// depend on a board's wrong clock (see the module doc).
+#[derive(Debug)]
+struct ClusterVerifier {
+    anchor: Anchor,
+    floor_ms: u64,
     mismatch: AtomicBool,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCa {
+/// How many times a verification is retried at a later `notBefore`: the leaf and each CA
+/// above it may each start after the board's clock.
+const NOT_BEFORE_RETRIES: usize = 4;
+
+/// Verifies at `max(at, notBefore)`: a chain whose certificates start after the board's
+/// clock is checked as of their start, so only `notAfter` is held against the clock.
+fn verify_ignoring_not_before(
+    webpki: &WebPkiServerVerifier,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    ocsp_response: &[u8],
+    mut at: UnixTime,
+) -> Result<ServerCertVerified, rustls::Error> {
+    for _ in 0..NOT_BEFORE_RETRIES {
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, at) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { not_before, .. }))
+                if not_before.as_secs() > at.as_secs() =>
+            {
+                at = not_before;
+            }
+            result => return result,
+        }
+    }
+    webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, at)
+}
+
+impl ServerCertVerifier for ClusterVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp_response: &[u8],
-        now: UnixTime,
+        _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates.iter().find(|c| ca_digest(c) == self.digest) else {
+        let unknown = || {
             self.mismatch.store(true, Ordering::Relaxed);
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
         };
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let webpki =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let webpki = match &self.anchor {
+            Anchor::Digest(digest) => {
+                let ca = intermediates.iter().find(|c| ca_digest(c) == *digest).ok_or_else(unknown)?;
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone().into_owned())?;
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+                    .map_err(|e| rustls::Error::General(e.to_string()))?
+            }
+            Anchor::Roots(v) => v.clone(),
+        };
+        // The board's clock (moved by the test offset, if any), never below the latest
+        // manager time it has seen.
+        let at = UnixTime::since_unix_epoch(Duration::from_millis(crate::host::board_ms().max(self.floor_ms)));
+        match verify_ignoring_not_before(&webpki, end_entity, intermediates, server_name, ocsp_response, at) {
+            // Not signed by a trusted CA, whether no CA of that name is trusted or one of
+            // that name is but did not sign it (another cluster's CA of the same name).
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            )) => Err(unknown()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -231,5 +321,83 @@ impl ServerCertVerifier for PinnedCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use time::{Duration as Span, OffsetDateTime};
+
+    /// A CA and a manager certificate valid from `from` to `until` (days from now).
+    fn chain(from: i64, until: i64) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let now = OffsetDateTime::now_utc();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.not_before = now + Span::days(from);
+        ca.not_after = now + Span::days(3650);
+        let ca_cert = ca.clone().self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![shoal_proto::MANAGER_SERVER_NAME.to_owned()]).unwrap();
+        leaf.not_before = now + Span::days(from);
+        leaf.not_after = now + Span::days(until);
+        let cert = leaf.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+        (ca_cert.der().clone(), cert.der().clone())
+    }
+
+    fn verify(
+        ca: &CertificateDer<'static>,
+        leaf: &CertificateDer<'static>,
+        floor_ms: u64,
+    ) -> Result<(), rustls::Error> {
+        let v = ClusterVerifier {
+            anchor: Anchor::Roots(roots_verifier(vec![ca.clone()]).unwrap()),
+            floor_ms,
+            mismatch: AtomicBool::new(false),
+            provider: provider(),
+        };
+        let name = ServerName::try_from(shoal_proto::MANAGER_SERVER_NAME).unwrap();
+        v.verify_server_cert(leaf, std::slice::from_ref(ca), &name, &[], UnixTime::now()).map(|_| ())
+    }
+
+    #[test]
+    fn a_board_whose_clock_is_behind_accepts_the_managers_certificate() {
+        // As a board three years behind sees a certificate made now: not yet valid.
+        let (ca, leaf) = chain(3 * 365, 3 * 365 + 90);
+        let plain = roots_verifier(vec![ca.clone()]).unwrap();
+        let name = ServerName::try_from(shoal_proto::MANAGER_SERVER_NAME).unwrap();
+        let strict = plain.verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], UnixTime::now());
+        assert!(
+            matches!(strict, Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }))),
+            "{strict:?}"
+        );
+        verify(&ca, &leaf, 0).unwrap();
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_even_by_a_clock_behind_what_the_board_has_seen() {
+        let (ca, leaf) = chain(-2, -1);
+        let e = verify(&ca, &leaf, 0).unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })), "{e:?}");
+        // Valid by the board's clock, but it has seen the manager two days later: refused.
+        let (ca, leaf) = chain(-2, 1);
+        verify(&ca, &leaf, 0).unwrap();
+        let two_days_on = crate::host::wall_ms() + 2 * 86_400_000;
+        assert!(verify(&ca, &leaf, two_days_on).is_err());
+    }
+
+    #[test]
+    fn a_manager_of_another_ca_is_flagged_as_a_mismatch() {
+        let (ca, _) = chain(-1, 1);
+        let (other_ca, other_leaf) = chain(-1, 1);
+        let tls =
+            ClientTls::new(Trust::Bundle { cas: vec![ca.clone()], floor_ms: 0 }, None, Duration::from_secs(5)).unwrap();
+        let name = ServerName::try_from(shoal_proto::MANAGER_SERVER_NAME).unwrap();
+        assert!(!tls.ca_mismatch());
+        let r = tls.verifier.verify_server_cert(&other_leaf, &[other_ca], &name, &[], UnixTime::now());
+        assert!(r.is_err());
+        assert!(tls.ca_mismatch(), "the agent says how to re-join instead of just failing");
     }
 }

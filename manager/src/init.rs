@@ -10,8 +10,9 @@ use shoal_link::tls::ca_digest;
 use shoal_proto::token::SECRET_LEN;
 use shoal_proto::{Availability, BoundedVec, JoinToken, NodeDescription, NodeId, Resources, Role};
 
-use crate::ca::{Ca, CertRole};
+use crate::ca::{Ca, CertRole, SERVER_VALIDITY_MS};
 use crate::core::nodes::NodeRecord;
+use crate::core::rotation::PkiRecord;
 use crate::paths::{self, AdminCredentials};
 use crate::store::{ClusterRecord, Store};
 
@@ -46,6 +47,7 @@ pub fn init(
     advertise: SocketAddr,
     listen: Option<SocketAddr>,
     hostname: &str,
+    cert_expiry_ms: u64,
 ) -> anyhow::Result<Initialized> {
     let dir = paths::manager_dir(data_dir);
     if paths::store_path(data_dir).exists() {
@@ -60,7 +62,7 @@ pub fn init(
     let scratch = data_dir.join("manager.init-tmp");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
-    let result = build(&scratch, advertise, listen, hostname);
+    let result = build(&scratch, advertise, listen, hostname, cert_expiry_ms);
     match result {
         Ok(done) => {
             // The files are synced (redb commits, `write_private`); sync the scratch
@@ -79,19 +81,37 @@ pub fn init(
     }
 }
 
+/// Makes `path` readable and writable by its owner only (the store holds the cluster's
+/// private keys). `manager run` applies it too, to stores made before it was done here.
+pub fn owner_only(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (it holds the CA key)", path.display()))?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
-fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname: &str) -> anyhow::Result<Initialized> {
+fn build(
+    dir: &Path,
+    advertise: SocketAddr,
+    listen: Option<SocketAddr>,
+    hostname: &str,
+    cert_expiry_ms: u64,
+) -> anyhow::Result<Initialized> {
     let cluster_id = NodeId::from_random(shoal_link::random());
     let node_id = NodeId::from_random(shoal_link::random());
     let ca = Ca::generate(cluster_id.as_str())?;
     let (server_cert, server_key) =
-        ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str())?;
-    let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str())?;
+        ca.issue(CertRole::Manager, shoal_proto::MANAGER_SERVER_NAME, cluster_id.as_str(), SERVER_VALIDITY_MS)?;
+    let (admin_cert, admin_key) = ca.issue(CertRole::Admin, "admin", cluster_id.as_str(), cert_expiry_ms)?;
     let token = JoinToken::new(ca_digest(ca.cert()), shoal_link::random::<SECRET_LEN>());
     let listen = listen.unwrap_or_else(|| {
         let any: IpAddr = if advertise.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() };
@@ -127,7 +147,11 @@ fn build(dir: &Path, advertise: SocketAddr, listen: Option<SocketAddr>, hostname
         created_at_ms: shoal_link::wall_ms(),
         ingress_address: None,
     };
-    Store::create(&dir.join("state.redb"), &cluster, &manager)?;
+    let store = Store::create(&dir.join("state.redb"), &cluster, &manager)?;
+    // The store holds the CA's key: only its owner may read it.
+    owner_only(&dir.join("state.redb"))?;
+    store.put_pki(&PkiRecord { cert_expiry_ms, rotation: None }, None)?;
+    drop(store);
     let admin = AdminCredentials {
         manager_addr: advertise.to_string(),
         ca_pem: paths::cert_pem(ca.cert()),
@@ -174,15 +198,40 @@ pub fn restore(data_dir: &Path, backup: &Path) -> anyhow::Result<String> {
     sync_dir(&dir)?;
     let admin = paths::admin_path(data_dir);
     if !admin.exists() {
+        let store = Store::open(&target)?;
+        let expiry = store.pki()?.cert_expiry_ms;
+        // A rotation in progress in the backup: the new CA signs, both are trusted.
+        let rotation = store.pki()?.rotation;
+        drop(store);
         let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
-        let (cert, key) = ca.issue(CertRole::Admin, "admin", &cluster.cluster_id)?;
+        let next = rotation.as_ref().map(|r| Ca::from_parts(r.ca_cert.clone(), &r.ca_key_pem)).transpose()?;
+        let (cert, key) = next.as_ref().unwrap_or(&ca).issue(CertRole::Admin, "admin", &cluster.cluster_id, expiry)?;
+        let trust = std::iter::once(ca.cert().as_ref()).chain(next.as_ref().map(|n| n.cert().as_ref()));
         let creds = AdminCredentials {
             manager_addr: cluster.advertise_addr.clone(),
-            ca_pem: paths::cert_pem(ca.cert()),
+            ca_pem: shoal_link::files::certs_pem(trust),
             cert_pem: paths::cert_pem(&cert),
             key_pem: key.serialize_pem(),
         };
         paths::write_private(&admin, serde_json::to_string_pretty(&creds)?.as_bytes())?;
     }
     Ok(cluster.cluster_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_holding_the_ca_key_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shoal-init-{}", shoal_proto::hex(&shoal_link::random::<6>())));
+        let done = init(&dir, "127.0.0.1:4242".parse().unwrap(), None, "m", 60_000).unwrap();
+        assert!(!done.token.to_string().is_empty());
+        let mode = std::fs::metadata(paths::store_path(&dir)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // And the certificate expiry asked for is stored.
+        assert_eq!(Store::open(&paths::store_path(&dir)).unwrap().pki().unwrap().cert_expiry_ms, 60_000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

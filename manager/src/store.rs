@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::{NodeId, ServiceId, Task, TaskId};
 
 use crate::core::nodes::NodeRecord;
+use crate::core::rotation::{NodeCert, PkiRecord};
 use crate::core::services::ServiceRecord;
 use crate::images::ImageRecord;
 
@@ -27,6 +28,11 @@ const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// Secrets (sealed) and configs, by `kind/name` (`crate::secrets::ObjectRecord`).
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLUSTER_KEY: &str = "cluster";
+/// Certificate settings and the CA rotation in progress ([`PkiRecord`]); absent in stores
+/// made before them, which means the defaults.
+const PKI_KEY: &str = "pki";
+/// The certificate each node holds, by node ID ([`NodeCert`]).
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
 /// 2: tasks know the desired state Ready; services carry their update progress.
@@ -459,11 +465,87 @@ impl Store {
         })
     }
 
-    /// Deletes a node record; its certificate is refused from then on.
+    /// Deletes a node record (and what it knew of its certificate); its certificates,
+    /// old and renewed alike, are refused from then on.
     pub fn remove_node(&self, id: &NodeId) -> Result<(), StoreError> {
         self.note(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NODES)?.remove(id.as_str())?;
+            tx.open_table(CERTS)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Certificate settings and the CA rotation in progress (the defaults when never set).
+    pub fn pki(&self) -> Result<PkiRecord, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = tx.open_table(META).map_err(|_| StoreError::Empty)?;
+            let value = table.get(PKI_KEY)?;
+            Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default())
+        })
+    }
+
+    /// Replaces the certificate settings and, in the same transaction, the cluster record
+    /// when given (retiring a CA changes both at once).
+    pub fn put_pki(&self, pki: &PkiRecord, cluster: Option<&ClusterRecord>) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                meta.insert(PKI_KEY, postcard::to_allocvec(pki)?.as_slice())?;
+                if let Some(c) = cluster {
+                    meta.insert(CLUSTER_KEY, postcard::to_allocvec(c)?.as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// What each node's certificate is, by node ID.
+    pub fn node_certs(&self) -> Result<std::collections::HashMap<NodeId, NodeCert>, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = match tx.open_table(CERTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = std::collections::HashMap::new();
+            for row in table.iter()? {
+                let (key, value) = row?;
+                // A key that is not a node ID is skipped, not fatal: the record is advisory.
+                if let Ok(id) = key.value().parse::<NodeId>() {
+                    out.insert(id, postcard::from_bytes(value.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// What node `id`'s certificate is, if known.
+    pub fn node_cert(&self, id: &NodeId) -> Result<Option<NodeCert>, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_read()?;
+            let table = match tx.open_table(CERTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let value = table.get(id.as_str())?;
+            Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?)
+        })
+    }
+
+    /// Records the certificate node `id` holds, unless the node was removed meanwhile.
+    pub fn put_node_cert(&self, id: &NodeId, cert: &NodeCert) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            if tx.open_table(NODES)?.get(id.as_str())?.is_some() {
+                tx.open_table(CERTS)?.insert(id.as_str(), postcard::to_allocvec(cert)?.as_slice())?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -847,6 +929,49 @@ mod tests {
         assert_eq!(store.networks().unwrap(), both, "in ID order");
         store.remove_network(&atsea.id).unwrap();
         assert_eq!(store.networks().unwrap(), vec![ingress]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A CA rotation in progress is in the store, so a restarted manager resumes it; a
+    /// node's certificate record goes with the node.
+    #[test]
+    fn certificate_settings_and_a_rotation_survive_reopening_the_store() {
+        use crate::core::rotation::Rotation;
+        let path = scratch_path();
+        let node = NodeRecord {
+            id: NodeId::from_random([7; 16]),
+            role: shoal_proto::Role::Worker,
+            availability: shoal_proto::Availability::Active,
+            labels: shoal_proto::BoundedVec::new(),
+            description: shoal_proto::NodeDescription::default(),
+            addr: None,
+            created_at_ms: 1,
+            ingress_address: None,
+        };
+        let cert = NodeCert { valid_from_ms: 1, valid_until_ms: 2, ca_digest: [3; 32] };
+        let pki = PkiRecord {
+            cert_expiry_ms: 60_000,
+            rotation: Some(Rotation { ca_cert: vec![1, 2], ca_key_pem: "k".into(), ca_digest: [4; 32], started_ms: 5 }),
+        };
+        {
+            let store = Store::from_db(Database::create(&path).unwrap(), &path);
+            let tx = store.db().unwrap().begin_write().unwrap();
+            tx.open_table(META).unwrap().insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(store.pki().unwrap(), PkiRecord::default(), "a store from before: the defaults");
+            // A node removed meanwhile gets no record.
+            store.put_node_cert(&node.id, &cert).unwrap();
+            assert!(store.node_certs().unwrap().is_empty());
+            store.put_node(&node).unwrap();
+            store.put_node_cert(&node.id, &cert).unwrap();
+            store.put_pki(&pki, None).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.pki().unwrap(), pki);
+        assert_eq!(store.node_certs().unwrap().get(&node.id), Some(&cert));
+        assert_eq!(store.node_cert(&node.id).unwrap(), Some(cert));
+        store.remove_node(&node.id).unwrap();
+        assert!(store.node_certs().unwrap().is_empty(), "removing a node forgets its certificate");
         let _ = std::fs::remove_file(&path);
     }
 }

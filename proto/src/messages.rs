@@ -139,6 +139,46 @@ pub enum AgentMessage {
     /// short and where) or fine again (`None`). Sent at session start and on each change;
     /// while short, the manager places no new task on the node.
     DiskPressure(Option<Message>),
+    /// A request for a new node certificate, for a key made on the board: at a point
+    /// of the renewal window ([`crate::renewal`]), or at once when the manager asked
+    /// (CA rotation). Answered with [`ManagerMessage::Credentials`].
+    RenewCertificate {
+        /// PKCS#10 request; the manager takes only its public key.
+        csr: Bytes<MAX_DER>,
+    },
+    /// The certificate of the last [`ManagerMessage::Credentials`] is on the board's
+    /// disk: the manager counts the board as holding it (CA rotation progress).
+    CertificateSaved,
+    /// The board's wall clock when it took the manager's last [`Credentials`], for the
+    /// manager to measure the board's clock skew.
+    Clock {
+        /// Milliseconds since the Unix epoch, by the board's clock.
+        now_ms: u64,
+    },
+}
+
+/// Most CAs a board or the CLI trusts at once: the current one and, during a CA
+/// rotation, the one replacing it.
+pub const MAX_TRUSTED_CAS: usize = 2;
+
+/// The manager's clock, the board's trust and certificate: sent when a session opens,
+/// every minute, when the CA rotation moves, and in answer to
+/// [`AgentMessage::RenewCertificate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The manager's wall clock, ms since the Unix epoch: renewal is judged by it.
+    pub now_ms: u64,
+    /// A new certificate for the board's last request; `None` otherwise.
+    pub certificate: Option<Bytes<MAX_DER>>,
+    /// Validity of the certificate the board holds (the new one when `certificate` is
+    /// set), as `(notBefore, notAfter)` in ms since the Unix epoch.
+    pub valid_from_ms: u64,
+    /// See `valid_from_ms`.
+    pub valid_until_ms: u64,
+    /// The CAs to trust from now on (DER): one, or two during a CA rotation.
+    pub trust: BoundedVec<Bytes<MAX_DER>, MAX_TRUSTED_CAS>,
+    /// Renew now, whatever the window says: the CA is being rotated.
+    pub renew_now: bool,
 }
 
 /// Messages the manager sends on a session stream.
@@ -167,6 +207,8 @@ pub enum ManagerMessage {
     /// whole each time the set changes and before the assignments that need it: see
     /// [`crate::secrets::SecretSet`].
     Secrets(crate::secrets::SecretSet),
+    /// The manager's time, the trust bundle and, in answer to a renewal, a certificate.
+    Credentials(Credentials),
 }
 
 /// Administrative requests, from the `shoal` CLI.
@@ -226,6 +268,41 @@ pub enum ControlRequest {
     /// `shoal manager backup FILE`: a consistent copy of the state store, whose bytes
     /// follow the [`ControlReply::Backup`] frame on the same stream.
     Backup,
+    /// `shoal manager ca [--rotate]`: the CA's state, after starting a rotation if asked.
+    Ca {
+        /// Start a CA rotation (a rotation in progress just goes on).
+        rotate: bool,
+    },
+    /// `shoal manager update`: cluster settings.
+    ManagerUpdate {
+        /// Validity of node and administrator certificates issued from now on, ms.
+        cert_expiry_ms: Option<u64>,
+    },
+}
+
+/// Bounds of `--cert-expiry`: 3 s (tests) to 5 years (the CA lasts 20).
+pub const CERT_EXPIRY_RANGE_MS: (u64, u64) = (3_000, 5 * 365 * 24 * 3_600_000);
+
+/// The cluster CA as `shoal manager ca` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// SHA-256 of the current CA certificate (the one join tokens carry).
+    pub digest: [u8; 32],
+    /// When the current CA certificate ends, ms since the Unix epoch.
+    pub ca_until_ms: u64,
+    /// Validity given to node and administrator certificates, ms.
+    pub cert_expiry_ms: u64,
+    /// A rotation is in progress.
+    pub rotating: bool,
+    /// Worker nodes holding a certificate of the new CA (during a rotation).
+    pub rotated: u32,
+    /// Worker nodes that must hold one before the old CA is retired: the Ready ones and
+    /// those not heard from yet.
+    pub to_rotate: u32,
+    /// Hostnames of nodes left to rotate (the first few).
+    pub waiting_for: BoundedVec<Hostname, 16>,
+    /// SHA-256 of the CA being rotated in.
+    pub rotating_to: Option<[u8; 32]>,
 }
 
 /// Every answer to the first frame of a stream.
@@ -300,6 +377,8 @@ pub enum ControlReply {
         /// Exact length of the store copy that follows.
         size: u64,
     },
+    /// Answer to [`ControlRequest::Ca`].
+    Ca(CaStatus),
 }
 
 /// A refusal, with a kind to act on and a message for people.
@@ -371,6 +450,26 @@ pub struct NodeView {
     pub last_seen_ago_ms: Option<u64>,
     /// Why the status is what it is.
     pub status_message: Message,
+    /// The node's certificate, as the manager last saw the node hold it.
+    #[serde(default)]
+    pub certificate: Option<NodeCertificate>,
+    /// How far the board's clock is ahead of the manager's (negative: behind), ms, as
+    /// measured during its current session.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// A node's certificate in [`NodeView`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    /// `notBefore`, ms since the Unix epoch.
+    pub valid_from_ms: u64,
+    /// `notAfter`, ms since the Unix epoch.
+    pub valid_until_ms: u64,
+    /// The manager's clock when it answered: "expires in" is measured by it.
+    pub manager_now_ms: u64,
+    /// Signed by the CA being rotated in (or by the current CA when none is).
+    pub current_ca: bool,
 }
 
 /// Role of a node.

@@ -214,12 +214,19 @@ impl Host {
 
     /// Starts a long-running process here, logging to a file.
     pub fn spawn(&self, program: &str, args: &[&str]) -> Proc {
+        self.spawn_env(program, args, &[])
+    }
+
+    /// As [`Host::spawn`], with extra environment variables (e.g. the agent's test-only
+    /// clock offset).
+    pub fn spawn_env(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         std::fs::create_dir_all(&self.log_dir).expect("log dir");
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         let log = self.log_dir.join(format!("{}-{program}-{n}.log", self.ns));
         let file = std::fs::File::create(&log).expect("log file");
         let child = self
             .command(&bin(program), args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)

@@ -72,14 +72,16 @@ impl Client {
         };
         let bad = |e: String| CliError::BadCredentials(path.clone(), e);
         let creds: AdminCredentials = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let ca = paths::pem_der(&creds.ca_pem).map_err(|e| bad(e.to_string()))?;
+        // One CA, or two during a CA rotation.
+        let cas = shoal_link::files::pem_ders(&creds.ca_pem).map_err(|e| bad(e.to_string()))?;
         let cert = paths::pem_der(&creds.cert_pem).map_err(|e| bad(e.to_string()))?;
         let key = rcgen::KeyPair::from_pem(&creds.key_pem).map_err(|e| bad(e.to_string()))?;
         let identity = Identity {
             chain: vec![CertificateDer::from(cert)],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         };
-        let tls = ClientTls::new(Trust::Ca(CertificateDer::from(ca)), Some(identity), REQUEST_TIMEOUT)
+        let cas = cas.into_iter().map(CertificateDer::from).collect();
+        let tls = ClientTls::new(Trust::Bundle { cas, floor_ms: 0 }, Some(identity), REQUEST_TIMEOUT)
             .map_err(|e| bad(e.to_string()))?;
         let addr: SocketAddr =
             creds.manager_addr.parse().map_err(|_| bad(format!("bad address {:?}", creds.manager_addr)))?;

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use shoal_proto::{ControlReply, ControlRequest};
+use shoal_proto::services::format_duration_ms;
+use shoal_proto::{CaStatus, ControlReply, ControlRequest};
 
 use super::client::Client;
 use crate::core::membership::LivenessConfig;
@@ -20,6 +21,10 @@ pub enum ManagerCommand {
     Run(RunArgs),
     /// Print (or rotate) the token boards join with.
     JoinToken(JoinTokenArgs),
+    /// Change cluster settings (certificate expiry).
+    Update(UpdateArgs),
+    /// Show the cluster CA, or rotate it (`--rotate`).
+    Ca(CaArgs),
     /// Save a consistent copy of the manager's state (while it runs) to FILE.
     Backup(FileArg),
     /// Replace the manager's state with a backup (the manager must be stopped).
@@ -48,6 +53,31 @@ pub struct InitArgs {
     /// Name of this host in `node ls` (default: the system hostname).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Validity of node and administrator certificates; they renew at 50–80% of it.
+    #[arg(long, default_value = "2160h", value_parser = super::parse_cert_expiry)]
+    pub cert_expiry: std::time::Duration,
+}
+
+/// `manager update`.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Validity of node and administrator certificates issued from now on (each takes it
+    /// at its next renewal).
+    #[arg(long, value_parser = super::parse_cert_expiry)]
+    pub cert_expiry: Option<std::time::Duration>,
+}
+
+/// `manager ca`.
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// Replace the CA: every board gets a certificate of a new CA over its session, then
+    /// the old CA is retired and join tokens change.
+    #[arg(long)]
+    pub rotate: bool,
+    /// With --rotate: start the rotation and return at once (`shoal manager ca` shows
+    /// how far it is).
+    #[arg(short, long)]
+    pub detach: bool,
 }
 
 /// `manager run`.
@@ -77,6 +107,57 @@ pub struct JoinTokenArgs {
     pub quiet: bool,
 }
 
+async fn ca_status(client: &Client, rotate: bool) -> anyhow::Result<CaStatus> {
+    match client.call(ControlRequest::Ca { rotate }).await? {
+        ControlReply::Ca(status) => Ok(status),
+        other => anyhow::bail!("unexpected answer from the manager: {other:?}"),
+    }
+}
+
+fn rotation_line(s: &CaStatus) -> String {
+    let mut line = format!("rotated {}/{} nodes", s.rotated, s.to_rotate);
+    if !s.waiting_for.is_empty() {
+        let names: Vec<&str> = s.waiting_for.iter().map(|h| h.as_str()).collect();
+        line.push_str(&format!(" (waiting for {})", names.join(", ")));
+    }
+    line
+}
+
+/// `shoal manager ca [--rotate [--detach]]`.
+async fn ca(client: &Client, args: CaArgs) -> anyhow::Result<()> {
+    let mut status = ca_status(client, args.rotate).await?;
+    if args.rotate && !args.detach {
+        println!("CA rotation started: every board gets a certificate of the new CA over its session.");
+        let mut last = String::new();
+        let mut to_rotate = status.to_rotate;
+        while status.rotating {
+            to_rotate = status.to_rotate;
+            let line = rotation_line(&status);
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            status = ca_status(client, false).await?;
+        }
+        println!("rotated {to_rotate}/{to_rotate} nodes");
+        println!("CA rotation complete: the old CA is retired; boards that were down must re-join.");
+        println!("Join tokens changed with the CA: get the new one with `shoal manager join-token worker`.");
+        println!("admin.json here was renewed; copies of it elsewhere must be copied again.");
+        return Ok(());
+    }
+    println!("CA digest:\t\tsha256:{}", shoal_proto::hex(&status.digest));
+    println!("CA valid until:\t\t{}", shoal_proto::time::utc(status.ca_until_ms));
+    println!("Certificate expiry:\t{}", format_duration_ms(status.cert_expiry_ms));
+    if status.rotating {
+        println!("Rotation:\t\tin progress, {}", rotation_line(&status));
+    }
+    if let Some(next) = status.rotating_to {
+        println!("Rotating to:\t\tsha256:{}", shoal_proto::hex(&next));
+    }
+    Ok(())
+}
+
 fn join_instructions(token: &str, addr: &str) -> String {
     format!("To add a worker to this cluster, run the following command on it:\n\n    shoal-agent join --token {token} {addr}\n")
 }
@@ -87,7 +168,8 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
         ManagerCommand::Init(args) => {
             let advertise = init::parse_addr(&args.advertise_addr, DEFAULT_PORT)?;
             let hostname = args.hostname.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
-            let done = init::init(data_dir, advertise, args.listen_addr, &hostname)?;
+            let expiry = args.cert_expiry.as_millis() as u64;
+            let done = init::init(data_dir, advertise, args.listen_addr, &hostname, expiry)?;
             println!("Cluster initialized: current node ({}) is now a manager.\n", done.node_id);
             println!("{}", join_instructions(&done.token.to_string(), &done.advertise_addr.to_string()));
             println!("Start the manager with `shoal manager run` and keep it running.");
@@ -115,6 +197,27 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             println!("Restored cluster {id} from {} into {}.", args.file.display(), data_dir.display());
             println!("Start the manager with `shoal manager run`.");
             Ok(())
+        }
+        ManagerCommand::Update(args) => {
+            let Some(expiry) = args.cert_expiry else {
+                anyhow::bail!("nothing to update: give --cert-expiry DURATION");
+            };
+            let client = Client::connect(data_dir).await?;
+            let reply =
+                client.call(ControlRequest::ManagerUpdate { cert_expiry_ms: Some(expiry.as_millis() as u64) }).await;
+            client.close().await;
+            reply?;
+            println!(
+                "Certificate expiry set to {}; certificates take it at their next renewal.",
+                format_duration_ms(expiry.as_millis() as u64)
+            );
+            Ok(())
+        }
+        ManagerCommand::Ca(args) => {
+            let client = Client::connect(data_dir).await?;
+            let result = ca(&client, args).await;
+            client.close().await;
+            result
         }
         ManagerCommand::VerifyStore(args) => crate::verify::run_check(&args.file),
         ManagerCommand::JoinToken(args) => {

@@ -49,9 +49,29 @@ pub fn parse_key_rotation(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// Parses `--cert-expiry` (`2160h`, `90s`, …) within
+/// [`shoal_proto::CERT_EXPIRY_RANGE_MS`]: 3 s (for tests) to 5 years.
+pub fn parse_cert_expiry(s: &str) -> Result<Duration, String> {
+    let ms = parse_duration_ms(s.trim()).map_err(|_| SpecError::Duration(s.trim().to_owned()).to_string())?;
+    let (lo, hi) = shoal_proto::CERT_EXPIRY_RANGE_MS;
+    if !(lo..=hi).contains(&ms) {
+        return Err(format!("certificate expiry {s:?} is out of range: use 3s to 43800h (5 years)"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cert_expiries_parse_and_stay_in_range() {
+        assert_eq!(parse_cert_expiry("2160h").unwrap(), Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(parse_cert_expiry("5s").unwrap(), Duration::from_secs(5));
+        assert!(parse_cert_expiry("1s").unwrap_err().contains("out of range"));
+        assert!(parse_cert_expiry("50000h").unwrap_err().contains("out of range"));
+        assert!(parse_cert_expiry("forever").unwrap_err().starts_with("invalid duration"));
+    }
 
     #[test]
     fn key_rotation_periods_parse_and_stay_in_range() {

@@ -8,6 +8,8 @@ use shoal_proto::{Availability, BoundedVec, ControlReply, ControlRequest, Label,
 
 use super::client::Client;
 use super::output::{bytes, table, utc};
+use shoal_proto::renewal::Validity;
+use shoal_proto::services::format_duration_ms;
 
 /// `shoal node` subcommands.
 #[derive(Debug, Subcommand)]
@@ -88,6 +90,9 @@ async fn dispatch(client: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 nodes.iter().for_each(|n| println!("{}", n.id));
             } else {
                 print!("{}", ls_table(&nodes));
+                for w in expiry_warnings(&nodes) {
+                    eprintln!("{w}");
+                }
             }
         }
         NodeCommand::Inspect { format, nodes } => {
@@ -153,6 +158,33 @@ pub fn ls_table(nodes: &[NodeView]) -> String {
     table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH"], &rows)
 }
 
+/// `node ls`'s warnings about certificates close to their end (within a week, or the
+/// last fifth of their life): a board that was offline through its renewal window.
+pub fn expiry_warnings(nodes: &[NodeView]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let Some(c) = n.certificate else { continue };
+        let v = Validity { from_ms: c.valid_from_ms, until_ms: c.valid_until_ms };
+        if !v.expires_soon(c.manager_now_ms) {
+            continue;
+        }
+        let what = if n.role == Role::Manager { "the manager's certificate" } else { "the certificate of node" };
+        let when = if c.manager_now_ms >= c.valid_until_ms {
+            format!("expired {} ago", format_duration_ms(c.manager_now_ms - c.valid_until_ms))
+        } else {
+            format!("expires in {}", format_duration_ms(c.valid_until_ms - c.manager_now_ms))
+        };
+        let fix = if n.role == Role::Manager {
+            "it renews while `shoal manager run` runs"
+        } else {
+            "it renews over the node's session: bring the board online, or re-join it (`shoal node rm` and a new \
+             join token) once it has expired"
+        };
+        out.push(format!("warning: {what} {} ({}) {when}: {fix}", n.description.hostname, n.id));
+    }
+    out
+}
+
 fn labels(list: &[Label]) -> serde_json::Map<String, serde_json::Value> {
     list.iter().map(|l| (l.key.to_string(), json!(l.value.as_str()))).collect()
 }
@@ -183,8 +215,17 @@ pub fn json(n: &NodeView) -> serde_json::Value {
             "Message": &*n.status_message,
             "Addr": n.addr.as_deref().unwrap_or(""),
             "LastSeenMsAgo": n.last_seen_ago_ms,
+            "ClockSkewMs": n.clock_skew_ms,
         },
     });
+    if let Some(c) = n.certificate {
+        v["Certificate"] = json!({
+            "NotBefore": utc(c.valid_from_ms),
+            "NotAfter": utc(c.valid_until_ms),
+            "ExpiresInMs": c.valid_until_ms as i64 - c.manager_now_ms as i64,
+            "CurrentCA": c.current_ca,
+        });
+    }
     if n.role == Role::Manager {
         v["ManagerStatus"] =
             json!({ "Leader": true, "Reachability": "reachable", "Addr": n.addr.as_deref().unwrap_or("") });
@@ -225,6 +266,26 @@ pub fn pretty(n: &NodeView) -> String {
         }
     }
     out.push_str(&format!("Agent Version:\t\tshoal-agent {}\n", d.agent_version));
+    if let Some(c) = n.certificate {
+        let left = if c.manager_now_ms >= c.valid_until_ms {
+            format!("expired {} ago", format_duration_ms(c.manager_now_ms - c.valid_until_ms))
+        } else {
+            format!("in {}", format_duration_ms(c.valid_until_ms - c.manager_now_ms))
+        };
+        out.push_str(&format!("Certificate:\n Expires:\t\t{} ({left})\n", utc(c.valid_until_ms)));
+        if !c.current_ca {
+            out.push_str(" CA:\t\t\tthe old one (a CA rotation is in progress)\n");
+        }
+    }
+    if let Some(skew) = n.clock_skew_ms {
+        let dir = if skew < 0 { "behind" } else { "ahead of" };
+        out.push_str(&format!(
+            "Clock Skew:\t\t{}{} ({} the manager)\n",
+            if skew < 0 { "-" } else { "" },
+            format_duration_ms(skew.unsigned_abs()),
+            dir
+        ));
+    }
     if !d.missing_features.is_empty() {
         out.push_str("Missing Kernel Features:\n");
         for m in d.missing_features.iter() {
@@ -260,6 +321,8 @@ mod tests {
             created_at_ms: 0,
             last_seen_ago_ms: Some(0),
             status_message: shoal_proto::Message::lossy(""),
+            certificate: None,
+            clock_skew_ms: None,
         }
     }
 
@@ -273,5 +336,29 @@ mod tests {
         // A board with everything shows no such section.
         assert!(!pretty(&node(&[])).contains("Missing Kernel"));
         assert_eq!(json(&node(&[]))["Description"]["Engine"]["MissingKernelFeatures"], json!([]));
+    }
+
+    #[test]
+    fn node_inspect_shows_the_certificate_and_skew_and_node_ls_warns_near_the_end() {
+        const DAY: u64 = 24 * 3_600_000;
+        let mut n = node(&[]);
+        n.certificate = Some(shoal_proto::NodeCertificate {
+            valid_from_ms: 0,
+            valid_until_ms: 90 * DAY,
+            manager_now_ms: 30 * DAY,
+            current_ca: true,
+        });
+        n.clock_skew_ms = Some(-3_600_000);
+        let text = pretty(&n);
+        assert!(text.contains("Certificate:\n Expires:\t\t1970-03-91".replace("03-91", "04-01").as_str()), "{text}");
+        assert!(text.contains("(in 1440h)"), "{text}");
+        assert!(text.contains("Clock Skew:\t\t-1h (behind the manager)"), "{text}");
+        assert!(expiry_warnings(&[n.clone()]).is_empty());
+        n.certificate.as_mut().unwrap().manager_now_ms = 85 * DAY;
+        let w = expiry_warnings(&[n.clone()]);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("node1") && w[0].contains("expires in 120h"), "{w:?}");
+        n.certificate.as_mut().unwrap().manager_now_ms = 91 * DAY;
+        assert!(expiry_warnings(&[n])[0].contains("expired 24h ago"));
     }
 }

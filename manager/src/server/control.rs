@@ -4,6 +4,7 @@
 use super::*;
 
 pub(super) fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
+    let record_id = record.id.clone();
     let (status, last_seen_ago_ms, message) = match record.role {
         Role::Manager => (NodeStatus::Ready, Some(0), "this manager".to_owned()),
         Role::Worker => {
@@ -29,6 +30,24 @@ pub(super) fn view(st: &State, now: Millis, record: NodeRecord) -> NodeView {
         created_at_ms: record.created_at_ms,
         last_seen_ago_ms,
         status_message: shoal_proto::Message::lossy(&message),
+        certificate: None,
+        clock_skew_ms: st.sessions.get(&record_id).and_then(|s| s.skew_ms),
+    }
+}
+
+/// Fills in each view's certificate: a worker's as last recorded, the manager's own
+/// server certificate for the manager.
+fn with_certificates(mgr: &Manager, views: &mut [NodeView]) {
+    let certs = mgr.store.node_certs().unwrap_or_default();
+    let server = {
+        let cluster = mgr.cluster.lock().expect("cluster lock");
+        let pki = mgr.pki.lock().expect("pki lock");
+        pki::node_cert(&pki, &cluster.server_cert)
+    };
+    let signer = mgr.pki.lock().expect("pki lock").signer().digest();
+    for v in views {
+        let cert = if v.role == Role::Manager { server.as_ref() } else { certs.get(&v.id) };
+        v.certificate = pki::cert_view(cert, Some(signer));
     }
 }
 
@@ -83,6 +102,8 @@ pub(super) async fn handle_control(
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();
             let mut views: Vec<NodeView> = nodes.into_iter().map(|r| view(&st, now, r)).collect();
+            drop(st);
+            with_certificates(mgr, &mut views);
             views.sort_by(|a, b| {
                 (a.role != Role::Manager, a.description.hostname.as_str(), a.id.as_str()).cmp(&(
                     b.role != Role::Manager,
@@ -94,8 +115,10 @@ pub(super) async fn handle_control(
         }
         ControlRequest::NodeInspect { node } => {
             let record = nodes::resolve(&nodes, &node)?.clone();
-            let st = mgr.state.lock().expect("state lock");
-            Ok(ControlReply::Node(Box::new(view(&st, mgr.now(), record))))
+            let mut one = [view(&mgr.state.lock().expect("state lock"), mgr.now(), record)];
+            with_certificates(mgr, &mut one);
+            let [v] = one;
+            Ok(ControlReply::Node(Box::new(v)))
         }
         ControlRequest::NodeRemove { node, force } => {
             let record = nodes::resolve(&nodes, &node)?.clone();
@@ -150,16 +173,24 @@ pub(super) async fn handle_control(
         ControlRequest::ImageRemove { image, force } => remove_image(mgr, &image, force).await,
         // Answered by `send_backup` before it gets here.
         ControlRequest::Backup => Err(ErrorReply::new(ErrorKind::InvalidRequest, "backup is a streamed request")),
+        ControlRequest::Ca { rotate } => mgr.ca_request(rotate).map(ControlReply::Ca),
+        ControlRequest::ManagerUpdate { cert_expiry_ms } => {
+            if let Some(ms) = cert_expiry_ms {
+                mgr.set_cert_expiry(ms)?;
+            }
+            Ok(ControlReply::Done(shoal_proto::Message::lossy("manager updated")))
+        }
         ControlRequest::JoinToken { rotate } => {
             let mut cluster = mgr.cluster.lock().expect("cluster lock");
+            let digest = mgr.pki.lock().expect("pki lock").current.digest();
             if rotate {
                 let mut next = cluster.clone();
-                next.worker_secret = JoinToken::new(mgr.ca.digest(), shoal_link::random()).secret;
+                next.worker_secret = JoinToken::new(digest, shoal_link::random()).secret;
                 mgr.store.put_cluster(&next).map_err(internal)?;
                 *cluster = next;
                 info!("worker join token rotated");
             }
-            let token = JoinToken { ca_digest: mgr.ca.digest(), secret: cluster.worker_secret.clone() };
+            let token = JoinToken { ca_digest: digest, secret: cluster.worker_secret.clone() };
             Ok(ControlReply::JoinToken {
                 token: shoal_proto::text(&token.to_string()).map_err(internal)?,
                 manager_addr: shoal_proto::text_lossy(&cluster.advertise_addr),

@@ -12,7 +12,12 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
         .parse()
         .map_err(|e: shoal_proto::token::TokenError| ErrorReply::new(ErrorKind::InvalidToken, &e.to_string()))?;
     let cluster = mgr.cluster.lock().expect("cluster lock").clone();
-    if token.ca_digest != mgr.ca.digest() {
+    let (ca, expiry) = {
+        let pki = mgr.pki.lock().expect("pki lock");
+        (pki.current.clone(), pki.record.cert_expiry_ms)
+    };
+    // Only the current CA's token: after a rotation, the old one is refused.
+    if token.ca_digest != ca.digest() {
         return Err(ErrorReply::new(
             ErrorKind::InvalidToken,
             &format!("join token is for another cluster: {rotated_hint}"),
@@ -29,9 +34,10 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
         return Err(ErrorReply::new(ErrorKind::InvalidRequest, "a joining node must say its hostname"));
     }
     let node_id = NodeId::from_random(shoal_link::random());
-    let certificate = mgr
-        .ca
-        .sign_node(join.csr.as_slice(), node_id.as_str(), &cluster.cluster_id)
+    // Signed by the CA the token pins, the one the board trusts; during a rotation its
+    // session asks it to renew at once.
+    let certificate = ca
+        .sign_node(join.csr.as_slice(), node_id.as_str(), &cluster.cluster_id, expiry)
         .map_err(|e| ErrorReply::new(ErrorKind::InvalidRequest, &format!("bad certificate request: {e}")))?;
     let record = NodeRecord {
         id: node_id.clone(),
@@ -44,11 +50,16 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
         ingress_address: None,
     };
     mgr.store.put_node(&record).map_err(internal)?;
+    if let Some(held) = pki::node_cert(&mgr.pki.lock().expect("pki lock"), &certificate) {
+        if let Err(e) = mgr.store.put_node_cert(&node_id, &held) {
+            warn!(node = %node_id, error = %e, "cannot record the node's certificate");
+        }
+    }
     mgr.state.lock().expect("state lock").members.track(mgr.now(), node_id.clone());
     info!(node = %node_id, hostname = %record.description.hostname, "node joined");
     Ok(Response::Joined(JoinAccepted {
         node_id,
         certificate: certificate.to_vec().try_into().map_err(internal)?,
-        ca: mgr.ca.cert().to_vec().try_into().map_err(internal)?,
+        ca: ca.cert().to_vec().try_into().map_err(internal)?,
     }))
 }

@@ -10,7 +10,8 @@
 //! assignments that changed for it. Sessions only forward task reports to it.
 //!
 //! Here: connections, identification and the first frame of every stream. Beside it:
-//! `join`, `session`, `control`, `distribution` (images), `reconcile` (services).
+//! `join`, `session`, `control`, `distribution` (images), `reconcile` (services), `pki`
+//! (certificate renewal and CA rotation).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use shoal_proto::images::{FetchBlob, ImageView, MAX_ARCHIVE_BYTES, MAX_IMAGES};
 use shoal_proto::{
     frame, AgentMessage, Availability, BoundedVec, ControlReply, ControlRequest, Envelope, ErrorKind, ErrorReply,
     JoinAccepted, JoinRequest, JoinToken, ManagerMessage, NodeId, NodeStatus, NodeView, Request, Response, Role,
-    SessionOpen, PROTOCOL_VERSION,
+    SessionOpen, MANAGER_SERVER_NAME, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -55,6 +56,7 @@ mod exec;
 mod join;
 mod networks;
 mod objects;
+mod pki;
 mod reconcile;
 mod session;
 
@@ -136,6 +138,8 @@ struct Session {
     /// The secrets and configs last queued for the board (names and versions); `None`
     /// until the first set is.
     secrets: Option<objects::SentSet>,
+    /// How far the board's clock is ahead of the manager's, ms (memory only).
+    skew_ms: Option<i64>,
 }
 
 struct State {
@@ -188,8 +192,15 @@ struct Manager {
     services: Mutex<ServiceState>,
     /// Wakes the reconcile task.
     events: mpsc::Sender<Event>,
-    ca: Ca,
+    /// The CAs in force. Lock order: `cluster`, then `pki`.
+    pki: Mutex<pki::Pki>,
     cluster: Mutex<ClusterRecord>,
+    /// The listening endpoint, whose TLS configuration follows the CAs.
+    endpoint: quinn::Endpoint,
+    /// Bumped when the CAs change: every session sends its board the new trust.
+    pki_changed: tokio::sync::watch::Sender<u64>,
+    /// Wakes the certificate task (a board saved a certificate).
+    pki_wake: tokio::sync::Notify,
     state: Mutex<State>,
     started: Instant,
     blobs: BlobStore,
@@ -274,15 +285,15 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         );
     }
     crate::verify::in_child(&store_path)?;
+    crate::init::owner_only(&store_path)?;
     let store = Store::open(&store_path)?;
     let cluster = store.cluster()?;
-    let ca = Ca::from_parts(cluster.ca_cert.clone(), &cluster.ca_key_pem)?;
-    let server_key = rcgen::KeyPair::from_pem(&cluster.server_key_pem)?;
-    let identity = Identity {
-        chain: vec![CertificateDer::from(cluster.server_cert.clone()), ca.cert().clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-    };
-    let server_config = tls::server_config(ca.cert().clone(), identity, IDLE_TIMEOUT)?;
+    // A rotation in progress resumes: both CAs are trusted again.
+    let pki = pki::Pki::load(&cluster, store.pki()?)?;
+    if let Some(r) = &pki.record.rotation {
+        info!(new_ca = %shoal_proto::hex(&r.ca_digest), "a CA rotation is in progress; resuming it");
+    }
+    let server_config = pki::server_config(&cluster, &pki)?;
     let listen: SocketAddr = match config.listen {
         Some(a) => a,
         None => cluster.listen_addr.parse().context("stored listen address")?,
@@ -318,8 +329,11 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             objects,
         }),
         events,
-        ca,
+        pki: Mutex::new(pki),
         cluster: Mutex::new(cluster.clone()),
+        endpoint: endpoint.clone(),
+        pki_changed: tokio::sync::watch::channel(0).0,
+        pki_wake: tokio::sync::Notify::new(),
         state: Mutex::new(State {
             members: Membership::default(),
             sessions: HashMap::new(),
@@ -344,6 +358,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
 
     let ticker = tokio::spawn(tick_loop(manager.clone(), config.liveness));
     let reconciler = tokio::spawn(reconcile_loop(manager.clone(), events_rx));
+    let certificates = tokio::spawn(pki::pki_loop(manager.clone()));
     let accept = async {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(handle_connection(manager.clone(), incoming));
@@ -355,6 +370,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     }
     ticker.abort();
     reconciler.abort();
+    certificates.abort();
     endpoint.close(close::SHUTDOWN.into(), b"manager shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     Ok(())

@@ -1,6 +1,8 @@
 //! An agent's long-lived session: heartbeats in, queued manager messages (images,
 //! assignments) out, task reports forwarded to the reconcile task.
 
+use shoal_core::rotation::NodeCert;
+
 use super::*;
 
 /// An agent's long-lived session: accept it, send it the image set, then take its
@@ -62,6 +64,7 @@ pub(super) async fn run_session(
                 underlay: conn.remote_address().ip().to_canonical(),
                 view: None,
                 secrets: None,
+                skew_ms: None,
             },
         );
         (serial, st.members.heard(now, &node), replaced)
@@ -104,6 +107,25 @@ pub(super) async fn run_session(
     }
     // The network view comes with the next pass (the session starts with none sent).
     mgr.kick();
+    // The certificate this connection presented is the one the board holds (it uses a
+    // renewed one from its next connection on).
+    let presented = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|c| c.to_vec()));
+    let mut held = presented.and_then(|c| pki::node_cert(&mgr.pki.lock().expect("pki lock"), &c));
+    if let Some(h) = held {
+        mgr.note_node_cert(&node, h);
+    }
+    if framed::send(&mut send, &mgr.credentials(held, None)).await.is_err() {
+        return;
+    }
+    // A certificate sent and not yet said saved by the board, and when it was issued.
+    let mut pending: Option<NodeCert> = None;
+    let mut last_issued: Option<Millis> = None;
+    let mut pki_changed = mgr.pki_changed.subscribe();
+    let mut credentials_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + pki::CREDENTIALS_PERIOD, pki::CREDENTIALS_PERIOD);
     // The read is kept across loop turns rather than restarted: `framed::recv` is not
     // cancel-safe, and dropping it halfway through a frame would lose bytes.
     let mut reading = Box::pin(next_message(recv));
@@ -151,6 +173,40 @@ pub(super) async fn run_session(
                             break None;
                         }
                     }
+                    Ok(Some(AgentMessage::RenewCertificate { csr })) => {
+                        // Requests come at most this often: one that comes sooner waits
+                        // (slowing only this board's session, by a bounded time), so a
+                        // renewal racing a rotation's request is answered, never dropped.
+                        let since = last_issued.map(|t| mgr.now().saturating_sub(t));
+                        if let Some(wait) = since.and_then(|s| pki::MIN_RENEWAL_GAP_MS.checked_sub(s)) {
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                        last_issued = Some(mgr.now());
+                        match mgr.renew_node(&node, csr.as_slice()) {
+                            Ok((cert, issued)) => {
+                                debug!(%node, until = issued.valid_until_ms, "issued a renewed certificate");
+                                pending = Some(issued);
+                                if framed::send(&mut send, &mgr.credentials(Some(issued), Some(&cert))).await.is_err() {
+                                    break None;
+                                }
+                            }
+                            Err(e) => warn!(%node, error = %e.message, "refused a certificate request"),
+                        }
+                    }
+                    Ok(Some(AgentMessage::CertificateSaved)) => {
+                        if let Some(saved) = pending.take() {
+                            held = Some(saved);
+                            info!(%node, until = %shoal_proto::time::rfc3339(saved.valid_until_ms), "node renewed its certificate");
+                            mgr.note_node_cert(&node, saved);
+                        }
+                    }
+                    Ok(Some(AgentMessage::Clock { now_ms })) => {
+                        let skew = now_ms as i64 - shoal_link::wall_ms() as i64;
+                        let mut st = mgr.state.lock().expect("state lock");
+                        if let Some(s) = st.sessions.get_mut(&node).filter(|s| s.serial == serial) {
+                            s.skew_ms = Some(skew);
+                        }
+                    }
                     Ok(Some(AgentMessage::ImagesHeld(digests))) => {
                         debug!(%node, images = digests.len(), "node reports the images it holds");
                         let held = digests.iter().map(|d| d.to_string()).collect();
@@ -170,6 +226,16 @@ pub(super) async fn run_session(
                     }
                 }
                 reading = Box::pin(next_message(r));
+            }
+            Ok(()) = pki_changed.changed() => {
+                if framed::send(&mut send, &mgr.credentials(held, None)).await.is_err() {
+                    break None;
+                }
+            }
+            _ = credentials_tick.tick() => {
+                if framed::send(&mut send, &mgr.credentials(held, None)).await.is_err() {
+                    break None;
+                }
             }
             Some(message) = rx.recv() => {
                 if let Err(e) = framed::send(&mut send, &message).await {
