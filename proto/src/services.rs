@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BadId, ID_LEN};
 use crate::images::{ImageRef, Platform, MAX_PLATFORMS};
+use crate::options::ContainerOptions;
 use crate::{BoundedString, BoundedVec, LabelKey, Message, NodeId, Text};
 
 /// Most command arguments after the image.
@@ -169,6 +170,32 @@ pub enum SpecError {
     /// A spec that is well-formed but unusable.
     #[error("invalid service spec: {0}")]
     Invalid(String),
+    /// `--mount`.
+    #[error("invalid mount {input:?}: {reason}")]
+    Mount {
+        /// What was typed.
+        input: String,
+        /// What is wrong and what to type.
+        reason: String,
+    },
+    /// `--device`.
+    #[error("invalid device {input:?}: {reason}")]
+    Device {
+        /// What was typed.
+        input: String,
+        /// What is wrong and what to type.
+        reason: String,
+    },
+    /// Another container option (`--sysctl`, `--ulimit`, `--user`, ...).
+    #[error("invalid {flag} {input:?}: {reason}")]
+    Option {
+        /// Which flag.
+        flag: &'static str,
+        /// What was typed.
+        input: String,
+        /// What is wrong and what to type.
+        reason: String,
+    },
 }
 
 /// What the operator asks for: `shoal service create` and `service update`.
@@ -215,6 +242,12 @@ pub struct ServiceSpec {
     /// spec saved before it still loads from JSON.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// Mounts, devices, capabilities, user, ... (see [`crate::options`]). (Defaulted.)
+    #[serde(default)]
+    pub container: ContainerOptions,
+    /// The service's own labels (`--label`), not its containers'. (Defaulted.)
+    #[serde(default)]
+    pub labels: BoundedVec<crate::Label, { crate::MAX_LABELS }>,
 }
 
 /// Longest `--hostname` template; expanded, a hostname has at most 63 bytes.
@@ -261,6 +294,8 @@ impl ServiceSpec {
             seccomp: Seccomp::Default,
             stop_signal: None,
             hostname: None,
+            container: ContainerOptions::default(),
+            labels: BoundedVec::new(),
         }
     }
 
@@ -362,6 +397,7 @@ impl ServiceSpec {
                 ));
             }
         }
+        self.container.validate(self.networks.iter().any(|n| n.as_str() == "host"))?;
         if self.rollback_config.failure_action == FailureAction::Rollback {
             return Err(SpecError::Invalid(
                 "a rollback can't itself be rolled back: --rollback-failure-action is pause or continue".into(),
@@ -390,6 +426,7 @@ impl ServiceSpec {
             seccomp: self.seccomp.clone(),
             stop_signal: self.stop_signal.clone(),
             hostname: self.hostname.clone(),
+            container: self.container.clone(),
         }
     }
 }
@@ -970,6 +1007,10 @@ pub struct TaskSpec {
     /// The hostname template (see [`ServiceSpec::hostname`]). (Defaulted likewise.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// Mounts, devices, capabilities, user, ... (see [`ServiceSpec::container`]).
+    /// (Defaulted likewise.)
+    #[serde(default)]
+    pub container: ContainerOptions,
 }
 
 /// Placement rules of a task.
