@@ -17,5 +17,6 @@ pub mod net;
 pub mod runtime;
 pub mod session;
 pub mod supervisor;
+pub mod volumes;
 
 pub use error::AgentError;

@@ -69,6 +69,7 @@ impl Lab {
             hosts: vec![],
             resolv_conf: None,
             seccomp: Default::default(),
+            options: Default::default(),
         }
     }
 

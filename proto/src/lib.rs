@@ -24,6 +24,7 @@ pub mod services;
 pub mod template;
 pub mod time;
 pub mod token;
+pub mod volumes;
 
 pub use bounded::{BoundedString, BoundedVec, Bytes};
 pub use frame::{FrameError, MAX_FRAME_LEN};

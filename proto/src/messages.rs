@@ -61,6 +61,9 @@ pub enum Request {
     /// From the manager to a board, over the board's session connection: run a command
     /// in one of its containers.
     ExecTask(crate::exec::ExecStart),
+    /// From the manager to a board, over the board's session connection: list or
+    /// remove its named volumes; answered with [`Response::Volumes`].
+    Volume(crate::volumes::VolumeRequest),
 }
 
 /// Join with a token.
@@ -220,6 +223,8 @@ pub enum ControlRequest {
     /// `shoal manager backup FILE`: a consistent copy of the state store, whose bytes
     /// follow the [`ControlReply::Backup`] frame on the same stream.
     Backup,
+    /// `shoal volume ...`.
+    Volume(crate::volumes::VolumeControl),
 }
 
 /// Every answer to the first frame of a stream.
@@ -248,6 +253,8 @@ pub enum Response {
     Error(ErrorReply),
     /// The exec'd command runs; [`crate::exec::ExecFrame`]s follow both ways.
     ExecStarted(crate::exec::ExecStarted),
+    /// A board's answer to [`Request::Volume`]: its volumes (after a removal, those left).
+    Volumes(BoundedVec<crate::volumes::VolumeInfo, { crate::volumes::MAX_VOLUMES }>),
 }
 
 /// A successful join.
@@ -292,6 +299,8 @@ pub enum ControlReply {
         /// Exact length of the store copy that follows.
         size: u64,
     },
+    /// Answer to a volume request.
+    Volume(crate::volumes::VolumeReply),
 }
 
 /// A refusal, with a kind to act on and a message for people.

@@ -61,6 +61,7 @@ impl LibcontainerRuntime {
             containers: crate::identity::agent_dir(data_dir).join("containers"),
             state: PathBuf::from("/run/shoal").join(tag),
             agent_exe: exe,
+            volumes: crate::volumes::dir(data_dir),
         })
     }
 

@@ -156,7 +156,8 @@ impl Supervisor {
             exec: Arc::new(
                 Exec::new(runtime, network, publisher, images, disk.clone())
                     .with_resolv_conf(config.overlay_resolv_conf.clone())
-                    .with_guest(config.node.clone(), &config.board_resolv_conf),
+                    .with_guest(config.node.clone(), &config.board_resolv_conf)
+                    .with_volumes(crate::volumes::dir(&config.data_dir)),
             ),
             image_wait_ms: config.image_wait.as_millis() as u64,
             file: TaskFile::new(&config.data_dir),
@@ -501,6 +502,7 @@ mod tests {
             hosts: vec![],
             resolv_conf: None,
             seccomp: Default::default(),
+            options: Default::default(),
         }
     }
 
