@@ -803,8 +803,7 @@ mod tests {
         let mut o = ContainerOptions::default();
         o.cap_add.push(crate::text_lossy("net_admin")).unwrap();
         assert!(o.validate(false).is_err());
-        let mut o = ContainerOptions::default();
-        o.workdir = Some(BoundedString::try_from("relative").unwrap());
+        let o = ContainerOptions { workdir: Some(BoundedString::try_from("relative").unwrap()), ..Default::default() };
         assert!(o.validate(false).unwrap_err().to_string().contains("absolute"));
     }
 }

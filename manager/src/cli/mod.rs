@@ -11,6 +11,7 @@ pub mod node;
 pub mod output;
 pub mod service;
 pub mod template;
+pub mod volume;
 
 use std::time::Duration;
 

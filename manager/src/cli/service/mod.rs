@@ -12,12 +12,14 @@ use shoal_proto::{ControlReply, ControlRequest, ServiceMode, ServiceSpec};
 use super::client::Client;
 
 mod args;
+mod options;
 mod output;
 mod progress;
 #[cfg(test)]
 mod tests;
 
 pub use args::*;
+pub use options::*;
 pub use output::*;
 pub use progress::*;
 
