@@ -83,8 +83,9 @@ fn now_ms() -> u64 {
 }
 
 /// Makes the volume `mount` names if it is not there yet (mounting its device when it
-/// has `volume-opt`s), and returns the directory to bind into the container.
-pub fn ensure(volumes: &Path, mount: &Mount) -> Result<PathBuf, VolumeError> {
+/// has `volume-opt`s), and returns the directory to bind into the container and whether
+/// it was made just now (and so is to be filled from the image, see [`copy_up`]).
+pub fn ensure(volumes: &Path, mount: &Mount) -> Result<(PathBuf, bool), VolumeError> {
     let name = mount.source.as_deref().unwrap_or("");
     check_volume_name(name).map_err(VolumeError::BadName)?;
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -92,7 +93,8 @@ pub fn ensure(volumes: &Path, mount: &Mount) -> Result<PathBuf, VolumeError> {
     let data = root.join("_data");
     let options: Vec<String> = mount.volume_opts.iter().map(|o| o.to_string()).collect();
     let meta_path = root.join("meta.json");
-    if data.is_dir() {
+    let fresh = !data.is_dir();
+    if !fresh {
         let meta = read_meta(&meta_path);
         if meta.options != options {
             return Err(VolumeError::Options { name: name.to_owned(), have: meta.options.join(",") });
@@ -106,7 +108,69 @@ pub fn ensure(volumes: &Path, mount: &Mount) -> Result<PathBuf, VolumeError> {
     if !options.is_empty() && !is_mount_point(&data) {
         mount_device(name, &data, &options)?;
     }
-    Ok(data)
+    Ok((data, fresh))
+}
+
+/// Most entries copied from an image into a new volume.
+const MAX_COPY: usize = 100_000;
+
+/// Fills a new, empty volume from the image, as Docker does: what the image has at the
+/// mount's target (its owner and mode too, so a database's data directory owned by its
+/// user stays writable by it). The image is hostile: when the target or anything on the
+/// way to it is a symlink nothing is copied, and symlinks inside are copied as links,
+/// never followed. Special files are skipped.
+pub fn copy_up(rootfs: &Path, target: &str, data: &Path) -> std::io::Result<()> {
+    let mut src = rootfs.to_path_buf();
+    for part in target.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Ok(());
+        }
+        src.push(part);
+        match std::fs::symlink_metadata(&src) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Ok(()),
+        }
+    }
+    if std::fs::read_dir(data)?.next().is_some() {
+        return Ok(());
+    }
+    let mut budget = MAX_COPY;
+    copy_tree(&src, data, &mut budget)
+}
+
+fn copy_meta(m: &std::fs::Metadata, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::os::unix::fs::lchown(to, Some(m.uid()), Some(m.gid()))?;
+    if !m.file_type().is_symlink() {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path, budget: &mut usize) -> std::io::Result<()> {
+    let top = std::fs::symlink_metadata(from)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let m = std::fs::symlink_metadata(&src)?;
+        let ft = m.file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst, budget)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        } else {
+            continue;
+        }
+        copy_meta(&m, &dst)?;
+    }
+    copy_meta(&top, to)
 }
 
 fn read_meta(path: &Path) -> Meta {
@@ -275,18 +339,45 @@ mod tests {
     }
 
     #[test]
+    fn a_new_volume_gets_the_images_files_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shoal-copyup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (rootfs, data, outside) = (dir.join("rootfs"), dir.join("data"), dir.join("outside"));
+        for d in [rootfs.join("var/lib/db/sub"), data.clone(), outside.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(rootfs.join("var/lib/db/sub/conf"), "x=1").unwrap();
+        std::fs::set_permissions(rootfs.join("var/lib/db"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("/etc", rootfs.join("var/lib/db/etc")).unwrap();
+        copy_up(&rootfs, "/var/lib/db", &data).unwrap();
+        assert_eq!(std::fs::read_to_string(data.join("sub/conf")).unwrap(), "x=1");
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(std::fs::symlink_metadata(data.join("etc")).unwrap().file_type().is_symlink());
+        // A target that is a link in the image: nothing is copied from where it points.
+        std::fs::write(outside.join("secret"), "board").unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("var/lib/link")).unwrap();
+        let data2 = dir.join("data2");
+        std::fs::create_dir_all(&data2).unwrap();
+        copy_up(&rootfs, "/var/lib/link", &data2).unwrap();
+        assert!(std::fs::read_dir(&data2).unwrap().next().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn volumes_are_made_once_listed_with_users_and_removed_when_unused() {
         let dir = std::env::temp_dir().join(format!("shoal-volumes-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (volumes, containers) = (dir.join("volumes"), dir.join("containers"));
-        let data = ensure(&volumes, &mount("type=volume,source=pgdata,target=/data")).unwrap();
+        let (data, fresh) = ensure(&volumes, &mount("type=volume,source=pgdata,target=/data")).unwrap();
+        assert!(fresh);
         std::fs::write(data.join("rows"), vec![7u8; 10_000]).unwrap();
         // A container's symlink to the board: neither counted nor followed on removal.
         let outside = dir.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("keep"), vec![1u8; 100_000]).unwrap();
         std::os::unix::fs::symlink(&outside, data.join("escape")).unwrap();
-        assert_eq!(ensure(&volumes, &mount("type=volume,source=pgdata,target=/x")).unwrap(), data);
+        assert_eq!(ensure(&volumes, &mount("type=volume,source=pgdata,target=/x")).unwrap(), (data.clone(), false));
         assert!(data.join("rows").exists(), "a second use keeps the data");
 
         let bundle = containers.join("db.1.abc");

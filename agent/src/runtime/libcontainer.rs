@@ -131,6 +131,10 @@ impl LibcontainerRuntime {
         let oci = spec::build(config, bundle, device_cgroup_enforced())?;
         oci.save(bundle.config()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
         self.mount_rootfs(config, bundle)?;
+        for m in config.options.mounts.iter().filter(|m| m.copy_up) {
+            crate::volumes::copy_up(&bundle.rootfs(), &m.target, &m.source)
+                .map_err(RuntimeError::io(format!("filling the new volume at {} from the image", m.target)))?;
+        }
         make_working_dir(&bundle.rootfs(), &config.cwd)
     }
 

@@ -24,6 +24,9 @@ pub struct ResolvedMount {
     pub source: PathBuf,
     /// Mount options.
     pub options: Vec<String>,
+    /// A volume made just now, to be filled from the image (see
+    /// [`crate::volumes::copy_up`]).
+    pub copy_up: bool,
 }
 
 /// A device ready for the spec.
@@ -107,12 +110,13 @@ pub fn resolve(o: &ContainerOptions, host_network: bool, volumes: &Path) -> Resu
                     )));
                 }
                 let options = ["rbind", "rprivate"].map(String::from).into_iter().chain(ro).collect();
-                ResolvedMount { target, kind: "bind", source, options }
+                ResolvedMount { target, kind: "bind", source, options, copy_up: false }
             }
             MountKind::Volume => {
-                let source = crate::volumes::ensure(volumes, m).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+                let (source, fresh) =
+                    crate::volumes::ensure(volumes, m).map_err(|e| RuntimeError::Spec(e.to_string()))?;
                 let options = ["rbind", "rprivate"].map(String::from).into_iter().chain(ro).collect();
-                ResolvedMount { target, kind: "bind", source, options }
+                ResolvedMount { target, kind: "bind", source, options, copy_up: fresh }
             }
             MountKind::Tmpfs => {
                 // Docker's tmpfs defaults: no devices, no set-uid, no executables.
@@ -122,7 +126,7 @@ pub fn resolve(o: &ContainerOptions, host_network: bool, volumes: &Path) -> Resu
                     options.push(format!("size={size}"));
                 }
                 options.extend(ro);
-                ResolvedMount { target, kind: "tmpfs", source: "tmpfs".into(), options }
+                ResolvedMount { target, kind: "tmpfs", source: "tmpfs".into(), options, copy_up: false }
             }
         });
     }

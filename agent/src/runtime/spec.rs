@@ -290,12 +290,14 @@ mod tests {
                 kind: "bind",
                 source: "/v/_data".into(),
                 options: vec!["rbind".into()],
+                copy_up: false,
             },
             ResolvedMount {
                 target: "/dev/shm".into(),
                 kind: "tmpfs",
                 source: "tmpfs".into(),
                 options: vec!["size=1".into()],
+                copy_up: false,
             },
         ];
         c.options.devices = vec![ResolvedDevice {
