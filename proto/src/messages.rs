@@ -99,7 +99,14 @@ pub struct NodeDescription {
     /// (`vxlan: no overlay networks (CONFIG_VXLAN)`); empty when it has them all.
     #[serde(default)]
     pub missing_features: BoundedVec<Text<128>, MAX_MISSING_FEATURES>,
+    /// The devices the board has of those boards offer to containers (`/dev/i2c-1`,
+    /// `/dev/ttyUSB0`, ...), for `--constraint node.devices==PATH`. (Defaulted.)
+    #[serde(default)]
+    pub devices: BoundedVec<Text<64>, MAX_NODE_DEVICES>,
 }
+
+/// Most devices a node reports.
+pub const MAX_NODE_DEVICES: usize = 64;
 
 /// A `KEY=VALUE` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

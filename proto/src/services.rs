@@ -664,6 +664,8 @@ pub enum ConstraintKey {
     NodeLabel(LabelKey),
     /// `engine.labels.KEY`: only the labels the node was started with.
     EngineLabel(LabelKey),
+    /// `node.devices`: `==PATH` holds when the node reports that device.
+    Devices,
 }
 
 /// Comparison of a constraint.
@@ -702,6 +704,10 @@ impl Constraint {
             "node.role" => ConstraintKey::Role,
             "node.arch" | "node.platform.arch" => ConstraintKey::Arch,
             "node.platform.os" => ConstraintKey::Os,
+            "node.devices" => {
+                shoal_proto_dev_path(rhs).map_err(|e| bad(&e))?;
+                ConstraintKey::Devices
+            }
             _ => {
                 if let Some(k) = lhs.strip_prefix("node.labels.") {
                     ConstraintKey::NodeLabel(label(k)?)
@@ -709,7 +715,7 @@ impl Constraint {
                     ConstraintKey::EngineLabel(label(k)?)
                 } else {
                     return Err(bad("unknown attribute: expected node.id, node.hostname, node.role, node.arch, \
-                         node.platform.os, node.labels.KEY or engine.labels.KEY"));
+                         node.platform.os, node.devices, node.labels.KEY or engine.labels.KEY"));
                 }
             }
         };
@@ -728,12 +734,23 @@ impl fmt::Display for Constraint {
             ConstraintKey::Os => f.write_str("node.platform.os")?,
             ConstraintKey::NodeLabel(k) => write!(f, "node.labels.{k}")?,
             ConstraintKey::EngineLabel(k) => write!(f, "engine.labels.{k}")?,
+            ConstraintKey::Devices => f.write_str("node.devices")?,
         }
         let op = match self.op {
             ConstraintOp::Eq => "==",
             ConstraintOp::Ne => "!=",
         };
         write!(f, "{op}{}", self.value)
+    }
+}
+
+/// A `node.devices` constraint's value: a path under `/dev`.
+fn shoal_proto_dev_path(p: &str) -> Result<(), String> {
+    let ok = p.starts_with("/dev/") && p.len() > 5 && !p.split('/').any(|c| c == ".." || c == ".");
+    if ok {
+        Ok(())
+    } else {
+        Err("node.devices takes a device path, e.g. node.devices==/dev/i2c-1".into())
     }
 }
 
@@ -1266,6 +1283,9 @@ mod tests {
         assert!(err("node.labels.==x").contains("label key is empty"));
         assert!(err("node.hostname==").contains("one value"));
         assert!(err("node.hostname==a==b").contains("one value"));
+        assert!(err("node.devices==i2c-1").contains("/dev/i2c-1"));
+        let c = Constraint::parse("node.devices==/dev/i2c-1").unwrap();
+        assert_eq!((c.key.clone(), c.to_string().as_str()), (ConstraintKey::Devices, "node.devices==/dev/i2c-1"));
         assert!(err(&format!("node.hostname=={}", "x".repeat(300))).contains("longer than the limit"));
     }
 
