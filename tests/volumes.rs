@@ -121,6 +121,10 @@ fn options_from_inside(c: &Cluster) {
     let row = vols.iter().find(|r| r["NAME"] == volume).unwrap_or_else(|| panic!("{vols:?}"));
     assert!(row["USED BY"].starts_with(&format!("{svc}.1.")), "{row:?}");
     assert_eq!(row["NODE"], c.nodes().iter().find(|n| !n.manager_status.contains("Leader")).unwrap().hostname);
+    let inspect: serde_json::Value = serde_json::from_str(&m.shoal(&["volume", "inspect", &volume])).unwrap();
+    assert_eq!(inspect[0]["Name"], volume.as_str());
+    assert_eq!(inspect[0]["Driver"], "local");
+    assert_eq!(inspect[0]["UsageData"]["RefCount"], 1);
     let out = m.run("shoal", &["volume", "rm", &volume]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("in use by service"), "{said}");
@@ -131,10 +135,19 @@ fn options_from_inside(c: &Cluster) {
         (exec(m, svc, "cat /data/runs").1 == "run\nrun\n").then_some(())
     });
 
+    // A link the container leaves in its volume, pointing at /etc: a mount whose target
+    // goes through it lands in the container's /etc, never the board's.
+    let (ok, said) = exec(m, svc, "ln -s /etc /data/escape");
+    assert!(ok, "{said}");
+    let escape = format!("/etc/{tag}-escape");
+    let _ = std::fs::remove_dir(&escape);
+
     // An update: another user, workdir, capabilities, PID 1; the volume is kept.
     m.shoal(&[
         "service",
         "update",
+        "--mount-add",
+        &format!("type=tmpfs,target=/data/escape/{tag}-escape"),
         "--user",
         "1234:1234",
         "--workdir",
@@ -159,6 +172,9 @@ fn options_from_inside(c: &Cluster) {
     assert_eq!(lines[4], ["/srv/app"], "{status}");
     let (_, runs) = exec(m, svc, "cat /data/runs");
     assert_eq!(runs, "run\nrun\n", "the volume outlives the update");
+    assert!(!std::path::Path::new(&escape).exists(), "a mount followed the container's link onto the board");
+    let (_, mounts) = exec(m, svc, "cat /proc/mounts");
+    assert!(mounts.lines().any(|l| l.starts_with(&format!("tmpfs {escape} "))), "{mounts}");
 
     // A bind source the board lacks fails the task with that reason.
     let missing = format!("{tag}m");

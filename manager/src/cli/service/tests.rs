@@ -869,3 +869,19 @@ fn malformed_container_options_are_refused_before_connecting() {
     };
     assert!(c.spec().unwrap_err().to_string().contains("env file /nonexistent/shoal.env"));
 }
+
+#[test]
+fn a_spec_stored_before_container_options_still_loads() {
+    let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
+    let mut old = serde_json::to_value(&spec).unwrap();
+    old.as_object_mut().unwrap().remove("container");
+    old.as_object_mut().unwrap().remove("labels");
+    let loaded: ServiceSpec = serde_json::from_value(old).unwrap();
+    assert_eq!(loaded, spec);
+    let mut task = serde_json::to_value(spec.task_spec()).unwrap();
+    task.as_object_mut().unwrap().remove("container");
+    assert_eq!(serde_json::from_value::<shoal_proto::services::TaskSpec>(task).unwrap(), spec.task_spec());
+    // Options saved with only some fields (a later version adds more) load too.
+    let partial: shoal_proto::options::ContainerOptions = serde_json::from_str(r#"{"read_only":true}"#).unwrap();
+    assert!(partial.read_only && partial.mounts.is_empty());
+}
