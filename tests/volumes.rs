@@ -5,7 +5,8 @@
 //! through the manager; a bind source missing on the board failing the task with that
 //! reason. Then PostgreSQL keeping its rows in a named volume across a restart.
 //!
-//! One board each, everything checked from inside the containers with `shoal exec`.
+//! One board, everything checked from inside the containers with `shoal exec`; and
+//! `--constraint node.devices==PATH` placing by the devices the board reports.
 
 use std::time::Duration;
 
@@ -50,18 +51,46 @@ fn newest_error(c: &Cluster, svc: &str) -> String {
 #[ignore = "needs root"]
 fn volumes_mounts_devices_options_and_postgres_in_a_volume() {
     let started = std::time::Instant::now();
-    let c = Cluster::start(1).unwrap();
+    // A serial port of the kind boards report, there before the board's session opens.
+    let lab = shoal_e2e::Lab::new(2).unwrap();
+    let serial = Node::make(&format!("/dev/ttyUSB{}", lab.tag()), 1, 5);
+    let c = Cluster::start_in(lab).unwrap();
     let pg = start_postgres(&c);
+    placed_by_device(&c, &serial.0);
     options_from_inside(&c);
     eprintln!("options checked after {:?}", started.elapsed());
     postgres_keeps_its_rows(&c, &pg);
     eprintln!("volumes_mounts_devices_options_and_postgres_in_a_volume: {:?}", started.elapsed());
 }
 
+/// `--constraint node.devices==PATH` places only on a board that reports the device.
+fn placed_by_device(c: &Cluster, device: &str) {
+    let m = c.manager_host();
+    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap()]);
+    let node: serde_json::Value =
+        serde_json::from_str(&m.shoal(&["node", "inspect", "--format", "json", "node1"])).unwrap();
+    let reported = node[0]["Description"]["Devices"].to_string();
+    assert!(reported.contains(device), "{reported}");
+    let (with, without) = (format!("{}dv", c.lab.tag()), format!("{}dn", c.lab.tag()));
+    let missing = format!("{device}x");
+    for (svc, dev) in [(&with, device), (&without, missing.as_str())] {
+        let constraint = format!("node.devices=={dev}");
+        m.shoal(&["service", "create", "--detach", "--name", svc, "--constraint", &constraint, "demo/app:1.0"]);
+    }
+    wait_for("the task with the device running", Duration::from_secs(30), || {
+        c.replicas(&with).starts_with("1/1").then_some(())
+    });
+    let reason = wait_for("the task without it pending", Duration::from_secs(10), || {
+        let e = newest_error(c, &without);
+        (!e.is_empty()).then_some(e)
+    });
+    assert!(reason.contains("no suitable node"), "{reason}");
+    m.shoal(&["service", "rm", &with, &without]);
+}
+
 fn options_from_inside(c: &Cluster) {
     let m = c.manager_host();
     let tag = c.lab.tag().to_owned();
-    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap()]);
     let bind = c.lab.dir.join("bind-src");
     std::fs::create_dir_all(&bind).unwrap();
     std::fs::write(bind.join("hello.txt"), "from the board\n").unwrap();
