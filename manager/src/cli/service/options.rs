@@ -455,3 +455,45 @@ pub fn container_spec_json(o: &ContainerOptions) -> serde_json::Map<String, serd
     }
     out
 }
+
+/// The container options for `service inspect --pretty`, after Docker's (`Mounts:`,
+/// `User:`, ...); empty when none is set.
+pub fn pretty_text(o: &ContainerOptions) -> String {
+    let mut out = String::new();
+    if let Some(u) = &o.user {
+        out.push_str(&format!(" User:\t\t{u}\n"));
+    }
+    if let Some(w) = &o.workdir {
+        out.push_str(&format!(" Dir:\t\t{}\n", &**w));
+    }
+    if o.read_only {
+        out.push_str(" Read Only:\ttrue\n");
+    }
+    if let Some(i) = o.init {
+        out.push_str(&format!(" Init:\t\t{i}\n"));
+    }
+    for (title, caps) in [(" Capabilities added:", &o.cap_add), (" Capabilities dropped:", &o.cap_drop)] {
+        if !caps.is_empty() {
+            out.push_str(&format!("{title}\t{}\n", caps.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+    }
+    if !o.mounts.is_empty() {
+        out.push_str("Mounts:\n");
+        for m in &o.mounts {
+            out.push_str(&format!(
+                "  Target:\t{}\n   Source:\t{}\n   ReadOnly:\t{}\n   Type:\t{}\n",
+                &*m.target,
+                m.source.as_deref().unwrap_or(""),
+                m.read_only,
+                m.kind
+            ));
+        }
+    }
+    if !o.devices.is_empty() {
+        out.push_str("Devices:\n");
+        for d in &o.devices {
+            out.push_str(&format!("  {d}\n"));
+        }
+    }
+    out
+}

@@ -800,6 +800,9 @@ fn container_option_flags_make_the_spec_and_show_in_inspect() {
     assert_eq!(cs["Sysctls"]["net.core.somaxconn"], "1024");
     assert_eq!(cs["Ulimits"][0]["Hard"], 2048);
     assert_eq!(cs["DNSConfig"]["Nameservers"][0], "1.1.1.1");
+    let text = pretty(&view, 0);
+    assert!(text.contains("Mounts:\n  Target:\t/var/lib/postgresql/data\n   Source:\tpgdata\n"), "{text}");
+    assert!(text.contains(" User:\t\t1000:1000\n") && text.contains("  /dev/i2c-1:/dev/i2c-1:rw\n"), "{text}");
 
     // Update: add and remove in Docker's words.
     let ServiceCommand::Update(u) = parse(&[
