@@ -141,6 +141,11 @@ fn lab_task3_the_routing_mesh_answers_on_every_board_and_follows_the_tasks() {
         get(boards[other - 1], "/cgi-bin/db").ok().filter(|p| p.contains("PONG"))
     });
     eprintln!("through node{other} (appserver on {on}): {page}");
+    // `ingress` exists on every board of the mesh, not only where its one task runs.
+    let inspect = m.shoal(&["network", "inspect", "ingress"]);
+    for i in 1..=3 {
+        assert!(inspect.contains(&format!("\"Name\": \"node{i}\"")), "node{i} missing from the peers: {inspect}");
+    }
 
     // A second service on the same ingress port is refused, naming the first; nothing
     // is created.

@@ -1,5 +1,6 @@
 //! Whether this board's kernel has what the agent's networking needs (VXLAN for overlay
-//! networks, nf_tables for NAT and VIPs), so a board without them says so at start
+//! networks, nf_tables for NAT and VIPs, XFRM with ESP and AES-GCM for encrypted
+//! overlays), so a board without them says so at start
 //! (`node inspect`, the agent's log) instead of failing later without a word.
 //!
 //! Read only: `/sys/module/<name>` (loaded modules, and built-in ones with parameters)
@@ -24,13 +25,18 @@ pub struct Feature {
 }
 
 /// What the agent checks for.
-pub const FEATURES: [Feature; 2] = [
+pub const FEATURES: [Feature; 5] = [
     Feature { module: "vxlan", config: "CONFIG_VXLAN", needed_for: "no overlay networks" },
     Feature {
         module: "nf_tables",
         config: "CONFIG_NF_TABLES",
         needed_for: "no outbound NAT for containers and no service VIPs",
     },
+    // Encrypted overlays (`--opt encrypted`): IPsec SAs and policies are set over the
+    // xfrm netlink family, carry ESP, and use rfc4106(gcm(aes)).
+    Feature { module: "xfrm_user", config: "CONFIG_XFRM_USER", needed_for: "no encrypted overlay networks" },
+    Feature { module: "esp4", config: "CONFIG_INET_ESP", needed_for: "no encrypted overlay networks" },
+    Feature { module: "gcm", config: "CONFIG_CRYPTO_GCM", needed_for: "no encrypted overlay networks" },
 ];
 
 /// What the board's files say about its modules.
@@ -94,25 +100,39 @@ mod tests {
     #[test]
     fn a_feature_is_missing_only_when_the_lists_say_so() {
         let both =
-            "kernel/net/netfilter/nf_tables.ko\nkernel/drivers/net/vxlan/vxlan.ko.zst: kernel/net/ipv4/udp_tunnel.ko\n";
+            "kernel/net/netfilter/nf_tables.ko\nkernel/drivers/net/vxlan/vxlan.ko.zst: kernel/net/ipv4/udp_tunnel.ko\n\
+                    kernel/net/xfrm/xfrm_user.ko\nkernel/net/ipv4/esp4.ko.xz: kernel/net/xfrm/xfrm_algo.ko\n\
+                    kernel/crypto/gcm.ko\n";
         assert!(missing(&facts(&[], Some(both))).is_empty());
         assert!(missing(&facts(&["vxlan", "nf_tables"], None)).is_empty(), "loaded modules count");
         // No lists and nothing loaded: unknown, so nothing is claimed.
         assert!(missing(&facts(&[], None)).is_empty());
-        let no_vxlan = "kernel/net/netfilter/nf_tables.ko\nkernel/drivers/net/vxlan_other.ko\n";
+        let no_vxlan = "kernel/net/netfilter/nf_tables.ko\nkernel/drivers/net/vxlan_other.ko\n\
+                        kernel/net/xfrm/xfrm_user.ko\nkernel/net/ipv4/esp4.ko\nkernel/crypto/gcm.ko\n";
         assert_eq!(missing(&facts(&[], Some(no_vxlan))), ["vxlan: no overlay networks (CONFIG_VXLAN)"]);
-        let neither = "kernel/net/netfilter/nf_tables_set.ko: \nkernel/fs/ext4/ext4.ko\n";
+        let neither = "kernel/net/netfilter/nf_tables_set.ko: \nkernel/fs/ext4/ext4.ko\n\
+                       kernel/net/xfrm/xfrm_user.ko\nkernel/net/ipv4/esp4.ko\nkernel/crypto/gcm.ko\n";
         let m = missing(&facts(&[], Some(neither)));
         assert_eq!(m.len(), 2);
         assert!(m[1].starts_with("nf_tables: ") && m[1].ends_with("(CONFIG_NF_TABLES)"), "{m:?}");
         // Loaded wins over absent from the lists (a module built out of tree).
         assert_eq!(missing(&facts(&["vxlan"], Some(neither))).len(), 1);
+        // A kernel with XFRM but neither ESP nor GCM (this CI machine's): both named.
+        let no_esp = "kernel/net/netfilter/nf_tables.ko\nkernel/drivers/net/vxlan.ko\nkernel/net/xfrm/xfrm_user.ko\n";
+        assert_eq!(
+            missing(&facts(&[], Some(no_esp))),
+            [
+                "esp4: no encrypted overlay networks (CONFIG_INET_ESP)",
+                "gcm: no encrypted overlay networks (CONFIG_CRYPTO_GCM)"
+            ]
+        );
     }
 
     #[test]
     fn every_message_fits_the_wire_bound() {
         let m = missing(&facts(&[], Some("")));
         assert_eq!(m.len(), FEATURES.len());
+        assert!(FEATURES.len() <= shoal_proto::MAX_MISSING_FEATURES, "all fit in a node description");
         assert!(m.iter().all(|s| s.len() <= 128), "{m:?}");
     }
 }

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -564,7 +564,13 @@ fn an_encrypted_network_never_crosses_in_the_clear_and_a_plain_one_stays_plain()
 
 /// Sends numbered UDP datagrams from `ns` to `to:UDP_PORT` every `gap` until `stop`,
 /// and returns (sent, echoed back).
-fn udp_stream(ns: &Path, to: Ipv4Addr, gap: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, u32)> {
+fn udp_stream(
+    ns: &Path,
+    to: Ipv4Addr,
+    gap: Duration,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU32>,
+) -> std::thread::JoinHandle<(u32, u32)> {
     let ns = ns.to_owned();
     std::thread::spawn(move || {
         common::enter_netns(&ns);
@@ -583,6 +589,7 @@ fn udp_stream(ns: &Path, to: Ipv4Addr, gap: Duration, stop: Arc<AtomicBool>) -> 
         while !stop.load(Ordering::Relaxed) {
             s.send_to(&sent.to_be_bytes(), (to, UDP_PORT)).unwrap();
             sent += 1;
+            progress.store(sent, Ordering::Relaxed);
             let until = Instant::now() + gap;
             while Instant::now() < until {
                 drain(&mut seen);
@@ -596,8 +603,9 @@ fn udp_stream(ns: &Path, to: Ipv4Addr, gap: Duration, stop: Arc<AtomicBool>) -> 
     })
 }
 
-/// Needs ESP and AES-GCM in the kernel (the development VM has neither): run by hand,
-/// `cargo test -p shoal-agent --test xfrm -- --ignored ipsec_esp_`.
+/// Needs ESP and AES-GCM in the kernel (the development VM has neither):
+/// `scripts/test.sh` runs it in a guest with Debian's kernel (`scripts/vm.sh`); by hand,
+/// `cargo test -p shoal-agent --test xfrm -- --ignored ipsec_esp_` on such a kernel.
 #[test]
 #[ignore = "needs root and a kernel with CONFIG_INET_ESP and CONFIG_CRYPTO_GCM"]
 fn ipsec_esp_a_key_rotation_loses_no_packet() {
@@ -610,7 +618,16 @@ fn ipsec_esp_a_key_rotation_loses_no_packet() {
     assert_eq!(echo_tcp(&p.c[0].netns_path, p.addr[1][0], MARKER).as_deref(), Some(MARKER));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let stream = udp_stream(&p.c[0].netns_path, p.addr[1][0], Duration::from_millis(2), stop.clone());
+    let progress = Arc::new(AtomicU32::new(0));
+    let stream = udp_stream(&p.c[0].netns_path, p.addr[1][0], Duration::from_millis(2), stop.clone(), progress.clone());
+    // Each step lasts 300 ms and at least 70 datagrams: a slow machine (the test also
+    // runs in an emulated VM, scripts/vm.sh) must still put traffic through every phase.
+    let wait_for_traffic = || {
+        let (from, started) = (progress.load(Ordering::Relaxed), Instant::now());
+        while started.elapsed() < Duration::from_millis(300) || progress.load(Ordering::Relaxed) < from + 70 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
     let phases = [
         NetworkKeys { send: old.clone(), accept: Some(new.clone()) },
         NetworkKeys { send: new.clone(), accept: Some(old.clone()) },
@@ -619,11 +636,11 @@ fn ipsec_esp_a_key_rotation_loses_no_packet() {
     let spis =
         |b: usize| ipsec_state(&p.lab.ns(b)).0.into_iter().map(|s| s.spi).collect::<std::collections::BTreeSet<_>>();
     let before = spis(0);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_traffic();
     for keys in phases {
         // The boards get each step one after the other, as the manager's messages arrive.
         p.apply_both(Some(keys), true);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for_traffic();
     }
     stop.store(true, Ordering::Relaxed);
     let (sent, echoed) = stream.join().unwrap();

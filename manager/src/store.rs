@@ -24,6 +24,8 @@ const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Overlay networks by network ID (ingress included).
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// Secrets (sealed) and configs, by `kind/name` (`crate::secrets::ObjectRecord`).
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLUSTER_KEY: &str = "cluster";
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
@@ -321,6 +323,7 @@ impl Store {
             store.images()?;
             store.services()?;
             store.tasks()?;
+            store.objects()?;
             Ok(())
         }));
         match read_all {
@@ -427,6 +430,35 @@ impl Store {
         })
     }
 
+    /// Changes one node record in place, in one write transaction: read, `change`, write.
+    /// Writers that each change their own fields (the operator's availability and labels,
+    /// the session's description, the mesh's ingress address) never undo one another,
+    /// and a node removed meanwhile is not written back. `None`: there is no such node.
+    pub fn update_node(
+        &self,
+        id: &NodeId,
+        change: impl FnOnce(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            let updated = {
+                let mut table = tx.open_table(NODES)?;
+                let record: Option<NodeRecord> =
+                    table.get(id.as_str())?.map(|v| postcard::from_bytes(v.value())).transpose()?;
+                match record {
+                    Some(mut record) => {
+                        change(&mut record);
+                        table.insert(id.as_str(), postcard::to_allocvec(&record)?.as_slice())?;
+                        Some(record)
+                    }
+                    None => None,
+                }
+            };
+            tx.commit()?;
+            Ok(updated)
+        })
+    }
+
     /// Deletes a node record; its certificate is refused from then on.
     pub fn remove_node(&self, id: &NodeId) -> Result<(), StoreError> {
         self.note(|| {
@@ -472,6 +504,39 @@ impl Store {
         self.note(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NETWORKS)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every secret and config record, by kind and name.
+    pub fn objects(&self) -> Result<Vec<crate::secrets::ObjectRecord>, StoreError> {
+        self.all(OBJECTS)
+    }
+
+    /// Writes or deletes one secret or config together with the services it changes
+    /// (a rotation rolls them): all or nothing.
+    pub fn change_object(
+        &self,
+        put: Option<&crate::secrets::ObjectRecord>,
+        remove: Option<&str>,
+        services: &[&ServiceRecord],
+    ) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            {
+                let mut objects = tx.open_table(OBJECTS)?;
+                if let Some(key) = remove {
+                    objects.remove(key)?;
+                }
+                if let Some(o) = put {
+                    objects.insert(o.key().as_str(), postcard::to_allocvec(o)?.as_slice())?;
+                }
+                let mut table = tx.open_table(SERVICES)?;
+                for s in services {
+                    table.insert(s.service.id.as_str(), postcard::to_allocvec(s)?.as_slice())?;
+                }
+            }
             tx.commit()?;
             Ok(())
         })
@@ -584,6 +649,41 @@ mod tests {
             })
             .collect();
         store.update_images(&images, &[]).unwrap();
+    }
+
+    #[test]
+    fn update_node_changes_only_what_it_is_given_and_never_resurrects_a_removed_node() {
+        let path = scratch_path();
+        full_store(&path);
+        let store = Store::open(&path).unwrap();
+        let id = NodeId::from_random(shoal_link::random());
+        let node = NodeRecord {
+            id: id.clone(),
+            role: shoal_proto::Role::Worker,
+            availability: shoal_proto::Availability::Active,
+            labels: Default::default(),
+            description: Default::default(),
+            addr: None,
+            created_at_ms: 1,
+            ingress_address: None,
+        };
+        store.put_node(&node).unwrap();
+        // Two writers that each read the record before the other wrote: the mesh's
+        // address and the operator's drain both stand.
+        let stale = store.node(&id).unwrap().unwrap();
+        let address = std::net::Ipv4Addr::new(10, 0, 0, 254);
+        store.update_node(&id, |r| r.ingress_address = Some(address)).unwrap().unwrap();
+        let mut drained = stale.clone();
+        drained.availability = shoal_proto::Availability::Drain;
+        store.update_node(&id, |r| r.availability = drained.availability).unwrap().unwrap();
+        let now = store.node(&id).unwrap().unwrap();
+        assert_eq!((now.ingress_address, now.availability), (Some(address), shoal_proto::Availability::Drain));
+        // Removed meanwhile: nothing is written back.
+        store.remove_node(&id).unwrap();
+        assert!(store.update_node(&id, |r| r.ingress_address = None).unwrap().is_none());
+        assert!(store.node(&id).unwrap().is_none());
+        drop(store);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod images;
 pub mod messages;
 pub mod networks;
 pub mod options;
+pub mod secrets;
 pub mod services;
 pub mod template;
 pub mod time;

@@ -245,7 +245,14 @@ pub struct ServiceSpec {
     /// Mounts, devices, capabilities, user, ... (see [`crate::options`]). (Defaulted.)
     #[serde(default)]
     pub container: ContainerOptions,
-    /// The service's own labels (`--label`), not its containers'. (Defaulted.)
+    /// Secrets its containers get under `/run/secrets` (`--secret`).
+    #[serde(default)]
+    pub secrets: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// Configs its containers get as files (`--config`).
+    #[serde(default)]
+    pub configs: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// The service's labels (Docker's `Spec.Labels`, `--label`, not its containers';
+    /// stacks set `com.docker.stack.namespace`).
     #[serde(default)]
     pub labels: BoundedVec<crate::Label, { crate::MAX_LABELS }>,
 }
@@ -295,6 +302,8 @@ impl ServiceSpec {
             stop_signal: None,
             hostname: None,
             container: ContainerOptions::default(),
+            secrets: BoundedVec::new(),
+            configs: BoundedVec::new(),
             labels: BoundedVec::new(),
         }
     }
@@ -303,13 +312,15 @@ impl ServiceSpec {
     /// below reservations, no published port listed twice, DNSRR without ingress ports.
     pub fn validate(&self) -> Result<(), SpecError> {
         let name = self.name.as_str();
+        // `_` as Docker allows it: a stack's services are `<stack>_<name>`.
         let dns_label = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !name.starts_with('-')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && name.as_bytes()[0].is_ascii_alphanumeric()
             && !name.ends_with('-');
         if !dns_label {
             return Err(SpecError::Invalid(format!(
-                "service name {name:?} must be letters, digits and inner dashes (a DNS label)"
+                "service name {name:?} must be a DNS label: letters, digits and inner dashes (and `_`, as a \
+                 stack's `<stack>_<name>`)"
             )));
         }
         if self.image.is_empty() {
@@ -398,6 +409,7 @@ impl ServiceSpec {
             }
         }
         self.container.validate(self.networks.iter().any(|n| n.as_str() == "host"))?;
+        self.validate_secret_refs()?;
         if self.rollback_config.failure_action == FailureAction::Rollback {
             return Err(SpecError::Invalid(
                 "a rollback can't itself be rolled back: --rollback-failure-action is pause or continue".into(),
@@ -427,7 +439,27 @@ impl ServiceSpec {
             stop_signal: self.stop_signal.clone(),
             hostname: self.hostname.clone(),
             container: self.container.clone(),
+            secrets: self.secrets.clone(),
+            configs: self.configs.clone(),
         }
+    }
+
+    /// Each reference well-formed, no two secrets at the same file, no two configs at
+    /// the same path.
+    fn validate_secret_refs(&self) -> Result<(), SpecError> {
+        use crate::secrets::Kind;
+        for (kind, refs) in [(Kind::Secret, &self.secrets), (Kind::Config, &self.configs)] {
+            for (i, r) in refs.iter().enumerate() {
+                r.validate(kind)?;
+                if refs[..i].iter().any(|q| q.target == r.target) {
+                    return Err(SpecError::Invalid(format!(
+                        "two {kind}s have the target {}: give each its own target=",
+                        r.target
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1028,6 +1060,13 @@ pub struct TaskSpec {
     /// (Defaulted likewise.)
     #[serde(default)]
     pub container: ContainerOptions,
+    /// Secrets by name, target and version: never their bytes, which reach the board
+    /// apart ([`crate::ManagerMessage::Secrets`]) and are never written to its disk.
+    #[serde(default)]
+    pub secrets: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// Configs likewise.
+    #[serde(default)]
+    pub configs: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
 }
 
 /// Placement rules of a task.

@@ -43,6 +43,8 @@ pub struct Overrides {
     pub group_add: Vec<String>,
     /// The rest of the container options, resolved on the board.
     pub options: super::options::Resolved,
+    /// Secrets and configs to bind in.
+    pub files: Vec<crate::secrets::FileMount>,
 }
 
 /// Docker's `PATH` for an image that sets none.
@@ -108,6 +110,7 @@ pub fn container_config(
         seccomp: o.seccomp.clone(),
         stop_signal,
         options: o.options.clone(),
+        files: o.files.clone(),
     })
 }
 

@@ -68,6 +68,9 @@ pub struct ContainerConfig {
     /// Mounts, devices, capabilities, read-only root, init, sysctls, rlimits and
     /// annotations, as resolved on the board (see [`options`]).
     pub options: options::Resolved,
+    /// Secrets and configs, bound read-only from the container's tmpfs (see
+    /// [`crate::secrets`]).
+    pub files: Vec<crate::secrets::FileMount>,
 }
 
 /// Which network namespace a container joins.

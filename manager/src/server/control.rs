@@ -79,6 +79,7 @@ pub(super) async fn handle_control(
         ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
         ControlRequest::Network(req) => super::networks::handle(mgr, req, &nodes).map(ControlReply::Network),
         ControlRequest::Volume(req) => super::volumes::handle(mgr, req, &nodes).await.map(ControlReply::Volume),
+        ControlRequest::Object(req) => super::objects::handle(mgr, req).map(ControlReply::Object),
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();
@@ -129,8 +130,18 @@ pub(super) async fn handle_control(
         }
         ControlRequest::NodeUpdate { node, availability, label_add, label_rm } => {
             let mut record = nodes::resolve(&nodes, &node)?.clone();
+            // Checked on the copy read above, then applied to the record as stored now
+            // (the mesh or the node's session may have written it since).
             nodes::apply_update(&mut record, availability, &label_add, &label_rm)?;
-            mgr.store.put_node(&record).map_err(internal)?;
+            let stored = mgr
+                .store
+                .update_node(&record.id, |r| {
+                    let _ = nodes::apply_update(r, availability, &label_add, &label_rm);
+                })
+                .map_err(internal)?;
+            let Some(record) = stored else {
+                return Err(ErrorReply::new(ErrorKind::NotFound, &format!("node {} was removed meanwhile", record.id)));
+            };
             mgr.kick();
             info!(node = %record.id, availability = %record.availability, "node updated");
             Ok(ControlReply::Done(shoal_proto::Message::lossy(record.id.as_str())))

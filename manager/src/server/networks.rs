@@ -51,7 +51,23 @@ pub(super) fn handle(mgr: &Manager, req: NetworkRequest, nodes: &[NodeRecord]) -
             let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
             let tasks: Vec<_> = svc.tasks.values().cloned().collect();
             let hostname = |id: &NodeId| nodes.iter().find(|r| &r.id == id).map(|r| r.description.hostname.clone());
-            Ok(NetworkReply::Network(Box::new(netview::inspect(n, &services, &tasks, hostname))))
+            let mut inspect = netview::inspect(n, &services, &tasks, hostname);
+            if n.ingress && ipam::mesh_active(services.iter().copied()) {
+                // `ingress` exists on every board of the routing mesh, task or not.
+                let cluster = super::reconcile::cluster_nodes(mgr).map_err(internal)?;
+                let mut names: Vec<_> = inspect.nodes.iter().cloned().collect();
+                names.extend(
+                    mesh_members(nodes, &cluster)
+                        .keys()
+                        .filter_map(|id| nodes.iter().find(|r| &r.id == id))
+                        .map(|r| r.description.hostname.clone()),
+                );
+                names.sort();
+                names.dedup();
+                names.truncate(shoal_proto::networks::MAX_INSPECT_TASKS);
+                inspect.nodes = names.try_into().map_err(internal)?;
+            }
+            Ok(NetworkReply::Network(Box::new(inspect)))
         }
         NetworkRequest::Remove { network } => {
             let n = ipam::resolve(&svc.networks, &network)?.clone();
@@ -82,15 +98,7 @@ pub(super) fn mesh_boards(
     if !ipam::mesh_active(services.iter().copied()) {
         return Ok((BTreeMap::new(), held));
     }
-    let eligible: Vec<&NodeId> = nodes
-        .iter()
-        .filter(|n| {
-            n.role == shoal_proto::Role::Worker
-                && n.status == shoal_proto::NodeStatus::Ready
-                && n.availability != shoal_proto::Availability::Drain
-        })
-        .map(|n| &n.id)
-        .collect();
+    let eligible = mesh_eligible(nodes);
     let wanted: Vec<NodeId> = records
         .iter()
         .filter(|r| r.ingress_address.is_none() && eligible.contains(&&r.id))
@@ -98,19 +106,46 @@ pub(super) fn mesh_boards(
         .collect();
     let tasks: Vec<_> = svc.tasks.values().cloned().collect();
     for (id, address) in ipam::board_addresses(ingress, &services, &tasks, &held, &wanted) {
-        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
-            r.ingress_address = Some(address);
-            store.put_node(r)?;
-            held.push(address);
+        // Only this field, in the store's own transaction: the operator or the node's
+        // session may be writing the same record meanwhile, or removing it.
+        let Some(stored) = store.update_node(&id, |r| {
+            r.ingress_address.get_or_insert(address);
+        })?
+        else {
+            continue;
+        };
+        if stored.ingress_address == Some(address) {
             info!(node = %id, %address, "node joins the routing mesh");
         }
+        held.extend(stored.ingress_address.filter(|a| !held.contains(a)));
+        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
+            *r = stored;
+        }
     }
-    let mesh = records
+    Ok((mesh_members(&records, nodes), held))
+}
+
+/// The nodes that serve the routing mesh while it is active: Ready, non-drained workers.
+fn mesh_eligible(nodes: &[crate::core::placement::ClusterNode]) -> Vec<&NodeId> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.role == shoal_proto::Role::Worker
+                && n.status == shoal_proto::NodeStatus::Ready
+                && n.availability != shoal_proto::Availability::Drain
+        })
+        .map(|n| &n.id)
+        .collect()
+}
+
+/// The mesh's boards among `records`: the eligible ones that hold an ingress address.
+fn mesh_members(records: &[NodeRecord], nodes: &[crate::core::placement::ClusterNode]) -> BTreeMap<NodeId, Ipv4Addr> {
+    let eligible = mesh_eligible(nodes);
+    records
         .iter()
         .filter(|r| eligible.contains(&&r.id))
         .filter_map(|r| Some((r.id.clone(), r.ingress_address?)))
-        .collect();
-    Ok((mesh, held))
+        .collect()
 }
 
 /// Brings encrypted networks' keys to `now` (new networks get one, rotations step on);

@@ -13,16 +13,11 @@ pub(super) async fn run_session(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
-    let mut record = match mgr.store.node(&node) {
+    let record = match mgr.store.node(&node) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            let refusal = ErrorReply::new(
-                ErrorKind::NodeRemoved,
-                "this node was removed from the cluster and its certificate is no longer accepted: \
-                 join again with `shoal-agent join --token TOKEN MANAGER`",
-            );
             warn!(%node, remote = %conn.remote_address(), "refused a removed node");
-            return reply(&mut send, &Response::Error(refusal)).await;
+            return reply(&mut send, &Response::Error(removed_node())).await;
         }
         Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
     };
@@ -37,10 +32,17 @@ pub(super) async fn run_session(
         .map(|a| a.to_string())
         .unwrap_or_else(|| conn.remote_address().ip().to_string());
     if record.description != open.node || record.addr.as_deref() != Some(addr.as_str()) {
-        record.description = open.node;
-        record.addr = Some(addr);
-        if let Err(e) = mgr.store.put_node(&record) {
-            return reply(&mut send, &Response::Error(internal(e))).await;
+        // Only the node's own fields, in the store's transaction: the operator's
+        // availability and labels, or the mesh's address, may have been written since
+        // `record` was read.
+        let stored = mgr.store.update_node(&node, |r| {
+            r.description = open.node.clone();
+            r.addr = Some(addr.clone());
+        });
+        match stored {
+            Ok(Some(_)) => {}
+            Ok(None) => return reply(&mut send, &Response::Error(removed_node())).await,
+            Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
         }
     }
     let period = mgr.state.lock().expect("state lock").members.config().heartbeat_period;
@@ -59,6 +61,7 @@ pub(super) async fn run_session(
                 tx,
                 underlay: conn.remote_address().ip().to_canonical(),
                 view: None,
+                secrets: None,
             },
         );
         (serial, st.members.heard(now, &node), replaced)
@@ -84,9 +87,15 @@ pub(super) async fn run_session(
         Err(e) => warn!(%node, error = %e, "could not read the image set for a new session"),
     }
     // Likewise the task set: a reconciliation after this queues its diff behind it.
+    // Its secrets and configs first, so no task arrives before what it needs.
     let full = {
         let svc = mgr.services.lock().expect("services lock");
-        dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map(), &svc.networks)
+        let (sent, mut messages) = objects::node_set(&svc, &node);
+        if let Some(s) = mgr.state.lock().expect("state lock").sessions.get_mut(&node).filter(|s| s.serial == serial) {
+            s.secrets = Some(sent);
+        }
+        messages.extend(dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map(), &svc.networks));
+        messages
     };
     for message in full {
         if framed::send(&mut send, &message).await.is_err() {
@@ -242,4 +251,13 @@ pub(super) async fn next_message(
 ) -> (quinn::RecvStream, Result<Option<AgentMessage>, LinkError>) {
     let result = framed::recv::<AgentMessage>(&mut recv, SESSION_FRAME_LIMIT).await;
     (recv, result)
+}
+
+/// What a node that was removed from the cluster is told when it opens a session.
+fn removed_node() -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::NodeRemoved,
+        "this node was removed from the cluster and its certificate is no longer accepted: \
+         join again with `shoal-agent join --token TOKEN MANAGER`",
+    )
 }

@@ -26,6 +26,14 @@ use super::{container_id, rejected, step, Action, Container, Facts};
 /// [`super::step`] says).
 const STEPS_PER_PASS: usize = 8;
 
+/// How long a task on overlay networks keeps running after its stop is decided, before
+/// it is signalled. The manager takes it out of every board's VIP tables, DNS answers
+/// and routing mesh in the same pass that tells this board to stop it; the other boards
+/// need a moment to apply that, and until they have, new connections may still come
+/// here. (Swarm waits 2 s for gossip to converge at this point; the views here are sent
+/// directly, so a LAN needs milliseconds: this leaves room for a loaded board.)
+pub const BACKEND_DRAIN_MS: u64 = 400;
+
 /// One of a task's overlay networks (the wire's assignment is mapped onto these where
 /// the task enters the book).
 pub use crate::net::plane::NetworkAttachment;
@@ -146,6 +154,9 @@ pub enum Decision {
         container_id: String,
         /// SIGKILL after this long.
         grace_ms: u64,
+        /// Wait this long before the stop signal: [`BACKEND_DRAIN_MS`] for a task that
+        /// other boards reach over overlays, else 0.
+        drain_ms: u64,
     },
     /// Stop (if running) and delete a container and its sandbox, closing the task's
     /// publications first, then [`Outcome::Removed`]. `task` is `None` for an orphan.
@@ -488,6 +499,7 @@ impl Book {
                             task: id.clone(),
                             container_id: t.container_id.clone(),
                             grace_ms: t.assignment.spec.stop_grace_period_ms,
+                            drain_ms: if t.attachments.is_empty() { 0 } else { BACKEND_DRAIN_MS },
                         });
                         break;
                     }
@@ -641,6 +653,27 @@ mod tests {
     }
 
     #[test]
+    fn a_task_on_an_overlay_is_drained_before_its_stop_signal() {
+        let a = assignment(1, Running);
+        let id = a.task_id.clone();
+        let mut book = Book::new();
+        book.restore(a, TaskStatus::new(Running, 1, "started"), false);
+        let cid = book.task(&id).unwrap().container_id.clone();
+        book.adopt(cid.clone(), Container::Running);
+        let subnet = crate::net::Subnet::new(std::net::Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
+        let at = NetworkAttachment {
+            network: "atsea".into(),
+            overlay: crate::net::overlay::Overlay::new(4097, subnet, 1500).unwrap(),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
+        };
+        book.set_attachments(&id, vec![at]);
+        book.assign(false, false, vec![assignment(1, Shutdown)], vec![]);
+        let out = book.reconcile(5, NODE, present);
+        let stop = Decision::Stop { task: id, container_id: cid, grace_ms: 7_000, drain_ms: BACKEND_DRAIN_MS };
+        assert_eq!(out, [stop]);
+    }
+
+    #[test]
     fn an_encrypted_networks_container_joins_with_its_port_and_mtu() {
         let mut a = assignment(1, Running);
         let config = |encrypted| shoal_proto::networks::AttachmentConfig {
@@ -731,7 +764,7 @@ mod tests {
         book.to_remember();
         book.assign(false, false, vec![assignment(1, Shutdown)], vec![]);
         let out = book.reconcile(5, NODE, present);
-        assert_eq!(out, [Decision::Stop { task: id.clone(), container_id: cid, grace_ms: 7_000 }]);
+        assert_eq!(out, [Decision::Stop { task: id.clone(), container_id: cid, grace_ms: 7_000, drain_ms: 0 }]);
         let remembered = book.to_remember().unwrap();
         assert!(remembered[0].2, "stop_requested is remembered: an exit after a restart is a Shutdown");
         assert!(book.reconcile(6, NODE, present).is_empty(), "one stop at a time");

@@ -80,6 +80,8 @@ pub struct CreateArgs {
     pub container: ContainerArgs,
     #[command(flatten)]
     pub options: super::options::OptionsArgs,
+    #[command(flatten)]
+    pub objects: super::ObjectArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
@@ -138,6 +140,8 @@ pub struct UpdateArgs {
     pub container: ContainerArgs,
     #[command(flatten)]
     pub options: super::options::OptionsUpdateArgs,
+    #[command(flatten)]
+    pub objects: super::ObjectUpdateArgs,
     /// Go back to the previous spec.
     #[arg(long)]
     pub rollback: bool,
@@ -256,7 +260,7 @@ pub(super) fn text<const N: usize>(s: &str) -> anyhow::Result<shoal_proto::Text<
     shoal_proto::text(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
 }
 
-pub(super) fn bounded<T, const N: usize>(items: Vec<T>, what: &str) -> anyhow::Result<BoundedVec<T, N>> {
+pub(crate) fn bounded<T, const N: usize>(items: Vec<T>, what: &str) -> anyhow::Result<BoundedVec<T, N>> {
     let n = items.len();
     items.try_into().map_err(|_| anyhow::anyhow!("too many {what}: {n}, at most {N}"))
 }
@@ -309,6 +313,7 @@ impl CreateArgs {
         self.stop.apply(&mut spec)?;
         self.container.apply(&mut spec)?;
         self.options.apply(&mut spec)?;
+        self.objects.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -330,8 +335,9 @@ impl UpdateArgs {
             || !self.network_rm.is_empty()
             || self.endpoint_mode.is_some()
             || !self.security_opt.is_empty()
-            || self.policy != UpdatePolicyArgs::default()
-            || self.options.any();
+            || self.objects.changes()
+            || self.options.any()
+            || self.policy != UpdatePolicyArgs::default();
         if self.rollback && changes {
             anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
         }
@@ -409,6 +415,7 @@ impl UpdateArgs {
         self.stop.apply(spec)?;
         self.container.apply(spec)?;
         self.options.apply(spec)?;
+        self.objects.apply(spec)?;
         spec.validate()?;
         Ok(())
     }

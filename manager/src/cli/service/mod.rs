@@ -12,6 +12,7 @@ use shoal_proto::{ControlReply, ControlRequest, ServiceMode, ServiceSpec};
 use super::client::Client;
 
 mod args;
+mod object_args;
 mod options;
 mod output;
 mod progress;
@@ -19,6 +20,7 @@ mod progress;
 mod tests;
 
 pub use args::*;
+pub use object_args::*;
 pub use options::*;
 pub use output::*;
 pub use progress::*;

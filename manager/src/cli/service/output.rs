@@ -314,10 +314,10 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
     if let Some(u) = &v.update_status {
         out["UpdateStatus"] = update_status_json(u);
     }
-    out["Spec"]["Labels"] = super::options::labels_json(&spec.labels);
     if let Some(c) = out["Spec"]["TaskTemplate"]["ContainerSpec"].as_object_mut() {
         c.extend(super::options::container_spec_json(&spec.container));
     }
+    super::object_args::inspect_json(spec, &mut out);
     out
 }
 
