@@ -84,7 +84,7 @@ fn now_ms() -> u64 {
 
 /// Makes the volume `mount` names if it is not there yet (mounting its device when it
 /// has `volume-opt`s), and returns the directory to bind into the container and whether
-/// it was made just now (and so is to be filled from the image, see [`copy_up`]).
+/// it was made just now.
 pub fn ensure(volumes: &Path, mount: &Mount) -> Result<(PathBuf, bool), VolumeError> {
     let name = mount.source.as_deref().unwrap_or("");
     check_volume_name(name).map_err(VolumeError::BadName)?;
@@ -114,7 +114,7 @@ pub fn ensure(volumes: &Path, mount: &Mount) -> Result<(PathBuf, bool), VolumeEr
 /// Most entries copied from an image into a new volume.
 const MAX_COPY: usize = 100_000;
 
-/// Fills a new, empty volume from the image, as Docker does: what the image has at the
+/// Fills an empty volume from the image, as Docker does: what the image has at the
 /// mount's target (its owner and mode too, so a database's data directory owned by its
 /// user stays writable by it). The image is hostile: when the target or anything on the
 /// way to it is a symlink nothing is copied, and symlinks inside are copied as links,

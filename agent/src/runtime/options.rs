@@ -24,8 +24,9 @@ pub struct ResolvedMount {
     pub source: PathBuf,
     /// Mount options.
     pub options: Vec<String>,
-    /// A volume made just now, to be filled from the image (see
-    /// [`crate::volumes::copy_up`]).
+    /// A named volume, filled from the image when it is empty (see
+    /// [`crate::volumes::copy_up`]): on every create, as Docker does, so a volume made
+    /// for a task that then failed to start is still filled by the next one.
     pub copy_up: bool,
 }
 
@@ -113,10 +114,10 @@ pub fn resolve(o: &ContainerOptions, host_network: bool, volumes: &Path) -> Resu
                 ResolvedMount { target, kind: "bind", source, options, copy_up: false }
             }
             MountKind::Volume => {
-                let (source, fresh) =
+                let (source, _made) =
                     crate::volumes::ensure(volumes, m).map_err(|e| RuntimeError::Spec(e.to_string()))?;
                 let options = ["rbind", "rprivate"].map(String::from).into_iter().chain(ro).collect();
-                ResolvedMount { target, kind: "bind", source, options, copy_up: fresh }
+                ResolvedMount { target, kind: "bind", source, options, copy_up: true }
             }
             MountKind::Tmpfs => {
                 // Docker's tmpfs defaults: no devices, no set-uid, no executables.
