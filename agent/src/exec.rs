@@ -40,6 +40,8 @@ pub struct Paths {
     pub state: PathBuf,
     /// The agent binary, which runs `exec-in`.
     pub agent_exe: PathBuf,
+    /// The named volumes (see [`crate::volumes`]).
+    pub volumes: PathBuf,
 }
 
 /// Serves the exec streams the manager opens on `conn` until the connection ends.
@@ -66,6 +68,9 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
     let envelope = tokio::time::timeout(REQUEST_TIME, framed::recv::<Envelope>(&mut recv, frame::MAX_FRAME_LEN)).await;
     let start = match envelope {
         Ok(Ok(Some(Envelope { version, request: Request::ExecTask(start) }))) if version == PROTOCOL_VERSION => start,
+        Ok(Ok(Some(Envelope { version, request: Request::Volume(req) }))) if version == PROTOCOL_VERSION => {
+            return volume(send, req, paths).await
+        }
         Ok(Ok(Some(Envelope { version, .. }))) if version != PROTOCOL_VERSION => {
             let e = ErrorReply::new(
                 ErrorKind::VersionMismatch,
@@ -81,6 +86,25 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
     if let Err(e) = run(send, recv, start, paths).await {
         debug!(error = %e, "exec ended early");
     }
+}
+
+/// Lists or removes this board's named volumes for the manager (`shoal volume …`).
+async fn volume(mut send: quinn::SendStream, req: shoal_proto::volumes::VolumeRequest, paths: &Paths) {
+    let (volumes, containers) = (paths.volumes.clone(), paths.containers.clone());
+    let answer = tokio::task::spawn_blocking(move || crate::volumes::handle(&volumes, &containers, &req)).await;
+    let response = match answer {
+        Ok(Ok(list)) => Response::Volumes(list),
+        Ok(Err(e @ crate::volumes::VolumeError::NotFound(_))) => {
+            Response::Error(ErrorReply::new(ErrorKind::NotFound, &e.to_string()))
+        }
+        Ok(Err(e @ crate::volumes::VolumeError::InUse { .. })) => {
+            Response::Error(ErrorReply::new(ErrorKind::Conflict, &e.to_string()))
+        }
+        Ok(Err(e)) => Response::Error(ErrorReply::new(ErrorKind::InvalidRequest, &e.to_string())),
+        Err(e) => Response::Error(ErrorReply::new(ErrorKind::Internal, &e.to_string())),
+    };
+    let _ = framed::send(&mut send, &response).await;
+    let _ = send.finish();
 }
 
 /// Starts the command, answers, then pumps frames until it exits.

@@ -19,5 +19,6 @@ pub mod runtime;
 pub mod secrets;
 pub mod session;
 pub mod supervisor;
+pub mod volumes;
 
 pub use error::AgentError;

@@ -70,6 +70,7 @@ impl Lab {
             resolv_conf: None,
             files: vec![],
             seccomp: Default::default(),
+            options: Default::default(),
         }
     }
 

@@ -45,6 +45,7 @@ fn scheduler_rate() -> (Duration, usize) {
                 status: NodeStatus::Ready,
                 resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
                 disk_full: false,
+                devices: Default::default(),
             }
         })
         .collect();

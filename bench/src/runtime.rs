@@ -45,6 +45,7 @@ fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
         cpu_millis: None,
         hosts: vec![],
         seccomp: Default::default(),
+        options: Default::default(),
     }
 }
 

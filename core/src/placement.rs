@@ -39,6 +39,8 @@ pub struct ClusterNode {
     pub resources: Resources,
     /// The node reported its disk short of space: it takes no new task until it has room.
     pub disk_full: bool,
+    /// The devices the node reports (`node.devices`).
+    pub devices: BoundedVec<Text<64>, { shoal_proto::MAX_NODE_DEVICES }>,
 }
 
 impl ClusterNode {
@@ -56,6 +58,7 @@ impl ClusterNode {
             status,
             resources: record.description.resources,
             disk_full: false,
+            devices: record.description.devices.clone(),
         }
     }
 
@@ -90,6 +93,8 @@ pub fn constraint_holds(node: &ClusterNode, c: &Constraint) -> bool {
             .or_else(|| label(&node.engine_labels, k))
             .is_some_and(|v| v.eq_ignore_ascii_case(want)),
         ConstraintKey::EngineLabel(k) => label(&node.engine_labels, k).is_some_and(|v| v.eq_ignore_ascii_case(want)),
+        // Paths are case-sensitive: /dev/ttyS0 is not /dev/ttys0.
+        ConstraintKey::Devices => node.devices.iter().any(|d| d.as_str() == want),
     };
     match c.op {
         ConstraintOp::Eq => equal,
@@ -153,6 +158,7 @@ pub(crate) mod tests {
             status: NodeStatus::Ready,
             resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
             disk_full: false,
+            devices: BoundedVec::new(),
         }
     }
 
@@ -175,6 +181,16 @@ pub(crate) mod tests {
         assert!(holds(&n, "node.role==worker") && !holds(&n, "node.role==manager"));
         assert!(holds(&n, &format!("node.id=={}", n.id)));
         assert!(holds(&n, "node.platform.os==linux"));
+    }
+
+    #[test]
+    fn a_device_constraint_holds_only_where_the_node_reports_it() {
+        let mut n = node(1, "pi1", "aarch64", &[]);
+        assert!(!holds(&n, "node.devices==/dev/i2c-1") && holds(&n, "node.devices!=/dev/i2c-1"));
+        n.devices = vec![shoal_proto::text("/dev/i2c-1").unwrap()].try_into().unwrap();
+        assert!(holds(&n, "node.devices==/dev/i2c-1"));
+        assert!(!holds(&n, "node.devices==/dev/i2c-2"));
+        assert!(!holds(&n, "node.devices==/dev/I2C-1"), "paths are case-sensitive");
     }
 
     #[test]

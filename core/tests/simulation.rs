@@ -78,6 +78,7 @@ impl Sim {
                 status: NodeStatus::Unknown,
                 resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
                 disk_full: false,
+                devices: Default::default(),
             })
             .collect();
         for n in &nodes {

@@ -38,6 +38,7 @@ fn node(n: u16) -> ClusterNode {
         status: NodeStatus::Ready,
         resources: Resources { cpus: 4, memory_bytes: 4 << 30 },
         disk_full: false,
+        devices: Default::default(),
     }
 }
 

@@ -142,6 +142,7 @@ fn build(
             resources: Resources::default(),
             agent_version: shoal_proto::text_lossy(env!("CARGO_PKG_VERSION")),
             missing_features: BoundedVec::new(),
+            devices: BoundedVec::new(),
         },
         addr: Some(advertise.ip().to_string()),
         created_at_ms: shoal_link::wall_ms(),

@@ -45,6 +45,9 @@ enum Command {
     Stack(shoal_manager::cli::stack::StackCommand),
     /// Run a command in a running task's container, wherever it runs.
     Exec(shoal_manager::cli::exec::ExecArgs),
+    /// Manage the named volumes of the boards.
+    #[command(subcommand)]
+    Volume(shoal_manager::cli::volume::VolumeCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
             Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
             Command::Network(cmd) => shoal_manager::cli::network::run(&cli.data_dir, cmd).await,
             Command::Service(cmd) => shoal_manager::cli::service::run(&cli.data_dir, cmd).await,
+            Command::Volume(cmd) => shoal_manager::cli::volume::run(&cli.data_dir, cmd).await,
             Command::Secret(cmd) => {
                 shoal_manager::cli::object::run(&cli.data_dir, shoal_proto::secrets::Kind::Secret, cmd).await
             }

@@ -19,12 +19,14 @@ pub mod ids;
 pub mod images;
 pub mod messages;
 pub mod networks;
+pub mod options;
 pub mod secrets;
 pub mod renewal;
 pub mod services;
 pub mod template;
 pub mod time;
 pub mod token;
+pub mod volumes;
 
 pub use bounded::{BoundedString, BoundedVec, Bytes};
 pub use frame::{FrameError, MAX_FRAME_LEN};

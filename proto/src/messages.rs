@@ -61,6 +61,9 @@ pub enum Request {
     /// From the manager to a board, over the board's session connection: run a command
     /// in one of its containers.
     ExecTask(crate::exec::ExecStart),
+    /// From the manager to a board, over the board's session connection: list or
+    /// remove its named volumes; answered with [`Response::Volumes`].
+    Volume(crate::volumes::VolumeRequest),
 }
 
 /// Join with a token.
@@ -96,7 +99,14 @@ pub struct NodeDescription {
     /// (`vxlan: no overlay networks (CONFIG_VXLAN)`); empty when it has them all.
     #[serde(default)]
     pub missing_features: BoundedVec<Text<128>, MAX_MISSING_FEATURES>,
+    /// The devices the board has of those boards offer to containers (`/dev/i2c-1`,
+    /// `/dev/ttyUSB0`, ...), for `--constraint node.devices==PATH`. (Defaulted.)
+    #[serde(default)]
+    pub devices: BoundedVec<Text<64>, MAX_NODE_DEVICES>,
 }
+
+/// Most devices a node reports.
+pub const MAX_NODE_DEVICES: usize = 64;
 
 /// A `KEY=VALUE` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -278,6 +288,8 @@ pub enum ControlRequest {
         /// Validity of node and administrator certificates issued from now on, ms.
         cert_expiry_ms: Option<u64>,
     },
+    /// `shoal volume ...`.
+    Volume(crate::volumes::VolumeControl),
 }
 
 /// Bounds of `--cert-expiry`: 3 s (tests) to 5 years (the CA lasts 20).
@@ -331,6 +343,8 @@ pub enum Response {
     Error(ErrorReply),
     /// The exec'd command runs; [`crate::exec::ExecFrame`]s follow both ways.
     ExecStarted(crate::exec::ExecStarted),
+    /// A board's answer to [`Request::Volume`]: its volumes (after a removal, those left).
+    Volumes(BoundedVec<crate::volumes::VolumeInfo, { crate::volumes::MAX_VOLUMES }>),
 }
 
 /// A successful join.
@@ -379,6 +393,8 @@ pub enum ControlReply {
     },
     /// Answer to [`ControlRequest::Ca`].
     Ca(CaStatus),
+    /// Answer to a volume request.
+    Volume(crate::volumes::VolumeReply),
 }
 
 /// A refusal, with a kind to act on and a message for people.

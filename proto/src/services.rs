@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BadId, ID_LEN};
 use crate::images::{ImageRef, Platform, MAX_PLATFORMS};
+use crate::options::ContainerOptions;
 use crate::{BoundedString, BoundedVec, LabelKey, Message, NodeId, Text};
 
 /// Most command arguments after the image.
@@ -169,6 +170,32 @@ pub enum SpecError {
     /// A spec that is well-formed but unusable.
     #[error("invalid service spec: {0}")]
     Invalid(String),
+    /// `--mount`.
+    #[error("invalid mount {input:?}: {reason}")]
+    Mount {
+        /// What was typed.
+        input: String,
+        /// What is wrong and what to type.
+        reason: String,
+    },
+    /// `--device`.
+    #[error("invalid device {input:?}: {reason}")]
+    Device {
+        /// What was typed.
+        input: String,
+        /// What is wrong and what to type.
+        reason: String,
+    },
+    /// Another container option (`--sysctl`, `--ulimit`, `--user`, ...).
+    #[error("invalid {flag} {input:?}: {reason}")]
+    Option {
+        /// Which flag.
+        flag: &'static str,
+        /// What was typed.
+        input: String,
+        /// What is wrong and what to type.
+        reason: String,
+    },
 }
 
 /// What the operator asks for: `shoal service create` and `service update`.
@@ -215,14 +242,17 @@ pub struct ServiceSpec {
     /// spec saved before it still loads from JSON.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// Mounts, devices, capabilities, user, ... (see [`crate::options`]). (Defaulted.)
+    #[serde(default)]
+    pub container: ContainerOptions,
     /// Secrets its containers get under `/run/secrets` (`--secret`).
     #[serde(default)]
     pub secrets: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
     /// Configs its containers get as files (`--config`).
     #[serde(default)]
     pub configs: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
-    /// The service's labels (Docker's `Spec.Labels`; stacks set
-    /// `com.docker.stack.namespace`).
+    /// The service's labels (Docker's `Spec.Labels`, `--label`, not its containers';
+    /// stacks set `com.docker.stack.namespace`).
     #[serde(default)]
     pub labels: BoundedVec<crate::Label, { crate::MAX_LABELS }>,
 }
@@ -271,6 +301,7 @@ impl ServiceSpec {
             seccomp: Seccomp::Default,
             stop_signal: None,
             hostname: None,
+            container: ContainerOptions::default(),
             secrets: BoundedVec::new(),
             configs: BoundedVec::new(),
             labels: BoundedVec::new(),
@@ -377,6 +408,7 @@ impl ServiceSpec {
                 ));
             }
         }
+        self.container.validate(self.networks.iter().any(|n| n.as_str() == "host"))?;
         self.validate_secret_refs()?;
         if self.rollback_config.failure_action == FailureAction::Rollback {
             return Err(SpecError::Invalid(
@@ -406,6 +438,7 @@ impl ServiceSpec {
             seccomp: self.seccomp.clone(),
             stop_signal: self.stop_signal.clone(),
             hostname: self.hostname.clone(),
+            container: self.container.clone(),
             secrets: self.secrets.clone(),
             configs: self.configs.clone(),
         }
@@ -663,6 +696,8 @@ pub enum ConstraintKey {
     NodeLabel(LabelKey),
     /// `engine.labels.KEY`: only the labels the node was started with.
     EngineLabel(LabelKey),
+    /// `node.devices`: `==PATH` holds when the node reports that device.
+    Devices,
 }
 
 /// Comparison of a constraint.
@@ -701,6 +736,10 @@ impl Constraint {
             "node.role" => ConstraintKey::Role,
             "node.arch" | "node.platform.arch" => ConstraintKey::Arch,
             "node.platform.os" => ConstraintKey::Os,
+            "node.devices" => {
+                shoal_proto_dev_path(rhs).map_err(|e| bad(&e))?;
+                ConstraintKey::Devices
+            }
             _ => {
                 if let Some(k) = lhs.strip_prefix("node.labels.") {
                     ConstraintKey::NodeLabel(label(k)?)
@@ -708,7 +747,7 @@ impl Constraint {
                     ConstraintKey::EngineLabel(label(k)?)
                 } else {
                     return Err(bad("unknown attribute: expected node.id, node.hostname, node.role, node.arch, \
-                         node.platform.os, node.labels.KEY or engine.labels.KEY"));
+                         node.platform.os, node.devices, node.labels.KEY or engine.labels.KEY"));
                 }
             }
         };
@@ -727,12 +766,23 @@ impl fmt::Display for Constraint {
             ConstraintKey::Os => f.write_str("node.platform.os")?,
             ConstraintKey::NodeLabel(k) => write!(f, "node.labels.{k}")?,
             ConstraintKey::EngineLabel(k) => write!(f, "engine.labels.{k}")?,
+            ConstraintKey::Devices => f.write_str("node.devices")?,
         }
         let op = match self.op {
             ConstraintOp::Eq => "==",
             ConstraintOp::Ne => "!=",
         };
         write!(f, "{op}{}", self.value)
+    }
+}
+
+/// A `node.devices` constraint's value: a path under `/dev`.
+fn shoal_proto_dev_path(p: &str) -> Result<(), String> {
+    let ok = p.starts_with("/dev/") && p.len() > 5 && !p.split('/').any(|c| c == ".." || c == ".");
+    if ok {
+        Ok(())
+    } else {
+        Err("node.devices takes a device path, e.g. node.devices==/dev/i2c-1".into())
     }
 }
 
@@ -1006,6 +1056,10 @@ pub struct TaskSpec {
     /// The hostname template (see [`ServiceSpec::hostname`]). (Defaulted likewise.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// Mounts, devices, capabilities, user, ... (see [`ServiceSpec::container`]).
+    /// (Defaulted likewise.)
+    #[serde(default)]
+    pub container: ContainerOptions,
     /// Secrets by name, target and version: never their bytes, which reach the board
     /// apart ([`crate::ManagerMessage::Secrets`]) and are never written to its disk.
     #[serde(default)]
@@ -1268,6 +1322,9 @@ mod tests {
         assert!(err("node.labels.==x").contains("label key is empty"));
         assert!(err("node.hostname==").contains("one value"));
         assert!(err("node.hostname==a==b").contains("one value"));
+        assert!(err("node.devices==i2c-1").contains("/dev/i2c-1"));
+        let c = Constraint::parse("node.devices==/dev/i2c-1").unwrap();
+        assert_eq!((c.key.clone(), c.to_string().as_str()), (ConstraintKey::Devices, "node.devices==/dev/i2c-1"));
         assert!(err(&format!("node.hostname=={}", "x".repeat(300))).contains("longer than the limit"));
     }
 

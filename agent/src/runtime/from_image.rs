@@ -33,6 +33,16 @@ pub struct Overrides {
     pub seccomp: super::seccomp::SeccompPolicy,
     /// `--stop-signal`, as the operator typed it.
     pub stop_signal: Option<String>,
+    /// `--user` (replaces the image's `User`).
+    pub user: Option<String>,
+    /// `--workdir` (replaces the image's `WorkingDir`).
+    pub workdir: Option<String>,
+    /// `--entrypoint` (replaces the image's `Entrypoint` and drops its `Cmd`).
+    pub entrypoint: Option<Vec<String>>,
+    /// `--group-add`: names looked up in the image's `/etc/group`, or gids.
+    pub group_add: Vec<String>,
+    /// The rest of the container options, resolved on the board.
+    pub options: super::options::Resolved,
     /// Secrets and configs to bind in.
     pub files: Vec<crate::secrets::FileMount>,
 }
@@ -48,9 +58,12 @@ pub fn container_config(
     o: &Overrides,
 ) -> Result<ContainerConfig, RuntimeError> {
     let run = image.config.clone().unwrap_or_default();
-    let mut args: Vec<String> = run.entrypoint.clone().unwrap_or_default();
+    let mut args: Vec<String> = o.entrypoint.clone().or_else(|| run.entrypoint.clone()).unwrap_or_default();
     if o.args.is_empty() {
-        args.extend(run.cmd.clone().unwrap_or_default());
+        // Docker: a new entrypoint drops the image's command too.
+        if o.entrypoint.is_none() {
+            args.extend(run.cmd.clone().unwrap_or_default());
+        }
     } else {
         args.extend(o.args.iter().cloned());
     }
@@ -68,7 +81,15 @@ pub fn container_config(
             None => env.push(entry.clone()),
         }
     }
-    let user = super::user::resolve_in_layers(run.user.as_deref().unwrap_or(""), &layers)?;
+    let user_spec = o.user.as_deref().or(run.user.as_deref()).unwrap_or("");
+    let mut user = super::user::resolve_in_layers(user_spec, &layers)?;
+    for g in &o.group_add {
+        let gid = group_id(g, &layers)?;
+        if !user.groups.contains(&gid) {
+            user.groups.push(gid);
+        }
+    }
+    let workdir = o.workdir.clone().or_else(|| run.working_dir.clone());
     let stop_signal = stop_signal(o.stop_signal.as_deref(), run.stop_signal.as_deref())?;
     Ok(ContainerConfig {
         id: id.to_owned(),
@@ -76,7 +97,7 @@ pub fn container_config(
         addresses: o.addresses.clone(),
         args,
         env,
-        cwd: run.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+        cwd: workdir.filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
         uid: user.uid,
         gid: user.gid,
         additional_gids: user.groups,
@@ -88,8 +109,28 @@ pub fn container_config(
         resolv_conf: o.resolv_conf.clone(),
         seccomp: o.seccomp.clone(),
         stop_signal,
+        options: o.options.clone(),
         files: o.files.clone(),
     })
+}
+
+/// A `--group-add` group: a number, or a name in the image's `/etc/group`.
+fn group_id(group: &str, layers: &[PathBuf]) -> Result<u32, RuntimeError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = super::user::read_image_file(layers, &["etc", "group"])?.unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&group)).then(|| f.get(2).and_then(|g| g.parse().ok())).flatten()
+        })
+        .ok_or_else(|| {
+            RuntimeError::Spec(format!(
+                "--group-add {group}: no such group in the image's /etc/group: use a group the image has, or a gid"
+            ))
+        })
 }
 
 /// The signal a stop sends first, as Docker picks it: `--stop-signal`, else the image's
@@ -147,6 +188,30 @@ mod tests {
         assert_eq!(c.env, [format!("PATH={DEFAULT_PATH}").as_str(), "HOSTNAME=mine", "MODE=prod"]);
         let c = container_config("a", &img, vec![], &Overrides { hostname: "web-2".into(), ..Default::default() });
         assert_eq!(c.unwrap().env[1], "HOSTNAME=web-2");
+    }
+
+    #[test]
+    fn entrypoint_user_and_workdir_override_the_images() {
+        let img = image(Some(&["docker-entrypoint.sh"]), &["postgres"], &[]);
+        let o = Overrides { entrypoint: Some(vec!["sh".into(), "-c".into()]), ..Default::default() };
+        assert_eq!(container_config("a", &img, vec![], &o).unwrap().args, ["sh", "-c"], "the image's Cmd is dropped");
+        let o = Overrides {
+            entrypoint: Some(vec!["sh".into()]),
+            args: vec!["-c".into(), "id".into()],
+            ..Default::default()
+        };
+        assert_eq!(container_config("a", &img, vec![], &o).unwrap().args, ["sh", "-c", "id"]);
+        let o = Overrides {
+            user: Some("1000:1001".into()),
+            workdir: Some("/srv".into()),
+            group_add: vec!["20".into()],
+            ..Default::default()
+        };
+        let c = container_config("a", &img, vec![], &o).unwrap();
+        assert_eq!((c.uid, c.gid, c.cwd.as_str()), (1000, 1001, "/srv"));
+        assert_eq!(c.additional_gids, [1001, 20]);
+        let o = Overrides { group_add: vec!["dialout".into()], ..Default::default() };
+        assert!(container_config("a", &img, vec![], &o).unwrap_err().to_string().contains("no such group"));
     }
 
     #[test]

@@ -87,6 +87,11 @@ impl Executor for InitExecutor {
         if let Some(filter) = seccomp_filter(spec).map_err(|e| ExecutorError::Other(e.to_string()))? {
             install::install(&filter).map_err(|e| ExecutorError::Other(e.to_string()))?;
         }
+        // `--no-init`: the command itself is PID 1, as under Docker without `--init`.
+        let no_init = spec.annotations().as_ref().is_some_and(|a| a.contains_key(super::options::NO_INIT_ANNOTATION));
+        if no_init {
+            return DefaultExecutor {}.exec(spec);
+        }
         std::process::exit(run(&args));
     }
 

@@ -61,6 +61,7 @@ impl LibcontainerRuntime {
             containers: crate::identity::agent_dir(data_dir).join("containers"),
             state: PathBuf::from("/run/shoal").join(tag),
             agent_exe: exe,
+            volumes: crate::volumes::dir(data_dir),
         })
     }
 
@@ -130,6 +131,10 @@ impl LibcontainerRuntime {
         let oci = spec::build(config, bundle, device_cgroup_enforced())?;
         oci.save(bundle.config()).map_err(|e| RuntimeError::Spec(e.to_string()))?;
         self.mount_rootfs(config, bundle)?;
+        for m in config.options.mounts.iter().filter(|m| m.copy_up) {
+            crate::volumes::copy_up(&bundle.rootfs(), &m.target, &m.source)
+                .map_err(RuntimeError::io(format!("filling the new volume at {} from the image", m.target)))?;
+        }
         make_working_dir(&bundle.rootfs(), &config.cwd)
     }
 

@@ -13,6 +13,7 @@ pub mod from_image;
 pub mod init;
 pub mod libcontainer;
 pub mod logs;
+pub mod options;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
@@ -64,6 +65,9 @@ pub struct ContainerConfig {
     pub stop_signal: i32,
     /// The container's `/etc/resolv.conf`; `None` keeps the image's own file.
     pub resolv_conf: Option<String>,
+    /// Mounts, devices, capabilities, read-only root, init, sysctls, rlimits and
+    /// annotations, as resolved on the board (see [`options`]).
+    pub options: options::Resolved,
     /// Secrets and configs, bound read-only from the container's tmpfs (see
     /// [`crate::secrets`]).
     pub files: Vec<crate::secrets::FileMount>,

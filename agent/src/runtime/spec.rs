@@ -90,7 +90,9 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
     if let Some(millis) = config.cpu_millis {
         cpu = json!({"quota": millis * CPU_PERIOD_US / 1000, "period": CPU_PERIOD_US});
     }
-    let caps: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let o = &config.options;
+    let caps = super::options::capabilities(&DEFAULT_CAPABILITIES, &o.cap_add, &o.cap_drop);
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let seccomp = seccomp::section(&config.seccomp, &caps, device_cgroup)
         .map_err(|e| RuntimeError::Spec(e.to_string()))?
         .map(|s| serde_json::to_value(s).expect("a seccomp section serialises"));
@@ -98,7 +100,7 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "hostname": config.hostname,
-        "root": {"path": bundle.rootfs(), "readonly": false},
+        "root": {"path": bundle.rootfs(), "readonly": o.read_only},
         "process": {
             "terminal": false,
             // Docker's umask (runc's default), whatever the agent was started with.
@@ -145,7 +147,47 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
             mounts.push(ro_bind(bundle.dir().join("resolv.conf"), "/etc/resolv.conf"));
         }
     }
+    add_options(&mut spec, o);
     serde_json::from_value(spec).map_err(|e| RuntimeError::Spec(e.to_string()))
+}
+
+/// Adds the service's container options to `spec`: its mounts (replacing a default at
+/// the same target, as Docker does for `/dev/shm`), devices and their cgroup rules,
+/// sysctls, rlimits and annotations. Targets are resolved by libcontainer inside the
+/// rootfs (a symlink in the image can't lead a mount out onto the board).
+fn add_options(spec: &mut serde_json::Value, o: &super::options::Resolved) {
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.retain(|m| !o.mounts.iter().any(|u| m["destination"].as_str() == Some(u.target.as_str())));
+        mounts.extend(
+            o.mounts
+                .iter()
+                .map(|m| json!({"destination": m.target, "type": m.kind, "source": m.source, "options": m.options})),
+        );
+    }
+    let (devices, rules) = super::options::device_json(&o.devices);
+    if !devices.is_empty() {
+        spec["linux"]["devices"] = json!(devices);
+        if let Some(r) = spec["linux"]["resources"]["devices"].as_array_mut() {
+            r.extend(rules);
+        }
+    }
+    if !o.sysctls.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> =
+            o.sysctls.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        spec["linux"]["sysctl"] = json!(map);
+    }
+    if !o.rlimits.is_empty() {
+        spec["process"]["rlimits"] = json!(o
+            .rlimits
+            .iter()
+            .map(|(t, soft, hard)| json!({"type": t, "soft": soft, "hard": hard}))
+            .collect::<Vec<_>>());
+    }
+    if !o.annotations.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> =
+            o.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        spec["annotations"] = json!(map);
+    }
 }
 
 /// `/etc/hosts` of a container, as Docker writes it: localhost and the IPv6 names, the
@@ -193,6 +235,7 @@ mod tests {
             resolv_conf: None,
             files: vec![],
             seccomp: Default::default(),
+            options: Default::default(),
         }
     }
 
@@ -238,6 +281,70 @@ mod tests {
         assert_eq!(seccomp.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
         let allowed: Vec<&String> = seccomp.syscalls().as_ref().unwrap().iter().flat_map(|s| s.names()).collect();
         assert!(allowed.iter().any(|n| *n == "read") && !allowed.iter().any(|n| *n == "unshare"));
+    }
+
+    #[test]
+    fn container_options_reach_the_spec() {
+        use super::super::options::{ResolvedDevice, ResolvedMount};
+        let bundle = Bundle::new(std::path::Path::new("/c"), "web.1");
+        let mut c = config();
+        c.options.read_only = true;
+        c.options.cap_drop = vec!["CAP_NET_RAW".into()];
+        c.options.cap_add = vec!["CAP_SYS_TIME".into()];
+        c.options.mounts = vec![
+            ResolvedMount {
+                target: "/data".into(),
+                kind: "bind",
+                source: "/v/_data".into(),
+                options: vec!["rbind".into()],
+                copy_up: false,
+            },
+            ResolvedMount {
+                target: "/dev/shm".into(),
+                kind: "tmpfs",
+                source: "tmpfs".into(),
+                options: vec!["size=1".into()],
+                copy_up: false,
+            },
+        ];
+        c.options.devices = vec![ResolvedDevice {
+            path: "/dev/sensor".into(),
+            kind: "c",
+            major: 89,
+            minor: 1,
+            mode: 0o660,
+            uid: 0,
+            gid: 20,
+            access: "rw".into(),
+        }];
+        c.options.sysctls = vec![("net.core.somaxconn".into(), "1024".into())];
+        c.options.rlimits = vec![("RLIMIT_NOFILE".into(), 1024, 2048)];
+        c.options.annotations = vec![("team".into(), "lab".into())];
+        let spec = build(&c, &bundle, true).unwrap();
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        let names: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        assert!(
+            names.iter().any(|c| c.contains("SYS_TIME")) && !names.iter().any(|c| c.contains("NET_RAW")),
+            "{names:?}"
+        );
+        let mounts = spec.mounts().as_ref().unwrap();
+        let shm: Vec<_> = mounts.iter().filter(|m| m.destination() == std::path::Path::new("/dev/shm")).collect();
+        assert_eq!(shm.len(), 1, "the service's /dev/shm replaces the default");
+        assert_eq!(shm[0].options().as_ref().unwrap(), &["size=1"]);
+        assert!(mounts.iter().any(|m| m.destination() == std::path::Path::new("/data")));
+        let linux = spec.linux().as_ref().unwrap();
+        let dev = &linux.devices().as_ref().unwrap()[0];
+        assert_eq!((dev.major(), dev.minor(), dev.gid()), (89, 1, Some(20)));
+        let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+        let last = rules.last().unwrap();
+        assert!(last.allow() && last.major() == Some(89) && last.minor() == Some(1));
+        assert_eq!(last.access().as_deref(), Some("rw"));
+        assert!(!rules[0].allow(), "deny-all still comes first");
+        assert_eq!(linux.sysctl().as_ref().unwrap()["net.core.somaxconn"], "1024");
+        let rl = &spec.process().as_ref().unwrap().rlimits().as_ref().unwrap()[0];
+        assert_eq!((rl.soft(), rl.hard()), (1024, 2048));
+        assert_eq!(spec.annotations().as_ref().unwrap()["team"], "lab");
     }
 
     #[test]

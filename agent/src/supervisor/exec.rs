@@ -175,6 +175,8 @@ pub(crate) struct Exec<N> {
     host_resolv_conf: String,
     /// What `{{.Node.…}}` placeholders stand for.
     node: super::guest::NodeFacts,
+    /// Where named volumes live (see [`crate::volumes`]).
+    volumes: PathBuf,
     /// Secrets and configs the manager sent (memory only), and where containers' tmpfs
     /// go (see [`crate::secrets`]).
     pub(crate) secrets: Arc<crate::secrets::Held>,
@@ -211,9 +213,16 @@ impl<N: Sandboxes + 'static> Exec<N> {
             bridge_resolv_conf: super::guest::bridge_resolv_conf(""),
             host_resolv_conf: String::new(),
             node: super::guest::NodeFacts::default(),
+            volumes: PathBuf::from("volumes"),
             secrets: Arc::default(),
             secrets_root: PathBuf::from("/run/shoal/secrets"),
         }
+    }
+
+    /// Keeps named volumes under `dir`.
+    pub(crate) fn with_volumes(mut self, dir: PathBuf) -> Self {
+        self.volumes = dir;
+        self
     }
 
     /// Takes secrets from `held` and puts containers' secret tmpfs under `root` (one
@@ -376,7 +385,16 @@ impl<N: Sandboxes + 'static> Exec<N> {
         let guest = super::guest::hostname(a, &self.node)
             .and_then(|h| Ok((h, super::guest::env(a, &self.node)?)))
             .map_err(|e| ExecError::Spec(RuntimeError::Spec(e.to_string())));
-        let (hostname, env) = match guest {
+        // Mounts, devices, ...: a bind source or device missing here fails the task.
+        let resolved = {
+            let (options, host, volumes) = (a.spec.container.clone(), host_network(a), self.volumes.clone());
+            tokio::task::spawn_blocking(move || crate::runtime::options::resolve(&options, host, &volumes))
+                .await
+                .map_err(ExecError::panicked("resolving the container options"))
+                .and_then(|r| r.map_err(ExecError::Spec))
+        };
+        let guest = guest.and_then(|g| Ok((g, resolved?)));
+        let ((hostname, env), resolved) = match guest {
             Ok(x) => x,
             Err(e) => {
                 drop(ports);
@@ -440,12 +458,21 @@ impl<N: Sandboxes + 'static> Exec<N> {
                 (None, _, _) => self.host_resolv_conf.clone(),
                 (Some(_), false, Some(overlay)) => overlay.clone(),
                 (Some(_), _, _) => self.bridge_resolv_conf.clone(),
+            })
+            .map(|conf| {
+                let dns: Vec<String> = a.spec.container.dns.iter().map(|d| d.to_string()).collect();
+                crate::runtime::options::with_nameservers(&conf, &dns)
             }),
             seccomp: match &a.spec.seccomp {
                 Seccomp::Default => SeccompPolicy::Default,
                 Seccomp::Unconfined => SeccompPolicy::Unconfined,
                 Seccomp::Profile(json) => SeccompPolicy::Profile(json.to_string()),
             },
+            user: a.spec.container.user.as_ref().map(|u| u.to_string()),
+            workdir: a.spec.container.workdir.as_ref().map(|w| w.to_string()),
+            entrypoint: a.spec.container.entrypoint.as_ref().map(|e| e.iter().map(|s| s.to_string()).collect()),
+            group_add: a.spec.container.group_add.iter().map(|g| g.to_string()).collect(),
+            options: resolved,
             files,
         };
         let created = match container_config(cid, &image, layers, &overrides) {

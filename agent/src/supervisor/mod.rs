@@ -159,6 +159,7 @@ impl Supervisor {
                 Exec::new(runtime, network, publisher, images, disk.clone())
                     .with_resolv_conf(config.overlay_resolv_conf.clone())
                     .with_guest(config.node.clone(), &config.board_resolv_conf)
+                    .with_volumes(crate::volumes::dir(&config.data_dir))
                     .with_secrets(held.clone(), crate::secrets::root_for(&config.data_dir)),
             ),
             image_wait_ms: config.image_wait.as_millis() as u64,
@@ -511,6 +512,7 @@ mod tests {
             hosts: vec![],
             resolv_conf: None,
             seccomp: Default::default(),
+            options: Default::default(),
             files: vec![],
         }
     }

@@ -13,6 +13,7 @@ pub mod output;
 pub mod service;
 pub mod stack;
 pub mod template;
+pub mod volume;
 
 use std::time::Duration;
 

@@ -209,6 +209,7 @@ pub fn json(n: &NodeView) -> serde_json::Value {
                 "Labels": labels(&d.labels),
                 "MissingKernelFeatures": d.missing_features.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
             },
+            "Devices": d.devices.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
         },
         "Status": {
             "State": n.status.to_string().to_lowercase(),
@@ -291,6 +292,10 @@ pub fn pretty(n: &NodeView) -> String {
         for m in d.missing_features.iter() {
             out.push_str(&format!(" - {m}\n"));
         }
+    }
+    if !d.devices.is_empty() {
+        let devices: Vec<&str> = d.devices.iter().map(|m| m.as_str()).collect();
+        out.push_str(&format!("Devices:\t\t{}\n", devices.join(", ")));
     }
     out
 }

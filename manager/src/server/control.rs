@@ -97,6 +97,7 @@ pub(super) async fn handle_control(
     match req {
         ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
         ControlRequest::Network(req) => super::networks::handle(mgr, req, &nodes).map(ControlReply::Network),
+        ControlRequest::Volume(req) => super::volumes::handle(mgr, req, &nodes).await.map(ControlReply::Volume),
         ControlRequest::Object(req) => super::objects::handle(mgr, req).map(ControlReply::Object),
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");

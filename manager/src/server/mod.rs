@@ -59,6 +59,7 @@ mod objects;
 mod pki;
 mod reconcile;
 mod session;
+mod volumes;
 
 use control::{handle_control, send_backup};
 use distribution::*;
@@ -536,6 +537,10 @@ async fn handle_stream(
         (Request::ExecTask(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::InvalidRequest,
             "exec requests go from the manager to the nodes, not the other way",
+        )),
+        (Request::Volume(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::InvalidRequest,
+            "volume requests go from the manager to the nodes: use `shoal volume …` (a control request)",
         )),
         (Request::Control(req), Peer::Admin) => match handle_control(&mgr, req, &mut recv).await {
             Ok(r) => Response::Control(r),

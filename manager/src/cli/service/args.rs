@@ -79,6 +79,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub container: ContainerArgs,
     #[command(flatten)]
+    pub options: super::options::OptionsArgs,
+    #[command(flatten)]
     pub objects: super::ObjectArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -136,6 +138,8 @@ pub struct UpdateArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub options: super::options::OptionsUpdateArgs,
     #[command(flatten)]
     pub objects: super::ObjectUpdateArgs,
     /// Go back to the previous spec.
@@ -308,6 +312,7 @@ impl CreateArgs {
         self.policy.apply(&mut spec);
         self.stop.apply(&mut spec)?;
         self.container.apply(&mut spec)?;
+        self.options.apply(&mut spec)?;
         self.objects.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
@@ -331,6 +336,7 @@ impl UpdateArgs {
             || self.endpoint_mode.is_some()
             || !self.security_opt.is_empty()
             || self.objects.changes()
+            || self.options.any()
             || self.policy != UpdatePolicyArgs::default();
         if self.rollback && changes {
             anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
@@ -408,6 +414,7 @@ impl UpdateArgs {
         self.policy.apply(spec);
         self.stop.apply(spec)?;
         self.container.apply(spec)?;
+        self.options.apply(spec)?;
         self.objects.apply(spec)?;
         spec.validate()?;
         Ok(())

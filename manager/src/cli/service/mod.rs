@@ -13,6 +13,7 @@ use super::client::Client;
 
 mod args;
 mod object_args;
+mod options;
 mod output;
 mod progress;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod tests;
 
 pub use args::*;
 pub use object_args::*;
+pub use options::*;
 pub use output::*;
 pub use progress::*;
 

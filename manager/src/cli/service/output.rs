@@ -314,6 +314,9 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
     if let Some(u) = &v.update_status {
         out["UpdateStatus"] = update_status_json(u);
     }
+    if let Some(c) = out["Spec"]["TaskTemplate"]["ContainerSpec"].as_object_mut() {
+        c.extend(super::options::container_spec_json(&spec.container));
+    }
     super::object_args::inspect_json(spec, &mut out);
     out
 }
@@ -345,6 +348,7 @@ pub fn pretty(v: &ServiceView, now_ms: u64) -> String {
     if !spec.env.is_empty() {
         out.push_str(&format!(" Env:\t\t{}\n", spec.env.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")));
     }
+    out.push_str(&super::options::pretty_text(&spec.container));
     let r = &spec.resources;
     if r.limit_memory + r.reserve_memory + u64::from(r.limit_cpu_millis) + u64::from(r.reserve_cpu_millis) > 0 {
         out.push_str("Resources:\n");

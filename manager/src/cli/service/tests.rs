@@ -717,3 +717,174 @@ fn hostname_takes_swarms_placeholders_and_a_bad_one_is_refused_at_create() {
     u.apply(&mut spec).unwrap();
     assert_eq!(spec.hostname, None);
 }
+
+#[test]
+fn container_option_flags_make_the_spec_and_show_in_inspect() {
+    let dir = std::env::temp_dir().join(format!("shoal-envfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env_file = dir.join("app.env");
+    std::fs::write(&env_file, "# comment\nA=from-file\nB=2\n\n").unwrap();
+    let env_arg = env_file.display().to_string();
+    let ServiceCommand::Create(c) = parse(&[
+        "create",
+        "--name",
+        "db",
+        "--mount",
+        "type=volume,source=pgdata,target=/var/lib/postgresql/data",
+        "--mount",
+        "type=tmpfs,target=/cache,tmpfs-size=8M",
+        "--device",
+        "/dev/i2c-1:/dev/i2c-1:rw",
+        "--group-add",
+        "dialout",
+        "--cap-add",
+        "net_admin",
+        "--cap-drop",
+        "ALL",
+        "-u",
+        "1000:1000",
+        "-w",
+        "/srv",
+        "--entrypoint",
+        "sh -c",
+        "--read-only",
+        "--no-init",
+        "--sysctl",
+        "net.core.somaxconn=1024",
+        "--ulimit",
+        "nofile=1024:2048",
+        "-l",
+        "team=lab",
+        "--container-label",
+        "role=db",
+        "--env-file",
+        &env_arg,
+        "-e",
+        "A=flag",
+        "--dns",
+        "1.1.1.1",
+        "demo/app:1.0",
+        "echo hi",
+    ]) else {
+        panic!("not a create")
+    };
+    let spec = c.spec().unwrap();
+    let o = &spec.container;
+    assert_eq!(o.mounts.len(), 2);
+    assert_eq!(o.devices[0].permissions.as_str(), "rw");
+    assert_eq!(o.cap_add[0].as_str(), "CAP_NET_ADMIN");
+    assert_eq!(o.entrypoint.as_ref().unwrap().iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["sh", "-c"]);
+    assert_eq!((o.read_only, o.init), (true, Some(false)));
+    assert_eq!(
+        spec.env.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        ["B=2", "A=flag"],
+        "--env wins over the file"
+    );
+    let mut view = view(1, 0);
+    view.service.spec = spec.clone();
+    let j = json(&view);
+    let cs = &j["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(j["Spec"]["Labels"]["team"], "lab");
+    assert_eq!(cs["Labels"]["role"], "db");
+    assert_eq!(cs["Mounts"][0]["Type"], "volume");
+    assert_eq!(cs["Mounts"][0]["Source"], "pgdata");
+    assert_eq!(cs["Mounts"][1]["TmpfsOptions"]["SizeBytes"], 8 << 20);
+    assert_eq!(cs["Devices"][0]["PathOnHost"], "/dev/i2c-1");
+    assert_eq!(
+        (cs["User"].as_str(), cs["Dir"].as_str(), cs["ReadOnly"].as_bool()),
+        (Some("1000:1000"), Some("/srv"), Some(true))
+    );
+    assert_eq!(cs["Command"][1], "-c");
+    assert_eq!(cs["Init"], false);
+    assert_eq!(cs["CapabilityDrop"][0], "ALL");
+    assert_eq!(cs["Sysctls"]["net.core.somaxconn"], "1024");
+    assert_eq!(cs["Ulimits"][0]["Hard"], 2048);
+    assert_eq!(cs["DNSConfig"]["Nameservers"][0], "1.1.1.1");
+    let text = pretty(&view, 0);
+    assert!(text.contains("Mounts:\n  Target:\t/var/lib/postgresql/data\n   Source:\tpgdata\n"), "{text}");
+    assert!(text.contains(" User:\t\t1000:1000\n") && text.contains("  /dev/i2c-1:/dev/i2c-1:rw\n"), "{text}");
+
+    // Update: add and remove in Docker's words.
+    let ServiceCommand::Update(u) = parse(&[
+        "update",
+        "--mount-rm",
+        "/cache",
+        "--mount-add",
+        "type=bind,source=/srv/cfg,target=/cfg,ro",
+        "--cap-add",
+        "ALL",
+        "--read-only=false",
+        "--init",
+        "--sysctl-rm",
+        "net.core.somaxconn",
+        "--label-add",
+        "tier=2",
+        "--label-rm",
+        "team",
+        "--dns-rm",
+        "1.1.1.1",
+        "--user",
+        "",
+        "db",
+    ]) else {
+        panic!("not an update")
+    };
+    let mut updated = spec.clone();
+    u.apply(&mut updated).unwrap();
+    let o = &updated.container;
+    assert_eq!(o.mounts.iter().map(|m| m.target.to_string()).collect::<Vec<_>>(), ["/var/lib/postgresql/data", "/cfg"]);
+    assert!(o.cap_drop.is_empty() && o.cap_add.iter().any(|c| c.as_str() == "ALL"), "cap-add ALL undoes cap-drop ALL");
+    assert_eq!((o.read_only, o.init, o.user.is_none()), (false, Some(true), true));
+    assert!(o.sysctls.is_empty() && o.dns.is_empty());
+    assert_eq!(updated.labels.iter().map(|l| l.key.to_string()).collect::<Vec<_>>(), ["tier"]);
+    let ServiceCommand::Update(u) = parse(&["update", "--mount-rm", "/nothing", "db"]) else { panic!() };
+    assert!(u.apply(&mut spec.clone()).unwrap_err().to_string().contains("no mount at that target"));
+    let ServiceCommand::Update(u) = parse(&["update", "--rollback", "--read-only", "db"]) else { panic!() };
+    assert!(u.check().is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn malformed_container_options_are_refused_before_connecting() {
+    let err = |args: &[&str]| {
+        let full: Vec<&str> =
+            ["service", "create", "--name", "x"].iter().copied().chain(args.iter().copied()).chain(["img"]).collect();
+        Cli::try_parse_from(full).unwrap_err().to_string()
+    };
+    assert!(err(&["--mount", "type=bind,target=/x"]).contains("absolute source"));
+    assert!(err(&["--device", "/etc/passwd"]).contains("under /dev"));
+    assert!(err(&["--cap-add", "FLY"]).contains("capabilities(7)"));
+    assert!(err(&["--sysctl", "kernel.panic=1"]).contains("only namespaced"));
+    assert!(err(&["--ulimit", "nofile=9:1"]).contains("above the hard"));
+    assert!(err(&["--dns", "example.com"]).contains("not an IP address"));
+    assert!(err(&["--user", "a b"]).contains("USER[:GROUP]"));
+    assert!(err(&["--workdir", "rel"]).contains("absolute"));
+    assert!(err(&["--init", "--no-init"]).contains("cannot be used with"));
+    let ServiceCommand::Create(c) =
+        parse(&["create", "--name", "x", "--network", "host", "--sysctl", "net.ipv4.ip_forward=1", "img"])
+    else {
+        panic!()
+    };
+    assert!(c.spec().unwrap_err().to_string().contains("--network host"));
+    let ServiceCommand::Create(c) = parse(&["create", "--name", "x", "--env-file", "/nonexistent/shoal.env", "img"])
+    else {
+        panic!()
+    };
+    assert!(c.spec().unwrap_err().to_string().contains("env file /nonexistent/shoal.env"));
+}
+
+#[test]
+fn a_spec_stored_before_container_options_still_loads() {
+    let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
+    let mut old = serde_json::to_value(&spec).unwrap();
+    old.as_object_mut().unwrap().remove("container");
+    old.as_object_mut().unwrap().remove("labels");
+    let loaded: ServiceSpec = serde_json::from_value(old).unwrap();
+    assert_eq!(loaded, spec);
+    let mut task = serde_json::to_value(spec.task_spec()).unwrap();
+    task.as_object_mut().unwrap().remove("container");
+    assert_eq!(serde_json::from_value::<shoal_proto::services::TaskSpec>(task).unwrap(), spec.task_spec());
+    // Options saved with only some fields (a later version adds more) load too.
+    let partial: shoal_proto::options::ContainerOptions = serde_json::from_str(r#"{"read_only":true}"#).unwrap();
+    assert!(partial.read_only && partial.mounts.is_empty());
+}
