@@ -36,6 +36,13 @@ enum Command {
     Service(ServiceCommand),
     /// Run a command in a running task's container, wherever it runs.
     Exec(shoal_manager::cli::exec::ExecArgs),
+    /// Keep credentials for a registry on the manager (`image pull` uses them).
+    Login(shoal_manager::cli::image::LoginArgs),
+    /// Forget the manager's credentials for a registry.
+    Logout {
+        /// `host[:port]`.
+        registry: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +68,8 @@ fn main() -> std::process::ExitCode {
             Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
             Command::Network(cmd) => shoal_manager::cli::network::run(&cli.data_dir, cmd).await,
             Command::Service(cmd) => shoal_manager::cli::service::run(&cli.data_dir, cmd).await,
+            Command::Login(args) => shoal_manager::cli::image::login(&cli.data_dir, args).await,
+            Command::Logout { registry } => shoal_manager::cli::image::logout(&cli.data_dir, &registry).await,
             Command::Exec(_) => unreachable!("handled above"),
         }
     });

@@ -220,6 +220,16 @@ pub enum ControlRequest {
     /// `shoal manager backup FILE`: a consistent copy of the state store, whose bytes
     /// follow the [`ControlReply::Backup`] frame on the same stream.
     Backup,
+    /// `shoal image pull`: [`ControlReply::PullProgress`] frames, then
+    /// [`ControlReply::Pulled`] (or an error), on the same stream.
+    ImagePull(crate::images::ImagePull),
+    /// `shoal login REGISTRY`: checks and keeps the credentials on the manager.
+    RegistryLogin(crate::images::RegistryLogin),
+    /// `shoal logout REGISTRY`.
+    RegistryLogout {
+        /// `host[:port]`.
+        registry: Text<256>,
+    },
 }
 
 /// Every answer to the first frame of a stream.
@@ -292,6 +302,10 @@ pub enum ControlReply {
         /// Exact length of the store copy that follows.
         size: u64,
     },
+    /// One blob of a pull moved on; more frames follow.
+    PullProgress(crate::images::PullProgress),
+    /// The pull is done.
+    Pulled(crate::images::Pulled),
 }
 
 /// A refusal, with a kind to act on and a message for people.
