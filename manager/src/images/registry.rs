@@ -337,6 +337,52 @@ pub fn client(remote: &Remote, insecure: &[String]) -> oci_client::Client {
     })
 }
 
+/// Checks credentials as `docker login` does: `GET /v2/`, then, as its challenge says,
+/// with basic auth or for a token from the realm it names.
+pub async fn check_login(registry: &str, user: &str, password: &str, insecure: &[String]) -> Result<(), PullError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
+    let scheme = if insecure.iter().any(|i| i == registry) || is_loopback(registry) { "http" } else { "https" };
+    let unreachable = |e: reqwest::Error| PullError::Unreachable { registry: registry.to_owned(), detail: chain(&e) };
+    let refused = |detail: String| PullError::Refused {
+        registry: registry.to_owned(),
+        repository: "the registry".into(),
+        detail,
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(unreachable)?;
+    let base = format!("{scheme}://{host}/v2/");
+    let first = http.get(&base).send().await.map_err(unreachable)?;
+    if first.status().is_success() {
+        return Ok(());
+    }
+    let challenge =
+        first.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let answer = if challenge.to_ascii_lowercase().starts_with("bearer") {
+        let param = |name: &str| {
+            let at = challenge.find(&format!("{name}=\""))? + name.len() + 2;
+            challenge[at..].split('"').next().map(str::to_owned)
+        };
+        let realm =
+            param("realm").ok_or_else(|| refused(format!("its challenge names no token realm: {challenge}")))?;
+        let mut req = http.get(&realm).basic_auth(user, Some(password));
+        if let Some(service) = param("service") {
+            req = req.query(&[("service", service)]);
+        }
+        req.send().await.map_err(unreachable)?
+    } else {
+        http.get(&base).basic_auth(user, Some(password)).send().await.map_err(unreachable)?
+    };
+    match answer.status().as_u16() {
+        200..=299 => Ok(()),
+        401 | 403 => Err(refused("unauthorized: incorrect username or password".into())),
+        code => Err(PullError::Unreachable { registry: registry.to_owned(), detail: format!("it answered {code}") }),
+    }
+}
+
 /// What [`Puller::pull`] fetched and verified, ready to commit.
 #[derive(Debug)]
 pub struct Pulled {

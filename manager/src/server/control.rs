@@ -137,7 +137,7 @@ pub(super) async fn handle_control(
         ControlRequest::ImageLoad { size } => load_image(mgr, size, recv).await,
         ControlRequest::ImageList => list_images(mgr),
         ControlRequest::ImageRemove { image, force } => remove_image(mgr, &image, force).await,
-        ControlRequest::RegistryLogin(req) => super::pull::login(mgr, &req),
+        ControlRequest::RegistryLogin(req) => super::pull::login(mgr, &req).await,
         ControlRequest::RegistryLogout { registry } => super::pull::logout(mgr, &registry),
         // Answered by `pull::handle_pull` before it gets here.
         ControlRequest::ImagePull(_) => {

@@ -164,12 +164,16 @@ fn reply_for(i: &ImageRecord, fetched: u64) -> Result<PulledReply, ErrorReply> {
     })
 }
 
-/// `login`: keeps the credentials in the manager's `registries.json` (owner-only).
-pub(super) fn login(mgr: &Manager, req: &RegistryLogin) -> Result<ControlReply, ErrorReply> {
+/// `login`: checks the credentials with the registry, then keeps them in the manager's
+/// `registries.json` (owner-only).
+pub(super) async fn login(mgr: &Manager, req: &RegistryLogin) -> Result<ControlReply, ErrorReply> {
     let registry = normalize_registry(&req.registry)?;
     if req.username.is_empty() {
         return Err(ErrorReply::new(ErrorKind::InvalidRequest, "a user name is required: give --username"));
     }
+    registry::check_login(&registry, &req.username, &req.password, &mgr.insecure_registries)
+        .await
+        .map_err(|e| refusal(&e))?;
     let dir = paths::manager_dir(&mgr.data_dir);
     let mut config = registry::load_credentials(&dir).map_err(|e| {
         ErrorReply::new(
