@@ -132,7 +132,7 @@ impl Seen {
     fn digests_asked(&self) -> BTreeSet<String> {
         let reqs = self.requests.lock().unwrap();
         reqs.iter()
-            .filter_map(|r| r.split('/').last().filter(|d| d.starts_with("sha256:")).map(str::to_owned))
+            .filter_map(|r| r.rsplit('/').next().filter(|d| d.starts_with("sha256:")).map(str::to_owned))
             .collect()
     }
 }
@@ -208,7 +208,7 @@ fn b64url(data: &[u8]) -> String {
 
 fn b64_std(data: &[u8]) -> String {
     let mut s = b64url(data).replace('-', "+").replace('_', "/");
-    while s.len() % 4 != 0 {
+    while !s.len().is_multiple_of(4) {
         s.push('=');
     }
     s

@@ -222,9 +222,9 @@ pub enum ControlRequest {
     Backup,
     /// `shoal image pull`: [`ControlReply::PullProgress`] frames, then
     /// [`ControlReply::Pulled`] (or an error), on the same stream.
-    ImagePull(crate::images::ImagePull),
+    ImagePull(Box<crate::images::ImagePull>),
     /// `shoal login REGISTRY`: checks and keeps the credentials on the manager.
-    RegistryLogin(crate::images::RegistryLogin),
+    RegistryLogin(Box<crate::images::RegistryLogin>),
     /// `shoal logout REGISTRY`.
     RegistryLogout {
         /// `host[:port]`.
@@ -305,7 +305,7 @@ pub enum ControlReply {
     /// One blob of a pull moved on; more frames follow.
     PullProgress(crate::images::PullProgress),
     /// The pull is done.
-    Pulled(crate::images::Pulled),
+    Pulled(Box<crate::images::Pulled>),
 }
 
 /// A refusal, with a kind to act on and a message for people.

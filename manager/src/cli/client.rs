@@ -179,7 +179,7 @@ impl Client {
         const SILENCE: Duration = Duration::from_secs(300);
         let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
-        let envelope = Envelope::new(Request::Control(ControlRequest::ImagePull(req)));
+        let envelope = Envelope::new(Request::Control(ControlRequest::ImagePull(Box::new(req))));
         shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
         let _ = send.finish();
         loop {
@@ -190,7 +190,7 @@ impl Client {
                     .map_err(|e| unreachable(e.to_string()))?;
             match frame {
                 Some(Response::Control(ControlReply::PullProgress(p))) => progress(p),
-                Some(Response::Control(ControlReply::Pulled(p))) => return Ok(p),
+                Some(Response::Control(ControlReply::Pulled(p))) => return Ok(*p),
                 Some(Response::Error(e)) => return Err(CliError::Refused(e)),
                 Some(other) => return Err(CliError::Unexpected(format!("{other:?}"))),
                 None => return Err(unreachable("the manager closed the pull without answering".into())),

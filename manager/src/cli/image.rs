@@ -377,7 +377,7 @@ pub async fn login(data_dir: &Path, args: LoginArgs) -> anyhow::Result<()> {
         password: shoal_proto::text(&password).map_err(|e| anyhow::anyhow!("password: {e}"))?,
     };
     let client = Client::connect(data_dir).await?;
-    let reply = client.call(ControlRequest::RegistryLogin(req)).await;
+    let reply = client.call(ControlRequest::RegistryLogin(Box::new(req))).await;
     client.close().await;
     if let ControlReply::Done(text) = reply? {
         println!("{text}");

@@ -32,7 +32,7 @@ pub(super) fn pinned(reference: &str, digest: &str) -> String {
 
 /// `image pull` (and the pull before `service create/update`): progress frames, then
 /// [`ControlReply::Pulled`] or the refusal, on `send`.
-pub(super) async fn handle_pull(mgr: &Manager, req: ImagePull, mut send: quinn::SendStream) {
+pub(super) async fn handle_pull(mgr: &Manager, req: Box<ImagePull>, mut send: quinn::SendStream) {
     let (tx, mut rx) = mpsc::channel::<shoal_proto::images::PullProgress>(256);
     let pull = async move {
         let result = pull(mgr, &req, &tx).await;
@@ -50,7 +50,7 @@ pub(super) async fn handle_pull(mgr: &Manager, req: ImagePull, mut send: quinn::
     };
     let (result, ()) = tokio::join!(pull, forward);
     let response = match result {
-        Ok(p) => Response::Control(ControlReply::Pulled(p)),
+        Ok(p) => Response::Control(ControlReply::Pulled(Box::new(p))),
         Err(e) => Response::Error(e),
     };
     reply(&mut send, &response).await;
