@@ -129,9 +129,10 @@ impl Seen {
         let reqs = self.requests.lock().unwrap();
         reqs.iter().filter(|r| r.starts_with("GET ") && r.contains("/blobs/")).cloned().collect()
     }
-    fn digests_asked(&self) -> BTreeSet<String> {
+    fn digests_asked(&self, from: usize) -> BTreeSet<String> {
         let reqs = self.requests.lock().unwrap();
-        reqs.iter()
+        reqs[from..]
+            .iter()
             .filter_map(|r| r.rsplit('/').next().filter(|d| d.starts_with("sha256:")).map(str::to_owned))
             .collect()
     }
@@ -386,8 +387,23 @@ fn images_come_from_a_registry_with_auth_resumption_and_only_the_needed_platform
         "could not be pulled",
     );
 
+    // An image with no manifest for the board's platform is refused, naming both.
+    let out = nsenter(&ns, "skopeo")
+        .args(["copy", "--quiet", "--override-arch", "arm64", "--dest-tls-verify=false"])
+        .args(["--dest-creds", &format!("{USER}:{PASSWORD}")])
+        .arg(format!("oci-archive:{}", app.display()))
+        .arg(format!("docker://127.0.0.1:{}/arm/only:1", basic.port))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fails_with(
+        &["service", "create", "--name", "armonly", "--detach", &format!("{registry}/arm/only:1")],
+        "has no image for linux/amd64 (needed by node1): it offers linux/arm64",
+    );
+
     // Two services on one image at once: one pull, of the board's platform only.
     let before = seen.blob_gets().len();
+    let before_requests = seen.requests.lock().unwrap().len();
     let creates: Vec<_> = ["app1", "app2"]
         .iter()
         .map(|name| {
@@ -409,7 +425,7 @@ fn images_come_from_a_registry_with_auth_resumption_and_only_the_needed_platform
     let amd64 = platform_blobs(&ns, &format!("127.0.0.1:{}/demo/app:1.0", basic.port), "amd64");
     let arm64 = platform_blobs(&ns, &format!("127.0.0.1:{}/demo/app:1.0", basic.port), "arm64");
     let gets = seen.blob_gets()[before..].to_vec();
-    let asked = seen.digests_asked();
+    let asked = seen.digests_asked(before_requests);
     for (d, _) in &amd64[1..] {
         assert_eq!(gets.iter().filter(|g| g.ends_with(d.as_str())).count(), 1, "{d} fetched once: {gets:?}");
     }
@@ -493,6 +509,8 @@ fn images_come_from_a_registry_with_auth_resumption_and_only_the_needed_platform
         ls.lines().any(|l| l.contains(&format!("{treg}/team/app")) && l.contains("linux/amd64,linux/arm64")),
         "{ls}"
     );
+    // The services use the pinned record: removing the name is a conflict.
+    fails_with(&["image", "rm", &app_ref], "must force");
     seen.stop.store(true, Ordering::Relaxed);
     println!("registry checks took {:.1}s", started.elapsed().as_secs_f64());
 }

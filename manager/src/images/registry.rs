@@ -69,6 +69,14 @@ pub enum PullError {
         /// What it said.
         detail: String,
     },
+    /// `shoal login`'s credentials were refused.
+    #[error("registry {registry} refused the credentials ({detail}): check the user name and password")]
+    LoginRefused {
+        /// `host[:port]`.
+        registry: String,
+        /// What it said.
+        detail: String,
+    },
     /// No such tag (or repository) in the registry.
     #[error("manifest for {reference} not found: the tag does not exist in {registry}")]
     NotFound {
@@ -344,11 +352,7 @@ pub async fn check_login(registry: &str, user: &str, password: &str, insecure: &
     let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
     let scheme = if insecure.iter().any(|i| i == registry) || is_loopback(registry) { "http" } else { "https" };
     let unreachable = |e: reqwest::Error| PullError::Unreachable { registry: registry.to_owned(), detail: chain(&e) };
-    let refused = |detail: String| PullError::Refused {
-        registry: registry.to_owned(),
-        repository: "the registry".into(),
-        detail,
-    };
+    let refused = |detail: String| PullError::LoginRefused { registry: registry.to_owned(), detail };
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))

@@ -17,7 +17,7 @@ use crate::images::registry::{self, PullError, Puller, Remote};
 fn refusal(e: &PullError) -> ErrorReply {
     let kind = match e {
         PullError::InvalidReference { .. } => ErrorKind::InvalidRequest,
-        PullError::Refused { .. } => ErrorKind::Unauthorized,
+        PullError::Refused { .. } | PullError::LoginRefused { .. } => ErrorKind::Unauthorized,
         PullError::NotFound { .. } | PullError::NoPlatform { .. } => ErrorKind::NotFound,
         PullError::Bad { .. } => ErrorKind::InvalidRequest,
         PullError::Unreachable { .. } | PullError::Local { .. } => ErrorKind::Internal,
