@@ -63,12 +63,9 @@ fn main() -> Result<()> {
         .context("docker-registry")?;
     let reg = format!("127.0.0.1:{port}");
     wait_for("the registry", Duration::from_secs(10), || {
-        let mut c = nsenter(&ns, "skopeo");
-        c.args(["list-tags", "--tls-verify=false", &format!("docker://{reg}/none")]);
-        c.output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stderr).contains("NAME_UNKNOWN") || o.status.success())
-            .filter(|b| *b)
+        let mut c = nsenter(&ns, "bash");
+        c.args(["-c", &format!("echo > /dev/tcp/127.0.0.1/{port}")]).stderr(Stdio::null());
+        c.status().ok().filter(|s| s.success()).map(|_| ())
     });
     let mut push = nsenter(&ns, "skopeo");
     push.args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
