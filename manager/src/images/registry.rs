@@ -418,6 +418,9 @@ pub struct Puller<'a> {
     pub held: &'a (dyn Fn(&str) -> Option<u64> + Sync),
     /// Progress for the CLI.
     pub progress: &'a (dyn Fn(PullProgress) + Sync),
+    /// Per-blob locks: two pulls of images sharing a layer must not write one partial
+    /// file at once.
+    pub locks: &'a SingleFlight,
 }
 
 impl Puller<'_> {
@@ -674,6 +677,8 @@ impl Puller<'_> {
                 total: desc.size,
             })
         };
+        let lock = self.locks.lock_for(&desc.digest);
+        let _one_writer = lock.lock().await;
         if (self.held)(&desc.digest) == Some(desc.size) {
             progress(PullStatus::Exists, desc.size);
             return Ok((None, 0));
@@ -858,18 +863,8 @@ pub fn wanted_platforms<'a>(
     out
 }
 
-/// Keeps only the pull area's partial files (resumable) and drops anything else.
-pub fn tidy(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".partial") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// One lock per image name, so two pulls of the same image (two services created at
-/// once) fetch it once: the second waits, then finds it held.
+/// once) fetch it once: the second waits, then finds it held; and one per blob digest.
 #[derive(Default)]
 pub struct SingleFlight {
     locks: std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,

@@ -103,6 +103,7 @@ async fn pull(
         dir: mgr.blobs.pull_dir(),
         held: &held_blob,
         progress: &progress,
+        locks: &mgr.pulls,
     };
     info!(image = %remote.local, registry = remote.registry(), platforms = ?wanted.keys().collect::<Vec<_>>(), "pulling");
     let started = Instant::now();
@@ -143,7 +144,6 @@ async fn pull(
         Ok(n) => info!(blobs = n, "removed image blobs no image uses any more"),
         Err(e) => warn!(error = %e, "image blob garbage collection failed"),
     }
-    registry::tidy(&mgr.blobs.pull_dir());
     broadcast_images(mgr, &all);
     mgr.kick();
     info!(
