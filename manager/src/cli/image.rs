@@ -180,7 +180,9 @@ pub async fn pull_to(
     } else {
         std::io::IsTerminal::is_terminal(&std::io::stdout())
     };
-    let mut view = Progress { tty: tty && !quiet, quiet, to_stderr, lines: Vec::new(), drawn: 0 };
+    let (repository, tag) = split_ref(reference);
+    let header = Some(format!("{tag}: Pulling from {repository}"));
+    let mut view = Progress { tty: tty && !quiet, quiet, to_stderr, header, lines: Vec::new(), drawn: 0 };
     let pulled = client.pull(req, |p| view.update(&p)).await;
     view.finish();
     Ok(pulled?)
@@ -202,6 +204,9 @@ struct Progress {
     tty: bool,
     quiet: bool,
     to_stderr: bool,
+    /// `TAG: Pulling from REPOSITORY`, printed before the first layer's line (never when
+    /// nothing is pulled).
+    header: Option<String>,
     /// Short digest → its line, in first-seen order.
     lines: Vec<(String, String)>,
     drawn: usize,
@@ -212,6 +217,9 @@ impl Progress {
         use shoal_proto::images::PullStatus;
         if self.quiet {
             return;
+        }
+        if let Some(h) = self.header.take() {
+            self.write(&format!("{h}\n"));
         }
         let id = short_digest(&p.digest).to_owned();
         let text = match p.status {
