@@ -475,6 +475,11 @@ fn images_come_from_a_registry_with_auth_resumption_and_only_the_needed_platform
     println!("redis amd64: {needed} bytes needed, {moved} bytes through the proxy (headers included)");
     assert!(moved < needed + needed / 5, "resumed, not fetched again: {moved} bytes for {needed}");
 
+    // An update to a pulled image pins the new one.
+    m.shoal(&["service", "update", "--detach", "--image", &format!("{registry}/redis:7"), "app2"]);
+    let pinned = m.shoal(&["service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", "app2"]);
+    assert!(pinned.trim().starts_with(&format!("{registry}/redis:7@sha256:")), "pinned on update: {pinned}");
+
     // Bearer tokens, as Docker Hub hands them out.
     let issuer = token_issuer(&ns, &dir);
     let bundle = dir.join("token-cert.pem");
