@@ -38,6 +38,9 @@ use tokio::io::AsyncWriteExt as _;
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Most layers in one manifest, manifests in one index.
 const MAX_CHILDREN: usize = 1024;
+/// Most bytes one pull may fetch, as much as an archive may unpack to: a manifest that
+/// names absurd sizes is refused before anything is fetched.
+const MAX_PULL_BYTES: u64 = shoal_oci::archive::MAX_UNPACKED_BYTES;
 /// How long a pull keeps retrying a registry that stopped answering before giving up.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 /// First wait between retries (doubled up to 2 s).
@@ -576,6 +579,10 @@ impl Puller<'_> {
             manifests.push((String::new(), m));
         }
 
+        let total = pull_size(manifests.iter().map(|(_, m)| m));
+        if total > MAX_PULL_BYTES {
+            return Err(bad("manifest", format!("its blobs add up to {total} bytes, more than {MAX_PULL_BYTES}")));
+        }
         let mut blobs: BTreeMap<String, u64> = documents.iter().map(|(d, b)| (d.clone(), b.len() as u64)).collect();
         let mut fetched = BTreeMap::new();
         let mut platforms = BTreeSet::new();
@@ -794,6 +801,12 @@ impl Puller<'_> {
     }
 }
 
+/// Bytes the configs and layers of `manifests` add up to (saturating: sizes come from
+/// the registry).
+fn pull_size<'a>(manifests: impl Iterator<Item = &'a ImageManifest>) -> u64 {
+    manifests.flat_map(|m| std::iter::once(&m.config).chain(&m.layers)).fold(0u64, |sum, d| sum.saturating_add(d.size))
+}
+
 /// `reqwest`'s error with its causes (its own text hides "connection refused").
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -932,6 +945,20 @@ mod tests {
             describe(&wanted.keys().collect::<Vec<_>>(), &wanted),
             "linux/amd64, linux/arm/v7 (needed by node3)"
         );
+    }
+
+    #[test]
+    fn absurd_sizes_add_up_to_a_refusal_not_an_overflow() {
+        let m: ImageManifest = serde_json::from_value(serde_json::json!({
+            "config": { "mediaType": "c", "digest": format!("sha256:{}", "a".repeat(64)), "size": 10 },
+            "layers": [
+                { "mediaType": "l", "digest": format!("sha256:{}", "b".repeat(64)), "size": u64::MAX },
+                { "mediaType": "l", "digest": format!("sha256:{}", "c".repeat(64)), "size": u64::MAX },
+            ],
+        }))
+        .unwrap();
+        assert_eq!(pull_size([&m].into_iter()), u64::MAX);
+        assert!(pull_size([&m].into_iter()) > MAX_PULL_BYTES);
     }
 
     #[test]
