@@ -15,6 +15,9 @@ for pkg_cmd in \
     "patch:patch" \
     "postgresql-client:psql" \
     "openssl:openssl" \
+    "docker-registry:docker-registry" \
+    "skopeo:skopeo" \
+    "apache2-utils:htpasswd" \
     "g++:g++"; do
   pkg=${pkg_cmd%%:*} cmd=${pkg_cmd##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")

@@ -92,7 +92,11 @@ pub fn prepare(mut spec: ServiceSpec, images: &[ImageRecord]) -> Result<ServiceS
         )
     })?;
     let image = image.first().ok_or_else(|| refuse(ErrorKind::NotFound, "no such image"))?;
-    spec.image = shoal_proto::text(&image.reference).map_err(|e| refuse(ErrorKind::InvalidRequest, &e.to_string()))?;
+    // A pulled image has a pinned record (`name@digest`): the service is pinned to it,
+    // as Swarm pins a service to the digest its tag had at create or update.
+    let pinned = format!("{}@{}", image.reference, image.digest);
+    let name = if images.iter().any(|i| i.reference == pinned) { &pinned } else { &image.reference };
+    spec.image = shoal_proto::text(name).map_err(|e| refuse(ErrorKind::InvalidRequest, &e.to_string()))?;
     let platforms: Vec<_> =
         image.platforms.iter().take(shoal_proto::images::MAX_PLATFORMS).map(|p| shoal_proto::text_lossy(p)).collect();
     spec.platforms = platforms.try_into().unwrap_or_default();
@@ -293,6 +297,28 @@ mod tests {
 
     fn spec(name: &str, image: &str) -> ServiceSpec {
         ServiceSpec::new(shoal_proto::text(name).unwrap(), shoal_proto::text(image).unwrap())
+    }
+
+    #[test]
+    fn a_pulled_image_pins_the_service_to_its_digest() {
+        let d = format!("sha256:{}", "c".repeat(64));
+        let rec = |reference: &str| ImageRecord {
+            reference: reference.into(),
+            digest: d.clone(),
+            platforms: vec!["linux/amd64".into()],
+            size: 1,
+            blobs: vec![],
+            loaded_at_ms: 0,
+        };
+        let pinned = format!("nginx:1.27@{d}");
+        let images = vec![rec("nginx:1.27"), rec(&pinned)];
+        for typed in ["nginx:1.27", "docker.io/library/nginx:1.27", pinned.as_str()] {
+            let r = create(&[], spec("web", typed), &images, ServiceId::from_random([1; 16]), 0).unwrap();
+            assert_eq!(r.service.spec.image.as_str(), pinned, "{typed}");
+        }
+        // A loaded image (no pinned record) keeps its name, as before.
+        let r = create(&[], spec("web", "nginx:1.27"), &images[..1], ServiceId::from_random([1; 16]), 0).unwrap();
+        assert_eq!(r.service.spec.image.as_str(), "nginx:1.27");
     }
 
     #[test]

@@ -48,6 +48,13 @@ enum Command {
     /// Manage the named volumes of the boards.
     #[command(subcommand)]
     Volume(shoal_manager::cli::volume::VolumeCommand),
+    /// Keep credentials for a registry on the manager (`image pull` uses them).
+    Login(shoal_manager::cli::image::LoginArgs),
+    /// Forget the manager's credentials for a registry.
+    Logout {
+        /// `host[:port]`.
+        registry: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +88,8 @@ fn main() -> std::process::ExitCode {
                 shoal_manager::cli::object::run(&cli.data_dir, shoal_proto::secrets::Kind::Config, cmd).await
             }
             Command::Stack(cmd) => shoal_manager::cli::stack::run(&cli.data_dir, cmd).await,
+            Command::Login(args) => shoal_manager::cli::image::login(&cli.data_dir, args).await,
+            Command::Logout { registry } => shoal_manager::cli::image::logout(&cli.data_dir, &registry).await,
             Command::Exec(_) => unreachable!("handled above"),
         }
     });

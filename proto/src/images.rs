@@ -45,6 +45,69 @@ pub struct WantedImage {
     pub digest: Digest,
 }
 
+/// `shoal image pull REF`, and the pull `service create/update` asks for first: the
+/// manager fetches the image from its registry. Progress frames
+/// ([`crate::ControlReply::PullProgress`]) come back on the stream before the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePull {
+    /// The reference as typed (`nginx:1.27`, `registry.local:5000/team/app:2.1`).
+    pub reference: ImageRef,
+    /// Platforms wanted besides those the fleet's boards need.
+    pub platforms: BoundedVec<Platform, MAX_PLATFORMS>,
+    /// Answer at once when the manager already holds the reference (no registry asked).
+    pub if_missing: bool,
+}
+
+/// What one blob of a pull is doing, for the CLI's per-layer lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullStatus {
+    /// The manager already holds it: not fetched.
+    Exists,
+    /// Bytes are arriving.
+    Downloading,
+    /// Bytes are arriving again after an interruption, from where they stopped.
+    Resuming,
+    /// Fetched and verified.
+    Complete,
+}
+
+/// Progress of one blob of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullProgress {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// What it is doing.
+    pub status: PullStatus,
+    /// Bytes held so far.
+    pub current: u64,
+    /// Its size.
+    pub total: u64,
+}
+
+/// The end of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulled {
+    /// The reference the manager keeps it under (`nginx:1.27`).
+    pub reference: ImageRef,
+    /// Digest of its top-level index or manifest (what services pin).
+    pub digest: Digest,
+    /// Platforms it holds.
+    pub platforms: BoundedVec<Platform, MAX_PLATFORMS>,
+    /// Bytes fetched from the registry by this pull (0 when nothing was missing).
+    pub fetched: u64,
+}
+
+/// `shoal login REGISTRY`: credentials the manager keeps (and only the manager).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLogin {
+    /// `host[:port]`; `docker.io` for Docker Hub.
+    pub registry: Text<256>,
+    /// User name.
+    pub username: Text<256>,
+    /// Password or access token.
+    pub password: Text<1024>,
+}
+
 /// An image as `shoal image ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageView {

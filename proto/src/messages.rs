@@ -290,6 +290,16 @@ pub enum ControlRequest {
     },
     /// `shoal volume ...`.
     Volume(crate::volumes::VolumeControl),
+    /// `shoal image pull`: [`ControlReply::PullProgress`] frames, then
+    /// [`ControlReply::Pulled`] (or an error), on the same stream.
+    ImagePull(Box<crate::images::ImagePull>),
+    /// `shoal login REGISTRY`: checks and keeps the credentials on the manager.
+    RegistryLogin(Box<crate::images::RegistryLogin>),
+    /// `shoal logout REGISTRY`.
+    RegistryLogout {
+        /// `host[:port]`.
+        registry: Text<256>,
+    },
 }
 
 /// Bounds of `--cert-expiry`: 3 s (tests) to 5 years (the CA lasts 20).
@@ -395,6 +405,10 @@ pub enum ControlReply {
     Ca(CaStatus),
     /// Answer to a volume request.
     Volume(crate::volumes::VolumeReply),
+    /// One blob of a pull moved on; more frames follow.
+    PullProgress(crate::images::PullProgress),
+    /// The pull is done.
+    Pulled(Box<crate::images::Pulled>),
 }
 
 /// A refusal, with a kind to act on and a message for people.

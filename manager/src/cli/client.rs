@@ -170,6 +170,36 @@ impl Client {
         }
     }
 
+    /// `image pull`: sends the request, hands each progress frame to `progress`, and
+    /// returns the manager's answer. No overall deadline (a big image on a slow link
+    /// takes what it takes), but the manager must say something every few minutes.
+    pub async fn pull(
+        &self,
+        req: shoal_proto::images::ImagePull,
+        mut progress: impl FnMut(shoal_proto::images::PullProgress),
+    ) -> Result<shoal_proto::images::Pulled, CliError> {
+        const SILENCE: Duration = Duration::from_secs(300);
+        let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        let envelope = Envelope::new(Request::Control(ControlRequest::ImagePull(Box::new(req))));
+        shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
+        let _ = send.finish();
+        loop {
+            let frame =
+                tokio::time::timeout(SILENCE, shoal_link::framed::recv::<Response>(&mut recv, frame::MAX_FRAME_LEN))
+                    .await
+                    .map_err(|_| unreachable(format!("the manager said nothing about the pull for {SILENCE:?}")))?
+                    .map_err(|e| unreachable(e.to_string()))?;
+            match frame {
+                Some(Response::Control(ControlReply::PullProgress(p))) => progress(p),
+                Some(Response::Control(ControlReply::Pulled(p))) => return Ok(*p),
+                Some(Response::Error(e)) => return Err(CliError::Refused(e)),
+                Some(other) => return Err(CliError::Unexpected(format!("{other:?}"))),
+                None => return Err(unreachable("the manager closed the pull without answering".into())),
+            }
+        }
+    }
+
     /// `manager backup`: receives the store copy into `dest` durably (temporary file,
     /// fsync, rename) and returns its size.
     pub async fn backup(&self, dest: &std::path::Path) -> Result<u64, CliError> {

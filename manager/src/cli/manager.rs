@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Overrides the listen address chosen at init.
     #[arg(long)]
     pub listen_addr: Option<SocketAddr>,
+    /// A registry (`host:port`) `image pull` may reach over plain HTTP; repeatable.
+    /// Loopback registries always may; every other one must speak HTTPS.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// `manager join-token`.
@@ -179,7 +183,16 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             let period = args.heartbeat_period.as_millis().max(10) as u64;
             let liveness = LivenessConfig { heartbeat_period: period, ..LivenessConfig::default() };
             let key_rotation_ms = args.overlay_key_rotation.as_millis() as u64;
-            server::run(data_dir, RunConfig { liveness, listen: args.listen_addr, key_rotation_ms }).await
+            server::run(
+                data_dir,
+                RunConfig {
+                    liveness,
+                    listen: args.listen_addr,
+                    key_rotation_ms,
+                    insecure_registries: args.insecure_registries,
+                },
+            )
+            .await
         }
         ManagerCommand::Backup(args) => {
             let client = Client::connect(data_dir).await?;

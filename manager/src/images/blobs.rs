@@ -112,6 +112,27 @@ impl BlobStore {
         Ok((file, size))
     }
 
+    /// Where `image pull` keeps blobs as they arrive (`<hex>.partial`, resumable) and
+    /// once verified (`<hex>`); not emptied at open, so a pull resumes after a restart.
+    pub fn pull_dir(&self) -> PathBuf {
+        self.root.join("pull")
+    }
+
+    /// Moves a blob the caller verified (a pull's) into the store; one already there is
+    /// kept.
+    pub fn adopt(&self, from: &Path, digest: &str) -> Result<(), BlobError> {
+        let target = self.path(digest)?;
+        if target.exists() {
+            let _ = std::fs::remove_file(from);
+            return Ok(());
+        }
+        std::fs::rename(from, &target).map_err(io(from))?;
+        if let Ok(d) = File::open(self.sha_dir()) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
     /// A fresh staging area for one import, on the store's file system so a commit is
     /// a rename.
     pub fn staging(&self) -> Result<StagingDir, ArchiveError> {

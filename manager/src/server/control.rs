@@ -172,6 +172,12 @@ pub(super) async fn handle_control(
         ControlRequest::ImageLoad { size } => load_image(mgr, size, recv).await,
         ControlRequest::ImageList => list_images(mgr),
         ControlRequest::ImageRemove { image, force } => remove_image(mgr, &image, force).await,
+        ControlRequest::RegistryLogin(req) => super::pull::login(mgr, &req).await,
+        ControlRequest::RegistryLogout { registry } => super::pull::logout(mgr, &registry),
+        // Answered by `pull::handle_pull` before it gets here.
+        ControlRequest::ImagePull(_) => {
+            Err(ErrorReply::new(ErrorKind::InvalidRequest, "image pull is a streamed request"))
+        }
         // Answered by `send_backup` before it gets here.
         ControlRequest::Backup => Err(ErrorReply::new(ErrorKind::InvalidRequest, "backup is a streamed request")),
         ControlRequest::Ca { rotate } => mgr.ca_request(rotate).map(ControlReply::Ca),

@@ -125,7 +125,12 @@ pub(super) fn list_images(mgr: &Manager) -> Result<ControlReply, ErrorReply> {
     let all = mgr.store.images().map_err(internal)?;
     let st = mgr.state.lock().expect("state lock");
     let mut views = Vec::new();
-    for image in all.into_iter().take(MAX_IMAGES) {
+    // A pulled image's pinned record (`name@digest`) is listed only once its name has
+    // moved to another digest: until then it is the same image as the named row.
+    let named: HashSet<&str> = all.iter().filter(|i| !i.reference.contains('@')).map(|i| i.digest.as_str()).collect();
+    let shown: Vec<&ImageRecord> =
+        all.iter().filter(|i| !i.reference.contains('@') || !named.contains(i.digest.as_str())).collect();
+    for image in shown.into_iter().take(MAX_IMAGES) {
         let mut holders: Vec<NodeId> =
             st.held.iter().filter(|(_, held)| held.contains(&image.digest)).map(|(id, _)| id.clone()).collect();
         holders.sort();
@@ -151,7 +156,17 @@ pub(super) fn list_images(mgr: &Manager) -> Result<ControlReply, ErrorReply> {
 pub(super) async fn remove_image(mgr: &Manager, name: &str, force: bool) -> Result<ControlReply, ErrorReply> {
     let _guard = mgr.images.lock().await;
     let existing = mgr.store.images().map_err(internal)?;
-    let targets = images::resolve(&existing, name)?;
+    let mut targets = images::resolve(&existing, name)?;
+    // Removing a pulled image's name removes its pinned records too (services pinned to
+    // one make this a conflict, as for the name).
+    let pins: Vec<&ImageRecord> = existing
+        .iter()
+        .filter(|i| {
+            targets.iter().any(|t| !t.reference.contains('@') && i.reference.starts_with(&format!("{}@", t.reference)))
+        })
+        .filter(|i| !targets.iter().any(|t| t.reference == i.reference))
+        .collect();
+    targets.extend(pins);
     let refs: Vec<&str> = targets.iter().map(|i| i.reference.as_str()).collect();
     if !force {
         let users = {

@@ -57,6 +57,7 @@ mod join;
 mod networks;
 mod objects;
 mod pki;
+mod pull;
 mod reconcile;
 mod session;
 mod volumes;
@@ -92,6 +93,9 @@ pub struct RunConfig {
     pub listen: Option<SocketAddr>,
     /// How often encrypted networks' keys are replaced, in milliseconds.
     pub key_rotation_ms: u64,
+    /// Registries (`host:port`) `image pull` may reach over plain HTTP (loopback ones
+    /// always may).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Largest request from a peer without a certificate: a join request with every label
@@ -215,6 +219,10 @@ struct Manager {
     data_dir: std::path::PathBuf,
     /// Seals secrets for the store and opens them.
     sealer: crate::secrets::Sealer,
+    /// One pull per image name at a time.
+    pulls: crate::images::registry::SingleFlight,
+    /// Registries reached over plain HTTP.
+    insecure_registries: Vec<String>,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -348,6 +356,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         anonymous: Arc::default(),
         data_dir: data_dir.to_owned(),
         sealer,
+        pulls: Default::default(),
+        insecure_registries: config.insecure_registries.clone(),
     });
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {
@@ -529,6 +539,9 @@ async fn handle_stream(
             "this connection carries no node certificate: join the cluster first with `shoal-agent join --token TOKEN MANAGER`",
         )),
         (Request::Control(ControlRequest::Backup), Peer::Admin) => return send_backup(&mgr, send).await,
+        (Request::Control(ControlRequest::ImagePull(req)), Peer::Admin) => {
+            return pull::handle_pull(&mgr, req, send).await
+        }
         (Request::Exec(req), Peer::Admin) => return exec::handle_exec(&mgr, req, send, recv).await,
         (Request::Exec(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::Unauthorized,

@@ -85,6 +85,10 @@ pub struct CreateArgs {
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
+    /// Accepted for Docker's sake: registry credentials always stay on the manager (see
+    /// `shoal login`) and boards never need them.
+    #[arg(long = "with-registry-auth")]
+    pub with_registry_auth: bool,
     /// Image reference, e.g. `redis` or `demo/app:1.0`.
     pub image: String,
     /// Command and arguments.
@@ -148,6 +152,9 @@ pub struct UpdateArgs {
     /// Return at once instead of waiting for the tasks.
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
+    /// Accepted for Docker's sake: registry credentials always stay on the manager.
+    #[arg(long = "with-registry-auth")]
+    pub with_registry_auth: bool,
     /// Service name, ID or ID prefix.
     pub service: String,
 }

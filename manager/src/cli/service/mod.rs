@@ -103,6 +103,17 @@ enum Checked {
     Format(InspectFormat),
 }
 
+/// Has the manager pull `image` when it does not hold it (progress on stderr), as
+/// `docker service create` resolves an image from its registry first.
+async fn pull_first(client: &Client, image: &str) -> anyhow::Result<()> {
+    crate::cli::image::pull_to(client, image, &[], true, false, true).await.map(|_| ()).map_err(|e| {
+        anyhow::anyhow!(
+            "image {image} is not on the manager and could not be pulled: {e:#}; pull it with `shoal image pull`, \
+             or load it with `shoal image load ARCHIVE`"
+        )
+    })
+}
+
 async fn call(client: &Client, req: ServiceRequest) -> anyhow::Result<ServiceReply> {
     match client.call(ControlRequest::Service(req)).await? {
         ControlReply::Service(r) => Ok(r),
@@ -129,6 +140,7 @@ async fn dispatch(client: &Client, cmd: ServiceCommand, checked: Checked) -> any
     match cmd {
         ServiceCommand::Create(c) => {
             let Checked::Spec(spec) = checked else { unreachable!("checked before connecting") };
+            pull_first(client, &spec.image).await?;
             let id = match call(client, ServiceRequest::Create(spec)).await? {
                 ServiceReply::Created(id) => id,
                 other => anyhow::bail!("unexpected answer from the manager: {other:?}"),
@@ -228,6 +240,9 @@ async fn update(client: &Client, u: &UpdateArgs) -> anyhow::Result<()> {
         call(client, ServiceRequest::Rollback { service: text(id)? }).await?;
         before.service.spec.rollback_config.monitor_ms
     } else {
+        if let Some(image) = &u.image {
+            pull_first(client, image).await?;
+        }
         let mut spec = before.service.spec.clone();
         u.apply(&mut spec)?;
         let monitor_ms = spec.update_config.monitor_ms;
