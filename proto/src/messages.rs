@@ -61,6 +61,11 @@ pub enum Request {
     /// From the manager to a board, over the board's session connection: run a command
     /// in one of its containers.
     ExecTask(crate::exec::ExecStart),
+    /// `shoal service logs`, from the CLI: see [`crate::logs`].
+    Logs(crate::logs::LogsRequest),
+    /// From the manager to a board, over the board's session connection: stream the
+    /// log of one of its containers.
+    LogsTask(crate::logs::LogsStart),
 }
 
 /// Join with a token.
@@ -248,6 +253,9 @@ pub enum Response {
     Error(ErrorReply),
     /// The exec'd command runs; [`crate::exec::ExecFrame`]s follow both ways.
     ExecStarted(crate::exec::ExecStarted),
+    /// The logs follow: [`crate::logs::LogsEvent`]s to the CLI, [`crate::logs::LogFrame`]s
+    /// from a board.
+    LogsStarted,
 }
 
 /// A successful join.

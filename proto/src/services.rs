@@ -215,6 +215,10 @@ pub struct ServiceSpec {
     /// spec saved before it still loads from JSON.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// The health check (`--health-*`, `--no-healthcheck`) over the image's own;
+    /// `None`: the image's. (Defaulted likewise.)
+    #[serde(default)]
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 /// Longest `--hostname` template; expanded, a hostname has at most 63 bytes.
@@ -261,6 +265,7 @@ impl ServiceSpec {
             seccomp: Seccomp::Default,
             stop_signal: None,
             hostname: None,
+            health: None,
         }
     }
 
@@ -279,6 +284,9 @@ impl ServiceSpec {
         }
         if self.image.is_empty() {
             return Err(SpecError::Invalid("an image is required".into()));
+        }
+        if let Some(h) = &self.health {
+            h.validate().map_err(|e| SpecError::Invalid(e.to_string()))?;
         }
         if let ServiceMode::Replicated { replicas } = self.mode {
             if replicas > MAX_REPLICAS {
@@ -390,6 +398,7 @@ impl ServiceSpec {
             seccomp: self.seccomp.clone(),
             stop_signal: self.stop_signal.clone(),
             hostname: self.hostname.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -970,6 +979,9 @@ pub struct TaskSpec {
     /// The hostname template (see [`ServiceSpec::hostname`]). (Defaulted likewise.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// The health check (see [`ServiceSpec::health`]). (Defaulted likewise.)
+    #[serde(default)]
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 /// Placement rules of a task.
@@ -1065,6 +1077,10 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     /// Ports as actually bound (published ports chosen by the node filled in).
     pub ports: BoundedVec<PortConfig, MAX_PORTS>,
+    /// Its health, while it runs with a health check. (Defaulted: a status saved
+    /// before it still loads from JSON.)
+    #[serde(default)]
+    pub health: Option<crate::health::Health>,
 }
 
 impl TaskStatus {
@@ -1077,6 +1093,7 @@ impl TaskStatus {
             err: None,
             exit_code: None,
             ports: BoundedVec::new(),
+            health: None,
         }
     }
 }

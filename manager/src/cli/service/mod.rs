@@ -62,6 +62,8 @@ pub enum ServiceCommand {
         #[arg(required = true, value_parser = parse_scale)]
         scales: Vec<(String, u32)>,
     },
+    /// Fetch the logs of a service or a task.
+    Logs(super::logs::LogsArgs),
     /// Remove services; their tasks are stopped.
     #[command(alias = "remove")]
     Rm {
@@ -73,6 +75,9 @@ pub enum ServiceCommand {
 
 /// Runs a `shoal service` subcommand.
 pub async fn run(data_dir: &Path, cmd: ServiceCommand) -> anyhow::Result<()> {
+    if let ServiceCommand::Logs(args) = cmd {
+        return super::logs::run(data_dir, args).await;
+    }
     // Flags are checked before connecting: a typo should not wait for the network.
     let checked = match &cmd {
         ServiceCommand::Create(c) => Checked::Spec(Box::new(c.spec()?)),
@@ -198,6 +203,7 @@ async fn dispatch(client: &Client, cmd: ServiceCommand, checked: Checked) -> any
                 anyhow::bail!("{}", failed.join("\n"));
             }
         }
+        ServiceCommand::Logs(_) => unreachable!("handled before connecting"),
         ServiceCommand::Rm { services } => {
             let mut failed = Vec::new();
             for s in services {
