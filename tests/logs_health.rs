@@ -123,3 +123,74 @@ fn service_logs_stream_from_every_board_follow_rotation_and_survive_a_board_goin
     m.shoal(&["service", "rm", &svc]);
     eprintln!("logs test took {:?}", started.elapsed());
 }
+
+#[test]
+#[ignore = "needs root"]
+fn health_checks_gate_tasks_replace_unhealthy_ones_and_keep_updates_honest() {
+    let started = Instant::now();
+    let c = Cluster::start(1).unwrap();
+    let m = c.manager_host();
+    m.shoal(&["image", "load", lab_image("demo-app-checked.tar").to_str().unwrap()]);
+    let svc = format!("{}h", c.lab.tag());
+    let state = |svc: &str| -> String {
+        m.shoal(&["service", "inspect", "-f", "{{json .UpdateStatus}}", svc])
+            .split("\"State\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let current = |svc: &str| -> Vec<(String, String, String)> {
+        c.service_ps(svc)
+            .into_iter()
+            .map(|r| (r["DESIRED STATE"].clone(), r["CURRENT STATE"].clone(), r["ERROR"].clone()))
+            .collect()
+    };
+
+    // The image's own HEALTHCHECK: starting, then healthy, shown by `service ps`.
+    m.shoal(&["service", "create", "--detach", "--name", &svc, "--restart-delay", "0s", "demo/app:checked"]);
+    wait_for("the task healthy", Duration::from_secs(20), || {
+        current(&svc).iter().any(|(d, s, _)| d == "Running" && s.ends_with("(healthy)")).then_some(())
+    });
+    let inspect = m.shoal(&["service", "inspect", &svc]);
+    assert!(!inspect.contains("Healthcheck"), "the image's check is not the spec's: {inspect}");
+
+    // It turns unhealthy: shut down, failed with Docker's error, replaced by a healthy one.
+    m.shoal(&["exec", &svc, "touch", "/tmp/sick"]);
+    wait_for("the sick task replaced by a healthy one", Duration::from_secs(20), || {
+        let tasks = current(&svc);
+        let failed = tasks.iter().any(|(_, s, e)| s.starts_with("Failed") && e == "task: unhealthy container");
+        let healthy = tasks.iter().any(|(d, s, _)| d == "Running" && s.ends_with("(healthy)"));
+        (failed && healthy).then_some(())
+    });
+
+    // An update whose new tasks never become healthy pauses (the default failure action)…
+    let failing = ["--health-cmd", "exit 1", "--health-interval", "300ms", "--health-retries", "2"];
+    let mut args = vec!["service", "update", "--detach", "--update-monitor", "10s"];
+    args.extend(failing);
+    args.push(&svc);
+    m.shoal(&args);
+    wait_for("the update paused", Duration::from_secs(20), || (state(&svc) == "paused").then_some(()));
+    let inspect = m.shoal(&["service", "inspect", &svc]);
+    assert!(inspect.contains("\"CMD-SHELL\"") && inspect.contains("\"exit 1\""), "{inspect}");
+    // …and a rollback brings the image's check back.
+    m.shoal(&["service", "update", "--detach", "--rollback", &svc]);
+    wait_for("rolled back and healthy", Duration::from_secs(30), || {
+        let healthy = current(&svc).iter().any(|(d, s, _)| d == "Running" && s.ends_with("(healthy)"));
+        (state(&svc) == "rollback_completed" && healthy).then_some(())
+    });
+
+    // With --update-failure-action rollback, the same update rolls itself back.
+    let mut args =
+        vec!["service", "update", "--detach", "--update-monitor", "10s", "--update-failure-action", "rollback"];
+    args.extend(failing);
+    args.push(&svc);
+    m.shoal(&args);
+    wait_for("rolled back by itself", Duration::from_secs(30), || {
+        let healthy = current(&svc).iter().any(|(d, s, _)| d == "Running" && s.ends_with("(healthy)"));
+        (state(&svc) == "rollback_completed" && healthy).then_some(())
+    });
+    assert!(!m.shoal(&["service", "inspect", &svc]).contains("\"exit 1\""), "the failing check is gone");
+    m.shoal(&["service", "rm", &svc]);
+    eprintln!("health test took {:?}", started.elapsed());
+}

@@ -179,12 +179,22 @@ pub fn read(
         }
         skip = count.saturating_sub(u64::from(tail));
     }
+    // Without following, a tail is the last lines as counted: lines the container
+    // writes meanwhile are not added to them.
+    let mut left = match (options.follow, options.tail) {
+        (false, Some(tail)) => u64::from(tail),
+        _ => u64::MAX,
+    };
     let mut send = |r: &[u8]| match wanted(r) {
         Some(_) if skip > 0 => {
             skip -= 1;
             true
         }
-        Some(line) => emit(line),
+        Some(_) if left == 0 => false,
+        Some(line) => {
+            left -= 1;
+            emit(line)
+        }
         None => true,
     };
     let (current, rotated) = files.split_last().expect("the current file is always listed");
@@ -215,7 +225,7 @@ pub fn read(
         if !records(&mut file, &mut partial, &mut send)? {
             return Ok(());
         }
-        if !options.follow || done || cancelled() {
+        if !options.follow || cancelled() {
             return Ok(());
         }
         // Rotated: what was the current file is fully read (the writer only renames it);
@@ -236,6 +246,9 @@ pub fn read(
                 partial.clear();
                 continue;
             }
+        }
+        if done {
+            return Ok(());
         }
         std::thread::sleep(POLL);
     }
@@ -318,6 +331,22 @@ mod tests {
         assert_eq!(collect(&path, ReadOptions { tail: Some(0), ..Default::default() }), Vec::<String>::new());
         let since = ReadOptions { since_ms: Some(10_000), ..Default::default() };
         assert_eq!(collect(&path, since), ["line 10", "line 11"]);
+        // Lines written between the count and the read do not lengthen a tail.
+        let mut n = 0;
+        let mut writer = LogWriter::open(&path, LogLimits { max_file_bytes: 300, keep: 2 }).unwrap();
+        read(
+            &path,
+            ReadOptions { tail: Some(2), ..Default::default() },
+            || true,
+            || false,
+            |_| {
+                writer.line(20_000, "stdout", "late").unwrap();
+                n += 1;
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -78,6 +78,8 @@ pub struct CreateArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub health: super::HealthArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
@@ -134,6 +136,8 @@ pub struct UpdateArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub health: super::HealthArgs,
     /// Go back to the previous spec.
     #[arg(long)]
     pub rollback: bool,
@@ -304,6 +308,7 @@ impl CreateArgs {
         self.policy.apply(&mut spec);
         self.stop.apply(&mut spec)?;
         self.container.apply(&mut spec)?;
+        self.health.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -325,7 +330,8 @@ impl UpdateArgs {
             || !self.network_rm.is_empty()
             || self.endpoint_mode.is_some()
             || !self.security_opt.is_empty()
-            || self.policy != UpdatePolicyArgs::default();
+            || self.policy != UpdatePolicyArgs::default()
+            || self.health.any();
         if self.rollback && changes {
             anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
         }
@@ -402,6 +408,7 @@ impl UpdateArgs {
         self.policy.apply(spec);
         self.stop.apply(spec)?;
         self.container.apply(spec)?;
+        self.health.apply(spec)?;
         spec.validate()?;
         Ok(())
     }

@@ -12,12 +12,14 @@ use shoal_proto::{ControlReply, ControlRequest, ServiceMode, ServiceSpec};
 use super::client::Client;
 
 mod args;
+mod health;
 mod output;
 mod progress;
 #[cfg(test)]
 mod tests;
 
 pub use args::*;
+pub use health::*;
 pub use output::*;
 pub use progress::*;
 
