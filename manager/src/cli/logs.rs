@@ -71,12 +71,36 @@ pub async fn run(data_dir: &Path, args: LogsArgs) -> anyhow::Result<()> {
     let request = request(&args, shoal_link::wall_ms())?;
     let client = Client::connect(data_dir).await?;
     let (_send, mut recv) = client.open_logs(request).await?;
+    // Events are read by a task of their own, so the printer can tell when none is
+    // waiting and only then flush: one write per burst, not per line.
+    let (tx, mut events) = tokio::sync::mpsc::channel(256);
+    let reader = tokio::spawn(async move {
+        loop {
+            let ev = framed::recv::<LogsEvent>(&mut recv, frame::MAX_FRAME_LEN).await;
+            let last = !matches!(ev, Ok(Some(LogsEvent::Task { .. } | LogsEvent::Line { .. } | LogsEvent::Warning(_))));
+            if tx.send(ev).await.is_err() || last {
+                return;
+            }
+        }
+    });
     let printing = async {
         let mut names: Vec<(u32, String)> = Vec::new();
         let mut width = 0;
-        let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+        let mut stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        let mut stderr = std::io::BufWriter::new(std::io::stderr().lock());
         loop {
-            match framed::recv::<LogsEvent>(&mut recv, frame::MAX_FRAME_LEN).await {
+            let ev = match events.try_recv() {
+                Ok(ev) => ev,
+                Err(_) => {
+                    stdout.flush()?;
+                    stderr.flush()?;
+                    match events.recv().await {
+                        Some(ev) => ev,
+                        None => anyhow::bail!("the log stream ended without its end"),
+                    }
+                }
+            };
+            match ev {
                 Ok(Some(LogsEvent::Task { index, name, short })) => {
                     let name = if args.no_task_ids { short.to_string() } else { name.to_string() };
                     width = width.max(name.len());
@@ -93,13 +117,17 @@ pub async fn run(data_dir: &Path, args: LogsArgs) -> anyhow::Result<()> {
                     text.push('\n');
                     let out: &mut dyn Write = if line.stream == LogStream::Stderr { &mut stderr } else { &mut stdout };
                     out.write_all(text.as_bytes())?;
-                    out.flush()?;
                 }
                 Ok(Some(LogsEvent::Warning(w))) => {
                     stdout.flush()?;
                     writeln!(stderr, "warning: {w}")?;
+                    stderr.flush()?;
                 }
-                Ok(Some(LogsEvent::End)) | Ok(None) => return Ok(()),
+                Ok(Some(LogsEvent::End)) | Ok(None) => {
+                    stdout.flush()?;
+                    stderr.flush()?;
+                    return Ok(());
+                }
                 Err(e) => anyhow::bail!("the log stream broke: {e}"),
             }
         }
@@ -111,6 +139,7 @@ pub async fn run(data_dir: &Path, args: LogsArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = terminate.recv() => Ok(()),
     };
+    reader.abort();
     client.close().await;
     result
 }
