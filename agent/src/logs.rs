@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_link::framed;
-use shoal_proto::logs::{LogFrame, LogsStart};
+use shoal_proto::logs::{LogFrame, LogLine, LogsStart, BATCH_BYTES, MAX_BATCH};
 use shoal_proto::{ErrorKind, ErrorReply, Response};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -25,8 +25,8 @@ use crate::runtime::logs::{read, ReadOptions};
 
 /// Log streams served at once on a board; more are refused.
 pub const MAX_STREAMS: usize = 64;
-/// Frames queued between the reading thread and the stream.
-const QUEUE: usize = 16;
+/// Lines queued between the reading thread and the stream (one batch).
+const QUEUE: usize = MAX_BATCH;
 
 /// Streams the log `start` asks for, until its end or until the manager goes away.
 pub async fn run(mut send: quinn::SendStream, mut recv: quinn::RecvStream, start: LogsStart, paths: &Paths) {
@@ -39,7 +39,8 @@ pub async fn run(mut send: quinn::SendStream, mut recv: quinn::RecvStream, start
     if framed::send(&mut send, &Response::LogsStarted).await.is_err() {
         return;
     }
-    let (tx, mut rx) = mpsc::channel::<LogFrame>(QUEUE);
+    // `None` is the end of the log.
+    let (tx, mut rx) = mpsc::channel::<Option<LogLine>>(QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
     let options = ReadOptions { follow: start.follow, tail: start.tail, since_ms: start.since_ms };
     let reader = {
@@ -53,14 +54,14 @@ pub async fn run(mut send: quinn::SendStream, mut recv: quinn::RecvStream, start
                 || exit.exists(),
                 || stop.load(Ordering::Relaxed) || tx.is_closed(),
                 // Blocks while the queue is full: this is the backpressure.
-                |line| tx.blocking_send(LogFrame::Line(line)).is_ok(),
+                |line| tx.blocking_send(Some(line)).is_ok(),
             );
             if let Err(e) = read {
                 debug!(error = %e, "reading a container log");
             }
             // An end only after a complete read: a stream that stopped early gets none.
             if !stop.load(Ordering::Relaxed) {
-                let _ = tx.blocking_send(LogFrame::End);
+                let _ = tx.blocking_send(None);
             }
         })
     };
@@ -70,10 +71,30 @@ pub async fn run(mut send: quinn::SendStream, mut recv: quinn::RecvStream, start
         return;
     }
     let forward = async {
-        while let Some(frame) = rx.recv().await {
-            let end = frame == LogFrame::End;
-            framed::send(&mut send, &frame).await.map_err(|e| e.to_string())?;
+        while let Some(first) = rx.recv().await {
+            // What else is already read goes in the same frame.
+            let mut batch = shoal_proto::BoundedVec::new();
+            let (mut bytes, mut end, mut item) = (0, false, first);
+            loop {
+                let Some(line) = item else {
+                    end = true;
+                    break;
+                };
+                bytes += line.text.as_slice().len();
+                let _ = batch.push(line);
+                if batch.len() == MAX_BATCH || bytes >= BATCH_BYTES {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(more) => item = more,
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                framed::send(&mut send, &LogFrame::Lines(batch)).await.map_err(|e| e.to_string())?;
+            }
             if end {
+                framed::send(&mut send, &LogFrame::End).await.map_err(|e| e.to_string())?;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
                 break;

@@ -14,6 +14,17 @@ use crate::{Bytes, Message, TaskId, Text};
 /// Longest line sent (the shim already cuts container output at 16 KiB; invalid UTF-8
 /// may have grown it, so it is cut again here).
 pub const MAX_LINE: usize = 16 * 1024;
+/// Most lines in one frame: a board sends what it has read at once, up to
+/// [`BATCH_BYTES`] of text or this many lines, so a noisy task costs one frame per batch.
+pub const MAX_BATCH: usize = 64;
+/// Text a board puts in one frame, beyond its first line.
+pub const BATCH_BYTES: usize = 64 * 1024;
+/// Largest frame of lines a peer accepts: a batch at its largest, with room for the
+/// stamps.
+pub const MAX_BATCH_FRAME: usize = BATCH_BYTES + MAX_LINE + MAX_BATCH * 32;
+
+/// A batch of lines, oldest first.
+pub type Lines = crate::BoundedVec<LogLine, MAX_BATCH>;
 
 /// CLI → manager: the logs of a service or of one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +79,8 @@ pub struct LogLine {
 /// Agent → manager, after `LogsStarted`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogFrame {
-    /// A line.
-    Line(LogLine),
+    /// Lines, in order.
+    Lines(Lines),
     /// Nothing more will come: the log was read to its end (and, when following, the
     /// container has exited).
     End,
@@ -83,19 +94,19 @@ pub enum LogsEvent {
     /// A task whose lines follow under `index`; `name` is `service.slot.taskid@node`
     /// with the task ID, `short` the same without it.
     Task {
-        /// What [`LogsEvent::Line`] calls it.
+        /// What [`LogsEvent::Lines`] calls it.
         index: u32,
         /// `service.slot.taskid@node`.
         name: Text<256>,
         /// `service.slot@node`.
         short: Text<256>,
     },
-    /// A line of task `task`.
-    Line {
+    /// Lines of task `task`, in order.
+    Lines {
         /// The index a [`LogsEvent::Task`] gave.
         task: u32,
-        /// The line.
-        line: LogLine,
+        /// The lines.
+        lines: Lines,
     },
     /// Something the user should know (a board that is down), the others go on.
     Warning(Message),

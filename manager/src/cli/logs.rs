@@ -77,7 +77,8 @@ pub async fn run(data_dir: &Path, args: LogsArgs) -> anyhow::Result<()> {
     let reader = tokio::spawn(async move {
         loop {
             let ev = framed::recv::<LogsEvent>(&mut recv, frame::MAX_FRAME_LEN).await;
-            let last = !matches!(ev, Ok(Some(LogsEvent::Task { .. } | LogsEvent::Line { .. } | LogsEvent::Warning(_))));
+            let last =
+                !matches!(ev, Ok(Some(LogsEvent::Task { .. } | LogsEvent::Lines { .. } | LogsEvent::Warning(_))));
             if tx.send(ev).await.is_err() || last {
                 return;
             }
@@ -106,17 +107,20 @@ pub async fn run(data_dir: &Path, args: LogsArgs) -> anyhow::Result<()> {
                     width = width.max(name.len());
                     names.push((index, name));
                 }
-                Ok(Some(LogsEvent::Line { task, line })) => {
+                Ok(Some(LogsEvent::Lines { task, lines })) => {
                     let name = names.iter().find(|(i, _)| *i == task).map_or("?", |(_, n)| n.as_str());
-                    let mut text = format!("{name:<width$}    | ");
-                    if args.timestamps {
-                        text.push_str(&shoal_proto::time::rfc3339(line.at_ms));
-                        text.push(' ');
+                    for line in lines.iter() {
+                        let mut text = format!("{name:<width$}    | ");
+                        if args.timestamps {
+                            text.push_str(&shoal_proto::time::rfc3339(line.at_ms));
+                            text.push(' ');
+                        }
+                        text.push_str(&String::from_utf8_lossy(line.text.as_slice()));
+                        text.push('\n');
+                        let out: &mut dyn Write =
+                            if line.stream == LogStream::Stderr { &mut stderr } else { &mut stdout };
+                        out.write_all(text.as_bytes())?;
                     }
-                    text.push_str(&String::from_utf8_lossy(line.text.as_slice()));
-                    text.push('\n');
-                    let out: &mut dyn Write = if line.stream == LogStream::Stderr { &mut stderr } else { &mut stdout };
-                    out.write_all(text.as_bytes())?;
                 }
                 Ok(Some(LogsEvent::Warning(w))) => {
                     stdout.flush()?;

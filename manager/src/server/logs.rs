@@ -21,8 +21,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const QUEUE: usize = 64;
 /// How often a follow looks for tasks that started since.
 const RESCAN: Duration = Duration::from_millis(500);
-/// Largest frame taken from a board: one line at its longest, with room to spare.
-const FRAME_LIMIT: usize = 2 * shoal_proto::logs::MAX_LINE;
+/// Largest frame taken from a board: a batch of lines at its largest.
+const FRAME_LIMIT: usize = shoal_proto::logs::MAX_BATCH_FRAME;
 /// Most tasks one `service logs` reads, so a service with a long history can't make the
 /// manager open streams without bound.
 const MAX_TASKS: usize = 256;
@@ -209,9 +209,9 @@ async fn stream_task(
     }
     loop {
         match framed::recv::<LogFrame>(&mut recv, FRAME_LIMIT).await {
-            Ok(Some(LogFrame::Line(line))) => {
+            Ok(Some(LogFrame::Lines(lines))) => {
                 // Waits while the CLI is behind: this is the backpressure.
-                if tx.send(LogsEvent::Line { task: index, line }).await.is_err() {
+                if tx.send(LogsEvent::Lines { task: index, lines }).await.is_err() {
                     return;
                 }
             }
