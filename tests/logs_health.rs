@@ -120,6 +120,15 @@ fn service_logs_stream_from_every_board_follow_rotation_and_survive_a_board_goin
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such service or task"));
     let out = m.run("shoal", &["service", "logs", "--since", "yesterday", &svc]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --since"));
+
+    // Every board down: nothing to show, but the warnings say why.
+    c.power_cut(1);
+    c.wait_status("node1", "Down", Duration::from_secs(10));
+    let m = c.manager_host();
+    let out = m.run("shoal", &["service", "logs", &svc]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: node node1 is down") && err.contains("warning: node node2 is down"), "{err}");
     m.shoal(&["service", "rm", &svc]);
     eprintln!("logs test took {:?}", started.elapsed());
 }

@@ -66,22 +66,14 @@ pub(super) async fn handle_logs(
             _ = rescan.tick(), if req.follow || seen.is_empty() => {
                 let started = start_new(mgr, &req, &target, &mut seen, &mut down_named, &tx, &mut streams);
                 if !req.follow && started == 0 && streams.is_empty() {
-                    // Nothing had a container: said as an empty, finished log.
-                    let _ = framed::send(&mut cli_send, &LogsEvent::End).await;
-                    let _ = cli_send.finish();
+                    // Nothing (reachable) had a container: an empty log, with its warnings.
+                    finish(&mut cli_send, &mut rx).await;
                     break;
                 }
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {
                 if !req.follow && streams.is_empty() {
-                    while let Ok(ev) = rx.try_recv() {
-                        if framed::send(&mut cli_send, &ev).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = framed::send(&mut cli_send, &LogsEvent::End).await;
-                    let _ = cli_send.finish();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), cli_send.stopped()).await;
+                    finish(&mut cli_send, &mut rx).await;
                     break;
                 }
             }
@@ -89,6 +81,18 @@ pub(super) async fn handle_logs(
     }
     // Dropping the boards' streams stops them, and the boards' readers with them.
     streams.abort_all();
+}
+
+/// Sends what is still queued, then the end.
+async fn finish(cli_send: &mut quinn::SendStream, rx: &mut mpsc::Receiver<LogsEvent>) {
+    while let Ok(ev) = rx.try_recv() {
+        if framed::send(cli_send, &ev).await.is_err() {
+            return;
+        }
+    }
+    let _ = framed::send(cli_send, &LogsEvent::End).await;
+    let _ = cli_send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), cli_send.stopped()).await;
 }
 
 fn service_names(svc: &ServiceState) -> Vec<(ServiceId, String)> {
