@@ -54,8 +54,10 @@ fn service_logs_stream_from_every_board_follow_rotation_and_survive_a_board_goin
     assert!(stderr.lines().count() >= 1 && stderr.lines().all(|l| l.contains("| err ")), "stderr apart: {stderr}");
     let prefix = lines[0].split("    | ").next().unwrap();
     assert!(prefix.starts_with(&format!("{svc}.1.")) && prefix.ends_with(&format!("@{}", nodes[0])), "{prefix}");
-    let short = m.shoal(&["service", "logs", "--tail", "1", "--no-task-ids", &format!("{svc}.1")]);
-    assert!(short.starts_with(&format!("{svc}.1@")), "{short}");
+    // The last line may be a stderr one: both outputs together.
+    let out = m.run("shoal", &["service", "logs", "--tail", "1", "--no-task-ids", &format!("{svc}.1")]);
+    let short = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(short.starts_with(&format!("{svc}.1@")) && short.lines().count() == 1, "{short}");
 
     // --since: a time in the future gives nothing; one second back only recent lines.
     let future = shoal_proto::time::rfc3339(shoal_link::wall_ms() + 3_600_000);
@@ -91,7 +93,7 @@ fn service_logs_stream_from_every_board_follow_rotation_and_survive_a_board_goin
         seen.keys()
     );
     for (task, ns) in &seen {
-        assert!(ns.len() > 2_000, "{task}: {} lines", ns.len());
+        assert!(ns.len() > 500, "{task}: {} lines", ns.len());
         assert!(ns.windows(2).all(|w| w[1] == w[0] + 1), "{task}: a gap or a repeat in the followed lines");
     }
 

@@ -164,43 +164,30 @@ pub fn read(
     let since = options.since_ms.unwrap_or(0);
     let wanted = |r: &[u8]| parse_record(r).filter(|l| l.at_ms >= since);
     let files = files(path);
-    // With a tail, a first pass counts the lines, so the second can skip all but the last
-    // ones without holding them.
-    let mut skip = 0u64;
-    if let Some(tail) = options.tail {
-        let mut count = 0u64;
-        for f in &files {
-            let Ok(file) = File::open(f) else { continue };
-            let mut partial = Vec::new();
-            records(&mut io::BufReader::new(file), &mut partial, |r| {
-                count += u64::from(wanted(r).is_some());
+    // A tail keeps the last lines of one pass in a ring (at most `tail` lines, and never
+    // more than the kept files hold), sent once the current file's end is reached; a
+    // count and a second pass would be wrong whenever the log rotates between them.
+    let cap = options.tail.map_or(0, |t| t as usize);
+    let mut ring = options.tail.map(|_| std::collections::VecDeque::new());
+    type Ring = Option<std::collections::VecDeque<shoal_proto::logs::LogLine>>;
+    let send =
+        |r: &[u8], ring: &mut Ring, emit: &mut dyn FnMut(shoal_proto::logs::LogLine) -> bool| match (wanted(r), ring) {
+            (None, _) => true,
+            (Some(line), Some(q)) => {
+                if cap > 0 {
+                    if q.len() == cap {
+                        q.pop_front();
+                    }
+                    q.push_back(line);
+                }
                 true
-            })?;
-        }
-        skip = count.saturating_sub(u64::from(tail));
-    }
-    // Without following, a tail is the last lines as counted: lines the container
-    // writes meanwhile are not added to them.
-    let mut left = match (options.follow, options.tail) {
-        (false, Some(tail)) => u64::from(tail),
-        _ => u64::MAX,
-    };
-    let mut send = |r: &[u8]| match wanted(r) {
-        Some(_) if skip > 0 => {
-            skip -= 1;
-            true
-        }
-        Some(_) if left == 0 => false,
-        Some(line) => {
-            left -= 1;
-            emit(line)
-        }
-        None => true,
-    };
+            }
+            (Some(line), None) => emit(line),
+        };
     let (current, rotated) = files.split_last().expect("the current file is always listed");
     for f in rotated {
         let Ok(file) = File::open(f) else { continue };
-        if !records(&mut io::BufReader::new(file), &mut Vec::new(), &mut send)? {
+        if !records(&mut io::BufReader::new(file), &mut Vec::new(), |r| send(r, &mut ring, &mut emit))? {
             return Ok(());
         }
     }
@@ -222,8 +209,16 @@ pub fn read(
         // Looked at before reading: once the container has exited, the shim has written
         // everything, so what the read below finds is the whole rest.
         let done = options.follow && exited();
-        if !records(&mut file, &mut partial, &mut send)? {
+        if !records(&mut file, &mut partial, |r| send(r, &mut ring, &mut emit))? {
             return Ok(());
+        }
+        // The end of what was there: the tail goes out, and lines from now on directly.
+        if let Some(q) = ring.take() {
+            for line in q {
+                if !emit(line) {
+                    return Ok(());
+                }
+            }
         }
         if !options.follow || cancelled() {
             return Ok(());
@@ -237,7 +232,7 @@ pub fn read(
             let ours = (1..=9).find(|&n| std::fs::metadata(numbered(n)).is_ok_and(|m| m.ino() == ino)).unwrap_or(1);
             for n in (1..ours).rev() {
                 let Ok(f) = File::open(numbered(n)) else { continue };
-                if !records(&mut io::BufReader::new(f), &mut Vec::new(), &mut send)? {
+                if !records(&mut io::BufReader::new(f), &mut Vec::new(), |r| send(r, &mut ring, &mut emit))? {
                     return Ok(());
                 }
             }
