@@ -167,6 +167,20 @@ def demo_app(version: str) -> Callable[[Ctx], dict]:
     return recipe
 
 
+def demo_app_checked(version: str) -> Callable[[Ctx], dict]:
+    """The demo app with its own HEALTHCHECK: healthy while it serves its page, until a
+    test makes it sick by creating /tmp/sick in the container."""
+
+    def recipe(ctx: Ctx) -> dict:
+        config = demo_app(version)(ctx)
+        check = "test ! -e /tmp/sick && wget -q -O /dev/null http://127.0.0.1:8000/"
+        second = 1_000_000_000
+        config["Healthcheck"] = {"Test": ["CMD-SHELL", check], "Interval": second, "Timeout": 2 * second, "Retries": 2}
+        return config
+
+    return recipe
+
+
 def demo_app_broken(version: str) -> Callable[[Ctx], dict]:
     """A release that starts, says something, and fails a second later (update rollback)."""
 
@@ -358,6 +372,7 @@ IMAGES = [
     Image("demo-app-1.0", "demo/app:1.0", demo_app("1.0")),
     Image("demo-app-2.0", "demo/app:2.0", demo_app_broken("2.0")),
     Image("demo-app-3.0", "demo/app:3.0", demo_app("3.0")),
+    Image("demo-app-checked", "demo/app:checked", demo_app_checked("1.0")),
     Image("redis", "redis:latest", redis),
     Image("python3", "demo/python3:3.11", python3),
     Image("nginx", "nginx:1.22", nginx),

@@ -44,32 +44,42 @@ pub struct Paths {
     pub volumes: PathBuf,
 }
 
-/// Serves the exec streams the manager opens on `conn` until the connection ends.
+/// Serves the exec (and `service logs`, [`crate::logs`]) streams the manager opens on
+/// `conn` until the connection ends.
 pub async fn serve(conn: quinn::Connection, paths: Paths) {
     let running = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_EXECS));
+    let logs = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::logs::MAX_STREAMS));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (paths, running) = (paths.clone(), running.clone());
+        let (paths, running, logs) = (paths.clone(), running.clone(), logs.clone());
         tokio::spawn(async move {
-            let Ok(_permit) = running.try_acquire_owned() else {
-                let e = ErrorReply::new(ErrorKind::Conflict, &format!("{MAX_EXECS} execs already run on this node"));
-                return refuse(send, e).await;
-            };
-            handle(send, recv, &paths).await;
+            handle(send, recv, &paths, running, logs).await;
         });
     }
 }
 
-async fn refuse(mut send: quinn::SendStream, e: ErrorReply) {
+pub(crate) async fn refuse(mut send: quinn::SendStream, e: ErrorReply) {
     let _ = framed::send(&mut send, &Response::Error(e)).await;
     let _ = send.finish();
 }
 
-async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Paths) {
+type Permits = std::sync::Arc<tokio::sync::Semaphore>;
+
+async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Paths, running: Permits, logs: Permits) {
     let envelope = tokio::time::timeout(REQUEST_TIME, framed::recv::<Envelope>(&mut recv, frame::MAX_FRAME_LEN)).await;
     let start = match envelope {
         Ok(Ok(Some(Envelope { version, request: Request::ExecTask(start) }))) if version == PROTOCOL_VERSION => start,
         Ok(Ok(Some(Envelope { version, request: Request::Volume(req) }))) if version == PROTOCOL_VERSION => {
             return volume(send, req, paths).await
+        }
+        Ok(Ok(Some(Envelope { version, request: Request::LogsTask(start) }))) if version == PROTOCOL_VERSION => {
+            let Ok(_permit) = logs.try_acquire_owned() else {
+                let e = ErrorReply::new(
+                    ErrorKind::Conflict,
+                    &format!("{} log streams already run on this node: try again later", crate::logs::MAX_STREAMS),
+                );
+                return refuse(send, e).await;
+            };
+            return crate::logs::run(send, recv, start, paths).await;
         }
         Ok(Ok(Some(Envelope { version, .. }))) if version != PROTOCOL_VERSION => {
             let e = ErrorReply::new(
@@ -79,9 +89,17 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
             return refuse(send, e).await;
         }
         Ok(Ok(Some(_))) => {
-            return refuse(send, ErrorReply::new(ErrorKind::InvalidRequest, "a node only accepts exec requests")).await
+            return refuse(
+                send,
+                ErrorReply::new(ErrorKind::InvalidRequest, "a node only accepts exec and logs requests"),
+            )
+            .await
         }
         other => return debug!(?other, "an exec stream without a request"),
+    };
+    let Ok(_permit) = running.try_acquire_owned() else {
+        let e = ErrorReply::new(ErrorKind::Conflict, &format!("{MAX_EXECS} execs already run on this node"));
+        return refuse(send, e).await;
     };
     if let Err(e) = run(send, recv, start, paths).await {
         debug!(error = %e, "exec ended early");

@@ -179,6 +179,7 @@ async fn run(
         os: description.os.to_string(),
         arch: description.arch.to_string(),
     };
+    config.health = shoal_agent::runtime::LibcontainerRuntime::paths(data_dir).ok();
     let network = Arc::new(network);
     let networks = shoal_agent::board_net::BoardNet::new(network.clone(), resolver);
     let supervisor = Supervisor::start(config, Arc::new(runtime), network, PortPublisher::new(), store.clone()).await?;

@@ -11,6 +11,7 @@ pub mod dispatcher;
 pub mod exec;
 pub mod images;
 pub mod ipam;
+pub mod logs;
 pub mod membership;
 pub mod netkeys;
 pub mod netview;

@@ -32,8 +32,10 @@ pub fn task_name(service: &str, t: &Task) -> Text<128> {
     shoal_proto::text_lossy(&format!("{service}.{middle}.{}", t.id))
 }
 
+/// A backend: running, desired running, and healthy when it has a health check (a task
+/// still starting its checks, or unhealthy, gets no traffic).
 fn is_running(t: &Task) -> bool {
-    t.status.state == TaskState::Running && t.is_desired_running()
+    shoal_proto::health::serves(&t.status) && t.is_desired_running()
 }
 
 /// The view of `node`'s networks: see the module doc. Deterministic: networks by ID,

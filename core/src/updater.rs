@@ -8,7 +8,8 @@
 //! Terms. A *slot* is a replicated slot, or a node for a global service. A task is
 //! *fresh* when it carries the current task spec, *stale* otherwise. A slot is *dirty*
 //! when its live tasks are all stale. A slot is *in flight* while its fresh task, created
-//! by this update, has not reached Running (Swarm's worker waits exactly that long).
+//! by this update, is not *up*: Running, and healthy when it has a health check
+//! ([`shoal_proto::health::serves`]; Swarm's worker waits exactly that long).
 //!
 //! Rules:
 //! - at most `parallelism` slots (0: all) are in flight or inside their `delay` after
@@ -21,7 +22,8 @@
 //!   port the stale task itself binds, moby/moby#36934 — the slot falls back to
 //!   stop-first and the update's message says so: nothing waits forever on its own port.
 //! - a task of this update that ends by itself (Complete, Failed, Rejected) before it has
-//!   run for `monitor` counts as a failure, at most one per slot. Once failures exceed
+//!   been up for `monitor` counts as a failure, at most one per slot; a task that never
+//!   became healthy (the agent stops it, `task: unhealthy container`) is one. Once failures exceed
 //!   `max_failure_ratio` of the slots that were dirty when the update began, the
 //!   failure action applies: pause, continue, or roll back to the previous spec (whose
 //!   pace is the rollback config of the spec being left).
@@ -35,6 +37,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use shoal_proto::dispatch::UpdateState;
+use shoal_proto::health::serves;
 use shoal_proto::{
     FailureAction, Message, NodeId, NodeStatus, Task, TaskId, TaskSpec, TaskState, UpdateConfig, UpdateOrder,
 };
@@ -102,7 +105,7 @@ impl Updater {
         }
         let started = p.status.started_at_ms;
         let of_this_update = |t: &Task| t.spec == spec && t.created_at_ms >= started;
-        for t in own.iter().filter(|t| of_this_update(t) && t.status.state >= TaskState::Running) {
+        for t in own.iter().filter(|t| of_this_update(t) && is_up(t)) {
             self.up_at.entry(t.id.clone()).or_insert(now.mono);
         }
         let dirty: Vec<&SlotKey> =
@@ -149,7 +152,7 @@ impl Updater {
         let mut settling = false;
         for s in slots.values() {
             let Some(fresh) = s.fresh else { continue };
-            if of_this_update(fresh) && fresh.status.state < TaskState::Running {
+            if of_this_update(fresh) && !is_up(fresh) {
                 in_flight += 1;
             }
             settling |= !s.stale.is_empty() || fresh.is_held();
@@ -191,7 +194,7 @@ impl Updater {
         if !waiting {
             let monitor_end = own
                 .iter()
-                .filter(|t| of_this_update(t) && t.is_desired_running() && t.status.state == TaskState::Running)
+                .filter(|t| of_this_update(t) && t.is_desired_running() && serves(&t.status))
                 .filter_map(|t| self.up_at.get(&t.id))
                 .map(|&up| up.saturating_add(p.config.monitor_ms))
                 .max()
@@ -350,12 +353,18 @@ fn settle(slots: &BTreeMap<SlotKey, Slot>, node_up: &HashMap<&NodeId, bool>, pla
             if s.stopping == 0 && !s.stale.iter().any(|t| may_run(t, node_up)) {
                 plan.start.push(fresh.id.clone());
             }
-        } else if fresh.status.state == TaskState::Running {
+        } else if serves(&fresh.status) {
             for old in &s.stale {
                 stop(plan, old, "replaced by the update (start-first)", node_up);
             }
         }
     }
+}
+
+/// Whether a task came up: it runs (healthy, when it has a check), or already ended
+/// after that (an end before it is counted by the failure rule instead).
+fn is_up(t: &Task) -> bool {
+    serves(&t.status) || t.status.state > TaskState::Running
 }
 
 /// Whether a task may still be running: placed, not ended, on a node that is up.

@@ -15,12 +15,15 @@ use shoal_core::plan::Now;
 use shoal_core::services::{self, ServiceRecord};
 use shoal_core::Millis;
 use shoal_proto::dispatch::{TaskReport, UpdateState};
+use shoal_proto::health::Health;
 use shoal_proto::{
     text, Availability, BoundedVec, FailureAction, NodeId, NodeStatus, PortConfig, Resources, Role, ServiceId,
     ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatus, UpdateOrder,
 };
 
 const TICK: Millis = 100;
+/// How long a never-healthy task runs before its agent stops it (interval × retries).
+const UNHEALTHY_AFTER: Millis = 3_000;
 const WALL0: u64 = 1_700_000_000_000;
 
 fn node(n: u16) -> ClusterNode {
@@ -64,6 +67,9 @@ struct Lab {
     images: Vec<ImageRecord>,
     /// Image → how long its containers run before exiting 1.
     crash_after: HashMap<&'static str, Millis>,
+    /// Image → it has a health check passing this long after start (`None`: never; the
+    /// agent then stops it as unhealthy after [`UNHEALTHY_AFTER`]).
+    healthy_after: HashMap<&'static str, Option<Millis>>,
     /// When each task started running (virtual).
     started: HashMap<TaskId, Millis>,
     /// When each task was created (virtual), to catch tasks pending for ever.
@@ -95,6 +101,7 @@ impl Lab {
             ids: 0,
             images,
             crash_after: HashMap::from([("demo/app:2.0", 1_000)]),
+            healthy_after: HashMap::new(),
             started: HashMap::new(),
             created: HashMap::new(),
             log: Vec::new(),
@@ -168,7 +175,25 @@ impl Lab {
                 TaskStatus::new(TaskState::Shutdown, wall, "shutdown")
             } else if t.status.state < TaskState::Running {
                 self.started.insert(t.id.clone(), self.now);
-                TaskStatus::new(TaskState::Running, wall, "running")
+                let mut s = TaskStatus::new(TaskState::Running, wall, "running");
+                if self.healthy_after.contains_key(t.spec.image.as_str()) {
+                    s.health = Some(Health::Starting);
+                }
+                s
+            } else if let Some(&after) = self.healthy_after.get(t.spec.image.as_str()) {
+                let up_for = self.now - self.started[&t.id];
+                match after {
+                    Some(after) if up_for >= after && t.status.health != Some(Health::Healthy) => {
+                        TaskStatus { health: Some(Health::Healthy), ..t.status.clone() }
+                    }
+                    None if up_for >= UNHEALTHY_AFTER => {
+                        let mut s = TaskStatus::new(TaskState::Failed, wall, "unhealthy");
+                        s.err = Some(shoal_proto::Message::lossy("task: unhealthy container"));
+                        s.health = Some(Health::Unhealthy);
+                        s
+                    }
+                    _ => continue,
+                }
             } else {
                 match self.crash_after.get(t.spec.image.as_str()) {
                     Some(&after) if self.now >= self.started[&t.id] + after => {
@@ -626,4 +651,45 @@ fn a_fleet_rolls_a_hundred_tasks_at_a_time() {
         wall.elapsed(),
         wall.elapsed() / ticks as u32
     );
+}
+
+#[test]
+fn a_task_counts_as_up_only_once_healthy() {
+    let mut lab = Lab::new(3, 3, |_| {});
+    lab.healthy_after.insert("demo/app:3.0", Some(2_000));
+    lab.update(|s| {
+        s.image = text("demo/app:3.0").unwrap();
+        s.update_config.parallelism = 1;
+        s.update_config.monitor_ms = 500;
+    });
+    // One slot at a time, each waiting for its new task to pass its check: at least
+    // three times the time to healthy, where running alone would take a few ticks each.
+    let (took, most) = lab.roll_to_completion("demo/app:3.0", 60_000);
+    assert!(took >= 3 * 2_000, "completed after {took} ms");
+    assert_eq!(most, 1);
+    assert_eq!(lab.running("demo/app:3.0"), 3);
+}
+
+#[test]
+fn a_new_task_that_never_becomes_healthy_pauses_the_update_or_rolls_it_back() {
+    let mut lab = Lab::new(3, 3, |_| {});
+    lab.healthy_after.insert("demo/app:3.0", None);
+    lab.update(|s| {
+        s.image = text("demo/app:3.0").unwrap();
+        s.update_config.failure_action = FailureAction::Pause;
+    });
+    lab.run_until("paused", 20_000, |l| l.state() == Some(UpdateState::Paused));
+    assert!(lab.message().starts_with("update paused due to failure"), "{}", lab.message());
+    assert!(lab.live("demo/app:1.0") >= 2, "the other slots keep the old tasks");
+
+    let mut lab = Lab::new(3, 3, |_| {});
+    lab.healthy_after.insert("demo/app:3.0", None);
+    lab.update(|s| {
+        s.image = text("demo/app:3.0").unwrap();
+        s.update_config.failure_action = FailureAction::Rollback;
+        s.rollback_config.monitor_ms = 500;
+    });
+    lab.run_until("rolled back", 30_000, |l| l.state() == Some(UpdateState::RollbackCompleted));
+    assert_eq!(lab.record.service.spec.image.as_str(), "demo/app:1.0");
+    assert_eq!(lab.running("demo/app:1.0"), 3);
 }

@@ -241,6 +241,31 @@ pub struct RunConfig {
     /// `80/tcp` → `{}`.
     #[serde(default)]
     pub exposed_ports: Option<BTreeMap<String, serde::de::IgnoredAny>>,
+    /// The image's health check (Dockerfile `HEALTHCHECK`).
+    #[serde(default)]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// `Healthcheck` of an image config, as Docker writes it: durations in nanoseconds,
+/// zero (or absent) for "not set".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Healthcheck {
+    /// `["CMD", args…]`, `["CMD-SHELL", command]` or `["NONE"]`.
+    #[serde(default)]
+    pub test: Option<Vec<String>>,
+    /// Time between checks, ns.
+    #[serde(default)]
+    pub interval: Option<i64>,
+    /// Time a check may take, ns.
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    /// Grace after the start, ns.
+    #[serde(default)]
+    pub start_period: Option<i64>,
+    /// Failures in a row that make the container unhealthy.
+    #[serde(default)]
+    pub retries: Option<i64>,
 }
 
 /// The `rootfs` object of an image config.
@@ -486,6 +511,7 @@ mod tests {
         assert_eq!(run.working_dir.as_deref(), Some("/srv"));
         assert_eq!(run.user.as_deref(), Some("1000:1000"));
         assert!(run.exposed_ports.unwrap().contains_key("8080/tcp"));
+        assert_eq!(run.healthcheck.unwrap().test.unwrap(), ["NONE"]);
         assert_eq!(c.rootfs.diff_ids, ["sha256:aa"]);
         assert!(HostPlatform::for_rust_arch("arm").check(&c).is_ok());
         assert!(HostPlatform::for_rust_arch("x86_64").check(&c).is_err());

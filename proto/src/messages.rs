@@ -64,6 +64,11 @@ pub enum Request {
     /// From the manager to a board, over the board's session connection: list or
     /// remove its named volumes; answered with [`Response::Volumes`].
     Volume(crate::volumes::VolumeRequest),
+    /// `shoal service logs`, from the CLI: see [`crate::logs`].
+    Logs(crate::logs::LogsRequest),
+    /// From the manager to a board, over the board's session connection: stream the
+    /// log of one of its containers.
+    LogsTask(crate::logs::LogsStart),
 }
 
 /// Join with a token.
@@ -355,6 +360,9 @@ pub enum Response {
     ExecStarted(crate::exec::ExecStarted),
     /// A board's answer to [`Request::Volume`]: its volumes (after a removal, those left).
     Volumes(BoundedVec<crate::volumes::VolumeInfo, { crate::volumes::MAX_VOLUMES }>),
+    /// The logs follow: [`crate::logs::LogsEvent`]s to the CLI, [`crate::logs::LogFrame`]s
+    /// from a board.
+    LogsStarted,
 }
 
 /// A successful join.

@@ -255,6 +255,10 @@ pub struct ServiceSpec {
     /// stacks set `com.docker.stack.namespace`).
     #[serde(default)]
     pub labels: BoundedVec<crate::Label, { crate::MAX_LABELS }>,
+    /// The health check (`--health-*`, `--no-healthcheck`) over the image's own;
+    /// `None`: the image's. (Defaulted likewise.)
+    #[serde(default)]
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 /// Longest `--hostname` template; expanded, a hostname has at most 63 bytes.
@@ -305,6 +309,7 @@ impl ServiceSpec {
             secrets: BoundedVec::new(),
             configs: BoundedVec::new(),
             labels: BoundedVec::new(),
+            health: None,
         }
     }
 
@@ -325,6 +330,9 @@ impl ServiceSpec {
         }
         if self.image.is_empty() {
             return Err(SpecError::Invalid("an image is required".into()));
+        }
+        if let Some(h) = &self.health {
+            h.validate().map_err(|e| SpecError::Invalid(e.to_string()))?;
         }
         if let ServiceMode::Replicated { replicas } = self.mode {
             if replicas > MAX_REPLICAS {
@@ -441,6 +449,7 @@ impl ServiceSpec {
             container: self.container.clone(),
             secrets: self.secrets.clone(),
             configs: self.configs.clone(),
+            health: self.health.clone(),
         }
     }
 
@@ -1067,6 +1076,9 @@ pub struct TaskSpec {
     /// Configs likewise.
     #[serde(default)]
     pub configs: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// The health check (see [`ServiceSpec::health`]). (Defaulted likewise.)
+    #[serde(default)]
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 /// Placement rules of a task.
@@ -1162,6 +1174,10 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     /// Ports as actually bound (published ports chosen by the node filled in).
     pub ports: BoundedVec<PortConfig, MAX_PORTS>,
+    /// Its health, while it runs with a health check. (Defaulted: a status saved
+    /// before it still loads from JSON.)
+    #[serde(default)]
+    pub health: Option<crate::health::Health>,
 }
 
 impl TaskStatus {
@@ -1174,6 +1190,7 @@ impl TaskStatus {
             err: None,
             exit_code: None,
             ports: BoundedVec::new(),
+            health: None,
         }
     }
 }

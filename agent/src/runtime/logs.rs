@@ -1,5 +1,6 @@
 //! Container logs: stdout and stderr lines with a timestamp and the stream name, in
-//! files that rotate at a size bound, so a chatty container can't fill an SD card.
+//! files that rotate at a size bound, so a chatty container can't fill an SD card; and
+//! reading them back for `service logs` ([`read`]), following across rotation.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
@@ -84,6 +85,170 @@ pub fn pump(source: impl io::Read, stream: &str, log: &std::sync::Mutex<LogWrite
     }
 }
 
+/// What [`read`] is asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    /// Keep reading new lines until the container has exited.
+    pub follow: bool,
+    /// Only the last this many lines (of those at or after `since_ms`).
+    pub tail: Option<u32>,
+    /// Only lines stamped at or after this time.
+    pub since_ms: Option<u64>,
+}
+
+/// How long [`read`] waits before looking for new lines again when following.
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest record read from a log file: the shim's 16 KiB cut, grown by lossy UTF-8,
+/// plus the stamp. A longer one (a file someone else wrote) is cut.
+const MAX_RECORD: usize = 3 * 16 * 1024 + 64;
+
+/// Parses one record as [`LogWriter::line`] writes it (`<rfc3339> <stream> <text>`);
+/// `None` for anything else.
+pub fn parse_record(record: &[u8]) -> Option<shoal_proto::logs::LogLine> {
+    use shoal_proto::logs::{LogLine, LogStream, MAX_LINE};
+    let record = record.strip_suffix(b"\n").unwrap_or(record);
+    let space = record.iter().position(|&b| b == b' ')?;
+    let at_ms = shoal_proto::time::parse_rfc3339(std::str::from_utf8(&record[..space]).ok()?)?;
+    let rest = &record[space + 1..];
+    let (stream, text) = if let Some(t) = rest.strip_prefix(b"stdout ") {
+        (LogStream::Stdout, t)
+    } else if let Some(t) = rest.strip_prefix(b"stderr ") {
+        (LogStream::Stderr, t)
+    } else {
+        return None;
+    };
+    let text = shoal_proto::Bytes::try_from(&text[..text.len().min(MAX_LINE)]).ok()?;
+    Some(LogLine { stream, at_ms, text })
+}
+
+/// The files of the log at `path`, oldest first: `path.N`, ..., `path.1`, `path`.
+fn files(path: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        (1..=9).rev().map(|n| PathBuf::from(format!("{}.{n}", path.display()))).filter(|p| p.exists()).collect();
+    out.push(path.to_owned());
+    out
+}
+
+/// Reads whole records from `reader`, calling `each` with every one; a record without
+/// its newline yet is left in `partial` for the next call. Returns false when `each` did.
+fn records(reader: &mut impl BufRead, partial: &mut Vec<u8>, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<bool> {
+    loop {
+        let room = (MAX_RECORD - partial.len().min(MAX_RECORD)) as u64;
+        let n = io::Read::take(&mut *reader, room.max(1)).read_until(b'\n', partial)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if partial.last() == Some(&b'\n') || partial.len() >= MAX_RECORD {
+            let go_on = each(partial);
+            partial.clear();
+            if !go_on {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Reads the log at `path` (with its rotated files) for `service logs`, calling `emit`
+/// with each line in order; `emit` returns false to stop. When following, it goes on
+/// after the end of the file, across rotations, until `exited()` is true and the file is
+/// read to its end, or `cancelled()`. Nothing is held beyond one record: when `emit`
+/// blocks (a slow reader downstream), so does the reading.
+pub fn read(
+    path: &Path,
+    options: ReadOptions,
+    exited: impl Fn() -> bool,
+    cancelled: impl Fn() -> bool,
+    mut emit: impl FnMut(shoal_proto::logs::LogLine) -> bool,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let since = options.since_ms.unwrap_or(0);
+    let wanted = |r: &[u8]| parse_record(r).filter(|l| l.at_ms >= since);
+    let files = files(path);
+    // A tail keeps the last lines of one pass in a ring (at most `tail` lines, and never
+    // more than the kept files hold), sent once the current file's end is reached; a
+    // count and a second pass would be wrong whenever the log rotates between them.
+    let cap = options.tail.map_or(0, |t| t as usize);
+    let mut ring = options.tail.map(|_| std::collections::VecDeque::new());
+    type Ring = Option<std::collections::VecDeque<shoal_proto::logs::LogLine>>;
+    let send =
+        |r: &[u8], ring: &mut Ring, emit: &mut dyn FnMut(shoal_proto::logs::LogLine) -> bool| match (wanted(r), ring) {
+            (None, _) => true,
+            (Some(line), Some(q)) => {
+                if cap > 0 {
+                    if q.len() == cap {
+                        q.pop_front();
+                    }
+                    q.push_back(line);
+                }
+                true
+            }
+            (Some(line), None) => emit(line),
+        };
+    let (current, rotated) = files.split_last().expect("the current file is always listed");
+    for f in rotated {
+        let Ok(file) = File::open(f) else { continue };
+        if !records(&mut io::BufReader::new(file), &mut Vec::new(), |r| send(r, &mut ring, &mut emit))? {
+            return Ok(());
+        }
+    }
+    // A container that is only being created has no log yet.
+    let mut file = loop {
+        match File::open(current) {
+            Ok(f) => break io::BufReader::new(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !options.follow || exited() || cancelled() {
+                    return Ok(());
+                }
+                std::thread::sleep(POLL);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut partial = Vec::new();
+    loop {
+        // Looked at before reading: once the container has exited, the shim has written
+        // everything, so what the read below finds is the whole rest.
+        let done = options.follow && exited();
+        if !records(&mut file, &mut partial, |r| send(r, &mut ring, &mut emit))? {
+            return Ok(());
+        }
+        // The end of what was there: the tail goes out, and lines from now on directly.
+        if let Some(q) = ring.take() {
+            for line in q {
+                if !emit(line) {
+                    return Ok(());
+                }
+            }
+        }
+        if !options.follow || cancelled() {
+            return Ok(());
+        }
+        // Rotated: what was the current file is fully read (the writer only renames it);
+        // it may have moved more than once since, so the files newer than it are read
+        // whole, then the new current one from its start.
+        let ino = file.get_ref().metadata()?.ino();
+        if std::fs::metadata(current).is_ok_and(|m| m.ino() != ino) {
+            let numbered = |n: u32| PathBuf::from(format!("{}.{n}", current.display()));
+            let ours = (1..=9).find(|&n| std::fs::metadata(numbered(n)).is_ok_and(|m| m.ino() == ino)).unwrap_or(1);
+            for n in (1..ours).rev() {
+                let Ok(f) = File::open(numbered(n)) else { continue };
+                if !records(&mut io::BufReader::new(f), &mut Vec::new(), |r| send(r, &mut ring, &mut emit))? {
+                    return Ok(());
+                }
+            }
+            if let Ok(f) = File::open(current) {
+                file = io::BufReader::new(f);
+                partial.clear();
+                continue;
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +284,118 @@ mod tests {
         assert!(text.starts_with("1970-01-01T00:00:00.000Z stderr hello\n"));
         assert!(text.lines().all(|l| l.len() < 17 * 1024));
         assert!(text.ends_with("stderr bye\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn collect(path: &Path, options: ReadOptions) -> Vec<String> {
+        let mut out = Vec::new();
+        read(
+            path,
+            options,
+            || true,
+            || false,
+            |l| {
+                out.push(String::from_utf8_lossy(l.text.as_slice()).into_owned());
+                true
+            },
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn reading_back_spans_rotated_files_with_tail_and_since() {
+        let dir = std::env::temp_dir().join(format!("shoal-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("container.log");
+        let mut w = LogWriter::open(&path, LogLimits { max_file_bytes: 300, keep: 2 }).unwrap();
+        for i in 0..12u64 {
+            w.line(1_000 * i, if i % 2 == 0 { "stdout" } else { "stderr" }, &format!("line {i}")).unwrap();
+        }
+        assert!(dir.join("container.log.1").exists(), "rotated");
+        let all = collect(&path, ReadOptions::default());
+        let first = all.first().unwrap().clone();
+        assert_eq!(all.last().unwrap(), "line 11");
+        let n: u64 = first.trim_start_matches("line ").parse().unwrap();
+        assert_eq!(all.len() as u64, 12 - n, "in order and complete from the oldest kept");
+        assert_eq!(
+            collect(&path, ReadOptions { tail: Some(3), ..Default::default() }),
+            ["line 9", "line 10", "line 11"]
+        );
+        assert_eq!(collect(&path, ReadOptions { tail: Some(0), ..Default::default() }), Vec::<String>::new());
+        let since = ReadOptions { since_ms: Some(10_000), ..Default::default() };
+        assert_eq!(collect(&path, since), ["line 10", "line 11"]);
+        // Lines written between the count and the read do not lengthen a tail.
+        let mut n = 0;
+        let mut writer = LogWriter::open(&path, LogLimits { max_file_bytes: 300, keep: 2 }).unwrap();
+        read(
+            &path,
+            ReadOptions { tail: Some(2), ..Default::default() },
+            || true,
+            || false,
+            |_| {
+                writer.line(20_000, "stdout", "late").unwrap();
+                n += 1;
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hostile_records_are_skipped_or_cut() {
+        assert!(parse_record(b"junk\n").is_none());
+        assert!(parse_record(b"2026-11-18T11:06:40.123Z stdin x\n").is_none());
+        assert!(parse_record(b"notatime stdout x\n").is_none());
+        let long = format!("1970-01-01T00:00:01.000Z stderr {}\n", "y".repeat(100_000));
+        let line = parse_record(long.as_bytes()).unwrap();
+        assert_eq!(line.text.as_slice().len(), shoal_proto::logs::MAX_LINE);
+        assert_eq!((line.at_ms, line.stream), (1_000, shoal_proto::logs::LogStream::Stderr));
+    }
+
+    #[test]
+    fn following_goes_across_rotation_until_the_exit() {
+        let dir = std::env::temp_dir().join(format!("shoal-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("container.log");
+        let exit = dir.join("exit");
+        let writer = {
+            let (path, exit) = (path.clone(), exit.clone());
+            std::thread::spawn(move || {
+                let mut w = LogWriter::open(&path, LogLimits { max_file_bytes: 400, keep: 2 }).unwrap();
+                for i in 0..40 {
+                    w.line(i, "stdout", &format!("line {i}")).unwrap();
+                    if i % 5 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                    }
+                }
+                std::fs::write(exit, "0 0\n").unwrap();
+            })
+        };
+        let mut got = Vec::new();
+        let follow = ReadOptions { follow: true, ..Default::default() };
+        read(
+            &path,
+            follow,
+            || exit.exists(),
+            || false,
+            |l| {
+                got.push(String::from_utf8_lossy(l.text.as_slice()).into_owned());
+                true
+            },
+        )
+        .unwrap();
+        writer.join().unwrap();
+        // Every line written after the reader started is there, in order, once.
+        let last: Vec<String> = (20..40).map(|i| format!("line {i}")).collect();
+        assert!(got.ends_with(&last), "{got:?}");
+        let mut sorted = got.clone();
+        sorted.dedup();
+        assert_eq!(sorted, got);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,10 +24,14 @@
 //! with its code. Containers of no known task are removed only once a full set from the
 //! manager has arrived.
 //!
+//! Health checks: a running task with a check gets a monitor ([`crate::health`]); its
+//! health rides on the task's Running status, and a task that turns unhealthy is
+//! stopped and reported Failed with `task: unhealthy container` ([`health_status`]).
+//!
 //! Not here: restart policies (the manager's orchestrator replaces failed tasks),
 //! the overlays themselves (`net::plane` makes them; a task's container only joins its
 //! networks when it is prepared), the ingress routing mesh (ingress-mode ports are published on the
-//! task's node only, best effort), health checks.
+//! task's node only, best effort).
 
 pub mod core;
 pub mod exec;
@@ -40,7 +44,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_proto::dispatch::{Assignment, TaskReport, MAX_REPORTS};
-use shoal_proto::{BoundedVec, TaskId, TaskStatus};
+use shoal_proto::health::Health;
+use shoal_proto::{BoundedVec, TaskId, TaskState, TaskStatus};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
@@ -70,6 +75,8 @@ pub struct SupervisorConfig {
     pub board_resolv_conf: String,
     /// What `{{.Node.…}}` placeholders stand for.
     pub node: guest::NodeFacts,
+    /// Where health checks run from (`exec-in`); `None` runs none (the fakes' tests).
+    pub health: Option<crate::exec::Paths>,
 }
 
 impl SupervisorConfig {
@@ -82,6 +89,7 @@ impl SupervisorConfig {
             overlay_resolv_conf: None,
             board_resolv_conf: String::new(),
             node: guest::NodeFacts::default(),
+            health: None,
         }
     }
 }
@@ -143,6 +151,7 @@ impl Supervisor {
         let held = Arc::new(crate::secrets::Held::default());
         let (commands, rx) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(256);
+        let (health_tx, health_rx) = mpsc::channel(64);
         let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
         disk.sample();
         let sampled = Arc::downgrade(&disk);
@@ -169,13 +178,17 @@ impl Supervisor {
             book: Book::new(),
             ports: BTreeMap::new(),
             done_tx,
+            health_paths: config.health.clone(),
+            monitors: BTreeMap::new(),
+            unhealthy: std::collections::BTreeSet::new(),
+            health_tx,
         };
         worker.load()?;
         if let Err(e) = worker.exec.ensure_bridge().await {
             warn!(error = %e, "cannot set up the container bridge; tasks that need it will be rejected");
         }
         worker.adopt().await?;
-        tokio::spawn(worker.run(rx, done_rx));
+        tokio::spawn(worker.run(rx, done_rx, health_rx));
         Ok(Self { commands, shared, disk, secrets: held })
     }
 
@@ -278,6 +291,13 @@ struct Worker<N> {
     /// Each task's live publications (dropping them closes the ports).
     ports: BTreeMap<TaskId, Vec<Published>>,
     done_tx: mpsc::Sender<Done>,
+    /// Where health checks run from, if they do.
+    health_paths: Option<crate::exec::Paths>,
+    /// The health monitor of each running task with a check, and its last health.
+    monitors: BTreeMap<TaskId, (tokio::task::JoinHandle<()>, Health)>,
+    /// Tasks stopped for being unhealthy, until their end is reported.
+    unhealthy: std::collections::BTreeSet<TaskId>,
+    health_tx: mpsc::Sender<(TaskId, Health)>,
 }
 
 impl<N: Sandboxes + 'static> Worker<N> {
@@ -324,7 +344,22 @@ impl<N: Sandboxes + 'static> Worker<N> {
         Ok(())
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut done: mpsc::Receiver<Done>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut done: mpsc::Receiver<Done>,
+        mut health: mpsc::Receiver<(TaskId, Health)>,
+    ) {
+        // Tasks taken back running (an agent restart) are checked again from the start.
+        let running: Vec<(TaskId, TaskStatus)> = self
+            .book
+            .tasks()
+            .filter(|t| t.status.state == TaskState::Running)
+            .map(|t| (t.assignment.task_id.clone(), t.status.clone()))
+            .collect();
+        for (task, status) in running {
+            self.perform(vec![Decision::Report { task, status }]);
+        }
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -344,6 +379,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
                     None => return,
                 },
                 Some(d) = done.recv() => self.finished(d),
+                Some((task, h)) = health.recv() => self.health_changed(task, h),
                 _ = tick.tick() => self.poll_containers().await,
             }
             let disk_full = self.exec.disk.pressure();
@@ -394,6 +430,56 @@ impl<N: Sandboxes + 'static> Worker<N> {
         self.perform(decisions);
     }
 
+    /// Starts a running task's health monitor, or ends a stopped one's, and gives the
+    /// status the health it carries.
+    fn watch_health(&mut self, task: &TaskId, status: TaskStatus) -> TaskStatus {
+        if status.state != TaskState::Running {
+            if let Some((h, _)) = self.monitors.remove(task) {
+                h.abort();
+            }
+            return health_status(status, self.unhealthy.remove(task));
+        }
+        if let Some((_, health)) = self.monitors.get(task) {
+            return TaskStatus { health: Some(*health), ..status };
+        }
+        let (Some(paths), Some(t)) = (self.health_paths.clone(), self.book.task(task)) else { return status };
+        let image = self.exec.images.config(&t.assignment.spec.image).ok();
+        let image_check =
+            crate::health::from_image(image.as_ref().and_then(|c| c.config.as_ref()?.healthcheck.as_ref()));
+        let Some(check) = shoal_proto::health::resolve(t.assignment.spec.health.as_ref(), image_check.as_ref()) else {
+            return status;
+        };
+        let monitor =
+            crate::health::monitor(paths, t.container_id.clone(), task.clone(), check, self.health_tx.clone());
+        self.monitors.insert(task.clone(), (tokio::spawn(monitor), Health::Starting));
+        TaskStatus { health: Some(Health::Starting), ..status }
+    }
+
+    /// A monitor saw the health change: reported with the Running status; unhealthy stops
+    /// the container (its end is then reported as the health's failure).
+    fn health_changed(&mut self, task: TaskId, health: Health) {
+        let Some((_, last)) = self.monitors.get_mut(&task) else { return };
+        *last = health;
+        let Some(t) = self.book.task(&task) else { return };
+        if t.status.state != TaskState::Running {
+            return;
+        }
+        let status = TaskStatus { health: Some(health), ..t.status.clone() };
+        self.set_current(&task, &status, true);
+        if health == Health::Unhealthy {
+            warn!(task = %task, container = %t.container_id, "unhealthy: stopping the container");
+            self.unhealthy.insert(task.clone());
+            let (exec, cid) = (self.exec.clone(), t.container_id.clone());
+            let grace = Duration::from_millis(t.assignment.spec.stop_grace_period_ms);
+            // The book sees the container exit by its polling and reports the end.
+            tokio::spawn(async move {
+                if let Err(e) = exec.stop(cid.clone(), grace).await {
+                    warn!(container = %cid, error = %e.error, "cannot stop an unhealthy container");
+                }
+            });
+        }
+    }
+
     async fn poll_containers(&mut self) {
         let ids = self.book.to_poll();
         if ids.is_empty() {
@@ -411,10 +497,15 @@ impl<N: Sandboxes + 'static> Worker<N> {
             let (exec, tx) = (self.exec.clone(), self.done_tx.clone());
             match d {
                 Decision::Report { task, status } => {
+                    let status = self.watch_health(&task, status);
                     debug!(task = %task, state = %status.state, "task status");
                     self.set_current(&task, &status, true);
                 }
                 Decision::Forget(task) => {
+                    if let Some((h, _)) = self.monitors.remove(&task) {
+                        h.abort();
+                    }
+                    self.unhealthy.remove(&task);
                     lock(&self.shared.current).remove(&task);
                     lock(&self.shared.pending).remove(&task);
                 }
@@ -465,6 +556,21 @@ impl<N: Sandboxes + 'static> Worker<N> {
     }
 }
 
+/// The end of a task as reported: one stopped for being unhealthy has failed with
+/// Docker's `task: unhealthy container`, whatever its exit code.
+pub fn health_status(status: TaskStatus, was_unhealthy: bool) -> TaskStatus {
+    let ended = matches!(status.state, TaskState::Failed | TaskState::Complete);
+    if !was_unhealthy || !ended {
+        return status;
+    }
+    TaskStatus {
+        state: TaskState::Failed,
+        err: Some(shoal_proto::Message::lossy("task: unhealthy container")),
+        health: Some(Health::Unhealthy),
+        ..status
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,7 +578,6 @@ mod tests {
     use crate::net::BridgeConfig;
     use crate::runtime::fake::FakeRuntime;
     use crate::runtime::NetworkMode;
-    use shoal_proto::TaskState;
     use std::collections::BTreeSet;
 
     fn assignment(id: u8, desired: TaskState) -> Assignment {
@@ -591,5 +696,18 @@ mod tests {
             again.shutdown().await;
         });
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unhealthy_task_fails_as_unhealthy_whatever_its_exit() {
+        let mut killed = TaskStatus::new(TaskState::Failed, 1, "failed");
+        killed.err = Some(shoal_proto::Message::lossy("task: non-zero exit (143)"));
+        let s = health_status(killed.clone(), true);
+        assert_eq!((s.state, s.err.as_deref()), (TaskState::Failed, Some("task: unhealthy container")));
+        let s = health_status(TaskStatus::new(TaskState::Complete, 1, "finished"), true);
+        assert_eq!(s.state, TaskState::Failed, "even when it exited 0 on SIGTERM");
+        assert_eq!(health_status(killed.clone(), false), killed, "others end as they ended");
+        let shutdown = TaskStatus::new(TaskState::Shutdown, 1, "shutdown");
+        assert_eq!(health_status(shutdown.clone(), true), shutdown, "a stop the manager asked for stays one");
     }
 }

@@ -128,6 +128,19 @@ fn a_mesh_board_sees_ingress_with_its_address_the_other_boards_and_the_ports() {
     stopped[0].status = TaskStatus::new(TaskState::Shutdown, 0, "");
     let v = netview::with_mesh(&node(2), Vec::new(), &nets, &[&svc], &stopped, &underlay, &boards);
     assert!(v[0].published[0].backends.is_empty());
+
+    // A running task with a health check is a backend only while healthy.
+    let backends = |health: Option<shoal_proto::health::Health>| {
+        let mut checked = tasks.clone();
+        checked[0].status.health = health;
+        let v = netview::with_mesh(&node(2), Vec::new(), &nets, &[&svc], &checked, &underlay, &boards);
+        v[0].published[0].backends.len()
+    };
+    use shoal_proto::health::Health;
+    assert_eq!(backends(Some(Health::Starting)), 0);
+    assert_eq!(backends(Some(Health::Unhealthy)), 0);
+    assert_eq!(backends(Some(Health::Healthy)), 1);
+    assert_eq!(backends(None), 1);
 }
 
 #[test]

@@ -129,6 +129,28 @@ impl Client {
             .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
     }
 
+    /// `service logs`: asks the manager for the logs and returns the stream the events
+    /// then come on. The send side is kept: the manager takes its end as the CLI gone.
+    pub async fn open_logs(
+        &self,
+        req: shoal_proto::logs::LogsRequest,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), CliError> {
+        let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+            let envelope = Envelope::new(Request::Logs(req));
+            shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
+            let answer = shoal_link::framed::recv::<Response>(&mut recv, frame::MAX_FRAME_LEN)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            super::logs::started(answer)?;
+            Ok((send, recv))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+    }
+
     /// `image load`: sends the envelope, then the archive's `size` bytes from `file`, and
     /// waits for the manager's verdict. The deadline grows with the size (at least 1 MiB/s
     /// plus time for the manager to verify), so big archives on slow links get through.

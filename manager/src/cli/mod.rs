@@ -5,6 +5,7 @@
 pub mod client;
 pub mod exec;
 pub mod image;
+pub mod logs;
 pub mod manager;
 pub mod network;
 pub mod node;

@@ -54,6 +54,7 @@ mod control;
 mod distribution;
 mod exec;
 mod join;
+mod logs;
 mod networks;
 mod objects;
 mod pki;
@@ -546,6 +547,15 @@ async fn handle_stream(
         (Request::Exec(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::Unauthorized,
             "exec needs a manager credential: run it where `shoal manager init` ran, or with its admin.json",
+        )),
+        (Request::Logs(req), Peer::Admin) => return logs::handle_logs(&mgr, req, send, recv).await,
+        (Request::Logs(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::Unauthorized,
+            "service logs needs a manager credential: run it where `shoal manager init` ran, or with its admin.json",
+        )),
+        (Request::LogsTask(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::InvalidRequest,
+            "log requests go from the manager to the nodes, not the other way",
         )),
         (Request::ExecTask(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::InvalidRequest,

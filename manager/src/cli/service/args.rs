@@ -82,6 +82,8 @@ pub struct CreateArgs {
     pub options: super::options::OptionsArgs,
     #[command(flatten)]
     pub objects: super::ObjectArgs,
+    #[command(flatten)]
+    pub health: super::HealthArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
@@ -146,6 +148,8 @@ pub struct UpdateArgs {
     pub options: super::options::OptionsUpdateArgs,
     #[command(flatten)]
     pub objects: super::ObjectUpdateArgs,
+    #[command(flatten)]
+    pub health: super::HealthArgs,
     /// Go back to the previous spec.
     #[arg(long)]
     pub rollback: bool,
@@ -321,6 +325,7 @@ impl CreateArgs {
         self.container.apply(&mut spec)?;
         self.options.apply(&mut spec)?;
         self.objects.apply(&mut spec)?;
+        self.health.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -344,7 +349,8 @@ impl UpdateArgs {
             || !self.security_opt.is_empty()
             || self.objects.changes()
             || self.options.any()
-            || self.policy != UpdatePolicyArgs::default();
+            || self.policy != UpdatePolicyArgs::default()
+            || self.health.any();
         if self.rollback && changes {
             anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
         }
@@ -423,6 +429,7 @@ impl UpdateArgs {
         self.container.apply(spec)?;
         self.options.apply(spec)?;
         self.objects.apply(spec)?;
+        self.health.apply(spec)?;
         spec.validate()?;
         Ok(())
     }

@@ -12,6 +12,7 @@ use shoal_proto::{ControlReply, ControlRequest, ServiceMode, ServiceSpec};
 use super::client::Client;
 
 mod args;
+mod health;
 mod object_args;
 mod options;
 mod output;
@@ -20,6 +21,7 @@ mod progress;
 mod tests;
 
 pub use args::*;
+pub use health::*;
 pub use object_args::*;
 pub use options::*;
 pub use output::*;
@@ -66,6 +68,8 @@ pub enum ServiceCommand {
         #[arg(required = true, value_parser = parse_scale)]
         scales: Vec<(String, u32)>,
     },
+    /// Fetch the logs of a service or a task.
+    Logs(super::logs::LogsArgs),
     /// Remove services; their tasks are stopped.
     #[command(alias = "remove")]
     Rm {
@@ -77,6 +81,9 @@ pub enum ServiceCommand {
 
 /// Runs a `shoal service` subcommand.
 pub async fn run(data_dir: &Path, cmd: ServiceCommand) -> anyhow::Result<()> {
+    if let ServiceCommand::Logs(args) = cmd {
+        return super::logs::run(data_dir, args).await;
+    }
     // Flags are checked before connecting: a typo should not wait for the network.
     let checked = match &cmd {
         ServiceCommand::Create(c) => Checked::Spec(Box::new(c.spec()?)),
@@ -214,6 +221,7 @@ async fn dispatch(client: &Client, cmd: ServiceCommand, checked: Checked) -> any
                 anyhow::bail!("{}", failed.join("\n"));
             }
         }
+        ServiceCommand::Logs(_) => unreachable!("handled before connecting"),
         ServiceCommand::Rm { services } => {
             let mut failed = Vec::new();
             for s in services {

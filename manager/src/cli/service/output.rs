@@ -166,12 +166,26 @@ pub fn ps_table(tasks: &[TaskView], now_ms: u64) -> String {
             t.task.spec.image.to_string(),
             t.node_hostname.as_deref().unwrap_or("").to_owned(),
             t.task.desired_state.to_string(),
-            format!("{} {} ago", status.state, human_duration(now_ms.saturating_sub(status.timestamp_ms))),
+            format!(
+                "{} {} ago{}",
+                status.state,
+                human_duration(now_ms.saturating_sub(status.timestamp_ms)),
+                health_note(status)
+            ),
             task_error(t),
             ports.iter().map(|p| port_text(p)).collect::<Vec<_>>().join(", "),
         ]);
     }
     table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], &rows)
+}
+
+/// ` (healthy)`, ` (health: starting)` or ` (unhealthy)` after a running task's state,
+/// as Docker shows a container's health.
+pub(super) fn health_note(status: &shoal_proto::TaskStatus) -> String {
+    match status.health {
+        Some(h) if status.state == shoal_proto::TaskState::Running => format!(" ({h})"),
+        _ => String::new(),
+    }
 }
 
 pub(super) fn condition_text(c: RestartCondition) -> &'static str {
@@ -318,7 +332,27 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
         c.extend(super::options::container_spec_json(&spec.container));
     }
     super::object_args::inspect_json(spec, &mut out);
+    if let Some(h) = &spec.health {
+        out["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"] = healthcheck_json(h);
+    }
     out
+}
+
+/// Docker's `Healthcheck` (durations in ns), only the fields that are set.
+pub(super) fn healthcheck_json(h: &shoal_proto::health::HealthConfig) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if !h.test.is_empty() {
+        out.insert("Test".into(), json!(h.test.iter().map(|a| a.to_string()).collect::<Vec<_>>()));
+    }
+    for (key, ms) in [("Interval", h.interval_ms), ("Timeout", h.timeout_ms), ("StartPeriod", h.start_period_ms)] {
+        if ms > 0 {
+            out.insert(key.into(), json!(ms.saturating_mul(1_000_000)));
+        }
+    }
+    if h.retries > 0 {
+        out.insert("Retries".into(), json!(h.retries));
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The human form of `service inspect`, after Docker's `--pretty`; times are relative to `now_ms`.
