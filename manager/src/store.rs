@@ -39,7 +39,10 @@ const FORMAT_KEY: &str = "format";
 /// 3: service and task specs carry their seccomp mode.
 /// 4: networks (a table), tasks' addresses, services' virtual IPs, stop signals.
 /// 5: nodes' ingress addresses and missing kernel features, specs' hostnames.
-const FORMAT: u32 = 5;
+/// 6: specs' container options, secrets, configs, labels and health checks; tasks'
+///    health; nodes' devices; secrets and configs (a table); certificates (a table and
+///    the `pki` record).
+const FORMAT: u32 = 6;
 
 /// One atomic change to services and tasks: what a control request or a reconciliation
 /// writes.

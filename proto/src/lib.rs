@@ -55,7 +55,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// 5: the routing mesh (board addresses and published ports in the ingress view), keys of
 /// encrypted networks, missing kernel features in node descriptions, hostnames and
 /// templates in specs, the service ID in assignments.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// ALPN protocol name negotiated by TLS, so a non-shoal QUIC peer fails at the handshake.
 pub const ALPN: &[u8] = b"shoal/1";
