@@ -148,11 +148,12 @@ while true; do wait; sleep 1; done
 EOF
 }
 
-# out/qemu/<arch>/initrd.gz: busybox, the agent, the boot modules and their dependencies;
-# rebuilt when the agent changes.
+# out/qemu/<arch>/initrd.cpio: busybox, the agent, the boot modules and their
+# dependencies; rebuilt when the agent changes. Not compressed: the emulated CPU would
+# take longer to inflate it than QEMU takes to read it.
 base_initrd() {
   local arch=$1 agent=$2
-  local dir=$cache/$arch out=$cache/$arch/initrd.gz
+  local dir=$cache/$arch out=$cache/$arch/initrd.cpio
   if [ -e "$out" ] && [ "$out" -nt "$agent" ] && [ "$out" -nt "$0" ] && cmp -s "$agent" "$dir/initrd.agent"; then
     echo "$out"
     return
@@ -178,7 +179,7 @@ base_initrd() {
   echo "$BOOT_MODULES" | tr ' ' '\n' | grep . >"$work/etc/shoal/modules"
   init_script >"$work/init"
   chmod +x "$work/init"
-  (cd "$work" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 >"$out.tmp")
+  (cd "$work" && find . | busybox cpio -o -H newc 2>/dev/null >"$out.tmp")
   mv "$out.tmp" "$out"
   cp "$agent" "$dir/initrd.agent"
   rm -rf "$work"
@@ -224,9 +225,9 @@ run() {
     [ -z "${SHOAL_LOG:-}" ] || printf 'SHOAL_LOG=%q\n' "$SHOAL_LOG"
   } >"$dir/cfg/etc/shoal/board.env"
   cp "$token_file" "$dir/cfg/etc/shoal/token"
-  (cd "$dir/cfg" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 >"$dir/board.cpio.gz")
-  cat "$base" "$dir/board.cpio.gz" >"$dir/initrd.gz"
-  rm -rf "$dir/cfg" "$dir/board.cpio.gz"
+  (cd "$dir/cfg" && find . | busybox cpio -o -H newc 2>/dev/null >"$dir/board.cpio")
+  cat "$base" "$dir/board.cpio" >"$dir/initrd.cpio"
+  rm -rf "$dir/cfg" "$dir/board.cpio"
 
   local release
   release=$(cat "$cache/$arch/release")
@@ -240,7 +241,7 @@ run() {
   exec "$root/usr/bin/qemu-system-aarch64" -L "$root/usr/share/qemu" \
     -M virt -cpu cortex-a53 -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
     -nodefaults -display none -no-reboot -serial stdio -monitor none \
-    -kernel "$cache/$arch/root/boot/vmlinuz-$release" -initrd "$dir/initrd.gz" \
+    -kernel "$cache/$arch/root/boot/vmlinuz-$release" -initrd "$dir/initrd.cpio" \
     -append "console=ttyAMA0 quiet panic=-1" \
     -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
     -device "virtio-net-pci,netdev=n0,mac=$mac,romfile="

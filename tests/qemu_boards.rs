@@ -61,6 +61,9 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     });
     let to_ready = boot.elapsed();
     assert_eq!(row.arch, "aarch64", "{row:?}");
+    // The guest's own uptime when its init had the network up (kernel and init alone).
+    let console = arm.console();
+    let kernel_up = console.lines().find_map(|l| l.strip_prefix("shoal-board: up after ")).unwrap_or("?").to_owned();
     let rows = c.nodes();
     assert_eq!(rows.iter().filter(|n| n.arch == "x86_64" && n.status == "Ready").count(), 3, "{rows:?}");
 
@@ -118,7 +121,7 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     });
     let to_moved = off.elapsed();
     eprintln!(
-        "qemu aarch64 board: boot → Ready {to_ready:.1?}, service create → answering {to_answering:.1?}, \
+        "qemu aarch64 board: boot → Ready {to_ready:.1?} (kernel and init: {kernel_up}), service create → answering {to_answering:.1?}, \
          update → 3.0 running {to_updated:.1?}, power off → Down {to_down:.1?}, → task moved {to_moved:.1?}; \
          whole test {:.1?}",
         start.elapsed()
