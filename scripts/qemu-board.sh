@@ -4,7 +4,7 @@
 # joining a manager with a token. Software emulation (TCG): nothing here needs KVM.
 #
 #   scripts/qemu-board.sh fetch [ARCH]   download and unpack Debian's kernel for ARCH
-#                                        (aarch64; default), busybox-static for it and
+#                                        (aarch64, the default, or armv7), busybox-static for it and
 #                                        qemu-system-arm (apt-get download + dpkg-deb,
 #                                        nothing installed) into out/qemu/; cached
 #   scripts/qemu-board.sh run --tap TAP --ip ADDR/LEN --manager HOST:PORT
@@ -26,12 +26,15 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/out/qemu
 
-# Debian's names for an agent architecture: dpkg architecture, kernel flavour, rust target.
+# Debian's names for an agent architecture: dpkg architecture, kernel flavour, rust
+# target, QEMU program, machine and CPU. armv7: highmem=off, as the 32-bit kernel can't
+# reach the virt machine's PCI space above 4 GiB.
 arch_info() {
   case $1 in
-    aarch64) echo "arm64 arm64 aarch64-unknown-linux-musl" ;;
+    aarch64) echo "arm64 arm64 aarch64-unknown-linux-musl qemu-system-aarch64 virt cortex-a53" ;;
+    armv7) echo "armhf armmp armv7-unknown-linux-gnueabihf qemu-system-arm virt,highmem=off cortex-a15" ;;
     *)
-      echo "qemu-board: unsupported architecture $1 (supported: aarch64)" >&2
+      echo "qemu-board: unsupported architecture $1 (supported: aarch64, armv7)" >&2
       exit 2
       ;;
   esac
@@ -45,7 +48,7 @@ debs() {
 import os, sys
 sys.path.insert(0, os.path.join(os.environ["SHOAL_REPO"], "images"))
 import debian
-apt = debian.Apt(sys.argv[1], ["amd64", "arm64"])
+apt = debian.Apt(sys.argv[1], ["amd64", "arm64", "armhf"])
 for spec in sys.argv[2:]:
     pkg, arch = spec.split(":")
     print(apt.download(pkg, arch))
@@ -65,7 +68,7 @@ fetch() {
   local dir=$cache/$arch
   [ -e "$dir/ready" ] && [ -e "$cache/qemu/ready" ] && return 0
   local debarch flavour target
-  read -r debarch flavour target <<<"$(arch_info "$arch")"
+  read -r debarch flavour target _ <<<"$(arch_info "$arch")"
   mkdir -p "$cache/.cache"
   export SHOAL_REPO=$repo
   if [ ! -e "$cache/qemu/ready" ]; then
@@ -208,8 +211,8 @@ run() {
   for v in tap ip manager token_file hostname; do
     [ -n "${!v}" ] || { echo "qemu-board: run needs --${v//_/-}" >&2; exit 2; }
   done
-  local debarch flavour target
-  read -r debarch flavour target <<<"$(arch_info "$arch")"
+  local debarch flavour target qemu machine cpu
+  read -r debarch flavour target qemu machine cpu <<<"$(arch_info "$arch")"
   agent=${agent:-$repo/out/agents/$target/shoal-agent}
   [ -x "$agent" ] || { echo "qemu-board: no agent at $agent: build it with scripts/build-agents.sh" >&2; exit 1; }
   fetch "$arch"
@@ -238,8 +241,8 @@ run() {
   libs=$(find "$root/lib" "$root/usr/lib" -name '*.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
   export LD_LIBRARY_PATH=$libs
   # romfile=: no iPXE option ROM (ipxe-qemu is not fetched; the kernel needs none).
-  exec "$root/usr/bin/qemu-system-aarch64" -L "$root/usr/share/qemu" \
-    -M virt -cpu cortex-a53 -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
+  exec "$root/usr/bin/$qemu" -L "$root/usr/share/qemu" \
+    -M "$machine" -cpu "$cpu" -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
     -nodefaults -display none -no-reboot -serial stdio -monitor none \
     -kernel "$cache/$arch/root/boot/vmlinuz-$release" -initrd "$dir/initrd.cpio" \
     -append "console=ttyAMA0 quiet panic=-1" \

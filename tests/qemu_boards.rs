@@ -1,20 +1,22 @@
-//! QEMU boards (issue 12): a real Debian arm64 kernel under `qemu-system-aarch64 -M virt
-//! -cpu cortex-a53` (software emulation) as a board of a mixed fleet, beside two
-//! namespace boards on the same bridge (`scripts/qemu-board.sh`, `Lab::qemu_board`). One
-//! cluster for every check: the board joins and shows arch aarch64; a service
-//! constrained to `node.arch==aarch64` runs there only, on the arm64 variant of
-//! demo/app (the guest's kernel runs no other), and its host-mode port answers from the
-//! host; it takes a rolling update; powering the VM off marks it Down within 3 s and a
-//! service without the constraint moves its task to the other boards.
+//! QEMU boards (issue 12): Debian's real arm64 kernel under `qemu-system-aarch64 -M virt
+//! -cpu cortex-a53` and its armmp kernel under `qemu-system-arm -M virt,highmem=off -cpu
+//! cortex-a15` (software emulation), as boards of a mixed fleet beside two namespace
+//! boards on the same bridge (`scripts/qemu-board.sh`, `Lab::qemu_board`). One cluster
+//! for every check: the VMs join and show arch aarch64 and arm; a service constrained
+//! to each arch runs there only, on the image's variant for it (the guests' kernels run
+//! no other), and its host-mode port answers from the host; the aarch64 one takes a
+//! rolling update; powering the aarch64 VM off marks it Down within 3 s and a service
+//! without a constraint moves its task to another board.
 //!
-//! Needs the static aarch64 agent (`scripts/build-agents.sh`, or its `--check` build);
-//! the kernel, busybox and QEMU are fetched and cached in out/qemu/ by the script.
+//! Needs the static aarch64 and armv7 agents (`scripts/build-agents.sh`, or its
+//! `--check` builds); the kernels, busybox and QEMU are fetched and cached in out/qemu/
+//! by the script.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, running_containers, wait_for, Cluster, Lab};
+use shoal_e2e::{lab_image, running_containers, wait_for, Cluster, Lab, QemuBoard};
 
 /// The body of `GET path` from `ip:port`, if it answers 200.
 fn get(ip: &str, port: u16, path: &str) -> Option<String> {
@@ -39,7 +41,7 @@ fn running_on(c: &Cluster, service: &str, image: &str) -> Vec<String> {
 
 #[test]
 #[ignore = "needs root"]
-fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
+fn qemu_arm_boards_join_run_their_variants_update_and_fail_over() {
     let start = Instant::now();
     // 800 ms heartbeats: a board under emulation on a busy machine can miss a 500 ms
     // one while it sets up (three missed would mark it Down); three missed 800 ms ones
@@ -50,47 +52,75 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
         m.shoal(&["image", "load", lab_image(image).to_str().unwrap()]);
     }
 
-    // Boot → Ready.
+    // Boot → Ready: both VMs at once.
     let boot = Instant::now();
     let mut arm = c.lab.qemu_board("aarch64", 0, "arm1", &c.token).unwrap();
-    let row = wait_for("the QEMU board to join and be Ready", Duration::from_secs(150), || {
-        if let Some(code) = arm.qemu.wait_exit(Duration::ZERO) {
-            panic!("QEMU exited ({code}) before the board joined; its console:\n{}", arm.console());
+    let mut armv7 = c.lab.qemu_board("armv7", 1, "armv7", &c.token).unwrap();
+    let mut ready = [None, None];
+    wait_for("both QEMU boards to join and be Ready", Duration::from_secs(180), || {
+        for (i, board) in [&mut arm, &mut armv7].into_iter().enumerate() {
+            if let Some(code) = board.qemu.wait_exit(Duration::ZERO) {
+                panic!(
+                    "QEMU of {} exited ({code}) before it joined; its console:\n{}",
+                    board.hostname,
+                    board.console()
+                );
+            }
+            if ready[i].is_none() && c.nodes().iter().any(|n| n.hostname == board.hostname && n.status == "Ready") {
+                ready[i] = Some(boot.elapsed());
+            }
         }
-        c.nodes().into_iter().find(|n| n.hostname == "arm1" && n.status == "Ready")
+        ready.iter().all(Option::is_some).then_some(())
     });
-    let to_ready = boot.elapsed();
-    assert_eq!(row.arch, "aarch64", "{row:?}");
-    // The guest's own uptime when its init had the network up (kernel and init alone).
-    let console = arm.console();
-    let kernel_up = console.lines().find_map(|l| l.strip_prefix("shoal-board: up after ")).unwrap_or("?").to_owned();
+    let [Some(to_ready), Some(to_ready_v7)] = ready else { unreachable!() };
     let rows = c.nodes();
+    let arch = |host: &str| rows.iter().find(|n| n.hostname == host).map(|n| n.arch.clone()).unwrap_or_default();
+    assert_eq!((arch("arm1").as_str(), arch("armv7").as_str()), ("aarch64", "arm"), "{rows:?}");
     assert_eq!(rows.iter().filter(|n| n.arch == "x86_64" && n.status == "Ready").count(), 3, "{rows:?}");
+    // The guest's own uptime when its init had the network up (kernel and init alone).
+    let kernel_up = |b: &QemuBoard| {
+        b.console()
+            .lines()
+            .find_map(|l| l.strip_prefix("shoal-board: up after ").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let (kernel_up, kernel_up_v7) = (kernel_up(&arm), kernel_up(&armv7));
 
-    // Constrained to aarch64: lands on the QEMU board only, and answers from the host.
+    // Constrained to aarch64 and to arm: each lands on its QEMU board only, runs the
+    // image's variant for it (linux/arm64, linux/arm/v7) and answers from the host.
     let created = Instant::now();
     let publish = "mode=host,target=8000,published=8000";
-    m.shoal(&[
-        "service",
-        "create",
-        "--name",
-        "armweb",
-        "--constraint",
-        "node.arch==aarch64",
-        "--publish",
-        publish,
-        "-d",
-        "demo/app:1.0",
-    ]);
-    let version =
-        wait_for("armweb 1.0 to answer on the QEMU board", Duration::from_secs(60), || get(&arm.ip, 8000, "/version"));
-    let to_answering = created.elapsed();
-    assert_eq!(version, "1.0");
+    for (name, arch) in [("armweb", "aarch64"), ("armv7web", "arm")] {
+        let constraint = format!("node.arch=={arch}");
+        m.shoal(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--constraint",
+            &constraint,
+            "--publish",
+            publish,
+            "-d",
+            "demo/app:1.0",
+        ]);
+    }
+    let mut answering = [None, None];
+    wait_for("armweb and armv7web 1.0 to answer on their boards", Duration::from_secs(90), || {
+        for (i, board) in [&arm, &armv7].into_iter().enumerate() {
+            if answering[i].is_none() && get(&board.ip, 8000, "/version").as_deref() == Some("1.0") {
+                answering[i] = Some(created.elapsed());
+            }
+        }
+        answering.iter().all(Option::is_some).then_some(())
+    });
+    let [Some(to_answering), Some(to_answering_v7)] = answering else { unreachable!() };
     assert_eq!(running_on(&c, "armweb", "demo/app:1.0"), ["arm1"]);
-    // Nothing of it on the namespace boards (their containers are this machine's).
-    assert_eq!(running_containers("armweb"), 0);
+    assert_eq!(running_on(&c, "armv7web", "demo/app:1.0"), ["armv7"]);
+    // Nothing of them on the namespace boards (their containers are this machine's).
+    assert_eq!(running_containers("armweb") + running_containers("armv7web"), 0);
 
-    // A rolling update on the board.
+    // A rolling update on the aarch64 board.
     let updated = Instant::now();
     m.shoal(&["service", "update", "--image", "demo/app:3.0", "-d", "armweb"]);
     wait_for("armweb 3.0 to answer", Duration::from_secs(60), || {
@@ -101,28 +131,29 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     });
     let to_updated = updated.elapsed();
 
-    // Without the constraint: one task on each of the three boards.
-    m.shoal(&["service", "create", "--name", "spread", "--replicas", "3", "-d", "demo/app:1.0"]);
-    wait_for("spread on all three boards", Duration::from_secs(60), || {
+    // Without a constraint: one task on each of the four boards.
+    m.shoal(&["service", "create", "--name", "spread", "--replicas", "4", "-d", "demo/app:1.0"]);
+    wait_for("spread on all four boards", Duration::from_secs(60), || {
         let mut nodes = running_on(&c, "spread", "demo/app:1.0");
         nodes.sort();
-        (nodes == ["arm1", "node1", "node2"]).then_some(())
+        (nodes == ["arm1", "armv7", "node1", "node2"]).then_some(())
     });
 
-    // Power off: Down within 3 s, and its spread task moves to the namespace boards.
+    // Power off: Down within 3 s, and its spread task moves to another board.
     arm.power_off();
     let off = Instant::now();
     c.wait_status("arm1", "Down", Duration::from_secs(10));
     let to_down = off.elapsed();
     assert!(to_down < Duration::from_secs(3), "the QEMU board took {to_down:?} to be marked Down");
-    wait_for("spread's third task to run on a namespace board", Duration::from_secs(30), || {
+    wait_for("spread's task of arm1 to run on another board", Duration::from_secs(30), || {
         let nodes = running_on(&c, "spread", "demo/app:1.0");
-        (nodes.len() == 3 && nodes.iter().all(|n| n != "arm1")).then_some(())
+        (nodes.len() == 4 && nodes.iter().all(|n| n != "arm1")).then_some(())
     });
     let to_moved = off.elapsed();
     eprintln!(
-        "qemu aarch64 board: boot → Ready {to_ready:.1?} (kernel and init: {kernel_up}), service create → answering {to_answering:.1?}, \
-         update → 3.0 running {to_updated:.1?}, power off → Down {to_down:.1?}, → task moved {to_moved:.1?}; \
+        "qemu boards: boot → Ready aarch64 {to_ready:.1?}, armv7 {to_ready_v7:.1?} (kernel and init: {kernel_up}, \
+         {kernel_up_v7}); service create → answering aarch64 {to_answering:.1?}, armv7 {to_answering_v7:.1?}; \
+         update → 3.0 running {to_updated:.1?}; power off → Down {to_down:.1?}, → task moved {to_moved:.1?}; \
          whole test {:.1?}",
         start.elapsed()
     );

@@ -813,32 +813,30 @@ impl Drop for QemuBoard {
     }
 }
 
-/// The static agent a QEMU board of `target` runs: `SHOAL_QEMU_AGENT`, else the release
-/// build `scripts/build-agents.sh` leaves in out/agents/, else the `static-check` build
+/// The static agent a QEMU board of `target` runs: the release build
+/// `scripts/build-agents.sh` leaves in out/agents/, else the `static-check` build
 /// (`scripts/build-agents.sh --check`, as CI makes it).
 pub fn cross_agent(target: &str) -> PathBuf {
-    if let Ok(path) = std::env::var("SHOAL_QEMU_AGENT") {
-        return path.into();
-    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let release = repo.join("out/agents").join(target).join("shoal-agent");
     let target_dir = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo.join("target"));
     let check = target_dir.join(target).join("static-check/shoal-agent");
     let found = [release, check].into_iter().find(|p| p.exists());
     found.unwrap_or_else(|| {
-        panic!("no shoal-agent for {target}: build it with scripts/build-agents.sh (or set SHOAL_QEMU_AGENT)")
+        panic!("no shoal-agent for {target}: build it with scripts/build-agents.sh (or its --check)")
     })
 }
 
 impl Lab {
-    /// Boots QEMU board number `n` (0, 1, …) of architecture `arch` (`aarch64`) on this
+    /// Boots QEMU board number `n` (0, 1, …) of architecture `arch` (`aarch64`, `armv7`) on this
     /// lab's bridge, at `.200 + n` of the lab's /24, joining the manager on `hosts[0]`
     /// with `token` as `hostname`. Returns once QEMU runs; the board joins by itself
     /// (wait for it with [`Cluster::wait_status`]).
     pub fn qemu_board(&self, arch: &str, n: u8, hostname: &str, token: &str) -> Result<QemuBoard> {
         let target = match arch {
             "aarch64" => "aarch64-unknown-linux-musl",
-            other => bail!("no QEMU board for {other}: scripts/qemu-board.sh supports aarch64"),
+            "armv7" => "armv7-unknown-linux-gnueabihf",
+            other => bail!("no QEMU board for {other}: scripts/qemu-board.sh supports aarch64 and armv7"),
         };
         let agent = cross_agent(target);
         let manager = &self.hosts[0];
