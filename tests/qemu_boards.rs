@@ -43,10 +43,10 @@ fn running_on(c: &Cluster, service: &str, image: &str) -> Vec<String> {
 #[ignore = "needs root"]
 fn qemu_arm_boards_join_run_their_variants_update_and_fail_over() {
     let start = Instant::now();
-    // 800 ms heartbeats: a board under emulation on a busy machine can miss a 500 ms
-    // one while it sets up (three missed would mark it Down); three missed 800 ms ones
-    // still mark a dead board Down within 2.4 s.
-    let c = Cluster::start_in_with(Lab::new(3).unwrap(), &["--heartbeat-period", "800ms"]).unwrap();
+    // 700 ms heartbeats: a board under emulation on a busy machine can miss three
+    // 500 ms ones in a row while it sets up, and be marked Down for a moment; three
+    // missed 700 ms ones still mark a dead board Down within 2.1 s.
+    let c = Cluster::start_in_with(Lab::new(3).unwrap(), &["--heartbeat-period", "700ms"]).unwrap();
     let m = c.manager_host();
     for image in ["demo-app-1.0.tar", "demo-app-3.0.tar"] {
         m.shoal(&["image", "load", lab_image(image).to_str().unwrap()]);
@@ -139,6 +139,11 @@ fn qemu_arm_boards_join_run_their_variants_update_and_fail_over() {
         (nodes == ["arm1", "armv7", "node1", "node2"]).then_some(())
     });
 
+    // Boards marked Down before any was powered off: heartbeats an emulated board
+    // missed while busy, seen while both VMs boot on a loaded machine (reported with the
+    // figures; the checks above held regardless).
+    let missed = c.manager.output().matches("node is down").count();
+
     // Power off: Down within 3 s, and its spread task moves to another board.
     arm.power_off();
     let off = Instant::now();
@@ -154,6 +159,7 @@ fn qemu_arm_boards_join_run_their_variants_update_and_fail_over() {
         "qemu boards: boot → Ready aarch64 {to_ready:.1?}, armv7 {to_ready_v7:.1?} (kernel and init: {kernel_up}, \
          {kernel_up_v7}); service create → answering aarch64 {to_answering:.1?}, armv7 {to_answering_v7:.1?}; \
          update → 3.0 running {to_updated:.1?}; power off → Down {to_down:.1?}, → task moved {to_moved:.1?}; \
+         marked Down before the power-off: {missed} times; \
          whole test {:.1?}",
         start.elapsed()
     );
