@@ -4,9 +4,10 @@
 # joining a manager with a token. Software emulation (TCG): nothing here needs KVM.
 #
 #   scripts/qemu-board.sh fetch [ARCH]   download and unpack Debian's kernel for ARCH
-#                                        (aarch64, the default, or armv7), busybox-static for it and
-#                                        qemu-system-arm (apt-get download + dpkg-deb,
-#                                        nothing installed) into out/qemu/; cached
+#                                        (aarch64, the default, or armv7), its
+#                                        busybox-static and qemu-system-arm (apt-get
+#                                        download + dpkg-deb, nothing installed) into
+#                                        out/qemu/; cached
 #   scripts/qemu-board.sh run --tap TAP --ip ADDR/LEN --manager HOST:PORT
 #         --token-file FILE --hostname NAME [--arch ARCH] [--agent FILE] [--dir DIR]
 #                                        boots a board (in the foreground: QEMU is exec'd,
@@ -17,7 +18,8 @@
 # harness makes it on its lab's bridge). The agent defaults to
 # out/agents/<target>/shoal-agent (scripts/build-agents.sh). The token travels in a small
 # second initramfs appended to the cached one (not on the kernel's command line, which
-# every container can read), and the guest removes it once read. The board's root is a
+# every container can read), and the guest removes it once read; the board's initramfs
+# in DIR (default out/qemu/run/<hostname>, made private) still holds it. The board's root is a
 # tmpfs the initramfs is copied to (pivot_root, which containers need, is refused when the
 # root is the initramfs itself); cgroup v2; the kernel's modules for networking and
 # overlayfs are loaded at boot, the rest on demand. QEMU_BOARD_MEMORY (MiB, default 512),
@@ -51,7 +53,10 @@ import debian
 apt = debian.Apt(sys.argv[1], ["amd64", "arm64", "armhf"])
 for spec in sys.argv[2:]:
     pkg, arch = spec.split(":")
-    print(apt.download(pkg, arch))
+    try:
+        print(apt.download(pkg, arch))
+    except RuntimeError as err:
+        sys.exit(f"qemu-board: {err} (check the network and Debian's mirror, then run it again)")
 EOF
 }
 
@@ -65,6 +70,7 @@ nft_hash nft_limit xt_conntrack"
 
 fetch() {
   local arch=${1:-aarch64}
+  arch_info "$arch" >/dev/null # exits on an unknown one
   local dir=$cache/$arch
   [ -e "$dir/ready" ] && [ -e "$cache/qemu/ready" ] && return 0
   local debarch flavour target
@@ -214,6 +220,7 @@ PY
 run() {
   local arch=aarch64 tap="" ip="" manager="" token_file="" hostname="" agent="" dir=""
   while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || { echo "qemu-board: $1 needs a value (see scripts/qemu-board.sh without arguments)" >&2; exit 2; }
     case $1 in
       --arch) arch=$2 ;;
       --tap) tap=$2 ;;
@@ -233,6 +240,7 @@ run() {
   for v in tap ip manager token_file hostname; do
     [ -n "${!v}" ] || { echo "qemu-board: run needs --${v//_/-}" >&2; exit 2; }
   done
+  arch_info "$arch" >/dev/null # exits on an unknown one
   local debarch flavour target qemu machine cpu
   read -r debarch flavour target qemu machine cpu <<<"$(arch_info "$arch")"
   agent=${agent:-$repo/out/agents/$target/shoal-agent}
@@ -243,6 +251,8 @@ run() {
   # The board's own settings, as a second cpio archive after the cached one.
   dir=${dir:-$cache/run/$hostname}
   rm -rf "$dir/cfg"
+  mkdir -p "$dir"
+  chmod 700 "$dir" # the board's initramfs holds its join token
   mkdir -p "$dir/cfg/etc/shoal"
   {
     printf 'SHOAL_IP=%q\nSHOAL_MANAGER=%q\nSHOAL_HOSTNAME=%q\n' "$ip" "$manager" "$hostname"
@@ -282,7 +292,7 @@ case ${1:-} in
     run "$@"
     ;;
   *)
-    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
