@@ -68,7 +68,7 @@ overlay=$(cargo test --quiet --release -p shoal-agent --test xfrm -- --include-i
 mesh=$(SHOAL_BIN_DIR=$PWD/target/release cargo test --quiet -p shoal-e2e --test mesh_lab -- \
   --include-ignored --nocapture 2>&1 | grep -E 'requests/s|failure window|Down in|within' || true)
 names=$(SHOAL_BIN_DIR=$PWD/target/release cargo test --quiet -p shoal-e2e --test overlay_lab -- \
-  --include-ignored --nocapture a_vip_service 2>&1 | grep -E 'leaving DNS|scale 3' || true)
+  --include-ignored --nocapture a_vip_service 2>&1 | grep -E 'leaving DNS|scale 3|DNS in a container' || true)
 dns=$(cargo test --quiet --release -p shoal-agent --test dns -- --include-ignored --nocapture 2>&1 |
   grep -E 'p99' || true)
 

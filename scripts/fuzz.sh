@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(frame messages token template service_args oci unpack manager_archive agent_archive)
+targets=(frame messages token template service_args oci unpack manager_archive agent_archive compose)
 triple=$(rustc -vV | sed -n 's/^host: //p')
 target_dir=${FUZZ_TARGET_DIR:-$PWD/fuzz/target}
 out=${FUZZ_OUT:-$target_dir/run}

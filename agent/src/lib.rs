@@ -15,6 +15,7 @@ pub mod images;
 pub mod kernel;
 pub mod net;
 pub mod runtime;
+pub mod secrets;
 pub mod session;
 pub mod supervisor;
 

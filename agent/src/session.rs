@@ -305,6 +305,7 @@ async fn session(
     drop(tokio::spawn(image_worker(conn.clone(), images.clone(), wanted_rx, outbox.clone())));
     // Task reports: first the current status of every task, then each change. A batch
     // taken when the session dies is not lost: the next session sends every status again.
+    supervisor.secrets().new_session();
     supervisor.new_session().await;
     let reports = {
         let (supervisor, outbox) = (supervisor.clone(), outbox.clone());
@@ -347,6 +348,11 @@ async fn session(
                     // Overlays first, so they exist when a container of them is prepared.
                     networks.assignments(full, more, &upsert, &remove).await;
                     supervisor.assign(full, more, upsert.into_vec(), remove.into_vec()).await;
+                }
+                Ok(Some(ManagerMessage::Secrets(set))) => {
+                    // Counts only: the bytes never reach a log.
+                    debug!(more = set.more, objects = set.items.len(), "secrets and configs from the manager");
+                    supervisor.secrets().apply(set);
                 }
                 Ok(Some(ManagerMessage::Networks(view))) => {
                     debug!(more = view.more, networks = view.networks.len(), "network view from the manager");

@@ -68,6 +68,7 @@ impl Lab {
             cpu_millis: None,
             hosts: vec![],
             resolv_conf: None,
+            files: vec![],
             seccomp: Default::default(),
         }
     }

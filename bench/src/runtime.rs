@@ -29,6 +29,7 @@ fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
     ContainerConfig {
         stop_signal: 15,
         resolv_conf: None,
+        files: vec![],
         id: id.to_owned(),
         hostname: id.to_owned(),
         args: args.iter().map(|s| s.to_string()).collect(),

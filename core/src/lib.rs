@@ -20,6 +20,7 @@ pub mod pass;
 pub mod placement;
 pub mod plan;
 pub mod scheduler;
+pub mod secrets;
 pub mod services;
 pub mod slots;
 pub mod updater;

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod images;
 pub mod init;
 pub mod paths;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod verify;

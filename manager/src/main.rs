@@ -34,6 +34,15 @@ enum Command {
     /// Manage services: replicated or global sets of containers on the boards.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Manage secrets: encrypted on the manager, given only to the boards that use them.
+    #[command(subcommand)]
+    Secret(shoal_manager::cli::object::ObjectCommand),
+    /// Manage configs: files given to services' containers.
+    #[command(subcommand)]
+    Config(shoal_manager::cli::object::ObjectCommand),
+    /// Deploy and manage stacks from compose files.
+    #[command(subcommand)]
+    Stack(shoal_manager::cli::stack::StackCommand),
     /// Run a command in a running task's container, wherever it runs.
     Exec(shoal_manager::cli::exec::ExecArgs),
 }
@@ -61,6 +70,13 @@ fn main() -> std::process::ExitCode {
             Command::Image(cmd) => shoal_manager::cli::image::run(&cli.data_dir, cmd).await,
             Command::Network(cmd) => shoal_manager::cli::network::run(&cli.data_dir, cmd).await,
             Command::Service(cmd) => shoal_manager::cli::service::run(&cli.data_dir, cmd).await,
+            Command::Secret(cmd) => {
+                shoal_manager::cli::object::run(&cli.data_dir, shoal_proto::secrets::Kind::Secret, cmd).await
+            }
+            Command::Config(cmd) => {
+                shoal_manager::cli::object::run(&cli.data_dir, shoal_proto::secrets::Kind::Config, cmd).await
+            }
+            Command::Stack(cmd) => shoal_manager::cli::stack::run(&cli.data_dir, cmd).await,
             Command::Exec(_) => unreachable!("handled above"),
         }
     });

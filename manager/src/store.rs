@@ -24,6 +24,8 @@ const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Overlay networks by network ID (ingress included).
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// Secrets (sealed) and configs, by `kind/name` (`crate::secrets::ObjectRecord`).
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const CLUSTER_KEY: &str = "cluster";
 /// Which layout of records the store holds; bumped when a stored type changes shape.
 const FORMAT_KEY: &str = "format";
@@ -321,6 +323,7 @@ impl Store {
             store.images()?;
             store.services()?;
             store.tasks()?;
+            store.objects()?;
             Ok(())
         }));
         match read_all {
@@ -501,6 +504,39 @@ impl Store {
         self.note(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NETWORKS)?.remove(id.as_str())?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every secret and config record, by kind and name.
+    pub fn objects(&self) -> Result<Vec<crate::secrets::ObjectRecord>, StoreError> {
+        self.all(OBJECTS)
+    }
+
+    /// Writes or deletes one secret or config together with the services it changes
+    /// (a rotation rolls them): all or nothing.
+    pub fn change_object(
+        &self,
+        put: Option<&crate::secrets::ObjectRecord>,
+        remove: Option<&str>,
+        services: &[&ServiceRecord],
+    ) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            {
+                let mut objects = tx.open_table(OBJECTS)?;
+                if let Some(key) = remove {
+                    objects.remove(key)?;
+                }
+                if let Some(o) = put {
+                    objects.insert(o.key().as_str(), postcard::to_allocvec(o)?.as_slice())?;
+                }
+                let mut table = tx.open_table(SERVICES)?;
+                for s in services {
+                    table.insert(s.service.id.as_str(), postcard::to_allocvec(s)?.as_slice())?;
+                }
+            }
             tx.commit()?;
             Ok(())
         })

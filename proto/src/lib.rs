@@ -19,6 +19,7 @@ pub mod ids;
 pub mod images;
 pub mod messages;
 pub mod networks;
+pub mod secrets;
 pub mod services;
 pub mod template;
 pub mod time;

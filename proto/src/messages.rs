@@ -163,6 +163,10 @@ pub enum ManagerMessage {
     /// One chunk of this node's view of its networks (peers, names, VIP backends),
     /// sent whole each time it changes: see [`crate::networks::NodeNetworks`].
     Networks(crate::networks::NodeNetworks),
+    /// One chunk of the secrets and configs this node's tasks use (their bytes), sent
+    /// whole each time the set changes and before the assignments that need it: see
+    /// [`crate::secrets::SecretSet`].
+    Secrets(crate::secrets::SecretSet),
 }
 
 /// Administrative requests, from the `shoal` CLI.
@@ -217,6 +221,8 @@ pub enum ControlRequest {
     Service(crate::dispatch::ServiceRequest),
     /// `shoal network ...`.
     Network(crate::networks::NetworkRequest),
+    /// `shoal secret ...` and `shoal config ...`.
+    Object(crate::secrets::ObjectRequest),
     /// `shoal manager backup FILE`: a consistent copy of the state store, whose bytes
     /// follow the [`ControlReply::Backup`] frame on the same stream.
     Backup,
@@ -287,6 +293,8 @@ pub enum ControlReply {
     Service(crate::dispatch::ServiceReply),
     /// Answer to a network request.
     Network(crate::networks::NetworkReply),
+    /// Answer to a secret or config request.
+    Object(crate::secrets::ObjectReply),
     /// A backup of `size` bytes follows this frame.
     Backup {
         /// Exact length of the store copy that follows.

@@ -466,12 +466,27 @@ impl NetworkView {
         let of_service = |i: usize| -> Vec<Ipv4Addr> {
             self.tasks.iter().filter(|t| usize::from(t.service) == i).map(|t| t.address).collect()
         };
+        // A stack's service `<stack>_<name>` also answers to `<name>` (Docker's alias of a
+        // stack service on its networks), when no other service takes that name.
+        let find = |wanted: &str| {
+            self.services.iter().position(|s| s.name.as_str() == wanted).or_else(|| {
+                let mut alias = self
+                    .services
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.name.as_str().split_once('_').is_some_and(|(_, short)| short == wanted));
+                match (alias.next(), alias.next()) {
+                    (Some((i, _)), None) => Some(i),
+                    _ => None,
+                }
+            })
+        };
         if let Some(svc) = name.strip_prefix("tasks.") {
-            if let Some(i) = self.services.iter().position(|s| s.name.as_str() == svc) {
+            if let Some(i) = find(svc) {
                 return of_service(i);
             }
         }
-        if let Some(i) = self.services.iter().position(|s| s.name.as_str() == name) {
+        if let Some(i) = find(name) {
             return match self.services[i].vip {
                 Some(vip) => vec![vip],
                 None => of_service(i),

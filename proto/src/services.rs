@@ -215,6 +215,16 @@ pub struct ServiceSpec {
     /// spec saved before it still loads from JSON.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// Secrets its containers get under `/run/secrets` (`--secret`).
+    #[serde(default)]
+    pub secrets: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// Configs its containers get as files (`--config`).
+    #[serde(default)]
+    pub configs: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// The service's labels (Docker's `Spec.Labels`; stacks set
+    /// `com.docker.stack.namespace`).
+    #[serde(default)]
+    pub labels: BoundedVec<crate::Label, { crate::MAX_LABELS }>,
 }
 
 /// Longest `--hostname` template; expanded, a hostname has at most 63 bytes.
@@ -261,6 +271,9 @@ impl ServiceSpec {
             seccomp: Seccomp::Default,
             stop_signal: None,
             hostname: None,
+            secrets: BoundedVec::new(),
+            configs: BoundedVec::new(),
+            labels: BoundedVec::new(),
         }
     }
 
@@ -268,13 +281,15 @@ impl ServiceSpec {
     /// below reservations, no published port listed twice, DNSRR without ingress ports.
     pub fn validate(&self) -> Result<(), SpecError> {
         let name = self.name.as_str();
+        // `_` as Docker allows it: a stack's services are `<stack>_<name>`.
         let dns_label = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !name.starts_with('-')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && name.as_bytes()[0].is_ascii_alphanumeric()
             && !name.ends_with('-');
         if !dns_label {
             return Err(SpecError::Invalid(format!(
-                "service name {name:?} must be letters, digits and inner dashes (a DNS label)"
+                "service name {name:?} must be a DNS label: letters, digits and inner dashes (and `_`, as a \
+                 stack's `<stack>_<name>`)"
             )));
         }
         if self.image.is_empty() {
@@ -362,6 +377,7 @@ impl ServiceSpec {
                 ));
             }
         }
+        self.validate_secret_refs()?;
         if self.rollback_config.failure_action == FailureAction::Rollback {
             return Err(SpecError::Invalid(
                 "a rollback can't itself be rolled back: --rollback-failure-action is pause or continue".into(),
@@ -390,7 +406,27 @@ impl ServiceSpec {
             seccomp: self.seccomp.clone(),
             stop_signal: self.stop_signal.clone(),
             hostname: self.hostname.clone(),
+            secrets: self.secrets.clone(),
+            configs: self.configs.clone(),
         }
+    }
+
+    /// Each reference well-formed, no two secrets at the same file, no two configs at
+    /// the same path.
+    fn validate_secret_refs(&self) -> Result<(), SpecError> {
+        use crate::secrets::Kind;
+        for (kind, refs) in [(Kind::Secret, &self.secrets), (Kind::Config, &self.configs)] {
+            for (i, r) in refs.iter().enumerate() {
+                r.validate(kind)?;
+                if refs[..i].iter().any(|q| q.target == r.target) {
+                    return Err(SpecError::Invalid(format!(
+                        "two {kind}s have the target {}: give each its own target=",
+                        r.target
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -970,6 +1006,13 @@ pub struct TaskSpec {
     /// The hostname template (see [`ServiceSpec::hostname`]). (Defaulted likewise.)
     #[serde(default)]
     pub hostname: Option<Text<MAX_HOSTNAME_TEMPLATE>>,
+    /// Secrets by name, target and version: never their bytes, which reach the board
+    /// apart ([`crate::ManagerMessage::Secrets`]) and are never written to its disk.
+    #[serde(default)]
+    pub secrets: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
+    /// Configs likewise.
+    #[serde(default)]
+    pub configs: BoundedVec<crate::secrets::SecretRef, { crate::secrets::MAX_REFS }>,
 }
 
 /// Placement rules of a task.

@@ -523,6 +523,14 @@ impl Lab {
                 let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}/shoal/{id}"));
             }
             let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/shoal/{id}"));
+            // A container's secrets tmpfs, which its agent (killed) did not unmount.
+            for root in std::fs::read_dir("/run/shoal").into_iter().flatten().flatten() {
+                if root.file_name().to_string_lossy().starts_with("secrets-") {
+                    let _ = Command::new("umount").arg("-l").arg(root.path().join(id)).output();
+                    let _ = std::fs::remove_dir(root.path().join(id));
+                    let _ = std::fs::remove_dir(root.path());
+                }
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Overrides {
     pub seccomp: super::seccomp::SeccompPolicy,
     /// `--stop-signal`, as the operator typed it.
     pub stop_signal: Option<String>,
+    /// Secrets and configs to bind in.
+    pub files: Vec<crate::secrets::FileMount>,
 }
 
 /// Docker's `PATH` for an image that sets none.
@@ -86,6 +88,7 @@ pub fn container_config(
         resolv_conf: o.resolv_conf.clone(),
         seccomp: o.seccomp.clone(),
         stop_signal,
+        files: o.files.clone(),
     })
 }
 

@@ -64,6 +64,9 @@ pub struct ContainerConfig {
     pub stop_signal: i32,
     /// The container's `/etc/resolv.conf`; `None` keeps the image's own file.
     pub resolv_conf: Option<String>,
+    /// Secrets and configs, bound read-only from the container's tmpfs (see
+    /// [`crate::secrets`]).
+    pub files: Vec<crate::secrets::FileMount>,
 }
 
 /// Which network namespace a container joins.

@@ -133,6 +133,12 @@ pub fn build(config: &ContainerConfig, bundle: &Bundle, device_cgroup: bool) -> 
     if let Some(seccomp) = seccomp {
         spec["linux"]["seccomp"] = seccomp;
     }
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        // Secrets (the tmpfs directory at /run/secrets) and configs (one file each).
+        for f in &config.files {
+            mounts.push(ro_bind(f.source.clone(), &f.destination));
+        }
+    }
     if config.resolv_conf.is_some() {
         // Only when set: a container without one keeps its image's file, as before.
         if let Some(mounts) = spec["mounts"].as_array_mut() {
@@ -185,6 +191,7 @@ mod tests {
             cpu_millis: Some(500),
             hosts: vec!["10.0.0.5\tdatabase".into()],
             resolv_conf: None,
+            files: vec![],
             seccomp: Default::default(),
         }
     }

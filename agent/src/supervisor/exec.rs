@@ -94,6 +94,9 @@ pub enum ExecError {
         /// The panic.
         message: String,
     },
+    /// The task's secrets or configs can't be given to its container.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
     /// The board's disk is full, and that is what made `source` fail.
     #[error("no space left on the board's disk ({}): {source}", .dir.display())]
     DiskFull {
@@ -144,6 +147,9 @@ pub struct StopFailure {
     pub seen: Option<Container>,
 }
 
+/// How long a task waits for its secrets and configs to arrive from the manager.
+const OBJECTS_WAIT: Duration = Duration::from_secs(10);
+
 /// A task's container made and its ports published.
 pub(crate) struct Prepared {
     /// Live publications: dropping them closes the ports.
@@ -169,6 +175,10 @@ pub(crate) struct Exec<N> {
     host_resolv_conf: String,
     /// What `{{.Node.…}}` placeholders stand for.
     node: super::guest::NodeFacts,
+    /// Secrets and configs the manager sent (memory only), and where containers' tmpfs
+    /// go (see [`crate::secrets`]).
+    pub(crate) secrets: Arc<crate::secrets::Held>,
+    secrets_root: PathBuf,
 }
 
 /// What the runtime's answer says of a container.
@@ -201,7 +211,17 @@ impl<N: Sandboxes + 'static> Exec<N> {
             bridge_resolv_conf: super::guest::bridge_resolv_conf(""),
             host_resolv_conf: String::new(),
             node: super::guest::NodeFacts::default(),
+            secrets: Arc::default(),
+            secrets_root: PathBuf::from("/run/shoal/secrets"),
         }
+    }
+
+    /// Takes secrets from `held` and puts containers' secret tmpfs under `root` (one
+    /// per agent on a host).
+    pub(crate) fn with_secrets(mut self, held: Arc<crate::secrets::Held>, root: PathBuf) -> Self {
+        self.secrets = held;
+        self.secrets_root = root;
+        self
     }
 
     /// Gives placeholders the node's facts, and containers without overlays a
@@ -366,6 +386,35 @@ impl<N: Sandboxes + 'static> Exec<N> {
                 return Err(e);
             }
         };
+        // Its secrets and configs, in a tmpfs of its own.
+        let files = if crate::secrets::needed(&a.spec) {
+            // Right after an agent restart, a task from `tasks.json` may be prepared before
+            // the new session has brought the objects (it sends them before any task):
+            // wait for them a little rather than reject the task at once.
+            let until = tokio::time::Instant::now() + OBJECTS_WAIT;
+            while !self.secrets.has_all(&a.spec) && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (root, cid_owned, spec, held) =
+                (self.secrets_root.clone(), cid.to_owned(), a.spec.clone(), self.secrets.clone());
+            let made =
+                tokio::task::spawn_blocking(move || crate::secrets::materialize(&root, &cid_owned, &spec, &held))
+                    .await
+                    .map_err(ExecError::panicked("writing the container's secrets"))
+                    .and_then(|r| r.map_err(ExecError::Secrets));
+            match made {
+                Ok(f) => f,
+                Err(e) => {
+                    drop(ports);
+                    if sandbox.is_some() {
+                        let _ = self.network.remove_sandbox(cid).await;
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            Vec::new()
+        };
         // The container's own addresses, for its /etc/hosts line(s), as Docker writes them.
         let mut addresses: Vec<std::net::IpAddr> = sandbox.iter().map(|s| IpAddr::V4(s.ip)).collect();
         addresses.extend(attachments.iter().map(|n| IpAddr::V4(n.address)));
@@ -397,6 +446,7 @@ impl<N: Sandboxes + 'static> Exec<N> {
                 Seccomp::Unconfined => SeccompPolicy::Unconfined,
                 Seccomp::Profile(json) => SeccompPolicy::Profile(json.to_string()),
             },
+            files,
         };
         let created = match container_config(cid, &image, layers, &overrides) {
             Ok(config) => {
@@ -416,6 +466,7 @@ impl<N: Sandboxes + 'static> Exec<N> {
             Err(e) => Err(ExecError::Spec(e)),
         };
         if let Err(e) = created {
+            crate::secrets::release(&self.secrets_root, cid);
             drop(ports);
             if sandbox.is_some() {
                 let _ = self.network.remove_sandbox(cid).await;
@@ -450,8 +501,14 @@ impl<N: Sandboxes + 'static> Exec<N> {
     /// code.
     pub(crate) async fn stop(&self, cid: String, grace: Duration) -> Result<i32, StopFailure> {
         let rt = self.runtime.clone();
+        let root = self.secrets_root.clone();
         tokio::task::spawn_blocking(move || {
-            rt.stop(&cid, grace).map_err(|e| {
+            let stopped = rt.stop(&cid, grace);
+            if stopped.is_ok() {
+                // Its last user stopped: the secrets leave the board's memory.
+                crate::secrets::release(&root, &cid);
+            }
+            stopped.map_err(|e| {
                 // A container that can't be stopped may be gone or lost (its shim
                 // died): say what is there.
                 let seen = match rt.status(&cid) {
@@ -469,10 +526,12 @@ impl<N: Sandboxes + 'static> Exec<N> {
     /// Stops (if running) and deletes a container; one already gone is fine.
     pub(crate) async fn remove_container(&self, cid: String, grace: Duration) -> Result<(), ExecError> {
         let rt = self.runtime.clone();
+        let root = self.secrets_root.clone();
         tokio::task::spawn_blocking(move || {
             if let Ok(ContainerStatus::Running { .. }) = rt.status(&cid) {
                 rt.stop(&cid, grace).map_err(ExecError::Stop)?;
             }
+            crate::secrets::release(&root, &cid);
             match rt.delete(&cid) {
                 Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
                 Err(e) => Err(ExecError::Remove(e)),

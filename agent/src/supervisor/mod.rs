@@ -103,6 +103,7 @@ pub struct Supervisor {
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     disk: Arc<crate::disk::Watch>,
+    secrets: Arc<crate::secrets::Held>,
 }
 
 /// Statuses and images, shared between the worker and the handles.
@@ -139,6 +140,7 @@ impl Supervisor {
         images: Arc<ImageStore>,
     ) -> Result<Self, SupervisorError> {
         let shared = Arc::new(Shared::default());
+        let held = Arc::new(crate::secrets::Held::default());
         let (commands, rx) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(256);
         let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
@@ -156,7 +158,8 @@ impl Supervisor {
             exec: Arc::new(
                 Exec::new(runtime, network, publisher, images, disk.clone())
                     .with_resolv_conf(config.overlay_resolv_conf.clone())
-                    .with_guest(config.node.clone(), &config.board_resolv_conf),
+                    .with_guest(config.node.clone(), &config.board_resolv_conf)
+                    .with_secrets(held.clone(), crate::secrets::root_for(&config.data_dir)),
             ),
             image_wait_ms: config.image_wait.as_millis() as u64,
             file: TaskFile::new(&config.data_dir),
@@ -172,7 +175,7 @@ impl Supervisor {
         }
         worker.adopt().await?;
         tokio::spawn(worker.run(rx, done_rx));
-        Ok(Self { commands, shared, disk })
+        Ok(Self { commands, shared, disk, secrets: held })
     }
 
     /// Applies a `ManagerMessage::Assignments`: a full set (possibly in chunks, complete
@@ -228,6 +231,11 @@ impl Supervisor {
     /// The current status of every task in the set.
     pub fn statuses(&self) -> BTreeMap<TaskId, TaskStatus> {
         lock(&self.shared.current).clone()
+    }
+
+    /// The secrets and configs the manager sent for this board's tasks (memory only).
+    pub fn secrets(&self) -> &Arc<crate::secrets::Held> {
+        &self.secrets
     }
 
     /// The data dir's disk pressure, which the supervisor samples and the session reports.
@@ -503,6 +511,7 @@ mod tests {
             hosts: vec![],
             resolv_conf: None,
             seccomp: Default::default(),
+            files: vec![],
         }
     }
 

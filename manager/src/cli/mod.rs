@@ -8,8 +8,10 @@ pub mod image;
 pub mod manager;
 pub mod network;
 pub mod node;
+pub mod object;
 pub mod output;
 pub mod service;
+pub mod stack;
 pub mod template;
 
 use std::time::Duration;

@@ -78,6 +78,7 @@ pub(super) async fn handle_control(
     match req {
         ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
         ControlRequest::Network(req) => super::networks::handle(mgr, req, &nodes).map(ControlReply::Network),
+        ControlRequest::Object(req) => super::objects::handle(mgr, req).map(ControlReply::Object),
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();

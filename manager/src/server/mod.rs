@@ -54,6 +54,7 @@ mod distribution;
 mod exec;
 mod join;
 mod networks;
+mod objects;
 mod reconcile;
 mod session;
 
@@ -132,6 +133,9 @@ struct Session {
     underlay: std::net::IpAddr,
     /// The network view last queued for the board; `None` until the first is.
     view: Option<Vec<shoal_proto::networks::NetworkView>>,
+    /// The secrets and configs last queued for the board (names and versions); `None`
+    /// until the first set is.
+    secrets: Option<objects::SentSet>,
 }
 
 struct State {
@@ -164,6 +168,8 @@ struct ServiceState {
     networks: Vec<shoal_proto::networks::Network>,
     /// Encrypted networks' keys (memory only: a restarted manager makes new ones).
     keys: shoal_core::netkeys::Keyring,
+    /// Secrets and configs by `kind/name`, opened (see [`objects`]).
+    objects: std::collections::BTreeMap<String, objects::Held>,
 }
 
 impl ServiceState {
@@ -195,6 +201,8 @@ struct Manager {
     anonymous: Arc<std::sync::atomic::AtomicUsize>,
     /// The data directory, for scratch files beside the store.
     data_dir: std::path::PathBuf,
+    /// Seals secrets for the store and opens them.
+    sealer: crate::secrets::Sealer,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -295,6 +303,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     info!(services = records.len(), tasks = tasks.len(), "services loaded");
     let names = records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
     let networks = networks::load_or_create_ingress(&store)?;
+    let sealer = crate::secrets::Sealer::open_or_create(&paths::manager_dir(data_dir))?;
+    let objects = objects::load(&store, &sealer)?;
     let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
@@ -305,6 +315,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             names,
             networks,
             keys: shoal_core::netkeys::Keyring::new(config.key_rotation_ms),
+            objects,
         }),
         events,
         ca,
@@ -321,6 +332,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         images: tokio::sync::Mutex::new(()),
         anonymous: Arc::default(),
         data_dir: data_dir.to_owned(),
+        sealer,
     });
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {

@@ -114,9 +114,21 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
 
     let keys_due = super::networks::step_keys(svc, now.mono);
     let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"), &mesh);
-    if !diffs.is_empty() || !views.is_empty() {
+    let sets = super::objects::changed_sets(svc, &mut mgr.state.lock().expect("state lock"));
+    if !diffs.is_empty() || !views.is_empty() || !sets.is_empty() {
         let st = mgr.state.lock().expect("state lock");
         let mut lagging = Vec::new();
+        // Before the assignments, so a board has a task's secrets when the task arrives.
+        for (node, messages) in sets {
+            let Some(session) = st.sessions.get(&node) else { continue };
+            debug!(%node, "secrets and configs changed");
+            for message in messages {
+                if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
+                    lagging.push((node.clone(), session.conn.clone()));
+                    break;
+                }
+            }
+        }
         for (node, d) in diffs {
             let Some(session) = st.sessions.get(&node) else { continue };
             debug!(%node, upsert = d.upsert.len(), remove = d.remove.len(), "assignments changed");
@@ -202,7 +214,8 @@ pub(super) fn handle_service(
         Ok(ServiceReply::Done(id))
     };
     match req {
-        ServiceRequest::Create(spec) => {
+        ServiceRequest::Create(mut spec) => {
+            super::objects::fill_versions(&svc, &mut spec)?;
             let record =
                 services::create(&records, *spec, &images()?, ServiceId::from_random(shoal_link::random()), wall)?;
             info!(service = %record.service.spec.name, id = %record.service.id, image = %record.service.spec.image, "service created");
@@ -238,7 +251,8 @@ pub(super) fn handle_service(
             views.truncate(MAX_TASKS_LISTED);
             Ok(ServiceReply::Tasks(views.try_into().map_err(internal)?))
         }
-        ServiceRequest::Update { service, spec, version } => {
+        ServiceRequest::Update { service, mut spec, version } => {
+            super::objects::fill_versions(&svc, &mut spec)?;
             let r = services::resolve(&records, &service)?;
             let next = services::update(r, *spec, version, &images()?, wall)?;
             info!(service = %next.service.spec.name, version = next.service.spec_version, "service updated");

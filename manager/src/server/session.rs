@@ -61,6 +61,7 @@ pub(super) async fn run_session(
                 tx,
                 underlay: conn.remote_address().ip().to_canonical(),
                 view: None,
+                secrets: None,
             },
         );
         (serial, st.members.heard(now, &node), replaced)
@@ -86,9 +87,15 @@ pub(super) async fn run_session(
         Err(e) => warn!(%node, error = %e, "could not read the image set for a new session"),
     }
     // Likewise the task set: a reconciliation after this queues its diff behind it.
+    // Its secrets and configs first, so no task arrives before what it needs.
     let full = {
         let svc = mgr.services.lock().expect("services lock");
-        dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map(), &svc.networks)
+        let (sent, mut messages) = objects::node_set(&svc, &node);
+        if let Some(s) = mgr.state.lock().expect("state lock").sessions.get_mut(&node).filter(|s| s.serial == serial) {
+            s.secrets = Some(sent);
+        }
+        messages.extend(dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map(), &svc.networks));
+        messages
     };
     for message in full {
         if framed::send(&mut send, &message).await.is_err() {

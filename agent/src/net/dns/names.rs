@@ -3,7 +3,10 @@
 //! - `<service>`: the service's virtual IP (endpoint mode `vip`), or the addresses of its
 //!   running tasks (`dnsrr`);
 //! - `tasks.<service>`: the addresses of its running tasks, in either mode;
-//! - `<task name>` (`web.1.<task id>`) and the task ID alone: that task's address.
+//! - `<task name>` (`web.1.<task id>`) and the task ID alone: that task's address;
+//! - a stack's service `<stack>_<name>` also as `<name>` (and `tasks.<name>`), Docker's
+//!   alias of a stack service on its networks, when no other service there has that
+//!   name.
 //!
 //! A container sees only the names of the networks it is attached to. Pure data: the
 //! agent rebuilds a [`Names`] from what the manager sends and swaps it in whole.
@@ -28,6 +31,20 @@ struct ServiceNames {
 struct NetworkNames {
     services: BTreeMap<String, ServiceNames>,
     tasks: BTreeMap<String, Ipv4Addr>,
+}
+
+impl NetworkNames {
+    /// The service `name`, or the one stack service (`<stack>_<name>`) it is short for.
+    fn service(&self, name: &str) -> Option<&ServiceNames> {
+        self.services.get(name).or_else(|| {
+            let mut short =
+                self.services.iter().filter(|(n, _)| n.split_once('_').is_some_and(|(_, rest)| rest == name));
+            match (short.next(), short.next()) {
+                (Some((_, s)), None) => Some(s),
+                _ => None,
+            }
+        })
+    }
 }
 
 /// What a name resolves to for one client.
@@ -75,7 +92,7 @@ impl Names {
             None => (false, name),
         };
         for net in networks.iter().filter_map(|n| self.networks.get(*n)) {
-            if let Some(s) = net.services.get(bare) {
+            if let Some(s) = net.service(bare) {
                 known = true;
                 match (tasks_of, s.vip) {
                     (false, Some(vip)) => addresses.push(vip),
@@ -135,6 +152,13 @@ mod tests {
         assert_eq!(n.resolve(&on, "appserver.2.def", 0), Resolution::Addresses(vec![ip(3)], TASK_TTL));
         assert_eq!(n.resolve(&on, "ghi", 0), Resolution::Addresses(vec![ip(4)], TASK_TTL));
         assert_eq!(n.resolve(&on, "idle", 0), Resolution::Empty);
+        let mut stacks = lab();
+        stacks.add_service("atsea", "lab_cache", None);
+        stacks.add_task("atsea", "lab_cache", "lab_cache.1.jkl", "jkl", ip(5));
+        assert_eq!(stacks.resolve(&on, "cache", 0), Resolution::Addresses(vec![ip(5)], TASK_TTL), "a stack's alias");
+        assert_eq!(stacks.resolve(&on, "tasks.cache", 0), Resolution::Addresses(vec![ip(5)], TASK_TTL));
+        stacks.add_service("atsea", "other_cache", None);
+        assert_eq!(stacks.resolve(&on, "cache", 0), Resolution::Unknown, "two stacks' caches: no alias");
         assert_eq!(n.resolve(&on, "example.org", 0), Resolution::Unknown);
     }
 

@@ -78,6 +78,8 @@ pub struct CreateArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub objects: super::ObjectArgs,
     /// Return at once instead of waiting for the tasks (`--detach=false` waits).
     #[arg(short, long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub detach: Option<bool>,
@@ -134,6 +136,8 @@ pub struct UpdateArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub objects: super::ObjectUpdateArgs,
     /// Go back to the previous spec.
     #[arg(long)]
     pub rollback: bool,
@@ -252,7 +256,7 @@ pub(super) fn text<const N: usize>(s: &str) -> anyhow::Result<shoal_proto::Text<
     shoal_proto::text(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
 }
 
-pub(super) fn bounded<T, const N: usize>(items: Vec<T>, what: &str) -> anyhow::Result<BoundedVec<T, N>> {
+pub(crate) fn bounded<T, const N: usize>(items: Vec<T>, what: &str) -> anyhow::Result<BoundedVec<T, N>> {
     let n = items.len();
     items.try_into().map_err(|_| anyhow::anyhow!("too many {what}: {n}, at most {N}"))
 }
@@ -304,6 +308,7 @@ impl CreateArgs {
         self.policy.apply(&mut spec);
         self.stop.apply(&mut spec)?;
         self.container.apply(&mut spec)?;
+        self.objects.apply(&mut spec)?;
         spec.validate()?;
         Ok(spec)
     }
@@ -325,6 +330,7 @@ impl UpdateArgs {
             || !self.network_rm.is_empty()
             || self.endpoint_mode.is_some()
             || !self.security_opt.is_empty()
+            || self.objects.changes()
             || self.policy != UpdatePolicyArgs::default();
         if self.rollback && changes {
             anyhow::bail!("--rollback can't be combined with flags that change the service: run them separately");
@@ -402,6 +408,7 @@ impl UpdateArgs {
         self.policy.apply(spec);
         self.stop.apply(spec)?;
         self.container.apply(spec)?;
+        self.objects.apply(spec)?;
         spec.validate()?;
         Ok(())
     }

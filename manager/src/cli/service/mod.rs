@@ -12,12 +12,14 @@ use shoal_proto::{ControlReply, ControlRequest, ServiceMode, ServiceSpec};
 use super::client::Client;
 
 mod args;
+mod object_args;
 mod output;
 mod progress;
 #[cfg(test)]
 mod tests;
 
 pub use args::*;
+pub use object_args::*;
 pub use output::*;
 pub use progress::*;
 

@@ -314,6 +314,7 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
     if let Some(u) = &v.update_status {
         out["UpdateStatus"] = update_status_json(u);
     }
+    super::object_args::inspect_json(spec, &mut out);
     out
 }
 
