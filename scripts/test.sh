@@ -97,7 +97,7 @@ fi
 step "QEMU ARM boards"
 # Debian's arm64 and armmp kernels under QEMU as boards of a mixed fleet
 # (tests/qemu_boards.rs), running the aarch64 and armv7 agents just built (`static-check`
-# profile, unless out/agents/ has release builds).
+# profile, or the release builds in out/agents/ if they are newer).
 cargo test -p shoal-e2e --test qemu_boards -- --include-ignored
 
 step "IPsec on a Debian kernel"

@@ -821,15 +821,17 @@ impl Drop for QemuBoard {
     }
 }
 
-/// The static agent a QEMU board of `target` runs: the release build
-/// `scripts/build-agents.sh` leaves in out/agents/, else the `static-check` build
-/// (`scripts/build-agents.sh --check`, as CI makes it).
+/// The static agent a QEMU board of `target` runs: the newer of the release build
+/// `scripts/build-agents.sh` leaves in out/agents/ and the `static-check` build
+/// (`scripts/build-agents.sh --check`, as CI makes it), so that a stale release build
+/// (whose wire format may be older) is not picked over a fresh one.
 pub fn cross_agent(target: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let release = repo.join("out/agents").join(target).join("shoal-agent");
     let target_dir = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo.join("target"));
     let check = target_dir.join(target).join("static-check/shoal-agent");
-    let found = [release, check].into_iter().find(|p| p.exists());
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let found = [release, check].into_iter().filter(|p| modified(p).is_some()).max_by_key(modified);
     found.unwrap_or_else(|| {
         panic!("no shoal-agent for {target}: build it with scripts/build-agents.sh (or its --check)")
     })
