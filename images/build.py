@@ -11,8 +11,8 @@ for a foreign architecture, so one amd64 machine builds every platform.
 An archive is rebuilt only when it is older than one of this directory's scripts or
 lacks a wanted platform; the build is deterministic, so a rebuild of unchanged recipes
 gives the same bytes.
-Environment: SHOAL_IMAGE_ARCHES (Debian names, default "amd64 arm64"; "armhf" adds
-linux/arm/v7).
+Environment: SHOAL_IMAGE_ARCHES (Debian names, default "amd64 arm64 armhf": linux/amd64,
+linux/arm64 and linux/arm/v7).
 """
 
 from __future__ import annotations
@@ -392,7 +392,7 @@ def main() -> None:
     unknown = set(a.names) - {i.name for i in IMAGES}
     if unknown:
         ap.error(f"unknown image(s): {', '.join(sorted(unknown))}")
-    arches = os.environ.get("SHOAL_IMAGE_ARCHES", "amd64 arm64").split()
+    arches = os.environ.get("SHOAL_IMAGE_ARCHES", "amd64 arm64 armhf").split()
     bad = [x for x in arches if x not in debian.ARCHES]
     if bad:
         sys.exit(f"images: unknown architecture(s) {bad}; known: {list(debian.ARCHES)}")

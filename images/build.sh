@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every OCI image archive the demos and tests use into out/images/ (repo root),
-# from Debian packages for amd64 and arm64: no Docker, no registry (see images/README.md).
+# from Debian packages for amd64, arm64 and armhf: no Docker, no registry (see images/README.md).
 # Idempotent: archives newer than the recipes are kept, so a re-run takes a moment.
 #   images/build.sh [--force] [NAME...]      e.g. images/build.sh redis
 set -euo pipefail

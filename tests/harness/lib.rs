@@ -655,24 +655,7 @@ impl Cluster {
     /// As [`Cluster::start`], in a lab made beforehand (e.g. with [`Lab::give_disks`]):
     /// `hosts[0]` runs the manager, every other host an agent.
     pub fn start_in(lab: Lab) -> Result<Self> {
-        let m = &lab.hosts[0];
-        let init = m.shoal(&["manager", "init", "--advertise-addr", &m.ip, "--hostname", "manager"]);
-        let token =
-            init.split_whitespace().find(|w| w.starts_with("SHOAL-1-")).context("no token in init output")?.to_owned();
-        let manager = m.spawn("shoal", &["manager", "run"]);
-        wait_for("the manager to answer", Duration::from_secs(10), || {
-            m.run("shoal", &["node", "ls"]).status.success().then_some(())
-        });
-        let mut agents = Vec::new();
-        for (i, h) in lab.hosts.iter().enumerate().skip(1) {
-            let name = format!("node{i}");
-            agents.push(
-                h.spawn("shoal-agent", &["join", "--token", &token, "--hostname", &name, &format!("{}:4242", m.ip)]),
-            );
-        }
-        let cluster = Self { manager, agents, token, lab };
-        cluster.wait_status_all("Ready", Duration::from_secs(15));
-        Ok(cluster)
+        Self::start_in_with(lab, &[])
     }
 
     /// Starts board `board`'s agent again (`shoal-agent run`), after a kill or a stop.
@@ -811,4 +794,130 @@ pub fn running_containers(service: &str) -> usize {
         .filter(|d| d.file_name().to_string_lossy().starts_with(&format!("{service}.")))
         .filter(|d| !std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default().trim().is_empty())
         .count()
+}
+
+/// A board that is a QEMU virtual machine running Debian's real ARM kernel
+/// (`scripts/qemu-board.sh`), its NIC a tap on the lab's bridge. Powered off (QEMU
+/// killed) and its tap removed when dropped.
+pub struct QemuBoard {
+    /// QEMU itself (the script execs it): killing it is pulling the board's plug.
+    pub qemu: Proc,
+    /// Its address on the lab bridge.
+    pub ip: String,
+    /// The hostname it joined with.
+    pub hostname: String,
+    tap: String,
+}
+
+impl QemuBoard {
+    /// Powers the board off at once: QEMU gets SIGKILL.
+    pub fn power_off(&mut self) {
+        self.qemu.kill9();
+    }
+
+    /// Its console so far (kernel, init and agent output).
+    pub fn console(&self) -> String {
+        self.qemu.output()
+    }
+}
+
+impl Drop for QemuBoard {
+    fn drop(&mut self) {
+        self.qemu.kill9();
+        let _ = Command::new("ip").args(["link", "del", &self.tap]).status();
+    }
+}
+
+/// The static agent a QEMU board of `target` runs: the newer of the release build
+/// `scripts/build-agents.sh` leaves in out/agents/ and the `static-check` build
+/// (`scripts/build-agents.sh --check`, as CI makes it), so that a stale release build
+/// (whose wire format may be older) is not picked over a fresh one.
+pub fn cross_agent(target: &str) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = repo.join("out/agents").join(target).join("shoal-agent");
+    let target_dir = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo.join("target"));
+    let check = target_dir.join(target).join("static-check/shoal-agent");
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let found = [release, check].into_iter().filter(|p| modified(p).is_some()).max_by_key(modified);
+    found.unwrap_or_else(|| {
+        panic!("no shoal-agent for {target}: build it with scripts/build-agents.sh (or its --check)")
+    })
+}
+
+impl Lab {
+    /// Boots QEMU board number `n` (0, 1, …) of architecture `arch` (`aarch64`, `armv7`) on this
+    /// lab's bridge, at `.200 + n` of the lab's /24, joining the manager on `hosts[0]`
+    /// with `token` as `hostname`. Returns once QEMU runs; the board joins by itself
+    /// (wait for it with [`Cluster::wait_status`]).
+    pub fn qemu_board(&self, arch: &str, n: u8, hostname: &str, token: &str) -> Result<QemuBoard> {
+        let target = match arch {
+            "aarch64" => "aarch64-unknown-linux-musl",
+            "armv7" => "armv7-unknown-linux-gnueabihf",
+            other => bail!("no QEMU board for {other}: scripts/qemu-board.sh supports aarch64 and armv7"),
+        };
+        let agent = cross_agent(target);
+        let manager = &self.hosts[0];
+        let prefix = manager.ip.rsplit_once('.').map(|(p, _)| p.to_owned()).context("manager address")?;
+        let ip = format!("{prefix}.{}", 200 + u32::from(n));
+        let tap = format!("{}q{n}", self.tag);
+        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        let board = QemuBoard {
+            qemu: Proc { child: None, log: self.dir.join("logs").join(format!("{hostname}-console.log")) },
+            ip: ip.clone(),
+            hostname: hostname.to_owned(),
+            tap: tap.clone(),
+        };
+        sh(&["ip", "link", "set", &tap, "master", &self.bridge, "up"])?;
+        let dir = self.dir.join(format!("qemu-{hostname}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(self.dir.join("logs"))?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, token)?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
+        let log = std::fs::File::create(&board.qemu.log)?;
+        let child = Command::new(script)
+            .args(["run", "--arch", arch, "--tap", &tap, "--ip", &format!("{ip}/24")])
+            .args(["--manager", &format!("{}:4242", manager.ip), "--hostname", hostname])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--agent")
+            .arg(&agent)
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting scripts/qemu-board.sh")?;
+        let mut board = board;
+        board.qemu.child = Some(child);
+        Ok(board)
+    }
+}
+
+impl Cluster {
+    /// As [`Cluster::start_in`], with extra arguments for `shoal manager run` (e.g. a
+    /// longer `--heartbeat-period` for boards under emulation).
+    pub fn start_in_with(lab: Lab, manager_args: &[&str]) -> Result<Self> {
+        let m = &lab.hosts[0];
+        let init = m.shoal(&["manager", "init", "--advertise-addr", &m.ip, "--hostname", "manager"]);
+        let token =
+            init.split_whitespace().find(|w| w.starts_with("SHOAL-1-")).context("no token in init output")?.to_owned();
+        let mut args = vec!["manager", "run"];
+        args.extend_from_slice(manager_args);
+        let manager = m.spawn("shoal", &args);
+        wait_for("the manager to answer", Duration::from_secs(10), || {
+            m.run("shoal", &["node", "ls"]).status.success().then_some(())
+        });
+        let mut agents = Vec::new();
+        for (i, h) in lab.hosts.iter().enumerate().skip(1) {
+            let name = format!("node{i}");
+            agents.push(
+                h.spawn("shoal-agent", &["join", "--token", &token, "--hostname", &name, &format!("{}:4242", m.ip)]),
+            );
+        }
+        let cluster = Self { manager, agents, token, lab };
+        cluster.wait_status_all("Ready", Duration::from_secs(15));
+        Ok(cluster)
+    }
 }

@@ -1,0 +1,179 @@
+//! QEMU boards (issue 12): Debian's real arm64 kernel under `qemu-system-aarch64 -M virt
+//! -cpu cortex-a53` and its armmp kernel under `qemu-system-arm -M virt,highmem=off -cpu
+//! cortex-a15` (software emulation), as boards of a mixed fleet beside namespace boards
+//! on the same bridge (`scripts/qemu-board.sh`, `Lab::qemu_board`). aarch64, one cluster
+//! for every check: the VM joins and shows arch aarch64; a service constrained to it
+//! runs there only, on the image's arm64 variant (the guest's kernel runs no other), and
+//! its host-mode port answers from the host; it takes a rolling update; powering the VM
+//! off marks it Down within 3 s and a service without a constraint moves its task to
+//! another board. armv7: the VM joins as arm and runs the image's arm/v7 variant.
+//!
+//! Needs the static aarch64 and armv7 agents (`scripts/build-agents.sh`, or its
+//! `--check` builds); the kernels, busybox and QEMU are fetched and cached in out/qemu/
+//! by the script.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use shoal_e2e::{lab_image, running_containers, wait_for, Cluster, Lab, QemuBoard};
+
+/// The body of `GET path` from `ip:port`, if it answers 200.
+fn get(ip: &str, port: u16, path: &str) -> Option<String> {
+    let addr = format!("{ip}:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.trim().to_owned())
+}
+
+/// Nodes of the tasks of `service` the manager wants running that run `image`.
+fn running_on(c: &Cluster, service: &str, image: &str) -> Vec<String> {
+    c.service_ps(service)
+        .into_iter()
+        .filter(|r| r["DESIRED STATE"] == "Running" && r["IMAGE"] == image && r["CURRENT STATE"].starts_with("Running"))
+        .map(|r| r["NODE"].clone())
+        .collect()
+}
+
+/// Boots `board` and waits until it is Ready, failing with its console if QEMU exits.
+fn wait_ready(c: &Cluster, board: &mut QemuBoard, timeout: Duration) -> Duration {
+    let boot = Instant::now();
+    wait_for(&format!("{} to join and be Ready", board.hostname), timeout, || {
+        if let Some(code) = board.qemu.wait_exit(Duration::ZERO) {
+            panic!("QEMU of {} exited ({code}) before it joined; its console:\n{}", board.hostname, board.console());
+        }
+        c.nodes().iter().any(|n| n.hostname == board.hostname && n.status == "Ready").then_some(())
+    });
+    boot.elapsed()
+}
+
+/// The guest's own uptime when its init had the network up (kernel and init alone).
+fn kernel_up(board: &QemuBoard) -> String {
+    board
+        .console()
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal-board: up after ").map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A cluster whose manager heartbeats every 700 ms: a board under emulation on a busy
+/// machine can miss three 500 ms ones in a row while it sets up, and be marked Down for
+/// a moment; three missed 700 ms ones still mark a dead board Down within 2.1 s.
+fn cluster(namespace_boards: usize) -> Cluster {
+    let c = Cluster::start_in_with(Lab::new(namespace_boards + 1).unwrap(), &["--heartbeat-period", "700ms"]).unwrap();
+    for image in ["demo-app-1.0.tar", "demo-app-3.0.tar"] {
+        c.manager_host().shoal(&["image", "load", lab_image(image).to_str().unwrap()]);
+    }
+    c
+}
+
+#[test]
+#[ignore = "needs root"]
+fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
+    let start = Instant::now();
+    let c = cluster(2);
+    let m = c.manager_host();
+    let mut arm = c.lab.qemu_board("aarch64", 0, "arm1", &c.token).unwrap();
+    let to_ready = wait_ready(&c, &mut arm, Duration::from_secs(150));
+    let rows = c.nodes();
+    assert!(rows.iter().any(|n| n.hostname == "arm1" && n.arch == "aarch64"), "{rows:?}");
+    assert_eq!(rows.iter().filter(|n| n.arch == "x86_64" && n.status == "Ready").count(), 3, "{rows:?}");
+
+    // Constrained to aarch64: lands on the QEMU board only, runs the arm64 variant and
+    // answers from the host.
+    let created = Instant::now();
+    let publish = "mode=host,target=8000,published=8000";
+    let args = ["--constraint", "node.arch==aarch64", "--publish", publish, "-d", "demo/app:1.0"];
+    m.shoal(&[&["service", "create", "--name", "armweb"][..], &args].concat());
+    let version =
+        wait_for("armweb 1.0 to answer on the QEMU board", Duration::from_secs(90), || get(&arm.ip, 8000, "/version"));
+    let to_answering = created.elapsed();
+    assert_eq!(version, "1.0");
+    assert_eq!(running_on(&c, "armweb", "demo/app:1.0"), ["arm1"]);
+    // Nothing of it on the namespace boards (their containers are this machine's).
+    assert_eq!(running_containers("armweb"), 0);
+
+    // A rolling update on the board.
+    let updated = Instant::now();
+    m.shoal(&["service", "update", "--image", "demo/app:3.0", "-d", "armweb"]);
+    wait_for("armweb 3.0 to answer", Duration::from_secs(60), || {
+        (get(&arm.ip, 8000, "/version").as_deref() == Some("3.0")).then_some(())
+    });
+    wait_for("armweb's task to be Running 3.0 on arm1", Duration::from_secs(20), || {
+        (running_on(&c, "armweb", "demo/app:3.0") == ["arm1"]).then_some(())
+    });
+    let to_updated = updated.elapsed();
+
+    // Without a constraint: one task on each of the three boards.
+    m.shoal(&["service", "create", "--name", "spread", "--replicas", "3", "-d", "demo/app:1.0"]);
+    wait_for("spread on all three boards", Duration::from_secs(60), || {
+        let mut nodes = running_on(&c, "spread", "demo/app:1.0");
+        nodes.sort();
+        (nodes == ["arm1", "node1", "node2"]).then_some(())
+    });
+
+    // Boards marked Down before the power-off: heartbeats an emulated board missed while
+    // busy (reported with the figures; the checks above held regardless).
+    let missed = c.manager.output().matches("node is down").count();
+
+    // Power off: Down within 3 s, and its spread task moves to another board.
+    arm.power_off();
+    let off = Instant::now();
+    c.wait_status("arm1", "Down", Duration::from_secs(10));
+    let to_down = off.elapsed();
+    assert!(to_down < Duration::from_secs(3), "the QEMU board took {to_down:?} to be marked Down");
+    wait_for("spread's task of arm1 to run on another board", Duration::from_secs(30), || {
+        let nodes = running_on(&c, "spread", "demo/app:1.0");
+        (nodes.len() == 3 && nodes.iter().all(|n| n != "arm1")).then_some(())
+    });
+    let to_moved = off.elapsed();
+    eprintln!(
+        "qemu aarch64 board: boot → Ready {to_ready:.1?} (kernel and init: {}); service create → answering \
+         {to_answering:.1?}; update → 3.0 running {to_updated:.1?}; power off → Down {to_down:.1?}, → task moved \
+         {to_moved:.1?}; marked Down before the power-off: {missed} times; whole test {:.1?}",
+        kernel_up(&arm),
+        start.elapsed()
+    );
+}
+
+/// Not in `scripts/test.sh` yet: the armv7 agent of the `static-check` profile (what CI
+/// builds) dies at once with a segmentation fault on this kernel; the release build
+/// (`scripts/build-agents.sh`) runs. Run it by hand after a release build.
+#[test]
+#[ignore = "needs root"]
+fn qemu_armv7_board_joins_and_runs_its_variant() {
+    let start = Instant::now();
+    let c = cluster(1);
+    let mut armv7 = c.lab.qemu_board("armv7", 0, "armv7", &c.token).unwrap();
+    let to_ready = wait_ready(&c, &mut armv7, Duration::from_secs(150));
+    let rows = c.nodes();
+    assert!(rows.iter().any(|n| n.hostname == "armv7" && n.arch == "arm"), "{rows:?}");
+
+    // Constrained to arm: the image's linux/arm/v7 variant on the 32-bit board.
+    let created = Instant::now();
+    let publish = "mode=host,target=8000,published=8000";
+    let args = ["--constraint", "node.arch==arm", "--publish", publish, "-d", "demo/app:1.0"];
+    m_create(&c, "armv7web", &args);
+    let version = wait_for("armv7web 1.0 to answer on the QEMU board", Duration::from_secs(90), || {
+        get(&armv7.ip, 8000, "/version")
+    });
+    assert_eq!(version, "1.0");
+    assert_eq!(running_on(&c, "armv7web", "demo/app:1.0"), ["armv7"]);
+    assert_eq!(running_containers("armv7web"), 0);
+    eprintln!(
+        "qemu armv7 board: boot → Ready {to_ready:.1?} (kernel and init: {}); service create → answering {:.1?}; \
+         whole test {:.1?}",
+        kernel_up(&armv7),
+        created.elapsed(),
+        start.elapsed()
+    );
+}
+
+/// `service create --name NAME ARGS…` on the manager.
+fn m_create(c: &Cluster, name: &str, args: &[&str]) {
+    c.manager_host().shoal(&[&["service", "create", "--name", name][..], args].concat());
+}
