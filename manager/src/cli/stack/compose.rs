@@ -13,6 +13,8 @@
 //!
 //! Pure: files are read by the caller (`env_file`s through the `read` callback).
 
+mod options;
+
 use std::collections::BTreeMap;
 
 use serde_yaml_ng::{Mapping, Value};
@@ -266,6 +268,8 @@ pub struct Reader<'a> {
     stack: String,
     warnings: Vec<String>,
     read: &'a dyn Fn(&str) -> Result<String, String>,
+    /// The top-level `volumes:`, by their names in the file.
+    volumes: BTreeMap<String, options::VolumeDecl>,
 }
 
 type R<T> = Result<T, ComposeError>;
@@ -273,7 +277,7 @@ type R<T> = Result<T, ComposeError>;
 impl<'a> Reader<'a> {
     /// A reader for `stack`, naming `file` in its errors.
     pub fn new(file: &str, stack: &str, read: &'a dyn Fn(&str) -> Result<String, String>) -> Self {
-        Self { file: file.to_owned(), stack: stack.to_owned(), warnings: Vec::new(), read }
+        Self { file: file.to_owned(), stack: stack.to_owned(), warnings: Vec::new(), read, volumes: BTreeMap::new() }
     }
 
     fn err<T>(&self, path: &str, message: impl Into<String>) -> R<T> {
@@ -383,7 +387,7 @@ impl<'a> Reader<'a> {
                         objects.insert((kind, name), p);
                     }
                 }
-                "volumes" => self.warn("volumes", "named volumes are not supported by shoal's stacks yet"),
+                "volumes" => self.top_volumes(v)?,
                 k if k.starts_with("x-") => {}
                 other => self.warn(other, "unknown top-level key"),
             }
@@ -556,6 +560,8 @@ impl<'a> Reader<'a> {
         let mut secrets = Vec::new();
         let mut configs = Vec::new();
         let mut saw_networks = false;
+        let mut options = crate::cli::service::OptionsArgs::default();
+        let mut health = None;
         for (k, x) in m {
             let key = self.string(k, path)?;
             let p = format!("{path}.{key}");
@@ -634,7 +640,7 @@ impl<'a> Reader<'a> {
                 }
                 "entrypoint" | "labels" | "healthcheck" | "volumes" | "devices" | "user" | "working_dir"
                 | "cap_add" | "cap_drop" | "sysctls" | "ulimits" | "dns" | "read_only" | "init" | "tmpfs" => {
-                    self.warn(&p, "not supported by shoal's stacks yet")
+                    self.container_key(&mut options, &mut health, &key, x, &p)?
                 }
                 "build" => self.warn(&p, "shoal does not build images: it deploys `image`"),
                 "container_name" | "depends_on" | "restart" | "links" | "logging" | "privileged" => {
@@ -643,6 +649,13 @@ impl<'a> Reader<'a> {
                 other if other.starts_with("x-") => {}
                 other => self.warn(&p, &format!("unknown service key {other:?}")),
             }
+        }
+        // The container options as `service create` sets them (the service's own labels,
+        // from `deploy.labels` and the stack, kept).
+        options.label = spec.labels.to_vec();
+        options.apply(&mut spec).or_else(|e| self.err(path, e.to_string()))?;
+        if health.is_some() {
+            spec.health = health;
         }
         spec.env = strings(env, &format!("{path}.environment"), self)?;
         spec.secrets = bounded(secrets, &format!("{path}.secrets"), self)?;

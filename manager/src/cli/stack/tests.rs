@@ -167,9 +167,9 @@ fn every_supported_key_lands_in_the_spec() {
     assert!(p.networks[0].spec.as_ref().unwrap().encrypted);
     let objs: Vec<(&str, bool)> = p.objects.iter().map(|o| (o.name.as_str(), o.file.is_some())).collect();
     assert_eq!(objs, [("api_key", false), ("lab_db_pw", true), ("lab_conf", true)]);
-    for key in ["services.web.healthcheck", "services.web.build", "volumes"] {
-        assert!(p.warnings.iter().any(|w| w.contains(key)), "{key} in {:?}", p.warnings);
-    }
+    assert_eq!(p.warnings.len(), 1, "only `build` is left out: {:?}", p.warnings);
+    assert!(p.warnings[0].contains("services.web.build"), "{:?}", p.warnings);
+    assert_eq!(&*web.health.as_ref().unwrap().test[0], "CMD", "the healthcheck lands in the spec");
 }
 
 #[test]
@@ -277,5 +277,109 @@ fn stack_names_are_checked() {
     assert!(check_stack_name("lab-2_x").is_ok());
     for bad in ["", "Lab", "-x", "a/b", &"x".repeat(33)] {
         assert!(check_stack_name(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn container_keys_become_the_services_options_and_health_check() {
+    let text = r#"
+services:
+  db:
+    image: postgres:15
+    volumes:
+      - data:/var/lib/postgresql/data
+      - /srv/conf:/etc/conf:ro
+      - type: tmpfs
+        target: /scratch
+        tmpfs:
+          size: 1048576
+      - shared:/shared
+    tmpfs: /run/x
+    devices: ["/dev/i2c-1:/dev/i2c-1:rw"]
+    entrypoint: ["docker-entrypoint.sh"]
+    labels: {tier: data}
+    user: postgres
+    working_dir: /var/lib/postgresql
+    cap_drop: [NET_RAW]
+    sysctls: {net.core.somaxconn: 1024}
+    ulimits:
+      nofile: {soft: 1024, hard: 2048}
+      core: 0
+    dns: 10.0.0.53
+    read_only: true
+    init: false
+    healthcheck:
+      test: pg_isready -U postgres
+      interval: 5s
+      timeout: 2s
+      retries: 3
+      start_period: 10s
+  web:
+    image: demo/app:1.0
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "-", "http://127.0.0.1:8000/version"]
+  quiet:
+    image: demo/app:1.0
+    healthcheck: {disable: true}
+volumes:
+  data:
+  shared:
+    external: true
+"#;
+    let doc = compose::parse("c.yml", text).unwrap();
+    let plan = compose::Reader::new("c.yml", "lab", &no_files).plan(&doc).unwrap();
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    let db = &plan.services["lab_db"];
+    let o = &db.container;
+    let mounts: Vec<(String, Option<String>, bool)> = o
+        .mounts
+        .iter()
+        .map(|m| (m.target.to_string(), m.source.as_ref().map(|s| s.to_string()), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/var/lib/postgresql/data".into(), Some("lab_data".into()), false),
+            ("/etc/conf".into(), Some("/srv/conf".into()), true),
+            ("/scratch".into(), None, false),
+            ("/shared".into(), Some("shared".into()), false),
+            ("/run/x".into(), None, false),
+        ],
+        "a named volume gets the stack's prefix, an external one keeps its name"
+    );
+    assert_eq!(o.mounts[2].tmpfs_size, Some(1_048_576));
+    assert_eq!(o.devices.len(), 1);
+    assert_eq!(&*o.entrypoint.as_ref().unwrap()[0], "docker-entrypoint.sh");
+    assert_eq!((&*o.labels[0].key, &*o.labels[0].value), ("tier", "data"));
+    assert_eq!(o.user.as_deref(), Some("postgres"));
+    assert_eq!(o.workdir.as_deref(), Some("/var/lib/postgresql"));
+    assert_eq!(&*o.cap_drop[0], "CAP_NET_RAW");
+    assert_eq!((o.sysctls.len(), o.ulimits.len(), o.dns.len()), (1, 2, 1));
+    assert!(o.read_only);
+    assert_eq!(o.init, Some(false));
+    assert!(
+        db.labels.iter().any(|l| &*l.key == "com.docker.stack.namespace" && &*l.value == "lab"),
+        "the stack's label is kept"
+    );
+    let h = db.health.as_ref().unwrap();
+    let test: Vec<&str> = h.test.iter().map(|a| &**a).collect();
+    assert_eq!(test, ["CMD-SHELL", "pg_isready -U postgres"]);
+    assert_eq!((h.interval_ms, h.timeout_ms, h.start_period_ms, h.retries), (5_000, 2_000, 10_000, 3));
+    let web = plan.services["lab_web"].health.as_ref().unwrap();
+    assert_eq!(&*web.test[0], "CMD");
+    assert_eq!(&*plan.services["lab_quiet"].health.as_ref().unwrap().test[0], "NONE");
+
+    // Mistakes name the key path.
+    for (bad, says) in [
+        ("services:\n  s:\n    image: x\n    volumes: [nosuch:/d]\n", "not declared under the top-level `volumes:`"),
+        ("services:\n  s:\n    image: x\n    volumes: [rel/dir:/d]\n", "not declared"),
+        ("services:\n  s:\n    image: x\n    volumes: [/d]\n", "anonymous volumes"),
+        ("services:\n  s:\n    image: x\n    healthcheck: {test: [curl, x]}\n", "CMD, CMD-SHELL or NONE"),
+        ("services:\n  s:\n    image: x\n    cap_add: [NOT_A_CAP]\n", "services.s.cap_add[0]"),
+        ("services:\n  s:\n    image: x\n    read_only: maybe\n", "true or false"),
+    ] {
+        let doc = compose::parse("c.yml", bad).unwrap();
+        let e = compose::Reader::new("c.yml", "lab", &no_files).plan(&doc).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
     }
 }
