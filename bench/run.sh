@@ -72,6 +72,14 @@ names=$(SHOAL_BIN_DIR=$PWD/target/release cargo test --quiet -p shoal-e2e --test
 dns=$(cargo test --quiet --release -p shoal-agent --test dns -- --include-ignored --nocapture 2>&1 |
   grep -E 'p99' || true)
 
+echo "== registry pulls and service logs" >&2
+# A pull from a local registry against skopeo, and the bytes per fleet mix
+# (bench/src/registry.rs); `service logs` throughput and the agent's memory while it
+# streams (bench/src/logs.rs). Each prints its own Markdown section.
+./images/build.sh redis >&2
+registry=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/registry-bench)
+logs=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/logs-bench)
+
 # bench/chaos.sh writes its own section, and sections measured by hand are marked
 # `<!-- keep: … -->` … `<!-- /keep -->`: keep both.
 chaos=$(sed -n '/<!-- chaos: written by bench\/chaos.sh -->/,/<!-- \/chaos -->/p' BENCHMARKS.md 2>/dev/null || true)
@@ -134,6 +142,10 @@ kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || tr
   echo "Docker Swarm's ingress is not measured side by side: its routing mesh needs the"
   echo "kernel's IPVS, which this machine's kernel lacks (\`bench/swarm.sh\` runs dockerd"
   echo "with \`--iptables=false\` for the same reason); shoal's mesh needs only nf_tables."
+  echo
+  echo "#$registry"
+  echo
+  echo "#$logs"
   echo
   echo "### Static agent size per board target (release, stripped)"
   echo
