@@ -211,11 +211,16 @@ fn an_image_that_does_not_fit_on_the_board_fails_its_task_saying_why() {
     let m = c.manager_host();
     m.shoal(&["image", "load", lab_image("redis.tar").to_str().unwrap()]);
     m.shoal(&["service", "create", "--name", "nofit", "--detach", "redis"]);
+    // The board fetches the image as soon as it is loaded: if that fetch already left it
+    // short of space (and it told the manager) before the service came, the task is not
+    // placed and says so; else it is placed and fails, naming the board's disk.
     let why = wait_for("the task to say the disk is full", Duration::from_secs(30), || {
         let out = m.shoal(&["service", "ps", "nofit"]);
-        out.contains("no space left on the board's disk").then_some(out)
+        (out.contains("no space left on the board's disk") || out.contains("disk full on")).then_some(out)
     });
-    assert!(why.contains(&board.data_dir.display().to_string()), "{why}");
+    if why.contains("no space left") {
+        assert!(why.contains(&board.data_dir.display().to_string()), "{why}");
+    }
     eprintln!("{why}");
     c.agents[0].stop();
     drop(disk);
