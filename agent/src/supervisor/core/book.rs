@@ -560,6 +560,16 @@ mod tests {
         }
     }
 
+    /// The task's address on an overlay `atsea` (10.0.1.0/24, VNI 4097).
+    fn atsea_attachment() -> NetworkAttachment {
+        let subnet = crate::net::Subnet::new(std::net::Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
+        NetworkAttachment {
+            network: "atsea".into(),
+            overlay: crate::net::overlay::Overlay::new(4097, subnet, 1500).unwrap(),
+            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
+        }
+    }
+
     const NODE: Observed<'static> = Observed { image_wait_ms: 1_000, disk_full: None };
 
     fn present(_: &str) -> bool {
@@ -640,12 +650,7 @@ mod tests {
         let mut book = Book::new();
         book.assign(false, false, vec![a], vec![]);
         assert!(book.task(&id).unwrap().attachments.is_empty(), "none by default");
-        let subnet = crate::net::Subnet::new(std::net::Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
-        let at = NetworkAttachment {
-            network: "atsea".into(),
-            overlay: crate::net::overlay::Overlay::new(4097, subnet, 1500).unwrap(),
-            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
-        };
+        let at = atsea_attachment();
         book.set_attachments(&id, vec![at.clone()]);
         let out = book.reconcile(10, NODE, present);
         let Some(Decision::Prepare { attachments, .. }) = out.last() else { panic!("{out:?}") };
@@ -660,12 +665,7 @@ mod tests {
         book.restore(a, TaskStatus::new(Running, 1, "started"), false);
         let cid = book.task(&id).unwrap().container_id.clone();
         book.adopt(cid.clone(), Container::Running);
-        let subnet = crate::net::Subnet::new(std::net::Ipv4Addr::new(10, 0, 1, 0), 24).unwrap();
-        let at = NetworkAttachment {
-            network: "atsea".into(),
-            overlay: crate::net::overlay::Overlay::new(4097, subnet, 1500).unwrap(),
-            address: std::net::Ipv4Addr::new(10, 0, 1, 2),
-        };
+        let at = atsea_attachment();
         book.set_attachments(&id, vec![at]);
         book.assign(false, false, vec![assignment(1, Shutdown)], vec![]);
         let out = book.reconcile(5, NODE, present);
