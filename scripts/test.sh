@@ -38,8 +38,10 @@ step "build"
 cargo build --workspace --bins
 
 # The static agent builds and the fuzz targets' build need only the sources: they run in
-# the background at idle priority (SCHED_IDLE: CPU the tests leave unused, which is most
-# of it while the end-to-end tests wait on real processes), and are waited for below.
+# the background at idle priority (SCHED_IDLE: only CPU the tests leave unused, so they
+# never slow a timing-sensitive test), and are waited for below. In the run of
+# 2026-11-28 they still needed 289 s after the tests: the tests leave less idle CPU
+# than the end-to-end waits suggest.
 mkdir -p out/ci
 background_started=$SECONDS
 set -m # its own process group, so that report() can stop all of it
@@ -73,8 +75,8 @@ step "tests"
 # Tests that need root (real containers, network namespaces) are marked
 # #[ignore = "needs root"]; this command runs as root and includes them. The one other
 # ignored test is a release-build timing check (see its doc). Skipped too: the IPsec
-# data-path tests that need a kernel with ESP and AES-GCM (agent/tests/xfrm.rs, `ipsec_esp_`;
-# run them by hand on such a kernel), the overlay figures (`ipsec_figures_`, a measurement)
+# data-path tests that need a kernel with ESP and AES-GCM (agent/tests/xfrm.rs, `ipsec_esp_`:
+# they run in a guest with Debian's kernel below), the overlay figures (`ipsec_figures_`, a measurement)
 # and the QEMU board tests (`qemu_`: they need the ARM agents the background builds make).
 cargo test --workspace -- --include-ignored --skip scale_5000_nodes_100000_tasks --skip ipsec_esp_ --skip ipsec_figures_ \
   --skip qemu_
