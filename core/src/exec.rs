@@ -49,20 +49,8 @@ pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) ->
                 ))
             }
         }
-    } else if query.len() >= MIN_PREFIX {
-        let hits: Vec<&Task> = tasks.iter().filter(|t| t.id.as_str().starts_with(query)).collect();
-        match hits.as_slice() {
-            [one] => Some(*one),
-            [] => None,
-            _ => {
-                return Err(ErrorReply::new(
-                    ErrorKind::Ambiguous,
-                    &format!("task ID prefix {query} matches {} tasks: give more of the ID", hits.len()),
-                ))
-            }
-        }
     } else {
-        None
+        by_id_prefix(tasks, query)?
     };
     let Some(task) = chosen else { return Err(not_found(query)) };
     if !running(&task) {
@@ -77,6 +65,24 @@ pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) ->
     let service = name_of(task).unwrap_or_default();
     let node = task.node_id.clone().unwrap_or_else(|| unreachable!("running tasks have a node"));
     Ok(ExecTarget { task: task.clone(), service, node })
+}
+
+/// The one task whose ID starts with `query` (at least [`MIN_PREFIX`] characters);
+/// `None` when none does, an `Ambiguous` refusal when several do. `shoal exec` and
+/// `shoal service logs` both take a prefix this way.
+pub(crate) fn by_id_prefix<'a>(tasks: &'a [Task], query: &str) -> Result<Option<&'a Task>, ErrorReply> {
+    if query.len() < MIN_PREFIX {
+        return Ok(None);
+    }
+    let hits: Vec<&Task> = tasks.iter().filter(|t| t.id.as_str().starts_with(query)).collect();
+    match hits.as_slice() {
+        [one] => Ok(Some(*one)),
+        [] => Ok(None),
+        _ => Err(ErrorReply::new(
+            ErrorKind::Ambiguous,
+            &format!("task ID prefix {query} matches {} tasks: give more of the ID", hits.len()),
+        )),
+    }
 }
 
 fn not_found(query: &str) -> ErrorReply {

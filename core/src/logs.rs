@@ -15,9 +15,6 @@ pub enum LogsTarget {
     Task(TaskId),
 }
 
-/// Shortest task ID prefix accepted, so a typo does not pick a random task.
-const MIN_PREFIX: usize = 3;
-
 /// Resolves `query` among `tasks`, whose services are named by `services` (ID, name).
 pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) -> Result<LogsTarget, ErrorReply> {
     let service_of = |q: &str| services.iter().find(|(id, name)| name == q || id.as_str() == q).map(|(id, _)| id);
@@ -36,20 +33,10 @@ pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) ->
         let newest = tasks.iter().filter(|t| t.service_id == *sid && t.slot == slot).max_by_key(|t| t.created_at_ms);
         return newest.map(|t| LogsTarget::Task(t.id.clone())).ok_or_else(|| not_found(query));
     }
-    if query.len() >= MIN_PREFIX {
-        let hits: Vec<&Task> = tasks.iter().filter(|t| t.id.as_str().starts_with(query)).collect();
-        match hits.as_slice() {
-            [one] => return Ok(LogsTarget::Task(one.id.clone())),
-            [] => {}
-            _ => {
-                return Err(ErrorReply::new(
-                    ErrorKind::Ambiguous,
-                    &format!("task ID prefix {query} matches {} tasks: give more of the ID", hits.len()),
-                ))
-            }
-        }
+    match crate::exec::by_id_prefix(tasks, query)? {
+        Some(t) => Ok(LogsTarget::Task(t.id.clone())),
+        None => Err(not_found(query)),
     }
-    Err(not_found(query))
 }
 
 /// The tasks of `target` that have (or had) a container on a node, by slot and age:
