@@ -4,9 +4,10 @@
 //! mid-stream; and health checks deciding which tasks count as up.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, wait_for, Cluster};
+use shoal_e2e::{http_get as get, lab_image, wait_for, Cluster};
 
 /// The `out N` numbers each task printed in `text` (`name.slot.id@node    | out N ...`).
 fn numbers(text: &str) -> HashMap<String, Vec<u64>> {
@@ -137,7 +138,7 @@ fn service_logs_stream_from_every_board_follow_rotation_and_survive_a_board_goin
 
 #[test]
 #[ignore = "needs root"]
-fn health_checks_gate_tasks_replace_unhealthy_ones_and_keep_updates_honest() {
+fn health_checks_gate_tasks_and_the_mesh_replace_unhealthy_ones_and_keep_updates_honest() {
     let started = Instant::now();
     let c = Cluster::start(1).unwrap();
     let m = c.manager_host();
@@ -157,6 +158,40 @@ fn health_checks_gate_tasks_replace_unhealthy_ones_and_keep_updates_honest() {
             .map(|r| (r["DESIRED STATE"].clone(), r["CURRENT STATE"].clone(), r["ERROR"].clone()))
             .collect()
     };
+
+    // The routing mesh sends nothing to a task that is not healthy: two replicas whose check
+    // passes only once a test has made them ready (a long start period keeps them
+    // `starting` meanwhile). Each, once ready, answers /who with its own letter; the
+    // other answers 404 there, so any request reaching a task that is not healthy fails.
+    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap()]);
+    let gated = format!("{}g", c.lab.tag());
+    let check = ["--health-cmd", "test -e /tmp/ready", "--health-interval", "300ms", "--health-start-period", "5m"];
+    let mut args = vec!["service", "create", "--detach", "--name", &gated, "--replicas", "2", "--publish", "8000:8000"];
+    args.extend(check);
+    args.push("demo/app:1.0");
+    m.shoal(&args);
+    wait_for("both gated tasks starting", Duration::from_secs(20), || {
+        let tasks = current(&gated);
+        (tasks.iter().filter(|(d, s, _)| d == "Running" && s.ends_with("(health: starting)")).count() == 2)
+            .then_some(())
+    });
+    let board: SocketAddr = format!("{}:8000", c.lab.hosts[1].ip).parse().unwrap();
+    assert!(get(board, "/version").is_err(), "the mesh answered with no healthy task");
+    let ready = |slot: &str, letter: &str| {
+        let script = format!("echo {letter} > /www/who && touch /tmp/ready");
+        m.shoal(&["exec", &format!("{gated}.{slot}"), "sh", "-c", &script]);
+    };
+    ready("1", "A");
+    wait_for("the healthy task answering through the mesh", Duration::from_secs(15), || get(board, "/who").ok());
+    for _ in 0..20 {
+        assert_eq!(get(board, "/who").as_deref(), Ok("A"), "a request reached the task still starting");
+    }
+    ready("2", "B");
+    wait_for("both tasks answering once both are healthy", Duration::from_secs(15), || {
+        let seen: Vec<String> = (0..20).filter_map(|_| get(board, "/who").ok()).collect();
+        (seen.iter().any(|w| w == "A") && seen.iter().any(|w| w == "B")).then_some(())
+    });
+    m.shoal(&["service", "rm", &gated]);
 
     // The image's own HEALTHCHECK: starting, then healthy, shown by `service ps`.
     m.shoal(&["service", "create", "--detach", "--name", &svc, "--restart-delay", "0s", "demo/app:checked"]);

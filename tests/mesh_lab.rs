@@ -5,26 +5,12 @@
 //! name, and through scaling, a drain and a power cut the mesh follows: a prober keeps
 //! asking every board in the mesh and the longest run of failed requests is measured.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, wait_for, Cluster};
-
-/// `GET path` on `addr`, HTTP/1.0: the body, or why not.
-fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if !out.starts_with("HTTP/1.") || !out.contains(" 200 ") {
-        return Err(format!("not a 200: {:?}", out.lines().next()));
-    }
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
-}
+use shoal_e2e::{http_get as get, lab_image, wait_for, Cluster};
 
 /// `n` sequential `GET /version` on `addr`: requests/s, p50 and p99 latency.
 fn measure(addr: SocketAddr, n: usize) -> (f64, Duration, Duration) {

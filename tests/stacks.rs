@@ -11,26 +11,11 @@
 //!   name; a re-deploy with one changed service updates only that one; `stack rm`
 //!   removes its services, network, secret and config.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, wait_for, Cluster};
-
-/// `GET path` on `addr`: the body of a 200, or why not.
-fn get(addr: &str, path: &str) -> Result<String, String> {
-    let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if !out.contains(" 200 ") {
-        return Err(format!("not a 200: {:?}", out.lines().next()));
-    }
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
-}
+use shoal_e2e::{http_get as get, lab_image, wait_for, Cluster};
 
 /// Every regular file under `dir` (not following links, not entering other mounts'
 /// tmpfs: the data dir holds none) whose bytes contain `needle`.
@@ -198,10 +183,10 @@ fn secrets_configs_and_stacks_on_real_boards() {
     ] {
         assert!(said.contains(&format!("Creating {what}")), "{said}");
     }
-    let board = format!("{}:8000", c.lab.hosts[1].ip);
+    let board: SocketAddr = format!("{}:8000", c.lab.hosts[1].ip).parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let page = loop {
-        let got = get(&board, "/cgi-bin/db");
+        let got = get(board, "/cgi-bin/db");
         match got {
             Ok(b) if b.contains("+PONG") => break b,
             other if Instant::now() > deadline => {
@@ -223,7 +208,7 @@ fn secrets_configs_and_stacks_on_real_boards() {
     // Re-deploy with one changed service: only it is updated.
     let said = deploy("3.0");
     assert!(said.contains(&format!("Updating service {app}")) && !said.contains(&db), "{said}");
-    wait_for("appserver 3.0", Duration::from_secs(20), || get(&board, "/version").ok().filter(|b| b.contains("3.0")));
+    wait_for("appserver 3.0", Duration::from_secs(20), || get(board, "/version").ok().filter(|b| b.contains("3.0")));
     assert_eq!(db_task(&c), db_before, "database was not touched");
     let said = deploy("3.0");
     assert!(!said.contains("Updating"), "nothing changed, nothing updated: {said}");

@@ -586,6 +586,22 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// `GET path` on `addr` over HTTP/1.0, a new connection each time (500 ms to connect, 1 s
+/// to read): the body of a 200, trimmed, or why not. The tests' one HTTP client: the demo
+/// app is busybox httpd.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if !out.starts_with("HTTP/1.") || !out.contains(" 200 ") {
+        return Err(format!("not a 200: {:?}", out.lines().next()));
+    }
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
 /// One row of `shoal node ls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRow {

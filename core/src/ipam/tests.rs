@@ -260,3 +260,32 @@ fn a_view_goes_in_chunks_and_an_empty_one_is_still_told() {
     assert_eq!(more, [true, true, false]);
     assert_eq!(netview::messages(Vec::new()).len(), 1, "an empty view is still told");
 }
+
+#[test]
+fn a_task_that_is_not_healthy_is_neither_named_nor_a_vip_backend() {
+    use shoal_proto::health::Health;
+    let nets = cluster();
+    let by_name: HashMap<&NetworkName, &Network> = nets.iter().map(|n| (&n.spec.name, n)).collect();
+    let mut svc = service(1, "myoverlay", EndpointMode::Vip);
+    assign_vips(&nets, &[], &[], &mut svc).unwrap();
+    let mut tasks = Vec::new();
+    for (n, health) in
+        [(1, Some(Health::Healthy)), (2, Some(Health::Starting)), (3, Some(Health::Unhealthy)), (4, None)]
+    {
+        let mut t = task(&svc, n, 1, TaskState::Running);
+        t.status.health = health;
+        attach(&mut Ipam::rebuild(&nets, [&svc], &tasks), &by_name, &mut t);
+        tasks.push(t);
+    }
+    let node = NodeId::from_random([1; 16]);
+    let view = netview::node_view(&node, &nets, &[&svc], &tasks, &HashMap::new());
+    let serving = [tasks[0].networks[0].address, tasks[3].networks[0].address];
+    let mut named = view[0].resolve("tasks.svc1");
+    named.sort();
+    assert_eq!(named, serving, "healthy, or without a check");
+    let backends = view[0].vip_backends();
+    assert_eq!(backends.len(), 1);
+    let mut balanced = backends[0].1.clone();
+    balanced.sort();
+    assert_eq!(balanced, serving);
+}
