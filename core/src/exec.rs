@@ -5,6 +5,8 @@
 
 use shoal_proto::{ErrorKind, ErrorReply, NodeId, ServiceId, Task, TaskState};
 
+use crate::lookup::{self, SlotPick};
+
 /// The task an exec goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecTarget {
@@ -16,28 +18,12 @@ pub struct ExecTarget {
     pub node: NodeId,
 }
 
-/// Shortest task ID prefix accepted, so a typo does not pick a random task.
-const MIN_PREFIX: usize = 3;
-
 /// Resolves `query` among `tasks`, whose services are named by `services` (ID, name).
 pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) -> Result<ExecTarget, ErrorReply> {
     let name_of = |t: &Task| services.iter().find(|(id, _)| *id == t.service_id).map(|(_, n)| n.clone());
-    let service_of = |q: &str| services.iter().find(|(id, name)| name == q || id.as_str() == q).map(|(id, _)| id);
     let running = |t: &&Task| t.status.state == TaskState::Running && t.is_desired_running() && t.node_id.is_some();
 
-    let chosen: Option<&Task> = if let Some(t) = tasks.iter().find(|t| t.id.as_str() == query) {
-        Some(t)
-    } else if let Some(t) = query.rsplit_once('.').and_then(|(_, id)| tasks.iter().find(|t| t.id.as_str() == id)) {
-        // A container name: service.slot.taskid.
-        Some(t)
-    } else if let Some((svc, slot)) = query.rsplit_once('.').and_then(|(s, n)| Some((s, n.parse::<u32>().ok()?))) {
-        let Some(sid) = service_of(svc) else {
-            return Err(not_found(query));
-        };
-        let mut of_slot: Vec<&Task> = tasks.iter().filter(|t| t.service_id == *sid && t.slot == slot).collect();
-        of_slot.sort_by_key(|t| std::cmp::Reverse(t.created_at_ms));
-        of_slot.iter().copied().find(running).or(of_slot.first().copied())
-    } else if let Some(sid) = service_of(query) {
+    let chosen: Option<&Task> = if let Some(sid) = lookup::service(services, query) {
         let mut own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == *sid).collect();
         own.sort_by_key(|t| (t.slot, std::cmp::Reverse(t.created_at_ms)));
         match own.iter().copied().find(running) {
@@ -50,7 +36,7 @@ pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) ->
             }
         }
     } else {
-        by_id_prefix(tasks, query)?
+        lookup::task(services, tasks, query, SlotPick::NewestRunning)?
     };
     let Some(task) = chosen else { return Err(not_found(query)) };
     if !running(&task) {
@@ -67,24 +53,6 @@ pub fn resolve(services: &[(ServiceId, String)], tasks: &[Task], query: &str) ->
     Ok(ExecTarget { task: task.clone(), service, node })
 }
 
-/// The one task whose ID starts with `query` (at least [`MIN_PREFIX`] characters);
-/// `None` when none does, an `Ambiguous` refusal when several do. `shoal exec` and
-/// `shoal service logs` both take a prefix this way.
-pub(crate) fn by_id_prefix<'a>(tasks: &'a [Task], query: &str) -> Result<Option<&'a Task>, ErrorReply> {
-    if query.len() < MIN_PREFIX {
-        return Ok(None);
-    }
-    let hits: Vec<&Task> = tasks.iter().filter(|t| t.id.as_str().starts_with(query)).collect();
-    match hits.as_slice() {
-        [one] => Ok(Some(*one)),
-        [] => Ok(None),
-        _ => Err(ErrorReply::new(
-            ErrorKind::Ambiguous,
-            &format!("task ID prefix {query} matches {} tasks: give more of the ID", hits.len()),
-        )),
-    }
-}
-
 fn not_found(query: &str) -> ErrorReply {
     ErrorReply::new(
         ErrorKind::NotFound,
@@ -95,37 +63,7 @@ fn not_found(query: &str) -> ErrorReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::{Service, ServiceSpec, TaskId, TaskStatus};
-
-    fn task(n: u32, node: u8, state: TaskState, desired: TaskState, created: u64) -> Task {
-        let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
-        let svc = Service {
-            id: ServiceId::from_random([1; 16]),
-            spec,
-            spec_version: 1,
-            created_at_ms: 0,
-            virtual_ips: Default::default(),
-        };
-        let mut seed = [7u8; 16];
-        seed[..4].copy_from_slice(&n.to_le_bytes());
-        seed[4] = created as u8;
-        Task {
-            id: TaskId::from_random(seed),
-            service_id: svc.id.clone(),
-            slot: n,
-            node_id: Some(NodeId::from_random([node; 16])),
-            spec: svc.spec.task_spec(),
-            spec_version: 1,
-            desired_state: desired,
-            status: TaskStatus::new(state, 0, ""),
-            created_at_ms: created,
-            networks: Default::default(),
-        }
-    }
-
-    fn services() -> Vec<(ServiceId, String)> {
-        vec![(ServiceId::from_random([1; 16]), "web".into())]
-    }
+    use crate::lookup::testing::{services, task};
 
     #[test]
     fn every_way_of_naming_a_task() {

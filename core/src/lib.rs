@@ -12,6 +12,7 @@ pub mod exec;
 pub mod images;
 pub mod ipam;
 pub mod logs;
+mod lookup;
 pub mod membership;
 pub mod netkeys;
 pub mod netview;
