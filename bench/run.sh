@@ -27,18 +27,27 @@ shoal=$PWD/target/release/shoal
 echo "== runtime bench ($iterations runs each)" >&2
 runtime=$(SHOAL_AGENT=$agent ./target/release/runtime-bench "$iterations")
 
-echo "== cluster bench" >&2
-cluster=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/cluster-bench)
+# Docker Swarm's figures come from bench/swarm.sh in the same run, as key=value lines
+# (swarm_rolled_ms=…) turned into variables for the bench that prints them (SWARM_ROLLED_MS=…).
+swarm_figures() { # MODE: the variables, or none if Swarm could not be measured
+  local out key value
+  if out=$(bench/swarm.sh "$1"); then
+    while IFS='=' read -r key value; do
+      case $key in swarm_*) echo "${key^^}=$value" ;; esac
+    done <<<"$out"
+  else
+    echo "bench/swarm.sh $1 failed: the Swarm column says 'not measured'" >&2
+  fi
+}
 
-echo "== Docker Swarm, the same rolling updates (bench/swarm.sh)" >&2
-swarm_env=()
-if swarm_out=$(bench/swarm.sh); then
-  while IFS='=' read -r key value; do
-    case $key in swarm_*) swarm_env+=("${key^^}=$value") ;; esac
-  done <<<"$swarm_out"
-else
-  echo "bench/swarm.sh failed: the Swarm column says 'not measured'" >&2
-fi
+echo "== Docker Swarm, 3 nodes: create, drain, power cut, idle bytes (bench/swarm.sh cluster)" >&2
+mapfile -t swarm_cluster < <(swarm_figures cluster)
+
+echo "== cluster bench" >&2
+cluster=$(env "${swarm_cluster[@]}" SHOAL_BIN_DIR=$PWD/target/release ./target/release/cluster-bench)
+
+echo "== Docker Swarm, the same rolling updates (bench/swarm.sh updates)" >&2
+mapfile -t swarm_env < <(swarm_figures updates)
 
 echo "== update bench" >&2
 updates=$(env "${swarm_env[@]}" SHOAL_BIN_DIR="$PWD/target/release" ./target/release/update-bench)

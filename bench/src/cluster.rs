@@ -1,9 +1,12 @@
 //! Cluster timings on real processes and containers (as root), three boards in network
 //! namespaces: `service create --replicas 6` → 6/6 running; drain → every task running
 //! elsewhere; a board's power cut → Down → its tasks running elsewhere. And the
-//! scheduler alone: placements per second on 5,000 nodes and 100,000 tasks. Prints a
-//! Markdown section on stdout. Needs `cargo build --bins` and `images/build.sh` first
+//! scheduler alone: placements per second on 5,000 nodes and 100,000 tasks. Docker
+//! Swarm's figures for the same steps on 3 nodes, measured by `bench/swarm.sh cluster`
+//! in the same run, come in as `SWARM_*` variables. Prints a Markdown section on stdout. Needs `cargo build --bins` and `images/build.sh` first
 //! (`bench/run.sh` does both).
+
+mod swarm_env;
 
 use std::time::{Duration, Instant};
 
@@ -92,6 +95,15 @@ fn main() -> Result<()> {
     wait_for("6/6", Duration::from_secs(60), || all_running_off(&c, "web", 6, None));
     let create = t.elapsed();
 
+    // Bytes on each link while idle with the 6 tasks running, as `bench/swarm.sh cluster`
+    // measures Swarm's.
+    let idle_s: u64 = std::env::var("SHOAL_BENCH_IDLE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    std::thread::sleep(Duration::from_secs(5));
+    let before: Vec<u64> = c.lab.hosts.iter().map(|h| h.link_bytes()).collect();
+    std::thread::sleep(Duration::from_secs(idle_s));
+    let idle: Vec<u64> = c.lab.hosts.iter().zip(&before).map(|(h, b)| (h.link_bytes() - b) / idle_s).collect();
+    let idle_board = idle[1..].iter().sum::<u64>() / (idle.len() as u64 - 1);
+
     let t = Instant::now();
     m.shoal(&["node", "update", "--availability", "drain", "node2"]);
     wait_for("drained", Duration::from_secs(60), || all_running_off(&c, "web", 6, Some("node2")));
@@ -99,6 +111,8 @@ fn main() -> Result<()> {
     m.shoal(&["node", "update", "--availability", "active", "node2"]);
 
     let t = Instant::now();
+    // A power cut: the cable goes first (no dying kernel answers), then every process.
+    c.lab.hosts[3].cut_link();
     c.power_cut(3);
     let down = c.wait_status("node3", "Down", Duration::from_secs(20));
     let after_down = Instant::now();
@@ -106,14 +120,34 @@ fn main() -> Result<()> {
     let failover = t.elapsed();
     let running_after_down = after_down.elapsed();
 
+    let swarm_after_down = match (swarm_env::figure("FAILOVER_MS"), swarm_env::figure("DOWN_MS")) {
+        (Some(f), Some(d)) => format!("{} ms", f.saturating_sub(d)),
+        _ => "not measured".to_owned(),
+    };
+    let swarm_bps =
+        |key: &str| swarm_env::figure(key).map_or_else(|| "not measured".to_owned(), |b| format!("{b} B/s"));
     println!("### Cluster (3 boards in network namespaces, real containers of demo/app:1.0)\n");
-    println!("| what | shoal | Docker Swarm's defaults, for reference |");
+    println!("| what | shoal, 3 boards + a manager | {}, 3 nodes, same run |", swarm_env::peer());
     println!("|---|---|---|");
-    println!("| `service create --replicas 6` → 6/6 running | {} | — |", ms(create));
-    println!("| `node update --availability drain` → all 6 running elsewhere | {} | — |", ms(drain));
-    println!("| power cut of a board → marked Down | {} | ~15 s (5 s heartbeat × 3) |", ms(down));
-    println!("| … Down → its tasks running elsewhere | {} | |", ms(running_after_down));
-    println!("| power cut → 6/6 running again | {} | ≳ 15 s |", ms(failover));
+    println!("| `service create --replicas 6` → 6/6 running | {} | {} |", ms(create), swarm_env::ms("CREATE"));
+    println!(
+        "| idle, 6 tasks running: bytes on a board's (worker's) link | {idle_board} B/s | {} |",
+        swarm_bps("IDLE_WORKER_BPS")
+    );
+    println!("| idle: bytes on the manager's link | {} B/s | {} |", idle[0], swarm_bps("IDLE_MANAGER_BPS"));
+    println!(
+        "| `node update --availability drain` → all 6 running elsewhere | {} | {} |",
+        ms(drain),
+        swarm_env::ms("DRAIN")
+    );
+    println!("| power cut of a board → marked Down | {} | {} |", ms(down), swarm_env::ms("DOWN"));
+    println!("| … Down → its tasks running elsewhere | {} | {swarm_after_down} |", ms(running_after_down));
+    println!("| power cut → 6/6 running again | {} | {} |", ms(failover), swarm_env::ms("FAILOVER"));
+    println!(
+        "\nSwarm's manager also runs tasks (its node is one of the 3); shoal's manager runs none, so its \
+         link carries only the boards' sessions. A power cut is the link going down, then every process \
+         of the board killed, on both."
+    );
     println!("\n### Scheduler alone (release build)\n");
     println!(
         "5,000 nodes, 100,000 pending tasks (200 services): {placed} placed in {} — {:.0} placements/s.",

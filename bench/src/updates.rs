@@ -7,6 +7,8 @@
 //! Markdown section on stdout. Needs `cargo build --bins` and `images/build.sh` first
 //! (`bench/run.sh` does all of it).
 
+mod swarm_env;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -64,20 +66,10 @@ fn measure(boards: usize) -> Result<Timings> {
     Ok(Timings { rolled, completed, paused })
 }
 
-/// A figure `bench/swarm.sh` measured (passed in as `SWARM_<KEY>_MS`), or why there is none.
-fn swarm(key: &str) -> String {
-    match std::env::var(format!("SWARM_{key}_MS")).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
-        Some(ms) => format!("{ms} ms"),
-        None => "not measured".to_owned(),
-    }
-}
-
 fn main() -> Result<()> {
     let three = measure(3)?;
     let one = measure(1)?;
-    let swarm_version = std::env::var("SWARM_VERSION").unwrap_or_default();
-    let peer =
-        if swarm_version.is_empty() { "Docker Swarm".to_owned() } else { format!("Docker Swarm {swarm_version}") };
+    let peer = swarm_env::peer();
 
     println!("### Rolling updates (boards in network namespaces, 6 real containers of demo/app)\n");
     println!("| what | shoal, 3 boards | shoal, 1 board | {peer}, 1 node, same run |");
@@ -86,19 +78,19 @@ fn main() -> Result<()> {
         "| 6 replicas 1.0 → 3.0, `--update-parallelism 2 --update-delay 0s`: every task runs 3.0 | {} | {} | {} |",
         ms(three.rolled),
         ms(one.rolled),
-        swarm("ROLLED")
+        swarm_env::ms("ROLLED")
     );
     println!(
         "| … until `UpdateStatus` says `completed` (includes the default 5 s monitor period) | {} | {} | {} |",
         ms(three.completed),
         ms(one.completed),
-        swarm("COMPLETED")
+        swarm_env::ms("COMPLETED")
     );
     println!(
         "| update to the failing 2.0 (exits 1 after ~1 s) → `paused` | {} | {} | {} |",
         ms(three.paused),
         ms(one.paused),
-        swarm("PAUSED")
+        swarm_env::ms("PAUSED")
     );
     Ok(())
 }

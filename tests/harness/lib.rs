@@ -240,6 +240,18 @@ impl Host {
         sh(&["ip", "link", "set", &self.veth_host, "down"]).expect("link down");
     }
 
+    /// Bytes its link has carried both ways so far, read at the bridge's end (what a
+    /// metered link would bill).
+    pub fn link_bytes(&self) -> u64 {
+        let read = |what: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{what}", self.veth_host))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        read("rx_bytes") + read("tx_bytes")
+    }
+
     /// Plugs the cable back in.
     pub fn restore_link(&self) {
         sh(&["ip", "link", "set", &self.veth_host, "up"]).expect("link up");
