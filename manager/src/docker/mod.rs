@@ -120,3 +120,73 @@ async fn respond<B: Backend>(backend: &B, req: Request<Incoming>, allowed: bool)
     let body = if head { Bytes::new() } else { Bytes::from(reply.body) };
     builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use shoal_proto::{ControlReply, ControlRequest, ErrorKind, ErrorReply};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    struct Nothing;
+
+    impl Backend for Nothing {
+        async fn call(&self, _: ControlRequest) -> Result<ControlReply, ErrorReply> {
+            Err(ErrorReply::new(ErrorKind::Internal, "no manager in this test"))
+        }
+    }
+
+    async fn exchange(socket: &Path, request: &[u8]) -> String {
+        let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+        // The server may answer (and close) before the whole of a huge body is written.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn socket_is_owner_only_headers_are_dockerds_and_huge_bodies_are_refused() {
+        let dir = std::env::temp_dir().join(format!("shoal-docker-{}", shoal_proto::hex(&shoal_link::random::<6>())));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let server = tokio::spawn(serve(socket.clone(), Nothing));
+            for _ in 0..200 {
+                if socket.exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+
+            let ping = exchange(&socket, b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").await;
+            assert!(ping.starts_with("HTTP/1.1 200 OK\r\n"), "{ping}");
+            let ping = ping.to_ascii_lowercase();
+            assert!(ping.contains("api-version: 1.50\r\n") && ping.contains("swarm: active/manager\r\n"), "{ping}");
+
+            let huge = MAX_BODY + 1;
+            let mut req = format!(
+                "POST /v1.50/services/create HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n\
+                 Content-Length: {huge}\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes();
+            req.resize(req.len() + huge, b' ');
+            let answer = exchange(&socket, &req).await;
+            assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+            assert!(answer.ends_with(r#"{"message":"request body is larger than 1 MiB: send a smaller request"}"#));
+
+            let down =
+                exchange(&socket, b"GET /v1.50/nodes HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").await;
+            assert!(down.starts_with("HTTP/1.1 500 "), "{down}");
+            assert!(down.ends_with(r#"{"message":"no manager in this test"}"#), "{down}");
+            server.abort();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
