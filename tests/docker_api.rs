@@ -4,7 +4,10 @@
 //! containers; outputs read back through Docker's own tables and templates. Images are
 //! loaded with `shoal image load` (the API serves no `/images`).
 //!
-//! Needs `/usr/local/bin/docker` (or `SHOAL_DOCKER_CLI`): a client only, no daemon.
+//! Two real clients, neither talking to a daemon: docker 28.2 (API 1.50) at
+//! `/usr/local/bin/docker` (or `SHOAL_DOCKER_CLI`) replays the lab; Debian's 20.10 (API
+//! 1.41, `out/docker-20.10/usr/bin/docker`, made by `scripts/docker-cli-20.sh` from
+//! `scripts/setup.sh`) then reads the result and changes it again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,12 @@ fn docker_cli() -> PathBuf {
     cli
 }
 
+fn docker_20_cli() -> PathBuf {
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/docker-20.10/usr/bin/docker");
+    assert!(cli.exists(), "{} is missing: run scripts/docker-cli-20.sh (scripts/setup.sh does)", cli.display());
+    cli
+}
+
 /// The docker CLI pointed at the manager's socket, with a config directory of its own.
 struct Docker {
     cli: PathBuf,
@@ -30,12 +39,12 @@ struct Docker {
 }
 
 impl Docker {
-    fn new(c: &Cluster) -> Self {
+    fn new(c: &Cluster, cli: PathBuf) -> Self {
         let socket = c.manager_host().data_dir.join("manager/docker.sock");
         wait_for("the Docker API socket", Duration::from_secs(10), || socket.exists().then_some(()));
         let config = c.lab.dir.join("docker-config");
         std::fs::create_dir_all(&config).unwrap();
-        Self { cli: docker_cli(), host: format!("unix://{}", socket.display()), config }
+        Self { cli, host: format!("unix://{}", socket.display()), config }
     }
 
     fn output(&self, args: &[&str]) -> std::process::Output {
@@ -96,7 +105,7 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     for image in ["redis.tar", "demo-app-1.0.tar", "demo-app-2.0.tar", "demo-app-3.0.tar"] {
         m.shoal(&["image", "load", lab_image(image).to_str().unwrap()]);
     }
-    let d = Docker::new(&c);
+    let d = Docker::new(&c, docker_cli());
     let started = Instant::now();
     assert_eq!(socket_mode(&m.data_dir.join("manager/docker.sock")), 0o600);
 
@@ -209,6 +218,33 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     let drained = d.run(&["node", "inspect", "-f", "{{.Spec.Availability}}", "node2"]);
     assert_eq!(drained.trim(), "drain");
     eprintln!("lab tasks 1, 3-6 through the docker CLI took {:?} after the cluster was up", started.elapsed());
+
+    // The 20.10 client (API 1.41) sees the same fleet and changes it.
+    let d20 = Docker::new(&c, docker_20_cli());
+    assert!(d20.run(&["version", "--format", "{{.Client.APIVersion}}"]).starts_with("1.41"));
+    let nodes = parse_table(&d20.run(&["node", "ls"]), &NODE_LS);
+    assert!(nodes.iter().any(|r| r["HOSTNAME"] == "node2" && r["AVAILABILITY"] == "Drain"), "{nodes:?}");
+    let ls = parse_table(&d20.run(&["service", "ls"]), &SERVICE_LS);
+    assert!(ls.iter().any(|r| r["NAME"] == "appserver" && r["REPLICAS"] == "6/6"), "{ls:?}");
+    assert!(d20.run(&["service", "inspect", "--pretty", "appserver"]).contains("Image:\t\tdemo/app:3.0"));
+    d20.run(&["node", "update", "--availability=active", "node2"]);
+    assert_eq!(d20.run(&["service", "update", "--replicas=4", "--detach=true", "appserver"]).trim(), "appserver");
+    wait_for("4 × 3.0 by the 20.10 client", Duration::from_secs(30), || {
+        all_running(&d20, "appserver", "demo/app:3.0", 4)
+    });
+
+    // Anyone but root (and the manager's user) is kept off the socket.
+    let nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&d.cli)
+        .args(["node", "ls"])
+        .env("DOCKER_HOST", &d.host)
+        .env("DOCKER_CONFIG", &d.config)
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    let e = String::from_utf8_lossy(&nobody.stderr);
+    assert!(e.contains("permission denied"), "{e}");
 
     // Refusals in Docker's words.
     let e = d.fails(&["run", "alpine"]);
