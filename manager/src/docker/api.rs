@@ -4,7 +4,7 @@
 //! (`server`) hands in method, path, query and body and writes out the [`Reply`].
 //!
 //! Served: `/_ping`, `/version`, `/info`, `/swarm`, `/nodes`, `/services`, `/tasks`,
-//! `/networks`, `/distribution`. Docker endpoints shoal has no equivalent for answer 501
+//! `/networks`, `/secrets`, `/configs`, `/distribution`. Docker endpoints shoal has no equivalent for answer 501
 //! with what to use instead; paths Docker does not have either answer 404.
 
 use serde_json::{json, Value};
@@ -15,6 +15,7 @@ use shoal_proto::{ControlReply, ControlRequest, NodeView, Role};
 use super::backend::Backend;
 use super::error::ApiError;
 use super::filters::Filters;
+use super::objects;
 use super::render;
 use super::spec;
 
@@ -186,8 +187,20 @@ pub async fn handle<B: Backend>(backend: &B, req: Request<'_>) -> Result<Reply, 
         (_, ["volumes", ..]) => {
             Err(ApiError::not_implemented("volumes live on the boards: use `shoal volume ls|rm` on the manager"))
         }
-        (_, ["secrets", ..]) | (_, ["configs", ..]) => Err(ApiError::not_implemented(
-            "secrets and configs are not served over shoal's Docker API yet: use `shoal secret|config create|ls|rm`",
+        ("GET", [kind]) if objects::kind_of(kind).is_some() => {
+            api.objects(objects::kind_of(kind).expect("checked"), q("filters").as_deref()).await
+        }
+        ("POST", [kind, "create"]) if objects::kind_of(kind).is_some() => {
+            api.object_create(objects::kind_of(kind).expect("checked"), req.body).await
+        }
+        ("GET", [kind, id]) if objects::kind_of(kind).is_some() => {
+            api.object(objects::kind_of(kind).expect("checked"), id).await
+        }
+        ("DELETE", [kind, id]) if objects::kind_of(kind).is_some() => {
+            api.object_rm(objects::kind_of(kind).expect("checked"), id).await
+        }
+        (_, ["secrets" | "configs", _, "update"]) => Err(ApiError::not_implemented(
+            "a secret's or config's bytes change with `shoal secret|config update NAME FILE`, which rolls the services using it",
         )),
         (_, ["plugins", ..]) | (_, ["session"]) | (_, ["grpc"]) | (_, ["events"]) | (_, ["system", ..]) => Err(
             ApiError::not_implemented(format!("{} is not served by shoal's Docker API (see docs/docker-api.md)", path)),
@@ -392,7 +405,8 @@ impl<B: Backend> Api<'_, B> {
                 .find(|n| n.id.as_str() == target || n.spec.name.as_str() == target)
                 .map(|n| n.spec.name.to_string())
         };
-        let mapped = spec::map_spec(base, base_json, body, &lookup)?;
+        let fresh = shoal_proto::ServiceSpec::new(base.name.clone(), base.image.clone());
+        let mapped = spec::map_spec(base, base_json, &render::spec_json(&fresh), body, &lookup)?;
         if let Some(digest) = &mapped.pinned_digest {
             let held = self.image_digest(&mapped.spec.image).await?;
             if held.as_deref() != Some(digest.as_str()) {
@@ -572,6 +586,60 @@ impl<B: Backend> Api<'_, B> {
                 ))
             })?;
         Ok(Reply::ok(&render::distribution(found)))
+    }
+}
+
+impl<B: Backend> Api<'_, B> {
+    async fn object_call(
+        &self,
+        req: shoal_proto::secrets::ObjectRequest,
+    ) -> Result<shoal_proto::secrets::ObjectReply, ApiError> {
+        match self.call(ControlRequest::Object(req)).await? {
+            ControlReply::Object(r) => Ok(r),
+            _ => Err(unexpected("secret or config")),
+        }
+    }
+
+    async fn objects(&self, kind: shoal_proto::secrets::Kind, filters: Option<&str>) -> Result<Reply, ApiError> {
+        use shoal_proto::secrets::{ObjectReply, ObjectRequest};
+        let f = Filters::parse(filters, &["id", "name", "names", "label"])?;
+        let ObjectReply::Objects(list) = self.object_call(ObjectRequest::List(kind)).await? else {
+            return Err(unexpected("secret or config"));
+        };
+        let out: Vec<Value> = list
+            .iter()
+            .filter(|o| {
+                f.accepts("id", |x| o.id.as_str().starts_with(x))
+                    && f.accepts("name", |x| o.name.as_str().starts_with(x))
+                    && f.accepts("names", |x| o.name.as_str() == x)
+                    && f.accepts_labels("label", o.labels.iter().map(|l| (l.key.as_str(), l.value.as_str())))
+            })
+            .map(objects::view)
+            .collect();
+        Ok(Reply::ok(&Value::Array(out)))
+    }
+
+    async fn object(&self, kind: shoal_proto::secrets::Kind, id: &str) -> Result<Reply, ApiError> {
+        use shoal_proto::secrets::{ObjectReply, ObjectRequest};
+        match self.object_call(ObjectRequest::Inspect { kind, name: text("name", id)? }).await? {
+            ObjectReply::Object(o) => Ok(Reply::ok(&objects::view(&o))),
+            _ => Err(unexpected("secret or config")),
+        }
+    }
+
+    async fn object_create(&self, kind: shoal_proto::secrets::Kind, body: &[u8]) -> Result<Reply, ApiError> {
+        use shoal_proto::secrets::{ObjectReply, ObjectRequest};
+        let spec = objects::spec(kind, &parse_body(body)?)?;
+        match self.object_call(ObjectRequest::Create(Box::new(spec))).await? {
+            ObjectReply::Created(id) => Ok(Reply::json(201, &json!({ "ID": id.as_str() }))),
+            _ => Err(unexpected("secret or config")),
+        }
+    }
+
+    async fn object_rm(&self, kind: shoal_proto::secrets::Kind, id: &str) -> Result<Reply, ApiError> {
+        use shoal_proto::secrets::ObjectRequest;
+        self.object_call(ObjectRequest::Remove { kind, name: text("name", id)? }).await?;
+        Ok(Reply::empty(204))
     }
 }
 

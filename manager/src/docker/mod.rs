@@ -15,6 +15,7 @@ pub mod api;
 pub mod backend;
 pub mod error;
 pub mod filters;
+pub mod objects;
 pub mod render;
 pub mod spec;
 

@@ -13,7 +13,8 @@
 //! missing `Delay` is 0 and a zero `Monitor` is Swarm's default; a missing
 //! `RestartPolicy.Delay` keeps the current one.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+use shoal_proto::secrets::{Kind, SecretRef};
 use shoal_proto::services::{
     Constraint, EndpointMode, FailureAction, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode,
     ServiceSpec, UpdateConfig, UpdateOrder, MAX_POLICY_MS,
@@ -26,6 +27,15 @@ pub enum SpecError {
     /// A field shoal has no equivalent for.
     #[error("{field} is not supported by shoal's Docker API: remove it, or set it with `shoal service` flags")]
     Unsupported {
+        /// Dotted path of the field.
+        field: String,
+    },
+    /// A field shoal set (with its own CLI) that the request leaves out.
+    #[error(
+        "{field} is set on this service and the Docker API can't clear it: send it back as `docker service inspect` \
+         shows it, or change it with `shoal service update`"
+    )]
+    Kept {
         /// Dotted path of the field.
         field: String,
     },
@@ -66,18 +76,32 @@ pub struct Mapped {
 }
 
 /// Maps Docker's `ServiceSpec` (`req`) onto `base`, whose own rendering as Docker JSON is
-/// `base_json` (the `Spec` object shoal's `service inspect` prints). `network` turns a
-/// network ID or name into its name, `None` when there is no such network.
+/// `base_json` (the `Spec` object shoal's `service inspect` prints); `default_json` is the
+/// rendering of a fresh spec, so that a field shoal set but Docker's client did not send
+/// back is told from one that was never set. `network` turns a network ID or name into
+/// its name, `None` when there is no such network.
 pub fn map_spec(
     base: &ServiceSpec,
     base_json: &Value,
+    default_json: &Value,
     req: &Value,
     network: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Mapped, SpecError> {
     let Value::Object(req) = req else {
         return Err(SpecError::invalid("ServiceSpec", "expected a JSON object"));
     };
+    let original = Value::Object(req.clone());
     let mut req = Value::Object(req.clone());
+    // dockerd replaces a spec whole and Go leaves empty lists out: inside an object that
+    // was sent, a list that was not is empty (`--secret-rm` of the last secret).
+    absent_is_empty(&mut req, &[], &[("Labels", Value::Null)]);
+    let cs = ["TaskTemplate", "ContainerSpec"];
+    let lists = [("Args", Value::Null), ("Env", Value::Null), ("Hostname", json!("")), ("Secrets", Value::Null)];
+    absent_is_empty(&mut req, &cs, &lists);
+    absent_is_empty(&mut req, &cs, &[("Configs", Value::Null)]);
+    absent_is_empty(&mut req, &["TaskTemplate", "Placement"], &[("Constraints", Value::Null)]);
+    absent_is_empty(&mut req, &["TaskTemplate"], &[("Networks", Value::Null)]);
+    absent_is_empty(&mut req, &["EndpointSpec"], &[("Ports", Value::Null)]);
     let mut spec = base.clone();
     let mut pinned_digest = None;
 
@@ -135,6 +159,18 @@ pub fn map_spec(
                     .map_err(|e| SpecError::invalid("TaskTemplate.ContainerSpec.StopSignal", e.to_string()))?,
             )
         };
+    }
+    for kind in [Kind::Secret, Kind::Config] {
+        let key = if kind == Kind::Secret { "Secrets" } else { "Configs" };
+        if let Some(refs) = take(&mut req, &path(&CS, key)) {
+            let refs =
+                object_refs(kind, &refs).map_err(|e| e.within(&format!("TaskTemplate.ContainerSpec.{key}[].")))?;
+            if kind == Kind::Secret {
+                spec.secrets = refs;
+            } else {
+                spec.configs = refs;
+            }
+        }
     }
     if let Some(iso) = take_str(&mut req, &path(&CS, "Isolation"))? {
         if !(iso.is_empty() || iso == "default") {
@@ -229,6 +265,7 @@ pub fn map_spec(
 
     // Whatever is left must be empty or what shoal rendered: carried, not changed.
     carried(&req, base_json, "")?;
+    kept(base_json, default_json, &original, "")?;
     spec.validate().map_err(|e| SpecError::invalid("ServiceSpec", e.to_string()))?;
     Ok(Mapped { spec, pinned_digest })
 }
@@ -338,6 +375,46 @@ fn networks_of<const N: usize>(
     out.try_into().map_err(|_| SpecError::invalid(FIELD, format!("more than {N} networks")))
 }
 
+/// Docker's `SecretReference` / `ConfigReference` list: the object by name (its ID is
+/// Docker's own handle; the manager resolves names and fills in versions), and the file
+/// it becomes.
+fn object_refs<const N: usize>(kind: Kind, v: &Value) -> Result<BoundedVec<SecretRef, N>, SpecError> {
+    let items = match v {
+        Value::Null => return Ok(BoundedVec::new()),
+        Value::Array(items) => items,
+        _ => return Err(SpecError::invalid("", "expected a list")),
+    };
+    let (name_key, id_key) = if kind == Kind::Secret { ("SecretName", "SecretID") } else { ("ConfigName", "ConfigID") };
+    let mut out = Vec::new();
+    for item in items {
+        let mut r = item.clone();
+        let source = take_str(&mut r, &[name_key])?.filter(|s| !s.is_empty()).ok_or_else(|| {
+            SpecError::invalid(name_key, "the name is required (shoal refers to secrets and configs by name)")
+        })?;
+        let _ = take(&mut r, &[id_key]);
+        // shoal's own rendering carries the version the service uses; the manager sets it.
+        let _ = take(&mut r, &["Version"]);
+        let target = take_str(&mut r, &["File", "Name"])?.filter(|s| !s.is_empty()).ok_or_else(|| {
+            SpecError::invalid("File.Name", "a file target is required (runtime configs are not supported)")
+        })?;
+        let num = |r: &mut Value, f: &str| -> Result<Option<String>, SpecError> {
+            match take(r, &["File", f]) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(Value::Number(n)) => Ok(Some(n.to_string())),
+                Some(_) => Err(SpecError::invalid(&format!("File.{f}"), "expected a number")),
+            }
+        };
+        let uid = num(&mut r, "UID")?.unwrap_or_else(|| "0".into());
+        let gid = num(&mut r, "GID")?.unwrap_or_else(|| "0".into());
+        let mode = take_u64(&mut r, &["File", "Mode"])?.unwrap_or(0o444);
+        carried(&r, &Value::Null, "")?;
+        let text = format!("source={source},target={target},uid={uid},gid={gid},mode={mode:o}");
+        out.push(SecretRef::parse(kind, &text).map_err(|e| SpecError::invalid("File", e.to_string()))?);
+    }
+    out.try_into().map_err(|_| SpecError::invalid("", format!("more than {N} references")))
+}
+
 fn mode_of(v: &Value) -> Result<ServiceMode, SpecError> {
     let mut v = v.clone();
     let mode = if let Some(r) = take(&mut v, &["Replicated"]) {
@@ -440,6 +517,67 @@ fn ports_fields<const N: usize>(v: &Value) -> Result<BoundedVec<PortConfig, N>, 
     out.try_into().map_err(|_| SpecError::invalid(FIELD, format!("more than {N} ports")))
 }
 
+fn absent_is_empty(req: &mut Value, parent: &[&str], keys: &[(&str, Value)]) {
+    let mut cur = req;
+    for p in parent {
+        match cur.as_object_mut().and_then(|o| o.get_mut(*p)) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        for (k, empty) in keys {
+            obj.entry(*k).or_insert_with(|| empty.clone());
+        }
+    }
+}
+
+/// Fields read by [`map_spec`] (a request without them clears them): the reverse check
+/// ([`kept`]) leaves them alone.
+const MAPPED: [&str; 14] = [
+    "Name",
+    "Labels",
+    "TaskTemplate.ContainerSpec.Image",
+    "TaskTemplate.ContainerSpec.Args",
+    "TaskTemplate.ContainerSpec.Env",
+    "TaskTemplate.ContainerSpec.Hostname",
+    "TaskTemplate.ContainerSpec.StopGracePeriod",
+    "TaskTemplate.ContainerSpec.StopSignal",
+    "TaskTemplate.ContainerSpec.Secrets",
+    "TaskTemplate.ContainerSpec.Configs",
+    "TaskTemplate.Resources",
+    "TaskTemplate.RestartPolicy",
+    "TaskTemplate.Placement",
+    "TaskTemplate.Networks",
+];
+
+/// What shoal set on the service beyond its defaults, in a field the request does not map,
+/// must come back in the request: a client that leaves it out (an older API version, or
+/// a `--mount-rm`) would otherwise have it kept without a word.
+fn kept(base: &Value, default: &Value, req: &Value, prefix: &str) -> Result<(), SpecError> {
+    let Value::Object(base) = base else { return Ok(()) };
+    for (k, b) in base {
+        let path = format!("{prefix}{k}");
+        if MAPPED.contains(&path.as_str())
+            || ["Mode", "UpdateConfig", "RollbackConfig", "EndpointSpec"].contains(&path.as_str())
+            || is_empty(b)
+        {
+            continue;
+        }
+        let d = default.get(k).unwrap_or(&Value::Null);
+        if b == d {
+            continue;
+        }
+        let r = req.get(k).unwrap_or(&Value::Null);
+        if b.is_object() {
+            kept(b, d, r, &format!("{path}."))?;
+        } else if is_empty(r) {
+            return Err(SpecError::Kept { field: path });
+        }
+    }
+    Ok(())
+}
+
 /// Whether a value says nothing: Go's zero values and empty containers.
 fn is_empty(v: &Value) -> bool {
     match v {
@@ -495,7 +633,7 @@ mod tests {
     }
 
     fn map(req: Value) -> Result<Mapped, SpecError> {
-        map_spec(&base(), &json!({}), &req, &nets)
+        map_spec(&base(), &json!({}), &json!({}), &req, &nets)
     }
 
     /// What docker 28's CLI sends for the lab's `docker service create` of the database.
@@ -551,9 +689,47 @@ mod tests {
     fn fields_sent_back_as_rendered_are_carried_unchanged() {
         let rendered = json!({"TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume"}]}}});
         let req = json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "volume"}]}}});
-        assert!(map_spec(&base(), &rendered, &req, &nets).is_ok());
+        assert!(map_spec(&base(), &rendered, &json!({}), &req, &nets).is_ok());
         let changed = json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Mounts": [{"Type": "bind"}]}}});
-        assert!(map_spec(&base(), &rendered, &changed, &nets).is_err());
+        assert!(map_spec(&base(), &rendered, &json!({}), &changed, &nets).is_err());
+        // Left out (`--mount-rm`, or a client that does not know the field): refused, not kept silently.
+        let dropped = json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "x:1"}}});
+        let e = map_spec(&base(), &rendered, &json!({}), &dropped, &nets).unwrap_err();
+        assert_eq!(e, SpecError::Kept { field: "TaskTemplate.ContainerSpec.Mounts".into() });
+        // A field at its default may be left out.
+        assert!(map_spec(&base(), &rendered, &rendered, &dropped, &nets).is_ok());
+    }
+
+    #[test]
+    fn secrets_and_configs_map_by_name_with_their_files() {
+        // What docker 28 sends for `--secret db_password --config source=conf,target=/etc/app.conf,mode=0440`.
+        let req = json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {
+            "Secrets": [{"File": {"Name": "db_password", "UID": "0", "GID": "0", "Mode": 292},
+                         "SecretID": "abc", "SecretName": "db_password"}],
+            "Configs": [{"File": {"Name": "/etc/app.conf", "UID": "0", "GID": "0", "Mode": 288},
+                         "ConfigID": "def", "ConfigName": "conf"}]}}});
+        let m = map(req).unwrap();
+        let s = &m.spec.secrets[0];
+        assert_eq!((s.source.as_str(), s.target.as_str(), s.mode), ("db_password", "db_password", 0o444));
+        let c = &m.spec.configs[0];
+        assert_eq!((c.source.as_str(), c.target.as_str(), c.mode), ("conf", "/etc/app.conf", 0o440));
+        let e = map(json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Configs": [{"ConfigName": "c",
+            "Runtime": {}}]}}}))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("TaskTemplate.ContainerSpec.Configs[].File.Name"), "{e}");
+    }
+
+    #[test]
+    fn lists_left_out_of_a_sent_object_are_cleared_as_dockerd_does() {
+        let mut with = base();
+        with.env = strings("Env", &json!(["A=1"])).unwrap();
+        with.secrets = object_refs(Kind::Secret, &json!([{"SecretName": "s", "File": {"Name": "s"}}])).unwrap();
+        let req = json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "x:1"}}});
+        let m = map_spec(&with, &json!({}), &json!({}), &req, &nets).unwrap();
+        assert!(m.spec.env.is_empty() && m.spec.secrets.is_empty());
+        // Not sent at all: a partial request keeps them.
+        let m = map_spec(&with, &json!({}), &json!({}), &json!({"Name": "x"}), &nets).unwrap();
+        assert_eq!(m.spec.env.len(), 1);
     }
 
     #[test]
