@@ -1,7 +1,8 @@
 //! The real `docker` CLI against shoal's Docker Engine API (`docker.sock` beside the
 //! manager's state): the lab's tasks 1, 3, 4, 5 and 6, command for command as the lab
 //! writes them, on a manager and three boards in network namespaces with real
-//! containers; outputs read back through Docker's own tables and templates. Images are
+//! containers; outputs read back through Docker's own tables and templates. Then the
+//! lab's compose file through `docker stack deploy/ls/services/ps/rm`. Images are
 //! loaded with `shoal image load` (the API serves no `/images`).
 //!
 //! Two real clients, neither talking to a daemon: docker 28.2 (API 1.50) at
@@ -251,7 +252,24 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     assert!(e.contains("shoal manages services: use docker service create"), "{e}");
     let e = d.fails(&["service", "create", "--name", "m", "--mount", "type=bind,source=/,target=/h", "demo/app:1.0"]);
     assert!(e.contains("TaskTemplate.ContainerSpec.Mounts is not supported"), "{e}");
-    d.run(&["service", "rm", "database"]);
+    d.run(&["service", "rm", "database", "appserver"]);
     let e = d.fails(&["service", "inspect", "database"]);
     assert!(e.contains("no such service"), "{e}");
+
+    // The lab's application as a stack: the CLI reads the compose file, shoal serves the calls.
+    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab/docker-compose.yml");
+    let out = d.run(&["stack", "deploy", "-c", compose.to_str().unwrap(), "lab"]);
+    assert!(out.contains("Creating service lab_appserver"), "{out}");
+    wait_for("the stack's services running", Duration::from_secs(30), || {
+        let rows = parse_table(&d.run(&["stack", "services", "lab"]), &SERVICE_LS);
+        (rows.len() == 2 && rows.iter().all(|r| r["REPLICAS"] == "1/1")).then_some(())
+    });
+    let stacks = parse_table(&d.run(&["stack", "ls"]), &["NAME", "SERVICES"]);
+    assert_eq!((stacks[0]["NAME"].as_str(), stacks[0]["SERVICES"].as_str()), ("lab", "2"));
+    let ps = d.run(&["stack", "ps", "lab"]);
+    assert!(ps.contains("lab_database.1") && ps.contains("lab_appserver.1"), "{ps}");
+    // shoal's own CLI sees the same stack.
+    assert!(m.shoal(&["stack", "ls"]).contains("lab"));
+    d.run(&["stack", "rm", "lab"]);
+    assert!(parse_table(&d.run(&["stack", "ls"]), &["NAME", "SERVICES"]).is_empty());
 }

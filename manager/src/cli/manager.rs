@@ -275,15 +275,14 @@ async fn serve_with_docker_api(
     let socket = crate::docker::socket_path(data_dir);
     let backend = crate::docker::backend::ManagerBackend::new(data_dir.to_owned());
     let api = async {
-        if let Err(e) = crate::docker::serve(socket.clone(), backend).await {
+        if let Err(e) = crate::docker::serve(socket, backend).await {
             tracing::warn!(error = %e, "the Docker API is not served");
         }
         std::future::pending::<()>().await
     };
-    let result = tokio::select! {
+    // Dropping the API's future takes its socket away.
+    tokio::select! {
         r = manager => r,
         () = api => unreachable!("the Docker API task never ends by itself"),
-    };
-    let _ = std::fs::remove_file(&socket);
-    result
+    }
 }

@@ -24,6 +24,10 @@ pub const MIN_VERSION: (u32, u32) = (1, 24);
 /// Newest API version served: docker 28.2's.
 pub const MAX_VERSION: (u32, u32) = (1, 50);
 
+/// How long removing a network waits for the tasks of removed services to stop: their
+/// stop grace period (10 s by default) and a margin.
+const NETWORK_RM_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// An answer: a status and a JSON body (none for 204 and HEAD), or plain text for
 /// `/_ping`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -498,6 +502,22 @@ impl<B: Backend> Api<'_, B> {
     async fn tasks(&self, filters: Option<&str>) -> Result<Reply, ApiError> {
         let f = Filters::parse(filters, &["id", "name", "service", "node", "desired-state", "label", "_up-to-date"])?;
         let tasks = self.task_list().await?;
+        // A task carries its service's labels (`docker stack ps` filters by the stack's).
+        let labels: std::collections::HashMap<String, Vec<(String, String)>> = if filters
+            .is_some_and(|f| f.contains("label"))
+        {
+            self.service_list()
+                .await?
+                .iter()
+                .map(|v| {
+                    let l = v.service.spec.labels.iter().map(|l| (l.key.to_string(), l.value.to_string())).collect();
+                    (v.service.id.to_string(), l)
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
+        let no_labels = Vec::new();
         let list: Vec<Value> = tasks
             .iter()
             .filter(|t| {
@@ -509,7 +529,14 @@ impl<B: Backend> Api<'_, B> {
                     && f.accepts("service", |x| task.service_id.as_str() == x || t.service_name.as_str() == x)
                     && f.accepts("node", |x| !node.is_empty() && (node == x || hostname == x))
                     && f.accepts("desired-state", |x| task.desired_state.as_str().eq_ignore_ascii_case(x))
-                    && f.accepts("label", |_| false)
+                    && f.accepts_labels(
+                        "label",
+                        labels
+                            .get(task.service_id.as_str())
+                            .unwrap_or(&no_labels)
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str())),
+                    )
             })
             .map(render::task)
             .collect();
@@ -566,9 +593,32 @@ impl<B: Backend> Api<'_, B> {
         }
     }
 
+    /// As Swarm, a network no service uses any more goes even while its last tasks are
+    /// still stopping (`docker stack rm` removes the services, then at once the
+    /// networks): shoal refuses that until they stopped, so this waits for them.
     async fn network_rm(&self, id: &str) -> Result<Reply, ApiError> {
-        self.call(ControlRequest::Network(NetworkRequest::Remove { network: text("network", id)? })).await?;
-        Ok(Reply::empty(204))
+        let req = || -> Result<ControlRequest, ApiError> {
+            Ok(ControlRequest::Network(NetworkRequest::Remove { network: text("network", id)? }))
+        };
+        let deadline = std::time::Instant::now() + NETWORK_RM_WAIT;
+        loop {
+            match self.b.call(req()?).await {
+                Ok(_) => return Ok(Reply::empty(204)),
+                Err(e) if e.kind == shoal_proto::ErrorKind::Conflict && std::time::Instant::now() < deadline => {
+                    let networks = self.network_list().await?;
+                    let Some(n) = networks.iter().find(|n| n.id.as_str() == id || n.spec.name.as_str() == id) else {
+                        return Err(e.into());
+                    };
+                    let used =
+                        self.service_list().await?.iter().any(|v| v.service.spec.networks.contains(&n.spec.name));
+                    if used || n.ingress {
+                        return Err(e.into());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn distribution(&self, name: &str) -> Result<Reply, ApiError> {

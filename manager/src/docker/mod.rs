@@ -46,6 +46,13 @@ pub async fn serve<B: Backend>(socket: PathBuf, backend: B) -> anyhow::Result<()
     // Who may connect besides root: whoever owns the manager's directory.
     let owner = std::fs::metadata(&dir).map(|m| m.uid())?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    // A socket someone answers on belongs to a live manager; only a dead one's is replaced.
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!(
+            "{} is served by another process: is another manager running on this data directory?",
+            socket.display()
+        );
+    }
     match std::fs::remove_file(&socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -54,6 +61,7 @@ pub async fn serve<B: Backend>(socket: PathBuf, backend: B) -> anyhow::Result<()
     let listener = tokio::net::UnixListener::bind(&socket)
         .map_err(|e| anyhow::anyhow!("cannot serve the Docker API on {}: {e}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let _file = SocketFile { ino: std::fs::metadata(&socket)?.ino(), path: socket.clone() };
     info!(socket = %socket.display(), "Docker Engine API served (DOCKER_HOST=unix://{})", socket.display());
     let backend = Arc::new(backend);
     loop {
@@ -77,6 +85,22 @@ pub async fn serve<B: Backend>(socket: PathBuf, backend: B) -> anyhow::Result<()
                 debug!(error = %e, "docker api connection ended");
             }
         });
+    }
+}
+
+/// Removes the socket when the server stops, unless another server replaced it since
+/// (a manager restarted while this one was still shutting down).
+struct SocketFile {
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -166,6 +190,9 @@ mod tests {
             assert_eq!(mode, 0o600);
             assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
 
+            let second = serve(socket.clone(), Nothing).await.unwrap_err().to_string();
+            assert!(second.contains("is served by another process"), "{second}");
+
             let ping = exchange(&socket, b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").await;
             assert!(ping.starts_with("HTTP/1.1 200 OK\r\n"), "{ping}");
             let ping = ping.to_ascii_lowercase();
@@ -187,6 +214,8 @@ mod tests {
             assert!(down.starts_with("HTTP/1.1 500 "), "{down}");
             assert!(down.ends_with(r#"{"message":"no manager in this test"}"#), "{down}");
             server.abort();
+            let _ = server.await;
+            assert!(!socket.exists(), "a stopped server takes its socket away");
         });
         let _ = std::fs::remove_dir_all(&dir);
     }

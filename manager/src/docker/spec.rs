@@ -98,7 +98,7 @@ pub fn map_spec(
     let cs = ["TaskTemplate", "ContainerSpec"];
     let lists = [("Args", Value::Null), ("Env", Value::Null), ("Hostname", json!("")), ("Secrets", Value::Null)];
     absent_is_empty(&mut req, &cs, &lists);
-    absent_is_empty(&mut req, &cs, &[("Configs", Value::Null)]);
+    absent_is_empty(&mut req, &cs, &[("Configs", Value::Null), ("Labels", Value::Null)]);
     absent_is_empty(&mut req, &["TaskTemplate", "Placement"], &[("Constraints", Value::Null)]);
     absent_is_empty(&mut req, &["TaskTemplate"], &[("Networks", Value::Null)]);
     absent_is_empty(&mut req, &["EndpointSpec"], &[("Ports", Value::Null)]);
@@ -237,7 +237,10 @@ pub fn map_spec(
             .map_err(|_| SpecError::invalid("TaskTemplate.Placement.Constraints", "too many constraints"))?;
     }
     if let Some(nets) = take(&mut req, &["TaskTemplate", "Networks"]) {
-        spec.networks = networks_of(&nets, network)?;
+        spec.networks = networks_of(&nets, network, &spec.name)?;
+    }
+    if let Some(labels) = take(&mut req, &path(&CS, "Labels")) {
+        spec.container.labels = labels_of("TaskTemplate.ContainerSpec.Labels", &labels)?;
     }
 
     // Mode, rollouts, endpoint.
@@ -351,6 +354,7 @@ fn labels_of<const N: usize>(field: &str, v: &Value) -> Result<BoundedVec<Label,
 fn networks_of<const N: usize>(
     v: &Value,
     network: &dyn Fn(&str) -> Option<String>,
+    service: &str,
 ) -> Result<BoundedVec<shoal_proto::services::NetworkName, N>, SpecError> {
     const FIELD: &str = "TaskTemplate.Networks";
     let items = match v {
@@ -369,6 +373,19 @@ fn networks_of<const N: usize>(
                 format!("no network {target:?}: create it with `docker network create -d overlay`"),
             )
         })?;
+        // The names shoal's resolver already gives a service on its networks: its own,
+        // and a stack's service its short name (`lab_db` → `db`).
+        let short = service.split_once('_').map_or(service, |(_, s)| s);
+        if let Some(aliases) = take(&mut item, &["Aliases"]) {
+            for a in string_list("TaskTemplate.Networks[].Aliases", &aliases)? {
+                if a != service && a != short {
+                    return Err(SpecError::invalid(
+                        "TaskTemplate.Networks[].Aliases",
+                        format!("{a:?}: a service answers to its name (and a stack's to its short name) only"),
+                    ));
+                }
+            }
+        }
         carried(&item, &Value::Null, "TaskTemplate.Networks[].")?;
         out.push(shoal_proto::text(&name).map_err(|e| SpecError::invalid(FIELD, e.to_string()))?);
     }
@@ -534,7 +551,8 @@ fn absent_is_empty(req: &mut Value, parent: &[&str], keys: &[(&str, Value)]) {
 
 /// Fields read by [`map_spec`] (a request without them clears them): the reverse check
 /// ([`kept`]) leaves them alone.
-const MAPPED: [&str; 14] = [
+const MAPPED: [&str; 15] = [
+    "TaskTemplate.ContainerSpec.Labels",
     "Name",
     "Labels",
     "TaskTemplate.ContainerSpec.Image",
@@ -683,6 +701,11 @@ mod tests {
         assert!(map(req).unwrap_err().to_string().starts_with("Mode.ReplicatedJob"));
         let req = json!({"Name": "x", "TaskTemplate": {"Networks": [{"Target": "atsea", "Aliases": ["db"]}]}});
         assert!(map(req).unwrap_err().to_string().starts_with("TaskTemplate.Networks[].Aliases"));
+        // What `docker stack deploy` sends: the short name, and the stack label on containers.
+        let req = json!({"Name": "lab_db", "Labels": {"com.docker.stack.namespace": "lab"},
+            "TaskTemplate": {"Networks": [{"Target": "atsea", "Aliases": ["db"]}],
+            "ContainerSpec": {"Labels": {"com.docker.stack.namespace": "lab"}}}});
+        assert_eq!(map(req).unwrap().spec.container.labels[0].value.as_str(), "lab");
     }
 
     #[test]
