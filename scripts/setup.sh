@@ -41,3 +41,6 @@ fi
 
 # libcontainer with the 32-bit ARM fix (patches/libcontainer/, made from crates.io + diff).
 "$(dirname "$0")/patch-libcontainer.sh"
+
+# Debian's docker 20.10 client for tests/docker_api.rs (downloaded and unpacked, never installed).
+"$(dirname "$0")/docker-cli-20.sh"

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod cli;
+pub mod docker;
 pub mod images;
 pub mod init;
 pub mod paths;

@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// Loopback registries always may; every other one must speak HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// Do not serve the Docker Engine API on the manager's `docker.sock`.
+    #[arg(long)]
+    pub no_docker_api: bool,
 }
 
 /// `manager join-token`.
@@ -183,7 +186,7 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             let period = args.heartbeat_period.as_millis().max(10) as u64;
             let liveness = LivenessConfig { heartbeat_period: period, ..LivenessConfig::default() };
             let key_rotation_ms = args.overlay_key_rotation.as_millis() as u64;
-            server::run(
+            let manager = server::run(
                 data_dir,
                 RunConfig {
                     liveness,
@@ -191,8 +194,11 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
                     key_rotation_ms,
                     insecure_registries: args.insecure_registries,
                 },
-            )
-            .await
+            );
+            if args.no_docker_api || !crate::paths::store_path(data_dir).exists() {
+                return manager.await;
+            }
+            serve_with_docker_api(data_dir, manager).await
         }
         ManagerCommand::Backup(args) => {
             let client = Client::connect(data_dir).await?;
@@ -256,5 +262,27 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Runs the manager with the Docker Engine API beside it. The API answers through the
+/// manager's control requests, so it can't outlive it; a socket that can't be served is
+/// logged and the manager runs on without it.
+async fn serve_with_docker_api(
+    data_dir: &Path,
+    manager: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let socket = crate::docker::socket_path(data_dir);
+    let backend = crate::docker::backend::ManagerBackend::new(data_dir.to_owned());
+    let api = async {
+        if let Err(e) = crate::docker::serve(socket, backend).await {
+            tracing::warn!(error = %e, "the Docker API is not served");
+        }
+        std::future::pending::<()>().await
+    };
+    // Dropping the API's future takes its socket away.
+    tokio::select! {
+        r = manager => r,
+        () = api => unreachable!("the Docker API task never ends by itself"),
     }
 }

@@ -1,0 +1,275 @@
+//! The real `docker` CLI against shoal's Docker Engine API (`docker.sock` beside the
+//! manager's state): the lab's tasks 1, 3, 4, 5 and 6, command for command as the lab
+//! writes them, on a manager and three boards in network namespaces with real
+//! containers; outputs read back through Docker's own tables and templates. Then the
+//! lab's compose file through `docker stack deploy/ls/services/ps/rm`. Images are
+//! loaded with `shoal image load` (the API serves no `/images`).
+//!
+//! Two real clients, neither talking to a daemon: docker 28.2 (API 1.50) at
+//! `/usr/local/bin/docker` (or `SHOAL_DOCKER_CLI`) replays the lab; Debian's 20.10 (API
+//! 1.41, `out/docker-20.10/usr/bin/docker`, made by `scripts/docker-cli-20.sh` from
+//! `scripts/setup.sh`) then reads the result and changes it again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal_e2e::{lab_image, parse_table, wait_for, Cluster, SERVICE_LS, SERVICE_PS};
+
+const NODE_LS: [&str; 6] = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"];
+
+fn docker_cli() -> PathBuf {
+    let cli =
+        std::env::var_os("SHOAL_DOCKER_CLI").map_or_else(|| PathBuf::from("/usr/local/bin/docker"), PathBuf::from);
+    assert!(cli.exists(), "{} is missing: this test drives the real docker client", cli.display());
+    cli
+}
+
+fn docker_20_cli() -> PathBuf {
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/docker-20.10/usr/bin/docker");
+    assert!(cli.exists(), "{} is missing: run scripts/docker-cli-20.sh (scripts/setup.sh does)", cli.display());
+    cli
+}
+
+/// The docker CLI pointed at the manager's socket, with a config directory of its own.
+struct Docker {
+    cli: PathBuf,
+    host: String,
+    config: PathBuf,
+}
+
+impl Docker {
+    fn new(c: &Cluster, cli: PathBuf) -> Self {
+        let socket = c.manager_host().data_dir.join("manager/docker.sock");
+        wait_for("the Docker API socket", Duration::from_secs(10), || socket.exists().then_some(()));
+        let config = c.lab.dir.join("docker-config");
+        std::fs::create_dir_all(&config).unwrap();
+        Self { cli, host: format!("unix://{}", socket.display()), config }
+    }
+
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.cli)
+            .args(args)
+            .env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", &self.config)
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker ARGS`; panics with its stderr when it fails.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `docker ARGS` that must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(!out.status.success(), "docker {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn ps(&self, service: &str) -> Vec<HashMap<String, String>> {
+        parse_table(&self.run(&["service", "ps", service]), &SERVICE_PS)
+    }
+}
+
+/// `service ps` rows the manager wants running, when all `n` run `image`.
+fn all_running(d: &Docker, service: &str, image: &str, n: usize) -> Option<Vec<HashMap<String, String>>> {
+    let live: Vec<_> = d.ps(service).into_iter().filter(|r| r["DESIRED STATE"] == "Running").collect();
+    let ok = live.len() == n && live.iter().all(|r| r["IMAGE"] == image && r["CURRENT STATE"].starts_with("Running"));
+    ok.then_some(live)
+}
+
+fn update_state(d: &Docker, service: &str) -> String {
+    let json = d.run(&["service", "inspect", "-f", "{{json .UpdateStatus}}", service]);
+    serde_json::from_str::<serde_json::Value>(json.trim())
+        .ok()
+        .and_then(|v| v["State"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn socket_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+#[ignore = "needs root"]
+fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
+    let c = Cluster::start(3).unwrap();
+    let m = c.manager_host();
+    for image in ["redis.tar", "demo-app-1.0.tar", "demo-app-2.0.tar", "demo-app-3.0.tar"] {
+        m.shoal(&["image", "load", lab_image(image).to_str().unwrap()]);
+    }
+    let d = Docker::new(&c, docker_cli());
+    let started = Instant::now();
+    assert_eq!(socket_mode(&m.data_dir.join("manager/docker.sock")), 0o600);
+
+    // Task 1, step 9: `docker node ls`, the manager marked as this node and Leader.
+    let nodes = parse_table(&d.run(&["node", "ls"]), &NODE_LS);
+    assert_eq!(nodes.len(), 4, "{nodes:?}");
+    let me = nodes.iter().find(|r| r["ID"].ends_with('*')).expect("a row marked *");
+    assert_eq!((me["HOSTNAME"].as_str(), me["MANAGER STATUS"].as_str()), ("manager", "Leader"));
+    for name in ["node1", "node2", "node3"] {
+        let row = nodes.iter().find(|r| r["HOSTNAME"] == name).unwrap();
+        assert_eq!((row["STATUS"].as_str(), row["AVAILABILITY"].as_str()), ("Ready", "Active"), "{row:?}");
+    }
+
+    // Task 3: the network, the database, the web front end.
+    let id = d.run(&["network", "create", "-d", "overlay", "atsea"]);
+    assert_eq!(id.trim().len(), 25, "{id}");
+    let db = d.run(&[
+        "service",
+        "create",
+        "--name",
+        "database",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        "atsea",
+        "--publish",
+        "mode=host,target=6379",
+        "--detach=true",
+        "redis",
+    ]);
+    assert_eq!(db.trim().len(), 25, "{db}");
+    let app = d.run(&[
+        "service",
+        "create",
+        "--publish",
+        "8000:8000",
+        "--network",
+        "atsea",
+        "--name",
+        "appserver",
+        "--detach=true",
+        "demo/app:1.0",
+    ]);
+    assert_eq!(app.trim().len(), 25, "{app}");
+    wait_for("database.1 running", Duration::from_secs(30), || all_running(&d, "database", "redis:latest", 1));
+    wait_for("appserver.1 running", Duration::from_secs(30), || all_running(&d, "appserver", "demo/app:1.0", 1));
+    let ls = parse_table(&d.run(&["service", "ls"]), &SERVICE_LS);
+    let row = |name: &str| ls.iter().find(|r| r["NAME"] == name).cloned().unwrap_or_else(|| panic!("{name}: {ls:?}"));
+    assert_eq!(row("appserver")["REPLICAS"], "1/1");
+    assert_eq!(row("appserver")["PORTS"], "*:8000->8000/tcp");
+    assert_eq!((row("database")["MODE"].as_str(), row("database")["IMAGE"].as_str()), ("replicated", "redis:latest"));
+    let ids = d.run(&["service", "ls", "-q"]);
+    let mut args = vec!["service", "ps"];
+    args.extend(ids.split_whitespace());
+    let both = parse_table(&d.run(&args), &SERVICE_PS);
+    let names: Vec<&str> = both.iter().map(|r| r["NAME"].as_str()).collect();
+    assert!(names.contains(&"database.1") && names.contains(&"appserver.1"), "{both:?}");
+
+    // Task 4: 2.0 fails and the update pauses; roll back; 3.0.
+    let out = d.run(&[
+        "service",
+        "update",
+        "--image",
+        "demo/app:2.0",
+        "--update-failure-action",
+        "pause",
+        "--detach=true",
+        "appserver",
+    ]);
+    assert_eq!(out.trim(), "appserver");
+    wait_for("the 2.0 update to pause", Duration::from_secs(30), || {
+        (update_state(&d, "appserver") == "paused").then_some(())
+    });
+    let rows = d.ps("appserver");
+    assert!(rows.iter().any(|r| r["IMAGE"] == "demo/app:2.0" && r["CURRENT STATE"].starts_with("Failed")), "{rows:?}");
+    assert!(rows.iter().any(|r| r["NAME"] == "\\_ appserver.1"), "older tasks are nested: {rows:?}");
+    let out = d.run(&["service", "update", "--rollback", "--detach=true", "appserver"]);
+    assert_eq!(out.trim(), "appserver");
+    wait_for("appserver back on 1.0", Duration::from_secs(30), || all_running(&d, "appserver", "demo/app:1.0", 1));
+    let out = d.run(&[
+        "service",
+        "update",
+        "--image",
+        "demo/app:3.0",
+        "--update-failure-action",
+        "pause",
+        "--detach=true",
+        "appserver",
+    ]);
+    assert_eq!(out.trim(), "appserver");
+    wait_for("appserver on 3.0", Duration::from_secs(30), || all_running(&d, "appserver", "demo/app:3.0", 1));
+    // The same object through shoal's own CLI.
+    let shoal_ls = parse_table(&m.shoal(&["service", "ls"]), &SERVICE_LS);
+    assert!(shoal_ls.iter().any(|r| r["NAME"] == "appserver" && r["IMAGE"] == "demo/app:3.0"), "{shoal_ls:?}");
+
+    // Task 5: six replicas.
+    let out = d.run(&["service", "update", "--replicas=6", "--detach=true", "appserver"]);
+    assert_eq!(out.trim(), "appserver");
+    let rows = wait_for("6 × 3.0", Duration::from_secs(30), || all_running(&d, "appserver", "demo/app:3.0", 6));
+    assert!(rows.iter().any(|r| r["NODE"] == "node2"), "{rows:?}");
+
+    // Task 6: drain node2; its tasks move, six still run.
+    d.run(&["node", "update", "--availability=drain", "node2"]);
+    let rows = wait_for("node2 drained", Duration::from_secs(30), || {
+        all_running(&d, "appserver", "demo/app:3.0", 6).filter(|rows| rows.iter().all(|r| r["NODE"] != "node2"))
+    });
+    assert_eq!(rows.len(), 6);
+    let ls = parse_table(&d.run(&["service", "ls"]), &SERVICE_LS);
+    assert!(ls.iter().any(|r| r["NAME"] == "appserver" && r["REPLICAS"] == "6/6"), "{ls:?}");
+    let drained = d.run(&["node", "inspect", "-f", "{{.Spec.Availability}}", "node2"]);
+    assert_eq!(drained.trim(), "drain");
+    eprintln!("lab tasks 1, 3-6 through the docker CLI took {:?} after the cluster was up", started.elapsed());
+
+    // The 20.10 client (API 1.41) sees the same fleet and changes it.
+    let d20 = Docker::new(&c, docker_20_cli());
+    assert!(d20.run(&["version", "--format", "{{.Client.APIVersion}}"]).starts_with("1.41"));
+    let nodes = parse_table(&d20.run(&["node", "ls"]), &NODE_LS);
+    assert!(nodes.iter().any(|r| r["HOSTNAME"] == "node2" && r["AVAILABILITY"] == "Drain"), "{nodes:?}");
+    let ls = parse_table(&d20.run(&["service", "ls"]), &SERVICE_LS);
+    assert!(ls.iter().any(|r| r["NAME"] == "appserver" && r["REPLICAS"] == "6/6"), "{ls:?}");
+    assert!(d20.run(&["service", "inspect", "--pretty", "appserver"]).contains("Image:\t\tdemo/app:3.0"));
+    d20.run(&["node", "update", "--availability=active", "node2"]);
+    assert_eq!(d20.run(&["service", "update", "--replicas=4", "--detach=true", "appserver"]).trim(), "appserver");
+    wait_for("4 × 3.0 by the 20.10 client", Duration::from_secs(30), || {
+        all_running(&d20, "appserver", "demo/app:3.0", 4)
+    });
+
+    // Anyone but root (and the manager's user) is kept off the socket.
+    let nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&d.cli)
+        .args(["node", "ls"])
+        .env("DOCKER_HOST", &d.host)
+        .env("DOCKER_CONFIG", &d.config)
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    let e = String::from_utf8_lossy(&nobody.stderr);
+    assert!(e.contains("permission denied"), "{e}");
+
+    // Refusals in Docker's words.
+    let e = d.fails(&["run", "alpine"]);
+    assert!(e.contains("shoal manages services: use docker service create"), "{e}");
+    let e = d.fails(&["service", "create", "--name", "m", "--mount", "type=bind,source=/,target=/h", "demo/app:1.0"]);
+    assert!(e.contains("TaskTemplate.ContainerSpec.Mounts is not supported"), "{e}");
+    d.run(&["service", "rm", "database", "appserver"]);
+    let e = d.fails(&["service", "inspect", "database"]);
+    assert!(e.contains("no such service"), "{e}");
+
+    // The lab's application as a stack: the CLI reads the compose file, shoal serves the calls.
+    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab/docker-compose.yml");
+    let out = d.run(&["stack", "deploy", "-c", compose.to_str().unwrap(), "lab"]);
+    assert!(out.contains("Creating service lab_appserver"), "{out}");
+    wait_for("the stack's services running", Duration::from_secs(30), || {
+        let rows = parse_table(&d.run(&["stack", "services", "lab"]), &SERVICE_LS);
+        (rows.len() == 2 && rows.iter().all(|r| r["REPLICAS"] == "1/1")).then_some(())
+    });
+    let stacks = parse_table(&d.run(&["stack", "ls"]), &["NAME", "SERVICES"]);
+    assert_eq!((stacks[0]["NAME"].as_str(), stacks[0]["SERVICES"].as_str()), ("lab", "2"));
+    let ps = d.run(&["stack", "ps", "lab"]);
+    assert!(ps.contains("lab_database.1") && ps.contains("lab_appserver.1"), "{ps}");
+    // shoal's own CLI sees the same stack.
+    assert!(m.shoal(&["stack", "ls"]).contains("lab"));
+    d.run(&["stack", "rm", "lab"]);
+    assert!(parse_table(&d.run(&["stack", "ls"]), &["NAME", "SERVICES"]).is_empty());
+}
