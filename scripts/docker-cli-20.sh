@@ -10,7 +10,9 @@ if [ -x "$dest/usr/bin/docker" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get download -qq docker.io >/dev/null)
+# A machine whose package lists were never fetched knows no docker.io yet.
+(cd "$tmp" && apt-get download -qq docker.io >/dev/null 2>&1) ||
+  { apt-get update -qq && (cd "$tmp" && apt-get download -qq docker.io >/dev/null); }
 deb=$(ls "$tmp"/docker.io_*.deb)
 mkdir -p "$tmp/x"
 dpkg-deb -x "$deb" "$tmp/x"
