@@ -245,6 +245,16 @@ impl Host {
         sh(&["ip", "link", "set", &self.veth_host, "up"]).expect("link up");
     }
 
+    /// Bytes and packets through this host's cable so far, both directions together
+    /// (the bridge-side veth's counters, Ethernet headers included).
+    pub fn link_counters(&self) -> (u64, u64) {
+        let read = |what: &str| {
+            let path = format!("/sys/class/net/{}/statistics/{what}", self.veth_host);
+            std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        (read("rx_bytes") + read("tx_bytes"), read("rx_packets") + read("tx_packets"))
+    }
+
     /// Fills this board's disk (see [`Lab::give_disks`]) with one file until the
     /// filesystem says it is full; returns the bytes written.
     pub fn fill_disk(&self) -> u64 {

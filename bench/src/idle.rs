@@ -1,0 +1,56 @@
+//! What an idle board costs on the wire, and how fast a dead one is found: a manager
+//! and three boards in network namespaces, joined and idle; the bridge-side veth
+//! counters of each board over a measuring window (every byte the board sent or
+//! received, Ethernet headers included); then a power cut of one board and the time
+//! until `node ls` says Down. Prints a Markdown section on stdout. Needs `cargo build
+//! --bins` first; `IDLE_SECONDS` sets the window (default 30), `IDLE_MANAGER_ARGS`
+//! extra `shoal manager run` arguments (e.g. `--heartbeat-period 5s`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use shoal_e2e::{Cluster, Lab};
+
+fn main() -> Result<()> {
+    let seconds: u64 = std::env::var("IDLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let extra = std::env::var("IDLE_MANAGER_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let mut c = Cluster::start_in_with(Lab::new(4)?, &extra)?;
+    // Joining, the first image and task sets, the first certificate exchange: let them pass.
+    std::thread::sleep(Duration::from_secs(5));
+    let boards = 1..c.lab.hosts.len();
+    let before: Vec<_> = boards.clone().map(|b| c.lab.hosts[b].link_counters()).collect();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let took = t.elapsed().as_secs_f64();
+    let after: Vec<_> = boards.clone().map(|b| c.lab.hosts[b].link_counters()).collect();
+
+    let t = Instant::now();
+    c.power_cut(3);
+    let down = c.wait_status("node3", "Down", Duration::from_secs(30));
+    let _ = t;
+
+    println!("### Idle cost on the wire (3 boards in network namespaces, {seconds} s window)\n");
+    if !extra.is_empty() {
+        println!("Manager run with `{}`.\n", extra.join(" "));
+    }
+    println!("| board | bytes/s | packets/s | bytes/packet | MB/day |");
+    println!("|---|---|---|---|---|");
+    let mut total = 0.0;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let bytes = (a.0 - b.0) as f64;
+        let packets = (a.1 - b.1) as f64;
+        total += bytes / took;
+        println!(
+            "| node{} | {:.1} | {:.2} | {:.0} | {:.2} |",
+            i + 1,
+            bytes / took,
+            packets / took,
+            if packets > 0.0 { bytes / packets } else { 0.0 },
+            bytes / took * 86_400.0 / 1e6
+        );
+    }
+    println!("\nMean: **{:.1} B/s per board**.\n", total / before.len() as f64);
+    println!("Power cut of an idle board → marked Down: {:.0} ms.", down.as_secs_f64() * 1000.0);
+    Ok(())
+}
