@@ -11,11 +11,25 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use shoal_e2e::{Cluster, Lab};
 
+fn quiet(args: &[&str]) {
+    let _ = std::process::Command::new(args[0]).args(&args[1..]).status();
+}
+
 fn main() -> Result<()> {
     let seconds: u64 = std::env::var("IDLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let extra = std::env::var("IDLE_MANAGER_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
-    let mut c = Cluster::start_in_with(Lab::new(4)?, &extra)?;
+    let lab = Lab::new(4)?;
+    eprintln!("lab {}: boards' cables are {}v1..{}v3", lab.tag(), lab.tag(), lab.tag());
+    // The lab's own IPv6 link-local chatter (router and multicast listener messages,
+    // ~35 B/s on each cable) is not shoal's: IPv6 off everywhere in the lab.
+    let tag = lab.tag().to_owned();
+    for (i, h) in lab.hosts.iter().enumerate() {
+        quiet(&["ip", "netns", "exec", &h.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        quiet(&["sysctl", "-qw", &format!("net.ipv6.conf.{tag}v{i}.disable_ipv6=1")]);
+    }
+    quiet(&["sysctl", "-qw", &format!("net.ipv6.conf.{tag}br.disable_ipv6=1")]);
+    let mut c = Cluster::start_in_with(lab, &extra)?;
     // Joining, the first image and task sets, the first certificate exchange: let them pass.
     std::thread::sleep(Duration::from_secs(5));
     let boards = 1..c.lab.hosts.len();

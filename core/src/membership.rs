@@ -56,6 +56,18 @@ impl Default for LivenessConfig {
 }
 
 impl LivenessConfig {
+    /// The defaults with another clean-link period (`manager run --heartbeat-period`): a
+    /// lossy link beats no slower than that, and the cap leaves room for a few periods.
+    pub fn with_period(period: Millis) -> Self {
+        let d = Self::default();
+        Self {
+            heartbeat_period: period,
+            fast_period: d.fast_period.min(period),
+            max_down: d.max_down.max(4 * period + d.margin),
+            ..d
+        }
+    }
+
     /// Silence after which a node on a clean link is Down.
     pub fn down_after(&self) -> Millis {
         self.heartbeat_period + self.margin
@@ -267,6 +279,14 @@ impl Membership {
         }
         out.sort();
         out
+    }
+
+    /// The period `node` was last asked to beat at.
+    pub fn period(&self, node: &NodeId) -> Millis {
+        match self.nodes.get(node) {
+            Some(l) if l.link.period != 0 => l.link.period,
+            _ => self.config.heartbeat_period,
+        }
     }
 
     /// A new session starts at the default period (the agent does not keep an advice).
@@ -566,6 +586,14 @@ mod tests {
         m.advice();
         m.session_started(&n);
         assert_eq!(m.down_after(t, &n), threshold(&cfg, t, &Link { period: 0, ..m.nodes[&n].link }));
+    }
+
+    #[test]
+    fn a_custom_period_keeps_the_rules_consistent() {
+        let slow = LivenessConfig::with_period(60_000);
+        assert!(slow.max_down > slow.down_after());
+        assert_eq!(LivenessConfig::with_period(200).fast_period, 200, "never slower than the clean period");
+        assert_eq!(LivenessConfig::with_period(1_500), LivenessConfig::default());
     }
 
     #[test]
