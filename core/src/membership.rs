@@ -7,7 +7,7 @@
 //! knows how many beats the link lost ([`Membership::beat`]) and keeps a moving estimate of
 //! the loss rate. The threshold is the silence a live node on that link reaches less than
 //! once in [`FALSE_DOWN_ODDS`] beats: one period plus `margin` on a clean link, enough
-//! periods to cover a run of lost beats on a lossy one, plus twice the round-trip time,
+//! periods to cover a run of lost beats on a lossy one, plus the round-trip time,
 //! capped at `max_down`. A lossy node is asked to beat every `fast_period` instead
 //! ([`Membership::advice`]), which keeps its threshold short at a few bytes more.
 //!
@@ -45,13 +45,13 @@ pub struct LivenessConfig {
 impl Default for LivenessConfig {
     fn default() -> Self {
         // A beat every 1.5 s, one small datagram with no answer, keeps an idle board under
-        // 50 B/s on the wire; Down 1.5 + 1 = 2.5 s after the last beat keeps a power cut
+        // 50 B/s on the wire; Down 1.5 + 0.8 = 2.3 s after the last beat keeps a power cut
         // on a LAN Down within 3 s (Swarm's defaults, 5 s × 3, take ~15 s). On a lossy
         // link 0.5 s beats keep the threshold near 5 s at 10% loss. The grace after a
         // manager start is twice the agents' longest reconnect back-off (5 s): a board that
         // was waiting out a long manager outage must not be called Down, and its tasks
         // started elsewhere, just before it reconnects.
-        Self { heartbeat_period: 1_500, fast_period: 500, margin: 1_000, max_down: 10_000, unknown_grace: 10_000 }
+        Self { heartbeat_period: 1_500, fast_period: 500, margin: 800, max_down: 10_000, unknown_grace: 10_000 }
     }
 }
 
@@ -120,7 +120,9 @@ fn tolerated_losses(loss: f64) -> u32 {
 /// Silence after which a node on `link` is Down.
 fn threshold(cfg: &LivenessConfig, now: Millis, link: &Link) -> Millis {
     let period = if link.period == 0 { cfg.heartbeat_period } else { link.period };
-    let base = period * Millis::from(1 + tolerated_losses(link.loss)) + cfg.margin + 2 * link.rtt;
+    // The round trip counts once (a beat's one-way delay varies by less), and at most a
+    // second: a transport's estimate before its first sample is a guess.
+    let base = period * Millis::from(1 + tolerated_losses(link.loss)) + cfg.margin + link.rtt.min(1_000);
     let flaps = if now.saturating_sub(link.last_flap) < FLAP_MEMORY { link.flaps } else { 0 };
     (base << flaps).min(cfg.max_down)
 }
@@ -423,8 +425,8 @@ mod tests {
         let mut m = Membership::new(LivenessConfig::default());
         let t = m.heard(0, &id(1)).unwrap();
         assert_eq!((t.from, t.to), (NodeStatus::Unknown, NodeStatus::Ready));
-        assert!(m.tick(2_499).is_empty());
-        let down = m.tick(2_500);
+        assert!(m.tick(2_299).is_empty());
+        let down = m.tick(2_300);
         assert_eq!(down.len(), 1);
         assert_eq!(down[0].to, NodeStatus::Down);
         assert!(down[0].reason.contains("heartbeat failure"));
@@ -524,9 +526,9 @@ mod tests {
         assert!(tolerated_losses(0.3) > tolerated_losses(0.1));
         let cfg = LivenessConfig::default();
         let lossy = Link { period: cfg.fast_period, loss: 0.1, rtt: 600, ..Link::default() };
-        // 0.5 s × 5 + 1 s + 2 × 0.6 s: a power cut on a 10%-loss, 300 ms link is Down in 4.7 s.
-        assert_eq!(threshold(&cfg, 0, &lossy), 4_700);
-        let awful = Link { loss: 0.5, rtt: 5_000, ..lossy };
+        // 0.5 s × 5 + 0.8 s + 0.6 s: a power cut on a 10%-loss, 300 ms link is Down in 3.9 s.
+        assert_eq!(threshold(&cfg, 0, &lossy), 3_900);
+        let awful = Link { loss: 0.5, rtt: 5_000, flaps: 1, ..lossy };
         assert_eq!(threshold(&cfg, 0, &awful), cfg.max_down);
     }
 
@@ -602,21 +604,23 @@ mod tests {
         let mut m = Membership::new(cfg);
         let n = id(5);
         m.heard(0, &n);
-        assert_eq!(m.down_after(0, &n), 2_500);
+        assert_eq!(m.down_after(0, &n), 2_300);
         // Down by timeout, back two seconds later: a flap.
-        assert_eq!(m.tick(2_500).len(), 1);
+        assert_eq!(m.tick(2_300).len(), 1);
         m.heard(4_500, &n);
-        assert_eq!(m.down_after(4_500, &n), 5_000);
-        assert!(m.tick(4_500 + 4_999).is_empty(), "the damped threshold holds");
-        assert_eq!(m.tick(4_500 + 5_000).len(), 1);
+        assert_eq!(m.down_after(4_500, &n), 4_600);
+        assert!(m.tick(4_500 + 4_599).is_empty(), "the damped threshold holds");
+        assert_eq!(m.tick(4_500 + 4_600).len(), 1);
         m.heard(10_000, &n);
-        assert_eq!(m.down_after(10_000, &n), cfg.max_down, "capped");
+        m.tick(20_000);
+        m.heard(21_000, &n);
+        assert_eq!(m.down_after(21_000, &n), cfg.max_down, "capped");
         // Back after a long outage is not a flap; and flaps are forgotten in time.
-        let later = 10_000 + FLAP_MEMORY;
-        assert_eq!(m.down_after(later, &n), 2_500);
+        let later = 21_000 + FLAP_MEMORY;
+        assert_eq!(m.down_after(later, &n), 2_300);
         m.lost(later, &n, "agent shut down");
         m.heard(later + 1_000, &n);
-        assert_eq!(m.down_after(later + 1_000, &n), 2_500, "a closed session is no flap");
+        assert_eq!(m.down_after(later + 1_000, &n), 2_300, "a closed session is no flap");
     }
 
     #[test]
@@ -625,8 +629,8 @@ mod tests {
         m.heard(0, &id(1));
         m.heard(0, &id(2));
         m.heard(1_500, &id(2));
-        assert!(m.suspects(1_749).is_empty());
-        assert_eq!(m.suspects(1_750), vec![id(1)]);
+        assert!(m.suspects(1_699).is_empty());
+        assert_eq!(m.suspects(1_700), vec![id(1)]);
         // A probe answered counts as heard.
         m.heard(1_800, &id(1));
         assert!(m.suspects(1_800).is_empty());
