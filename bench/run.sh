@@ -30,6 +30,9 @@ runtime=$(SHOAL_AGENT=$agent ./target/release/runtime-bench "$iterations")
 echo "== cluster bench" >&2
 cluster=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/cluster-bench)
 
+echo "== idle cost on the wire and Down times (bench/src/idle.rs)" >&2
+idle=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/idle-bench)
+
 echo "== Docker Swarm, the same rolling updates (bench/swarm.sh)" >&2
 swarm_env=()
 if swarm_out=$(bench/swarm.sh); then
@@ -98,6 +101,11 @@ kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || tr
   echo "root filesystem, and tearing both down again. runc and crun run straight from a directory."
   echo
   echo "$cluster"
+  echo
+  echo "$idle"
+  echo
+  echo "Heartbeats are one 61-byte datagram every 1.5 s; the QUIC connection carries a keep-alive"
+  echo "every 25 s. Why, and the detector's rules: docs/failure-detection.md."
   echo
   echo "$updates"
   echo
