@@ -46,6 +46,9 @@ mapfile -t swarm_cluster < <(swarm_figures cluster)
 echo "== cluster bench" >&2
 cluster=$(env "${swarm_cluster[@]}" SHOAL_BIN_DIR=$PWD/target/release ./target/release/cluster-bench)
 
+echo "== idle cost on the wire and Down times (bench/src/idle.rs)" >&2
+idle=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/idle-bench)
+
 echo "== Docker Swarm, the same rolling updates (bench/swarm.sh updates)" >&2
 mapfile -t swarm_env < <(swarm_figures updates)
 
@@ -107,6 +110,11 @@ kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || tr
   echo "root filesystem, and tearing both down again. runc and crun run straight from a directory."
   echo
   echo "$cluster"
+  echo
+  echo "$idle"
+  echo
+  echo "Heartbeats are one 61-byte datagram every 1.5 s; the QUIC connection carries a keep-alive"
+  echo "every 25 s. Why, and the detector's rules: docs/failure-detection.md."
   echo
   echo "$updates"
   echo

@@ -38,8 +38,13 @@ use crate::AgentError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// A manager silent this long is gone; the agent reconnects.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A manager silent this long is gone; the agent reconnects. Long, because an idle session
+/// carries only a keep-alive every quarter of it (25 s) on QUIC, its heartbeats being
+/// datagrams beside it; a restarted manager is noticed at the next heartbeat, which it
+/// answers "unknown session" (see `docs/failure-detection.md`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(100);
+/// The fastest heartbeat period a manager may ask for.
+const MIN_PERIOD: Duration = Duration::from_millis(100);
 /// How often a board refused because another one carries its identity asks again.
 const DUPLICATE_RETRY: Duration = Duration::from_secs(30);
 
@@ -275,15 +280,19 @@ async fn session(
         Ok(x) => x,
         Err(e) => return unreachable(e),
     };
-    let period = match response {
+    let (period, beating) = match response {
         Response::SessionAccepted { node_id, heartbeat_period_ms } => {
             info!(node = %node_id, manager = %addr, "session established");
+            // Beats first: what follows (network set-up, the first reports) may take a
+            // while on a slow board, and the manager counts the silence from now.
+            let period = Duration::from_millis(u64::from(heartbeat_period_ms)).max(MIN_PERIOD);
+            let beating = Beating::start(&conn, addr, period);
             // Overlay packets leave from the address this board reaches the manager from.
             match underlay_towards(addr) {
                 Some(ip) => networks.connected(ip).await,
                 None => warn!(manager = %addr, "no IPv4 address towards the manager: overlay networks can't be used"),
             }
-            Duration::from_millis(u64::from(heartbeat_period_ms.max(10)))
+            (period, beating)
         }
         Response::Error(e) => return SessionEnd::Failed(AgentError::Refused(e)),
         other => {
@@ -348,7 +357,7 @@ async fn session(
         let mut seq = 0u64;
         loop {
             let message = tokio::select! {
-                _ = tick.tick() => {
+                _ = tick.tick(), if beating.is_none() => {
                     seq += 1;
                     AgentMessage::Heartbeat { seq: seq - 1 }
                 }
@@ -363,6 +372,18 @@ async fn session(
         loop {
             match framed::recv::<ManagerMessage>(&mut recv, frame::MAX_FRAME_LEN).await {
                 Ok(Some(ManagerMessage::Closing(e))) => return e.message.to_string(),
+                Ok(Some(ManagerMessage::HeartbeatPeriod { period_ms })) => {
+                    let period = Duration::from_millis(period_ms.into()).max(MIN_PERIOD);
+                    let Some(b) = &beating else { continue };
+                    b.period.send_if_modified(|p| {
+                        let changed = *p != period;
+                        if changed {
+                            debug!(period_ms, "the manager changed the heartbeat period");
+                        }
+                        *p = period;
+                        changed
+                    });
+                }
                 Ok(Some(ManagerMessage::Images(list))) => {
                     debug!(images = list.len(), "image list from the manager");
                     wanted_tx.send_replace(Some(list.into_vec()));
@@ -399,13 +420,117 @@ async fn session(
     };
     // `shoal exec`: streams the manager opens on this connection.
     let execs = tokio::spawn(crate::exec::serve(conn.clone(), exec_paths.clone()));
-    let why = tokio::select! { w = beats => w, w = inbox => w };
+    let beats_ended = async {
+        match &beating {
+            Some(b) => b.ended().await,
+            None => std::future::pending().await,
+        }
+    };
+    let why = tokio::select! { w = beats => w, w = inbox => w, w = beats_ended => w };
     execs.abort();
     reports.abort();
     renewals.abort();
     disk_reports.abort();
     drop(outbox);
     SessionEnd::Lost(why)
+}
+
+/// The session's heartbeat datagrams, sent by a task of their own (stopped on drop).
+struct Beating {
+    /// Its period, which the manager may change.
+    period: watch::Sender<Duration>,
+    /// Set when it ended, with why.
+    end: tokio::sync::Mutex<Option<tokio::task::JoinHandle<String>>>,
+}
+
+impl Beating {
+    /// Starts beating; `None` (heartbeats then go on the session stream) if the TLS
+    /// session can't give keys, which both ends being rustls never shows.
+    fn start(conn: &quinn::Connection, manager: SocketAddr, period: Duration) -> Option<Self> {
+        let keys = match shoal_link::beat::BeatKeys::of(conn) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "heartbeats go on the session stream");
+                return None;
+            }
+        };
+        let (tx, rx) = watch::channel(period);
+        let task = tokio::spawn(async move { beat_datagrams(manager, &keys, rx).await });
+        Some(Self { period: tx, end: tokio::sync::Mutex::new(Some(task)) })
+    }
+
+    /// Waits until the task ends (the manager forgot the session), with why.
+    async fn ended(&self) -> String {
+        let mut end = self.end.lock().await;
+        match end.as_mut() {
+            Some(task) => {
+                let why = task.await.unwrap_or_else(|e| format!("the heartbeat task failed: {e}"));
+                *end = None;
+                why
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        if let Some(task) = self.end.get_mut().as_ref() {
+            task.abort();
+        }
+    }
+}
+
+/// Sends a heartbeat datagram to the manager every period (the newest `period` says)
+/// from a socket of its own, until the manager answers that it does not know the
+/// session (it restarted): then returns why, and the session reconnects at once.
+async fn beat_datagrams(
+    manager: SocketAddr,
+    keys: &shoal_link::beat::BeatKeys,
+    mut period: watch::Receiver<Duration>,
+) -> String {
+    let bind: SocketAddr = if manager.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address");
+    let socket = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return format!("cannot open the heartbeat socket: {e}"),
+    };
+    if let Err(e) = socket.connect(manager).await {
+        return format!("cannot reach the manager for heartbeats: {e}");
+    }
+    let mut every = *period.borrow_and_update();
+    let mut next = tokio::time::Instant::now();
+    let mut seq: u32 = 0;
+    let mut answer = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                // A send error (no route for a moment) is a lost beat, as on the wire.
+                if let Err(e) = socket.send(&keys.seal(seq)).await {
+                    debug!(error = %e, "heartbeat not sent");
+                }
+                seq = seq.wrapping_add(1);
+                next += every;
+                // Late (a suspended board): beat now, not in a burst.
+                next = next.max(tokio::time::Instant::now());
+            }
+            Ok(()) = period.changed() => {
+                let new = *period.borrow_and_update();
+                // A faster period applies at once; the beat it asked for is due now.
+                if new < every {
+                    next = tokio::time::Instant::now();
+                }
+                every = new;
+            }
+            Ok(n) = socket.recv(&mut answer) => {
+                // Only an answer to one of the last few beats counts: the session keys
+                // and the sequence number are the proof it is the manager's.
+                let recent = (1..=4).any(|back| keys.is_unknown(&answer[..n], seq.wrapping_sub(back)));
+                if recent {
+                    return "the manager does not know this session (it restarted)".to_owned();
+                }
+            }
+        }
+    }
 }
 
 fn disk_message(pressure: Option<String>) -> AgentMessage {

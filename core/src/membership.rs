@@ -1,5 +1,23 @@
-//! Node liveness: Ready while heartbeats arrive, Down once they stop for longer than the
-//! timeout, Unknown for nodes the manager has not heard from since it started.
+//! Node liveness: Ready while a node shows signs of life, Down once it has been silent
+//! for longer than its threshold, Unknown for nodes the manager has not heard from since
+//! it started.
+//!
+//! The threshold is learned per node (see `docs/failure-detection.md`). A node beats every
+//! `heartbeat_period` on a clean link; each beat carries a sequence number, so the manager
+//! knows how many beats the link lost ([`Membership::beat`]) and keeps a moving estimate of
+//! the loss rate. The threshold is the silence a live node on that link reaches less than
+//! once in [`FALSE_DOWN_ODDS`] beats: one period plus `margin` on a clean link, enough
+//! periods to cover a run of lost beats on a lossy one, plus the round-trip time,
+//! capped at `max_down`. A lossy node is asked to beat every `fast_period` instead
+//! ([`Membership::advice`]), which keeps its threshold short at a few bytes more.
+//!
+//! Damping: a node that came back within [`FLAP_WINDOW`] of being called Down by timeout
+//! flapped; each flap doubles its threshold (up to `max_down`) until it has been steady for
+//! [`FLAP_MEMORY`], so a flapping board does not have its tasks rescheduled again and again.
+//!
+//! A node silent for `heartbeat_period + margin / 4` is a suspect ([`Membership::suspects`]):
+//! the shell probes it, and any answer counts as heard, so one lost beat on a clean link
+//! costs a probe, not a failover.
 
 use std::collections::HashMap;
 
@@ -10,10 +28,15 @@ use super::Millis;
 /// Liveness settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessConfig {
-    /// Period at which agents send heartbeats.
+    /// Period at which agents on a clean link send heartbeats.
     pub heartbeat_period: Millis,
-    /// Heartbeat periods that may be missed before a node is Down (Swarm: 3).
-    pub missed_heartbeats: u32,
+    /// Period asked of agents whose link loses heartbeats.
+    pub fast_period: Millis,
+    /// Silence beyond the expected beat before a node on a clean link is Down: covers
+    /// timer jitter and a probe's round trip.
+    pub margin: Millis,
+    /// Longest threshold, whatever the link and the node's flaps.
+    pub max_down: Millis,
     /// How long a node known from the store may stay Unknown after the manager starts,
     /// giving agents time to reconnect before they are called Down.
     pub unknown_grace: Millis,
@@ -21,20 +44,87 @@ pub struct LivenessConfig {
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        // 500 ms × 3 = Down 1.5 s after the last heartbeat, so a dead board is Down well
-        // within 3 s (Swarm's defaults, 5 s × 3, take ~15 s). The grace after a manager
-        // start is twice the agents' longest reconnect back-off (5 s): a board that was
-        // waiting out a long manager outage must not be called Down, and its tasks
+        // A beat every 1.5 s, one small datagram with no answer, keeps an idle board under
+        // 50 B/s on the wire; Down 1.5 + 0.8 = 2.3 s after the last beat keeps a power cut
+        // on a LAN Down within 3 s (Swarm's defaults, 5 s × 3, take ~15 s). On a lossy
+        // link 0.5 s beats keep the threshold near 5 s at 10% loss. The grace after a
+        // manager start is twice the agents' longest reconnect back-off (5 s): a board that
+        // was waiting out a long manager outage must not be called Down, and its tasks
         // started elsewhere, just before it reconnects.
-        Self { heartbeat_period: 500, missed_heartbeats: 3, unknown_grace: 10_000 }
+        Self { heartbeat_period: 1_500, fast_period: 500, margin: 800, max_down: 10_000, unknown_grace: 10_000 }
     }
 }
 
 impl LivenessConfig {
-    /// Silence after which a node is Down.
-    pub fn down_after(&self) -> Millis {
-        self.heartbeat_period * Millis::from(self.missed_heartbeats)
+    /// The defaults with another clean-link period (`manager run --heartbeat-period`): a
+    /// lossy link beats no slower than that, and the cap leaves room for a few periods.
+    pub fn with_period(period: Millis) -> Self {
+        let d = Self::default();
+        Self {
+            heartbeat_period: period,
+            fast_period: d.fast_period.min(period),
+            max_down: d.max_down.max(4 * period + d.margin),
+            ..d
+        }
     }
+
+    /// Silence after which a node on a clean link is Down.
+    pub fn down_after(&self) -> Millis {
+        self.heartbeat_period + self.margin
+    }
+}
+
+/// A live node's silence exceeds its threshold less often than once in this many beats.
+pub const FALSE_DOWN_ODDS: f64 = 1e5;
+/// Back from Down within this long: a flap, not a failure.
+pub const FLAP_WINDOW: Millis = 10_000;
+/// Flaps are forgotten after this long without one.
+pub const FLAP_MEMORY: Millis = 300_000;
+/// At most this many flaps count (threshold × 2^3, capped at `max_down` anyway).
+const MAX_FLAPS: u32 = 3;
+/// Weight of each beat in the loss estimate (a moving average over ~32 beats).
+const LOSS_WEIGHT: f64 = 1.0 / 32.0;
+/// Above this loss rate a node is asked to beat fast, below [`SLOW_BELOW`] slow again.
+const FAST_ABOVE: f64 = 0.01;
+const SLOW_BELOW: f64 = 0.003;
+
+/// What the manager has learned about one node's link.
+#[derive(Debug, Clone, Copy, Default)]
+struct Link {
+    /// Period the node was last asked to beat at (0: the default period).
+    period: Millis,
+    /// Moving estimate of the fraction of beats lost.
+    loss: f64,
+    /// Round-trip time the transport measured, ms.
+    rtt: Millis,
+    /// Flaps remembered.
+    flaps: u32,
+    /// When the last flap ended.
+    last_flap: Millis,
+    /// When the node was last called Down by timeout.
+    timed_out: Option<Millis>,
+}
+
+/// Beats that may be lost in a row before silence means Down, at loss rate `loss`.
+fn tolerated_losses(loss: f64) -> u32 {
+    if loss < 1.0 / FALSE_DOWN_ODDS {
+        return 0;
+    }
+    let loss = loss.min(0.5);
+    // The smallest n with loss^(n+1) ≤ 1/odds: n + 1 = ceil(ln(1/odds) / ln(loss)).
+    // Less a hair, so that 0.1^5 = 1e-5 is not rounded up to six beats.
+    let runs = ((1.0 / FALSE_DOWN_ODDS).ln() / loss.ln() - 1e-9).ceil() as u32;
+    runs.saturating_sub(1)
+}
+
+/// Silence after which a node on `link` is Down.
+fn threshold(cfg: &LivenessConfig, now: Millis, link: &Link) -> Millis {
+    let period = if link.period == 0 { cfg.heartbeat_period } else { link.period };
+    // The round trip counts once (a beat's one-way delay varies by less), and at most a
+    // second: a transport's estimate before its first sample is a guess.
+    let base = period * Millis::from(1 + tolerated_losses(link.loss)) + cfg.margin + link.rtt.min(1_000);
+    let flaps = if now.saturating_sub(link.last_flap) < FLAP_MEMORY { link.flaps } else { 0 };
+    (base << flaps).min(cfg.max_down)
 }
 
 /// A change of a node's status, with the reason to show in `node inspect`.
@@ -58,6 +148,8 @@ struct Liveness {
     message: String,
     /// The last refused second board with this node's identity: when, and what to do.
     duplicate: Option<(Millis, String)>,
+    /// What was learned of its link.
+    link: Link,
 }
 
 /// How long `node inspect` keeps saying a second board was refused after the last try.
@@ -89,6 +181,7 @@ impl Membership {
             since: now,
             message: "waiting for the node to reconnect".into(),
             duplicate: None,
+            link: Link::default(),
         });
     }
 
@@ -105,10 +198,21 @@ impl Membership {
             since: now,
             message: String::new(),
             duplicate: None,
+            link: Link::default(),
         });
         entry.last_heard = Some(now);
         if entry.status == NodeStatus::Ready {
             return None;
+        }
+        if let Some(at) = entry.link.timed_out.take() {
+            if now.saturating_sub(at) < FLAP_WINDOW {
+                let l = &mut entry.link;
+                if now.saturating_sub(l.last_flap) >= FLAP_MEMORY {
+                    l.flaps = 0;
+                }
+                l.flaps = (l.flaps + 1).min(MAX_FLAPS);
+                l.last_flap = now;
+            }
         }
         let from = entry.status;
         entry.status = NodeStatus::Ready;
@@ -131,15 +235,104 @@ impl Membership {
         Some(Transition { node: node.clone(), from, to: NodeStatus::Down, reason: reason.to_owned() })
     }
 
-    /// Marks Down every node silent for too long. Call it a few times per heartbeat period.
+    /// A heartbeat numbered `seq` arrived, `missed` beats after the last one the node's
+    /// session delivered (0 when none was lost): heard, and the loss estimate moves.
+    pub fn beat(&mut self, now: Millis, node: &NodeId, missed: u64) -> Option<Transition> {
+        let t = self.heard(now, node);
+        if let Some(l) = self.nodes.get_mut(node) {
+            let link = &mut l.link;
+            // A long gap is an outage, not a loss rate: count at most a window's worth.
+            for _ in 0..missed.min(32) {
+                link.loss += LOSS_WEIGHT * (1.0 - link.loss);
+            }
+            link.loss -= LOSS_WEIGHT * link.loss;
+        }
+        t
+    }
+
+    /// The transport's round-trip time to `node`.
+    pub fn set_rtt(&mut self, node: &NodeId, rtt: Millis) {
+        if let Some(l) = self.nodes.get_mut(node) {
+            l.link.rtt = rtt;
+        }
+    }
+
+    /// Nodes whose period should change since last asked: (node, period to beat at). The
+    /// shell tells each node; the threshold uses the new period at once.
+    pub fn advice(&mut self) -> Vec<(NodeId, Millis)> {
+        let cfg = self.config;
+        let mut out = Vec::new();
+        for (id, l) in &mut self.nodes {
+            if l.status != NodeStatus::Ready {
+                continue;
+            }
+            let current = if l.link.period == 0 { cfg.heartbeat_period } else { l.link.period };
+            let wanted = if l.link.loss > FAST_ABOVE {
+                cfg.fast_period
+            } else if l.link.loss < SLOW_BELOW {
+                cfg.heartbeat_period
+            } else {
+                current
+            };
+            if wanted != current {
+                l.link.period = wanted;
+                out.push((id.clone(), wanted));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The period `node` was last asked to beat at.
+    pub fn period(&self, node: &NodeId) -> Millis {
+        match self.nodes.get(node) {
+            Some(l) if l.link.period != 0 => l.link.period,
+            _ => self.config.heartbeat_period,
+        }
+    }
+
+    /// A new session starts at the default period (the agent does not keep an advice).
+    pub fn session_started(&mut self, node: &NodeId) {
+        if let Some(l) = self.nodes.get_mut(node) {
+            l.link.period = 0;
+        }
+    }
+
+    /// Silence after which `node` is Down, from what was learned of its link.
+    pub fn down_after(&self, now: Millis, node: &NodeId) -> Millis {
+        match self.nodes.get(node) {
+            Some(l) => threshold(&self.config, now, &l.link),
+            None => self.config.down_after(),
+        }
+    }
+
+    /// Ready nodes late enough to be worth a probe: silent for their period plus a
+    /// quarter of the margin.
+    pub fn suspects(&self, now: Millis) -> Vec<NodeId> {
+        let cfg = self.config;
+        let mut out: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, l)| l.status == NodeStatus::Ready)
+            .filter(|(_, l)| {
+                let period = if l.link.period == 0 { cfg.heartbeat_period } else { l.link.period };
+                l.last_heard.is_some_and(|t| now.saturating_sub(t) >= period + cfg.margin / 4)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Marks Down every node silent for too long. Call it every 100 ms or so.
     pub fn tick(&mut self, now: Millis) -> Vec<Transition> {
-        let down_after = self.config.down_after();
         let grace = self.config.unknown_grace;
+        let cfg = self.config;
         let mut out = Vec::new();
         for (id, l) in &mut self.nodes {
             let (expired, reason) = match (l.status, l.last_heard) {
                 (NodeStatus::Ready, Some(t)) => (
-                    now.saturating_sub(t) >= down_after,
+                    now.saturating_sub(t) >= threshold(&cfg, now, &l.link),
                     format!("heartbeat failure: no heartbeat for {} ms", now.saturating_sub(t)),
                 ),
                 (NodeStatus::Unknown, _) => (
@@ -149,6 +342,9 @@ impl Membership {
                 _ => (false, String::new()),
             };
             if expired {
+                if l.status == NodeStatus::Ready {
+                    l.link.timed_out = Some(now);
+                }
                 out.push(Transition { node: id.clone(), from: l.status, to: NodeStatus::Down, reason: reason.clone() });
                 l.status = NodeStatus::Down;
                 l.since = now;
@@ -225,12 +421,12 @@ mod tests {
     }
 
     #[test]
-    fn a_node_is_ready_when_heard_and_down_after_three_missed_periods() {
+    fn a_node_is_ready_when_heard_and_down_a_period_and_the_margin_later() {
         let mut m = Membership::new(LivenessConfig::default());
         let t = m.heard(0, &id(1)).unwrap();
         assert_eq!((t.from, t.to), (NodeStatus::Unknown, NodeStatus::Ready));
-        assert!(m.tick(1_499).is_empty());
-        let down = m.tick(1_500);
+        assert!(m.tick(2_299).is_empty());
+        let down = m.tick(2_300);
         assert_eq!(down.len(), 1);
         assert_eq!(down[0].to, NodeStatus::Down);
         assert!(down[0].reason.contains("heartbeat failure"));
@@ -240,9 +436,9 @@ mod tests {
     #[test]
     fn heartbeats_keep_a_node_ready() {
         let mut m = Membership::new(LivenessConfig::default());
-        for t in (0..20_000).step_by(500) {
+        for t in (0..20_000).step_by(1_500) {
             m.heard(t, &id(1));
-            assert!(m.tick(t + 250).is_empty());
+            assert!(m.tick(t + 1_400).is_empty());
         }
     }
 
@@ -250,7 +446,7 @@ mod tests {
     fn a_node_that_comes_back_is_ready_again() {
         let mut m = Membership::new(LivenessConfig::default());
         m.heard(0, &id(1));
-        m.tick(2_000);
+        m.tick(3_000);
         let back = m.heard(5_000, &id(1)).unwrap();
         assert_eq!((back.from, back.to), (NodeStatus::Down, NodeStatus::Ready));
         assert_eq!(m.status(5_100, &id(1)), (NodeStatus::Ready, Some(100), ""));
@@ -262,7 +458,7 @@ mod tests {
         m.track(0, id(1));
         m.track(0, id(2));
         let grace = LivenessConfig::default().unknown_grace;
-        for t in (1_000..grace).step_by(500) {
+        for t in (1_000..grace).step_by(1_500) {
             m.heard(t, &id(1));
             assert!(m.tick(t).is_empty());
         }
@@ -284,8 +480,8 @@ mod tests {
         let cfg = LivenessConfig::default();
         // The old session last beat before the new one came, and stays silent: a restart.
         assert_eq!(cfg.second_session(1_000, 900, 1_000), SecondSession::Wait);
-        assert_eq!(cfg.second_session(1_000, 900, 1_999), SecondSession::Wait);
-        assert_eq!(cfg.second_session(1_000, 900, 2_000), SecondSession::Replace);
+        assert_eq!(cfg.second_session(1_000, 900, 3_999), SecondSession::Wait);
+        assert_eq!(cfg.second_session(1_000, 900, 4_000), SecondSession::Replace);
         // It beats after the new one came: two boards, one identity.
         assert_eq!(cfg.second_session(1_000, 1_400, 1_400), SecondSession::Refuse);
         // A very long period still answers before the agent's request times out.
@@ -293,9 +489,156 @@ mod tests {
         assert_eq!(slow.second_session(0, 0, MAX_SECOND_SESSION_WAIT), SecondSession::Replace);
     }
 
+    /// Beats every `period` from `from` to `to`, losing those `lose` says, ticking every
+    /// 100 ms; returns the transitions to Down.
+    fn run(
+        m: &mut Membership,
+        n: &NodeId,
+        (from, to): (Millis, Millis),
+        period: impl Fn(&Membership) -> Millis,
+        mut lose: impl FnMut(u64) -> bool,
+        seq: &mut u64,
+    ) -> Vec<Transition> {
+        let mut downs = Vec::new();
+        let mut next = from;
+        let mut missed = 0;
+        for now in (from..to).step_by(100) {
+            if now >= next {
+                *seq += 1;
+                if lose(*seq) {
+                    missed += 1;
+                } else {
+                    m.beat(now, n, missed);
+                    missed = 0;
+                }
+                next = now + period(m);
+            }
+            downs.extend(m.tick(now).into_iter().filter(|t| t.to == NodeStatus::Down));
+            m.advice();
+        }
+        downs
+    }
+
+    #[test]
+    fn thresholds_grow_with_the_loss_rate_and_stay_capped() {
+        assert_eq!(tolerated_losses(0.0), 0);
+        assert_eq!(tolerated_losses(0.1), 4, "0.1^5 = 1e-5");
+        assert!(tolerated_losses(0.3) > tolerated_losses(0.1));
+        let cfg = LivenessConfig::default();
+        let lossy = Link { period: cfg.fast_period, loss: 0.1, rtt: 600, ..Link::default() };
+        // 0.5 s × 5 + 0.8 s + 0.6 s: a power cut on a 10%-loss, 300 ms link is Down in 3.9 s.
+        assert_eq!(threshold(&cfg, 0, &lossy), 3_900);
+        let awful = Link { loss: 0.5, rtt: 5_000, flaps: 1, ..lossy };
+        assert_eq!(threshold(&cfg, 0, &awful), cfg.max_down);
+    }
+
+    #[test]
+    fn a_lossy_link_is_asked_to_beat_fast_and_is_never_down_while_beats_arrive() {
+        let mut m = Membership::new(LivenessConfig::default());
+        let n = id(3);
+        m.heard(0, &n);
+        m.set_rtt(&n, 600);
+        // 10% loss from a fixed pseudo-random sequence: an hour of beats.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut seq = 0;
+        let lose = |_: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.is_multiple_of(10)
+        };
+        let period = |m: &Membership| m.nodes[&id(3)].link.period.max(500);
+        let downs = run(&mut m, &n, (0, 3_600_000), period, lose, &mut seq);
+        assert!(downs.is_empty(), "false Down on a lossy link: {downs:?}");
+        assert_eq!(m.nodes[&n].link.period, 500, "asked to beat fast");
+        assert!((0.05..0.2).contains(&m.nodes[&n].link.loss), "loss {}", m.nodes[&n].link.loss);
+        // Then a power cut: Down within the threshold (plus a tick).
+        let last = m.status(3_600_000, &n).1.unwrap();
+        let cut = 3_600_000 - last;
+        let bound = m.down_after(cut, &n);
+        assert!(bound <= 5_000, "bound {bound}");
+        let mut down_at = None;
+        for now in (3_600_000..3_620_000).step_by(100) {
+            if m.tick(now).iter().any(|t| t.to == NodeStatus::Down) {
+                down_at = Some(now);
+                break;
+            }
+        }
+        assert!(down_at.unwrap() - cut <= bound + 100);
+    }
+
+    #[test]
+    fn a_clean_link_goes_back_to_the_slow_period() {
+        let cfg = LivenessConfig::default();
+        let mut m = Membership::new(cfg);
+        let n = id(4);
+        m.heard(0, &n);
+        m.beat(100, &n, 2);
+        assert_eq!(m.advice(), vec![(n.clone(), cfg.fast_period)]);
+        assert!(m.advice().is_empty(), "said once");
+        let mut t = 100;
+        while m.nodes[&n].link.loss >= SLOW_BELOW {
+            t += 500;
+            m.beat(t, &n, 0);
+            assert!(t < 60_000, "never calmed down");
+        }
+        assert_eq!(m.advice(), vec![(n.clone(), cfg.heartbeat_period)]);
+        // A new session starts at the default period again.
+        m.beat(t, &n, 3);
+        m.advice();
+        m.session_started(&n);
+        assert_eq!(m.down_after(t, &n), threshold(&cfg, t, &Link { period: 0, ..m.nodes[&n].link }));
+    }
+
+    #[test]
+    fn a_custom_period_keeps_the_rules_consistent() {
+        let slow = LivenessConfig::with_period(60_000);
+        assert!(slow.max_down > slow.down_after());
+        assert_eq!(LivenessConfig::with_period(200).fast_period, 200, "never slower than the clean period");
+        assert_eq!(LivenessConfig::with_period(1_500), LivenessConfig::default());
+    }
+
+    #[test]
+    fn a_flapping_node_is_damped() {
+        let cfg = LivenessConfig::default();
+        let mut m = Membership::new(cfg);
+        let n = id(5);
+        m.heard(0, &n);
+        assert_eq!(m.down_after(0, &n), 2_300);
+        // Down by timeout, back two seconds later: a flap.
+        assert_eq!(m.tick(2_300).len(), 1);
+        m.heard(4_500, &n);
+        assert_eq!(m.down_after(4_500, &n), 4_600);
+        assert!(m.tick(4_500 + 4_599).is_empty(), "the damped threshold holds");
+        assert_eq!(m.tick(4_500 + 4_600).len(), 1);
+        m.heard(10_000, &n);
+        m.tick(20_000);
+        m.heard(21_000, &n);
+        assert_eq!(m.down_after(21_000, &n), cfg.max_down, "capped");
+        // Back after a long outage is not a flap; and flaps are forgotten in time.
+        let later = 21_000 + FLAP_MEMORY;
+        assert_eq!(m.down_after(later, &n), 2_300);
+        m.lost(later, &n, "agent shut down");
+        m.heard(later + 1_000, &n);
+        assert_eq!(m.down_after(later + 1_000, &n), 2_300, "a closed session is no flap");
+    }
+
+    #[test]
+    fn late_nodes_are_suspects_before_they_are_down() {
+        let mut m = Membership::new(LivenessConfig::default());
+        m.heard(0, &id(1));
+        m.heard(0, &id(2));
+        m.heard(1_500, &id(2));
+        assert!(m.suspects(1_699).is_empty());
+        assert_eq!(m.suspects(1_700), vec![id(1)]);
+        // A probe answered counts as heard.
+        m.heard(1_800, &id(1));
+        assert!(m.suspects(1_800).is_empty());
+    }
+
     proptest! {
-        /// Whatever the schedule of heartbeats, a node is Down exactly when it has been
-        /// silent for at least the timeout at the last tick.
+        /// Whatever the schedule of heartbeats, a node is Down exactly when it was silent
+        /// for at least its threshold at a tick since it was last heard.
         #[test]
         fn down_means_silent_for_the_timeout(beats in proptest::collection::btree_set(0u64..30_000, 0..60)) {
             let cfg = LivenessConfig::default();
@@ -303,16 +646,18 @@ mod tests {
             let n = id(7);
             m.track(0, n.clone());
             let mut last: Option<u64> = None;
+            let mut expected = NodeStatus::Unknown;
             for now in (0..30_000).step_by(100) {
-                if beats.contains(&now) { m.heard(now, &n); last = Some(now); }
+                if beats.contains(&now) { m.heard(now, &n); last = Some(now); expected = NodeStatus::Ready; }
+                let threshold = m.down_after(now, &n);
+                prop_assert!(threshold >= cfg.down_after() && threshold <= cfg.max_down);
+                expected = match (expected, last) {
+                    (NodeStatus::Ready, Some(t)) if now - t >= threshold => NodeStatus::Down,
+                    (NodeStatus::Unknown, None) if now >= cfg.unknown_grace => NodeStatus::Down,
+                    (e, _) => e,
+                };
                 m.tick(now);
                 let (status, _, _) = m.status(now, &n);
-                let expected = match last {
-                    Some(t) if now - t < cfg.down_after() => NodeStatus::Ready,
-                    Some(_) => NodeStatus::Down,
-                    None if now < cfg.unknown_grace => NodeStatus::Unknown,
-                    None => NodeStatus::Down,
-                };
                 prop_assert_eq!(status, expected, "at {}", now);
             }
         }

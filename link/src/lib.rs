@@ -10,6 +10,7 @@
 //! place where rustls and quinn are configured, so both sides agree on ALPN, TLS 1.3 and
 //! transport timeouts by construction.
 
+pub mod beat;
 pub mod endpoint;
 pub mod error;
 pub mod files;

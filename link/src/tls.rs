@@ -117,7 +117,9 @@ pub fn server_config_trusting(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(idle_timeout.try_into().ok());
-    t.keep_alive_interval(Some(idle_timeout / 4));
+    // Longer than the clients' (idle / 4): an agent's keep-alive, answered, resets this one,
+    // so an idle connection costs one ping and one acknowledgement per agent interval.
+    t.keep_alive_interval(Some(idle_timeout / 2));
     // Every connection starts with an unauthenticated peer's allowance; the manager
     // raises it once a certificate says who is there (see `PeerLimits`).
     t.max_concurrent_bidi_streams(UNAUTHENTICATED.streams.into());

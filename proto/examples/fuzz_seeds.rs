@@ -92,6 +92,7 @@ fn main() {
             remove: BoundedVec::new(),
         },
         ManagerMessage::Closing(ErrorReply::new(ErrorKind::NodeRemoved, "this node was removed")),
+        ManagerMessage::HeartbeatPeriod { period_ms: 500 },
     ];
 
     // frame: a piece size, then one or more whole frames.

@@ -224,6 +224,13 @@ pub enum ManagerMessage {
     Secrets(crate::secrets::SecretSet),
     /// The manager's time, the trust bundle and, in answer to a renewal, a certificate.
     Credentials(Credentials),
+    /// Send heartbeat datagrams this often from now on: faster on a link that loses them,
+    /// back to `SessionAccepted`'s period once it is clean. Also the manager's probe of a
+    /// late board: any answer, even a bare acknowledgement, shows it alive.
+    HeartbeatPeriod {
+        /// Milliseconds; the agent beats no faster than every 100 ms whatever it says.
+        period_ms: u32,
+    },
 }
 
 /// Administrative requests, from the `shoal` CLI.

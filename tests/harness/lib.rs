@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -257,6 +258,43 @@ impl Host {
         sh(&["ip", "link", "set", &self.veth_host, "up"]).expect("link up");
     }
 
+    /// Limits this host's cable to `kbit` kbit/s each way (a token bucket on both ends of
+    /// its veth, at most ~0.2 s of queue), as a slow radio link would.
+    pub fn shape(&self, kbit: u32) {
+        let rate = format!("{kbit}kbit");
+        sh(&[
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &self.veth_host,
+            "root",
+            "tbf",
+            "rate",
+            &rate,
+            "burst",
+            "8kb",
+            "latency",
+            "200ms",
+        ])
+        .expect("shape the bridge side");
+        sh(&[
+            "tc", "-n", &self.ns, "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "8kb",
+            "latency", "200ms",
+        ])
+        .expect("shape the board side");
+    }
+
+    /// Bytes and packets through this host's cable so far, both directions together
+    /// (the bridge-side veth's counters, Ethernet headers included).
+    pub fn link_counters(&self) -> (u64, u64) {
+        let read = |what: &str| {
+            let path = format!("/sys/class/net/{}/statistics/{what}", self.veth_host);
+            std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        (read("rx_bytes") + read("tx_bytes"), read("rx_packets") + read("tx_packets"))
+    }
+
     /// Fills this board's disk (see [`Lab::give_disks`]) with one file until the
     /// filesystem says it is full; returns the bytes written.
     pub fn fill_disk(&self) -> u64 {
@@ -381,6 +419,14 @@ impl Lab {
 }
 
 impl Lab {
+    /// A UDP relay on the lab's bridge address towards `to`, delaying and dropping what
+    /// passes it (see [`Relay`]): a board that joins through [`Relay::addr`] has all its
+    /// traffic with the manager go through it.
+    pub fn relay(&self, to: std::net::SocketAddr) -> Relay {
+        let bridge_ip = self.hosts[0].ip.rsplit_once('.').map(|(net, _)| format!("{net}.254")).expect("lab address");
+        Relay::start(&bridge_ip, to)
+    }
+
     /// The lab's unique tag: its namespaces, veths and bridge start with it. Names made
     /// from it (services, containers) can't clash with a parallel test's.
     pub fn tag(&self) -> &str {
@@ -947,5 +993,114 @@ impl Cluster {
         let cluster = Self { manager, agents, token, lab };
         cluster.wait_status_all("Ready", Duration::from_secs(15));
         Ok(cluster)
+    }
+}
+
+/// A UDP relay that adds delay and random loss in both directions (this kernel has neither
+/// `netem` nor the `tc` drop actions): one socket for the boards, one upstream socket per
+/// board socket it has seen. Delay is fixed, so each direction is a FIFO sent by its own
+/// thread. Stops on drop.
+pub struct Relay {
+    /// Where boards send.
+    pub addr: std::net::SocketAddr,
+    loss_pct: Arc<std::sync::atomic::AtomicU32>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+type Fifo = std::sync::mpsc::Sender<(Instant, std::net::SocketAddr, Vec<u8>)>;
+type Deliver = Box<dyn Fn(std::net::SocketAddr, &[u8]) + Send>;
+
+impl Relay {
+    fn start(ip: &str, to: std::net::SocketAddr) -> Self {
+        use std::net::{SocketAddr, UdpSocket};
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+        let listen = Arc::new(UdpSocket::bind((ip, 0)).expect("relay socket"));
+        listen.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let addr = listen.local_addr().expect("relay address");
+        let loss_pct = Arc::new(AtomicU32::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstreams: Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+        // A sender thread per direction: waits until each datagram is due, then sends it.
+        let sender = |deliver: Deliver| {
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, SocketAddr, Vec<u8>)>();
+            std::thread::spawn(move || {
+                for (due, peer, bytes) in rx {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    deliver(peer, &bytes);
+                }
+            });
+            tx
+        };
+        let down: Fifo = {
+            let listen = listen.clone();
+            sender(Box::new(move |peer, bytes| drop(listen.send_to(bytes, peer))))
+        };
+        let up: Fifo = {
+            let upstreams = upstreams.clone();
+            sender(Box::new(move |peer, bytes| {
+                if let Some(u) = upstreams.lock().unwrap().get(&peer) {
+                    let _ = u.send(bytes);
+                }
+            }))
+        };
+        let seed = Arc::new(std::sync::atomic::AtomicU64::new(0x2545_f491_4f6c_dd1d));
+        let impair = {
+            let (loss_pct, delay_ms, seed) = (loss_pct.clone(), delay_ms.clone(), seed.clone());
+            move |fifo: &Fifo, peer: SocketAddr, bytes: Vec<u8>| {
+                let mut x = seed.load(std::sync::atomic::Ordering::Relaxed);
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                seed.store(x, std::sync::atomic::Ordering::Relaxed);
+                if (x % 100) < u64::from(loss_pct.load(std::sync::atomic::Ordering::Relaxed)) {
+                    return;
+                }
+                let due = Instant::now() + Duration::from_millis(delay_ms.load(std::sync::atomic::Ordering::Relaxed));
+                let _ = fifo.send((due, peer, bytes));
+            }
+        };
+        let impair = Arc::new(impair);
+        {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((n, peer)) = listen.recv_from(&mut buf) else { continue };
+                    let known = upstreams.lock().unwrap().contains_key(&peer);
+                    if !known {
+                        let u = Arc::new(UdpSocket::bind("0.0.0.0:0").expect("upstream socket"));
+                        u.connect(to).expect("connect upstream");
+                        u.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+                        upstreams.lock().unwrap().insert(peer, u.clone());
+                        let (down, impair, stop) = (down.clone(), impair.clone(), stop.clone());
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65_536];
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                if let Ok(n) = u.recv(&mut buf) {
+                                    impair(&down, peer, buf[..n].to_vec());
+                                }
+                            }
+                        });
+                    }
+                    impair(&up, peer, buf[..n].to_vec());
+                }
+            });
+        }
+        Relay { addr, loss_pct, delay_ms, stop }
+    }
+
+    /// From now on, drop `loss_pct` % of datagrams and delay the rest by `delay` in each
+    /// direction.
+    pub fn impair(&self, loss_pct: u32, delay: Duration) {
+        self.loss_pct.store(loss_pct, std::sync::atomic::Ordering::Relaxed);
+        self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -83,8 +83,9 @@ pub struct CaArgs {
 /// `manager run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How often agents send heartbeats; a node is Down after 3 missed ones.
-    #[arg(long, default_value = "500ms", value_parser = super::parse_heartbeat_period)]
+    /// How often agents on a clean link send heartbeats; a node is Down after a period
+    /// and a second of silence (more on a link that loses heartbeats).
+    #[arg(long, default_value = "1500ms", value_parser = super::parse_heartbeat_period)]
     pub heartbeat_period: std::time::Duration,
     /// How often each encrypted overlay network's key is replaced (Swarm: 12h).
     #[arg(long, default_value = "12h", value_parser = super::parse_key_rotation)]
@@ -184,7 +185,7 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
         }
         ManagerCommand::Run(args) => {
             let period = args.heartbeat_period.as_millis().max(10) as u64;
-            let liveness = LivenessConfig { heartbeat_period: period, ..LivenessConfig::default() };
+            let liveness = LivenessConfig::with_period(period);
             let key_rotation_ms = args.overlay_key_rotation.as_millis() as u64;
             let manager = server::run(
                 data_dir,

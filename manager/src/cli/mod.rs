@@ -25,7 +25,7 @@ use shoal_proto::SpecError;
 pub const HEARTBEAT_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(60));
 
 /// Parses `--heartbeat-period`: a duration within [`HEARTBEAT_RANGE`], since a node is
-/// declared down after three missed periods and the timers add periods together. Units
+/// declared down a period and a margin after its last heartbeat and timers add periods. Units
 /// as every other duration flag (`500ms`, `2s`, `1m30s`); a bare number is seconds, as
 /// this flag always took it.
 pub fn parse_heartbeat_period(s: &str) -> Result<Duration, String> {

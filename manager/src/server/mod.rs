@@ -50,6 +50,7 @@ use shoal_proto::dispatch::{ServiceReply, ServiceRequest, TaskReport, MAX_TASKS_
 use shoal_proto::services::ServiceName;
 use shoal_proto::{ServiceId, Task, TaskId};
 
+mod beats;
 mod control;
 mod distribution;
 mod exec;
@@ -113,8 +114,10 @@ const ANONYMOUS_REQUEST_TIME: Duration = Duration::from_secs(5);
 const REQUEST_TIME: Duration = Duration::from_secs(30);
 /// Largest frame accepted on a session stream after the opening request.
 const SESSION_FRAME_LIMIT: usize = 64 * 1024;
-/// Idle timeout of manager connections; dead nodes are found sooner by heartbeats.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle timeout of manager connections; dead nodes are found sooner by heartbeats. Long,
+/// because an idle board's QUIC connection carries one keep-alive every 25 s (its
+/// heartbeats travel beside it): see `docs/failure-detection.md`.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages queued for one agent's session. They are few (one per image change, about one
 /// per reconciliation that changes the node's tasks), so a full queue means the agent
 /// stopped reading; its session is closed to resynchronise.
@@ -224,6 +227,8 @@ struct Manager {
     pulls: crate::images::registry::SingleFlight,
     /// Registries reached over plain HTTP.
     insecure_registries: Vec<String>,
+    /// The sessions' heartbeat datagram keys.
+    beats: Arc<beats::Beats>,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -271,6 +276,7 @@ fn listen_endpoint(
     config: quinn::ServerConfig,
     listen: SocketAddr,
     secret_pem: &str,
+    beats: &Arc<beats::Beats>,
 ) -> std::io::Result<quinn::Endpoint> {
     let derive = |label: &str| ring::digest::digest(&ring::digest::SHA256, format!("{label}\n{secret_pem}").as_bytes());
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive("shoal stateless reset").as_ref());
@@ -280,9 +286,13 @@ fn listen_endpoint(
     let cid_key = derive("shoal connection ids");
     let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().expect("8 bytes of a SHA-256"));
     endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    // Agents must keep QUIC's fixed bit set, so a heartbeat datagram (bit clear) is never
+    // taken for a QUIC packet.
+    endpoint_config.grease_quic_bit(false);
     let socket = std::net::UdpSocket::bind(listen)?;
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
-    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)
+    let socket = beats.socket(socket, &*runtime)?;
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), socket, runtime)
 }
 
 /// Runs the manager until SIGINT or SIGTERM.
@@ -308,7 +318,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         Some(a) => a,
         None => cluster.listen_addr.parse().context("stored listen address")?,
     };
-    let endpoint = listen_endpoint(server_config, listen, &cluster.server_key_pem)
+    let (beats, accepted_beats) = beats::Beats::new();
+    let endpoint = listen_endpoint(server_config, listen, &cluster.server_key_pem, &beats)
         .with_context(|| format!("cannot listen on {listen} (is another manager running, or the port taken?)"))?;
 
     let blobs = BlobStore::open(&paths::manager_dir(data_dir))?;
@@ -359,6 +370,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         sealer,
         pulls: Default::default(),
         insecure_registries: config.insecure_registries.clone(),
+        beats,
     });
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {
@@ -368,7 +380,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     manager.state.lock().expect("state lock").members = members;
     info!(%listen, advertise = %cluster.advertise_addr, cluster = %cluster.cluster_id, "manager running");
 
-    let ticker = tokio::spawn(tick_loop(manager.clone(), config.liveness));
+    let ticker = tokio::spawn(tick_loop(manager.clone()));
+    let beat_task = tokio::spawn(beats::apply_loop(manager.clone(), accepted_beats));
     let reconciler = tokio::spawn(reconcile_loop(manager.clone(), events_rx));
     let certificates = tokio::spawn(pki::pki_loop(manager.clone()));
     let accept = async {
@@ -381,6 +394,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         _ = shutdown_signal() => info!("shutting down"),
     }
     ticker.abort();
+    beat_task.abort();
     reconciler.abort();
     certificates.abort();
     endpoint.close(close::SHUTDOWN.into(), b"manager shutting down");
@@ -402,24 +416,16 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Applies the membership's timeouts: a node that missed its heartbeats is Down and its
-/// connection is closed, so its agent reconnects cleanly if it is still alive.
-async fn tick_loop(mgr: Arc<Manager>, liveness: LivenessConfig) {
-    let mut interval = tokio::time::interval(Duration::from_millis((liveness.heartbeat_period / 5).max(10)));
+/// Applies the membership's timeouts (see [`beats::tick`]): a node silent past its
+/// threshold is Down and its connection is closed, so its agent reconnects cleanly if it
+/// is still alive.
+async fn tick_loop(mgr: Arc<Manager>) {
+    let mut interval = tokio::time::interval(beats::TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut late = beats::Late::new();
     loop {
         interval.tick().await;
-        let now = mgr.now();
-        let (transitions, closing) = {
-            let mut st = mgr.state.lock().expect("state lock");
-            let transitions = st.members.tick(now);
-            let closing: Vec<_> = transitions.iter().filter_map(|t| st.sessions.remove(&t.node)).collect();
-            (transitions, closing)
-        };
-        for s in closing {
-            s.conn.close(close::HEARTBEAT_TIMEOUT.into(), b"heartbeat timeout");
-        }
-        mgr.log_transitions(&transitions);
+        beats::tick(&mgr, &mut late);
     }
 }
 

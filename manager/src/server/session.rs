@@ -67,8 +67,11 @@ pub(super) async fn run_session(
                 skew_ms: None,
             },
         );
+        st.members.session_started(&node);
         (serial, st.members.heard(now, &node), replaced)
     };
+    // Heartbeat datagrams of this session count from now on.
+    let _beats = mgr.beats.register(&conn, &node, serial);
     if let Some(old) = replaced {
         if old.conn.stable_id() != conn.stable_id() {
             old.conn.close(close::REPLACED.into(), b"replaced by a newer session");
