@@ -1,0 +1,120 @@
+//! The agent's own cost per board, on one board in a network namespace (as root):
+//! - its memory (RSS and PSS from `smaps_rollup`) joined and idle, with 100 tasks of
+//!   `demo/app:1.0` running, and after the service is removed (it should come back to
+//!   the idle figure: nothing kept per task);
+//! - its wakeups per second, idle and with the 100 tasks running: the context switches
+//!   of all its threads (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` in
+//!   `/proc/PID/task/*/status`) over a quiet window. Each switch away from the agent is
+//!   one sleep that ended in a wakeup, so this counts timers and polls as a board's CPU
+//!   (and its battery) sees them.
+//!
+//! Prints a Markdown section on stdout. Needs `cargo build --bins` and `images/build.sh`
+//! first (`bench/run.sh` does both). `SHOAL_BIN_DIR` picks the binaries (the static agent
+//! can be put beside a release `shoal`).
+//!
+//! Usage: agent-bench [TASKS] [WINDOW_SECS]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use shoal_e2e::{lab_image, wait_for, Cluster};
+
+/// (RSS, PSS) in KiB.
+fn mem_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Context switches of every thread of `pid` so far (threads that ended are not counted,
+/// so a window is measured between two reads of the same threads: see [`wakeups`]).
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// CPU time of `pid` so far (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Wakeups per second of `pid` over `window`, and the share of a core it used (%).
+fn wakeups(pid: u32, window: Duration) -> (f64, f64) {
+    let (a, cpu, t) = (switches(pid), cpu_ticks(pid), Instant::now());
+    std::thread::sleep(window);
+    let (b, cpu2) = (switches(pid), cpu_ticks(pid));
+    let secs = t.elapsed().as_secs_f64();
+    // USER_HZ is 100 on every Linux this runs on.
+    (b.saturating_sub(a) as f64 / secs, cpu2.saturating_sub(cpu) as f64 / secs)
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn row(what: &str, pid: u32, (per_s, cpu): (f64, f64)) -> String {
+    let (rss, pss) = mem_kib(pid);
+    format!("| {what} | {rss} KiB | {pss} KiB | {per_s:.1} | {cpu:.1} % | {} |", threads(pid))
+}
+
+fn main() -> Result<()> {
+    shoal_e2e::require_root();
+    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let window = Duration::from_secs(std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(10));
+    let c = Cluster::start(1)?;
+    let m = c.manager_host();
+    let pid = c.agents[0].pid().context("the agent runs")?;
+    m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap_or_default()]);
+    // Settled: the image is in, the blocking pool's threads have ended (10 s idle).
+    std::thread::sleep(Duration::from_secs(11));
+    let idle_wakeups = wakeups(pid, window);
+    let idle = row("joined, idle (image loaded, no task)", pid, idle_wakeups);
+
+    let t = Instant::now();
+    m.shoal(&["service", "create", "--name", "many", "--replicas", &n.to_string(), "--detach", "demo/app:1.0"]);
+    wait_for(&format!("{n} tasks running"), Duration::from_secs(300), || {
+        // Replicas, not rows: a board marked Down under the load leaves old rows behind.
+        (c.replicas("many") == format!("{n}/{n}")).then_some(())
+    });
+    let started = t.elapsed();
+    std::thread::sleep(Duration::from_secs(11));
+    let busy = row(&format!("{n} tasks running"), pid, wakeups(pid, window));
+
+    let t = Instant::now();
+    m.shoal(&["service", "rm", "many"]);
+    wait_for("every container gone", Duration::from_secs(300), || {
+        (m.shoal(&["service", "ls"]).lines().count() <= 1 && shoal_e2e::running_container_ids().is_empty())
+            .then_some(())
+    });
+    let removed = t.elapsed();
+    std::thread::sleep(Duration::from_secs(11));
+    let after = row(&format!("after `service rm` of the {n}"), pid, wakeups(pid, window));
+
+    println!("### The agent per board: memory and wakeups (debug or release as built, one board)\n");
+    println!("| agent | RSS | PSS | wakeups/s | CPU | threads |");
+    println!("|---|---|---|---|---|---|");
+    println!("{idle}\n{busy}\n{after}");
+    println!(
+        "\n{n} tasks: created → all Running in {:.1} s, `service rm` → all gone in {:.1} s; \
+         wakeups counted over {} s (context switches of all the agent's threads).",
+        started.as_secs_f64(),
+        removed.as_secs_f64(),
+        window.as_secs()
+    );
+    Ok(())
+}
