@@ -1,5 +1,5 @@
 //! The agent's own cost per board, on one board in a network namespace (as root):
-//! - its memory (RSS and PSS from `smaps_rollup`) joined and idle, with 100 tasks of
+//! - its memory (RSS, its anonymous part, and PSS from `smaps_rollup`) joined and idle, with 100 tasks of
 //!   `demo/app:1.0` running, and after the service is removed (it should come back to
 //!   the idle figure: nothing kept per task);
 //! - its wakeups per second, idle and with the 100 tasks running: the context switches
@@ -28,20 +28,42 @@ fn mem_kib(pid: u32) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
-/// Context switches of every thread of `pid` so far (threads that ended are not counted,
-/// so a window is measured between two reads of the same threads: see [`wakeups`]).
-fn switches(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, …), in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Context switches of each thread of `pid` so far, by thread ID.
+fn switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Default::default() };
     tasks
         .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|s| {
-            s.lines()
+        .filter_map(|t| {
+            let s = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let n = s
+                .lines()
                 .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum();
+            Some((t.file_name().to_string_lossy().into_owned(), n))
         })
-        .sum()
+        .collect()
+}
+
+/// Waits (up to 30 s) until the agent's thread count stops falling: tokio's blocking
+/// pool ends its idle threads after 10 s, and a window must not straddle that.
+fn settle(pid: u32) {
+    let t = Instant::now();
+    let mut last = threads(pid);
+    while t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = threads(pid);
+        if now == 1 || (now == last && t.elapsed() > Duration::from_secs(12)) {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// CPU time of `pid` so far (user + system), in clock ticks.
@@ -55,12 +77,15 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// Wakeups per second of `pid` over `window`, and the share of a core it used (%).
 fn wakeups(pid: u32, window: Duration) -> (f64, f64) {
+    settle(pid);
     let (a, cpu, t) = (switches(pid), cpu_ticks(pid), Instant::now());
     std::thread::sleep(window);
     let (b, cpu2) = (switches(pid), cpu_ticks(pid));
     let secs = t.elapsed().as_secs_f64();
+    // Per thread: one that ended in the window counts what it did until its last read.
+    let n: u64 = b.iter().map(|(tid, n)| n.saturating_sub(a.get(tid).copied().unwrap_or(0))).sum();
     // USER_HZ is 100 on every Linux this runs on.
-    (b.saturating_sub(a) as f64 / secs, cpu2.saturating_sub(cpu) as f64 / secs)
+    (n as f64 / secs, cpu2.saturating_sub(cpu) as f64 / secs)
 }
 
 fn threads(pid: u32) -> usize {
@@ -69,7 +94,8 @@ fn threads(pid: u32) -> usize {
 
 fn row(what: &str, pid: u32, (per_s, cpu): (f64, f64)) -> String {
     let (rss, pss) = mem_kib(pid);
-    format!("| {what} | {rss} KiB | {pss} KiB | {per_s:.1} | {cpu:.1} % | {} |", threads(pid))
+    let anon = status_kib(pid, "RssAnon:");
+    format!("| {what} | {rss} KiB | {anon} KiB | {pss} KiB | {per_s:.1} | {cpu:.1} % | {} |", threads(pid))
 }
 
 fn main() -> Result<()> {
@@ -80,8 +106,6 @@ fn main() -> Result<()> {
     let m = c.manager_host();
     let pid = c.agents[0].pid().context("the agent runs")?;
     m.shoal(&["image", "load", lab_image("demo-app-1.0.tar").to_str().unwrap_or_default()]);
-    // Settled: the image is in, the blocking pool's threads have ended (10 s idle).
-    std::thread::sleep(Duration::from_secs(11));
     let idle_wakeups = wakeups(pid, window);
     let idle = row("joined, idle (image loaded, no task)", pid, idle_wakeups);
 
@@ -92,7 +116,6 @@ fn main() -> Result<()> {
         (c.replicas("many") == format!("{n}/{n}")).then_some(())
     });
     let started = t.elapsed();
-    std::thread::sleep(Duration::from_secs(11));
     let busy = row(&format!("{n} tasks running"), pid, wakeups(pid, window));
 
     let t = Instant::now();
@@ -102,12 +125,11 @@ fn main() -> Result<()> {
             .then_some(())
     });
     let removed = t.elapsed();
-    std::thread::sleep(Duration::from_secs(11));
     let after = row(&format!("after `service rm` of the {n}"), pid, wakeups(pid, window));
 
-    println!("### The agent per board: memory and wakeups (debug or release as built, one board)\n");
-    println!("| agent | RSS | PSS | wakeups/s | CPU | threads |");
-    println!("|---|---|---|---|---|---|");
+    println!("### The agent per board: memory and wakeups (one board)\n");
+    println!("| agent | RSS | of it anonymous (heap, stacks) | PSS | wakeups/s | CPU | threads |");
+    println!("|---|---|---|---|---|---|---|");
     println!("{idle}\n{busy}\n{after}");
     println!(
         "\n{n} tasks: created → all Running in {:.1} s, `service rm` → all gone in {:.1} s; \
