@@ -1,7 +1,8 @@
 //! The agent's own cost per board, on one board in a network namespace (as root):
 //! - its memory (RSS, its anonymous part, and PSS from `smaps_rollup`) joined and idle, with 100 tasks of
 //!   `demo/app:1.0` running, and after the service is removed (it should come back to
-//!   the idle figure: nothing kept per task);
+//!   the idle figure: nothing kept per task), twice: a second round that adds nothing
+//!   says the first one's rise is the allocator's high-water mark, not memory kept;
 //! - its wakeups per second, idle and with the 100 tasks running: the context switches
 //!   of all its threads (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` in
 //!   `/proc/PID/task/*/status`) over a quiet window. Each switch away from the agent is
@@ -12,7 +13,7 @@
 //! first (`bench/run.sh` does both). `SHOAL_BIN_DIR` picks the binaries (the static agent
 //! can be put beside a release `shoal`).
 //!
-//! Usage: agent-bench [TASKS] [WINDOW_SECS]
+//! Usage: agent-bench [TASKS] [WINDOW_SECS] [ROUNDS]
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,11 @@ fn wakeups(pid: u32, window: Duration) -> (f64, f64) {
     (n as f64 / secs, cpu2.saturating_sub(cpu) as f64 / secs)
 }
 
+/// The board's containers on disk (the cgroups would count other agents' on this host).
+fn containers_left(c: &Cluster) -> usize {
+    std::fs::read_dir(c.lab.hosts[1].data_dir.join("agent/containers")).map(|d| d.count()).unwrap_or(0)
+}
+
 fn threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
@@ -102,6 +108,7 @@ fn main() -> Result<()> {
     shoal_e2e::require_root();
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100);
     let window = Duration::from_secs(std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(10));
+    let rounds: usize = std::env::args().nth(3).and_then(|s| s.parse().ok()).unwrap_or(2).max(1);
     let c = Cluster::start(1)?;
     let m = c.manager_host();
     let pid = c.agents[0].pid().context("the agent runs")?;
@@ -109,30 +116,36 @@ fn main() -> Result<()> {
     let idle_wakeups = wakeups(pid, window);
     let idle = row("joined, idle (image loaded, no task)", pid, idle_wakeups);
 
-    let t = Instant::now();
-    m.shoal(&["service", "create", "--name", "many", "--replicas", &n.to_string(), "--detach", "demo/app:1.0"]);
-    wait_for(&format!("{n} tasks running"), Duration::from_secs(300), || {
-        // Replicas, not rows: a board marked Down under the load leaves old rows behind.
-        (c.replicas("many") == format!("{n}/{n}")).then_some(())
-    });
-    let started = t.elapsed();
-    let busy = row(&format!("{n} tasks running"), pid, wakeups(pid, window));
-
-    let t = Instant::now();
-    m.shoal(&["service", "rm", "many"]);
-    wait_for("every container gone", Duration::from_secs(300), || {
-        (m.shoal(&["service", "ls"]).lines().count() <= 1 && shoal_e2e::running_container_ids().is_empty())
-            .then_some(())
-    });
-    let removed = t.elapsed();
-    let after = row(&format!("after `service rm` of the {n}"), pid, wakeups(pid, window));
+    // Twice: what a second round adds on top of the first tells memory kept per task
+    // (it grows again) from the allocator's high-water mark (it is reused).
+    let mut rows = vec![idle];
+    let mut timings = Vec::new();
+    for round in 1..=rounds {
+        let name = format!("many{round}");
+        let t = Instant::now();
+        m.shoal(&["service", "create", "--name", &name, "--replicas", &n.to_string(), "--detach", "demo/app:1.0"]);
+        wait_for(&format!("{n} tasks running"), Duration::from_secs(300), || {
+            // Replicas, not rows: a board marked Down under the load leaves old rows behind.
+            (c.replicas(&name) == format!("{n}/{n}")).then_some(())
+        });
+        let started = t.elapsed();
+        rows.push(row(&format!("{n} tasks running (round {round})"), pid, wakeups(pid, window)));
+        let t = Instant::now();
+        m.shoal(&["service", "rm", &name]);
+        wait_for("every container gone", Duration::from_secs(300), || {
+            (m.shoal(&["service", "ls"]).lines().count() <= 1 && containers_left(&c) == 0).then_some(())
+        });
+        timings.push((started, t.elapsed()));
+        rows.push(row(&format!("after `service rm` of the {n} (round {round})"), pid, wakeups(pid, window)));
+    }
+    let (started, removed) = timings[0];
 
     println!("### The agent per board: memory and wakeups (one board)\n");
     println!("| agent | RSS | of it anonymous (heap, stacks) | PSS | wakeups/s | CPU | threads |");
     println!("|---|---|---|---|---|---|---|");
-    println!("{idle}\n{busy}\n{after}");
+    println!("{}", rows.join("\n"));
     println!(
-        "\n{n} tasks: created → all Running in {:.1} s, `service rm` → all gone in {:.1} s; \
+        "\n{n} tasks (round 1): created → all Running in {:.1} s, `service rm` → all gone in {:.1} s; \
          wakeups counted over {} s (context switches of all the agent's threads).",
         started.as_secs_f64(),
         removed.as_secs_f64(),
