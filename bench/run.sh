@@ -70,6 +70,13 @@ rss() { awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r " KiB RSS, " p " KiB PSS
 agent_rss=$(rss "$apid")
 manager_rss=$(rss "$mpid")
 
+echo "== the agent per board: memory and wakeups at 0, 100 and 0 tasks, twice" >&2
+# The static agent (what boards run, musl's allocator) beside the release CLI and manager.
+mkdir -p "$tmp/bin"
+ln -sf "$agent" "$tmp/bin/shoal-agent"
+ln -sf "$shoal" "$tmp/bin/shoal"
+per_board=$(SHOAL_BIN_DIR=$tmp/bin ./target/release/agent-bench 100 10 2)
+
 echo "== networking" >&2
 # Overlay data path against the underlay between two boards (namespaces), TCP bulk and
 # UDP round trips, from the agent's own netlink code built in release.
@@ -133,6 +140,8 @@ kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || tr
   echo "|---|---|"
   echo "| \`shoal-agent\` (static x86_64), joined, idle, heartbeating | ${agent_rss} |"
   echo "| \`shoal manager run\` with one node | ${manager_rss} |"
+  echo
+  echo "$per_board"
   echo
   echo "### Networking (boards in network namespaces)"
   echo

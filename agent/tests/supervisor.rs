@@ -297,3 +297,31 @@ fn a_lost_container_is_killed_before_its_task_is_reported_failed() {
         sup.shutdown().await;
     });
 }
+
+/// Exits are events, not polls: with polling every 10 minutes, a container that exits by
+/// itself is reported Failed with its code, and one whose shim is killed is reported lost,
+/// each within a second or two. Before, both waited for the next poll (every 250 ms, and
+/// that poll woke an idle board four times a second).
+#[test]
+#[ignore = "needs root"]
+fn exits_and_lost_shims_are_seen_without_polling() {
+    with_supervisor(3, Duration::from_secs(600), async |lab, sup| {
+        let quits = assignment("quits", 1, 10, &["sh", "-c", "sleep 1; exit 3"], &[]);
+        let orphan = assignment("shimless", 1, 11, &[], &[]);
+        let orphan_cid = container_id("shimless", 1, orphan.task_id.as_str());
+        sup.assign(true, false, vec![quits.clone(), orphan.clone()], vec![]).await;
+        wait_for(&sup, &orphan.task_id, TaskState::Running).await;
+        let (_, shim) = pids_of(lab, &orphan_cid);
+        std::process::Command::new("kill").args(["-9", &shim]).status().unwrap();
+        let soon = Duration::from_secs(5);
+        let lost = tokio::time::timeout(soon, wait_for(&sup, &orphan.task_id, TaskState::Failed))
+            .await
+            .expect("a killed shim is noticed without a poll");
+        assert!(lost.err.as_deref().unwrap_or_default().contains("container lost"), "{lost:?}");
+        let failed = tokio::time::timeout(soon, wait_for(&sup, &quits.task_id, TaskState::Failed))
+            .await
+            .expect("an exit is noticed without a poll");
+        assert_eq!(failed.exit_code, Some(3), "{failed:?}");
+        sup.shutdown().await;
+    });
+}

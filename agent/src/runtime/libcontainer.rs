@@ -369,6 +369,18 @@ impl Runtime for LibcontainerRuntime {
         Ok(bundle.status(self.shim_alive(id, &bundle)))
     }
 
+    /// A pidfd of the container's shim: the shim exits right after recording the exit
+    /// (or dies without doing so: then the container is lost), so its end is exactly
+    /// when the status changes. The shim may be an earlier agent's (not our child, so
+    /// no SIGCHLD), which a pidfd watches as well. Checked after opening: the PID read
+    /// from `shim.pid` could have been reused before the pidfd pinned it.
+    fn exit_watch(&self, id: &str) -> Option<std::os::fd::OwnedFd> {
+        let bundle = self.bundle(id).ok()?;
+        let pid = std::fs::read_to_string(bundle.dir().join("shim.pid")).ok()?.trim().parse::<i32>().ok()?;
+        let fd = rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty()).ok()?;
+        matches!(bundle.status(self.shim_alive(id, &bundle)), ContainerStatus::Running { .. }).then_some(fd)
+    }
+
     fn list(&self) -> Result<Vec<String>, RuntimeError> {
         let entries = match std::fs::read_dir(&self.containers) {
             Ok(e) => e,

@@ -177,6 +177,13 @@ pub trait Runtime: Send + Sync {
     /// Every container this runtime knows, running or not (after an agent restart,
     /// these are the containers to take back).
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
+    /// A descriptor that turns readable when a running container's status changes on its
+    /// own (its monitor exited, having recorded the exit or not), so the agent waits for
+    /// exits instead of polling them. `None` when the runtime can't give one (the
+    /// container is not running, the kernel has no pidfd): the caller then polls.
+    fn exit_watch(&self, _id: &str) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }
 
 /// Checks a container ID before it names directories and cgroups.

@@ -16,8 +16,12 @@
 //! next session ([`Supervisor::next_reports`], [`Supervisor::resend_all`]).
 //!
 //! Long work (preparing, starting and stopping containers) runs as its own tokio task so
-//! that one slow stop does not hold up the others; container status is polled every
-//! [`SupervisorConfig::poll`] to notice exits.
+//! that one slow stop does not hold up the others. Exits are events: each running
+//! container's monitor is watched through [`Runtime::exit_watch`] (a pidfd of its shim),
+//! and its status is read once when that fires. The shell polls every
+//! [`SupervisorConfig::poll`] only while something is not steady ([`Book::steady`]: a
+//! task waits for its image or its next step, or a container could not be watched), and
+//! otherwise every [`STEADY_POLL`], as a safety net: an idle board sleeps.
 //!
 //! On start the supervisor takes back the containers the runtime lists: a running one is
 //! not started again, its ports are re-published; one that exited meanwhile is reported
@@ -57,12 +61,18 @@ use crate::images::ImageStore;
 use crate::net::{PortPublisher, Published, Sandboxes};
 use crate::runtime::Runtime;
 
+/// How often the shell looks at everything when nothing is pending and every running
+/// container is watched: a safety net only (exits arrive as events), rare enough that an
+/// idle agent barely wakes for it.
+pub const STEADY_POLL: Duration = Duration::from_secs(30);
+
 /// How the supervisor behaves.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
     /// The agent's data directory (`tasks.json` goes to `<data-dir>/agent/`).
     pub data_dir: PathBuf,
-    /// How often container status is polled.
+    /// How often container status is polled while something is not steady (see the
+    /// module's documentation); exits of watched containers need no polling.
     pub poll: Duration,
     /// How long a task waits for a missing image before it is rejected.
     pub image_wait: Duration,
@@ -152,6 +162,7 @@ impl Supervisor {
         let (commands, rx) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(256);
         let (health_tx, health_rx) = mpsc::channel(64);
+        let (exits_tx, exits_rx) = mpsc::channel(64);
         let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
         disk.sample();
         let sampled = Arc::downgrade(&disk);
@@ -182,13 +193,15 @@ impl Supervisor {
             monitors: BTreeMap::new(),
             unhealthy: std::collections::BTreeSet::new(),
             health_tx,
+            watches: BTreeMap::new(),
+            exits_tx,
         };
         worker.load()?;
         if let Err(e) = worker.exec.ensure_bridge().await {
             warn!(error = %e, "cannot set up the container bridge; tasks that need it will be rejected");
         }
         worker.adopt().await?;
-        tokio::spawn(worker.run(rx, done_rx, health_rx));
+        tokio::spawn(worker.run(rx, done_rx, health_rx, exits_rx));
         Ok(Self { commands, shared, disk, secrets: held })
     }
 
@@ -298,6 +311,10 @@ struct Worker<N> {
     /// Tasks stopped for being unhealthy, until their end is reported.
     unhealthy: std::collections::BTreeSet<TaskId>,
     health_tx: mpsc::Sender<(TaskId, Health)>,
+    /// The exit watch of each running container that has one (see [`Worker::watch_exits`]).
+    watches: BTreeMap<TaskId, tokio::task::JoinHandle<()>>,
+    /// Where a watch says its container's monitor ended.
+    exits_tx: mpsc::Sender<TaskId>,
 }
 
 impl<N: Sandboxes + 'static> Worker<N> {
@@ -349,6 +366,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
         mut commands: mpsc::Receiver<Command>,
         mut done: mpsc::Receiver<Done>,
         mut health: mpsc::Receiver<(TaskId, Health)>,
+        mut exits: mpsc::Receiver<TaskId>,
     ) {
         // Tasks taken back running (an agent restart) are checked again from the start.
         let running: Vec<(TaskId, TaskStatus)> = self
@@ -360,9 +378,13 @@ impl<N: Sandboxes + 'static> Worker<N> {
         for (task, status) in running {
             self.perform(vec![Decision::Report { task, status }]);
         }
-        let mut tick = tokio::time::interval(self.poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.watch_exits();
+        // None: a first poll at once, as a restarted agent needs.
+        let mut polled: Option<tokio::time::Instant> = None;
         loop {
+            // Lazy: the clock only runs fast while something waits on it.
+            let period = if self.steady() { STEADY_POLL } else { self.poll };
+            let next_poll = polled.map_or_else(tokio::time::Instant::now, |at| at + period);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Assignments { full, more, upsert, remove }) => {
@@ -373,6 +395,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
                     Some(Command::Shutdown(ack)) => {
                         // Publications close; containers keep running.
                         drop(self.ports);
+                        self.watches.values().for_each(|w| w.abort());
                         let _ = ack.send(());
                         return;
                     }
@@ -380,7 +403,14 @@ impl<N: Sandboxes + 'static> Worker<N> {
                 },
                 Some(d) = done.recv() => self.finished(d),
                 Some((task, h)) = health.recv() => self.health_changed(task, h),
-                _ = tick.tick() => self.poll_containers().await,
+                Some(task) = exits.recv() => {
+                    self.watches.remove(&task);
+                    self.poll_one(&task).await;
+                }
+                _ = tokio::time::sleep_until(next_poll) => {
+                    self.poll_containers().await;
+                    polled = Some(tokio::time::Instant::now());
+                }
             }
             let disk_full = self.exec.disk.pressure();
             let node = Observed { image_wait_ms: self.image_wait_ms, disk_full: disk_full.as_deref() };
@@ -389,6 +419,58 @@ impl<N: Sandboxes + 'static> Worker<N> {
             self.perform(decisions);
             *lock(&self.shared.in_use) = self.book.images_in_use();
             self.save();
+            self.watch_exits();
+        }
+    }
+
+    /// Whether the shell may sleep: the book is steady and every running container's
+    /// exit will arrive as an event.
+    fn steady(&self) -> bool {
+        self.book.steady()
+            && self.book.to_poll().iter().all(|(task, _)| {
+                self.watches.contains_key(task)
+                    || self.book.task(task).is_none_or(|t| t.container != Container::Running)
+            })
+    }
+
+    /// Watches the exit of every running container not yet watched, and ends the watches
+    /// of tasks that are gone. A container the runtime can't watch is polled instead.
+    fn watch_exits(&mut self) {
+        let book = &self.book;
+        self.watches.retain(|task, w| {
+            let keep = book.task(task).is_some_and(|t| !t.removed) && !w.is_finished();
+            if !keep {
+                w.abort();
+            }
+            keep
+        });
+        for (task, cid) in self.book.to_poll() {
+            let running = self.book.task(&task).is_some_and(|t| t.container == Container::Running);
+            if !running || self.watches.contains_key(&task) {
+                continue;
+            }
+            let Some(fd) = self.exec.runtime.exit_watch(&cid) else { continue };
+            let tx = self.exits_tx.clone();
+            let id = task.clone();
+            let watch = tokio::spawn(async move {
+                match readable(fd) {
+                    Ok(fd) => {
+                        let _ = fd.readable().await;
+                    }
+                    // Not pollable here: reading the status once makes the shell poll it.
+                    Err(e) => debug!(error = %e, "cannot wait on a container's exit watch"),
+                }
+                let _ = tx.send(id).await;
+            });
+            self.watches.insert(task, watch);
+        }
+    }
+
+    /// Reads one task's container status, after its exit watch fired.
+    async fn poll_one(&mut self, task: &TaskId) {
+        let Some(ids) = self.book.to_poll().into_iter().find(|(t, _)| t == task) else { return };
+        for (task, container) in self.exec.poll(vec![ids]).await {
+            self.book.observed(&task, container);
         }
     }
 
@@ -554,6 +636,17 @@ impl<N: Sandboxes + 'static> Worker<N> {
             }
         }
     }
+}
+
+/// Registers an exit watch with tokio's reactor, to wait until it is readable.
+#[allow(unsafe_code)]
+fn readable(
+    fd: std::os::fd::OwnedFd,
+) -> Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>, tokio::io::unix::AsyncFdRegisterError<std::os::fd::OwnedFd>>
+{
+    // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor stays open and the same
+    // until the `AsyncFd` is dropped, and `as_raw_fd` always returns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
 }
 
 /// The end of a task as reported: one stopped for being unhealthy has failed with

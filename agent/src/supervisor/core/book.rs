@@ -420,6 +420,19 @@ impl Book {
             .collect()
     }
 
+    /// Whether nothing here moves on without an event: every task is busy (its operation
+    /// reports back), runs as desired with its container running (its exit is an event the
+    /// shell waits for), or has ended with nothing of it running. A task waiting for an
+    /// image, for disk space or for its next step is not steady: time and the node's state
+    /// move it on, so the shell keeps polling while one is there.
+    pub fn steady(&self) -> bool {
+        self.tasks.values().all(|t| {
+            t.busy
+                || (t.status.state == TaskState::Running && t.container == Container::Running)
+                || (t.status.state.is_terminal() && !matches!(t.container, Container::Running | Container::Created))
+        })
+    }
+
     /// Records what the runtime shows of an idle task's container.
     pub fn observed(&mut self, id: &TaskId, container: Container) {
         if let Some(t) = self.tasks.get_mut(id) {
@@ -830,6 +843,33 @@ mod tests {
         assert_eq!(out[0], Decision::ClosePorts(id.clone()));
         assert_eq!(reports(&out), [Failed]);
         assert!(book.images_in_use().is_empty());
+    }
+
+    #[test]
+    fn only_running_or_ended_tasks_are_steady() {
+        let a = assignment(1, Running);
+        let id = a.task_id.clone();
+        let mut book = Book::new();
+        assert!(book.steady(), "an empty book waits for nothing");
+        book.assign(false, false, vec![a], vec![]);
+        assert!(!book.steady(), "a new task has steps to take");
+        // Waiting for its image: time moves it on (rejected after the wait).
+        book.reconcile(1, NODE, missing);
+        assert!(!book.steady());
+        let out = book.reconcile(2, NODE, present);
+        assert!(matches!(out.last(), Some(Decision::Prepare { .. })));
+        assert!(book.steady(), "busy: the operation reports back");
+        book.finished(3, &id, Outcome::Prepared { bound: vec![], digest: String::new() });
+        book.reconcile(4, NODE, present);
+        book.finished(5, &id, Outcome::Started);
+        book.reconcile(6, NODE, present);
+        let t = book.task(&id).unwrap();
+        assert_eq!((t.status.state, t.container), (Running, Container::Running));
+        assert!(book.steady(), "running: its exit is an event");
+        book.observed(&id, Container::Exited { code: 0 });
+        assert!(!book.steady(), "the exit is not reported yet");
+        book.reconcile(7, NODE, present);
+        assert!(book.steady(), "ended, nothing runs");
     }
 
     #[test]
