@@ -6,6 +6,7 @@ pub mod ca;
 pub mod cli;
 pub mod images;
 pub mod init;
+pub mod memory;
 pub mod paths;
 pub mod secrets;
 pub mod server;
