@@ -1,6 +1,6 @@
-//! The fleet simulator's smoke run (`bench/src/fleet.rs`), so that it cannot rot: 50
+//! The fleet simulator's smoke run (`bench/src/fleet.rs`), so that it cannot rot: 30
 //! simulated boards (the agent's own session and supervisor code, fake runtime) join a
-//! real manager over QUIC, run 500 tasks, lose 5 boards at once and get their tasks
+//! real manager over QUIC, run 300 tasks, lose 3 boards at once and get their tasks
 //! back elsewhere. The bench's full runs (thousands of boards) are `bench/run.sh`'s.
 
 use std::process::Command;
@@ -14,7 +14,7 @@ fn fleet_simulator_smoke_run() {
     require_root();
     let started = Instant::now();
     let out = Command::new(bin("fleet-bench"))
-        .args(["--boards", "50", "--tasks", "500", "--services", "5", "--cut", "5"])
+        .args(["--boards", "30", "--tasks", "300", "--services", "3", "--cut", "3"])
         .args(["--idle", "1", "--heartbeat-period", "1s"])
         .env("SHOAL_BIN_DIR", shoal_e2e::bin_dir())
         .output()
@@ -22,7 +22,7 @@ fn fleet_simulator_smoke_run() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "fleet-bench failed:\n{stderr}\n{stdout}");
     eprintln!("{stdout}fleet smoke run: {:.1} s", started.elapsed().as_secs_f64());
-    for row in ["50 boards joined", "500 tasks in 5 services", "all reported Running", "5 boards cut at once"] {
+    for row in ["30 boards joined", "300 tasks in 3 services", "all reported Running", "3 boards cut at once"] {
         assert!(stdout.contains(row), "no {row:?} row in:\n{stdout}");
     }
 }

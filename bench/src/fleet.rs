@@ -120,11 +120,23 @@ fn main() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("shoal-fleet-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = simulate(&args, &dir);
+    // The boards' own directories go to a tmpfs when there is one: each board saves its
+    // task set with an fsync, which on one disk shared by thousands of boards (and on one
+    // thread per worker) would stall every board of the worker, an artefact of the
+    // simulation. Not with `--image`: unpacked images would fill memory.
+    let shm = Path::new("/dev/shm");
+    let boards = if args.image.is_none() && shm.is_dir() {
+        shm.join(format!("shoal-fleet-{}", std::process::id()))
+    } else {
+        dir.join("boards")
+    };
+    std::fs::create_dir_all(&boards)?;
+    let result = simulate(&args, &dir, &boards);
     if std::env::var_os("SHOAL_FLEET_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&boards);
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        eprintln!("kept {}", dir.display());
+        eprintln!("kept {} and {}", dir.display(), boards.display());
     }
     print!("{}", section(&args, &result?));
     Ok(())
@@ -259,6 +271,11 @@ fn replicas(m: &Manager) -> (usize, usize) {
     })
 }
 
+/// How many times the manager has marked a node Down so far (from its log).
+fn downs(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default().matches("node is down").count()
+}
+
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let t = Instant::now();
     let v = f();
@@ -277,7 +294,7 @@ fn share(cpu: Duration, wall: Duration) -> String {
     format!("{:.1}%", 100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-3))
 }
 
-fn simulate(a: &Args, dir: &Path) -> Result<String> {
+fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
     let mut procs = Procs::default();
     let data = dir.join("manager");
     let addr = format!("127.0.0.1:{PORT}");
@@ -324,7 +341,7 @@ fn simulate(a: &Args, dir: &Path) -> Result<String> {
     let mut ready_lines = Vec::new();
     for (first, count) in &slices {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--worker", &dir.to_string_lossy(), &addr, token, &first.to_string(), &count.to_string()])
+            .args(["--worker", &boards.to_string_lossy(), &addr, token, &first.to_string(), &count.to_string()])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.join(format!("worker-{first}.log")))?)
             .spawn()?;
@@ -341,12 +358,13 @@ fn simulate(a: &Args, dir: &Path) -> Result<String> {
         }
         joined_in = joined_in.max(started.elapsed());
     }
-    poll("every board Ready", Duration::from_secs(120 + a.boards as u64 / 20), Duration::from_millis(500), || {
+    poll("every board Ready", Duration::from_secs(120 + a.boards as u64 / 5), Duration::from_millis(500), || {
         (board_states(&m).0 == a.boards).then_some(())
     })?;
     let all_ready = started.elapsed();
     eprintln!("== all {} boards Ready in {}", a.boards, ms(all_ready));
     let rss_joined = m.rss_kib();
+    let downs_joining = downs(dir);
 
     let distribution = match &a.image {
         Some(path) => distribute(&m, path, a.boards)?,
@@ -389,6 +407,7 @@ fn simulate(a: &Args, dir: &Path) -> Result<String> {
     let idle_cpu = m.cpu() - cpu0;
     let idle_bytes = lo_bytes() - bytes0;
     let rss_idle = m.rss_kib();
+    let downs_running = downs(dir) - downs_joining;
 
     // A power cut of `cut` boards at once.
     let mut cut_rows = String::new();
@@ -432,6 +451,7 @@ fn simulate(a: &Args, dir: &Path) -> Result<String> {
          | manager RSS: empty / {} boards joined / converged / idle after | {} / {} / {} / {} |\n\
          | manager CPU at idle ({} s) | {} of a core |\n\
          | bytes on the wire at idle, per board (both ways) | {per_board_idle:.0} B/s |\n\
+         | boards marked Down by mistake: while joining / from the tasks to the end of idle | {downs_joining} / {downs_running} |\n\
          {cut_rows}{distribution}",
         slices.len(),
         a.boards,
