@@ -354,7 +354,13 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
         let mut line = String::new();
         r.read_line(&mut line)?;
         if !line.starts_with("joined") {
-            bail!("a worker failed before its boards joined: see its log in {}", dir.display());
+            let mut logs = String::new();
+            for (first, _) in &slices {
+                let log = std::fs::read_to_string(dir.join(format!("worker-{first}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with(' ')).collect();
+                logs.push_str(&tail[tail.len().saturating_sub(5)..].join("\n"));
+            }
+            bail!("a worker failed before its boards joined; its log ends:\n{logs}");
         }
         joined_in = joined_in.max(started.elapsed());
     }
@@ -538,7 +544,7 @@ fn worker(args: Vec<String>) -> Result<()> {
         }
         let mut boards = Vec::new();
         while let Some(j) = joins.join_next().await {
-            boards.push(j??);
+            boards.push(j?.context("a board could not join")?);
         }
         println!("joined {count}");
         // The boards run in their own tasks; this one only keeps them alive.
@@ -563,12 +569,12 @@ async fn join(dir: &Path, addr: &str, token: &str, hostname: &str) -> Result<Nod
     let description = shoal_agent::host::describe(hostname, None, &[]);
     // A refused or lost join is retried: a busy manager may drop a handshake.
     let mut last = None;
-    for _ in 0..5 {
+    for _ in 0..30 {
         match session::join(dir, addr, token, description.clone(), saved.clone(), true).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 last = Some(e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
