@@ -53,7 +53,8 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
         // Store writes block; keep them off the other tasks' way.
         let outcome = tokio::task::block_in_place(|| reconcile(&mgr, batch));
         // A pass that rewrote many tasks freed as many copies; give their pages back.
-        crate::memory::release_after_churn(RELEASE_AFTER_TASKS);
+        // The trim walks the whole heap: off the runtime's threads too.
+        tokio::task::block_in_place(|| crate::memory::release_after_churn(RELEASE_AFTER_TASKS));
         match outcome {
             Ok(next) => {
                 // A far timer (or one past `Instant`'s range) waits no longer than the
