@@ -4,7 +4,7 @@
 # rolling-update timings, and the static agent's size per board target. Run as root on
 # the development machine:
 #
-#   bench/run.sh [ITERATIONS]
+#   bench/run.sh [ITERATIONS]          (FLEET_BOARDS=5000 for the fleet simulator's full size)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations=${1:-50}
@@ -99,6 +99,17 @@ echo "== registry pulls and service logs" >&2
 registry=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/registry-bench)
 logs=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/logs-bench)
 
+# The fleet simulator (bench/src/fleet.rs): FLEET_BOARDS simulated boards (default 1000,
+# a few minutes; 5000 for the issue's full figure) with 20 tasks each, 10% of them cut at
+# once. Swarm's 5 s heartbeat: the simulator shares the cores with the manager.
+fleet_boards=${FLEET_BOARDS:-1000}
+echo "== fleet simulator ($fleet_boards boards)" >&2
+fleet=$(SHOAL_BIN_DIR=$PWD/target/release ./target/release/fleet-bench --boards "$fleet_boards" \
+  --tasks $((fleet_boards * 20)) --services 20 --cut $((fleet_boards / 10)) --heartbeat-period 5s) ||
+  fleet="### Fleet simulator
+
+fleet-bench failed: not measured in this run."
+
 # bench/chaos.sh writes its own section, and sections measured by hand are marked
 # `<!-- keep: … -->` … `<!-- /keep -->`: keep both.
 chaos=$(sed -n '/<!-- chaos: written by bench\/chaos.sh -->/,/<!-- \/chaos -->/p' BENCHMARKS.md 2>/dev/null || true)
@@ -172,6 +183,8 @@ kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || tr
   echo "#$registry"
   echo
   echo "#$logs"
+  echo
+  echo "$fleet"
   echo
   echo "### Static agent size per board target (release, stripped)"
   echo

@@ -147,6 +147,33 @@ pub async fn run(
     networks: &Arc<crate::board_net::BoardNet>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let embedding = Embedding { endpoint: None, networks: Some(networks.clone()) };
+    run_embedded(data_dir, identity, description, store, supervisor, embedding, shutdown).await
+}
+
+/// What a program that runs many boards in one process (the fleet simulator,
+/// `bench/src/fleet.rs`) changes in [`run_embedded`]; the agent itself uses [`run`].
+#[derive(Default)]
+pub struct Embedding {
+    /// The client endpoint to open sessions on: many boards may share one UDP socket,
+    /// each with its own connection and certificate. `None`: the session makes its own.
+    pub endpoint: Option<quinn::Endpoint>,
+    /// The board's overlay networks; `None` leaves the kernel alone (boards without
+    /// containers of their own, which get no overlays).
+    pub networks: Option<Arc<crate::board_net::BoardNet>>,
+}
+
+/// [`run`], with the endpoint and the board's networks as `embedding` says.
+pub async fn run_embedded(
+    data_dir: &Path,
+    identity: &NodeIdentity,
+    description: NodeDescription,
+    store: Arc<ImageStore>,
+    supervisor: &Supervisor,
+    embedding: Embedding,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let networks = embedding.networks.as_ref();
     // Renewals and trust changes replace it; each connection is made with the newest.
     let shared: SharedIdentity = Arc::new(std::sync::Mutex::new(identity.clone()));
     let exec_paths = crate::runtime::LibcontainerRuntime::paths(data_dir)
@@ -154,6 +181,7 @@ pub async fn run(
     let images = Images::new(store, supervisor);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut endpoint: Option<(SocketAddr, quinn::Endpoint)> = None;
+    let shared_endpoint = embedding.endpoint;
     tokio::pin!(shutdown);
     loop {
         // Resolve every round: a manager's name may point elsewhere after a move.
@@ -167,7 +195,9 @@ pub async fn run(
                 }
             }
         };
-        if endpoint.as_ref().is_none_or(|(a, _)| a.is_ipv4() != addr.is_ipv4()) {
+        if let Some(shared) = &shared_endpoint {
+            endpoint = Some((addr, shared.clone()));
+        } else if endpoint.as_ref().is_none_or(|(a, _)| a.is_ipv4() != addr.is_ipv4()) {
             endpoint = Some((
                 addr,
                 shoal_link::client_endpoint(addr)
@@ -184,7 +214,10 @@ pub async fn run(
                 if let Some(conn) = conn_slot {
                     quinn::Connection::close(&conn, 0u32.into(), b"agent shutting down");
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(500), ep.wait_idle()).await;
+                // A shared endpoint's other connections are not this board's to wait for.
+                if shared_endpoint.is_none() {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), ep.wait_idle()).await;
+                }
                 info!("agent stopped");
                 return Ok(());
             }
@@ -241,7 +274,7 @@ fn jitter() -> f64 {
 struct Board<'a> {
     supervisor: &'a Supervisor,
     exec_paths: &'a crate::exec::Paths,
-    networks: &'a Arc<crate::board_net::BoardNet>,
+    networks: Option<&'a Arc<crate::board_net::BoardNet>>,
 }
 
 /// Where the manager is and how to reach it.
@@ -288,9 +321,12 @@ async fn session(
             let period = Duration::from_millis(u64::from(heartbeat_period_ms)).max(MIN_PERIOD);
             let beating = Beating::start(&conn, addr, period);
             // Overlay packets leave from the address this board reaches the manager from.
-            match underlay_towards(addr) {
-                Some(ip) => networks.connected(ip).await,
-                None => warn!(manager = %addr, "no IPv4 address towards the manager: overlay networks can't be used"),
+            match (networks, underlay_towards(addr)) {
+                (None, _) => {}
+                (Some(networks), Some(ip)) => networks.connected(ip).await,
+                (Some(_), None) => {
+                    warn!(manager = %addr, "no IPv4 address towards the manager: overlay networks can't be used")
+                }
             }
             (period, beating)
         }
@@ -391,7 +427,9 @@ async fn session(
                 Ok(Some(ManagerMessage::Assignments { full, more, upsert, remove })) => {
                     debug!(full, more, upsert = upsert.len(), remove = remove.len(), "assignments from the manager");
                     // Overlays first, so they exist when a container of them is prepared.
-                    networks.assignments(full, more, &upsert, &remove).await;
+                    if let Some(networks) = networks {
+                        networks.assignments(full, more, &upsert, &remove).await;
+                    }
                     supervisor.assign(full, more, upsert.into_vec(), remove.into_vec()).await;
                 }
                 Ok(Some(ManagerMessage::Secrets(set))) => {
@@ -401,7 +439,9 @@ async fn session(
                 }
                 Ok(Some(ManagerMessage::Networks(view))) => {
                     debug!(more = view.more, networks = view.networks.len(), "network view from the manager");
-                    networks.view(view).await;
+                    if let Some(networks) = networks {
+                        networks.view(view).await;
+                    }
                 }
                 Ok(Some(ManagerMessage::Credentials(c))) => {
                     debug!(

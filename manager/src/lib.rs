@@ -7,6 +7,7 @@ pub mod cli;
 pub mod docker;
 pub mod images;
 pub mod init;
+pub mod memory;
 pub mod paths;
 pub mod secrets;
 pub mod server;

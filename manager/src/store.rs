@@ -178,6 +178,17 @@ impl StoreError {
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
 /// What is wrong with the file's first bytes, before redb is let near it.
+/// redb's page cache. Its default (1 GiB) lets it grow with the store; the manager
+/// keeps what it reads often in memory of its own, so a small cache costs nothing and
+/// keeps the manager's memory bounded as fleets and task counts grow.
+const CACHE_BYTES: usize = 16 << 20;
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 fn check_header(path: &Path) -> Result<(), String> {
     use std::io::Read;
     let mut head = [0u8; REDB_MAGIC.len()];
@@ -242,7 +253,7 @@ impl Store {
             if self.broken.load(Ordering::Acquire) {
                 // The old handle must be closed (its file lock released) before the open.
                 drop(slot.take());
-                *slot = Some(std::sync::Arc::new(Database::open(&self.path).map_err(|e| self.noted(e.into()))?));
+                *slot = Some(std::sync::Arc::new(builder().open(&self.path).map_err(|e| self.noted(e.into()))?));
                 self.broken.store(false, Ordering::Release);
                 tracing::info!(path = %self.path.display(), "state store reopened after an I/O error");
             }
@@ -273,7 +284,7 @@ impl Store {
     /// format key without a cluster record (which `run` would call empty).
     pub fn create(path: &Path, cluster: &ClusterRecord, manager_node: &NodeRecord) -> Result<Self, StoreError> {
         let write = || -> Result<Self, StoreError> {
-            let store = Self::from_db(Database::create(path)?, path);
+            let store = Self::from_db(builder().create(path)?, path);
             let tx = store.db()?.begin_write()?;
             {
                 let mut meta = tx.open_table(META)?;
@@ -311,7 +322,7 @@ impl Store {
         };
         std::fs::File::open(path).map_err(io)?;
         check_header(path).map_err(|detail| damaged(&detail))?;
-        let opened = std::panic::catch_unwind(|| Database::open(path));
+        let opened = std::panic::catch_unwind(|| builder().open(path));
         let mut db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(StoreError::Locked(path.to_owned())),
@@ -371,7 +382,7 @@ impl Store {
     pub fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
         self.note(|| {
             let rtx = self.db()?.begin_read()?;
-            let out = Database::create(dest)?;
+            let out = builder().create(dest)?;
             let wtx = out.begin_write()?;
             for def in [META, NODES, IMAGES, SERVICES, TASKS] {
                 let table = match rtx.open_table(def) {
@@ -539,6 +550,20 @@ impl Store {
             };
             let value = table.get(id.as_str())?;
             Ok(value.map(|v| postcard::from_bytes(v.value())).transpose()?)
+        })
+    }
+
+    /// A node that just joined and the certificate it was given, in one transaction: a
+    /// join costs the disk one commit (a fleet of boards joining at once waits on them).
+    pub fn put_joined(&self, node: &NodeRecord, cert: Option<&NodeCert>) -> Result<(), StoreError> {
+        self.note(|| {
+            let tx = self.db()?.begin_write()?;
+            tx.open_table(NODES)?.insert(node.id.as_str(), postcard::to_allocvec(node)?.as_slice())?;
+            if let Some(cert) = cert {
+                tx.open_table(CERTS)?.insert(node.id.as_str(), postcard::to_allocvec(cert)?.as_slice())?;
+            }
+            tx.commit()?;
+            Ok(())
         })
     }
 

@@ -228,6 +228,8 @@ pub(super) async fn serve_blob(mgr: &Manager, node: &NodeId, fetch: FetchBlob, m
         }
         Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
     };
+    // Ended however this returns: the last transfer of a burst gives its memory back.
+    let _transfer = crate::memory::Transfer::start();
     if framed::send(&mut send, &Response::Blob { size }).await.is_err() {
         return;
     }

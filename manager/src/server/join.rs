@@ -49,12 +49,8 @@ pub(super) fn handle_join(mgr: &Manager, join: JoinRequest) -> Result<Response, 
         created_at_ms: shoal_link::wall_ms(),
         ingress_address: None,
     };
-    mgr.store.put_node(&record).map_err(internal)?;
-    if let Some(held) = pki::node_cert(&mgr.pki.lock().expect("pki lock"), &certificate) {
-        if let Err(e) = mgr.store.put_node_cert(&node_id, &held) {
-            warn!(node = %node_id, error = %e, "cannot record the node's certificate");
-        }
-    }
+    let held = pki::node_cert(&mgr.pki.lock().expect("pki lock"), &certificate);
+    mgr.store.put_joined(&record, held.as_ref()).map_err(internal)?;
     mgr.state.lock().expect("state lock").members.track(mgr.now(), node_id.clone());
     info!(node = %node_id, hostname = %record.description.hostname, "node joined");
     Ok(Response::Joined(JoinAccepted {

@@ -537,7 +537,9 @@ async fn handle_stream(
             ErrorKind::Unauthorized,
             "image blobs are served to cluster nodes only: join the cluster with `shoal-agent join` first",
         )),
-        (Request::Join(join), _) => handle_join(&mgr, join).unwrap_or_else(Response::Error),
+        // Signing and the store's commit block: a fleet joining at once must not hold up
+        // the sessions' heartbeats on the runtime's threads meanwhile.
+        (Request::Join(join), _) => tokio::task::block_in_place(|| handle_join(&mgr, join)).unwrap_or_else(Response::Error),
         (Request::OpenSession(open), Peer::Node(id)) => {
             return run_session(mgr, conn, id.clone(), open, send, recv).await;
         }

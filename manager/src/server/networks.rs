@@ -169,7 +169,10 @@ pub(super) fn changed_views(
     let underlay: HashMap<NodeId, std::net::IpAddr> =
         st.sessions.iter().map(|(id, s)| (id.clone(), s.underlay)).collect();
     let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
-    let tasks: Vec<_> = svc.tasks.values().cloned().collect();
+    // Only tasks with an address on some network appear in a view (as the board's own,
+    // a peer, a name or a mesh backend): the others are left out once here rather than
+    // skipped again for every board, which made each pass cost boards × tasks.
+    let tasks: Vec<_> = svc.tasks.values().filter(|t| !t.networks.is_empty()).cloned().collect();
     let mut out = Vec::new();
     for (node, session) in st.sessions.iter_mut() {
         let view = netview::node_view(node, &svc.networks, &services, &tasks, &underlay);

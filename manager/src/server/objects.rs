@@ -7,12 +7,12 @@
 //! queued, and always before assignments: a board never gets a task whose objects it has
 //! not been sent. A new session gets it before its full task set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use shoal_proto::secrets::{
     Data, Kind, ObjectReply, ObjectRequest, ObjectView, Payload, SecretSet, MAX_LISTED, MAX_SET_CHUNK, MAX_USERS,
 };
-use shoal_proto::{BoundedVec, ErrorKind, ErrorReply, ManagerMessage, NodeId, ServiceSpec};
+use shoal_proto::{BoundedVec, ErrorKind, ErrorReply, ManagerMessage, NodeId, ServiceSpec, Task};
 use tracing::{info, warn};
 
 use super::{internal, Manager, ServiceState, State};
@@ -160,9 +160,19 @@ pub(super) fn handle(mgr: &Manager, req: ObjectRequest) -> Result<ObjectReply, E
 /// `node`'s set now: what it must hold (see [`pure::node_objects`]) with the bytes, and
 /// its summary by name and version.
 pub(super) fn node_set(svc: &ServiceState, node: &NodeId) -> (SentSet, Vec<ManagerMessage>) {
+    node_set_of(svc, node, svc.tasks.values())
+}
+
+/// [`node_set`] from `tasks`, which must hold every task of `node` that uses a secret
+/// or config (others may be there too).
+fn node_set_of<'a>(
+    svc: &ServiceState,
+    node: &NodeId,
+    tasks: impl IntoIterator<Item = &'a Task>,
+) -> (SentSet, Vec<ManagerMessage>) {
     let mut sent = SentSet::new();
     let mut payloads = Vec::new();
-    for (kind, name) in pure::node_objects(node, svc.tasks.values()) {
+    for (kind, name) in pure::node_objects(node, tasks) {
         let Some(held) = svc.objects.get(&key(kind, &name)) else { continue };
         let Some(data) = held.data.clone() else { continue };
         sent.push((kind, name.to_string(), held.record.version));
@@ -202,9 +212,18 @@ fn messages(payloads: Vec<Payload>) -> Vec<ManagerMessage> {
 /// The sets that changed since last queued, per node with a session; the sessions
 /// remember them as queued.
 pub(super) fn changed_sets(svc: &ServiceState, st: &mut State) -> Vec<(NodeId, Vec<ManagerMessage>)> {
+    // The tasks that use objects, by node, in one pass over the tasks: each board's set
+    // is then made from its own few (scanning every task for every board made a pass
+    // cost boards × tasks).
+    let mut by_node: HashMap<&NodeId, Vec<&Task>> = HashMap::new();
+    for t in svc.tasks.values().filter(|t| !t.spec.secrets.is_empty() || !t.spec.configs.is_empty()) {
+        if let Some(node) = &t.node_id {
+            by_node.entry(node).or_default().push(t);
+        }
+    }
     let mut out = Vec::new();
     for (node, session) in st.sessions.iter_mut() {
-        let (sent, messages) = node_set(svc, node);
+        let (sent, messages) = node_set_of(svc, node, by_node.get(node).into_iter().flatten().copied());
         if session.secrets.as_ref() != Some(&sent) {
             session.secrets = Some(sent);
             out.push((node.clone(), messages));

@@ -21,6 +21,11 @@ pub(super) fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::st
         .collect())
 }
 
+/// Tasks rewritten by passes after which the allocator's free pages go back to the
+/// system ([`crate::memory`]): often enough to bound the manager's memory while a big
+/// fleet converges, rarely enough that the trim's own cost stays small beside the passes.
+const RELEASE_AFTER_TASKS: usize = 2000;
+
 /// How long the reconcile task waits after a write failed for lack of space.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
@@ -46,7 +51,11 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
         }
         let batch = std::mem::take(&mut reports);
         // Store writes block; keep them off the other tasks' way.
-        match tokio::task::block_in_place(|| reconcile(&mgr, batch)) {
+        let outcome = tokio::task::block_in_place(|| reconcile(&mgr, batch));
+        // A pass that rewrote many tasks freed as many copies; give their pages back.
+        // The trim walks the whole heap: off the runtime's threads too.
+        tokio::task::block_in_place(|| crate::memory::release_after_churn(RELEASE_AFTER_TASKS));
+        match outcome {
             Ok(next) => {
                 // A far timer (or one past `Instant`'s range) waits no longer than the
                 // periodic pass would anyway.
@@ -101,6 +110,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
         remove_tasks: outcome.remove_tasks.iter().collect(),
     };
     mgr.store.change_services(&changes)?;
+    crate::memory::churned(changes.put_tasks.len() + changes.remove_tasks.len());
     drop(changes);
     let Outcome { tasks, records: changed, diffs, wake_at, .. } = outcome;
     for r in changed {
