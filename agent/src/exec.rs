@@ -81,6 +81,9 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
             };
             return crate::logs::run(send, recv, start, paths).await;
         }
+        Ok(Ok(Some(Envelope { version, request: Request::AgentUpgrade(offer) }))) if version == PROTOCOL_VERSION => {
+            return crate::upgrade::receive(send, recv, offer).await
+        }
         Ok(Ok(Some(Envelope { version, .. }))) if version != PROTOCOL_VERSION => {
             let e = ErrorReply::new(
                 ErrorKind::VersionMismatch,

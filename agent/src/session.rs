@@ -278,6 +278,7 @@ async fn session(
     let period = match response {
         Response::SessionAccepted { node_id, heartbeat_period_ms } => {
             info!(node = %node_id, manager = %addr, "session established");
+            crate::upgrade::session_opened();
             // Overlay packets leave from the address this board reaches the manager from.
             match underlay_towards(addr) {
                 Some(ip) => networks.connected(ip).await,
