@@ -55,11 +55,14 @@ fn agents_upgrade_in_place_and_bad_builds_roll_back_and_pause_the_rollout() {
     let shims = c.lab.hosts[1].shims();
     assert_eq!(shims.len(), 1, "{shims:?}");
 
-    // A new build (the same agent with bytes appended: another digest) takes over node1.
+    // A new build takes over node1: the same agent stripped of its debug lines (another
+    // digest, and half the bytes to send), with bytes appended in case it had none.
     let scratch = c.lab.dir.join("builds");
     std::fs::create_dir_all(&scratch).unwrap();
     let new = scratch.join("shoal-agent-new");
-    let mut bytes = std::fs::read(bin("shoal-agent")).unwrap();
+    std::fs::copy(bin("shoal-agent"), &new).unwrap();
+    let _ = std::process::Command::new("strip").arg(&new).status();
+    let mut bytes = std::fs::read(&new).unwrap();
     bytes.extend_from_slice(b"\0shoal upgrade test build\0");
     std::fs::write(&new, &bytes).unwrap();
     let new_version = format!("{}+{}", env!("CARGO_PKG_VERSION"), &sha256_hex(&new)[..12]);

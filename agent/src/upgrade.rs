@@ -409,10 +409,28 @@ pub fn watch(pid: u32, exe: &Path, detach: bool, args: Vec<OsString>) -> i32 {
                 } else {
                     error!(pid, "the new agent exited; restoring the previous agent binary");
                 }
+                if supervised() {
+                    // The service manager restarts the agent it lost (on the restored
+                    // binary); starting one here too would make two.
+                    return match restore(&files) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            error!(error = %e, "cannot restore the previous agent binary");
+                            1
+                        }
+                    };
+                }
                 roll_back(&files);
             }
         }
     }
+}
+
+/// Whether a service manager restarts the agent when it exits: systemd says so with
+/// `INVOCATION_ID`; other supervisors (OpenRC's supervise-daemon, runit) with
+/// `SHOAL_SUPERVISED=1` in the agent's environment.
+fn supervised() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("SHOAL_SUPERVISED").is_some_and(|v| v == "1")
 }
 
 /// Whether `pid` runs (a zombie does not).

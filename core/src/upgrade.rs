@@ -22,7 +22,7 @@ impl<T> Rollout<T> {
     }
 
     /// The boards to start now: as many as free places allow, none once paused.
-    pub fn next(&mut self) -> Vec<T> {
+    pub fn start(&mut self) -> Vec<T> {
         let mut out = Vec::new();
         while !self.paused && self.running < self.parallelism {
             let Some(b) = self.waiting.pop_front() else { break };
@@ -61,13 +61,13 @@ mod tests {
     #[test]
     fn boards_go_a_few_at_a_time_and_a_failure_pauses() {
         let mut r = Rollout::new(1..=5, 2);
-        assert_eq!(r.next(), [1, 2]);
-        assert!(r.next().is_empty());
+        assert_eq!(r.start(), [1, 2]);
+        assert!(r.start().is_empty());
         r.finished(true);
-        assert_eq!(r.next(), [3]);
+        assert_eq!(r.start(), [3]);
         r.finished(false);
         // The one still running finishes; nothing new starts.
-        assert!(r.next().is_empty());
+        assert!(r.start().is_empty());
         assert!(!r.is_over());
         r.finished(true);
         assert!(r.is_over() && r.is_paused());
@@ -77,10 +77,10 @@ mod tests {
     #[test]
     fn a_clean_rollout_ends_when_all_are_done() {
         let mut r = Rollout::new(["a", "b"], 0);
-        assert_eq!(r.next(), ["a"]);
+        assert_eq!(r.start(), ["a"]);
         r.finished(true);
-        assert_eq!(r.next(), ["b"]);
+        assert_eq!(r.start(), ["b"]);
         r.finished(true);
-        assert!(r.next().is_empty() && r.is_over() && !r.is_paused());
+        assert!(r.start().is_empty() && r.is_over() && !r.is_paused());
     }
 }

@@ -103,7 +103,7 @@ pub(super) async fn handle_upgrade(
     let mut rollout = Rollout::new(to_roll, usize::from(req.parallelism));
     let mut running = tokio::task::JoinSet::new();
     while !rollout.is_over() {
-        for board in rollout.next() {
+        for board in rollout.start() {
             let build = &builds[board.build];
             info!(node = %board.id, hostname = %board.hostname, digest = %build.digest, "upgrading the agent");
             if open {
