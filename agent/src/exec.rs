@@ -94,7 +94,10 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
         Ok(Ok(Some(_))) => {
             return refuse(
                 send,
-                ErrorReply::new(ErrorKind::InvalidRequest, "a node only accepts exec and logs requests"),
+                ErrorReply::new(
+                    ErrorKind::InvalidRequest,
+                    "a node only accepts exec, logs, volume and agent update requests",
+                ),
             )
             .await
         }
