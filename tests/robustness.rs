@@ -150,7 +150,8 @@ fn a_board_with_a_full_disk_says_so_takes_no_tasks_and_recovers_by_itself() {
         "AVAILABILITY",
         "MANAGER",
         "STATUS",
-        "ARCH"
+        "ARCH",
+        "VERSION"
     ]
     .iter()
     .copied()));

@@ -81,6 +81,9 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
             };
             return crate::logs::run(send, recv, start, paths).await;
         }
+        Ok(Ok(Some(Envelope { version, request: Request::AgentUpgrade(offer) }))) if version == PROTOCOL_VERSION => {
+            return crate::upgrade::receive(send, recv, offer).await
+        }
         Ok(Ok(Some(Envelope { version, .. }))) if version != PROTOCOL_VERSION => {
             let e = ErrorReply::new(
                 ErrorKind::VersionMismatch,
@@ -91,7 +94,10 @@ async fn handle(send: quinn::SendStream, mut recv: quinn::RecvStream, paths: &Pa
         Ok(Ok(Some(_))) => {
             return refuse(
                 send,
-                ErrorReply::new(ErrorKind::InvalidRequest, "a node only accepts exec and logs requests"),
+                ErrorReply::new(
+                    ErrorKind::InvalidRequest,
+                    "a node only accepts exec, logs, volume and agent update requests",
+                ),
             )
             .await
         }

@@ -65,7 +65,7 @@ pub fn describe(hostname: &str, advertise_addr: Option<&str>, labels: &[Label]) 
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get().min(u16::MAX as usize) as u16),
             memory_bytes: memory_bytes(),
         },
-        agent_version: shoal_proto::text_lossy(env!("CARGO_PKG_VERSION")),
+        agent_version: shoal_proto::text_lossy(&crate::upgrade::own_version()),
         missing_features: crate::kernel::missing(&crate::kernel::Facts::read())
             .iter()
             .take(shoal_proto::MAX_MISSING_FEATURES)

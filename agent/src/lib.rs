@@ -2,7 +2,8 @@
 //! keeps the node's credentials and [`certs`] renews them; [`host`] describes the board; [`session`] is the QUIC
 //! shell that joins a cluster and keeps the session with the manager alive;
 //! [`supervisor`] runs the tasks the manager assigns (its pure state machine in
-//! [`supervisor::core`]) with [`runtime`], [`images`] and [`net`].
+//! [`supervisor::core`]) with [`runtime`], [`images`] and [`net`]; [`upgrade`] swaps the
+//! agent's own binary for a new build from the manager.
 
 pub mod board_net;
 pub mod certs;
@@ -21,6 +22,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod session;
 pub mod supervisor;
+pub mod upgrade;
 pub mod volumes;
 
 pub use error::AgentError;

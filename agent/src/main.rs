@@ -73,6 +73,23 @@ enum Command {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
+    /// (internal) Watch an agent update: restore the previous binary if the new agent
+    /// exits or does not reach the manager in time.
+    #[command(hide = true)]
+    UpgradeWatch {
+        /// The agent process running the new binary.
+        #[arg(long)]
+        pid: u32,
+        /// The agent binary the update replaced.
+        #[arg(long)]
+        exe: PathBuf,
+        /// Start the watchdog detached, then return.
+        #[arg(long)]
+        detach: bool,
+        /// The arguments the agent runs with.
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +117,31 @@ struct NodeArgs {
     labels: Vec<Label>,
 }
 
+impl NodeArgs {
+    /// The same flags as arguments, for restarting the agent after an update.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(h) = &self.hostname {
+            out.extend(["--hostname".into(), h.into()]);
+        }
+        if let Some(a) = &self.advertise_addr {
+            out.extend(["--advertise-addr".into(), a.into()]);
+        }
+        for l in &self.labels {
+            out.extend(["--label".into(), format!("{}={}", l.key, l.value).into()]);
+        }
+        out
+    }
+}
+
+/// What the agent restarts with after an update: `run`, never the `join` it may have
+/// started with, and the same data dir and board flags.
+fn restart_args(data_dir: &std::path::Path, node: &NodeArgs) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), data_dir.into(), "run".into()];
+    args.extend(node.to_args());
+    args
+}
+
 fn description(args: &NodeArgs, saved: Option<&NodeIdentity>) -> shoal_proto::NodeDescription {
     let hostname =
         args.hostname.clone().or_else(|| saved.and_then(|s| s.hostname.clone())).unwrap_or_else(host::hostname);
@@ -123,6 +165,7 @@ async fn shutdown_signal() {
 async fn main_async(cli: Cli) -> Result<(), AgentError> {
     let identity = match cli.command {
         Command::Join { token, manager, force, node } => {
+            shoal_agent::upgrade::set_restart_args(restart_args(&cli.data_dir, &node));
             let saved = NodeIdentity {
                 node_id: String::new(),
                 manager_addr: String::new(),
@@ -139,9 +182,13 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
             println!("This node joined a cluster as a worker.");
             identity
         }
-        Command::Shim { .. } | Command::ExecIn { .. } => unreachable!("handled before the runtime starts"),
+        Command::Shim { .. } | Command::ExecIn { .. } | Command::UpgradeWatch { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Image(cmd) => return image_command(&cli.data_dir, cmd).await,
         Command::Run { node } => {
+            shoal_agent::upgrade::set_restart_args(restart_args(&cli.data_dir, &node));
+            shoal_agent::upgrade::on_start();
             let identity =
                 NodeIdentity::load(&cli.data_dir)?.ok_or_else(|| AgentError::NotJoined(cli.data_dir.join("agent")))?;
             let description = description(&node, Some(&identity));
@@ -209,6 +256,9 @@ fn main() -> std::process::ExitCode {
         return exit_code(shoal_agent::runtime::exec_in::run(containers, state, id, args));
     }
     shoal_link::logging::init("info,quinn=warn", shoal_link::logging::stderr_is_terminal());
+    if let Command::UpgradeWatch { pid, exe, detach, args } = cli.command {
+        return exit_code(shoal_agent::upgrade::watch(pid, &exe, detach, args));
+    }
     // One thread: a board's agent has little to do at once, and each thread costs memory.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(main_async(cli)) {

@@ -320,6 +320,7 @@ async fn session(
             // while on a slow board, and the manager counts the silence from now.
             let period = Duration::from_millis(u64::from(heartbeat_period_ms)).max(MIN_PERIOD);
             let beating = Beating::start(&conn, addr, period);
+            crate::upgrade::session_opened();
             // Overlay packets leave from the address this board reaches the manager from.
             match (networks, underlay_towards(addr)) {
                 (None, _) => {}

@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod services;
 pub mod slots;
 pub mod updater;
+pub mod upgrade;
 
 /// Milliseconds on a monotonic clock chosen by the caller (the shell uses time since the
 /// process started; tests use whatever they like).

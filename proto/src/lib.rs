@@ -28,6 +28,7 @@ pub mod services;
 pub mod template;
 pub mod time;
 pub mod token;
+pub mod upgrade;
 pub mod volumes;
 
 pub use bounded::{BoundedString, BoundedVec, Bytes};

@@ -69,6 +69,9 @@ pub enum Request {
     /// From the manager to a board, over the board's session connection: stream the
     /// log of one of its containers.
     LogsTask(crate::logs::LogsStart),
+    /// From the manager to a board, over the board's session connection: a new agent
+    /// binary follows; see [`crate::upgrade`].
+    AgentUpgrade(crate::upgrade::AgentUpgrade),
 }
 
 /// Join with a token.
@@ -312,6 +315,8 @@ pub enum ControlRequest {
         /// `host[:port]`.
         registry: Text<256>,
     },
+    /// `shoal node upgrade`: the builds' bytes follow; see [`crate::upgrade`].
+    NodeUpgrade(Box<crate::upgrade::NodeUpgrade>),
 }
 
 /// Bounds of `--cert-expiry`: 3 s (tests) to 5 years (the CA lasts 20).
@@ -370,6 +375,9 @@ pub enum Response {
     /// The logs follow: [`crate::logs::LogsEvent`]s to the CLI, [`crate::logs::LogFrame`]s
     /// from a board.
     LogsStarted,
+    /// A board's answer to [`Request::AgentUpgrade`]: the new binary is in place and the
+    /// agent restarts on it.
+    UpgradeAccepted,
 }
 
 /// A successful join.
@@ -424,6 +432,10 @@ pub enum ControlReply {
     PullProgress(crate::images::PullProgress),
     /// The pull is done.
     Pulled(Box<crate::images::Pulled>),
+    /// One node of an agent rollout moved on; more frames follow.
+    UpgradeProgress(crate::upgrade::UpgradeProgress),
+    /// The agent rollout is over.
+    Upgraded(crate::upgrade::UpgradeSummary),
 }
 
 /// A refusal, with a kind to act on and a message for people.

@@ -221,12 +221,23 @@ impl Host {
     /// As [`Host::spawn`], with extra environment variables (e.g. the agent's test-only
     /// clock offset).
     pub fn spawn_env(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        self.spawn_at(&bin(program), program, args, env)
+    }
+
+    /// As [`Host::spawn`], for the binary at `exe` rather than the built one: e.g. a
+    /// board's own copy of its agent, which `shoal node upgrade` replaces in place.
+    pub fn spawn_exe(&self, exe: &Path, args: &[&str]) -> Proc {
+        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.spawn_at(exe, &name, args, &[])
+    }
+
+    fn spawn_at(&self, exe: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         std::fs::create_dir_all(&self.log_dir).expect("log dir");
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         let log = self.log_dir.join(format!("{}-{program}-{n}.log", self.ns));
         let file = std::fs::File::create(&log).expect("log file");
         let child = self
-            .command(&bin(program), args)
+            .command(exe, args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
@@ -677,13 +688,15 @@ pub struct NodeRow {
     pub manager_status: String,
     /// ARCH.
     pub arch: String,
+    /// VERSION: the agent's, `VERSION+BUILD` (see `shoal_proto::upgrade`).
+    pub version: String,
 }
 
 /// Parses `node ls` output by its header's column positions.
 pub fn parse_node_ls(text: &str) -> Vec<NodeRow> {
     let mut lines = text.lines();
     let Some(header) = lines.next() else { return Vec::new() };
-    let cols: Vec<usize> = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH"]
+    let cols: Vec<usize> = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH", "VERSION"]
         .iter()
         .map(|h| header.find(h).expect("column"))
         .collect();
@@ -703,6 +716,7 @@ pub fn parse_node_ls(text: &str) -> Vec<NodeRow> {
                 availability: cell(3),
                 manager_status: cell(4),
                 arch: cell(5),
+                version: cell(6),
             }
         })
         .collect()

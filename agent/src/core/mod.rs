@@ -1,3 +1,4 @@
 //! The agent's pure decision logic: no sockets, no files, no clock.
 
 pub mod backoff;
+pub mod upgrade;

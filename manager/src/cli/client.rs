@@ -222,6 +222,60 @@ impl Client {
         }
     }
 
+    /// `node upgrade`: sends the request, then each build's bytes from `files` (in the
+    /// request's order), hands each progress frame to `progress` and returns the summary.
+    /// Like `pull`, no overall deadline: boards restart one batch after another.
+    pub async fn upgrade(
+        &self,
+        req: shoal_proto::upgrade::NodeUpgrade,
+        files: Vec<std::path::PathBuf>,
+        mut progress: impl FnMut(shoal_proto::upgrade::UpgradeProgress),
+    ) -> Result<shoal_proto::upgrade::UpgradeSummary, CliError> {
+        const SILENCE: Duration = Duration::from_secs(900);
+        let unreachable = |detail: String| CliError::Unreachable { addr: self.addr.clone(), detail };
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        let sizes: Vec<u64> = req.builds.iter().map(|b| b.size).collect();
+        let envelope = Envelope::new(Request::Control(ControlRequest::NodeUpgrade(Box::new(req))));
+        shoal_link::framed::send(&mut send, &envelope).await.map_err(|e| unreachable(e.to_string()))?;
+        for (path, size) in files.iter().zip(sizes) {
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| CliError::Local(format!("cannot read {}: {e}", path.display())))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut left = size;
+            while left > 0 {
+                let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let n = file
+                    .read(&mut buf[..want])
+                    .await
+                    .map_err(|e| CliError::Local(format!("cannot read {}: {e}", path.display())))?;
+                if n == 0 {
+                    return Err(CliError::Local(format!("{} shrank while it was being sent", path.display())));
+                }
+                // A manager that refuses early stops the stream; its reply says why.
+                if send.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                left -= n as u64;
+            }
+        }
+        let _ = send.finish();
+        loop {
+            let frame =
+                tokio::time::timeout(SILENCE, shoal_link::framed::recv::<Response>(&mut recv, frame::MAX_FRAME_LEN))
+                    .await
+                    .map_err(|_| unreachable(format!("the manager said nothing about the upgrade for {SILENCE:?}")))?
+                    .map_err(|e| unreachable(e.to_string()))?;
+            match frame {
+                Some(Response::Control(ControlReply::UpgradeProgress(p))) => progress(p),
+                Some(Response::Control(ControlReply::Upgraded(s))) => return Ok(s),
+                Some(Response::Error(e)) => return Err(CliError::Refused(e)),
+                Some(other) => return Err(CliError::Unexpected(format!("{other:?}"))),
+                None => return Err(unreachable("the manager closed the upgrade without answering".into())),
+            }
+        }
+    }
+
     /// `manager backup`: receives the store copy into `dest` durably (temporary file,
     /// fsync, rename) and returns its size.
     pub async fn backup(&self, dest: &std::path::Path) -> Result<u64, CliError> {

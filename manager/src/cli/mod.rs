@@ -14,6 +14,7 @@ pub mod output;
 pub mod service;
 pub mod stack;
 pub mod template;
+pub mod upgrade;
 pub mod volume;
 
 use std::time::Duration;

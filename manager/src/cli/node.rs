@@ -1,4 +1,4 @@
-//! `shoal node ...`: ls, inspect, rm, update.
+//! `shoal node ...`: ls, inspect, rm, update, upgrade (in [`super::upgrade`]).
 
 use std::path::Path;
 
@@ -41,6 +41,9 @@ pub enum NodeCommand {
     },
     /// Change a node's availability or labels.
     Update(UpdateArgs),
+    /// Replace the agent on boards with a new build, a few boards at a time; a board
+    /// whose new agent fails rolls back by itself and the rollout pauses.
+    Upgrade(super::upgrade::UpgradeArgs),
 }
 
 /// Output formats of `inspect`.
@@ -135,6 +138,7 @@ async fn dispatch(client: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
             client.call(req).await?;
             println!("{}", u.node);
         }
+        NodeCommand::Upgrade(args) => super::upgrade::run(client, args).await?,
     }
     Ok(())
 }
@@ -152,10 +156,11 @@ pub fn ls_table(nodes: &[NodeView]) -> String {
                 n.availability.to_string(),
                 if n.role == Role::Manager { "Leader".into() } else { String::new() },
                 n.description.arch.to_string(),
+                n.description.agent_version.to_string(),
             ]
         })
         .collect();
-    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH"], &rows)
+    table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ARCH", "VERSION"], &rows)
 }
 
 /// `node ls`'s warnings about certificates close to their end (within a week, or the

@@ -178,6 +178,10 @@ pub(super) async fn handle_control(
         ControlRequest::ImagePull(_) => {
             Err(ErrorReply::new(ErrorKind::InvalidRequest, "image pull is a streamed request"))
         }
+        // Answered by `upgrade::handle_upgrade` before it gets here.
+        ControlRequest::NodeUpgrade(_) => {
+            Err(ErrorReply::new(ErrorKind::InvalidRequest, "node upgrade is a streamed request"))
+        }
         // Answered by `send_backup` before it gets here.
         ControlRequest::Backup => Err(ErrorReply::new(ErrorKind::InvalidRequest, "backup is a streamed request")),
         ControlRequest::Ca { rotate } => mgr.ca_request(rotate).map(ControlReply::Ca),

@@ -62,6 +62,7 @@ mod pki;
 mod pull;
 mod reconcile;
 mod session;
+mod upgrade;
 mod volumes;
 
 use control::{handle_control, send_backup};
@@ -551,6 +552,9 @@ async fn handle_stream(
         (Request::Control(ControlRequest::ImagePull(req)), Peer::Admin) => {
             return pull::handle_pull(&mgr, req, send).await
         }
+        (Request::Control(ControlRequest::NodeUpgrade(req)), Peer::Admin) => {
+            return upgrade::handle_upgrade(&mgr, req, send, recv).await
+        }
         (Request::Exec(req), Peer::Admin) => return exec::handle_exec(&mgr, req, send, recv).await,
         (Request::Exec(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::Unauthorized,
@@ -564,6 +568,10 @@ async fn handle_stream(
         (Request::LogsTask(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::InvalidRequest,
             "log requests go from the manager to the nodes, not the other way",
+        )),
+        (Request::AgentUpgrade(_), _) => Response::Error(ErrorReply::new(
+            ErrorKind::InvalidRequest,
+            "agent builds go from the manager to the nodes: use `shoal node upgrade` (a control request)",
         )),
         (Request::ExecTask(_), _) => Response::Error(ErrorReply::new(
             ErrorKind::InvalidRequest,
