@@ -56,7 +56,11 @@ pub fn hex(bytes: &[u8]) -> String {
 /// 5: the routing mesh (board addresses and published ports in the ingress view), keys of
 /// encrypted networks, missing kernel features in node descriptions, hostnames and
 /// templates in specs, the service ID in assignments.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 6: certificate renewal and CA rotation, `service logs`, health checks, registry pulls,
+/// service options, volumes, devices, secrets and configs.
+/// 7: heartbeats as datagrams beside the session and the manager's `HeartbeatPeriod`
+/// advice; over-the-air agent updates (`node upgrade`).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// ALPN protocol name negotiated by TLS, so a non-shoal QUIC peer fails at the handshake.
 pub const ALPN: &[u8] = b"shoal/1";
