@@ -273,17 +273,7 @@ fn state(s: TaskState) -> String {
 pub fn task(t: &TaskView) -> Value {
     let task = &t.task;
     let st = &task.status;
-    let ports: Vec<Value> = st
-        .ports
-        .iter()
-        .map(|p| {
-            let mut port = json!({ "Protocol": p.protocol.to_string(), "TargetPort": p.target, "PublishMode": p.mode.to_string() });
-            if let Some(published) = p.published {
-                port["PublishedPort"] = json!(published);
-            }
-            port
-        })
-        .collect();
+    let ports: Vec<Value> = st.ports.iter().map(crate::cli::service::port_json).collect();
     let mut status = json!({
         "Timestamp": rfc3339(st.timestamp_ms),
         "State": state(st.state),

@@ -50,6 +50,16 @@ pub fn port_text(p: &PortConfig) -> String {
     format!("*:{published}->{}/{}", p.target, p.protocol)
 }
 
+/// A port in Docker's JSON shape (`service inspect`, and the Engine API's services and tasks).
+pub fn port_json(p: &PortConfig) -> serde_json::Value {
+    let mut port =
+        json!({ "Protocol": p.protocol.to_string(), "TargetPort": p.target, "PublishMode": p.mode.to_string() });
+    if let Some(published) = p.published {
+        port["PublishedPort"] = json!(published);
+    }
+    port
+}
+
 /// The REPLICAS column: running out of desired, then where an update stands while it
 /// matters (`3/3 (updating 1/3)`, `3/3 (update paused)`); the update's count is of tasks
 /// running the current spec.
@@ -259,17 +269,7 @@ pub fn json(v: &ServiceView) -> serde_json::Value {
         ServiceMode::Replicated { replicas } => json!({ "Replicated": { "Replicas": replicas } }),
         ServiceMode::Global => json!({ "Global": {} }),
     };
-    let ports: Vec<serde_json::Value> = spec
-        .ports
-        .iter()
-        .map(|p| {
-            let mut port = json!({ "Protocol": p.protocol.to_string(), "TargetPort": p.target, "PublishMode": p.mode.to_string() });
-            if let Some(published) = p.published {
-                port["PublishedPort"] = json!(published);
-            }
-            port
-        })
-        .collect();
+    let ports: Vec<serde_json::Value> = spec.ports.iter().map(port_json).collect();
     let platforms: Vec<serde_json::Value> = spec
         .platforms
         .iter()
