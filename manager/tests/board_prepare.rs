@@ -51,6 +51,10 @@ fn agent(path: &Path, machine: u16) {
     std::fs::write(path, a).unwrap();
 }
 
+fn token() -> String {
+    shoal_proto::JoinToken::new([3; 32], [4; 25]).to_string()
+}
+
 fn shoal(dir: &Path, extra: &[&str]) -> std::process::Output {
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs");
     Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -60,7 +64,7 @@ fn shoal(dir: &Path, extra: &[&str]) -> std::process::Output {
         .arg(configs)
         .args(["--manager", "192.0.2.10:4242", "--hostname", "pi-barn"])
         .args(extra)
-        .env("SHOAL_JOIN_TOKEN", "SWMTKN-1-secret")
+        .env("SHOAL_JOIN_TOKEN", token())
         .env("SHOAL_DATA_DIR", dir.join("data"))
         .output()
         .unwrap()
@@ -94,7 +98,10 @@ fn board_prepare_writes_a_stock_image_that_joins_on_first_boot() {
     );
     assert_eq!(
         String::from_utf8(read(&out, "shoal/join.args").unwrap()).unwrap(),
-        "--token\nSWMTKN-1-secret\n--hostname\npi-barn\n--label\nboard=rpi4\n--label\nsite=barn\n192.0.2.10:4242\n"
+        format!(
+            "--token\n{}\n--hostname\npi-barn\n--label\nboard=rpi4\n--label\nsite=barn\n192.0.2.10:4242\n",
+            token()
+        )
     );
     let unit = String::from_utf8(read(&out, "shoal/shoal-agent.service").unwrap()).unwrap();
     assert!(unit.contains("Restart=always") && unit.contains("WantedBy=multi-user.target"));

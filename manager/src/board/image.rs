@@ -270,7 +270,8 @@ pub(crate) mod tests {
             read_at(&mut f, 9 << 20, 7 << 20, &img).unwrap()
         };
         let labels = [Label::parse("site=barn").unwrap()];
-        let plan = Plan::new(rpi4(), "192.0.2.1:4242", "SWMTKN-1-x", Some("pi-1"), &labels, None).unwrap();
+        let t1 = shoal_proto::JoinToken::new([1; 32], [1; 25]).to_string();
+        let plan = Plan::new(rpi4(), "192.0.2.1:4242", &t1, Some("pi-1"), &labels, None).unwrap();
         let agent = fake_agent();
         let done = prepare(&img, &plan, &agent).unwrap();
         assert_eq!(done.partition, 1);
@@ -288,18 +289,20 @@ pub(crate) mod tests {
         let mut f = File::open(&img).unwrap();
         assert_eq!(read_at(&mut f, 9 << 20, 7 << 20, &img).unwrap(), root_before);
         // Preparing again (another token) replaces the files and keeps one set of flags.
-        let plan2 = Plan::new(rpi4(), "192.0.2.1:4242", "SWMTKN-1-y", None, &[], None).unwrap();
+        let t2 = shoal_proto::JoinToken::new([2; 32], [2; 25]).to_string();
+        let plan2 = Plan::new(rpi4(), "192.0.2.1:4242", &t2, None, &[], None).unwrap();
         let again = prepare(&img, &plan2, &agent[..100_000]).unwrap();
         assert_eq!(again.cmdline, cmdline);
         assert_eq!(read(&img, "shoal/shoal-agent").unwrap(), &agent[..100_000]);
-        assert!(String::from_utf8(read(&img, "shoal/join.args").unwrap()).unwrap().contains("SWMTKN-1-y"));
+        assert!(String::from_utf8(read(&img, "shoal/join.args").unwrap()).unwrap().contains(&t2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn images_that_cannot_be_prepared_say_why() {
         let dir = scratch("bad");
-        let plan = Plan::new(rpi4(), "m", "t", None, &[], None).unwrap();
+        let t = shoal_proto::JoinToken::new([1; 32], [1; 25]).to_string();
+        let plan = Plan::new(rpi4(), "m", &t, None, &[], None).unwrap();
         // No cmdline.txt: not a Raspberry Pi OS image.
         let img = dir.join("no-cmdline.img");
         synthetic_image(&img, "");

@@ -107,6 +107,8 @@ impl Plan {
         }
         one_line("the manager address", manager, 255)?;
         one_line("the join token", token, 512)?;
+        // Checked here, not at first boot on a board far away.
+        token.parse::<shoal_proto::JoinToken>().map_err(|e| BoardError::Invalid(e.to_string()))?;
         if let Some(h) = hostname {
             let ok = !h.is_empty()
                 && h.len() <= 63
@@ -316,16 +318,20 @@ mod tests {
         BoardConfig::parse(&text).unwrap()
     }
 
+    pub(crate) fn token() -> String {
+        shoal_proto::JoinToken::new([7; 32], [1; 25]).to_string()
+    }
+
     fn plan() -> Plan {
         let labels = [Label::parse("site=barn").unwrap()];
-        Plan::new(rpi4(), "10.0.0.1:4242", "SWMTKN-1-abc", Some("pi-7"), &labels, None).unwrap()
+        Plan::new(rpi4(), "10.0.0.1:4242", &token(), Some("pi-7"), &labels, None).unwrap()
     }
 
     #[test]
     fn join_arguments_carry_the_board_and_command_line_labels() {
         assert_eq!(
             plan().join_args(),
-            "--token\nSWMTKN-1-abc\n--hostname\npi-7\n--label\nboard=rpi4\n--label\nsite=barn\n10.0.0.1:4242\n"
+            format!("--token\n{}\n--hostname\npi-7\n--label\nboard=rpi4\n--label\nsite=barn\n10.0.0.1:4242\n", token())
         );
     }
 
@@ -352,17 +358,20 @@ mod tests {
     #[test]
     fn hostile_values_are_refused_before_anything_is_written() {
         let b = rpi4;
+        let t = &token();
         assert!(Plan::new(b(), "m:4242", "tok\nen", None, &[], None).is_err());
         assert!(Plan::new(b(), "m:4242", "", None, &[], None).is_err());
-        assert!(Plan::new(b(), "m 4242", "t", None, &[], None).is_err());
-        let e = Plan::new(b(), "m", "t", Some("pi;reboot"), &[], None).unwrap_err();
+        let e = Plan::new(b(), "m:4242", "SWMTKN-1-abc", None, &[], None).unwrap_err();
+        assert!(e.to_string().contains("shoal manager join-token worker"), "{e}");
+        assert!(Plan::new(b(), "m 4242", t, None, &[], None).is_err());
+        let e = Plan::new(b(), "m", t, Some("pi;reboot"), &[], None).unwrap_err();
         assert!(e.to_string().contains("hostname"), "{e}");
-        assert!(Plan::new(b(), "m", "t", Some("-pi"), &[], None).is_err());
+        assert!(Plan::new(b(), "m", t, Some("-pi"), &[], None).is_err());
         let bad_label = Label::parse("a=b\nc").unwrap();
-        assert!(Plan::new(b(), "m", "t", None, &[bad_label], None).is_err());
+        assert!(Plan::new(b(), "m", t, None, &[bad_label], None).is_err());
         let mut x86 = b();
         x86.first_boot = None;
-        let e = Plan::new(x86, "m", "t", None, &[], None).unwrap_err();
+        let e = Plan::new(x86, "m", t, None, &[], None).unwrap_err();
         assert!(e.to_string().contains("first-boot hook"), "{e}");
         assert!(Wifi::parse("home", "GB").is_err());
         assert!(Wifi::parse("home:short", "GB").is_err());
@@ -375,7 +384,7 @@ mod tests {
     #[test]
     fn wifi_files_hold_the_network() {
         let w = Wifi::parse("barn:correct horse", "GB").unwrap();
-        let p = Plan::new(rpi4(), "m", "t", None, &[], Some(w)).unwrap();
+        let p = Plan::new(rpi4(), "m", &token(), None, &[], Some(w)).unwrap();
         let files = p.files();
         let nm = &files.iter().find(|f| f.0 == "wifi.nmconnection").unwrap().1;
         assert!(String::from_utf8_lossy(nm).contains("ssid=barn\n"));
