@@ -8,9 +8,12 @@
 //! without a token, and runs its task again. On the board's cgroup v2 with swap on, a
 //! container over its `--limit-memory` is OOM-killed rather than swapped.
 //!
-//! Slow (three boots under software emulation): not in CI's main test step; run it with
-//! `scripts/test.sh --boards` (docs/qemu-boards.md says how long it takes). The fast part,
-//! `board prepare` on a synthetic image read back, is `manager/tests/board_prepare.rs`.
+//! Slow (three boots under software emulation), so not in CI (`scripts/test.sh` skips
+//! `qemu_` in its main step and runs only `qemu_aarch64_` later). Opt in with
+//! `cargo build --bins && cargo test -p shoal-e2e --test board_image -- --include-ignored`
+//! after `scripts/build-agents.sh` (docs/qemu-boards.md says how long it takes). The fast
+//! part, `board prepare` on a synthetic image read back, is manager/tests/board_prepare.rs,
+//! which CI runs.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -47,8 +50,8 @@ fn last_task(c: &Cluster, service: &str) -> Option<(String, String)> {
 }
 
 #[test]
-#[ignore = "needs root; slow (three QEMU boots): scripts/test.sh --boards"]
-fn a_prepared_image_joins_on_first_boot_and_comes_back_after_a_power_cut() {
+#[ignore = "needs root; slow (three QEMU boots), opt-in: see docs/qemu-boards.md"]
+fn qemu_board_image_joins_on_first_boot_and_comes_back_after_a_power_cut() {
     let start = Instant::now();
     let c = Cluster::start_in_with(Lab::new(1).unwrap(), &["--heartbeat-period", "700ms"]).unwrap();
     let m = c.manager_host();
