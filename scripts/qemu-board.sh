@@ -13,6 +13,18 @@
 #                                        boots a board (in the foreground: QEMU is exec'd,
 #                                        so killing this PID powers the board off); its
 #                                        console is this script's standard output
+#   scripts/qemu-board.sh disk [--arch ARCH]
+#                                        builds (cached) and prints out/qemu/ARCH/stock.img:
+#                                        a small "stock OS" disk image as boards are
+#                                        flashed with (FAT boot partition with the kernel,
+#                                        its initramfs and cmdline.txt; ext4 root with its
+#                                        own init; a swap partition), for `shoal board
+#                                        prepare` (docs/qemu-boards.md)
+#   scripts/qemu-board.sh run-disk --disk IMG --tap TAP --ip ADDR/LEN [--arch ARCH] [--dir DIR]
+#                                        boots such an image as a board's firmware
+#                                        would (kernel, initramfs and cmdline.txt read
+#                                        from its FAT partition); QEMU exits when the
+#                                        board reboots
 #
 # The tap must exist and be up on the bridge the manager is reachable through (the e2e
 # harness makes it on its lab's bridge). The agent defaults to
@@ -282,7 +294,261 @@ run() {
     -device "virtio-net-pci,netdev=n0,mac=$mac,romfile="
 }
 
+# mtools and dosfstools, unpacked (not installed) like QEMU: the stock disk image's FAT
+# partition is made and read without mounting it.
+fat_tools() {
+  local dir=$cache/tools
+  if [ ! -e "$dir/ready" ]; then
+    rm -rf "$dir"
+    mkdir -p "$dir/root" "$cache/.cache"
+    export SHOAL_REPO=$repo
+    local p
+    for p in mtools dosfstools; do
+      dpkg-deb -x "$(debs "$p:amd64")" "$dir/root"
+    done
+    touch "$dir/ready"
+  fi
+  echo "$dir/root/usr/bin:$dir/root/usr/sbin:$dir/root/sbin"
+}
+
+# Modules (paths under lib/modules/RELEASE) for the named modules and their
+# dependencies, dependencies first, from modules.dep (the first argument); absent ones
+# are built into the kernel.
+module_order() {
+  python3 - "$@" <<'PY'
+import sys
+deps = {}
+for line in open(sys.argv[1]):
+    mod, _, rest = line.partition(":")
+    deps[mod] = rest.split()
+by_name = {m.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_"): m for m in deps}
+order = []
+def visit(mod):
+    if mod in order:
+        return
+    for d in deps.get(mod, []):
+        visit(d)
+    order.append(mod)
+for name in sys.argv[2:]:
+    if name in by_name:
+        visit(by_name[name])
+print("\n".join(order))
+PY
+}
+
+# The stock image's initramfs: finds the ext4 root named by root= and switches to it.
+disk_stage1() {
+  cat <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t devtmpfs dev /dev
+for f in $(cat /etc/insmod); do insmod "/lib/modules/$(uname -r)/$f" 2>/dev/null; done
+root=$(sed -n 's/.*root=\([^ ]*\).*/\1/p' /proc/cmdline)
+i=0
+while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+mount -t ext4 "$root" /newroot || { echo "board-os: cannot mount $root"; sleep 5; poweroff -f; }
+umount /proc
+umount /dev
+exec switch_root /newroot /sbin/init
+INIT
+}
+
+# The stock image's own init: a small stand-in for systemd with the two things of it a
+# board prepared by `shoal board prepare` relies on. `systemd.run=` on the command line
+# is run once, and the board reboots when it succeeds (systemd.run_success_action=
+# reboot); the units enabled in multi-user.target.wants are started, and started again
+# whenever they stop (Restart=always). shoal.ip= stands in for the DHCP server a real
+# board would have.
+disk_init() {
+  cat <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin 2>/dev/null
+export PATH=/usr/local/bin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs shm /dev/shm
+mount -t tmpfs run /run
+mount -t tmpfs tmp /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -o remount,rw /
+echo /bin/modprobe >/proc/sys/kernel/modprobe
+release=$(uname -r)
+for f in $(cat /etc/insmod); do insmod "/lib/modules/$release/$f" 2>/dev/null; done
+mount -t vfat /dev/vda1 /boot/firmware
+swapon /dev/vda3 && echo "board-os: swap on ($(grep SwapTotal /proc/meminfo | tr -s ' '))"
+hostname "$(cat /etc/hostname)"
+ip link set lo up
+ip link set eth0 up
+addr=$(sed -n 's/.*shoal\.ip=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ -z "$addr" ] || ip addr add "$addr" dev eth0
+echo "board-os: $(hostname) up after $(cut -d' ' -f1 /proc/uptime) s"
+run=$(sed -n 's/.*systemd\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$run" ]; then
+  echo "board-os: first boot: running $run"
+  if sh "$run"; then
+    echo "board-os: $run succeeded: rebooting"
+    umount /boot/firmware
+    sync
+    reboot -f
+  fi
+  echo "board-os: $run failed"
+fi
+for unit in /etc/systemd/system/multi-user.target.wants/*.service; do
+  [ -e "$unit" ] || continue
+  exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
+  echo "board-os: starting $(basename "$unit")"
+  (while true; do $exec_start; echo "board-os: $(basename "$unit") stopped ($?): restarting"; sleep 2; done) &
+done
+while true; do wait; sleep 1; done
+INIT
+}
+
+# out/qemu/ARCH/stock.img: partition 1 FAT (kernel, initramfs, cmdline.txt), 2 ext4
+# root (busybox, the modules a board needs, its init), 3 swap. Rebuilt when this script
+# changes.
+disk() {
+  local arch=aarch64
+  while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || { echo "qemu-board: $1 needs a value" >&2; exit 2; }
+    case $1 in
+      --arch) arch=$2 ;;
+      *) echo "qemu-board: unknown option $1 for disk" >&2; exit 2 ;;
+    esac
+    shift 2
+  done
+  fetch "$arch"
+  local out=$cache/$arch/stock.img
+  if [ -e "$out" ] && [ "$out" -nt "$0" ]; then
+    echo "$out"
+    return
+  fi
+  local tools release dir=$cache/$arch work
+  tools=$(fat_tools)
+  release=$(cat "$dir/release")
+  work=$(mktemp -d /tmp/shoal-qemu-disk.XXXXXX)
+  local mods=$dir/root/lib/modules/$release
+  # Stage 1: just enough to reach the root partition.
+  mkdir -p "$work/initrd"/{bin,etc,proc,dev,newroot} "$work/initrd/lib/modules/$release"
+  cp "$dir/busybox/bin/busybox" "$work/initrd/bin/"
+  module_order "$mods/modules.dep" virtio_pci virtio_blk crc32c_generic ext4 >"$work/initrd/etc/insmod"
+  local f
+  while read -r f; do
+    mkdir -p "$work/initrd/lib/modules/$release/$(dirname "$f")"
+    cp "$mods/$f" "$work/initrd/lib/modules/$release/$f"
+  done <"$work/initrd/etc/insmod"
+  disk_stage1 >"$work/initrd/init"
+  chmod +x "$work/initrd/init"
+  (cd "$work/initrd" && find . | busybox cpio -o -H newc 2>/dev/null >"$work/initrd.cpio")
+  # The root: busybox, its init, the network and container modules, vfat for the boot
+  # partition.
+  local r=$work/root
+  mkdir -p "$r"/{bin,sbin,etc,proc,sys,dev,run,tmp,boot/firmware,var/lib,usr/local/bin,root} \
+    "$r/etc/systemd/system/multi-user.target.wants" "$r/lib/modules/$release"
+  cp "$dir/busybox/bin/busybox" "$r/bin/"
+  disk_init >"$r/sbin/init"
+  chmod +x "$r/sbin/init"
+  echo debian >"$r/etc/hostname"
+  printf '127.0.0.1 localhost\n127.0.1.1 debian\n' >"$r/etc/hosts"
+  cp "$mods"/modules.{dep,alias,symbols,builtin} "$r/lib/modules/$release/" 2>/dev/null || true
+  # shellcheck disable=SC2086
+  module_order "$mods/modules.dep" $BOOT_MODULES vfat nls_cp437 nls_ascii nls_utf8 >"$r/etc/insmod"
+  while read -r f; do
+    mkdir -p "$r/lib/modules/$release/$(dirname "$f")"
+    cp "$mods/$f" "$r/lib/modules/$release/$f"
+  done <"$r/etc/insmod"
+  mkfs.ext4 -q -F -L rootfs -d "$r" "$work/root.ext4" 192M >/dev/null
+  # The boot partition, as the firmware reads it.
+  echo "console=ttyAMA0 root=/dev/vda2 rootwait panic=-1 quiet" >"$work/cmdline.txt"
+  PATH=$tools:$PATH mkfs.fat -C -n BOOTFS "$work/boot.fat" 131072 >/dev/null
+  PATH=$tools:$PATH mcopy -i "$work/boot.fat" "$dir/root/boot/vmlinuz-$release" ::vmlinuz
+  PATH=$tools:$PATH mcopy -i "$work/boot.fat" "$work/initrd.cpio" ::initrd.img
+  PATH=$tools:$PATH mcopy -i "$work/boot.fat" "$work/cmdline.txt" ::cmdline.txt
+  truncate -s 64M "$work/swap"
+  busybox mkswap "$work/swap" >/dev/null
+  # MBR: 1 MiB gap, FAT32 (LBA) 128 MiB (the arm64 kernel alone is ~30 MiB), Linux
+  # 192 MiB, Linux swap 64 MiB.
+  python3 - "$work/disk.img" <<'PY'
+import struct, sys
+parts = [(0x0C, 2048, 262144), (0x83, 264192, 393216), (0x82, 657408, 131072)]
+mbr = bytearray(512)
+for i, (kind, first, n) in enumerate(parts):
+    mbr[446 + 16 * i:462 + 16 * i] = struct.pack("<B3sB3sII", 0, b"\xfe\xff\xff", kind, b"\xfe\xff\xff", first, n)
+mbr[510:512] = b"\x55\xaa"
+with open(sys.argv[1], "wb") as f:
+    f.write(mbr)
+    f.truncate((657408 + 131072) * 512)
+PY
+  dd if="$work/boot.fat" of="$work/disk.img" bs=1M seek=1 conv=notrunc,sparse status=none
+  dd if="$work/root.ext4" of="$work/disk.img" bs=1M seek=129 conv=notrunc,sparse status=none
+  dd if="$work/swap" of="$work/disk.img" bs=1M seek=321 conv=notrunc,sparse status=none
+  mv "$work/disk.img" "$out"
+  rm -rf "$work"
+  echo "$out"
+}
+
+# Boots a disk image as its board's firmware would: the kernel, initramfs and
+# cmdline.txt come from its FAT partition (copied to DIR), so what `shoal board
+# prepare` wrote there is what boots.
+run_disk() {
+  local arch=aarch64 disk="" tap="" ip="" dir=""
+  while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || { echo "qemu-board: $1 needs a value" >&2; exit 2; }
+    case $1 in
+      --arch) arch=$2 ;;
+      --disk) disk=$2 ;;
+      --tap) tap=$2 ;;
+      --ip) ip=$2 ;;
+      --dir) dir=$2 ;;
+      *) echo "qemu-board: unknown option $1 for run-disk" >&2; exit 2 ;;
+    esac
+    shift 2
+  done
+  for v in disk tap ip; do
+    [ -n "${!v}" ] || { echo "qemu-board: run-disk needs --$v" >&2; exit 2; }
+  done
+  local debarch flavour target qemu machine cpu
+  read -r debarch flavour target qemu machine cpu <<<"$(arch_info "$arch")"
+  fetch "$arch"
+  local tools
+  tools=$(fat_tools)
+  dir=${dir:-$cache/run/disk-$tap}
+  rm -rf "$dir/boot"
+  mkdir -p "$dir/boot"
+  local f
+  for f in vmlinuz initrd.img cmdline.txt; do
+    PATH=$tools:$PATH mcopy -n -i "$disk@@1M" "::$f" "$dir/boot/$f"
+  done
+  local cmdline
+  cmdline="$(tr -d '\r\n' <"$dir/boot/cmdline.txt") shoal.ip=$ip"
+  echo "qemu-board: booting $disk with: $cmdline"
+  local mac
+  mac=$(printf '52:54:%02x:%02x:%02x:%02x' $(echo "${ip%/*}" | tr '.' ' '))
+  local root=$cache/qemu/root libs
+  libs=$(find "$root/lib" "$root/usr/lib" -name '*.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
+  export LD_LIBRARY_PATH=$libs
+  exec "$root/usr/bin/$qemu" -L "$root/usr/share/qemu" \
+    -M "$machine" -cpu "$cpu" -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
+    -nodefaults -display none -no-reboot -serial stdio -monitor none \
+    -kernel "$dir/boot/vmlinuz" -initrd "$dir/boot/initrd.img" -append "$cmdline" \
+    -drive "file=$disk,format=raw,if=none,id=d0" -device virtio-blk-pci,drive=d0 \
+    -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
+    -device "virtio-net-pci,netdev=n0,mac=$mac,romfile="
+}
+
 case ${1:-} in
+  disk)
+    shift
+    disk "$@"
+    ;;
+  run-disk)
+    shift
+    run_disk "$@"
+    ;;
   fetch)
     shift
     fetch "$@"

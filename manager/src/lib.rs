@@ -2,6 +2,7 @@
 //! the `shoal` command ([`cli`]). It owns every side effect; what to do is decided by
 //! the pure [`shoal_core`] crate (re-exported as [`core`]), never here.
 
+pub mod board;
 pub mod ca;
 pub mod cli;
 pub mod docker;

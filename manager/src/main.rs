@@ -55,6 +55,9 @@ enum Command {
         /// `host[:port]`.
         registry: String,
     },
+    /// Prepare boards' OS images (`board prepare`), from the laptop.
+    #[command(subcommand)]
+    Board(shoal_manager::cli::board::BoardCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Stack(cmd) => shoal_manager::cli::stack::run(&cli.data_dir, cmd).await,
             Command::Login(args) => shoal_manager::cli::image::login(&cli.data_dir, args).await,
             Command::Logout { registry } => shoal_manager::cli::image::logout(&cli.data_dir, &registry).await,
+            Command::Board(cmd) => shoal_manager::cli::board::run(cmd),
             Command::Exec(_) => unreachable!("handled above"),
         }
     });

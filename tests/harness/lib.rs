@@ -983,6 +983,62 @@ impl Lab {
     }
 }
 
+/// The stock OS disk image of a QEMU board (`scripts/qemu-board.sh disk`: a FAT boot
+/// partition with the kernel and cmdline.txt, an ext4 root with its own init, a swap
+/// partition), built and cached in out/qemu/ARCH/stock.img.
+pub fn stock_board_image(arch: &str) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
+    let out = Command::new(script).args(["disk", "--arch", arch]).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("scripts/qemu-board.sh disk --arch {arch} failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(text.lines().last().context("scripts/qemu-board.sh disk printed no path")?.trim()))
+}
+
+impl Lab {
+    /// A QEMU board number `n` that boots from a disk image (`scripts/qemu-board.sh
+    /// run-disk`): its tap is made on the lab's bridge at `.200 + n`; it is powered on
+    /// (and on again after a reboot or power-off) with [`Lab::power_on_disk`].
+    pub fn disk_board(&self, n: u8, hostname: &str) -> Result<QemuBoard> {
+        let prefix = self.hosts[0].ip.rsplit_once('.').map(|(p, _)| p.to_owned()).context("manager address")?;
+        let tap = format!("{}q{n}", self.tag);
+        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        let board = QemuBoard {
+            qemu: Proc { child: None, log: self.dir.join("logs").join(format!("{hostname}-console.log")) },
+            ip: format!("{prefix}.{}", 200 + u32::from(n)),
+            hostname: hostname.to_owned(),
+            tap: tap.clone(),
+        };
+        sh(&["ip", "link", "set", &tap, "master", &self.bridge, "up"])?;
+        std::fs::create_dir_all(self.dir.join("logs"))?;
+        Ok(board)
+    }
+
+    /// Powers `board` on from `disk`, as its firmware would boot it (kernel, initramfs and
+    /// cmdline.txt from the FAT partition). Its console is appended to its log.
+    pub fn power_on_disk(&self, board: &mut QemuBoard, arch: &str, disk: &Path) -> Result<()> {
+        board.qemu.kill9();
+        let dir = self.dir.join(format!("qemu-{}", board.hostname));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&board.qemu.log)?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
+        let child = Command::new(script)
+            .args(["run-disk", "--arch", arch, "--tap", &board.tap, "--ip", &format!("{}/24", board.ip)])
+            .arg("--disk")
+            .arg(disk)
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting scripts/qemu-board.sh run-disk")?;
+        board.qemu.child = Some(child);
+        Ok(())
+    }
+}
+
 impl Cluster {
     /// As [`Cluster::start_in`], with extra arguments for `shoal manager run` (e.g. a
     /// longer `--heartbeat-period` for boards under emulation).

@@ -17,6 +17,7 @@ pub mod options;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod swap;
 pub mod user;
 
 use std::path::PathBuf;

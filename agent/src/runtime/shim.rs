@@ -97,6 +97,10 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), S
         .with_detach(true)
         .build()
         .map_err(|e| e.to_string())?;
+    // The cgroup exists now and the container's process has not run yet.
+    if let Ok(spec) = oci_spec::runtime::Spec::load(bundle.config()) {
+        super::swap::limit_swap(Path::new(super::swap::CGROUP_ROOT), &spec)?;
+    }
     container.start().map_err(|e| e.to_string())?;
     let pid = container.pid().map(|p| p.as_raw() as u32).ok_or("container has no pid after start")?;
     shoal_link::files::write_private(&bundle.pid_file(), format!("{pid}\n").as_bytes())

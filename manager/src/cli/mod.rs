@@ -2,6 +2,7 @@
 //! formats. Each subcommand module turns arguments into one control request and the
 //! reply into text a Swarm user reads at a glance.
 
+pub mod board;
 pub mod client;
 pub mod exec;
 pub mod image;
