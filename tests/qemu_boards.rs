@@ -141,8 +141,8 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     );
 }
 
-/// Not in `scripts/test.sh`: it passes with the `static-check` agent since that is
-/// linked with LLD (scripts/link-armv7.sh), but adds about a minute to CI. Run it by hand.
+/// In `scripts/test.sh` since the `static-check` armv7 agent is linked with LLD
+/// (scripts/link-armv7.sh: GNU ld's static link crashed at start-up).
 #[test]
 #[ignore = "needs root"]
 fn qemu_armv7_board_joins_and_runs_its_variant() {
