@@ -76,6 +76,22 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// What a board knows of itself before it joins: what it was given on the command
+    /// line, which `session::join` completes with what the manager issues.
+    pub fn unjoined(hostname: Option<String>, advertise_addr: Option<String>, labels: Vec<String>) -> Self {
+        Self {
+            node_id: String::new(),
+            manager_addr: String::new(),
+            ca_pem: String::new(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            hostname,
+            advertise_addr,
+            labels,
+            manager_time_ms: 0,
+        }
+    }
+
     /// Loads the identity, or `None` when the board never joined.
     pub fn load(data_dir: &Path) -> Result<Option<Self>, AgentError> {
         let path = identity_path(data_dir);

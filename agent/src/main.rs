@@ -166,17 +166,8 @@ async fn main_async(cli: Cli) -> Result<(), AgentError> {
     let identity = match cli.command {
         Command::Join { token, manager, force, node } => {
             shoal_agent::upgrade::set_restart_args(restart_args(&cli.data_dir, &node));
-            let saved = NodeIdentity {
-                node_id: String::new(),
-                manager_addr: String::new(),
-                ca_pem: String::new(),
-                cert_pem: String::new(),
-                key_pem: String::new(),
-                hostname: node.hostname.clone(),
-                advertise_addr: node.advertise_addr.clone(),
-                labels: node.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect(),
-                manager_time_ms: 0,
-            };
+            let labels = node.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect();
+            let saved = NodeIdentity::unjoined(node.hostname.clone(), node.advertise_addr.clone(), labels);
             let identity =
                 session::join(&cli.data_dir, &manager, &token, description(&node, None), saved, force).await?;
             println!("This node joined a cluster as a worker.");

@@ -555,17 +555,7 @@ fn worker(args: Vec<String>) -> Result<()> {
 }
 
 async fn join(dir: &Path, addr: &str, token: &str, hostname: &str) -> Result<NodeIdentity> {
-    let saved = NodeIdentity {
-        node_id: String::new(),
-        manager_addr: String::new(),
-        ca_pem: String::new(),
-        cert_pem: String::new(),
-        key_pem: String::new(),
-        hostname: Some(hostname.to_owned()),
-        advertise_addr: None,
-        labels: Vec::new(),
-        manager_time_ms: 0,
-    };
+    let saved = NodeIdentity::unjoined(Some(hostname.to_owned()), None, Vec::new());
     let description = shoal_agent::host::describe(hostname, None, &[]);
     // A refused or lost join is retried: a busy manager may drop a handshake.
     let mut last = None;
