@@ -39,10 +39,13 @@ cargo build --workspace --bins
 
 # The static agent builds and the fuzz targets' build need only the sources: they run in
 # the background at idle priority (SCHED_IDLE: only CPU the tests leave unused, so they
-# never slow a timing-sensitive test), and are waited for below. In the run of
-# 2026-11-28 they still needed 289 s after the tests: the tests leave less idle CPU
-# than the end-to-end waits suggest.
+# never slow a timing-sensitive test), and are waited for below: the downloads and the
+# static agents before the QEMU steps (out/ci/agents.done marks them done), the fuzz
+# build only before fuzzing, so it goes on using the core the emulated boards leave
+# idle. In the run of 2026-11-28 they still needed 500 s after the tests when all of it
+# was waited for at once: the tests leave less idle CPU than their waits suggest.
 mkdir -p out/ci
+rm -f out/ci/agents.done
 background_started=$SECONDS
 set -m # its own process group, so that report() can stop all of it
 (
@@ -61,6 +64,7 @@ set -m # its own process group, so that report() can stop all of it
     echo "static agent builds failed" >>out/ci/static-agents.log
     exit 1
   }
+  touch out/ci/agents.done
   chrt --idle 0 ./scripts/fuzz.sh build >out/ci/fuzz-build.log 2>&1 || {
     echo "fuzz build failed" >>out/ci/fuzz-build.log
     exit 2
@@ -82,18 +86,31 @@ step "tests"
 cargo test --workspace -- --include-ignored --skip scale_5000_nodes_100000_tasks --skip ipsec_esp_ --skip ipsec_figures_ \
   --skip qemu_
 
-step "wait for the background builds"
-background_status=0
-wait "$background" || background_status=$?
-echo "background builds took $((SECONDS - background_started))s since they started"
+# The background's exit status, once it has ended: 1 static agents, 2 fuzz build, 3 and
+# 4 the downloads. Prints the failed part's log and fails.
+background_failed() {
+  local status=0
+  wait "$background" || status=$?
+  [ "$status" -eq 0 ] && return 0
+  case $status in
+    1) cat out/ci/static-agents.log ;;
+    2) cat out/ci/fuzz-build.log ;;
+    3) cat out/ci/vm-fetch.log ;;
+    4) cat out/ci/qemu-fetch.log ;;
+  esac
+  echo "background step failed ($status)"
+  exit 1
+}
+
+step "wait for the static agents and the downloads"
+until [ -e out/ci/agents.done ]; do
+  kill -0 "$background" 2>/dev/null || break
+  sleep 1
+done
+[ -e out/ci/agents.done ] || { background_failed; echo "the background ended before the static agents"; exit 1; }
+echo "static agents and downloads took $((SECONDS - background_started))s since they started"
 # That all three agents still build and link statically (the release sizes are bench/run.sh's).
 cat out/ci/static-agents.log
-if [ "$background_status" -ne 0 ]; then
-  [ "$background_status" -eq 2 ] && cat out/ci/fuzz-build.log
-  [ "$background_status" -eq 3 ] && cat out/ci/vm-fetch.log
-  [ "$background_status" -eq 4 ] && cat out/ci/qemu-fetch.log
-  exit 1
-fi
 
 step "QEMU ARM boards"
 # Debian's arm64 kernel, then its armmp kernel, under QEMU as boards of a mixed fleet
@@ -113,6 +130,10 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "xfrm":
         print(m["executable"])')
 ./scripts/vm.sh run "$xfrm_tests" --include-ignored --test-threads=1 ipsec_esp_ an_encrypted_network_never_crosses
+
+step "wait for the fuzz build"
+background_failed
+echo "background builds took $((SECONDS - background_started))s since they started"
 
 step "fuzz"
 # Replays fuzz/corpus and fuzzes each target a few seconds (the build above is reused).
