@@ -4,7 +4,7 @@
 # `cargo fuzz` passes, without AddressSanitizer (which needs nightly; the decoders are
 # safe Rust, so panics, overflows and hangs are what there is to find).
 #
-#   scripts/fuzz.sh --ci                 build, replay the corpus, fuzz each target a few seconds
+#   scripts/fuzz.sh --quick              build, replay the corpus, fuzz each target a few seconds
 #   scripts/fuzz.sh --long SECONDS [T…]  fuzz each target (or T…) SECONDS; print a table and
 #                                        merge new coverage into fuzz/corpus (minimised)
 #   scripts/fuzz.sh --save [T…]          merge the last run's new coverage into fuzz/corpus
@@ -12,7 +12,9 @@
 #   scripts/fuzz.sh build
 #
 # A crash or hang leaves its input in $FUZZ_OUT/artifacts/TARGET/ and fails the run.
-# FUZZ_CI_SECONDS (default 5) sets the --ci time per target; FUZZ_TARGET_DIR the build dir.
+# FUZZ_QUICK_SECONDS (default 5) sets the --quick time per target; FUZZ_TARGET_DIR the
+# build dir. CI does not fuzz: `cargo test --workspace` replays fuzz/corpus through the
+# same targets (fuzz/tests/corpus.rs), from the workspace's debug build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,7 @@ targets=(frame messages token template service_args oci unpack manager_archive a
 triple=$(rustc -vV | sed -n 's/^host: //p')
 target_dir=${FUZZ_TARGET_DIR:-$PWD/fuzz/target}
 out=${FUZZ_OUT:-$target_dir/run}
-bin_dir=$target_dir/$triple/release
+bin_dir=$target_dir/$triple/fuzz
 
 # Largest input tried per target: frames and text stay small, archives need room for a
 # tar header or three.
@@ -43,12 +45,10 @@ build() {
     -Cdebug-assertions
     -Coverflow-checks
   )
-  # The main workspace's lock file, so the targets build the versions shoal ships;
-  # cargo adds only what fuzzing itself needs (libfuzzer-sys).
-  cp Cargo.lock fuzz/Cargo.lock
-  # --target keeps the flags off build scripts and proc macros.
-  (cd fuzz && RUSTFLAGS="${flags[*]}" CARGO_TARGET_DIR="$target_dir" \
-    cargo build --release --target "$triple" --bins)
+  # The `fuzz` profile (Cargo.toml) and a target dir of its own: the coverage flags
+  # change every crate's build. --target keeps the flags off build scripts and proc macros.
+  RUSTFLAGS="${flags[*]}" CARGO_TARGET_DIR="$target_dir" \
+    cargo build --profile fuzz -p shoal-fuzz --features libfuzzer --target "$triple" --bins
 }
 
 # fuzz TARGET SECONDS: fuzz from a working copy of the committed corpus, then print one
@@ -102,13 +102,13 @@ save_new() {
 }
 
 case ${1:-} in
-  --ci)
+  --quick)
     build
     rm -rf "$out"
-    echo "== fuzz: replay the corpus and fuzz each target ${FUZZ_CI_SECONDS:-5}s"
+    echo "== fuzz: replay the corpus and fuzz each target ${FUZZ_QUICK_SECONDS:-5}s"
     table_head
     failed=0
-    for t in "${targets[@]}"; do fuzz "$t" "${FUZZ_CI_SECONDS:-5}" || failed=1; done
+    for t in "${targets[@]}"; do fuzz "$t" "${FUZZ_QUICK_SECONDS:-5}" || failed=1; done
     exit $failed
     ;;
   --long)
@@ -138,7 +138,7 @@ case ${1:-} in
     ;;
   build) build ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

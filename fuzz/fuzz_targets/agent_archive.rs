@@ -1,11 +1,11 @@
 //! An image archive side-loaded on a board (`shoal-agent image load FILE`): extracted,
 //! its index read, and each image for this board verified and its layers unpacked into
 //! a scratch image store. Nothing may be written outside the scratch directory.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
 use shoal_agent::images::archive::load;
 use shoal_agent::images::store::ImageStore;
+use shoal_fuzz::fuzz_target;
 use shoal_fuzz::Scratch;
 
 fuzz_target!(|data: &[u8]| {

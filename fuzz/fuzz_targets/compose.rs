@@ -1,9 +1,9 @@
 //! Compose files as `shoal stack deploy` reads them: the bytes parsed as YAML,
 //! interpolated from a fixed environment, merged over a small base file and planned for a
 //! stack. Errors are fine; a panic is not.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_manager::cli::stack::compose;
 
 fuzz_target!(|data: &[u8]| {

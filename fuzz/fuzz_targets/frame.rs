@@ -1,9 +1,9 @@
 //! A byte stream as a QUIC stream delivers it: split into frames by `FrameDecoder` (in
 //! pieces of a size the first byte picks), each body read the way the manager reads an
 //! envelope (version prefix first) and decoded as every first-frame and session type.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_fuzz::round_trip;
 use shoal_proto::frame::FrameDecoder;
 use shoal_proto::{AgentMessage, Envelope, ManagerMessage, Response};

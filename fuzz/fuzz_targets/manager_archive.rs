@@ -1,9 +1,9 @@
 //! An image archive as `shoal image load` uploads it to the manager: unpacked into a
 //! staging area of a scratch blob store and verified; the staging is dropped, so nothing
 //! is committed. Nothing may be written outside the scratch directory.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_fuzz::Scratch;
 use shoal_manager::images::archive::import;
 use shoal_manager::images::blobs::BlobStore;

@@ -1,9 +1,9 @@
 //! One frame body decoded as the message type its first byte picks: every type the
 //! manager, the agent or the CLI decodes from the network, and the parts the manager
 //! then works on (a spec it validates, a status report it applies to a task).
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_fuzz::round_trip;
 use shoal_proto::dispatch::{Assignment, ServiceReply, ServiceRequest, TaskReport};
 use shoal_proto::{

@@ -1,9 +1,9 @@
 //! OCI JSON as the agent reads it from a blob (the manager's or an archive's): the
 //! top-level index or manifest, a manifest, a config; then what the fetcher does with
 //! them (pick this board's platform, check the config, read layer media types).
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_oci::digest;
 use shoal_oci::spec::{HostPlatform, ImageConfig, ImageManifest, LayerMediaType, TopLevel};
 

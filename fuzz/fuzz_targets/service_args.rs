@@ -1,10 +1,10 @@
 //! `shoal service create|update` flags and the value parsers behind them. The first
 //! byte picks what the rest is: a NUL-separated argument list for `create` (then
 //! turned into a spec) or `update` (then applied to a valid spec), or one flag value.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
 use clap::Parser;
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_manager::cli::parse_heartbeat_period;
 use shoal_manager::cli::service::{CreateArgs, UpdateArgs};
 use shoal_proto::services::{parse_cpus, parse_duration_ms, parse_memory};

@@ -1,7 +1,7 @@
 //! A `--format` template, parsed and run over Docker-shaped JSON like `inspect` output.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_manager::cli::template::Template;
 
 fuzz_target!(|data: &[u8]| {

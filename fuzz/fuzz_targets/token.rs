@@ -1,8 +1,8 @@
 //! A join token as `shoal-agent join --token` reads it: parsed, and a token that parses
 //! prints back to a string that parses to the same token.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
+use shoal_fuzz::fuzz_target;
 use shoal_proto::JoinToken;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,10 +1,10 @@
 //! A layer (tar, tar+gzip or tar+zstd, told apart by its magic bytes) unpacked into an
 //! empty scratch directory: it may be refused, but nothing may appear, vanish or change
 //! outside that directory.
-#![no_main]
+#![cfg_attr(feature = "libfuzzer", no_main)]
 
-use libfuzzer_sys::fuzz_target;
 use shoal_agent::images::unpack::unpack_layer;
+use shoal_fuzz::fuzz_target;
 use shoal_fuzz::Scratch;
 
 fuzz_target!(|data: &[u8]| {

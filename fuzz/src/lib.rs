@@ -1,6 +1,6 @@
-//! Helpers shared by the fuzz targets in `fuzz_targets/`: a round-trip check for wire
-//! messages and scratch directories for the targets that write files. Not part of any
-//! shipped binary; see docs/fuzzing.md.
+//! Helpers shared by the fuzz targets in `fuzz_targets/`: the `fuzz_target!` they are
+//! written with, a round-trip check for wire messages and scratch directories for the
+//! targets that write files. Not part of any shipped binary; see docs/fuzzing.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +8,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_proto::frame;
+
+#[cfg(feature = "libfuzzer")]
+#[doc(hidden)]
+pub use libfuzzer_sys;
+
+/// Defines a fuzz target from `|data: &[u8]| { … }`. With the `libfuzzer` feature it is
+/// libFuzzer's entry point (`libfuzzer_sys::fuzz_target!`); without it, a plain
+/// `pub fn run(data: &[u8])`, which `tests/corpus.rs` calls on every corpus input. One
+/// body serves both, so the corpus replay in CI runs exactly what the fuzzer ran.
+#[cfg(feature = "libfuzzer")]
+#[macro_export]
+macro_rules! fuzz_target {
+    (|$data:ident: &[u8]| $body:block) => {
+        $crate::libfuzzer_sys::fuzz_target!(|$data: &[u8]| $body);
+    };
+}
+
+/// See the `libfuzzer` build's doc above: this is the replay build's.
+#[cfg(not(feature = "libfuzzer"))]
+#[macro_export]
+macro_rules! fuzz_target {
+    (|$data:ident: &[u8]| $body:block) => {
+        /// Runs this target's body on one input, as libFuzzer would.
+        pub fn run($data: &[u8]) $body
+    };
+}
 
 /// Decodes `body` as `T` the way the network shells do (whole body, no trailing bytes)
 /// and, when it decodes, checks that encoding it again gives a frame that decodes to the
