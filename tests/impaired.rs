@@ -4,31 +4,10 @@
 //! under the same impairment is Down within the bound `docs/failure-detection.md` states
 //! (0.5 s × 5 + 0.8 s + the round trip ≈ 4 s, asserted under 5 s).
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use shoal_e2e::{lab_image, wait_for, Cluster, Lab};
-
-fn digest(data: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    format!("sha256:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
-}
-
-fn tar_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut t = tar::Builder::new(Vec::new());
-    for (name, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        t.append_data(&mut h, name, data.as_slice()).unwrap();
-    }
-    t.into_inner().unwrap()
-}
+use shoal_oci::testing::{layer_tar, ArchiveBuilder};
 
 /// An image of `size` incompressible bytes for this host's platform, never run: only
 /// fetched by the boards.
@@ -42,41 +21,14 @@ fn junk_image(reference: &str, size: usize) -> Vec<u8> {
             x as u8
         })
         .collect();
-    let layer = tar_of(&[("junk".into(), data)]);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&layer).unwrap();
-    let layer_gz = gz.finish().unwrap();
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     };
-    let config = serde_json::to_vec(&json!({
-        "architecture": arch, "os": "linux", "config": { "Cmd": ["/junk"] },
-        "rootfs": { "type": "layers", "diff_ids": [digest(&layer)] },
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len() },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&layer_gz), "size": layer_gz.len() }],
-    }))
-    .unwrap();
-    let index = serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest), "size": manifest.len(),
-        "platform": { "architecture": arch, "os": "linux" },
-        "annotations": { "org.opencontainers.image.ref.name": reference },
-    }]}))
-    .unwrap();
-    let mut entries = vec![
-        ("oci-layout".to_owned(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
-        ("index.json".to_owned(), index),
-    ];
-    for blob in [config, manifest, layer_gz] {
-        entries.push((format!("blobs/sha256/{}", &digest(&blob)[7..]), blob));
-    }
-    tar_of(&entries)
+    let mut archive = ArchiveBuilder::empty();
+    archive.add_image_with(reference, &[("linux", arch, None)], |_, _| layer_tar("junk", &data));
+    archive.tar(&[])
 }
 
 #[test]

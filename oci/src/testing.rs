@@ -62,17 +62,34 @@ impl ArchiveBuilder {
     /// A multi-platform image whose `org.opencontainers.image.ref.name` is `name` (none
     /// when empty), one one-file layer per platform.
     pub fn multi_arch(name: &str, platforms: &[(&str, &str, Option<&str>)]) -> Self {
-        let mut b = Self { index: json!({ "schemaVersion": 2, "manifests": [] }), ..Self::default() };
+        let mut b = Self::empty();
         b.add_image(name, platforms);
         b
     }
 
+    /// An archive with no image yet.
+    pub fn empty() -> Self {
+        Self { index: json!({ "schemaVersion": 2, "manifests": [] }), ..Self::default() }
+    }
+
     /// Adds another image to `index.json`.
     pub fn add_image(&mut self, name: &str, platforms: &[(&str, &str, Option<&str>)]) -> &mut Self {
+        self.add_image_with(name, platforms, |arch, variant| {
+            layer_tar("hello.txt", format!("layer for {name} {arch}{variant:?}\n").as_bytes())
+        })
+    }
+
+    /// Adds an image whose one layer per platform is `layer(architecture, variant)`: a
+    /// tar, e.g. [`layer_tar`] of the bytes a test needs to move.
+    pub fn add_image_with(
+        &mut self,
+        name: &str,
+        platforms: &[(&str, &str, Option<&str>)],
+        layer: impl Fn(&str, Option<&str>) -> Vec<u8>,
+    ) -> &mut Self {
         let mut manifests = Vec::new();
         for (os, arch, variant) in platforms {
-            let layer = layer_tar("hello.txt", format!("layer for {name} {arch}{variant:?}\n").as_bytes());
-            let (layer, layer_size) = self.blob(layer);
+            let (layer, layer_size) = self.blob(layer(arch, *variant));
             self.layer_digests.push(layer.clone());
             let config = json!({
                 "os": os, "architecture": arch, "variant": variant,
