@@ -16,10 +16,10 @@ step() {
   step_start=$SECONDS
 }
 report() {
-  # A failed step leaves the background builds running: stop them (their process group).
-  if [ -n "${background:-}" ] && kill -0 "$background" 2>/dev/null; then
-    kill -- "-$background" 2>/dev/null || true
-  fi
+  # A failed step leaves the background jobs running: stop them (their process groups).
+  for job in ${downloads:-} ${images:-} ${background:-}; do
+    kill -0 "$job" 2>/dev/null && { kill -- "-$job" 2>/dev/null || true; }
+  done
   timings+=("$(printf '%5ds  %s' $((SECONDS - step_start)) "$step_name")")
   echo "== step times (total ${SECONDS}s)"
   printf '%s\n' "${timings[@]}"
@@ -27,6 +27,41 @@ report() {
 trap report EXIT
 
 ./scripts/setup.sh
+
+# Two jobs that need the network and the disk more than the CPU start at once, beside the
+# lints and the build: Debian's kernels and QEMU for the emulated steps at the end, and
+# the demo and test images (waited for in the "images" step, before the tests).
+mkdir -p out/ci
+set -m # each in its own process group, so that report() can stop all of it
+(
+  # Debian's kernel and QEMU for the IPsec step below (downloaded once, unpacked, cached).
+  nice -n 10 ./scripts/vm.sh fetch >out/ci/vm-fetch.log 2>&1 || {
+    echo "fetching the VM's kernel and QEMU failed" >>out/ci/vm-fetch.log
+    exit 3
+  }
+  # Debian's arm64 and armmp kernels, busybox and qemu-system-arm for the QEMU board step below.
+  { nice -n 10 ./scripts/qemu-board.sh fetch aarch64 && nice -n 10 ./scripts/qemu-board.sh fetch armv7; } \
+    >out/ci/qemu-fetch.log 2>&1 || {
+    echo "fetching the QEMU board's kernel and QEMU failed" >>out/ci/qemu-fetch.log
+    exit 4
+  }
+) &
+downloads=$!
+./images/build.sh >out/ci/images.log 2>&1 &
+images=$!
+set +m
+
+# waited JOB NAME LOG…: waits for a background job; when it failed, prints its logs and
+# fails the run.
+waited() {
+  local job=$1 name=$2 status=0
+  shift 2
+  wait "$job" || status=$?
+  [ "$status" -eq 0 ] && return 0
+  cat "$@"
+  echo "$name failed (exit $status)"
+  exit 1
+}
 
 step "format"
 cargo fmt --all -- --check
@@ -37,44 +72,21 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build"
 cargo build --workspace --bins
 
-# The static agent builds and the fuzz targets' build need only the sources: they run in
-# the background at idle priority (SCHED_IDLE: only CPU the tests leave unused, so they
-# never slow a timing-sensitive test), and are waited for below: the downloads and the
-# static agents before the QEMU steps (out/ci/agents.done marks them done), the fuzz
-# build only before fuzzing, so it goes on using the core the emulated boards leave
-# idle. In the run of 2026-11-28 they still needed 500 s after the tests when all of it
-# was waited for at once: the tests leave less idle CPU than their waits suggest.
-mkdir -p out/ci
-rm -f out/ci/agents.done
+# The static agent builds need only the sources: they run in the background at idle
+# priority (SCHED_IDLE: only CPU the tests leave unused, so they never slow a
+# timing-sensitive test), and are waited for before the QEMU steps. The fuzz targets are
+# not built here: the tests replay their corpus (fuzz/tests/corpus.rs) from the
+# workspace's own build; fuzzing proper is scripts/fuzz.sh (docs/fuzzing.md). Their
+# libFuzzer build was CI's longest background piece (~6 min of idle CPU).
 background_started=$SECONDS
-set -m # its own process group, so that report() can stop all of it
-(
-  # Debian's kernel and QEMU for the IPsec step below (downloaded once, unpacked, cached).
-  chrt --idle 0 ./scripts/vm.sh fetch >out/ci/vm-fetch.log 2>&1 || {
-    echo "fetching the VM's kernel and QEMU failed" >>out/ci/vm-fetch.log
-    exit 3
-  }
-  # Debian's arm64 and armmp kernels, busybox and qemu-system-arm for the QEMU board step below.
-  { chrt --idle 0 ./scripts/qemu-board.sh fetch aarch64 && chrt --idle 0 ./scripts/qemu-board.sh fetch armv7; } \
-    >out/ci/qemu-fetch.log 2>&1 || {
-    echo "fetching the QEMU board's kernel and QEMU failed" >>out/ci/qemu-fetch.log
-    exit 4
-  }
-  chrt --idle 0 ./scripts/build-agents.sh --check >out/ci/static-agents.log 2>&1 || {
-    echo "static agent builds failed" >>out/ci/static-agents.log
-    exit 1
-  }
-  touch out/ci/agents.done
-  chrt --idle 0 ./scripts/fuzz.sh build >out/ci/fuzz-build.log 2>&1 || {
-    echo "fuzz build failed" >>out/ci/fuzz-build.log
-    exit 2
-  }
-) &
+set -m
+chrt --idle 0 ./scripts/build-agents.sh --check >out/ci/static-agents.log 2>&1 &
 background=$!
 set +m
 
 step "images"
-./images/build.sh
+waited "$images" "building the images" out/ci/images.log
+tail -3 out/ci/images.log
 
 step "tests"
 # Tests that need root (real containers, network namespaces) are marked
@@ -86,29 +98,10 @@ step "tests"
 cargo test --workspace -- --include-ignored --skip scale_5000_nodes_100000_tasks --skip ipsec_esp_ --skip ipsec_figures_ \
   --skip qemu_
 
-# The background's exit status, once it has ended: 1 static agents, 2 fuzz build, 3 and
-# 4 the downloads. Prints the failed part's log and fails.
-background_failed() {
-  local status=0
-  wait "$background" || status=$?
-  [ "$status" -eq 0 ] && return 0
-  case $status in
-    1) cat out/ci/static-agents.log ;;
-    2) cat out/ci/fuzz-build.log ;;
-    3) cat out/ci/vm-fetch.log ;;
-    4) cat out/ci/qemu-fetch.log ;;
-  esac
-  echo "background step failed ($status)"
-  exit 1
-}
-
 step "wait for the static agents and the downloads"
-until [ -e out/ci/agents.done ]; do
-  kill -0 "$background" 2>/dev/null || break
-  sleep 1
-done
-[ -e out/ci/agents.done ] || { background_failed; echo "the background ended before the static agents"; exit 1; }
-echo "static agents and downloads took $((SECONDS - background_started))s since they started"
+waited "$background" "the static agent builds" out/ci/static-agents.log
+waited "$downloads" "fetching the VMs' kernels and QEMU" out/ci/vm-fetch.log out/ci/qemu-fetch.log
+echo "static agents took $((SECONDS - background_started))s since they started"
 # That all three agents still build and link statically (the release sizes are bench/run.sh's).
 cat out/ci/static-agents.log
 
@@ -130,11 +123,3 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "xfrm":
         print(m["executable"])')
 ./scripts/vm.sh run "$xfrm_tests" --include-ignored --test-threads=1 ipsec_esp_ an_encrypted_network_never_crosses
-
-step "wait for the fuzz build"
-background_failed
-echo "background builds took $((SECONDS - background_started))s since they started"
-
-step "fuzz"
-# Replays fuzz/corpus and fuzzes each target a few seconds (the build above is reused).
-./scripts/fuzz.sh --ci
