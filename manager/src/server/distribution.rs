@@ -265,11 +265,8 @@ fn image_users(svc: &ServiceState, refs: &[&str]) -> Vec<String> {
         .filter(|r| uses(r.service.spec.image.as_str()))
         .map(|r| r.service.spec.name.to_string())
         .collect();
-    let names = svc.name_map();
-    for t in svc.tasks.values().filter(|t| t.is_desired_running() && uses(t.spec.image.as_str())) {
-        if let Some(name) = names.get(&t.service_id) {
-            users.insert(name.to_string());
-        }
-    }
+    let running: Vec<&Task> =
+        svc.tasks.values().filter(|t| t.is_desired_running() && uses(t.spec.image.as_str())).collect();
+    users.extend(svc.names_of(running).into_values().map(|name| name.to_string()));
     users.into_iter().collect()
 }

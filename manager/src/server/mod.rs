@@ -176,6 +176,10 @@ struct ServiceState {
     reconciler: Reconciler,
     records: std::collections::BTreeMap<ServiceId, ServiceRecord>,
     tasks: HashMap<TaskId, Task>,
+    /// The IDs of `tasks` by the node they are placed on, so that a session's start reads
+    /// its board's tasks without a walk over the whole fleet's (5,000 boards reconnecting
+    /// would each walk 100,000 tasks under this lock). Set with `tasks`, by [`Self::set_tasks`].
+    on_node: HashMap<NodeId, Vec<TaskId>>,
     /// Names of services, kept while a removed service's tasks are still being stopped.
     names: HashMap<ServiceId, ServiceName>,
     /// Overlay networks, ingress included, as stored.
@@ -187,10 +191,31 @@ struct ServiceState {
 }
 
 impl ServiceState {
-    fn name_map(&self) -> HashMap<ServiceId, ServiceName> {
-        let mut names = self.names.clone();
-        for t in self.tasks.values() {
-            names.entry(t.service_id.clone()).or_insert_with(|| shoal_proto::text_lossy(t.service_id.short()));
+    /// Replaces the task table, and its index by node with it.
+    fn set_tasks(&mut self, tasks: HashMap<TaskId, Task>) {
+        let mut on_node: HashMap<NodeId, Vec<TaskId>> = HashMap::new();
+        for t in tasks.values() {
+            if let Some(node) = &t.node_id {
+                on_node.entry(node.clone()).or_default().push(t.id.clone());
+            }
+        }
+        self.on_node = on_node;
+        self.tasks = tasks;
+    }
+
+    /// The tasks placed on `node`, in no particular order.
+    fn tasks_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.on_node.get(node).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The service name of each of `tasks`: its record's, or (a removed service whose
+    /// name is gone) its ID's short form.
+    fn names_of<'a>(&self, tasks: impl IntoIterator<Item = &'a Task>) -> HashMap<ServiceId, ServiceName> {
+        let mut names = HashMap::new();
+        for t in tasks {
+            names.entry(t.service_id.clone()).or_insert_with(|| {
+                self.names.get(&t.service_id).cloned().unwrap_or_else(|| shoal_proto::text_lossy(t.service_id.short()))
+            });
         }
         names
     }
@@ -334,22 +359,25 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         store.services()?.into_iter().map(|r| (r.service.id.clone(), r)).collect();
     let tasks: HashMap<TaskId, Task> = store.tasks()?.into_iter().map(|t| (t.id.clone(), t)).collect();
     info!(services = records.len(), tasks = tasks.len(), "services loaded");
-    let names = records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
-    let networks = networks::load_or_create_ingress(&store)?;
+    let mut services = ServiceState {
+        reconciler: Reconciler::default(),
+        records,
+        tasks: HashMap::new(),
+        on_node: HashMap::new(),
+        names: HashMap::new(),
+        networks: Vec::new(),
+        keys: shoal_core::netkeys::Keyring::new(config.key_rotation_ms),
+        objects: Default::default(),
+    };
+    services.set_tasks(tasks);
+    services.names = services.records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
+    services.networks = networks::load_or_create_ingress(&store)?;
     let sealer = crate::secrets::Sealer::open_or_create(&paths::manager_dir(data_dir))?;
-    let objects = objects::load(&store, &sealer)?;
+    services.objects = objects::load(&store, &sealer)?;
     let (events, events_rx) = mpsc::channel(RECONCILE_QUEUE);
     let manager = Arc::new(Manager {
         store,
-        services: Mutex::new(ServiceState {
-            reconciler: Reconciler::default(),
-            records,
-            tasks,
-            names,
-            networks,
-            keys: shoal_core::netkeys::Keyring::new(config.key_rotation_ms),
-            objects,
-        }),
+        services: Mutex::new(services),
         events,
         pki: Mutex::new(pki),
         cluster: Mutex::new(cluster.clone()),
@@ -650,5 +678,68 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::{ServiceSpec, TaskState, TaskStatus};
+
+    fn task(n: u8, service: u8, node: Option<u8>) -> Task {
+        let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
+        Task {
+            id: TaskId::from_random([n; 16]),
+            service_id: ServiceId::from_random([service; 16]),
+            slot: u32::from(n),
+            node_id: node.map(|b| NodeId::from_random([b; 16])),
+            spec: spec.task_spec(),
+            spec_version: 1,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::Running, 0, ""),
+            created_at_ms: 0,
+            networks: Default::default(),
+        }
+    }
+
+    fn state(tasks: &[Task]) -> ServiceState {
+        let mut svc = ServiceState {
+            reconciler: Reconciler::default(),
+            records: Default::default(),
+            tasks: HashMap::new(),
+            on_node: HashMap::new(),
+            names: HashMap::from([(ServiceId::from_random([1; 16]), shoal_proto::text("web").unwrap())]),
+            networks: Vec::new(),
+            keys: shoal_core::netkeys::Keyring::new(60_000),
+            objects: Default::default(),
+        };
+        svc.set_tasks(tasks.iter().map(|t| (t.id.clone(), t.clone())).collect());
+        svc
+    }
+
+    #[test]
+    fn a_session_reads_the_same_full_set_from_its_boards_tasks_as_from_all_of_them() {
+        let all = [task(1, 1, Some(1)), task(2, 1, Some(2)), task(3, 2, Some(1)), task(4, 1, None)];
+        let svc = state(&all);
+        let node = NodeId::from_random([1; 16]);
+        let mut mine: Vec<&TaskId> = svc.tasks_on(&node).map(|t| &t.id).collect();
+        mine.sort();
+        let mut expected = [&all[0].id, &all[2].id];
+        expected.sort();
+        assert_eq!(mine, expected);
+        // Service 2 has no record any more: its short ID stands in, as in a walk of all.
+        let names = svc.names_of(svc.tasks_on(&node));
+        assert_eq!(names[&ServiceId::from_random([1; 16])].as_str(), "web");
+        assert_eq!(names[&ServiceId::from_random([2; 16])].as_str(), ServiceId::from_random([2; 16]).short());
+        let walked_names = svc.names_of(svc.tasks.values());
+        assert_eq!(
+            dispatcher::full_set(&node, svc.tasks_on(&node), &names, &svc.networks),
+            dispatcher::full_set(&node, svc.tasks.values(), &walked_names, &svc.networks)
+        );
+        // After a pass replaces the table, the index follows it.
+        let mut svc = svc;
+        svc.set_tasks(HashMap::from([(all[1].id.clone(), all[1].clone())]));
+        assert_eq!(svc.tasks_on(&node).count(), 0);
+        assert_eq!(svc.tasks_on(&NodeId::from_random([2; 16])).count(), 1);
     }
 }

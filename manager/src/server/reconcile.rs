@@ -116,7 +116,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     for r in changed {
         svc.records.insert(r.service.id.clone(), r);
     }
-    svc.tasks = tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+    svc.set_tasks(tasks.into_iter().map(|t| (t.id.clone(), t)).collect());
     // Forget the names of removed services once their last task is gone.
     let live: HashSet<&ServiceId> = svc.tasks.values().map(|t| &t.service_id).collect();
     let records = &svc.records;

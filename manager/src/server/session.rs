@@ -100,7 +100,13 @@ pub(super) async fn run_session(
         if let Some(s) = mgr.state.lock().expect("state lock").sessions.get_mut(&node).filter(|s| s.serial == serial) {
             s.secrets = Some(sent);
         }
-        messages.extend(dispatcher::full_set(&node, svc.tasks.values(), &svc.name_map(), &svc.networks));
+        let mine: Vec<&Task> = svc.tasks_on(&node).collect();
+        messages.extend(dispatcher::full_set(
+            &node,
+            mine.iter().copied(),
+            &svc.names_of(mine.iter().copied()),
+            &svc.networks,
+        ));
         messages
     };
     for message in full {
