@@ -326,27 +326,27 @@ impl<B: Backend> Api<'_, B> {
                 "shoal's manager is never locked: autolock and unlock keys do not apply",
             ));
         }
-        if !worker {
-            return Err(ApiError::not_implemented(
-                "cluster settings change with `shoal manager update`; rotate the join token with `docker swarm join-token --rotate worker`",
-            ));
-        }
         let version = version_param(version)?;
         let ca = match self.call(ControlRequest::Ca { rotate: false }).await? {
             ControlReply::Ca(c) => c,
             _ => return Err(unexpected("ca")),
         };
+        if !body.is_empty() {
+            if let Some(field) = render::swarm_spec_change(&ca, &parse_body(body)?) {
+                return Err(ApiError::bad_request(field));
+            }
+        }
+        if !worker {
+            return Err(ApiError::not_implemented(
+                "cluster settings change with `shoal manager update`; rotate the join token with `docker swarm join-token --rotate worker`",
+            ));
+        }
         let current = render::swarm(&ca, "", "", &[]);
         if Some(version) != current.pointer("/Version/Index").and_then(Value::as_u64) {
             return Err(ApiError::new(
                 409,
                 format!("update out of sequence: the swarm's version is not {version}: read it again"),
             ));
-        }
-        if !body.is_empty() {
-            if let Some(field) = render::swarm_spec_change(&ca, &parse_body(body)?) {
-                return Err(ApiError::bad_request(field));
-            }
         }
         match self.call(ControlRequest::JoinToken { rotate: true }).await? {
             ControlReply::JoinToken { .. } => Ok(Reply::empty(200)),
