@@ -3,10 +3,13 @@
 //!
 //! `shoal manager run` serves it on a unix socket, `docker.sock` in the manager's
 //! directory: the directory is 0700 and the socket 0600, and a connection whose peer is
-//! neither root nor the manager's own user is refused again here. It is not served on
-//! TCP. HTTP/1.1 (hyper), request bodies bounded by [`MAX_BODY`].
+//! neither root nor the manager's own user is refused again here. On TCP only with
+//! `--docker-tcp`, and then only TLS with the cluster's administrator certificate
+//! ([`serve_tcp`]). HTTP/1.1 (hyper), request bodies bounded by [`MAX_BODY`]; logs and
+//! events stream.
 //!
-//! Modules, one job each: [`api`] routes and answers (no sockets), [`spec`] maps Docker's
+//! Modules, one job each: [`api`] routes and answers (no sockets), [`logs`] the log
+//! stream in Docker's format, [`spec`] maps Docker's
 //! `ServiceSpec` onto shoal's, [`render`] shoal's views onto Docker's JSON, [`filters`]
 //! parses `filters=`, [`error`] is Docker's error shape, [`backend`] reaches the manager
 //! (its QUIC control API, as the `shoal` CLI does). See docs/docker-api.md.
