@@ -190,6 +190,19 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     let (stamp, rest) = line.split_once(' ').unwrap();
     assert!(shoal_proto::time::parse_rfc3339(stamp).is_some(), "{line}");
     assert!(rest.starts_with("database.1.") && rest.contains("@node") && rest.contains("    | "), "{line}");
+    // -f streams: the line arrives while the answer is still open; killing the client ends it.
+    let mut follow = Command::new(&d.cli)
+        .args(["service", "logs", "-f", "--tail", "all", "database"])
+        .env("DOCKER_HOST", &d.host)
+        .env("DOCKER_CONFIG", &d.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("Ready to accept connections"))));
+    assert!(follow.try_wait().unwrap().is_none(), "docker service logs -f ended by itself");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
     let raw = d.run(&["service", "logs", "--tail", "2", "--raw", "database"]);
     assert!(!raw.is_empty() && !raw.contains("com.docker.swarm"), "no details unless asked: {raw}");
     eprintln!("docker service logs took {:?}", logs_at.elapsed());
@@ -314,6 +327,13 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     let rotated = tcp.run(&["swarm", "join-token", "--rotate", "-q", "worker"]);
     assert!(rotated.starts_with("SHOAL-1-") && rotated != token, "{rotated}");
     assert_eq!(rotated, m.shoal(&["manager", "join-token", "-q", "worker"]));
+    // The old token no longer joins (a board's join from node1's namespace, refused).
+    let fresh = c.lab.dir.join("fresh-board");
+    let manager = format!("{}:4242", m.ip);
+    let join = c.lab.hosts[1]
+        .run("shoal-agent", &["--data-dir", fresh.to_str().unwrap(), "join", "--token", token.trim(), &manager]);
+    let e = String::from_utf8_lossy(&join.stderr);
+    assert!(!join.status.success() && e.contains("invalid join token"), "{e}");
     let e = d.fails(&["swarm", "update", "--cert-expiry", "1h"]);
     assert!(e.contains("shoal manager update --cert-expiry"), "{e}");
 

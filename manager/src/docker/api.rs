@@ -295,7 +295,10 @@ impl<B: Backend> Api<'_, B> {
             ControlReply::Ca(c) => c,
             _ => return Err(unexpected("ca")),
         };
-        Ok(Reply::ok(&render::info(&nodes, services, &ca)))
+        let mut info = render::info(&nodes, services, &ca);
+        // The images the manager holds, as `/images/json` lists them.
+        info["Images"] = json!(self_images(self).await?.len());
+        Ok(Reply::ok(&info))
     }
 
     async fn swarm(&self) -> Result<Reply, ApiError> {

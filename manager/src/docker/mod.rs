@@ -107,6 +107,11 @@ where
 /// Docker's port for the API over TLS.
 pub const DEFAULT_TLS_PORT: u16 = 2376;
 
+/// TCP connections still in their TLS handshake at once; beyond it new ones are closed
+/// at once: whoever can reach the port, certificate or not, can make the manager hold
+/// no more than this.
+const MAX_HANDSHAKES: usize = 32;
+
 /// How long a TCP client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -138,6 +143,7 @@ async fn serve_tls<B: Backend>(
     let mut acceptor = tokio_rustls::TlsAcceptor::from(config);
     info!(%addr, "Docker Engine API served on TCP with TLS (DOCKER_HOST=tcp://{addr}, client certificates required)");
     let backend = Arc::new(backend);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -152,10 +158,16 @@ async fn serve_tls<B: Backend>(
                 acceptor = tokio_rustls::TlsAcceptor::from(c);
             }
         }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            debug!(%peer, "docker api: too many TLS handshakes at once; connection closed");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let backend = backend.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            drop(permit);
+            let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "docker api: TLS handshake refused");
@@ -434,6 +446,19 @@ mod tests {
             let mut out = Vec::new();
             let _ = plain.read_to_end(&mut out).await;
             assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1"), "{out:?}");
+            // Connections that never finish a handshake hold a bounded number of slots.
+            let mut idle = Vec::new();
+            for _ in 0..MAX_HANDSHAKES {
+                idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut one_more = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut buf = [0u8; 1];
+            let closed = tokio::time::timeout(std::time::Duration::from_secs(2), one_more.read(&mut buf)).await;
+            assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed at once: {closed:?}");
+            drop(idle);
+            let admin = tls_ping(addr, &ca, Some(issue(&ca, CertRole::Admin))).await;
+            assert!(admin.starts_with("HTTP/1.1 200 OK\r\n"), "slots come back: {admin}");
             server.abort();
         });
     }
