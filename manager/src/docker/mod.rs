@@ -384,6 +384,86 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Hands out one log stream whose sending end the test keeps.
+    struct Follow(Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<shoal_proto::logs::LogsEvent>>>>);
+
+    impl Backend for Follow {
+        async fn call(&self, _: ControlRequest) -> Result<ControlReply, ErrorReply> {
+            Err(ErrorReply::new(ErrorKind::Internal, "no manager in this test"))
+        }
+
+        async fn logs(
+            &self,
+            req: shoal_proto::logs::LogsRequest,
+        ) -> Result<tokio::sync::mpsc::Receiver<shoal_proto::logs::LogsEvent>, ErrorReply> {
+            if req.target.as_str() != "web" || !req.follow || req.tail != Some(5) {
+                return Err(ErrorReply::new(ErrorKind::NotFound, &format!("no such service: {}", req.target)));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            *self.0.lock().unwrap() = Some(tx);
+            Ok(rx)
+        }
+    }
+
+    #[test]
+    fn followed_logs_stream_frames_and_end_upstream_when_the_client_goes_away() {
+        use shoal_proto::logs::{LogLine, LogStream, LogsEvent};
+        let dir = std::env::temp_dir().join(format!("shoal-docker-{}", shoal_proto::hex(&shoal_link::random::<6>())));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let server = tokio::spawn(serve(socket.clone(), Follow(slot.clone())));
+            while !socket.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let missing = exchange(
+                &socket,
+                b"GET /v1.50/services/nope/logs?follow=1&stdout=1&tail=5 HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(missing.starts_with("HTTP/1.1 404 ") && missing.ends_with(r#"{"message":"no such service: nope"}"#));
+
+            let mut client = tokio::net::UnixStream::connect(&socket).await.unwrap();
+            client
+                .write_all(b"GET /v1.50/services/web/logs?follow=1&stdout=1&stderr=1&tail=5 HTTP/1.1\r\nHost: d\r\n\r\n")
+                .await
+                .unwrap();
+            let tx = loop {
+                if let Some(tx) = slot.lock().unwrap().clone() {
+                    break tx;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            };
+            let name = shoal_proto::text("web.1.abc@node1").unwrap();
+            tx.send(LogsEvent::Task { index: 0, name: name.clone(), short: name }).await.unwrap();
+            let line = LogLine { stream: LogStream::Stderr, at_ms: 0, text: b"boom".to_vec().try_into().unwrap() };
+            tx.send(LogsEvent::Lines { task: 0, lines: vec![line].try_into().unwrap() }).await.unwrap();
+            let mut got = Vec::new();
+            let want: &[u8] = &[2, 0, 0, 0, 0, 0, 0, 5, b'b', b'o', b'o', b'm', b'\n'];
+            while !got.windows(want.len()).any(|w| w == want) {
+                let mut buf = [0u8; 512];
+                let n = tokio::time::timeout(std::time::Duration::from_secs(2), client.read(&mut buf))
+                    .await
+                    .expect("the frame arrives while the answer is open")
+                    .unwrap();
+                assert!(n > 0, "the answer ended: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+            assert!(head.contains("content-type: application/vnd.docker.multiplexed-stream\r\n"), "{head}");
+            // The client goes away: the stream to the manager ends, with nothing more sent.
+            drop(client);
+            tokio::time::timeout(std::time::Duration::from_secs(2), tx.closed())
+                .await
+                .expect("the log stream upstream ends when the client goes away");
+            server.abort();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A client of the TCP listener: trusts `ca`, presents `client` if given; what it
     /// reads back after asking for `/_ping` (empty when the server hung up).
     async fn tls_ping(
