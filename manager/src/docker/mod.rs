@@ -373,6 +373,14 @@ mod tests {
             assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
             assert!(answer.ends_with(r#"{"message":"request body is larger than 1 MiB: send a smaller request"}"#));
 
+            // No event log: with `until` the answer ends at once, empty.
+            let events = exchange(
+                &socket,
+                b"GET /v1.50/events?since=1&until=2 HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(events.starts_with("HTTP/1.1 200 OK\r\n") && events.ends_with("\r\n0\r\n\r\n"), "{events}");
+
             let down =
                 exchange(&socket, b"GET /v1.50/nodes HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").await;
             assert!(down.starts_with("HTTP/1.1 500 "), "{down}");
