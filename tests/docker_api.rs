@@ -8,14 +8,17 @@
 //! Two real clients, neither talking to a daemon: docker 28.2 (API 1.50) at
 //! `/usr/local/bin/docker` (or `SHOAL_DOCKER_CLI`) replays the lab; Debian's 20.10 (API
 //! 1.41, `out/docker-20.10/usr/bin/docker`, made by `scripts/docker-cli-20.sh` from
-//! `scripts/setup.sh`) then reads the result and changes it again.
+//! `scripts/setup.sh`) then reads the result and changes it again. On the same cluster:
+//! `docker service logs`, the API on TCP with the TLS files `shoal manager docker-env
+//! --tcp` writes (and refused without them, or with another cluster's), join-token
+//! rotation, and the read views Portainer calls (`docker images|ps|volume ls|system df|events`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, parse_table, wait_for, Cluster, SERVICE_LS, SERVICE_PS};
+use shoal_e2e::{bin, lab_image, parse_table, wait_for, Cluster, Lab, SERVICE_LS, SERVICE_PS};
 
 const NODE_LS: [&str; 6] = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"];
 
@@ -37,6 +40,10 @@ struct Docker {
     cli: PathBuf,
     host: String,
     config: PathBuf,
+    /// Run in this network namespace (the manager's, to reach its TCP listener).
+    ns: Option<String>,
+    /// `DOCKER_TLS_VERIFY=1` with this `DOCKER_CERT_PATH`.
+    tls: Option<PathBuf>,
 }
 
 impl Docker {
@@ -45,18 +52,31 @@ impl Docker {
         wait_for("the Docker API socket", Duration::from_secs(10), || socket.exists().then_some(()));
         let config = c.lab.dir.join("docker-config");
         std::fs::create_dir_all(&config).unwrap();
-        Self { cli, host: format!("unix://{}", socket.display()), config }
+        Self { cli, host: format!("unix://{}", socket.display()), config, ns: None, tls: None }
+    }
+
+    /// The same client on the manager's TCP listener, from inside its namespace, with
+    /// `tls` as `DOCKER_CERT_PATH` (or no TLS at all).
+    fn tcp(&self, c: &Cluster, host: &str, tls: Option<PathBuf>) -> Self {
+        let ns = Some(c.manager_host().ns.clone());
+        Self { cli: self.cli.clone(), host: host.to_owned(), config: self.config.clone(), ns, tls }
     }
 
     fn output(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.cli)
-            .args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_TLS_VERIFY")
-            .output()
-            .expect("run docker")
+        let mut cmd = match &self.ns {
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&self.cli);
+                cmd
+            }
+            None => Command::new(&self.cli),
+        };
+        cmd.args(args).env("DOCKER_HOST", &self.host).env("DOCKER_CONFIG", &self.config).env_remove("DOCKER_CONTEXT");
+        match &self.tls {
+            Some(dir) => cmd.env("DOCKER_TLS_VERIFY", "1").env("DOCKER_CERT_PATH", dir),
+            None => cmd.env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH"),
+        };
+        cmd.output().expect("run docker")
     }
 
     /// `docker ARGS`; panics with its stderr when it fails.
@@ -93,6 +113,12 @@ fn update_state(d: &Docker, service: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The value of `export NAME='VALUE'` in `shoal manager docker-env`'s output.
+fn exported(env: &str, name: &str) -> String {
+    let line = env.lines().find_map(|l| l.strip_prefix(&format!("export {name}=")));
+    line.unwrap_or_else(|| panic!("no {name} in {env}")).trim_matches('\'').to_owned()
+}
+
 fn socket_mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -101,7 +127,8 @@ fn socket_mode(path: &Path) -> u32 {
 #[test]
 #[ignore = "needs root"]
 fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
-    let c = Cluster::start(3).unwrap();
+    // The Engine API also on TCP (TLS only) inside the manager's namespace.
+    let c = Cluster::start_in_with(Lab::new(4).unwrap(), &["--docker-tcp", "127.0.0.1"]).unwrap();
     let m = c.manager_host();
     for image in ["redis.tar", "demo-app-1.0.tar", "demo-app-2.0.tar", "demo-app-3.0.tar"] {
         m.shoal(&["image", "load", lab_image(image).to_str().unwrap()]);
@@ -153,6 +180,32 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     assert_eq!(app.trim().len(), 25, "{app}");
     wait_for("database.1 running", Duration::from_secs(30), || all_running(&d, "database", "redis:latest", 1));
     wait_for("appserver.1 running", Duration::from_secs(30), || all_running(&d, "appserver", "demo/app:1.0", 1));
+    // `docker service logs` shows what the lab's database wrote, tasks named as Docker
+    // names them (the CLI reads the task, service and node IDs back from the details).
+    let logs_at = Instant::now();
+    let line = wait_for("redis's start in docker service logs", Duration::from_secs(10), || {
+        let out = d.run(&["service", "logs", "--timestamps", "database"]);
+        out.lines().find(|l| l.contains("Ready to accept connections")).map(str::to_owned)
+    });
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert!(shoal_proto::time::parse_rfc3339(stamp).is_some(), "{line}");
+    assert!(rest.starts_with("database.1.") && rest.contains("@node") && rest.contains("    | "), "{line}");
+    // -f streams: the line arrives while the answer is still open; killing the client ends it.
+    let mut follow = Command::new(&d.cli)
+        .args(["service", "logs", "-f", "--tail", "all", "database"])
+        .env("DOCKER_HOST", &d.host)
+        .env("DOCKER_CONFIG", &d.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("Ready to accept connections"))));
+    assert!(follow.try_wait().unwrap().is_none(), "docker service logs -f ended by itself");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let raw = d.run(&["service", "logs", "--tail", "2", "--raw", "database"]);
+    assert!(!raw.is_empty() && !raw.contains("com.docker.swarm"), "no details unless asked: {raw}");
+    eprintln!("docker service logs took {:?}", logs_at.elapsed());
     let ls = parse_table(&d.run(&["service", "ls"]), &SERVICE_LS);
     let row = |name: &str| ls.iter().find(|r| r["NAME"] == name).cloned().unwrap_or_else(|| panic!("{name}: {ls:?}"));
     assert_eq!(row("appserver")["REPLICAS"], "1/1");
@@ -233,6 +286,67 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     wait_for("4 × 3.0 by the 20.10 client", Duration::from_secs(30), || {
         all_running(&d20, "appserver", "demo/app:3.0", 4)
     });
+
+    // TCP: only TLS, only with the administrator certificate `docker-env --tcp` writes.
+    let tcp_at = Instant::now();
+    let env = m.shoal(&["manager", "docker-env", "--tcp", "127.0.0.1"]);
+    let (host, certs) = (exported(&env, "DOCKER_HOST"), PathBuf::from(exported(&env, "DOCKER_CERT_PATH")));
+    assert_eq!((host.as_str(), exported(&env, "DOCKER_TLS_VERIFY").as_str()), ("tcp://127.0.0.1:2376", "1"));
+    let tcp = d.tcp(&c, &host, Some(certs.clone()));
+    let nodes = parse_table(&tcp.run(&["node", "ls"]), &NODE_LS);
+    assert_eq!(nodes.len(), 4, "{nodes:?}");
+    let explicit = d.tcp(&c, "unix:///nowhere", None);
+    let ca = certs.join("ca.pem");
+    let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
+    let flags = ["--tlsverify", "-H", &host, "--tlscacert", ca.to_str().unwrap()];
+    let with_cert = [&flags[..], &["--tlscert", cert.to_str().unwrap(), "--tlskey", key.to_str().unwrap()]].concat();
+    assert!(explicit.run(&[&with_cert[..], &["node", "ls"]].concat()).contains("node2"));
+    // No TLS, TLS without a client certificate, a certificate of another cluster's CA.
+    d.tcp(&c, &host, None).fails(&["node", "ls"]);
+    explicit.fails(&[&flags[..], &["node", "ls"]].concat());
+    let other = c.lab.dir.join("other-cluster");
+    let made = Command::new(bin("shoal"))
+        .args(["manager", "init", "--advertise-addr", "127.0.0.1", "--hostname", "other"])
+        .env("SHOAL_DATA_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let other_certs = other.join("docker-tls");
+    let made = Command::new(bin("shoal"))
+        .args(["manager", "docker-env", "--tcp", "127.0.0.1", "--cert-path", other_certs.to_str().unwrap()])
+        .env("SHOAL_DATA_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::copy(&ca, other_certs.join("ca.pem")).unwrap();
+    d.tcp(&c, &host, Some(other_certs)).fails(&["node", "ls"]);
+
+    // Join tokens: shoal's own, rotated through /swarm/update.
+    let token = d.run(&["swarm", "join-token", "-q", "worker"]);
+    assert_eq!(token, m.shoal(&["manager", "join-token", "-q", "worker"]));
+    let rotated = tcp.run(&["swarm", "join-token", "--rotate", "-q", "worker"]);
+    assert!(rotated.starts_with("SHOAL-1-") && rotated != token, "{rotated}");
+    assert_eq!(rotated, m.shoal(&["manager", "join-token", "-q", "worker"]));
+    // The old token no longer joins (a board's join from node1's namespace, refused).
+    let fresh = c.lab.dir.join("fresh-board");
+    let manager = format!("{}:4242", m.ip);
+    let join = c.lab.hosts[1]
+        .run("shoal-agent", &["--data-dir", fresh.to_str().unwrap(), "join", "--token", token.trim(), &manager]);
+    let e = String::from_utf8_lossy(&join.stderr);
+    assert!(!join.status.success() && e.contains("invalid join token"), "{e}");
+    let e = d.fails(&["swarm", "update", "--cert-expiry", "1h"]);
+    assert!(e.contains("shoal manager update --cert-expiry"), "{e}");
+
+    // What Portainer reads besides the swarm views: the manager's own images, no
+    // containers or volumes on it, no event log.
+    let images = parse_table(&d.run(&["images"]), &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]);
+    assert!(images.iter().any(|r| r["REPOSITORY"] == "demo/app" && r["TAG"] == "3.0"), "{images:?}");
+    assert_eq!(d.run(&["ps", "-a", "-q"]).trim(), "");
+    assert_eq!(d.run(&["volume", "ls", "-q"]).trim(), "");
+    let df = d.run(&["system", "df"]);
+    assert!(df.lines().any(|l| l.starts_with("Images ") && l.contains(" 4 ")), "{df}");
+    assert_eq!(d.run(&["events", "--since", "1m", "--until", "1s"]).trim(), "");
+    eprintln!("TCP with TLS, join tokens and Portainer's views took {:?}", tcp_at.elapsed());
 
     // Anyone but root (and the manager's user) is kept off the socket.
     let nobody = Command::new("setpriv")

@@ -91,6 +91,30 @@ pub fn server_config(
     server_config_trusting(vec![ca], identity, idle_timeout)
 }
 
+/// A TLS-over-TCP server configuration that requires a client certificate signed by one
+/// of `cas` (the manager's Docker Engine API on TCP): same provider and TLS 1.3 as the
+/// QUIC server, but no ALPN (HTTP/1.1 clients offer none or `http/1.1`) and no
+/// unauthenticated peers at all. What the certificate's holder may do is the caller's
+/// to decide after the handshake.
+pub fn tcp_server_config_requiring_client(
+    cas: Vec<CertificateDer<'static>>,
+    identity: Identity,
+) -> Result<rustls::ServerConfig, LinkError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    }
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| LinkError::Tls(e.to_string()))?;
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| LinkError::Tls(e.to_string()))?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(|e| LinkError::Tls(format!("server certificate: {e}")))
+}
+
 /// The manager's QUIC server configuration, accepting client certificates of any of
 /// `cas` (two during a CA rotation).
 pub fn server_config_trusting(

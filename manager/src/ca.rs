@@ -124,6 +124,21 @@ impl Ca {
         Ok((cert.der().clone(), key))
     }
 
+    /// Issues a server certificate for `key` valid for `validity_ms`, naming the
+    /// manager by `names` (IP addresses and DNS names a client dials): the Docker API's
+    /// TCP listener, whose clients check the name they dialed, unlike shoal's own.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        cluster_id: &str,
+        key: &KeyPair,
+        validity_ms: u64,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let mut params = self.leaf_params(CertRole::Manager, "shoal docker api", cluster_id, validity_ms);
+        params.subject_alt_names = CertificateParams::new(names.to_vec())?.subject_alt_names;
+        Ok(params.signed_by(key, &self.issuer()?)?.der().clone())
+    }
+
     /// Issues a certificate for an existing key (the manager's server key, which must
     /// stay the same across renewals).
     pub fn sign_key(
@@ -224,6 +239,22 @@ mod tests {
         let csr = asked.serialize_request(&node_key).unwrap();
         let cert = ca.sign_node(csr.der(), "abc", "c1", DEFAULT_CERT_EXPIRY_MS).unwrap();
         assert_eq!(identify(&cert).unwrap(), (CertRole::Worker, "abc".to_owned()));
+    }
+
+    #[test]
+    fn a_docker_api_server_certificate_names_the_addresses_clients_dial() {
+        let ca = Ca::generate("c1").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let names = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let cert = ca.issue_server(&names, "c1", &key, SERVER_VALIDITY_MS).unwrap();
+        assert!(ca.signed(&cert));
+        assert_eq!(identify(&cert).unwrap().0, CertRole::Manager);
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        let san = x509.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
+        assert!(san
+            .iter()
+            .any(|n| matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == [127, 0, 0, 1])));
+        assert!(san.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName("localhost"))));
     }
 
     #[test]

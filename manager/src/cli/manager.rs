@@ -25,6 +25,9 @@ pub enum ManagerCommand {
     Update(UpdateArgs),
     /// Show the cluster CA, or rotate it (`--rotate`).
     Ca(CaArgs),
+    /// Print the variables that point the docker CLI at this manager's Docker API (the
+    /// unix socket, or with --tcp the TLS listener, writing its certificate files).
+    DockerEnv(super::docker_env::DockerEnvArgs),
     /// Save a consistent copy of the manager's state (while it runs) to FILE.
     Backup(FileArg),
     /// Replace the manager's state with a backup (the manager must be stopped).
@@ -98,8 +101,32 @@ pub struct RunArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
     /// Do not serve the Docker Engine API on the manager's `docker.sock`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "docker_tcp")]
     pub no_docker_api: bool,
+    /// Also serve the Docker Engine API on TCP at IP[:PORT] (port 2376 by default): TLS
+    /// only, and only for the administrator certificate of this cluster's CA (`shoal
+    /// manager docker-env --tcp` writes it for docker). Never plain TCP.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_docker_tcp)]
+    pub docker_tcp: Option<SocketAddr>,
+}
+
+fn parse_docker_tcp(s: &str) -> Result<SocketAddr, String> {
+    init::parse_addr(s, crate::docker::DEFAULT_TLS_PORT).map_err(|e| e.to_string())
+}
+
+/// The names the Docker API's TLS certificate carries: the listening address (unless it
+/// is every interface's), loopback, and this host's name; the manager adds its advertised
+/// address.
+fn docker_tls_names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec!["127.0.0.1".to_owned(), "::1".to_owned(), "localhost".to_owned()];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        names.push(host);
+    }
+    names
 }
 
 /// `manager join-token`.
@@ -187,6 +214,8 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             let period = args.heartbeat_period.as_millis().max(10) as u64;
             let liveness = LivenessConfig::with_period(period);
             let key_rotation_ms = args.overlay_key_rotation.as_millis() as u64;
+            let (configs, docker_tls) = tokio::sync::watch::channel(None);
+            let tcp = args.docker_tcp.map(|addr| (addr, docker_tls));
             let manager = server::run(
                 data_dir,
                 RunConfig {
@@ -194,12 +223,15 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
                     listen: args.listen_addr,
                     key_rotation_ms,
                     insecure_registries: args.insecure_registries,
+                    docker_tls: tcp
+                        .as_ref()
+                        .map(|(addr, _)| server::DockerTls { names: docker_tls_names(*addr), configs }),
                 },
             );
             if args.no_docker_api || !crate::paths::store_path(data_dir).exists() {
                 return manager.await;
             }
-            serve_with_docker_api(data_dir, manager).await
+            serve_with_docker_api(data_dir, manager, tcp).await
         }
         ManagerCommand::Backup(args) => {
             let client = Client::connect(data_dir).await?;
@@ -240,6 +272,7 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
             result
         }
         ManagerCommand::VerifyStore(args) => crate::verify::run_check(&args.file),
+        ManagerCommand::DockerEnv(args) => super::docker_env::run(data_dir, args),
         ManagerCommand::JoinToken(args) => {
             if args.role != "worker" {
                 anyhow::bail!(
@@ -266,19 +299,35 @@ pub async fn run(data_dir: &Path, cmd: ManagerCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Where the manager publishes the Docker API's TLS configuration.
+type DockerTlsConfigs = tokio::sync::watch::Receiver<Option<std::sync::Arc<rustls::ServerConfig>>>;
+
 /// Runs the manager with the Docker Engine API beside it. The API answers through the
 /// manager's control requests, so it can't outlive it; a socket that can't be served is
 /// logged and the manager runs on without it.
 async fn serve_with_docker_api(
     data_dir: &Path,
     manager: impl std::future::Future<Output = anyhow::Result<()>>,
+    tcp: Option<(SocketAddr, DockerTlsConfigs)>,
 ) -> anyhow::Result<()> {
     let socket = crate::docker::socket_path(data_dir);
     let backend = crate::docker::backend::ManagerBackend::new(data_dir.to_owned());
-    let api = async {
+    let unix = async {
         if let Err(e) = crate::docker::serve(socket, backend).await {
             tracing::warn!(error = %e, "the Docker API is not served");
         }
+    };
+    let tcp = async {
+        if let Some((addr, configs)) = tcp {
+            // A backend of its own: one QUIC connection per listener.
+            let backend = crate::docker::backend::ManagerBackend::new(data_dir.to_owned());
+            if let Err(e) = crate::docker::serve_tcp(addr, configs, backend).await {
+                tracing::warn!(error = %e, "the Docker API is not served on TCP");
+            }
+        }
+    };
+    let api = async {
+        tokio::join!(unix, tcp);
         std::future::pending::<()>().await
     };
     // Dropping the API's future takes its socket away.

@@ -4,6 +4,7 @@
 
 pub mod board;
 pub mod client;
+pub mod docker_env;
 pub mod exec;
 pub mod image;
 pub mod logs;

@@ -4,7 +4,8 @@
 //! (`server`) hands in method, path, query and body and writes out the [`Reply`].
 //!
 //! Served: `/_ping`, `/version`, `/info`, `/swarm`, `/nodes`, `/services`, `/tasks`,
-//! `/networks`, `/secrets`, `/configs`, `/distribution`. Docker endpoints shoal has no equivalent for answer 501
+//! `/networks`, `/secrets`, `/configs`, `/distribution` (logs stream, so the shell
+//! serves them through [`super::logs`]). Docker endpoints shoal has no equivalent for answer 501
 //! with what to use instead; paths Docker does not have either answer 404.
 
 use serde_json::{json, Value};
@@ -155,9 +156,10 @@ pub async fn handle<B: Backend>(backend: &B, req: Request<'_>) -> Result<Reply, 
         ("POST", ["swarm", "leave"]) => Err(ApiError::not_implemented(
             "the manager can't leave its own cluster: stop `shoal manager run`; remove a board with `docker node rm`",
         )),
-        ("POST", ["swarm", "update"]) => Err(ApiError::not_implemented(
-            "cluster settings change with `shoal manager update`; rotate the join token with `shoal manager join-token --rotate worker`",
-        )),
+        ("POST", ["swarm", "update"]) => {
+            let flags = [q("rotateWorkerToken"), q("rotateManagerToken"), q("rotateManagerUnlockKey")].map(truthy);
+            api.swarm_update(q("version"), flags, req.body).await
+        }
         (_, ["swarm", ..]) => Err(ApiError::not_implemented(
             "shoal's manager is never locked: autolock and unlock keys do not apply",
         )),
@@ -172,9 +174,6 @@ pub async fn handle<B: Backend>(backend: &B, req: Request<'_>) -> Result<Reply, 
             api.service_update(id, q("version"), q("rollback").as_deref() == Some("previous"), req.body).await
         }
         ("DELETE", ["services", id]) => api.service_rm(id).await,
-        ("GET", ["services", _, "logs"]) => Err(ApiError::not_implemented(
-            "service logs are not served over shoal's Docker API yet: use `shoal service logs SERVICE`",
-        )),
         ("GET", ["tasks"]) => api.tasks(q("filters").as_deref()).await,
         ("GET", ["tasks", id]) => api.task(id).await,
         ("GET", ["networks"]) => api.networks(q("filters").as_deref()).await,
@@ -182,6 +181,17 @@ pub async fn handle<B: Backend>(backend: &B, req: Request<'_>) -> Result<Reply, 
         ("POST", ["networks", "create"]) => api.network_create(req.body).await,
         ("DELETE", ["networks", id]) => api.network_rm(id).await,
         ("GET", ["distribution", rest @ .., "json"]) if !rest.is_empty() => api.distribution(&rest.join("/")).await,
+        // Read-only views Portainer and `docker ps|images|volume ls|system df` call: what
+        // the manager itself holds. Containers and volumes live on the boards.
+        ("GET", ["containers", "json"]) => Ok(Reply::ok(&json!([]))),
+        ("GET", ["images", "json"]) => {
+            Ok(Reply::ok(&Value::Array(self_images(&api).await?.iter().map(render::image_summary).collect())))
+        }
+        ("GET", ["volumes"]) => Ok(Reply::ok(&json!({
+            "Volumes": [],
+            "Warnings": ["volumes live on the boards: list them with `shoal volume ls` on the manager"],
+        }))),
+        ("GET", ["system", "df"]) => Ok(Reply::ok(&render::system_df(&self_images(&api).await?))),
         (_, ["containers", ..]) | (_, ["exec", ..]) | (_, ["commit"]) => Err(ApiError::not_implemented(
             "shoal manages services: use docker service create (containers run only as tasks of services)",
         )),
@@ -206,7 +216,7 @@ pub async fn handle<B: Backend>(backend: &B, req: Request<'_>) -> Result<Reply, 
         (_, ["secrets" | "configs", _, "update"]) => Err(ApiError::not_implemented(
             "a secret's or config's bytes change with `shoal secret|config update NAME FILE`, which rolls the services using it",
         )),
-        (_, ["plugins", ..]) | (_, ["session"]) | (_, ["grpc"]) | (_, ["events"]) | (_, ["system", ..]) => Err(
+        (_, ["plugins", ..]) | (_, ["session"]) | (_, ["grpc"]) | (_, ["system", ..]) => Err(
             ApiError::not_implemented(format!("{} is not served by shoal's Docker API (see docs/docker-api.md)", path)),
         ),
         _ => Err(ApiError::not_found(format!(
@@ -218,6 +228,13 @@ pub async fn handle<B: Backend>(backend: &B, req: Request<'_>) -> Result<Reply, 
 
 struct Api<'a, B> {
     b: &'a B,
+}
+
+async fn self_images<B: Backend>(api: &Api<'_, B>) -> Result<Vec<shoal_proto::images::ImageView>, ApiError> {
+    match api.call(ControlRequest::ImageList).await? {
+        ControlReply::Images(i) => Ok(i.into_vec()),
+        _ => Err(unexpected("image")),
+    }
 }
 
 fn unexpected(what: &str) -> ApiError {
@@ -278,7 +295,10 @@ impl<B: Backend> Api<'_, B> {
             ControlReply::Ca(c) => c,
             _ => return Err(unexpected("ca")),
         };
-        Ok(Reply::ok(&render::info(&nodes, services, &ca)))
+        let mut info = render::info(&nodes, services, &ca);
+        // The images the manager holds, as `/images/json` lists them.
+        info["Images"] = json!(self_images(self).await?.len());
+        Ok(Reply::ok(&info))
     }
 
     async fn swarm(&self) -> Result<Reply, ApiError> {
@@ -292,6 +312,49 @@ impl<B: Backend> Api<'_, B> {
         };
         let nodes = self.node_list().await?;
         Ok(Reply::ok(&render::swarm(&ca, &token, &addr, &nodes)))
+    }
+
+    /// `docker swarm join-token --rotate worker`: the CLI sends the spec it read back with
+    /// `rotateWorkerToken=true`. Only that rotation is served; a spec that changes a
+    /// setting is refused naming the field, and plain `docker swarm update` stays 501.
+    async fn swarm_update(&self, version: Option<String>, rotate: [bool; 3], body: &[u8]) -> Result<Reply, ApiError> {
+        let [worker, manager, unlock] = rotate;
+        if manager {
+            return Err(ApiError::bad_request(
+                "shoal has a single manager, so there is no manager join token to rotate: rotate the worker token",
+            ));
+        }
+        if unlock {
+            return Err(ApiError::not_implemented(
+                "shoal's manager is never locked: autolock and unlock keys do not apply",
+            ));
+        }
+        let version = version_param(version)?;
+        let ca = match self.call(ControlRequest::Ca { rotate: false }).await? {
+            ControlReply::Ca(c) => c,
+            _ => return Err(unexpected("ca")),
+        };
+        if !body.is_empty() {
+            if let Some(field) = render::swarm_spec_change(&ca, &parse_body(body)?) {
+                return Err(ApiError::bad_request(field));
+            }
+        }
+        if !worker {
+            return Err(ApiError::not_implemented(
+                "cluster settings change with `shoal manager update`; rotate the join token with `docker swarm join-token --rotate worker`",
+            ));
+        }
+        let current = render::swarm(&ca, "", "", &[]);
+        if Some(version) != current.pointer("/Version/Index").and_then(Value::as_u64) {
+            return Err(ApiError::new(
+                409,
+                format!("update out of sequence: the swarm's version is not {version}: read it again"),
+            ));
+        }
+        match self.call(ControlRequest::JoinToken { rotate: true }).await? {
+            ControlReply::JoinToken { .. } => Ok(Reply::empty(200)),
+            _ => Err(unexpected("join token")),
+        }
     }
 
     async fn nodes(&self, filters: Option<&str>) -> Result<Reply, ApiError> {

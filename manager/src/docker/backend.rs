@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use shoal_proto::{ControlReply, ControlRequest, ErrorKind, ErrorReply};
+use shoal_proto::logs::{LogsEvent, LogsRequest};
+use shoal_proto::{frame, ControlReply, ControlRequest, ErrorKind, ErrorReply};
+use tokio::sync::mpsc;
 
 use crate::cli::client::{CliError, Client};
 
@@ -14,6 +16,16 @@ use crate::cli::client::{CliError, Client};
 pub trait Backend: Send + Sync + 'static {
     /// One request, one answer.
     fn call(&self, req: ControlRequest) -> impl std::future::Future<Output = Result<ControlReply, ErrorReply>> + Send;
+
+    /// A log stream (`shoal service logs`): its events until [`LogsEvent::End`], or
+    /// for ever when following; dropping the receiver ends the stream upstream.
+    fn logs(
+        &self,
+        req: LogsRequest,
+    ) -> impl std::future::Future<Output = Result<mpsc::Receiver<LogsEvent>, ErrorReply>> + Send {
+        let _ = req;
+        async { Err(ErrorReply::new(ErrorKind::Internal, "logs are not served by this backend")) }
+    }
 }
 
 /// The manager, over one QUIC connection kept open and remade when it breaks.
@@ -59,5 +71,49 @@ impl Backend for ManagerBackend {
             }
             other => other.map_err(unavailable),
         }
+    }
+
+    async fn logs(&self, req: LogsRequest) -> Result<mpsc::Receiver<LogsEvent>, ErrorReply> {
+        ManagerBackend::logs(self, req).await
+    }
+}
+
+impl ManagerBackend {
+    async fn open_logs(
+        &self,
+        req: &LogsRequest,
+    ) -> Result<(std::sync::Arc<Client>, quinn::SendStream, quinn::RecvStream), CliError> {
+        let client = self.client().await.map_err(CliError::Refused)?;
+        let (send, recv) = client.open_logs(req.clone()).await?;
+        Ok((client, send, recv))
+    }
+
+    /// `shoal service logs`' stream, read into a channel by a task of its own that ends
+    /// when the stream does or the receiver is dropped (closing the stream upstream).
+    pub async fn logs(&self, req: LogsRequest) -> Result<mpsc::Receiver<LogsEvent>, ErrorReply> {
+        let (client, send, mut recv) = match self.open_logs(&req).await {
+            Err(CliError::Unreachable { .. }) => {
+                *self.client.lock().await = None;
+                self.open_logs(&req).await.map_err(unavailable)?
+            }
+            other => other.map_err(unavailable)?,
+        };
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            // Held until the end: dropping them closes the stream on the manager.
+            let _keep = (client, send);
+            loop {
+                let ev = tokio::select! {
+                    ev = shoal_link::framed::recv::<LogsEvent>(&mut recv, frame::MAX_FRAME_LEN) => ev,
+                    () = tx.closed() => return,
+                };
+                let Ok(Some(ev)) = ev else { return };
+                let end = ev == LogsEvent::End;
+                if tx.send(ev).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 }

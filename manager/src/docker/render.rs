@@ -414,3 +414,56 @@ pub fn distribution(i: &ImageView) -> Value {
         "Platforms": [],
     })
 }
+
+/// An image the manager holds, as `GET /images/json` lists it (`docker images`,
+/// Portainer's image list). Its layers are not unpacked on the manager: no creation
+/// time (0) and no container counts (-1, "not computed", as dockerd says).
+pub fn image_summary(i: &ImageView) -> Value {
+    let reference = shoal_proto::images::normalize_ref(&i.reference);
+    let repo = reference.rsplit_once(':').map_or(reference.as_str(), |(r, _)| r);
+    json!({
+        "Id": i.digest.as_str(),
+        "ParentId": "",
+        "RepoTags": [reference],
+        "RepoDigests": [format!("{repo}@{}", i.digest.as_str())],
+        "Created": 0,
+        "Size": i.size,
+        "SharedSize": -1,
+        "VirtualSize": i.size,
+        "Labels": {},
+        "Containers": -1,
+    })
+}
+
+/// `GET /system/df`: the manager's images; containers and volumes live on the boards
+/// (`shoal service ps`, `shoal volume ls`), none on the manager.
+pub fn system_df(images: &[ImageView]) -> Value {
+    let list: Vec<Value> = images.iter().map(image_summary).collect();
+    json!({
+        "LayersSize": images.iter().map(|i| i.size).sum::<u64>(),
+        "Images": list,
+        "Containers": [],
+        "Volumes": [],
+        "BuildCache": [],
+    })
+}
+
+/// The swarm spec fields `docker swarm update` can change, which shoal changes with its
+/// own commands: a request that changes one is refused naming it.
+pub const SWARM_SPEC_FIXED: [(&str, &str); 5] = [
+    ("/Name", "the cluster has no name to change"),
+    ("/CAConfig/NodeCertExpiry", "use `shoal manager update --cert-expiry`"),
+    ("/Dispatcher/HeartbeatPeriod", "use `shoal manager run --heartbeat-period`"),
+    ("/Orchestration/TaskHistoryRetentionLimit", "shoal keeps 5 tasks of history per slot"),
+    ("/EncryptionConfig/AutoLockManagers", "shoal's manager is never locked"),
+];
+
+/// The first field of a swarm spec sent back that differs from the cluster's, with what
+/// to use instead.
+pub fn swarm_spec_change(ca: &CaStatus, sent: &Value) -> Option<String> {
+    let current = &cluster(ca)["Spec"];
+    SWARM_SPEC_FIXED.iter().find_map(|(path, instead)| {
+        let v = sent.pointer(path).filter(|v| !v.is_null())?;
+        (Some(v) != current.pointer(path)).then(|| format!("Spec{}: {instead}", path.replace('/', ".")))
+    })
+}

@@ -59,6 +59,7 @@ mod logs;
 mod networks;
 mod objects;
 mod pki;
+pub use pki::DockerTls;
 mod pull;
 mod reconcile;
 mod session;
@@ -99,6 +100,8 @@ pub struct RunConfig {
     /// Registries (`host:port`) `image pull` may reach over plain HTTP (loopback ones
     /// always may).
     pub insecure_registries: Vec<String>,
+    /// Serve the Docker API on TCP too: its TLS comes from here.
+    pub docker_tls: Option<pki::DockerTls>,
 }
 
 /// Largest request from a peer without a certificate: a join request with every label
@@ -255,6 +258,8 @@ struct Manager {
     insecure_registries: Vec<String>,
     /// The sessions' heartbeat datagram keys.
     beats: Arc<beats::Beats>,
+    /// The Docker API's TCP listener's TLS, when it is served.
+    docker_tls: Option<pki::DockerTlsState>,
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -400,7 +405,20 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         pulls: Default::default(),
         insecure_registries: config.insecure_registries.clone(),
         beats,
+        docker_tls: match config.docker_tls {
+            Some(mut tls) => {
+                // The address boards reach the manager on is one clients may dial too.
+                if let Ok(a) = cluster.advertise_addr.parse::<SocketAddr>() {
+                    tls.names.push(a.ip().to_string());
+                }
+                tls.names.sort();
+                tls.names.dedup();
+                Some(pki::DockerTlsState { tls, key: rcgen::KeyPair::generate()? })
+            }
+            None => None,
+        },
     });
+    manager.apply_docker_tls()?;
     for node in manager.store.nodes()? {
         if node.role == Role::Worker {
             members.track(0, node.id);

@@ -77,6 +77,36 @@ pub(super) fn server_config(cluster: &ClusterRecord, pki: &Pki) -> anyhow::Resul
     Ok(tls::server_config_trusting(pki.trusted(), identity, IDLE_TIMEOUT)?)
 }
 
+/// The TLS of the Docker API's TCP listener (`shoal manager run --docker-tcp`): the
+/// names its certificate carries and where its configuration goes, at start and each
+/// time the CAs or the manager's own certificate change. It trusts the CAs in force
+/// for client certificates; the listener admits only administrator ones.
+#[derive(Debug, Clone)]
+pub struct DockerTls {
+    /// IP addresses and DNS names clients dial.
+    pub names: Vec<String>,
+    /// Receives each new configuration.
+    pub configs: tokio::sync::watch::Sender<Option<Arc<rustls::ServerConfig>>>,
+}
+
+/// [`DockerTls`] with its key, made at start and never stored (nothing outlives the
+/// process that would need it).
+pub(super) struct DockerTlsState {
+    pub(super) tls: DockerTls,
+    pub(super) key: rcgen::KeyPair,
+}
+
+/// The Docker API's TLS configuration for the CAs in force: a certificate of the
+/// current CA naming `names`, lasting as long as the manager's own (renewed with it).
+fn docker_tls_config(cluster: &ClusterRecord, pki: &Pki, d: &DockerTlsState) -> anyhow::Result<rustls::ServerConfig> {
+    let cert = pki.current.issue_server(&d.tls.names, &cluster.cluster_id, &d.key, ca::SERVER_VALIDITY_MS)?;
+    let identity = Identity {
+        chain: vec![cert, pki.current.cert().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(d.key.serialize_der())),
+    };
+    Ok(tls::tcp_server_config_requiring_client(pki.trusted(), identity)?)
+}
+
 /// A new server certificate for the same key (the key also derives the stateless-reset
 /// key, which must stay the same across restarts), signed by `ca`.
 fn reissue_server_cert(cluster: &mut ClusterRecord, ca: &Ca) -> anyhow::Result<()> {
@@ -97,6 +127,19 @@ impl Manager {
             server_config(&cluster, &pki)?
         };
         self.endpoint.set_server_config(Some(config));
+        self.apply_docker_tls()
+    }
+
+    /// Publishes the Docker API's TLS configuration for the CAs in force, if it is
+    /// served on TCP.
+    pub(super) fn apply_docker_tls(&self) -> anyhow::Result<()> {
+        let Some(d) = &self.docker_tls else { return Ok(()) };
+        let config = {
+            let cluster = self.cluster.lock().expect("cluster lock");
+            let pki = self.pki.lock().expect("pki lock");
+            docker_tls_config(&cluster, &pki, d)?
+        };
+        d.tls.configs.send_replace(Some(Arc::new(config)));
         Ok(())
     }
 

@@ -56,6 +56,21 @@ impl Backend for Fake {
                 Ok(ControlReply::Network(NetworkReply::Networks(BoundedVec::new())))
             }
             ControlRequest::ImageList => Ok(ControlReply::Images(BoundedVec::new())),
+            ControlRequest::NodeList => Ok(ControlReply::Nodes(BoundedVec::new())),
+            ControlRequest::Ca { rotate: false } => Ok(ControlReply::Ca(shoal_proto::CaStatus {
+                digest: [1; 32],
+                ca_until_ms: 0,
+                cert_expiry_ms: 7_776_000_000,
+                rotating: false,
+                rotating_to: None,
+                rotated: 0,
+                to_rotate: 0,
+                waiting_for: BoundedVec::new(),
+            })),
+            ControlRequest::JoinToken { rotate } => Ok(ControlReply::JoinToken {
+                token: shoal_proto::text(if rotate { "SHOAL-1-new" } else { "SHOAL-1-old" }).unwrap(),
+                manager_addr: shoal_proto::text("10.0.0.1:4242").unwrap(),
+            }),
             other => Err(ErrorReply::new(ErrorKind::InvalidRequest, &format!("fake does not answer {other:?}"))),
         }
     }
@@ -216,4 +231,54 @@ fn query_values_are_percent_decoded() {
     assert_eq!(query_param("a=1", "b"), None);
     assert_eq!(percent_decode("100%"), "100%");
     assert_eq!(percent_decode("%zz%4"), "%zz%4");
+}
+
+#[test]
+fn swarm_update_rotates_the_worker_token_only_and_refuses_settings_by_name() {
+    let fake = Fake::default();
+    run(async {
+        let swarm: Value =
+            serde_json::from_str(&call(&fake, "GET", "/v1.50/swarm", "", "").await.unwrap().body).unwrap();
+        assert_eq!(swarm["JoinTokens"]["Worker"], "SHOAL-1-old");
+        let spec = swarm["Spec"].to_string();
+        let rotate = "version=1&rotateWorkerToken=true&rotateManagerToken=false&rotateManagerUnlockKey=false";
+        assert_eq!(call(&fake, "POST", "/v1.50/swarm/update", rotate, &spec).await.unwrap().status, 200);
+        let e =
+            call(&fake, "POST", "/v1.50/swarm/update", "version=7&rotateWorkerToken=true", &spec).await.unwrap_err();
+        assert_eq!(e.status, 409);
+        let e =
+            call(&fake, "POST", "/v1.50/swarm/update", "version=1&rotateManagerToken=true", &spec).await.unwrap_err();
+        assert!(e.message.contains("no manager join token"), "{}", e.message);
+        let mut changed = swarm["Spec"].clone();
+        changed["CAConfig"]["NodeCertExpiry"] = json!(3_600_000_000_000u64);
+        let e = call(&fake, "POST", "/v1.50/swarm/update", "version=1", &changed.to_string()).await.unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "Spec.CAConfig.NodeCertExpiry: use `shoal manager update --cert-expiry`")
+        );
+        let e = call(&fake, "POST", "/v1.50/swarm/update", "version=1", &spec).await.unwrap_err();
+        assert_eq!(e.status, 501);
+    });
+    let seen = fake.seen.lock().unwrap();
+    let rotations = seen.iter().filter(|r| matches!(r, ControlRequest::JoinToken { rotate: true })).count();
+    assert_eq!(rotations, 1, "only the good request rotates");
+}
+
+#[test]
+fn portainers_read_views_answer_from_what_the_manager_holds() {
+    let fake = Fake::default();
+    run(async {
+        assert_eq!(call(&fake, "GET", "/v1.50/containers/json", "all=1", "").await.unwrap().body, "[]");
+        assert_eq!(call(&fake, "GET", "/v1.50/images/json", "", "").await.unwrap().body, "[]");
+        let v: Value = serde_json::from_str(&call(&fake, "GET", "/v1.50/volumes", "", "").await.unwrap().body).unwrap();
+        assert_eq!(v["Volumes"], json!([]));
+        let df: Value =
+            serde_json::from_str(&call(&fake, "GET", "/v1.50/system/df", "", "").await.unwrap().body).unwrap();
+        assert_eq!((df["LayersSize"].as_u64(), df["Containers"].clone()), (Some(0), json!([])));
+        // Writes stay refused.
+        let e = call(&fake, "POST", "/v1.50/containers/create", "", "{}").await.unwrap_err();
+        assert_eq!(e.status, 501);
+        let e = call(&fake, "DELETE", "/v1.50/images/demo", "", "").await.unwrap_err();
+        assert_eq!(e.status, 501);
+    });
 }
