@@ -189,6 +189,14 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     });
     let (stamp, rest) = line.split_once(' ').unwrap();
     assert!(shoal_proto::time::parse_rfc3339(stamp).is_some(), "{line}");
+    // Only the container's own output: the board's agent runs with SHOAL_LOG=info here,
+    // and none of its (or libcontainer's) records may reach a container's stderr.
+    let out = d.output(&["service", "logs", "database"]);
+    let both = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !both.contains("libcontainer") && !both.contains(" WARN "),
+        "the agent's records in a container's log: {both}"
+    );
     assert!(rest.starts_with("database.1.") && rest.contains("@node") && rest.contains("    | "), "{line}");
     // -f streams: the line arrives while the answer is still open; killing the client ends it.
     let mut follow = Command::new(&d.cli)

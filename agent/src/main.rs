@@ -236,8 +236,11 @@ fn main() -> std::process::ExitCode {
     // should cost as little as possible.
     if let Command::Shim { containers, state, id } = &cli.command {
         // Its stderr is the container's shim.log; inside the container (before the workload
-        // runs) it is the container's stderr, so libcontainer's errors reach its log.
-        shoal_link::logging::init("error", false);
+        // runs) it is the container's stderr, so libcontainer's errors reach its log, and
+        // only its errors: not the agent's SHOAL_LOG, whose `info` let libcontainer's
+        // "seccomp not available" warning (shoal installs its own filter) open every
+        // container's output. SHOAL_SHIM_LOG sets it when debugging.
+        shoal_link::logging::init_from("SHOAL_SHIM_LOG", "error", false);
         return exit_code(shoal_agent::runtime::shim::run(containers, state, id));
     }
     if let Command::ExecIn { containers, state, id, args } = &cli.command {

@@ -12,11 +12,16 @@ use tracing_subscriber::Layer;
 /// Installs the global subscriber. `default` applies when `SHOAL_LOG` is unset or
 /// unparsable; colours only when `ansi` (a terminal).
 pub fn init(default: &str, ansi: bool) {
-    let filter: Targets = std::env::var("SHOAL_LOG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .or_else(|| default.parse().ok())
-        .unwrap_or_default();
+    init_from("SHOAL_LOG", default, ansi);
+}
+
+/// [`init`] with the levels read from the variable `var` instead of `SHOAL_LOG`: for a
+/// process whose stderr is not only its own (a container's shim writes into the
+/// container's output until the workload runs), so that the agent's `SHOAL_LOG=info`
+/// does not fill every container's log with libcontainer's notices.
+pub fn init_from(var: &str, default: &str, ansi: bool) {
+    let filter: Targets =
+        std::env::var(var).ok().and_then(|s| s.parse().ok()).or_else(|| default.parse().ok()).unwrap_or_default();
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter);
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
