@@ -165,15 +165,9 @@ impl Supervisor {
         let (exits_tx, exits_rx) = mpsc::channel(64);
         let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
         disk.sample();
-        let sampled = Arc::downgrade(&disk);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(crate::disk::SAMPLE_EVERY).await;
-                let Some(d) = sampled.upgrade() else { return };
-                // One statvfs: quick enough not to need a blocking thread.
-                d.sample();
-            }
-        });
+        // One statvfs: quick enough not to need a blocking thread. The heartbeat samples
+        // too, and this only when it has not.
+        tokio::spawn(crate::disk::Watch::keep_sampled(Arc::downgrade(&disk), crate::disk::SAMPLE_EVERY));
         let mut worker = Worker {
             exec: Arc::new(
                 Exec::new(runtime, network, publisher, images, disk.clone())
