@@ -103,7 +103,7 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), S
     }
     container.start().map_err(|e| e.to_string())?;
     let pid = container.pid().map(|p| p.as_raw() as u32).ok_or("container has no pid after start")?;
-    shoal_link::files::write_private(&bundle.pid_file(), format!("{pid}\n").as_bytes())
+    super::bundle::write_state(&bundle.pid_file(), format!("{pid}\n").as_bytes())
         .map_err(|e| format!("pid file: {e}"))?;
     let log =
         Arc::new(Mutex::new(LogWriter::open(&bundle.log(), LogLimits::default()).map_err(|e| format!("log: {e}"))?));
