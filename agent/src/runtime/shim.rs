@@ -45,6 +45,8 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
         }
     };
     report(&format!("ok {pid}"));
+    // From here on it only waits and copies logs: the code that made the container goes.
+    super::trim::release();
     let code = wait_exit(pid);
     // The container's processes are gone (its PID namespace died with its init), so the
     // pipes reach their end: drain them before recording the exit, so that an exited
@@ -81,6 +83,8 @@ fn report(line: &str) {
 type Pumps = Vec<std::thread::JoinHandle<()>>;
 
 fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), String> {
+    // Before the container's init is forked from this process, so that it knows too.
+    super::trim::note();
     std::fs::create_dir_all(state_root).map_err(|e| format!("state directory: {e}"))?;
     let (out_r, out_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
