@@ -4,16 +4,16 @@
 //! this each kept ~4 MiB of the binary's code mapped, and PSS charged every container its
 //! share of it for as long as it ran.
 //!
-//! `MADV_DONTNEED` on the binary's executable mapping drops this process's page-table
-//! entries only: the pages stay in the page cache, shared with the agent and every other
-//! shim, and what the process still runs faults back in (a few pages). Only the code
-//! mapping, and only when it holds no private copy of a page (a debugger's breakpoint):
-//! that is the one case where dropping would lose bytes. Read-only data is left alone,
-//! since in a position-independent build it holds relocated pointers.
+//! `MADV_DONTNEED` on the binary's read-only mappings (code, read-only data) drops this
+//! process's page-table entries only: the pages stay in the page cache, shared with the
+//! agent and every other shim, and what the process still uses faults back in. Only
+//! mappings that hold no private copy of a page (`Anonymous: 0 kB` in `smaps`): a
+//! position-independent build's relocated read-only data, or a debugger's breakpoint,
+//! would be lost by dropping them, and are left alone.
 
 use std::sync::OnceLock;
 
-/// The binary's code mappings, as (start, length), noted before the init is forked.
+/// The binary's read-only mappings, as (start, length), noted before the init is forked.
 static CODE: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
 
 /// Notes where this binary's code is mapped; the container's init, a fork, inherits it.
@@ -28,16 +28,16 @@ pub fn note() {
 #[allow(unsafe_code)]
 pub fn release() {
     for &(start, len) in CODE.get().map(Vec::as_slice).unwrap_or_default() {
-        // SAFETY: the range is a whole read-only, executable, file-backed private
-        // mapping of this binary with no anonymous (private) pages, as `smaps` said when
-        // noted; nothing maps over it later. MADV_DONTNEED on such a mapping only drops
+        // SAFETY: the range is a whole read-only, file-backed private mapping of this
+        // binary with no anonymous (private) pages, as `smaps` said when noted; nothing
+        // writes to it or maps over it later. MADV_DONTNEED on such a mapping only drops
         // page-table entries: the next access maps the same file bytes again.
         let _ = unsafe { rustix::mm::madvise(start as *mut _, len, rustix::mm::Advice::LinuxDontNeed) };
     }
 }
 
-/// The code mappings of the file that maps `inside` (an address of its code), from
-/// `/proc/self/smaps`: executable, not writable, private, with no anonymous pages.
+/// The read-only mappings of the file that maps `inside` (an address of its code), from
+/// `/proc/self/smaps`: not writable, private, with no anonymous pages.
 pub fn code_ranges(smaps: &str, inside: usize) -> Vec<(usize, usize)> {
     struct Map<'a> {
         start: usize,
@@ -71,7 +71,9 @@ pub fn code_ranges(smaps: &str, inside: usize) -> Vec<(usize, usize)> {
         return Vec::new();
     }
     maps.iter()
-        .filter(|m| m.path == ours && m.perms == "r-xp" && m.anonymous_kb == Some(0) && m.end > m.start)
+        .filter(|m| {
+            m.path == ours && matches!(m.perms, "r-xp" | "r--p") && m.anonymous_kb == Some(0) && m.end > m.start
+        })
         .map(|m| (m.start, m.end - m.start))
         .collect()
 }
@@ -91,6 +93,8 @@ Anonymous:             0 kB
 Anonymous:            64 kB
 00d00000-00d01000 r-xp 00900000 08:01 42 /usr/bin/shoal-agent
 Anonymous:             4 kB
+00e00000-00e10000 r--p 00a00000 08:01 42 /usr/bin/shoal-agent
+Anonymous:            64 kB
 7f0000000000-7f0000100000 r-xp 00000000 08:01 7 /usr/lib/libc.so
 Anonymous:             0 kB
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
@@ -99,7 +103,8 @@ Anonymous:           132 kB
 
     #[test]
     fn only_the_binarys_own_clean_code_is_picked() {
-        assert_eq!(code_ranges(SMAPS, 0x0070_0000), vec![(0x0060_0000, 0x0060_0000)]);
+        let ours = vec![(0x0040_0000, 0x0020_0000), (0x0060_0000, 0x0060_0000)];
+        assert_eq!(code_ranges(SMAPS, 0x0070_0000), ours, "not the writable one, nor one with private pages");
         // An address in no file mapping, or in an anonymous one: nothing.
         assert!(code_ranges(SMAPS, 0x10).is_empty());
         assert!(code_ranges(SMAPS, 0x7ffd_0000_0010).is_empty());
@@ -112,6 +117,6 @@ Anonymous:           132 kB
         note();
         assert!(!CODE.get().unwrap().is_empty(), "the test binary's code mapping is found");
         release();
-        assert_eq!(code_ranges(SMAPS, 0x0060_0000).len(), 1, "and runs again after being dropped");
+        assert_eq!(code_ranges(SMAPS, 0x0060_0000).len(), 2, "and runs again after being dropped");
     }
 }
