@@ -21,7 +21,8 @@ pub const MIN_FREE_BYTES: u64 = 32 << 20;
 pub const MIN_FREE_INODES: u64 = 1_000;
 /// A write that failed for lack of space counts for this long.
 pub const ENOSPC_MEMORY_MS: u64 = 30_000;
-/// How often `statvfs` is sampled.
+/// How old a sample may grow: the heartbeat samples on each beat (1.5 s by default), and
+/// [`Watch::keep_sampled`] only when no beat did for this long (no session).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// What `statvfs` says of a filesystem, as available to an unprivileged writer.
@@ -94,6 +95,10 @@ pub struct Watch {
     /// Unix milliseconds of the last ENOSPC a write met; 0 for never.
     last_enospc_ms: AtomicU64,
     verdict: watch::Sender<Option<String>>,
+    /// Told of each sample, so that [`Watch::keep_sampled`] need not take one.
+    sampled: std::sync::Arc<tokio::sync::Notify>,
+    /// Samples taken so far.
+    samples: AtomicU64,
 }
 
 fn unix_ms() -> u64 {
@@ -103,11 +108,43 @@ fn unix_ms() -> u64 {
 impl Watch {
     /// Watches the disk holding `dir` (the agent's data dir).
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_owned(), last_enospc_ms: AtomicU64::new(0), verdict: watch::channel(None).0 }
+        Self {
+            dir: dir.to_owned(),
+            last_enospc_ms: AtomicU64::new(0),
+            verdict: watch::channel(None).0,
+            sampled: Default::default(),
+            samples: AtomicU64::new(0),
+        }
+    }
+
+    /// How many samples were taken so far.
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
+    }
+
+    /// Samples the disk whenever no other sample was taken for `every` ([`SAMPLE_EVERY`]);
+    /// ends once the watch is dropped. While the session beats, the beats sample and
+    /// this never wakes the board on its own.
+    pub async fn keep_sampled(watch: std::sync::Weak<Watch>, every: Duration) {
+        let Some(sampled) = watch.upgrade().map(|w| w.sampled.clone()) else { return };
+        loop {
+            tokio::select! {
+                _ = sampled.notified() => continue,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let Some(w) = watch.upgrade() else { return };
+            w.take_sample();
+        }
     }
 
     /// Samples the disk now and publishes the verdict if it changed.
     pub fn sample(&self) {
+        self.take_sample();
+        self.sampled.notify_one();
+    }
+
+    fn take_sample(&self) {
+        self.samples.fetch_add(1, Ordering::Relaxed);
         let usage = rustix::fs::statvfs(&self.dir).ok().map(|s| Usage {
             free_bytes: s.f_bavail.saturating_mul(s.f_frsize),
             total_bytes: s.f_blocks.saturating_mul(s.f_frsize),
@@ -195,5 +232,25 @@ mod tests {
         let w = Watch::new(Path::new("/"));
         assert!(w.noticed(&full));
         assert!(w.pressure().is_some(), "a write that hit ENOSPC puts the disk under pressure");
+    }
+
+    /// The beats sample the disk; the fallback sampler stays asleep while they do, takes
+    /// over when they stop (no session), and ends with the watch.
+    #[tokio::test]
+    async fn the_fallback_samples_only_when_nothing_else_did() {
+        let ms = Duration::from_millis;
+        let w = std::sync::Arc::new(Watch::new(Path::new("/")));
+        let fallback = tokio::spawn(Watch::keep_sampled(std::sync::Arc::downgrade(&w), ms(250)));
+        for _ in 0..6 {
+            tokio::time::sleep(ms(50)).await;
+            w.sample();
+        }
+        assert!(w.samples() <= 7, "beats every 50 ms: the fallback (250 ms) slept, {} samples", w.samples());
+        let beaten = w.samples();
+        tokio::time::sleep(ms(800)).await;
+        let alone = w.samples() - beaten;
+        assert!((2..=4).contains(&alone), "no beats for 800 ms: the fallback sampled {alone} times");
+        drop(w);
+        tokio::time::timeout(ms(2000), fallback).await.expect("the fallback ends with the watch").unwrap();
     }
 }

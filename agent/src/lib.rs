@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod session;
 pub mod supervisor;
+pub mod ticker;
 pub mod upgrade;
 pub mod volumes;
 

@@ -319,7 +319,7 @@ async fn session(
             // Beats first: what follows (network set-up, the first reports) may take a
             // while on a slow board, and the manager counts the silence from now.
             let period = Duration::from_millis(u64::from(heartbeat_period_ms)).max(MIN_PERIOD);
-            let beating = Beating::start(&conn, addr, period);
+            let beating = Beating::start(&conn, addr, period, supervisor.disk().clone());
             crate::upgrade::session_opened();
             // Overlay packets leave from the address this board reaches the manager from.
             match (networks, underlay_towards(addr)) {
@@ -487,7 +487,14 @@ struct Beating {
 impl Beating {
     /// Starts beating; `None` (heartbeats then go on the session stream) if the TLS
     /// session can't give keys, which both ends being rustls never shows.
-    fn start(conn: &quinn::Connection, manager: SocketAddr, period: Duration) -> Option<Self> {
+    /// The disk is sampled on each beat (see [`crate::disk::Watch::sample`]): one wakeup
+    /// for both.
+    fn start(
+        conn: &quinn::Connection,
+        manager: SocketAddr,
+        period: Duration,
+        disk: Arc<crate::disk::Watch>,
+    ) -> Option<Self> {
         let keys = match shoal_link::beat::BeatKeys::of(conn) {
             Ok(k) => k,
             Err(e) => {
@@ -496,7 +503,7 @@ impl Beating {
             }
         };
         let (tx, rx) = watch::channel(period);
-        let task = tokio::spawn(async move { beat_datagrams(manager, &keys, rx).await });
+        let task = tokio::spawn(async move { beat_datagrams(manager, &keys, rx, &disk).await });
         Some(Self { period: tx, end: tokio::sync::Mutex::new(Some(task)) })
     }
 
@@ -524,11 +531,14 @@ impl Drop for Beating {
 
 /// Sends a heartbeat datagram to the manager every period (the newest `period` says)
 /// from a socket of its own, until the manager answers that it does not know the
-/// session (it restarted): then returns why, and the session reconnects at once.
+/// session (it restarted): then returns why, and the session reconnects at once. The
+/// beats are the idle board's only clock (a kernel timer, see [`crate::ticker`]); the
+/// disk is sampled in the same wakeup.
 async fn beat_datagrams(
     manager: SocketAddr,
     keys: &shoal_link::beat::BeatKeys,
     mut period: watch::Receiver<Duration>,
+    disk: &crate::disk::Watch,
 ) -> String {
     let bind: SocketAddr = if manager.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address");
     let socket = match tokio::net::UdpSocket::bind(bind).await {
@@ -538,29 +548,24 @@ async fn beat_datagrams(
     if let Err(e) = socket.connect(manager).await {
         return format!("cannot reach the manager for heartbeats: {e}");
     }
-    let mut every = *period.borrow_and_update();
-    let mut next = tokio::time::Instant::now();
+    // Late (a suspended board): one beat now, not a burst.
+    let mut ticker = crate::ticker::Ticker::new(*period.borrow_and_update());
     let mut seq: u32 = 0;
     let mut answer = [0u8; 64];
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {
+            _ = ticker.tick() => {
                 // A send error (no route for a moment) is a lost beat, as on the wire.
                 if let Err(e) = socket.send(&keys.seal(seq)).await {
                     debug!(error = %e, "heartbeat not sent");
                 }
                 seq = seq.wrapping_add(1);
-                next += every;
-                // Late (a suspended board): beat now, not in a burst.
-                next = next.max(tokio::time::Instant::now());
+                disk.sample();
             }
             Ok(()) = period.changed() => {
                 let new = *period.borrow_and_update();
                 // A faster period applies at once; the beat it asked for is due now.
-                if new < every {
-                    next = tokio::time::Instant::now();
-                }
-                every = new;
+                ticker.set(new, new < ticker.period());
             }
             Ok(n) = socket.recv(&mut answer) => {
                 // Only an answer to one of the last few beats counts: the session keys

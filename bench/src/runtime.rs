@@ -181,13 +181,16 @@ fn main() -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(300));
     let mut per_container = Vec::new();
+    let (mut shims, mut inits) = (Vec::new(), Vec::new());
     for id in &ids {
         let shim: u32 = std::fs::read_to_string(dir.join("containers").join(id).join("shim.pid"))?.trim().parse()?;
         // The shim, the container's init (its child), and the command (the init's child).
         let init = children(shim);
         let command: Vec<u32> = init.iter().flat_map(|p| children(*p)).collect();
-        let ours: Vec<u32> = std::iter::once(shim).chain(init).collect();
+        let ours: Vec<u32> = std::iter::once(shim).chain(init.iter().copied()).collect();
         per_container.push((sum(&ours), sum(&command)));
+        shims.push(mem_kib(shim));
+        inits.push(sum(&init));
     }
     for id in &ids {
         rt.stop(id, Duration::from_secs(5))?;
@@ -219,6 +222,16 @@ fn main() -> Result<()> {
         ours.0 / n,
         ours.1 / n,
         ours.2 / n
+    );
+    let mean = |v: &[Mem]| {
+        let t = v.iter().fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2));
+        (t.0 / n, t.1 / n, t.2 / n)
+    };
+    let (shim, init) = (mean(&shims), mean(&inits));
+    println!("| … of it the shim | {} KiB | {} KiB | {} KiB |", shim.0, shim.1, shim.2);
+    println!(
+        "| … of it the container's init (a fork of the shim) | {} KiB | {} KiB | {} KiB |",
+        init.0, init.1, init.2
     );
     println!("| shoal for all 10 containers | {} KiB | {} KiB | {} KiB |", ours.0, ours.1, ours.2);
     println!(

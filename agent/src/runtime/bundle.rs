@@ -18,6 +18,28 @@ use std::path::{Path, PathBuf};
 
 use super::{ContainerStatus, RuntimeError};
 
+/// Writes one of the files the agent and the shims leave each other (`pid`, `exit`,
+/// `shim.pid`, `stop-signal`): owner-only, whole or not at all for any reader (a
+/// temporary file, then a rename), but not fsynced. They describe processes, which a power
+/// cut ends: after a reboot a container is over whatever they say (a missing `pid` makes
+/// it read Created rather than Lost, and its task fails either way), while an agent
+/// restart reads them from the page cache. The eight fsyncs (file and directory, four
+/// files) cost ~6 ms each on a busy disk, up to 290 ms, in every container's start-up.
+pub fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Paths of one container.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -97,9 +119,9 @@ impl Bundle {
         Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     }
 
-    /// Records the exit (by the shim), durably: the agent may only read it much later.
+    /// Records the exit (by the shim), for the agent to read now or after it restarts.
     pub fn write_exit(&self, code: i32, at_ms: u64) -> Result<(), RuntimeError> {
-        shoal_link::files::write_private(&self.exit_file(), format!("{code} {at_ms}\n").as_bytes())
+        write_state(&self.exit_file(), format!("{code} {at_ms}\n").as_bytes())
             .map_err(RuntimeError::io("writing the exit file"))
     }
 
@@ -115,5 +137,31 @@ impl Bundle {
             None => ContainerStatus::Created,
             Some(_) => ContainerStatus::Lost,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_are_replaced_whole_owner_only_and_leave_no_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("shoal-bundle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = Bundle::new(&dir, "c1");
+        std::fs::create_dir_all(b.dir()).unwrap();
+        b.write_exit(1, 5).unwrap();
+        b.write_exit(143, 1_700_000_000_000).unwrap();
+        assert_eq!(b.read_exit(), Some((143, 1_700_000_000_000)));
+        let mode = std::fs::metadata(b.exit_file()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(b.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["exit"], "no temporary file left");
+        // A write that can't land (a directory in the way) leaves no temporary either.
+        std::fs::create_dir(b.pid_file()).unwrap();
+        assert!(write_state(&b.pid_file(), b"42\n").is_err());
+        assert!(!b.dir().join("pid.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

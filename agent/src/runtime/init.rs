@@ -84,7 +84,11 @@ impl Executor for InitExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = spec.process().as_ref().and_then(|p| p.args().clone()).ok_or(ExecutorError::InvalidArg)?;
         // Fail closed: a container whose filter can't be loaded does not run.
-        if let Some(filter) = seccomp_filter(spec).map_err(|e| ExecutorError::Other(e.to_string()))? {
+        let filter = seccomp_filter(spec).map_err(|e| ExecutorError::Other(e.to_string()))?;
+        // The container is made: the code that made it goes from this process's memory
+        // (see `trim`), before a filter that might not allow `madvise`.
+        super::trim::release();
+        if let Some(filter) = filter {
             install::install(&filter).map_err(|e| ExecutorError::Other(e.to_string()))?;
         }
         // `--no-init`: the command itself is PID 1, as under Docker without `--init`.

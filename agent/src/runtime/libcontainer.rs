@@ -119,7 +119,7 @@ impl LibcontainerRuntime {
             std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
         }
         // Read back by `stop`, which knows only the container's ID.
-        shoal_link::files::write_private(&bundle.stop_signal_file(), config.stop_signal.to_string().as_bytes())
+        super::bundle::write_state(&bundle.stop_signal_file(), config.stop_signal.to_string().as_bytes())
             .map_err(RuntimeError::io("writing the stop signal"))?;
         std::fs::write(bundle.dir().join("hosts"), spec::hosts_file(config))
             .map_err(RuntimeError::io("writing hosts"))?;
@@ -286,8 +286,7 @@ impl Runtime for LibcontainerRuntime {
             .spawn()
             .map_err(RuntimeError::io("starting the container's shim"))?;
         // Read back after an agent restart to find the live shim: whole or absent, never torn.
-        let _ =
-            shoal_link::files::write_private(&bundle.dir().join("shim.pid"), format!("{}\n", child.id()).as_bytes());
+        let _ = super::bundle::write_state(&bundle.dir().join("shim.pid"), format!("{}\n", child.id()).as_bytes());
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -18,6 +18,7 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod swap;
+pub mod trim;
 pub mod user;
 
 use std::path::PathBuf;

@@ -45,6 +45,8 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
         }
     };
     report(&format!("ok {pid}"));
+    // From here on it only waits and copies logs: the code that made the container goes.
+    super::trim::release();
     let code = wait_exit(pid);
     // The container's processes are gone (its PID namespace died with its init), so the
     // pipes reach their end: drain them before recording the exit, so that an exited
@@ -81,6 +83,8 @@ fn report(line: &str) {
 type Pumps = Vec<std::thread::JoinHandle<()>>;
 
 fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), String> {
+    // Before the container's init is forked from this process, so that it knows too.
+    super::trim::note();
     std::fs::create_dir_all(state_root).map_err(|e| format!("state directory: {e}"))?;
     let (out_r, out_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -103,7 +107,7 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), S
     }
     container.start().map_err(|e| e.to_string())?;
     let pid = container.pid().map(|p| p.as_raw() as u32).ok_or("container has no pid after start")?;
-    shoal_link::files::write_private(&bundle.pid_file(), format!("{pid}\n").as_bytes())
+    super::bundle::write_state(&bundle.pid_file(), format!("{pid}\n").as_bytes())
         .map_err(|e| format!("pid file: {e}"))?;
     let log =
         Arc::new(Mutex::new(LogWriter::open(&bundle.log(), LogLimits::default()).map_err(|e| format!("log: {e}"))?));

@@ -5,7 +5,9 @@
 //!   next, [`core::book::Book`] keeps the node's task set (a full set replaces it, diffs
 //!   patch it) and returns what to do as [`core::book::Decision`] values;
 //! - [`persist`] keeps what must survive a restart in `<data-dir>/agent/tasks.json`
-//!   (rewritten only when it changes);
+//!   (rewritten only when it changes, by a writer off the runtime thread: a stop or a
+//!   removal waits until the set that records it is on disk, as it did when the write
+//!   was inline);
 //! - [`exec`] does it with the real runtime, image store and network (prepare, start,
 //!   stop, remove) and fails with typed [`exec::ExecError`]s.
 //!
@@ -56,7 +58,7 @@ use tracing::{debug, info, warn};
 use self::core::book::{Book, Decision, Observed, Outcome};
 use self::core::Container;
 use self::exec::{Exec, ExecError, Prepared};
-use self::persist::{StateError, TaskFile};
+use self::persist::{StateError, TaskFile, WriteFailed, Writer};
 use crate::images::ImageStore;
 use crate::net::{PortPublisher, Published, Sandboxes};
 use crate::runtime::Runtime;
@@ -165,15 +167,11 @@ impl Supervisor {
         let (exits_tx, exits_rx) = mpsc::channel(64);
         let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
         disk.sample();
-        let sampled = Arc::downgrade(&disk);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(crate::disk::SAMPLE_EVERY).await;
-                let Some(d) = sampled.upgrade() else { return };
-                // One statvfs: quick enough not to need a blocking thread.
-                d.sample();
-            }
-        });
+        // One statvfs: quick enough not to need a blocking thread. The heartbeat samples
+        // too, and this only when it has not.
+        tokio::spawn(crate::disk::Watch::keep_sampled(Arc::downgrade(&disk), crate::disk::SAMPLE_EVERY));
+        let file = TaskFile::new(&config.data_dir);
+        let (writer, write_failed) = Writer::start(file.path().to_owned());
         let mut worker = Worker {
             exec: Arc::new(
                 Exec::new(runtime, network, publisher, images, disk.clone())
@@ -183,7 +181,9 @@ impl Supervisor {
                     .with_secrets(held.clone(), crate::secrets::root_for(&config.data_dir)),
             ),
             image_wait_ms: config.image_wait.as_millis() as u64,
-            file: TaskFile::new(&config.data_dir),
+            file,
+            writer,
+            gated: Vec::new(),
             poll: config.poll,
             shared: shared.clone(),
             book: Book::new(),
@@ -201,7 +201,7 @@ impl Supervisor {
             warn!(error = %e, "cannot set up the container bridge; tasks that need it will be rejected");
         }
         worker.adopt().await?;
-        tokio::spawn(worker.run(rx, done_rx, health_rx, exits_rx));
+        tokio::spawn(worker.run(rx, done_rx, health_rx, exits_rx, write_failed));
         Ok(Self { commands, shared, disk, secrets: held })
     }
 
@@ -298,6 +298,11 @@ struct Worker<N> {
     exec: Arc<Exec<N>>,
     image_wait_ms: u64,
     file: TaskFile,
+    /// Writes `file` off the runtime thread.
+    writer: Writer,
+    /// Stops and removals decided since the last save, waiting to learn which set must
+    /// be on disk before they go (see [`Worker::gate`]).
+    gated: Vec<oneshot::Sender<u64>>,
     poll: Duration,
     shared: Arc<Shared>,
     book: Book,
@@ -326,12 +331,42 @@ impl<N: Sandboxes + 'static> Worker<N> {
         Ok(())
     }
 
+    /// Hands the set to the writer if it changed, and lets the stops and removals
+    /// decided meanwhile go once the newest set handed over is on disk.
     fn save(&mut self) {
-        let Some(tasks) = self.book.to_remember() else { return };
-        if let Err(e) = self.file.save(tasks) {
-            self.exec.disk.noticed(&e);
-            warn!(error = %e, "cannot save the task set");
-            self.book.unsaved();
+        if let Some(tasks) = self.book.to_remember() {
+            if let Some(bytes) = self.file.encode(tasks) {
+                self.writer.submit(bytes);
+            }
+        }
+        let newest = self.writer.submitted();
+        for go in self.gated.drain(..) {
+            let _ = go.send(newest);
+        }
+    }
+
+    /// A write of the task set failed: noted (a full disk) and written again with the
+    /// next change or loop.
+    fn unsaved(&mut self, e: StateError) {
+        self.exec.disk.noticed(&e);
+        warn!(error = %e, "cannot save the task set");
+        self.book.unsaved();
+        self.file.unsaved();
+    }
+
+    /// What an operation that must follow the task set onto disk waits for: a stop, so
+    /// that after a crash its container's exit still reads as the stop the manager asked
+    /// for (`stop_requested`), not a failure; a removal, so that a task is never found
+    /// on disk after its container is gone. The set is the one [`Worker::save`] hands
+    /// over at the end of this turn of the loop.
+    fn gate(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (go, set) = oneshot::channel();
+        self.gated.push(go);
+        let durable = self.writer.durable();
+        async move {
+            // Unsent: the supervisor stopped; go on, as before.
+            let newest = set.await.unwrap_or(0);
+            Writer::written(durable, newest).await;
         }
     }
 
@@ -367,6 +402,7 @@ impl<N: Sandboxes + 'static> Worker<N> {
         mut done: mpsc::Receiver<Done>,
         mut health: mpsc::Receiver<(TaskId, Health)>,
         mut exits: mpsc::Receiver<TaskId>,
+        mut write_failed: WriteFailed,
     ) {
         // Tasks taken back running (an agent restart) are checked again from the start.
         let running: Vec<(TaskId, TaskStatus)> = self
@@ -393,6 +429,8 @@ impl<N: Sandboxes + 'static> Worker<N> {
                     }
                     Some(Command::NewSession) => self.book.new_session(),
                     Some(Command::Shutdown(ack)) => {
+                        // The newest set is on disk before the next agent reads it.
+                        Writer::written(self.writer.durable(), self.writer.submitted()).await;
                         // Publications close; containers keep running.
                         drop(self.ports);
                         self.watches.values().for_each(|w| w.abort());
@@ -403,6 +441,12 @@ impl<N: Sandboxes + 'static> Worker<N> {
                 },
                 Some(d) = done.recv() => self.finished(d),
                 Some((task, h)) = health.recv() => self.health_changed(task, h),
+                Some(e) = write_failed.recv() => {
+                    // Written again with the next event, as before: not in a loop
+                    // against a full disk.
+                    self.unsaved(e);
+                    continue;
+                }
                 Some(task) = exits.recv() => {
                     self.watches.remove(&task);
                     self.poll_one(&task).await;
@@ -607,7 +651,9 @@ impl<N: Sandboxes + 'static> Worker<N> {
                     });
                 }
                 Decision::Stop { task, container_id, grace_ms, drain_ms } => {
+                    let gate = self.gate();
                     tokio::spawn(async move {
+                        gate.await;
                         // Other boards are dropping it as a backend meanwhile.
                         tokio::time::sleep(Duration::from_millis(drain_ms)).await;
                         let result = exec.stop(container_id, Duration::from_millis(grace_ms)).await;
@@ -622,7 +668,9 @@ impl<N: Sandboxes + 'static> Worker<N> {
                     if let Some(t) = &task {
                         self.ports.remove(t);
                     }
+                    let gate = self.gate();
                     tokio::spawn(async move {
+                        gate.await;
                         let grace = Duration::from_millis(grace_ms);
                         if let Err(e) = exec.remove_container(container_id.clone(), grace).await {
                             warn!(container = %container_id, error = %e, "cannot remove a container");
