@@ -134,10 +134,22 @@ impl Abi {
         let id = match self {
             Abi::X86_64 => syscalls::x86_64::Sysno::from_str(name).ok().map(|s| s.id()),
             Abi::I386 => syscalls::x86::Sysno::from_str(name).ok().map(|s| s.id()),
-            Abi::Aarch64 => syscalls::aarch64::Sysno::from_str(name).ok().map(|s| s.id()),
+            Abi::Aarch64 => syscalls::aarch64::Sysno::from_str(aarch64_table_name(name)).ok().map(|s| s.id()),
             Abi::Arm => syscalls::arm::Sysno::from_str(name).ok().map(|s| s.id()).or_else(|| arm_private(name)),
         };
         id.and_then(|n| u32::try_from(n).ok())
+    }
+}
+
+/// The generated aarch64 table's name for a call libseccomp (hence every Docker profile)
+/// names otherwise. Call 79 is `newfstatat` to libseccomp and `fstatat` in the table: without
+/// this, the default profile refused it, and glibc's loader, which stats each shared library
+/// with it, failed every dynamically linked arm64 program ("libm.so.6: cannot stat shared
+/// object: Operation not permitted").
+fn aarch64_table_name(name: &str) -> &str {
+    match name {
+        "newfstatat" => "fstatat",
+        other => other,
     }
 }
 
