@@ -38,18 +38,20 @@ struct Row {
     ready: Duration,
     image: Duration,
     answering: Duration,
-    rss_idle_kib: Option<u64>,
-    rss_task_kib: Option<u64>,
+    rss_idle_kib: Option<(u64, u64, u64)>,
+    rss_task_kib: Option<(u64, u64, u64)>,
 }
 
 /// The last `VmRSS` a QEMU board's console reported for its agent (`run` or `join`, not a
-/// shim), in KiB.
-fn console_rss(console: &str) -> Option<u64> {
+/// shim), in KiB, with its `RssAnon` and `RssFile` (heap and stacks; the binary's pages).
+fn console_rss(console: &str) -> Option<(u64, u64, u64)> {
+    let field =
+        |rest: &str, name: &str| -> Option<u64> { rest.split(name).nth(1)?.split_whitespace().next()?.parse().ok() };
     console
         .lines()
         .filter_map(|l| l.split_once("shoal-board: rss ").map(|(_, rest)| rest))
         .filter(|rest| rest.contains(" run") || rest.contains(" join"))
-        .filter_map(|rest| rest.split("VmRSS: ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|rest| Some((field(rest, "VmRSS: ")?, field(rest, "RssAnon: ")?, field(rest, "RssFile: ")?)))
         .next_back()
 }
 
@@ -108,7 +110,13 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let node = &c.lab.hosts[1];
     std::thread::sleep(SETTLE);
-    let rss = |p: &shoal_e2e::Proc| p.rss().map(|b| b / 1024);
+    let rss = |p: &shoal_e2e::Proc| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid()?)).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            status.lines().find_map(|l| l.strip_prefix(name))?.split_whitespace().next()?.parse().ok()
+        };
+        Some((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
+    };
     let rss_idle_kib = rss(&c.agents[0]);
     let (image, answering) = create_and_time(&c, "web-x86", "node1", &node.ip);
     std::thread::sleep(Duration::from_secs(3));
@@ -150,7 +158,11 @@ fn main() -> Result<()> {
         c.wait_status(&hostname, "Down", Duration::from_secs(10));
     }
 
-    let kib = |v: Option<u64>| v.map(|k| format!("{:.2} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "not read".into());
+    let mib = |k: u64| k as f64 / 1024.0;
+    let kib = |v: Option<(u64, u64, u64)>| {
+        v.map(|(rss, anon, file)| format!("{:.2} MiB (anon {:.2}, file {:.2})", mib(rss), mib(anon), mib(file)))
+            .unwrap_or_else(|| "not read".into())
+    };
     println!("### QEMU boards: timings and the agent's idle memory");
     println!();
     println!("`qemu-bench` (bench/src/qemu.rs): a manager and an x86_64 namespace board, then each");
