@@ -177,7 +177,7 @@ if [ -n "${SHOAL_RSS_EVERY:-}" ]; then
   (
     while sleep "$SHOAL_RSS_EVERY"; do
       for p in $(pidof shoal-agent); do
-        echo "shoal-board: rss $p $(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-40)| $(grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/$p/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
+        echo "shoal-board: rss $p $(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-40)| $(grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' "/proc/$p/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
       done
     done
   ) &

@@ -43,7 +43,8 @@ struct Row {
 }
 
 /// The last `VmRSS` a QEMU board's console reported for its agent (`run` or `join`, not a
-/// shim), in KiB, with its `RssAnon` and `RssFile` (heap and stacks; the binary's pages).
+/// shim), in KiB, with its `RssAnon` and `RssFile` + `RssShmem` (heap and stacks; the
+/// binary's pages, which are shared memory on a board whose root is a tmpfs).
 fn console_rss(console: &str) -> Option<(u64, u64, u64)> {
     let field =
         |rest: &str, name: &str| -> Option<u64> { rest.split(name).nth(1)?.split_whitespace().next()?.parse().ok() };
@@ -51,7 +52,10 @@ fn console_rss(console: &str) -> Option<(u64, u64, u64)> {
         .lines()
         .filter_map(|l| l.split_once("shoal-board: rss ").map(|(_, rest)| rest))
         .filter(|rest| rest.contains(" run") || rest.contains(" join"))
-        .filter_map(|rest| Some((field(rest, "VmRSS: ")?, field(rest, "RssAnon: ")?, field(rest, "RssFile: ")?)))
+        .filter_map(|rest| {
+            let file = field(rest, "RssFile: ")? + field(rest, "RssShmem: ").unwrap_or(0);
+            Some((field(rest, "VmRSS: ")?, field(rest, "RssAnon: ")?, file))
+        })
         .next_back()
 }
 
@@ -115,7 +119,7 @@ fn main() -> Result<()> {
         let field = |name: &str| -> Option<u64> {
             status.lines().find_map(|l| l.strip_prefix(name))?.split_whitespace().next()?.parse().ok()
         };
-        Some((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
+        Some((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")? + field("RssShmem:").unwrap_or(0)))
     };
     let rss_idle_kib = rss(&c.agents[0]);
     let (image, answering) = create_and_time(&c, "web-x86", "node1", &node.ip);
@@ -160,7 +164,7 @@ fn main() -> Result<()> {
 
     let mib = |k: u64| k as f64 / 1024.0;
     let kib = |v: Option<(u64, u64, u64)>| {
-        v.map(|(rss, anon, file)| format!("{:.2} MiB (anon {:.2}, file {:.2})", mib(rss), mib(anon), mib(file)))
+        v.map(|(rss, anon, file)| format!("{:.2} MiB (anon {:.2}, binary {:.2})", mib(rss), mib(anon), mib(file)))
             .unwrap_or_else(|| "not read".into())
     };
     println!("### QEMU boards: timings and the agent's idle memory");
