@@ -9,27 +9,19 @@
 //! build --bins`, the static agents (`scripts/build-agents.sh`) and `images/build.sh`.
 //! `QEMU_BENCH_ARCHES` (default `aarch64 armv7`) picks the QEMU boards.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use shoal_e2e::{lab_image, wait_for, Cluster, Lab};
+use shoal_e2e::{http_get_within, lab_image, wait_for, Cluster, Lab};
 
 /// The idle window before a board's RSS is read (the first image and task sets, the
 /// first certificate exchange pass within it).
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// The body of `GET path` from `ip:port`, if it answers 200.
+/// The body of `GET path` from `ip:port`, if it answers 200 (2 s to connect, 4 s to read:
+/// an emulated board).
 fn get(ip: &str, port: u16, path: &str) -> Option<String> {
-    let addr = format!("{ip}:{port}").parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.trim().to_owned())
+    http_get_within(format!("{ip}:{port}").parse().ok()?, path, Duration::from_secs(2)).ok()
 }
 
 /// One board's figures.
