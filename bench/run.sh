@@ -77,6 +77,13 @@ ln -sf "$agent" "$tmp/bin/shoal-agent"
 ln -sf "$shoal" "$tmp/bin/shoal"
 per_board=$(SHOAL_BIN_DIR=$tmp/bin ./target/release/agent-bench 100 10 2)
 
+echo "== QEMU boards: timings and idle RSS inside the guest (bench/src/qemu.rs)" >&2
+# The aarch64 board, then the armv7 one (never both at once), beside a namespace board
+# running the static x86_64 agent; scripts/qemu-board.sh fetches and caches the kernels.
+qemu=$(SHOAL_BIN_DIR=$tmp/bin ./target/release/qemu-bench) || qemu="### QEMU boards: timings and the agent's idle memory
+
+qemu-bench failed: not measured in this run."
+
 echo "== networking" >&2
 # Overlay data path against the underlay between two boards (namespaces), TCP bulk and
 # UDP round trips, from the agent's own netlink code built in release.
@@ -185,6 +192,8 @@ kept=$(sed -n '/<!-- keep: /,/<!-- \/keep -->/p' BENCHMARKS.md 2>/dev/null || tr
   echo "#$logs"
   echo
   echo "$fleet"
+  echo
+  echo "$qemu"
   echo
   echo "### Static agent size per board target (release, stripped)"
   echo

@@ -35,7 +35,8 @@
 # tmpfs the initramfs is copied to (pivot_root, which containers need, is refused when the
 # root is the initramfs itself); cgroup v2; the kernel's modules for networking and
 # overlayfs are loaded at boot, the rest on demand. QEMU_BOARD_MEMORY (MiB, default 512),
-# QEMU_BOARD_SMP (default 1).
+# QEMU_BOARD_SMP (default 1), QEMU_BOARD_RSS_EVERY (seconds: the agents' VmRSS from the
+# guest's /proc on the console, as "shoal-board: rss PID ARGS| VmRSS: N kB …").
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/out/qemu
@@ -170,6 +171,17 @@ export SHOAL_DATA_DIR=/var/lib/shoal SHOAL_LOG="${SHOAL_LOG:-info,quinn=warn}" N
   while sleep 1; do /bin/shoal-agent run; done
 ) &
 unset token
+# QEMU_BOARD_RSS_EVERY=N (bench/src/qemu.rs): the agent's memory, read from the guest's
+# own /proc, on the console every N seconds.
+if [ -n "${SHOAL_RSS_EVERY:-}" ]; then
+  (
+    while sleep "$SHOAL_RSS_EVERY"; do
+      for p in $(pidof shoal-agent); do
+        echo "shoal-board: rss $p $(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-40)| $(grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' "/proc/$p/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
+      done
+    done
+  ) &
+fi
 while true; do wait; sleep 1; done
 EOF
 }
@@ -270,6 +282,7 @@ run() {
     printf 'SHOAL_IP=%q\nSHOAL_MANAGER=%q\nSHOAL_HOSTNAME=%q\n' "$ip" "$manager" "$hostname"
     printf 'SHOAL_TIME=%s\n' "$(date +%s)"
     [ -z "${SHOAL_LOG:-}" ] || printf 'SHOAL_LOG=%q\n' "$SHOAL_LOG"
+    [ -z "${QEMU_BOARD_RSS_EVERY:-}" ] || printf 'SHOAL_RSS_EVERY=%q\n' "$QEMU_BOARD_RSS_EVERY"
   } >"$dir/cfg/etc/shoal/board.env"
   cp "$token_file" "$dir/cfg/etc/shoal/token"
   (cd "$dir/cfg" && find . | busybox cpio -o -H newc 2>/dev/null >"$dir/board.cpio")

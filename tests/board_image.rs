@@ -15,22 +15,15 @@
 //! part, `board prepare` on a synthetic image read back, is manager/tests/board_prepare.rs,
 //! which CI runs.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{cross_agent, lab_image, stock_board_image, wait_for, Cluster, Lab, QemuBoard};
+use shoal_e2e::{cross_agent, http_get_within, lab_image, stock_board_image, wait_for, Cluster, Lab, QemuBoard};
 
+/// The body of `GET path` from `ip:port`, if it answers 200 (2 s to connect, 4 s to read:
+/// an emulated board).
 fn get(ip: &str, port: u16, path: &str) -> Option<String> {
-    let addr = format!("{ip}:{port}").parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.trim().to_owned())
+    http_get_within(format!("{ip}:{port}").parse().ok()?, path, Duration::from_secs(2)).ok()
 }
 
 fn wait_ready(c: &Cluster, board: &mut QemuBoard, what: &str, timeout: Duration) -> Duration {

@@ -4,7 +4,8 @@
 //! on the same bridge (`scripts/qemu-board.sh`, `Lab::qemu_board`). aarch64, one cluster
 //! for every check: the VM joins and shows arch aarch64; a service constrained to it
 //! runs there only, on the image's arm64 variant (the guest's kernel runs no other), and
-//! its host-mode port answers from the host; it takes a rolling update; powering the VM
+//! its host-mode port answers from the host; a dynamically linked arm64 program (redis)
+//! runs under the default seccomp profile; it takes a rolling update; powering the VM
 //! off marks it Down within 3 s and a service without a constraint moves its task to
 //! another board. armv7: the VM joins as arm and runs the image's arm/v7 variant.
 //!
@@ -16,18 +17,23 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, running_containers, wait_for, Cluster, Lab, QemuBoard};
+use shoal_e2e::{http_get_within, lab_image, running_containers, wait_for, Cluster, Lab, QemuBoard};
 
-/// The body of `GET path` from `ip:port`, if it answers 200.
+/// The body of `GET path` from `ip:port`, if it answers 200 (2 s to connect, 4 s to read:
+/// an emulated board).
 fn get(ip: &str, port: u16, path: &str) -> Option<String> {
+    http_get_within(format!("{ip}:{port}").parse().ok()?, path, Duration::from_secs(2)).ok()
+}
+
+/// redis's first reply line to `PING` on `ip:port`, if it answers.
+fn redis_ping(ip: &str, port: u16) -> Option<String> {
     let addr = format!("{ip}:{port}").parse().ok()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.trim().to_owned())
+    s.write_all(b"PING\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
 }
 
 /// Nodes of the tasks of `service` the manager wants running that run `image`.
@@ -90,6 +96,13 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     let publish = "mode=host,target=8000,published=8000";
     let args = ["--constraint", "node.arch==aarch64", "--publish", publish, "-d", "demo/app:1.0"];
     m.shoal(&[&["service", "create", "--name", "armweb"][..], &args].concat());
+    // A dynamically linked arm64 program (Debian's redis-server and its glibc), started
+    // beside it: glibc's loader stats each library with newfstatat, which the default
+    // seccomp profile used to refuse on arm64 (an "Operation not permitted" from libm.so.6).
+    m.shoal(&["image", "load", lab_image("redis.tar").to_str().unwrap()]);
+    let dynamic = Instant::now();
+    let publish_db = "mode=host,target=6379,published=6379";
+    m_create(&c, "armdb", &["--constraint", "node.arch==aarch64", "--publish", publish_db, "-d", "redis"]);
     let version =
         wait_for("armweb 1.0 to answer on the QEMU board", Duration::from_secs(90), || get(&arm.ip, 8000, "/version"));
     let to_answering = created.elapsed();
@@ -97,6 +110,11 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     assert_eq!(running_on(&c, "armweb", "demo/app:1.0"), ["arm1"]);
     // Nothing of it on the namespace boards (their containers are this machine's).
     assert_eq!(running_containers("armweb"), 0);
+    wait_for("redis (dynamically linked) to answer PING on the QEMU board", Duration::from_secs(60), || {
+        (redis_ping(&arm.ip, 6379).as_deref() == Some("+PONG")).then_some(())
+    });
+    let to_dynamic = dynamic.elapsed();
+    m.shoal(&["service", "rm", "armdb"]);
 
     // A rolling update on the board.
     let updated = Instant::now();
@@ -134,7 +152,7 @@ fn qemu_aarch64_board_joins_runs_its_variant_updates_and_fails_over() {
     let to_moved = off.elapsed();
     eprintln!(
         "qemu aarch64 board: boot → Ready {to_ready:.1?} (kernel and init: {}); service create → answering \
-         {to_answering:.1?}; update → 3.0 running {to_updated:.1?}; power off → Down {to_down:.1?}, → task moved \
+         {to_answering:.1?}; dynamically linked redis answering {to_dynamic:.1?}; update → 3.0 running {to_updated:.1?}; power off → Down {to_down:.1?}, → task moved \
          {to_moved:.1?}; marked Down before the power-off: {missed} times; whole test {:.1?}",
         kernel_up(&arm),
         start.elapsed()

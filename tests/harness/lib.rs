@@ -659,9 +659,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 /// to read): the body of a 200, trimmed, or why not. The tests' one HTTP client: the demo
 /// app is busybox httpd.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    http_get_within(addr, path, Duration::from_millis(500))
+}
+
+/// As [`http_get`], with `connect` to connect and twice that to read: an emulated board
+/// (QEMU without KVM) answers slower than a namespace.
+pub fn http_get_within(addr: std::net::SocketAddr, path: &str, connect: Duration) -> Result<String, String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, connect).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(connect * 2)).map_err(|e| e.to_string())?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;

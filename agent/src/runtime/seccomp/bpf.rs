@@ -132,12 +132,70 @@ impl Abi {
     /// The number of `name` on this ABI, if it has that call.
     pub fn syscall(self, name: &str) -> Option<u32> {
         let id = match self {
-            Abi::X86_64 => syscalls::x86_64::Sysno::from_str(name).ok().map(|s| s.id()),
-            Abi::I386 => syscalls::x86::Sysno::from_str(name).ok().map(|s| s.id()),
-            Abi::Aarch64 => syscalls::aarch64::Sysno::from_str(name).ok().map(|s| s.id()),
+            Abi::X86_64 => x86_tables::x86_64(name),
+            Abi::I386 => x86_tables::i386(name),
+            Abi::Aarch64 => aarch64_table::aarch64(aarch64_table_name(name)),
             Abi::Arm => syscalls::arm::Sysno::from_str(name).ok().map(|s| s.id()).or_else(|| arm_private(name)),
         };
         id.and_then(|n| u32::try_from(n).ok())
+    }
+}
+
+/// The x86 tables, in the builds that can meet those ABIs: the x86_64 agent, and the
+/// tests, which run on x86_64 and cover every ABI. A board of another architecture never
+/// sees these ABIs (a filter kills any foreign one), so its agent does not carry their
+/// name tables (agent/Cargo.toml: `syscalls`' features per target; issue 12's size).
+#[cfg(target_arch = "x86_64")]
+mod x86_tables {
+    use std::str::FromStr;
+
+    pub(super) fn x86_64(name: &str) -> Option<i32> {
+        syscalls::x86_64::Sysno::from_str(name).ok().map(|s| s.id())
+    }
+
+    pub(super) fn i386(name: &str) -> Option<i32> {
+        syscalls::x86::Sysno::from_str(name).ok().map(|s| s.id())
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86_tables {
+    pub(super) fn x86_64(_: &str) -> Option<i32> {
+        None
+    }
+
+    pub(super) fn i386(_: &str) -> Option<i32> {
+        None
+    }
+}
+
+/// The aarch64 table: in every build but the 32-bit arm agent's (its boards run no
+/// 64-bit ABI).
+#[cfg(not(target_arch = "arm"))]
+mod aarch64_table {
+    use std::str::FromStr;
+
+    pub(super) fn aarch64(name: &str) -> Option<i32> {
+        syscalls::aarch64::Sysno::from_str(name).ok().map(|s| s.id())
+    }
+}
+
+#[cfg(target_arch = "arm")]
+mod aarch64_table {
+    pub(super) fn aarch64(_: &str) -> Option<i32> {
+        None
+    }
+}
+
+/// The generated aarch64 table's name for a call libseccomp (hence every Docker profile)
+/// names otherwise. Call 79 is `newfstatat` to libseccomp and `fstatat` in the table: without
+/// this, the default profile refused it, and glibc's loader, which stats each shared library
+/// with it, failed every dynamically linked arm64 program ("libm.so.6: cannot stat shared
+/// object: Operation not permitted").
+fn aarch64_table_name(name: &str) -> &str {
+    match name {
+        "newfstatat" => "fstatat",
+        other => other,
     }
 }
 

@@ -810,6 +810,20 @@ mod tests {
         assert_eq!(decide(&arm, &[Abi::Arm], Abi::Arm, "set_tls", [0; 6]), RET_ALLOW);
     }
 
+    /// glibc's loader on arm64 (Debian 12) opens, stats and maps each shared library: by
+    /// their kernel numbers, as the filter sees them. 79 is `newfstatat`, which the
+    /// generated aarch64 table calls `fstatat`; refused, no dynamically linked program ran.
+    #[test]
+    fn arm64_lets_the_dynamic_loader_stat_map_and_protect_libraries() {
+        let seccomp = default_profile().resolve(&target(&DEFAULT_CAPABILITIES, "arm64"));
+        let prog = bpf::compile(&seccomp, &[Abi::Aarch64, Abi::Arm]).unwrap();
+        // openat, read, close, newfstatat, fstat, mmap, mprotect, munmap, pread64, faccessat.
+        for nr in [56, 63, 57, 79, 80, 222, 226, 215, 67, 48] {
+            assert_eq!(bpf::run(&prog, Abi::Aarch64, nr, [0; 6]), RET_ALLOW, "aarch64 call {nr}");
+        }
+        assert_eq!(Abi::Aarch64.syscall("newfstatat"), Some(79));
+    }
+
     #[test]
     fn capabilities_widen_the_profile_as_dockers_does() {
         let mut caps: Vec<&'static str> = DEFAULT_CAPABILITIES.to_vec();
