@@ -1,6 +1,7 @@
 //! The real `docker` CLI against shoal's Docker Engine API (`docker.sock` beside the
 //! manager's state): the lab's tasks 1, 3, 4, 5 and 6, command for command as the lab
-//! writes them, on a manager and three boards in network namespaces with real
+//! writes them (and task 2 as the mission translates it: the page reaches `database` by
+//! name on the overlay network the CLI made), on a manager and three boards in network namespaces with real
 //! containers; outputs read back through Docker's own tables and templates. Then the
 //! lab's compose file through `docker stack deploy/ls/services/ps/rm`. Images are
 //! loaded with `shoal image load` (the API serves no `/images`).
@@ -180,6 +181,15 @@ fn docker_cli_replays_lab_tasks_1_3_4_5_6_against_shoal() {
     assert_eq!(app.trim().len(), 25, "{app}");
     wait_for("database.1 running", Duration::from_secs(30), || all_running(&d, "database", "redis:latest", 1));
     wait_for("appserver.1 running", Duration::from_secs(30), || all_running(&d, "appserver", "demo/app:1.0", 1));
+    // Task 2 as the mission translates it (services on an overlay network reach each
+    // other by name) and task 3's ingress publish: through every board's port 8000, the
+    // page reaches `database` by name on the network the CLI created.
+    for board in &c.lab.hosts[1..] {
+        let addr = format!("{}:8000", board.ip).parse().unwrap();
+        wait_for(&format!("the page reaching the database through {}", board.ip), Duration::from_secs(10), || {
+            shoal_e2e::http_get(addr, "/cgi-bin/db").ok().filter(|p| p.contains("PONG"))
+        });
+    }
     // `docker service logs` shows what the lab's database wrote, tasks named as Docker
     // names them (the CLI reads the task, service and node IDs back from the details).
     let logs_at = Instant::now();
