@@ -34,6 +34,21 @@ pub fn certs_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
 /// or power cut at any point the file holds either its old content or `bytes`. On
 /// failure (a full disk) the temporary file is removed, so a failed write costs no space.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_private(path, bytes, true)?;
+    sync_parent(path);
+    Ok(())
+}
+
+/// As [`write_private`], all or nothing for any reader, but not fsynced: for files whose
+/// content a power cut makes moot anyway, where the syncs' cost is the point (the agent's
+/// per-container state files, written in every container's start-up).
+pub fn write_private_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_private(path, bytes, false)
+}
+
+/// A temporary file beside `path`, written (and synced when `sync`), renamed over it;
+/// removed again when any step fails.
+fn replace_private(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let written = (|| {
         let mut options = std::fs::OpenOptions::new();
@@ -42,16 +57,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
-        // The data must be on disk before the rename publishes it.
-        f.sync_all()?;
+        if sync {
+            // The data must be on disk before the rename publishes it.
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = written {
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    sync_parent(path);
-    Ok(())
+    written
 }
 
 /// Makes a rename or creation in `path`'s directory durable. Best effort: a filesystem

@@ -26,18 +26,7 @@ use super::{ContainerStatus, RuntimeError};
 /// restart reads them from the page cache. The eight fsyncs (file and directory, four
 /// files) cost ~6 ms each on a busy disk, up to 290 ms, in every container's start-up.
 pub fn write_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    shoal_link::files::write_private_unsynced(path, bytes)
 }
 
 /// Paths of one container.
