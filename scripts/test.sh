@@ -110,13 +110,15 @@ step "QEMU ARM boards"
 # (tests/qemu_boards.rs), running the aarch64 and armv7 agents just built (`static-check`
 # profile, or the release builds in out/agents/ if newer). One at a time: two emulated
 # boards at once on 2 cores would make the Down-within-3-s check a test of the machine.
-cargo test -p shoal-e2e --test qemu_boards -- --include-ignored --test-threads=1 qemu_aarch64_ qemu_armv7_
+# `--workspace` rather than `-p shoal-e2e`: the features resolve as in the tests step
+# above, so its build serves (with `-p`, some 40 crates were built again: ~40 s).
+cargo test --workspace --test qemu_boards -- --include-ignored --test-threads=1 qemu_aarch64_ qemu_armv7_
 
 step "IPsec on a Debian kernel"
 # The ESP data path (this machine's kernel has neither ESP nor AES-GCM): the agent's
 # xfrm tests, in a QEMU guest running Debian's kernel (scripts/vm.sh), where the
 # `ipsec_esp_` test and the ESP branch of the capture test run.
-xfrm_tests=$(cargo test -q -p shoal-agent --test xfrm --no-run --message-format=json 2>/dev/null |
+xfrm_tests=$(cargo test -q --workspace --test xfrm --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
