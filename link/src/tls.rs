@@ -91,6 +91,15 @@ pub fn server_config(
     server_config_trusting(vec![ca], identity, idle_timeout)
 }
 
+/// The trust store of the cluster's CAs (two during a rotation).
+fn cluster_roots(cas: Vec<CertificateDer<'static>>) -> Result<Arc<RootCertStore>, LinkError> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// A TLS-over-TCP server configuration that requires a client certificate signed by one
 /// of `cas` (the manager's Docker Engine API on TCP): same provider and TLS 1.3 as the
 /// QUIC server, but no ALPN (HTTP/1.1 clients offer none or `http/1.1`) and no
@@ -100,11 +109,7 @@ pub fn tcp_server_config_requiring_client(
     cas: Vec<CertificateDer<'static>>,
     identity: Identity,
 ) -> Result<rustls::ServerConfig, LinkError> {
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
-    }
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(cluster_roots(cas)?, provider())
         .build()
         .map_err(|e| LinkError::Tls(e.to_string()))?;
     rustls::ServerConfig::builder_with_provider(provider())
@@ -122,11 +127,7 @@ pub fn server_config_trusting(
     identity: Identity,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, LinkError> {
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
-    }
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(cluster_roots(cas)?, provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| LinkError::Tls(e.to_string()))?;
@@ -243,11 +244,7 @@ impl ClientTls {
 }
 
 fn roots_verifier(cas: Vec<CertificateDer<'static>>) -> Result<Arc<WebPkiServerVerifier>, LinkError> {
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca).map_err(|e| LinkError::Tls(format!("cluster CA: {e}")))?;
-    }
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+    WebPkiServerVerifier::builder_with_provider(cluster_roots(cas)?, provider())
         .build()
         .map_err(|e| LinkError::Tls(e.to_string()))
 }
