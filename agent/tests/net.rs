@@ -245,6 +245,44 @@ fn ensure_bridge_again_and_a_restart_keep_sandboxes_working() {
     assert_gone(&again, &o);
 }
 
+/// The bridge's MAC and how the kernel assigned it (`addr_assign_type` 3: set by hand).
+fn mac_and_assign_type(bridge: &str) -> (String, String) {
+    let read = |f: &str| std::fs::read_to_string(Path::new("/sys/class/net").join(bridge).join(f)).unwrap();
+    (read("address").trim().to_owned(), read("addr_assign_type").trim().to_owned())
+}
+
+/// A bridge whose MAC was never set takes the lowest MAC of its ports: when that port's
+/// container went, the others' packets to their gateway (DNS, egress) were lost until
+/// their neighbour entry was probed again (seen as 10–40 s of "bad address" in the
+/// overlay lab). The bridge keeps one MAC through containers coming and going, and an
+/// agent restart pins an existing bridge's MAC without changing it.
+#[test]
+#[ignore = "needs root"]
+fn the_bridge_keeps_its_mac_while_containers_come_and_go() {
+    let mut fx = Fixture::new('e', 24);
+    let rt = runtime();
+    rt.block_on(fx.net.ensure_bridge()).unwrap();
+    let (mac, assigned) = mac_and_assign_type(fx.bridge());
+    assert_eq!(assigned, "3", "the bridge's MAC is not pinned");
+    let ids: Vec<String> = (0..4).map(|i| fx.id(&format!("mac{i}"))).collect();
+    let sandboxes: Vec<Sandbox> = ids.iter().map(|id| rt.block_on(fx.net.create_sandbox(id)).unwrap()).collect();
+    assert_eq!(mac_and_assign_type(fx.bridge()).0, mac, "the bridge took a port's MAC");
+    for s in &sandboxes {
+        rt.block_on(fx.net.remove_sandbox(&s.container_id)).unwrap();
+        assert_eq!(mac_and_assign_type(fx.bridge()).0, mac, "removing {} changed the bridge's MAC", s.container_id);
+    }
+
+    // A bridge an older agent made (MAC never set, so it followed its ports): ensuring it
+    // again pins the MAC it has, so running containers' neighbour entries stay right.
+    rt.block_on(fx.net.remove_bridge()).unwrap();
+    let made = std::process::Command::new("ip").args(["link", "add", fx.bridge(), "type", "bridge"]).status().unwrap();
+    assert!(made.success());
+    let (before, assigned) = mac_and_assign_type(fx.bridge());
+    assert_ne!(assigned, "3");
+    rt.block_on(fx.net.ensure_bridge()).unwrap();
+    assert_eq!(mac_and_assign_type(fx.bridge()), (before, "3".to_owned()));
+}
+
 #[test]
 #[ignore = "needs root"]
 fn published_ports_reach_a_sandbox_and_a_taken_port_is_refused() {

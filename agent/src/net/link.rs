@@ -67,14 +67,26 @@ pub(super) async fn find(c: &Conn, name: &str) -> Result<Option<(u32, Option<Inf
     }
 }
 
-/// Makes the bridge `name` exist, carry `gateway/prefix` and be up, leaving whatever
-/// else it has (ports, other addresses) alone, so running containers are undisturbed.
+/// Makes the bridge `name` exist, carry `gateway/prefix`, keep one MAC address and be
+/// up, leaving whatever else it has (ports, other addresses) alone, so running
+/// containers are undisturbed.
+///
+/// The MAC is pinned because a bridge whose address was never set takes the lowest MAC
+/// of its ports, and so changes when that port's container goes: the other containers
+/// still hold the old MAC for their gateway and their packets to it (DNS to the board's
+/// resolver, traffic leaving the board) are lost until their neighbour entry is probed
+/// again, up to ~40 s. A new bridge gets the MAC of its gateway address
+/// ([`super::overlay::mac_of`]); an existing one keeps the MAC
+/// it has, set explicitly (which the kernel then never changes), so containers that
+/// outlived an agent restart keep reaching it.
 pub(super) async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
     let c = Conn::open()?;
+    let mut created = false;
     let index = match find(&c, name).await? {
         Some((index, Some(InfoKind::Bridge))) => index,
         Some(_) => return Err(NetError::NotABridge(name.to_string())),
         None => {
+            created = true;
             match c.handle.link().add(LinkBridge::new(name).build()).execute().await {
                 Ok(()) => {}
                 // Another caller made it in between: fine if it is a bridge (checked below).
@@ -117,13 +129,39 @@ pub(super) async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> 
             Err(e) => return Err(NetError::netlink(format!("adding {gateway}/{prefix} to {name}"), e)),
         }
     }
+    let mac = match created {
+        // As overlay addresses get theirs; each board's bridge is an L2 segment of
+        // its own, so the same gateway on every board is no clash.
+        true => super::overlay::mac_of(gateway).to_vec(),
+        false => current_mac(&c, index, name).await?,
+    };
     c.handle
         .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
+        .set(LinkUnspec::new_with_index(index).address(mac).up().build())
         .execute()
         .await
-        .map_err(|e| NetError::netlink(format!("bringing {name} up"), e))?;
+        .map_err(|e| NetError::netlink(format!("pinning the MAC address of {name} and bringing it up"), e))?;
     Ok(index)
+}
+
+/// The MAC address link `index` has now.
+async fn current_mac(c: &Conn, index: u32, name: &str) -> Result<Vec<u8>, NetError> {
+    let msg = c
+        .handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| NetError::netlink(format!("looking up interface {name}"), e))?;
+    msg.and_then(|m| {
+        m.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(mac) if mac.len() == 6 => Some(mac),
+            _ => None,
+        })
+    })
+    .ok_or_else(|| NetError::io(format!("reading the MAC address of {name}"), std::io::Error::other("none reported")))
 }
 
 /// Creates a veth pair: `host` on the host, attached to `bridge` and up; its peer
