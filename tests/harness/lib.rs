@@ -404,7 +404,12 @@ impl Lab {
             disks: Vec::new(),
             keep: false,
         };
-        sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        // A MAC set by hand: a bridge without one takes its lowest port's, and changes it
+        // when that port goes (a QEMU board's tap), leaving the others a stale neighbour
+        // entry for 10.251.x.254 (the agent's board bridge had this bug: see
+        // `ensure_bridge`).
+        let mac = format!("02:42:0a:fb:{subnet:02x}:fe");
+        sh(&["ip", "link", "add", &bridge, "address", &mac, "type", "bridge"])?;
         sh(&["ip", "addr", "add", &format!("10.251.{subnet}.254/24"), "dev", &bridge])?;
         sh(&["ip", "link", "set", &bridge, "up"])?;
         for i in 0..n {
