@@ -265,6 +265,13 @@ fn a_vip_service_is_reached_by_name_and_spreads_over_its_replicas() {
         (shoal_e2e::running_containers(&web) == 0 && shoal_e2e::running_containers(&client) == 0).then_some(())
     });
     remove_network(m, &net);
+    // A replica killed, a scale-down and two removals: none of it is an error on a board
+    // (libcontainer logged one per removal while the agent loaded a state already gone).
+    for agent in &c.agents {
+        let log = std::fs::read_to_string(&agent.log).unwrap();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", agent.log.display());
+    }
 }
 
 /// A namespace standing for "the internet", cabled to one board namespace: the board

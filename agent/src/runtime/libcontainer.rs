@@ -352,8 +352,13 @@ impl Runtime for LibcontainerRuntime {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        if let Ok(mut c) = libcontainer::container::Container::load(self.state.join(id)) {
-            let _ = c.delete(true);
+        // Usually the shim has deleted it already; loading a container whose state is gone
+        // makes libcontainer log an ERROR, one per removal in the agent's log for nothing.
+        let state = self.state.join(id);
+        if state.join("state.json").exists() {
+            if let Ok(mut c) = libcontainer::container::Container::load(state) {
+                let _ = c.delete(true);
+            }
         }
         match rustix::mount::unmount(bundle.rootfs(), UnmountFlags::DETACH) {
             Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
