@@ -110,5 +110,19 @@ fn agents_upgrade_in_place_and_bad_builds_roll_back_and_pause_the_rollout() {
     assert_eq!(version_of("node2"), old);
     assert_eq!(c.lab.hosts[1].shims(), shims);
     assert_eq!(c.service_ps(&svc).len(), 1);
+
+    // The file at node2's agent path becomes another program while that agent runs (as
+    // between an update's swap and its restart, or after a rebuild): new containers
+    // still start and `exec` still works, their shim and helper being the running build,
+    // not whatever the path now holds.
+    std::fs::remove_file(&exes[1]).unwrap();
+    std::fs::copy("/bin/false", &exes[1]).unwrap();
+    let after = format!("{}sw", c.lab.tag());
+    m.shoal(&["service", "create", "--name", &after, "--constraint", "node.hostname==node2", "demo/app:1.0"]);
+    wait_for("a task started after the swap", Duration::from_secs(30), || {
+        c.replicas(&after).starts_with("1/1").then_some(())
+    });
+    let out = m.shoal(&["exec", &after, "echo", "the-running-build"]);
+    assert!(out.contains("the-running-build"), "{out}");
     eprintln!("whole test took {:?}", started.elapsed());
 }

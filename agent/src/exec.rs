@@ -31,6 +31,16 @@ pub const MAX_EXECS: usize = 32;
 /// hold the pipes open; they are not waited for longer).
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
+/// A command running the agent binary `agent_exe` (its `shim` and `exec-in` modes),
+/// named `shoal-agent` in `ps` whatever the path (the agent's own is `/proc/self/exe`:
+/// see [`crate::runtime::LibcontainerRuntime::paths`]).
+pub fn agent_command(agent_exe: &std::path::Path) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(agent_exe);
+    c.arg0("shoal-agent");
+    c
+}
+
 /// Where the agent keeps containers: bundles on disk, libcontainer state in `/run`.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -38,7 +48,7 @@ pub struct Paths {
     pub containers: PathBuf,
     /// libcontainer's state directory.
     pub state: PathBuf,
-    /// The agent binary, which runs `exec-in`.
+    /// The agent binary's path (see [`agent_command`]).
     pub agent_exe: PathBuf,
     /// The named volumes (see [`crate::volumes`]).
     pub volumes: PathBuf,
@@ -153,7 +163,7 @@ async fn run(
         refuse(send, ErrorReply::new(ErrorKind::InvalidRequest, "exec needs a command")).await;
         return Ok(());
     }
-    let mut child = tokio::process::Command::new(&paths.agent_exe)
+    let mut child = tokio::process::Command::from(agent_command(&paths.agent_exe))
         .arg("exec-in")
         .arg("--containers")
         .arg(&paths.containers)

@@ -41,7 +41,7 @@ pub fn from_image(h: Option<&shoal_oci::spec::Healthcheck>) -> Option<HealthConf
 
 /// Runs `check` once in container `cid`: true when it exited 0 within its timeout.
 pub async fn probe(paths: &Paths, cid: &str, check: &Check) -> bool {
-    let child = tokio::process::Command::new(&paths.agent_exe)
+    let child = tokio::process::Command::from(crate::exec::agent_command(&paths.agent_exe))
         .arg("exec-in")
         .arg("--containers")
         .arg(&paths.containers)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,13 +54,16 @@ impl LibcontainerRuntime {
 
     /// Where the runtime of an agent with this data directory keeps things.
     pub fn paths(data_dir: &Path) -> Result<crate::exec::Paths, RuntimeError> {
-        let exe = std::env::current_exe().map_err(RuntimeError::io("finding the agent binary"))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
         let tag = shoal_proto::hex(&digest.as_ref()[..6]);
         Ok(crate::exec::Paths {
             containers: crate::identity::agent_dir(data_dir).join("containers"),
             state: PathBuf::from("/run/shoal").join(tag),
-            agent_exe: exe,
+            // The binary this process was started from, not the file at its path: that
+            // holds another build once an update swapped it (until the agent restarts)
+            // or a rebuild replaced it, and a shim of another build than its agent
+            // could misread its state, or not start at all ("No such file").
+            agent_exe: PathBuf::from("/proc/self/exe"),
             volumes: crate::volumes::dir(data_dir),
         })
     }
@@ -271,7 +274,7 @@ impl Runtime for LibcontainerRuntime {
             .append(true)
             .open(bundle.shim_log())
             .map_err(RuntimeError::io("opening the shim log"))?;
-        let mut child = Command::new(&self.agent_exe)
+        let mut child = crate::exec::agent_command(&self.agent_exe)
             .arg("shim")
             .arg("--containers")
             .arg(&self.containers)
