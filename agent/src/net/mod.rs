@@ -348,11 +348,12 @@ impl Network {
         Ok(())
     }
 
-    /// The sandbox of `container_id`, if it has an address and a namespace file.
+    /// The sandbox of `container_id`, if it has an address and a namespace pinned at its
+    /// file (not one still being made: the board's network plane would fail to enter it).
     pub fn sandbox(&self, container_id: &str) -> Option<Sandbox> {
         let ip = self.lock().state().get(container_id)?;
         let s = self.describe(container_id, ip);
-        s.netns_path.exists().then_some(s)
+        netns::is_pinned(&s.netns_path).then_some(s)
     }
 
     /// Every container holding an address, namespace file or not (a missing file means

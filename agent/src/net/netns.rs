@@ -69,6 +69,14 @@ fn create_on_this_thread(path: &Path) -> Result<(), NetError> {
     result
 }
 
+/// Whether `path` pins a namespace: the bind mount is done, not just the empty file
+/// [`create`] makes first. Entering the file in between fails with EINVAL.
+pub(super) fn is_pinned(path: &Path) -> bool {
+    /// `NSFS_MAGIC`: the filesystem of `/proc/<pid>/ns/*`, and so of their bind mounts.
+    const NSFS_MAGIC: u64 = 0x6e73_6673;
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as u64 == NSFS_MAGIC)
+}
+
 #[allow(unsafe_code)]
 fn unshare_net() -> Result<(), NetError> {
     // SAFETY: `unshare_unsafe` is unsafe only because of `UnshareFlags::FILES`, which
