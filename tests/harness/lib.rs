@@ -3,6 +3,7 @@
 //! processes. Everything a [`Lab`] creates (namespaces, veths, the bridge, processes)
 //! is removed when it is dropped, also when a test fails.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -956,42 +957,65 @@ impl Lab {
         };
         let agent = cross_agent(target);
         let manager = &self.hosts[0];
-        let prefix = manager.ip.rsplit_once('.').map(|(p, _)| p.to_owned()).context("manager address")?;
-        let ip = format!("{prefix}.{}", 200 + u32::from(n));
+        let mut board = self.board_on_tap(n, hostname)?;
+        let dir = self.dir.join(format!("qemu-{hostname}"));
+        std::fs::create_dir_all(&dir)?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, token)?;
+        let ip = format!("{}/24", board.ip);
+        let manager = format!("{}:4242", manager.ip);
+        let args: [&OsStr; 17] = [
+            "run".as_ref(),
+            "--arch".as_ref(),
+            arch.as_ref(),
+            "--tap".as_ref(),
+            board.tap.as_ref(),
+            "--ip".as_ref(),
+            ip.as_ref(),
+            "--manager".as_ref(),
+            manager.as_ref(),
+            "--hostname".as_ref(),
+            hostname.as_ref(),
+            "--token-file".as_ref(),
+            token_file.as_ref(),
+            "--agent".as_ref(),
+            agent.as_ref(),
+            "--dir".as_ref(),
+            dir.as_ref(),
+        ];
+        board.qemu.child = Some(spawn_board_script(&board.qemu.log, &args)?);
+        Ok(board)
+    }
+
+    /// A QEMU board's place on this lab's bridge, not powered on: tap `<tag>q<n>` on the
+    /// bridge, address `.200 + n` of the lab's /24, its console log in the lab's logs.
+    fn board_on_tap(&self, n: u8, hostname: &str) -> Result<QemuBoard> {
+        let prefix = self.hosts[0].ip.rsplit_once('.').map(|(p, _)| p.to_owned()).context("manager address")?;
         let tap = format!("{}q{n}", self.tag);
         sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         let board = QemuBoard {
             qemu: Proc { child: None, log: self.dir.join("logs").join(format!("{hostname}-console.log")) },
-            ip: ip.clone(),
+            ip: format!("{prefix}.{}", 200 + u32::from(n)),
             hostname: hostname.to_owned(),
             tap: tap.clone(),
         };
         sh(&["ip", "link", "set", &tap, "master", &self.bridge, "up"])?;
-        let dir = self.dir.join(format!("qemu-{hostname}"));
-        std::fs::create_dir_all(&dir)?;
         std::fs::create_dir_all(self.dir.join("logs"))?;
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, token)?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
-        let log = std::fs::File::create(&board.qemu.log)?;
-        let child = Command::new(script)
-            .args(["run", "--arch", arch, "--tap", &tap, "--ip", &format!("{ip}/24")])
-            .args(["--manager", &format!("{}:4242", manager.ip), "--hostname", hostname])
-            .arg("--token-file")
-            .arg(&token_file)
-            .arg("--agent")
-            .arg(&agent)
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting scripts/qemu-board.sh")?;
-        let mut board = board;
-        board.qemu.child = Some(child);
         Ok(board)
     }
+}
+
+/// Runs `scripts/qemu-board.sh ARGS` in the background, its output appended to `log`.
+fn spawn_board_script(log: &Path, args: &[&OsStr]) -> Result<Child> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Command::new(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting scripts/qemu-board.sh {}", args[0].to_string_lossy()))
 }
 
 /// The stock OS disk image of a QEMU board (`scripts/qemu-board.sh disk`: a FAT boot
@@ -1012,18 +1036,7 @@ impl Lab {
     /// run-disk`): its tap is made on the lab's bridge at `.200 + n`; it is powered on
     /// (and on again after a reboot or power-off) with [`Lab::power_on_disk`].
     pub fn disk_board(&self, n: u8, hostname: &str) -> Result<QemuBoard> {
-        let prefix = self.hosts[0].ip.rsplit_once('.').map(|(p, _)| p.to_owned()).context("manager address")?;
-        let tap = format!("{}q{n}", self.tag);
-        sh(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        let board = QemuBoard {
-            qemu: Proc { child: None, log: self.dir.join("logs").join(format!("{hostname}-console.log")) },
-            ip: format!("{prefix}.{}", 200 + u32::from(n)),
-            hostname: hostname.to_owned(),
-            tap: tap.clone(),
-        };
-        sh(&["ip", "link", "set", &tap, "master", &self.bridge, "up"])?;
-        std::fs::create_dir_all(self.dir.join("logs"))?;
-        Ok(board)
+        self.board_on_tap(n, hostname)
     }
 
     /// Powers `board` on from `disk`, as its firmware would boot it (kernel, initramfs and
@@ -1032,20 +1045,21 @@ impl Lab {
         board.qemu.kill9();
         let dir = self.dir.join(format!("qemu-{}", board.hostname));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&board.qemu.log)?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
-        let child = Command::new(script)
-            .args(["run-disk", "--arch", arch, "--tap", &board.tap, "--ip", &format!("{}/24", board.ip)])
-            .arg("--disk")
-            .arg(disk)
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting scripts/qemu-board.sh run-disk")?;
-        board.qemu.child = Some(child);
+        let ip = format!("{}/24", board.ip);
+        let args: [&OsStr; 11] = [
+            "run-disk".as_ref(),
+            "--arch".as_ref(),
+            arch.as_ref(),
+            "--tap".as_ref(),
+            board.tap.as_ref(),
+            "--ip".as_ref(),
+            ip.as_ref(),
+            "--disk".as_ref(),
+            disk.as_ref(),
+            "--dir".as_ref(),
+            dir.as_ref(),
+        ];
+        board.qemu.child = Some(spawn_board_script(&board.qemu.log, &args)?);
         Ok(())
     }
 }
