@@ -291,6 +291,18 @@ run() {
 
   local release
   release=$(cat "$cache/$arch/release")
+  boot "$arch" "$ip" "$tap" "$cache/$arch/root/boot/vmlinuz-$release" "$dir/initrd.cpio" \
+    "console=ttyAMA0 quiet panic=-1"
+}
+
+# boot ARCH IP TAP KERNEL INITRD CMDLINE [QEMU ARGS…]: replaces this shell with QEMU
+# running a board of ARCH (the fetched QEMU, TCG), its NIC on TAP with a MAC made from
+# IP. What `run` and `run-disk` share.
+boot() {
+  local arch=$1 ip=$2 tap=$3 kernel=$4 initrd=$5 cmdline=$6
+  shift 6
+  local debarch flavour target qemu machine cpu
+  read -r debarch flavour target qemu machine cpu <<<"$(arch_info "$arch")"
   # A stable MAC from the address, so two boards on one bridge never share one.
   local mac
   mac=$(printf '52:54:%02x:%02x:%02x:%02x' $(echo "${ip%/*}" | tr '.' ' '))
@@ -301,8 +313,7 @@ run() {
   exec "$root/usr/bin/$qemu" -L "$root/usr/share/qemu" \
     -M "$machine" -cpu "$cpu" -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
     -nodefaults -display none -no-reboot -serial stdio -monitor none \
-    -kernel "$cache/$arch/root/boot/vmlinuz-$release" -initrd "$dir/initrd.cpio" \
-    -append "console=ttyAMA0 quiet panic=-1" \
+    -kernel "$kernel" -initrd "$initrd" -append "$cmdline" "$@" \
     -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
     -device "virtio-net-pci,netdev=n0,mac=$mac,romfile="
 }
@@ -524,8 +535,7 @@ run_disk() {
   for v in disk tap ip; do
     [ -n "${!v}" ] || { echo "qemu-board: run-disk needs --$v" >&2; exit 2; }
   done
-  local debarch flavour target qemu machine cpu
-  read -r debarch flavour target qemu machine cpu <<<"$(arch_info "$arch")"
+  arch_info "$arch" >/dev/null # exits on an unknown one
   fetch "$arch"
   local tools
   tools=$(fat_tools)
@@ -539,18 +549,8 @@ run_disk() {
   local cmdline
   cmdline="$(tr -d '\r\n' <"$dir/boot/cmdline.txt") shoal.ip=$ip"
   echo "qemu-board: booting $disk with: $cmdline"
-  local mac
-  mac=$(printf '52:54:%02x:%02x:%02x:%02x' $(echo "${ip%/*}" | tr '.' ' '))
-  local root=$cache/qemu/root libs
-  libs=$(find "$root/lib" "$root/usr/lib" -name '*.so*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
-  export LD_LIBRARY_PATH=$libs
-  exec "$root/usr/bin/$qemu" -L "$root/usr/share/qemu" \
-    -M "$machine" -cpu "$cpu" -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
-    -nodefaults -display none -no-reboot -serial stdio -monitor none \
-    -kernel "$dir/boot/vmlinuz" -initrd "$dir/boot/initrd.img" -append "$cmdline" \
-    -drive "file=$disk,format=raw,if=none,id=d0" -device virtio-blk-pci,drive=d0 \
-    -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
-    -device "virtio-net-pci,netdev=n0,mac=$mac,romfile="
+  boot "$arch" "$ip" "$tap" "$dir/boot/vmlinuz" "$dir/boot/initrd.img" "$cmdline" \
+    -drive "file=$disk,format=raw,if=none,id=d0" -device virtio-blk-pci,drive=d0
 }
 
 case ${1:-} in
