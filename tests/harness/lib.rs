@@ -956,22 +956,13 @@ impl Lab {
             other => bail!("no QEMU board for {other}: scripts/qemu-board.sh supports aarch64 and armv7"),
         };
         let agent = cross_agent(target);
-        let manager = &self.hosts[0];
         let mut board = self.board_on_tap(n, hostname)?;
         let dir = self.dir.join(format!("qemu-{hostname}"));
         std::fs::create_dir_all(&dir)?;
         let token_file = dir.join("token");
         std::fs::write(&token_file, token)?;
-        let ip = format!("{}/24", board.ip);
-        let manager = format!("{}:4242", manager.ip);
-        let args: [&OsStr; 17] = [
-            "run".as_ref(),
-            "--arch".as_ref(),
-            arch.as_ref(),
-            "--tap".as_ref(),
-            board.tap.as_ref(),
-            "--ip".as_ref(),
-            ip.as_ref(),
+        let manager = format!("{}:4242", self.hosts[0].ip);
+        let extra: [&OsStr; 8] = [
             "--manager".as_ref(),
             manager.as_ref(),
             "--hostname".as_ref(),
@@ -980,10 +971,8 @@ impl Lab {
             token_file.as_ref(),
             "--agent".as_ref(),
             agent.as_ref(),
-            "--dir".as_ref(),
-            dir.as_ref(),
         ];
-        board.qemu.child = Some(spawn_board_script(&board.qemu.log, &args)?);
+        board.qemu.child = Some(spawn_board_script(&board, "run", arch, &dir, &extra)?);
         Ok(board)
     }
 
@@ -1005,17 +994,21 @@ impl Lab {
     }
 }
 
-/// Runs `scripts/qemu-board.sh ARGS` in the background, its output appended to `log`.
-fn spawn_board_script(log: &Path, args: &[&OsStr]) -> Result<Child> {
+/// Runs `scripts/qemu-board.sh MODE --arch ARCH --tap … --ip … EXTRA… --dir DIR` for
+/// `board` in the background, its output appended to the board's log.
+fn spawn_board_script(board: &QemuBoard, mode: &str, arch: &str, dir: &Path, extra: &[&OsStr]) -> Result<Child> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/qemu-board.sh");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&board.qemu.log)?;
     Command::new(script)
-        .args(args)
+        .args([mode, "--arch", arch, "--tap", &board.tap, "--ip", &format!("{}/24", board.ip)])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting scripts/qemu-board.sh {}", args[0].to_string_lossy()))
+        .with_context(|| format!("starting scripts/qemu-board.sh {mode}"))
 }
 
 /// The stock OS disk image of a QEMU board (`scripts/qemu-board.sh disk`: a FAT boot
@@ -1045,21 +1038,8 @@ impl Lab {
         board.qemu.kill9();
         let dir = self.dir.join(format!("qemu-{}", board.hostname));
         std::fs::create_dir_all(&dir)?;
-        let ip = format!("{}/24", board.ip);
-        let args: [&OsStr; 11] = [
-            "run-disk".as_ref(),
-            "--arch".as_ref(),
-            arch.as_ref(),
-            "--tap".as_ref(),
-            board.tap.as_ref(),
-            "--ip".as_ref(),
-            ip.as_ref(),
-            "--disk".as_ref(),
-            disk.as_ref(),
-            "--dir".as_ref(),
-            dir.as_ref(),
-        ];
-        board.qemu.child = Some(spawn_board_script(&board.qemu.log, &args)?);
+        let extra: [&OsStr; 2] = ["--disk".as_ref(), disk.as_ref()];
+        board.qemu.child = Some(spawn_board_script(board, "run-disk", arch, &dir, &extra)?);
         Ok(())
     }
 }
