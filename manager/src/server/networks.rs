@@ -104,7 +104,7 @@ pub(super) fn mesh_boards(
         .filter(|r| r.ingress_address.is_none() && eligible.contains(&&r.id))
         .map(|r| r.id.clone())
         .collect();
-    let tasks: Vec<_> = svc.tasks.values().cloned().collect();
+    let tasks: Vec<&shoal_proto::Task> = if wanted.is_empty() { Vec::new() } else { svc.tasks.values().collect() };
     for (id, address) in ipam::board_addresses(ingress, &services, &tasks, &held, &wanted) {
         // Only this field, in the store's own transaction: the operator or the node's
         // session may be writing the same record meanwhile, or removing it.
@@ -172,7 +172,8 @@ pub(super) fn changed_views(
     // Only tasks with an address on some network appear in a view (as the board's own,
     // a peer, a name or a mesh backend): the others are left out once here rather than
     // skipped again for every board, which made each pass cost boards × tasks.
-    let tasks: Vec<_> = svc.tasks.values().filter(|t| !t.networks.is_empty()).cloned().collect();
+    // Borrowed: a clone made each pass copy every task with a network.
+    let tasks: Vec<&shoal_proto::Task> = svc.tasks.values().filter(|t| !t.networks.is_empty()).collect();
     let mut out = Vec::new();
     for (node, session) in st.sessions.iter_mut() {
         let view = netview::node_view(node, &svc.networks, &services, &tasks, &underlay);
