@@ -91,7 +91,9 @@ pub(super) fn mesh_boards(
     svc: &ServiceState,
     nodes: &[crate::core::placement::ClusterNode],
 ) -> Result<(BTreeMap<NodeId, Ipv4Addr>, Vec<Ipv4Addr>), crate::store::StoreError> {
-    let mut records = store.nodes()?;
+    let shared = store.nodes_shared()?;
+    // Copied only if a board is given its address now.
+    let mut records = std::borrow::Cow::Borrowed(&*shared);
     let mut held: Vec<Ipv4Addr> = records.iter().filter_map(|r| r.ingress_address).collect();
     let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
     let Some(ingress) = svc.networks.iter().find(|n| n.ingress) else { return Ok((BTreeMap::new(), held)) };
@@ -118,7 +120,7 @@ pub(super) fn mesh_boards(
             info!(node = %id, %address, "node joins the routing mesh");
         }
         held.extend(stored.ingress_address.filter(|a| !held.contains(a)));
-        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
+        if let Some(r) = records.to_mut().iter_mut().find(|r| r.id == id) {
             *r = stored;
         }
     }

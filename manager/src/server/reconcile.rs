@@ -6,7 +6,7 @@ use super::*;
 
 /// The nodes as placement sees them: stored records with their current liveness.
 pub(super) fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::store::StoreError> {
-    let records = mgr.store.nodes()?;
+    let records = mgr.store.nodes_shared()?;
     let st = mgr.state.lock().expect("state lock");
     let now = mgr.now();
     Ok(records
