@@ -49,9 +49,9 @@ pub(super) fn handle(mgr: &Manager, req: NetworkRequest, nodes: &[NodeRecord]) -
         NetworkRequest::Inspect { network } => {
             let n = ipam::resolve(&svc.networks, &network)?;
             let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
-            let tasks: Vec<_> = svc.tasks.values().cloned().collect();
+            let tasks = svc.tasks.all();
             let hostname = |id: &NodeId| nodes.iter().find(|r| &r.id == id).map(|r| r.description.hostname.clone());
-            let mut inspect = netview::inspect(n, &services, &tasks, hostname);
+            let mut inspect = netview::inspect(n, &services, tasks, hostname);
             if n.ingress && ipam::mesh_active(services.iter().copied()) {
                 // `ingress` exists on every board of the routing mesh, task or not.
                 let cluster = super::reconcile::cluster_nodes(mgr).map_err(internal)?;
@@ -72,8 +72,8 @@ pub(super) fn handle(mgr: &Manager, req: NetworkRequest, nodes: &[NodeRecord]) -
         NetworkRequest::Remove { network } => {
             let n = ipam::resolve(&svc.networks, &network)?.clone();
             let services: Vec<_> = svc.records.values().map(|r| r.service.clone()).collect();
-            let tasks: Vec<_> = svc.tasks.values().cloned().collect();
-            ipam::check_remove(&n, &services, &tasks)?;
+            let tasks = svc.tasks.all();
+            ipam::check_remove(&n, &services, tasks)?;
             mgr.store.remove_network(&n.id).map_err(internal)?;
             svc.networks.retain(|x| x.id != n.id);
             info!(name = %n.spec.name, id = %n.id, "network removed");
@@ -106,8 +106,7 @@ pub(super) fn mesh_boards(
         .filter(|r| r.ingress_address.is_none() && eligible.contains(&&r.id))
         .map(|r| r.id.clone())
         .collect();
-    let tasks: Vec<&shoal_proto::Task> = if wanted.is_empty() { Vec::new() } else { svc.tasks.values().collect() };
-    for (id, address) in ipam::board_addresses(ingress, &services, &tasks, &held, &wanted) {
+    for (id, address) in ipam::board_addresses(ingress, &services, svc.tasks.all(), &held, &wanted) {
         // Only this field, in the store's own transaction: the operator or the node's
         // session may be writing the same record meanwhile, or removing it.
         let Some(stored) = store.update_node(&id, |r| {

@@ -85,15 +85,9 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let mut svc = mgr.services.lock().expect("services lock");
     let svc = &mut *svc;
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
+    let (mesh, boards) = super::networks::mesh_boards(&mgr.store, svc, &nodes)?;
     // Moved, not copied: if the write below fails, the outcome is undone (see `commit`).
     let tasks = svc.tasks.take();
-    let (mesh, boards) = match super::networks::mesh_boards(&mgr.store, svc, &nodes) {
-        Ok(mesh) => mesh,
-        Err(e) => {
-            svc.tasks.put_back(tasks);
-            return Err(e.into());
-        }
-    };
     let cluster = Cluster {
         records: &records,
         nodes: &nodes,
@@ -239,11 +233,11 @@ pub(super) fn handle_service(
         // Its networks must exist; its VIPs are (re)allocated for its spec before it is stored.
         let others: Vec<&shoal_proto::Service> =
             svc.records.values().filter(|r| r.service.id != record.service.id).map(|r| &r.service).collect();
-        let all: Vec<Task> = svc.tasks.values().cloned().collect();
+        let all = svc.tasks.all();
         let current = svc.records.get(&record.service.id).map(|r| &r.service);
         crate::core::ipam::allocate_ingress_ports(&others, current, &mut record.service)?;
         let boards: Vec<std::net::Ipv4Addr> = nodes.iter().filter_map(|n| n.ingress_address).collect();
-        crate::core::ipam::assign_vips_beside(&svc.networks, &others, &all, &boards, &mut record.service)?;
+        crate::core::ipam::assign_vips_beside(&svc.networks, &others, all, &boards, &mut record.service)?;
         mgr.store
             .change_services(&ServiceChanges { put_services: vec![&record], ..Default::default() })
             .map_err(internal)?;
@@ -286,8 +280,8 @@ pub(super) fn handle_service(
                 wanted.iter().map(|q| services::resolve(&records, q)).collect::<Result<_, _>>()?
             };
             let hostnames = nodes.iter().map(|n| (n.id.clone(), n.description.hostname.clone())).collect();
-            let all: Vec<Task> = svc.tasks.values().cloned().collect();
-            let mut views = services::ps(&chosen, &all, &hostnames);
+            let all = svc.tasks.all();
+            let mut views = services::ps(&chosen, all, &hostnames);
             views.truncate(MAX_TASKS_LISTED);
             Ok(ServiceReply::Tasks(views.try_into().map_err(internal)?))
         }
