@@ -174,6 +174,15 @@ pub struct Ipam {
 impl Ipam {
     /// The allocator the records imply.
     pub fn rebuild<'a>(networks: &[Network], services: impl IntoIterator<Item = &'a Service>, tasks: &[Task]) -> Self {
+        Self::rebuild_from(networks, services, tasks)
+    }
+
+    /// [`Ipam::rebuild`] from borrowed tasks.
+    pub fn rebuild_from<'a, 't>(
+        networks: &[Network],
+        services: impl IntoIterator<Item = &'a Service>,
+        tasks: impl IntoIterator<Item = &'t Task>,
+    ) -> Self {
         let mut ipam = Ipam::default();
         for n in networks {
             ipam.networks.insert(n.id.clone(), (n.subnet, BTreeSet::from([n.gateway])));
@@ -181,7 +190,7 @@ impl Ipam {
         for vip in services.into_iter().flat_map(|s| s.virtual_ips.iter()) {
             ipam.take(&vip.network_id, vip.address);
         }
-        for a in tasks.iter().filter(|t| holds_addresses(t)).flat_map(|t| t.networks.iter()) {
+        for a in tasks.into_iter().filter(|t| holds_addresses(t)).flat_map(|t| t.networks.iter()) {
             ipam.take(&a.network_id, a.address);
         }
         ipam
@@ -349,14 +358,15 @@ pub fn mesh_active<'a>(services: impl IntoIterator<Item = &'a Service>) -> bool 
 pub fn board_addresses(
     ingress: &Network,
     services: &[&Service],
-    tasks: &[Task],
+    tasks: &[impl std::borrow::Borrow<Task>],
     held: &[Ipv4Addr],
     wanted: &[shoal_proto::NodeId],
 ) -> Vec<(shoal_proto::NodeId, Ipv4Addr)> {
     if wanted.is_empty() {
         return Vec::new();
     }
-    let mut ipam = Ipam::rebuild(std::slice::from_ref(ingress), services.iter().copied(), tasks);
+    let tasks = tasks.iter().map(std::borrow::Borrow::borrow);
+    let mut ipam = Ipam::rebuild_from(std::slice::from_ref(ingress), services.iter().copied(), tasks);
     ipam.take_boards(&ingress.id, held.iter().copied());
     wanted.iter().filter_map(|n| Some((n.clone(), ipam.allocate_high(&ingress.id)?))).collect()
 }

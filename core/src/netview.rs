@@ -9,6 +9,7 @@
 //! A peer whose board has no session (no known underlay address) is left out until it
 //! has one. The shell sends a view only when it differs from the last one sent.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -44,10 +45,11 @@ pub fn node_view(
     node: &NodeId,
     networks: &[Network],
     services: &[&Service],
-    tasks: &[Task],
+    tasks: &[impl Borrow<Task>],
     underlay: &HashMap<NodeId, IpAddr>,
 ) -> Vec<NetworkView> {
-    let live: Vec<&Task> = tasks.iter().filter(|t| holds_addresses(t) && t.node_id.is_some()).collect();
+    let live: Vec<&Task> =
+        tasks.iter().map(Borrow::borrow).filter(|t| holds_addresses(t) && t.node_id.is_some()).collect();
     let mut nets: Vec<&Network> = networks
         .iter()
         .filter(|n| {
@@ -139,12 +141,13 @@ pub fn with_mesh(
     mut view: Vec<NetworkView>,
     networks: &[Network],
     services: &[&Service],
-    tasks: &[Task],
+    tasks: &[impl Borrow<Task>],
     underlay: &HashMap<NodeId, IpAddr>,
     boards: &std::collections::BTreeMap<NodeId, std::net::Ipv4Addr>,
 ) -> Vec<NetworkView> {
     let (Some(ingress), Some(own)) = (networks.iter().find(|n| n.ingress), boards.get(node)) else { return view };
-    let live: Vec<&Task> = tasks.iter().filter(|t| holds_addresses(t) && t.node_id.is_some()).collect();
+    let live: Vec<&Task> =
+        tasks.iter().map(Borrow::borrow).filter(|t| holds_addresses(t) && t.node_id.is_some()).collect();
     let ingress_address = |t: &Task| t.networks.iter().find(|a| a.network_id == ingress.id).map(|a| a.address);
     let mut extra: Vec<Peer> = boards
         .iter()

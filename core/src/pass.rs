@@ -148,6 +148,9 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// When to run again even if nothing happens (monotonic), if ever.
     pub wake_at: Option<Millis>,
+    /// Each task the pass touched as it was before; `None` for one it created. What
+    /// [`Outcome::undo`] puts back: the tasks move through the pass, never copied whole.
+    before: HashMap<TaskId, Option<Task>>,
 }
 
 impl Outcome {
@@ -159,6 +162,34 @@ impl Outcome {
     /// Whether the pass changes nothing that is stored.
     pub fn writes_nothing(&self) -> bool {
         self.changed.is_empty() && self.remove_tasks.is_empty() && self.records.is_empty()
+    }
+
+    /// The tasks exactly as they were given to the pass, sorted by ID: for a caller whose
+    /// write of the outcome failed, so that memory stays as stored. Costs what the pass
+    /// touched, plus one walk.
+    pub fn undo(self) -> Vec<Task> {
+        let Outcome { mut tasks, before, .. } = self;
+        if before.is_empty() {
+            return tasks;
+        }
+        tasks.retain(|t| !before.contains_key(&t.id));
+        tasks.extend(before.into_values().flatten());
+        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        tasks
+    }
+
+    /// Every task whose node the pass changed, with its node before and after: `None`
+    /// before for a task created (or placed) by the pass, `None` after for one it
+    /// removed. For a caller that indexes the tasks by node.
+    pub fn moves(&self) -> impl Iterator<Item = (&TaskId, Option<&NodeId>, Option<&NodeId>)> {
+        self.before.iter().filter_map(|(id, old)| {
+            let was = old.as_ref().and_then(|t| t.node_id.as_ref());
+            let now = match self.tasks.binary_search_by(|t| t.id.cmp(id)) {
+                Ok(i) => self.tasks[i].node_id.as_ref(),
+                Err(_) => None,
+            };
+            (was != now).then_some((id, was, now))
+        })
     }
 }
 
@@ -245,7 +276,7 @@ impl Reconciler {
         let new: HashMap<TaskId, &Task> = changed.iter().map(|&i| (tasks[i].id.clone(), &tasks[i])).collect();
         let diffs = dispatcher::diff(&old, &new, &names(&cluster, &new), cluster.networks);
 
-        Outcome { tasks, changed, remove_tasks, records: changed_records, diffs, events, wake_at }
+        Outcome { tasks, changed, remove_tasks, records: changed_records, diffs, events, wake_at, before }
     }
 }
 
@@ -528,12 +559,50 @@ mod tests {
                 &self.networks,
             );
             assert_eq!(outcome.diffs, full, "the diffs of the changed tasks are the diffs of all tasks");
+            // The moves are exactly the tasks whose node differs.
+            let node = |m: &HashMap<&TaskId, &Task>, id: &TaskId| m.get(id).and_then(|t| t.node_id.clone());
+            let mut moved: Vec<_> = outcome.moves().map(|(id, a, b)| (id.clone(), a.cloned(), b.cloned())).collect();
+            let mut differ: Vec<_> = before
+                .keys()
+                .chain(after.keys())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .map(|id| ((*id).clone(), node(&before, id), node(&after, id)))
+                .filter(|(_, a, b)| a != b)
+                .collect();
+            moved.sort();
+            differ.sort();
+            assert_eq!(moved, differ);
             self.tasks = outcome.tasks.clone();
             for r in &outcome.records {
                 let i = self.records.iter().position(|x| x.service.id == r.service.id).unwrap();
                 self.records[i] = r.clone();
             }
             outcome
+        }
+
+        /// A pass whose write failed: undone, it gives back the tasks as they were.
+        fn undone(&mut self, mono: Millis, reports: Vec<(NodeId, Vec<TaskReport>)>) -> usize {
+            let cluster = Cluster {
+                records: &self.records,
+                nodes: &self.nodes,
+                images: &self.images,
+                names: &self.names,
+                networks: &self.networks,
+                boards: &[],
+            };
+            let mut n = 0u8;
+            let mut new_id = || {
+                n += 1;
+                TaskId::from_random([n; 16])
+            };
+            let now = Now { mono, wall_ms: WALL0 + mono };
+            let outcome = self.reconciler.pass(now, cluster, self.tasks.clone(), reports, &mut new_id);
+            let changes = outcome.put_tasks().count() + outcome.remove_tasks.len();
+            let mut as_given = self.tasks.clone();
+            as_given.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            assert_eq!(outcome.undo(), as_given);
+            changes
         }
 
         /// The node's reports: what it was asked to run runs, what to stop has stopped.
@@ -689,6 +758,19 @@ mod tests {
         assert_eq!(w.tasks[0].status.state, TaskState::Running);
         assert!(matches!(out.events[..], [Event::ReportRefused { .. }]), "{:?}", out.events);
         assert!(out.writes_nothing());
+    }
+
+    #[test]
+    fn an_undone_pass_gives_back_the_tasks_it_created_changed_and_removed_as_they_were() {
+        let mut w = World::new(3, |_| {});
+        assert_eq!(w.undone(0, vec![]), 3, "three created, then undone");
+        w.pass(0, vec![]);
+        assert_eq!(w.undone(100, w.node_reports(100)), 3, "three reports recorded, then undone");
+        w.pass(100, w.node_reports(100));
+        w.records.clear();
+        w.pass(200, vec![]);
+        assert_eq!(w.undone(300, w.node_reports(300)), 3, "three stopped tasks removed, then undone");
+        assert_eq!(w.tasks.len(), 3);
     }
 
     #[test]

@@ -234,6 +234,17 @@ pub struct Store {
     path: std::path::PathBuf,
     /// Set by an I/O error: reopen before the next use.
     broken: std::sync::atomic::AtomicBool,
+    /// The node records as last read: every reconcile pass reads them all, and decoding
+    /// 5,000 records each pass cost more than the pass. Dropped by every node write.
+    nodes: std::sync::Mutex<NodesCache>,
+}
+
+/// [`Store::nodes_shared`]'s records, and the count of node writes when they were read:
+/// a read that a write overtook is returned but not kept.
+#[derive(Default)]
+struct NodesCache {
+    writes: u64,
+    records: Option<std::sync::Arc<[NodeRecord]>>,
 }
 
 impl Store {
@@ -242,7 +253,23 @@ impl Store {
             db: std::sync::RwLock::new(Some(std::sync::Arc::new(db))),
             path: path.to_owned(),
             broken: std::sync::atomic::AtomicBool::new(false),
+            nodes: Default::default(),
         }
+    }
+
+    /// Drops the kept node records: called after every write to the nodes table (and
+    /// after a failed one, which costs a read and never keeps a stale copy).
+    fn nodes_changed(&self) {
+        let mut cache = self.nodes.lock().expect("nodes cache lock");
+        cache.writes += 1;
+        cache.records = None;
+    }
+
+    /// Runs a write to the nodes table, then drops the kept node records.
+    fn node_write<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let out = self.note(f);
+        self.nodes_changed();
+        out
     }
 
     /// The database, reopened first if an I/O error broke it.
@@ -423,7 +450,24 @@ impl Store {
 
     /// Every node record.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.all(NODES)
+        Ok(self.nodes_shared()?.to_vec())
+    }
+
+    /// Every node record, shared: read from the file only after a node write.
+    pub fn nodes_shared(&self) -> Result<std::sync::Arc<[NodeRecord]>, StoreError> {
+        let writes = {
+            let cache = self.nodes.lock().expect("nodes cache lock");
+            if let Some(records) = &cache.records {
+                return Ok(records.clone());
+            }
+            cache.writes
+        };
+        let records: std::sync::Arc<[NodeRecord]> = self.all(NODES)?.into();
+        let mut cache = self.nodes.lock().expect("nodes cache lock");
+        if cache.writes == writes {
+            cache.records = Some(records.clone());
+        }
+        Ok(records)
     }
 
     /// One node record.
@@ -442,7 +486,7 @@ impl Store {
 
     /// Inserts or replaces a node record.
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.note(|| {
+        self.node_write(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NODES)?.insert(node.id.as_str(), postcard::to_allocvec(node)?.as_slice())?;
             tx.commit()?;
@@ -459,7 +503,7 @@ impl Store {
         id: &NodeId,
         change: impl FnOnce(&mut NodeRecord),
     ) -> Result<Option<NodeRecord>, StoreError> {
-        self.note(|| {
+        self.node_write(|| {
             let tx = self.db()?.begin_write()?;
             let updated = {
                 let mut table = tx.open_table(NODES)?;
@@ -482,7 +526,7 @@ impl Store {
     /// Deletes a node record (and what it knew of its certificate); its certificates,
     /// old and renewed alike, are refused from then on.
     pub fn remove_node(&self, id: &NodeId) -> Result<(), StoreError> {
-        self.note(|| {
+        self.node_write(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NODES)?.remove(id.as_str())?;
             tx.open_table(CERTS)?.remove(id.as_str())?;
@@ -556,7 +600,7 @@ impl Store {
     /// A node that just joined and the certificate it was given, in one transaction: a
     /// join costs the disk one commit (a fleet of boards joining at once waits on them).
     pub fn put_joined(&self, node: &NodeRecord, cert: Option<&NodeCert>) -> Result<(), StoreError> {
-        self.note(|| {
+        self.node_write(|| {
             let tx = self.db()?.begin_write()?;
             tx.open_table(NODES)?.insert(node.id.as_str(), postcard::to_allocvec(node)?.as_slice())?;
             if let Some(cert) = cert {
@@ -759,6 +803,39 @@ mod tests {
             })
             .collect();
         store.update_images(&images, &[]).unwrap();
+    }
+
+    #[test]
+    fn the_kept_node_records_follow_every_node_write() {
+        let path = scratch_path();
+        full_store(&path);
+        let store = Store::open(&path).unwrap();
+        let node = |n: u8| NodeRecord {
+            id: NodeId::from_random([n; 16]),
+            role: shoal_proto::Role::Worker,
+            availability: shoal_proto::Availability::Active,
+            labels: Default::default(),
+            description: Default::default(),
+            addr: None,
+            created_at_ms: 1,
+            ingress_address: None,
+        };
+        let ids = |store: &Store| store.nodes_shared().unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert!(ids(&store).is_empty());
+        store.put_node(&node(1)).unwrap();
+        assert_eq!(ids(&store), [node(1).id]);
+        let (a, b) = (store.nodes_shared().unwrap(), store.nodes_shared().unwrap());
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "kept between writes");
+        store.put_joined(&node(2), None).unwrap();
+        assert_eq!(ids(&store).len(), 2);
+        store.update_node(&node(1).id, |r| r.availability = shoal_proto::Availability::Drain).unwrap();
+        let drained = store.nodes_shared().unwrap().iter().find(|r| r.id == node(1).id).unwrap().availability;
+        assert_eq!(drained, shoal_proto::Availability::Drain);
+        store.remove_node(&node(2).id).unwrap();
+        assert_eq!(ids(&store), [node(1).id]);
+        assert_eq!(store.nodes().unwrap(), store.nodes_shared().unwrap().to_vec());
+        drop(store);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn pump(source: impl io::Read, stream: &str, log: &std::sync::Mutex<LogWrite
     let mut buf = Vec::with_capacity(256);
     loop {
         buf.clear();
-        match io::Read::take(&mut reader, 16 * 1024).read_until(b'\n', &mut buf) {
+        match io::Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&buf);
@@ -83,6 +83,94 @@ pub fn pump(source: impl io::Read, stream: &str, log: &std::sync::Mutex<LogWrite
             }
         }
     }
+}
+
+/// Longest line [`pump`] and [`pump_both`] copy whole: a longer one is cut into pieces of
+/// this size, so one line can't hold the memory of a board.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Copies the lines of a container's stdout and stderr into the log until both end, in
+/// the calling thread: poll(2) on both pipes, so that the shim spends one thread on its
+/// logs instead of one per stream (each thread's stack and bookkeeping is memory every
+/// container pays for). Lines are cut as [`pump`] cuts them; a last line without its
+/// newline is kept too.
+pub fn pump_both(
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+    log: &std::sync::Mutex<LogWriter>,
+    clock: impl Fn() -> u64,
+) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::io::Errno;
+
+    struct Stream {
+        fd: Option<std::os::fd::OwnedFd>,
+        name: &'static str,
+        /// Read, not yet logged: at most one cut line and one read.
+        pending: Vec<u8>,
+    }
+    let mut streams = [
+        Stream { fd: Some(stdout), name: "stdout", pending: Vec::new() },
+        Stream { fd: Some(stderr), name: "stderr", pending: Vec::new() },
+    ];
+    let mut chunk = [0u8; 4096];
+    loop {
+        let ready: Vec<usize> = {
+            let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].fd.is_some()).collect();
+            if open.is_empty() {
+                return;
+            }
+            let mut fds: Vec<PollFd<'_>> =
+                open.iter().filter_map(|&i| streams[i].fd.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN))).collect();
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => return,
+            }
+            open.into_iter().zip(&fds).filter(|(_, fd)| !fd.revents().is_empty()).map(|(i, _)| i).collect()
+        };
+        for i in ready {
+            let s = &mut streams[i];
+            let Some(fd) = &s.fd else { continue };
+            let read = match rustix::io::read(fd, &mut chunk) {
+                Err(Errno::INTR | Errno::AGAIN) => continue,
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            s.pending.extend_from_slice(&chunk[..read]);
+            let ended = read == 0;
+            if ended {
+                s.fd = None;
+            }
+            log_lines(&mut s.pending, ended, s.name, log, &clock);
+        }
+    }
+}
+
+/// Logs the whole lines at the front of `pending` (and pieces of [`MAX_LINE`] of a longer
+/// one), and the rest too once the stream has `ended`.
+fn log_lines(
+    pending: &mut Vec<u8>,
+    ended: bool,
+    stream: &str,
+    log: &std::sync::Mutex<LogWriter>,
+    clock: &impl Fn() -> u64,
+) {
+    let mut start = 0;
+    loop {
+        let rest = &pending[start..];
+        let window = &rest[..rest.len().min(MAX_LINE)];
+        let len = match window.iter().position(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if window.len() == MAX_LINE || (ended && !window.is_empty()) => window.len(),
+            None => break,
+        };
+        let text = String::from_utf8_lossy(&rest[..len]);
+        if let Ok(mut log) = log.lock() {
+            let _ = log.line(clock(), stream, &text);
+        }
+        start += len;
+    }
+    pending.drain(..start);
 }
 
 /// What [`read`] is asked for.
@@ -284,6 +372,49 @@ mod tests {
         assert!(text.starts_with("1970-01-01T00:00:00.000Z stderr hello\n"));
         assert!(text.lines().all(|l| l.len() < 17 * 1024));
         assert!(text.ends_with("stderr bye\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn both_streams_pumped_in_one_thread_log_what_one_pump_each_logs() {
+        let dir = std::env::temp_dir().join(format!("shoal-pump-both-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (one, both) = (dir.join("one.log"), dir.join("both.log"));
+        let long = "y".repeat(40_000);
+        let out = format!("hello\n{long}\nout{}\nbye", "\nline".repeat(2000));
+        let err = format!("oops\n{}", "é".repeat(9_000));
+        let log = std::sync::Mutex::new(LogWriter::open(&one, LogLimits { max_file_bytes: 1 << 30, keep: 0 }).unwrap());
+        pump(out.as_bytes(), "stdout", &log, || 0);
+        pump(err.as_bytes(), "stderr", &log, || 0);
+
+        let log =
+            std::sync::Mutex::new(LogWriter::open(&both, LogLimits { max_file_bytes: 1 << 30, keep: 0 }).unwrap());
+        let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+        let (err_r, err_w) = rustix::pipe::pipe().unwrap();
+        // The writers in their own threads: a pipe holds 64 KiB, the input is more.
+        let writers = [(out_w, out.clone()), (err_w, err.clone())].map(|(w, text)| {
+            std::thread::spawn(move || {
+                let mut w = std::fs::File::from(w);
+                for piece in text.as_bytes().chunks(777) {
+                    w.write_all(piece).unwrap();
+                }
+            })
+        });
+        pump_both(out_r, err_r, &log, || 0);
+        for w in writers {
+            w.join().unwrap();
+        }
+
+        let lines = |path: &Path, stream: &str| -> Vec<String> {
+            let text = std::fs::read_to_string(path).unwrap();
+            text.lines().filter(|l| l.contains(&format!(" {stream} "))).map(str::to_owned).collect()
+        };
+        for stream in ["stdout", "stderr"] {
+            assert_eq!(lines(&both, stream), lines(&one, stream), "{stream}");
+        }
+        assert_eq!(lines(&both, "stdout").len(), 2 + 3 + 2000 + 1);
+        assert!(lines(&both, "stdout").last().unwrap().ends_with("stdout bye"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -23,7 +23,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use rustix::process::{Pid, WaitId, WaitIdOptions};
 
 use super::bundle::Bundle;
-use super::logs::{pump, LogLimits, LogWriter};
+use super::logs::{pump_both, LogLimits, LogWriter};
 
 /// `__WALL`: the container's init is cloned with `CLONE_PARENT` and no exit signal, so
 /// only a wait that includes "clone" children sees it.
@@ -109,15 +109,9 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), S
     let pid = container.pid().map(|p| p.as_raw() as u32).ok_or("container has no pid after start")?;
     super::bundle::write_state(&bundle.pid_file(), format!("{pid}\n").as_bytes())
         .map_err(|e| format!("pid file: {e}"))?;
-    let log =
-        Arc::new(Mutex::new(LogWriter::open(&bundle.log(), LogLimits::default()).map_err(|e| format!("log: {e}"))?));
-    let pumps = [(out_r, "stdout"), (err_r, "stderr")]
-        .into_iter()
-        .map(|(fd, stream)| {
-            let log = log.clone();
-            std::thread::spawn(move || pump(std::fs::File::from(fd), stream, &log, shoal_link::wall_ms))
-        })
-        .collect();
+    let log = Mutex::new(LogWriter::open(&bundle.log(), LogLimits::default()).map_err(|e| format!("log: {e}"))?);
+    // One thread for both streams: a second one's stack was memory every container paid.
+    let pumps = vec![std::thread::spawn(move || pump_both(out_r, err_r, &log, shoal_link::wall_ms))];
     Ok((pid, pumps))
 }
 

@@ -21,8 +21,8 @@ pub(super) async fn handle_exec(
         let svc = mgr.services.lock().expect("services lock");
         let names: Vec<(ServiceId, String)> =
             svc.records.values().map(|r| (r.service.id.clone(), r.service.spec.name.to_string())).collect();
-        let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
-        crate::core::exec::resolve(&names, &tasks, &req.target)
+        let tasks = svc.tasks.all();
+        crate::core::exec::resolve(&names, tasks, &req.target)
     };
     let target = match target {
         Ok(t) => t,

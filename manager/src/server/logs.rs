@@ -36,8 +36,8 @@ pub(super) async fn handle_logs(
     let target = {
         let svc = mgr.services.lock().expect("services lock");
         let names = service_names(&svc);
-        let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
-        core_logs::resolve(&names, &tasks, &req.target)
+        let tasks = svc.tasks.all();
+        core_logs::resolve(&names, tasks, &req.target)
     };
     let target = match target {
         Ok(t) => t,
@@ -111,9 +111,9 @@ fn start_new(
 ) -> usize {
     let fresh: Vec<(Task, String)> = {
         let svc = mgr.services.lock().expect("services lock");
-        let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
+        let tasks = svc.tasks.all();
         let names = service_names(&svc);
-        core_logs::tasks(target, &tasks)
+        core_logs::tasks(target, tasks)
             .into_iter()
             .filter(|t| !seen.contains(&t.id))
             .map(|t| {

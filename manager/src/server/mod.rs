@@ -63,6 +63,7 @@ pub use pki::DockerTls;
 mod pull;
 mod reconcile;
 mod session;
+mod task_table;
 mod upgrade;
 mod volumes;
 
@@ -178,11 +179,8 @@ enum Event {
 struct ServiceState {
     reconciler: Reconciler,
     records: std::collections::BTreeMap<ServiceId, ServiceRecord>,
-    tasks: HashMap<TaskId, Task>,
-    /// The IDs of `tasks` by the node they are placed on, so that a session's start reads
-    /// its board's tasks without a walk over the whole fleet's (5,000 boards reconnecting
-    /// would each walk 100,000 tasks under this lock). Set with `tasks`, by [`Self::set_tasks`].
-    on_node: HashMap<NodeId, Vec<TaskId>>,
+    /// Every task, with its index by node.
+    tasks: task_table::TaskTable,
     /// Names of services, kept while a removed service's tasks are still being stopped.
     names: HashMap<ServiceId, ServiceName>,
     /// Overlay networks, ingress included, as stored.
@@ -194,21 +192,9 @@ struct ServiceState {
 }
 
 impl ServiceState {
-    /// Replaces the task table, and its index by node with it.
-    fn set_tasks(&mut self, tasks: HashMap<TaskId, Task>) {
-        let mut on_node: HashMap<NodeId, Vec<TaskId>> = HashMap::new();
-        for t in tasks.values() {
-            if let Some(node) = &t.node_id {
-                on_node.entry(node.clone()).or_default().push(t.id.clone());
-            }
-        }
-        self.on_node = on_node;
-        self.tasks = tasks;
-    }
-
     /// The tasks placed on `node`, in no particular order.
     fn tasks_on<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
-        self.on_node.get(node).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks.on(node)
     }
 
     /// The service name of each of `tasks`: its record's, or (a removed service whose
@@ -362,19 +348,17 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     let mut members = Membership::new(config.liveness);
     let records: std::collections::BTreeMap<ServiceId, ServiceRecord> =
         store.services()?.into_iter().map(|r| (r.service.id.clone(), r)).collect();
-    let tasks: HashMap<TaskId, Task> = store.tasks()?.into_iter().map(|t| (t.id.clone(), t)).collect();
-    info!(services = records.len(), tasks = tasks.len(), "services loaded");
+    let tasks = task_table::TaskTable::new(store.tasks()?);
+    info!(services = records.len(), tasks = tasks.values().len(), "services loaded");
     let mut services = ServiceState {
         reconciler: Reconciler::default(),
         records,
-        tasks: HashMap::new(),
-        on_node: HashMap::new(),
+        tasks,
         names: HashMap::new(),
         networks: Vec::new(),
         keys: shoal_core::netkeys::Keyring::new(config.key_rotation_ms),
         objects: Default::default(),
     };
-    services.set_tasks(tasks);
     services.names = services.records.values().map(|r| (r.service.id.clone(), r.service.spec.name.clone())).collect();
     services.networks = networks::load_or_create_ingress(&store)?;
     let sealer = crate::secrets::Sealer::open_or_create(&paths::manager_dir(data_dir))?;
@@ -704,7 +688,7 @@ mod tests {
     use super::*;
     use shoal_proto::{ServiceSpec, TaskState, TaskStatus};
 
-    fn task(n: u8, service: u8, node: Option<u8>) -> Task {
+    pub(super) fn task(n: u8, service: u8, node: Option<u8>) -> Task {
         let spec = ServiceSpec::new(shoal_proto::text("web").unwrap(), shoal_proto::text("demo/app:1.0").unwrap());
         Task {
             id: TaskId::from_random([n; 16]),
@@ -720,18 +704,16 @@ mod tests {
         }
     }
 
-    fn state(tasks: &[Task]) -> ServiceState {
-        let mut svc = ServiceState {
+    pub(super) fn state(tasks: &[Task]) -> ServiceState {
+        let svc = ServiceState {
             reconciler: Reconciler::default(),
             records: Default::default(),
-            tasks: HashMap::new(),
-            on_node: HashMap::new(),
+            tasks: task_table::TaskTable::new(tasks.iter().cloned()),
             names: HashMap::from([(ServiceId::from_random([1; 16]), shoal_proto::text("web").unwrap())]),
             networks: Vec::new(),
             keys: shoal_core::netkeys::Keyring::new(60_000),
             objects: Default::default(),
         };
-        svc.set_tasks(tasks.iter().map(|t| (t.id.clone(), t.clone())).collect());
         svc
     }
 
@@ -756,7 +738,7 @@ mod tests {
         );
         // After a pass replaces the table, the index follows it.
         let mut svc = svc;
-        svc.set_tasks(HashMap::from([(all[1].id.clone(), all[1].clone())]));
+        svc.tasks = task_table::TaskTable::new([all[1].clone()]);
         assert_eq!(svc.tasks_on(&node).count(), 0);
         assert_eq!(svc.tasks_on(&NodeId::from_random([2; 16])).count(), 1);
     }

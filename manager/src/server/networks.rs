@@ -49,9 +49,9 @@ pub(super) fn handle(mgr: &Manager, req: NetworkRequest, nodes: &[NodeRecord]) -
         NetworkRequest::Inspect { network } => {
             let n = ipam::resolve(&svc.networks, &network)?;
             let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
-            let tasks: Vec<_> = svc.tasks.values().cloned().collect();
+            let tasks = svc.tasks.all();
             let hostname = |id: &NodeId| nodes.iter().find(|r| &r.id == id).map(|r| r.description.hostname.clone());
-            let mut inspect = netview::inspect(n, &services, &tasks, hostname);
+            let mut inspect = netview::inspect(n, &services, tasks, hostname);
             if n.ingress && ipam::mesh_active(services.iter().copied()) {
                 // `ingress` exists on every board of the routing mesh, task or not.
                 let cluster = super::reconcile::cluster_nodes(mgr).map_err(internal)?;
@@ -72,8 +72,8 @@ pub(super) fn handle(mgr: &Manager, req: NetworkRequest, nodes: &[NodeRecord]) -
         NetworkRequest::Remove { network } => {
             let n = ipam::resolve(&svc.networks, &network)?.clone();
             let services: Vec<_> = svc.records.values().map(|r| r.service.clone()).collect();
-            let tasks: Vec<_> = svc.tasks.values().cloned().collect();
-            ipam::check_remove(&n, &services, &tasks)?;
+            let tasks = svc.tasks.all();
+            ipam::check_remove(&n, &services, tasks)?;
             mgr.store.remove_network(&n.id).map_err(internal)?;
             svc.networks.retain(|x| x.id != n.id);
             info!(name = %n.spec.name, id = %n.id, "network removed");
@@ -91,7 +91,9 @@ pub(super) fn mesh_boards(
     svc: &ServiceState,
     nodes: &[crate::core::placement::ClusterNode],
 ) -> Result<(BTreeMap<NodeId, Ipv4Addr>, Vec<Ipv4Addr>), crate::store::StoreError> {
-    let mut records = store.nodes()?;
+    let shared = store.nodes_shared()?;
+    // Copied only if a board is given its address now.
+    let mut records = std::borrow::Cow::Borrowed(&*shared);
     let mut held: Vec<Ipv4Addr> = records.iter().filter_map(|r| r.ingress_address).collect();
     let services: Vec<_> = svc.records.values().map(|r| &r.service).collect();
     let Some(ingress) = svc.networks.iter().find(|n| n.ingress) else { return Ok((BTreeMap::new(), held)) };
@@ -104,8 +106,7 @@ pub(super) fn mesh_boards(
         .filter(|r| r.ingress_address.is_none() && eligible.contains(&&r.id))
         .map(|r| r.id.clone())
         .collect();
-    let tasks: Vec<_> = svc.tasks.values().cloned().collect();
-    for (id, address) in ipam::board_addresses(ingress, &services, &tasks, &held, &wanted) {
+    for (id, address) in ipam::board_addresses(ingress, &services, svc.tasks.all(), &held, &wanted) {
         // Only this field, in the store's own transaction: the operator or the node's
         // session may be writing the same record meanwhile, or removing it.
         let Some(stored) = store.update_node(&id, |r| {
@@ -118,7 +119,7 @@ pub(super) fn mesh_boards(
             info!(node = %id, %address, "node joins the routing mesh");
         }
         held.extend(stored.ingress_address.filter(|a| !held.contains(a)));
-        if let Some(r) = records.iter_mut().find(|r| r.id == id) {
+        if let Some(r) = records.to_mut().iter_mut().find(|r| r.id == id) {
             *r = stored;
         }
     }
@@ -172,7 +173,8 @@ pub(super) fn changed_views(
     // Only tasks with an address on some network appear in a view (as the board's own,
     // a peer, a name or a mesh backend): the others are left out once here rather than
     // skipped again for every board, which made each pass cost boards × tasks.
-    let tasks: Vec<_> = svc.tasks.values().filter(|t| !t.networks.is_empty()).cloned().collect();
+    // Borrowed: a clone made each pass copy every task with a network.
+    let tasks: Vec<&shoal_proto::Task> = svc.tasks.values().filter(|t| !t.networks.is_empty()).collect();
     let mut out = Vec::new();
     for (node, session) in st.sessions.iter_mut() {
         let view = netview::node_view(node, &svc.networks, &services, &tasks, &underlay);

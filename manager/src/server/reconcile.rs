@@ -6,7 +6,7 @@ use super::*;
 
 /// The nodes as placement sees them: stored records with their current liveness.
 pub(super) fn cluster_nodes(mgr: &Manager) -> Result<Vec<ClusterNode>, crate::store::StoreError> {
-    let records = mgr.store.nodes()?;
+    let records = mgr.store.nodes_shared()?;
     let st = mgr.state.lock().expect("state lock");
     let now = mgr.now();
     Ok(records
@@ -85,9 +85,9 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let mut svc = mgr.services.lock().expect("services lock");
     let svc = &mut *svc;
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
-    // A copy: if the write below fails, memory stays as it was stored.
-    let tasks: Vec<Task> = svc.tasks.values().cloned().collect();
     let (mesh, boards) = super::networks::mesh_boards(&mgr.store, svc, &nodes)?;
+    // Moved, not copied: if the write below fails, the outcome is undone (see `commit`).
+    let tasks = svc.tasks.take();
     let cluster = Cluster {
         records: &records,
         nodes: &nodes,
@@ -101,26 +101,7 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     for event in &outcome.events {
         log_event(event);
     }
-
-    // What changed, written in one transaction before anyone is told.
-    let changes = ServiceChanges {
-        put_services: outcome.records.iter().collect(),
-        remove_services: Vec::new(),
-        put_tasks: outcome.put_tasks().collect(),
-        remove_tasks: outcome.remove_tasks.iter().collect(),
-    };
-    mgr.store.change_services(&changes)?;
-    crate::memory::churned(changes.put_tasks.len() + changes.remove_tasks.len());
-    drop(changes);
-    let Outcome { tasks, records: changed, diffs, wake_at, .. } = outcome;
-    for r in changed {
-        svc.records.insert(r.service.id.clone(), r);
-    }
-    svc.set_tasks(tasks.into_iter().map(|t| (t.id.clone(), t)).collect());
-    // Forget the names of removed services once their last task is gone.
-    let live: HashSet<&ServiceId> = svc.tasks.values().map(|t| &t.service_id).collect();
-    let records = &svc.records;
-    svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
+    let Committed { diffs, wake_at } = commit(svc, outcome, |changes| mgr.store.change_services(changes))?;
 
     let keys_due = super::networks::step_keys(svc, now.mono);
     let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"), &mesh);
@@ -173,6 +154,49 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     })
 }
 
+/// What a stored pass leaves to do: tell the nodes, and when to run again.
+struct Committed {
+    diffs: std::collections::BTreeMap<NodeId, dispatcher::NodeDiff>,
+    wake_at: Option<Millis>,
+}
+
+/// Writes what the pass changed with `write` (one transaction, before anyone is told),
+/// then applies it to memory. A failed write leaves memory as stored: the tasks as they
+/// were given to the pass, the records unchanged.
+fn commit(
+    svc: &mut ServiceState,
+    outcome: Outcome,
+    write: impl FnOnce(&ServiceChanges) -> Result<(), crate::store::StoreError>,
+) -> Result<Committed, crate::store::StoreError> {
+    let changes = ServiceChanges {
+        put_services: outcome.records.iter().collect(),
+        remove_services: Vec::new(),
+        put_tasks: outcome.put_tasks().collect(),
+        remove_tasks: outcome.remove_tasks.iter().collect(),
+    };
+    if let Err(e) = write(&changes) {
+        drop(changes);
+        svc.tasks.put_back(outcome.undo());
+        return Err(e);
+    }
+    crate::memory::churned(changes.put_tasks.len() + changes.remove_tasks.len());
+    drop(changes);
+    let moves = outcome.moves().map(|(id, was, now)| (id.clone(), was.cloned(), now.cloned())).collect();
+    let Outcome { tasks, records: changed, diffs, wake_at, .. } = outcome;
+    for r in changed {
+        svc.records.insert(r.service.id.clone(), r);
+    }
+    svc.tasks.replace(tasks, moves);
+    // Forget the names of removed services once their last task is gone (a walk of the
+    // tasks only while some name has no record).
+    if svc.names.len() > svc.records.len() {
+        let live: HashSet<&ServiceId> = svc.tasks.values().map(|t| &t.service_id).collect();
+        let records = &svc.records;
+        svc.names.retain(|id, _| records.contains_key(id) || live.contains(id));
+    }
+    Ok(Committed { diffs, wake_at })
+}
+
 /// One line of the pass's log, at the level and with the fields it always had.
 fn log_event(event: &PassEvent) {
     match event {
@@ -209,11 +233,11 @@ pub(super) fn handle_service(
         // Its networks must exist; its VIPs are (re)allocated for its spec before it is stored.
         let others: Vec<&shoal_proto::Service> =
             svc.records.values().filter(|r| r.service.id != record.service.id).map(|r| &r.service).collect();
-        let all: Vec<Task> = svc.tasks.values().cloned().collect();
+        let all = svc.tasks.all();
         let current = svc.records.get(&record.service.id).map(|r| &r.service);
         crate::core::ipam::allocate_ingress_ports(&others, current, &mut record.service)?;
         let boards: Vec<std::net::Ipv4Addr> = nodes.iter().filter_map(|n| n.ingress_address).collect();
-        crate::core::ipam::assign_vips_beside(&svc.networks, &others, &all, &boards, &mut record.service)?;
+        crate::core::ipam::assign_vips_beside(&svc.networks, &others, all, &boards, &mut record.service)?;
         mgr.store
             .change_services(&ServiceChanges { put_services: vec![&record], ..Default::default() })
             .map_err(internal)?;
@@ -256,8 +280,8 @@ pub(super) fn handle_service(
                 wanted.iter().map(|q| services::resolve(&records, q)).collect::<Result<_, _>>()?
             };
             let hostnames = nodes.iter().map(|n| (n.id.clone(), n.description.hostname.clone())).collect();
-            let all: Vec<Task> = svc.tasks.values().cloned().collect();
-            let mut views = services::ps(&chosen, &all, &hostnames);
+            let all = svc.tasks.all();
+            let mut views = services::ps(&chosen, all, &hostnames);
             views.truncate(MAX_TASKS_LISTED);
             Ok(ServiceReply::Tasks(views.try_into().map_err(internal)?))
         }
@@ -284,6 +308,51 @@ pub(super) fn handle_service(
             }
             mgr.kick();
             Ok(ServiceReply::Done(id))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{state, task};
+    use super::*;
+
+    /// A pass over `svc` with no service records and no nodes: every task must stop.
+    fn pass(svc: &mut ServiceState, mono: Millis) -> Outcome {
+        let tasks = svc.tasks.take();
+        let cluster =
+            Cluster { records: &[], nodes: &[], images: &[], names: &svc.names, networks: &svc.networks, boards: &[] };
+        let now = Now { mono, wall_ms: 1_700_000_000_000 + mono };
+        let mut new_id = || TaskId::from_random([0xEE; 16]);
+        svc.reconciler.pass(now, cluster, tasks, Vec::new(), &mut new_id)
+    }
+
+    #[test]
+    fn a_failed_write_leaves_memory_as_stored_and_a_good_one_applies_the_pass() {
+        let mut all = vec![task(1, 1, Some(1)), task(2, 1, Some(2)), task(3, 2, None)];
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut svc = state(&all);
+        let outcome = pass(&mut svc, 0);
+        assert!(!outcome.writes_nothing(), "the pass changes something");
+        let failed = commit(&mut svc, outcome, |_| Err(crate::store::StoreError::Io("no space left".into())));
+        assert!(failed.is_err());
+        assert_eq!(svc.tasks.values().cloned().collect::<Vec<_>>(), all, "memory as stored");
+        assert_eq!(svc.tasks_on(&NodeId::from_random([1; 16])).count(), 1);
+
+        let outcome = pass(&mut svc, 1);
+        let (mut put, mut removed) = (Vec::new(), Vec::new());
+        commit(&mut svc, outcome, |c| {
+            put = c.put_tasks.iter().map(|t| (*t).clone()).collect();
+            removed = c.remove_tasks.iter().map(|id| (*id).clone()).collect();
+            Ok(())
+        })
+        .unwrap();
+        assert!(!put.is_empty() || !removed.is_empty());
+        for t in &put {
+            assert_eq!(svc.tasks.get(&t.id), Some(t), "memory holds what was written");
+        }
+        for id in &removed {
+            assert!(svc.tasks.get(id).is_none() && !svc.tasks_on(&NodeId::from_random([1; 16])).any(|t| &t.id == id));
         }
     }
 }
