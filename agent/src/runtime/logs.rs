@@ -67,7 +67,9 @@ impl LogWriter {
 }
 
 /// Copies lines from `source` into the log until end of file. Overlong lines are cut at
-/// 16 KiB so one line can't hold the memory of a board.
+/// 16 KiB so one line can't hold the memory of a board. The shim uses [`pump_both`]; this
+/// one-stream copy stays as the tests' reference for what it must log.
+#[cfg(test)]
 pub fn pump(source: impl io::Read, stream: &str, log: &std::sync::Mutex<LogWriter>, clock: impl Fn() -> u64) {
     let mut reader = io::BufReader::new(source);
     let mut buf = Vec::with_capacity(256);
@@ -85,14 +87,14 @@ pub fn pump(source: impl io::Read, stream: &str, log: &std::sync::Mutex<LogWrite
     }
 }
 
-/// Longest line [`pump`] and [`pump_both`] copy whole: a longer one is cut into pieces of
+/// Longest line the pumps copy whole: a longer one is cut into pieces of
 /// this size, so one line can't hold the memory of a board.
 const MAX_LINE: usize = 16 * 1024;
 
 /// Copies the lines of a container's stdout and stderr into the log until both end, in
 /// the calling thread: poll(2) on both pipes, so that the shim spends one thread on its
 /// logs instead of one per stream (each thread's stack and bookkeeping is memory every
-/// container pays for). Lines are cut as [`pump`] cuts them; a last line without its
+/// container pays for). Lines are cut at [`MAX_LINE`]; a last line without its
 /// newline is kept too.
 pub fn pump_both(
     stdout: std::os::fd::OwnedFd,
