@@ -1,6 +1,6 @@
 //! The agent's command line: a few subcommands and flags, parsed by hand.
 //!
-//! A parser crate cost the static board agent ~90 KiB (issue 12: its size) for eight
+//! A parser crate cost the static aarch64 agent 104 KiB (issue 12: its size) for eight
 //! commands. This one takes the arguments and `SHOAL_DATA_DIR` as values and does no I/O:
 //! it returns what to run, or the text to print and the exit code (help and version on
 //! stdout with 0, a usage error on stderr with 2, as before). The help text comes from
