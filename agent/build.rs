@@ -1,4 +1,5 @@
-//! Links the static board agents without unwind tables (issue 12: the agent's size).
+//! Links the static board agents without unwind tables, and with identical functions
+//! folded into one (issue 12: the agent's size).
 //!
 //! Their profiles abort on panic, so nothing ever unwinds; yet the precompiled std (built
 //! to unwind) and the C code keep `.eh_frame` and its index `.eh_frame_hdr`: ~0.9 MB of
@@ -18,5 +19,9 @@ fn main() {
     if env == "musl" && profile == "release" {
         let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
         println!("cargo:rustc-link-arg-bins=--script={dir}/../scripts/no-eh-frame.ld");
+        // Functions whose machine code came out identical (generics over types of one
+        // layout, mostly) kept once. Rust promises nothing about function addresses being
+        // unique, so folding even those whose address is taken is sound.
+        println!("cargo:rustc-link-arg-bins=--icf=all");
     }
 }

@@ -19,7 +19,7 @@ printf '%-34s %10s  %s\n' TARGET BYTES LINKAGE
 # targets' final links overlap instead of queueing (CI has 30 minutes).
 cargo build --quiet --profile "$profile" -p shoal-agent "${targets[@]/#/--target=}"
 for t in "${targets[@]}"; do
-  bin=target/$t/$profile/shoal-agent
+  bin=${CARGO_TARGET_DIR:-target}/$t/$profile/shoal-agent
   if [ "$profile" = release ]; then
     mkdir -p "out/agents/$t"
     cp "$bin" "out/agents/$t/shoal-agent"

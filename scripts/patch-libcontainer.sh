@@ -2,7 +2,8 @@
 # Makes patches/libcontainer/ (used through [patch.crates-io] in Cargo.toml): the
 # published libcontainer source from crates.io with patches/libcontainer-armv7.patch
 # applied, so that the agent builds for 32-bit ARM, then patches/libcontainer-criu-feature.patch
-# (CRIU behind a cargo feature the agent leaves off: its size). Only the diffs are kept in
+# and patches/libcontainer-net-devices-feature.patch (CRIU and the netlink client of
+# `linux.netDevices` behind cargo features the agent leaves off: its size). Only the diffs are kept in
 # the repository. Fails, saying so, when the patch no longer applies. Fast when the copy is
 # up to date. Run by scripts/setup.sh; run it yourself before a first plain `cargo build`.
 set -euo pipefail
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 
 version=0.7.0
 dest=patches/libcontainer
-patches=("$PWD/patches/libcontainer-armv7.patch" "$PWD/patches/libcontainer-criu-feature.patch")
+patches=("$PWD/patches/libcontainer-armv7.patch" "$PWD/patches/libcontainer-criu-feature.patch"
+  "$PWD/patches/libcontainer-net-devices-feature.patch")
 stamp="libcontainer $version + $(cat "${patches[@]}" | sha256sum | cut -d' ' -f1)"
 if [ -f "$dest/.shoal-patched" ] && [ "$(cat "$dest/.shoal-patched")" = "$stamp" ]; then
   exit 0
@@ -43,4 +45,4 @@ done
 rm -rf "$dest"
 mv "$tmp/libcontainer-$version" "$dest"
 echo "$stamp" > "$dest/.shoal-patched"
-echo "patch-libcontainer: $dest is libcontainer $version with the armv7 and criu-feature patches"
+echo "patch-libcontainer: $dest is libcontainer $version with the armv7, criu-feature and net-devices-feature patches"

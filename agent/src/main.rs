@@ -1,8 +1,8 @@
 //! `shoal-agent`: joins a board to a shoal cluster and keeps it there.
 
-use std::path::PathBuf;
+mod cli;
 
-use clap::{Args, Parser, Subcommand};
+use cli::{Cli, Command, ImageCommand, NodeArgs};
 use shoal_agent::identity::NodeIdentity;
 use std::sync::Arc;
 
@@ -12,110 +12,6 @@ use shoal_agent::runtime::LibcontainerRuntime;
 use shoal_agent::supervisor::{Supervisor, SupervisorConfig};
 use shoal_agent::{host, session, AgentError};
 use shoal_proto::Label;
-
-#[derive(Debug, Parser)]
-#[command(name = "shoal-agent", version, about = "Run a board in a shoal cluster", propagate_version = true)]
-struct Cli {
-    /// Directory holding the node's identity and state.
-    #[arg(long, global = true, env = "SHOAL_DATA_DIR", default_value = shoal_link::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Join a cluster with a token, then keep running as its agent.
-    Join {
-        /// Token from `shoal manager join-token worker`.
-        #[arg(long)]
-        token: String,
-        /// Manager address, HOST[:PORT] (default port 4242).
-        manager: String,
-        /// Replace this board's identity if it already joined a cluster.
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        node: NodeArgs,
-    },
-    /// Run the agent of a board that already joined (no token needed).
-    Run {
-        #[command(flatten)]
-        node: NodeArgs,
-    },
-    /// Images on this board.
-    #[command(subcommand)]
-    Image(ImageCommand),
-    /// (internal) Monitor one container: started by the agent, outlives it.
-    #[command(hide = true)]
-    Shim {
-        /// Directory of the agent's containers.
-        #[arg(long)]
-        containers: PathBuf,
-        /// libcontainer state directory.
-        #[arg(long)]
-        state: PathBuf,
-        /// Container ID.
-        id: String,
-    },
-    /// (internal) Run a command inside a running container, for `shoal exec`.
-    #[command(hide = true)]
-    ExecIn {
-        /// Directory of the agent's containers.
-        #[arg(long)]
-        containers: PathBuf,
-        /// libcontainer state directory.
-        #[arg(long)]
-        state: PathBuf,
-        /// Container ID.
-        id: String,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        args: Vec<String>,
-    },
-    /// (internal) Watch an agent update: restore the previous binary if the new agent
-    /// exits or does not reach the manager in time.
-    #[command(hide = true)]
-    UpgradeWatch {
-        /// The agent process running the new binary.
-        #[arg(long)]
-        pid: u32,
-        /// The agent binary the update replaced.
-        #[arg(long)]
-        exe: PathBuf,
-        /// Start the watchdog detached, then return.
-        #[arg(long)]
-        detach: bool,
-        /// The arguments the agent runs with.
-        #[arg(last = true)]
-        args: Vec<std::ffi::OsString>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ImageCommand {
-    /// Side-load the images of an OCI archive (for this board's platform), e.g. from a
-    /// USB stick on a board that can't reach its manager yet.
-    Load {
-        /// The archive (an OCI image layout in a tar).
-        archive: PathBuf,
-    },
-    /// List the images this board holds.
-    Ls,
-}
-
-#[derive(Debug, Args, Default)]
-struct NodeArgs {
-    /// Name of this board in `node ls` (default: the kernel's hostname).
-    #[arg(long)]
-    hostname: Option<String>,
-    /// Address other nodes reach this board on.
-    #[arg(long)]
-    advertise_addr: Option<String>,
-    /// Node label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = Label::parse)]
-    labels: Vec<Label>,
-}
 
 impl NodeArgs {
     /// The same flags as arguments, for restarting the agent after an update.
@@ -231,7 +127,17 @@ async fn run(
 const BOARD_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse(std::env::args_os().skip(1), std::env::var_os("SHOAL_DATA_DIR")) {
+        Ok(cli) => cli,
+        Err(stop) => {
+            if stop.code == 0 {
+                print!("{}", stop.text);
+            } else {
+                eprint!("{}", stop.text);
+            }
+            return std::process::ExitCode::from(stop.code);
+        }
+    };
     // The shim runs without an async runtime: it lives as long as its container and
     // should cost as little as possible.
     if let Command::Shim { containers, state, id } = &cli.command {

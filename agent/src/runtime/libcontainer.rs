@@ -429,4 +429,22 @@ mod tests {
         assert!(!dir.join("escape").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// libcontainer's netlink client (`linux.netDevices`) is left out of the agent
+    /// (patches/libcontainer-net-devices-feature.patch): a spec that names network devices
+    /// is refused before anything runs, not run without them.
+    #[test]
+    fn a_spec_with_network_devices_is_refused() {
+        use libcontainer::oci_spec::runtime::{
+            LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxNetDevice, SpecBuilder,
+        };
+        let netns = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).build().unwrap();
+        let devices = HashMap::from([("eth1".to_owned(), LinuxNetDevice::default())]);
+        let linux = LinuxBuilder::default().namespaces(vec![netns]).net_devices(devices).build().unwrap();
+        let spec = SpecBuilder::default().linux(linux).build().unwrap();
+        let syscall = libcontainer::syscall::syscall::create_syscall();
+        let err = libcontainer::utils::validate_spec_for_net_devices(&spec, &*syscall).unwrap_err();
+        assert!(matches!(err, libcontainer::utils::NetDevicesError::FeatureDisabled), "{err}");
+        assert!(err.to_string().contains("`net-devices` feature"), "{err}");
+    }
 }
