@@ -71,7 +71,12 @@ mkdir -p /newroot/lib/modules/"$release"
 mount --bind "$modules" /newroot/lib/modules/"$release"
 for d in proc sys dev; do mount --move /$d /newroot/$d; done
 mount -t tmpfs tmpfs /newroot/run
+# The command's directory, if under the host's /tmp (a clone made there), would be hidden
+# by the guest's own /tmp: it is kept aside and put back over it, writable as the rest.
+cwd=$(cat /lower/"$run".cwd)
+case $cwd in /tmp/*) mkdir -p /keep && mount --bind /newroot"$cwd" /keep ;; esac
 mount -t tmpfs tmpfs /newroot/tmp
+case $cwd in /tmp/*) mkdir -p /newroot"$cwd" && mount --move /keep /newroot"$cwd" ;; esac
 mkdir -p /newroot/tmp/vm && mount --bind "/lower$(dirname "$run")" /newroot/tmp/vm
 chroot /newroot /bin/sh /tmp/vm/"$(basename "$run")"
 echo "SHOAL-VM-EXIT=$?"
@@ -93,6 +98,7 @@ run() {
     echo
   } >"$work/run.sh"
   echo "$root/lib/modules/$release" >"$work/run.sh.modules"
+  echo "$PWD" >"$work/run.sh.cwd"
   # A small initramfs: busybox and the modules that reach the host's tree.
   local initrd=$work/initrd
   mkdir -p "$initrd"/{bin,proc,sys,dev,lower,upper,newroot}
