@@ -782,6 +782,20 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// An active worker's record, as a join makes it.
+    fn worker(id: NodeId) -> NodeRecord {
+        NodeRecord {
+            id,
+            role: shoal_proto::Role::Worker,
+            availability: shoal_proto::Availability::Active,
+            labels: Default::default(),
+            description: Default::default(),
+            addr: None,
+            created_at_ms: 1,
+            ingress_address: None,
+        }
+    }
+
     fn scratch_path() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("shoal-store-{}.redb", shoal_proto::hex(&shoal_link::random::<6>())))
     }
@@ -810,16 +824,7 @@ mod tests {
         let path = scratch_path();
         full_store(&path);
         let store = Store::open(&path).unwrap();
-        let node = |n: u8| NodeRecord {
-            id: NodeId::from_random([n; 16]),
-            role: shoal_proto::Role::Worker,
-            availability: shoal_proto::Availability::Active,
-            labels: Default::default(),
-            description: Default::default(),
-            addr: None,
-            created_at_ms: 1,
-            ingress_address: None,
-        };
+        let node = |n: u8| worker(NodeId::from_random([n; 16]));
         let ids = |store: &Store| store.nodes_shared().unwrap().iter().map(|r| r.id.clone()).collect::<Vec<_>>();
         assert!(ids(&store).is_empty());
         store.put_node(&node(1)).unwrap();
@@ -844,16 +849,7 @@ mod tests {
         full_store(&path);
         let store = Store::open(&path).unwrap();
         let id = NodeId::from_random(shoal_link::random());
-        let node = NodeRecord {
-            id: id.clone(),
-            role: shoal_proto::Role::Worker,
-            availability: shoal_proto::Availability::Active,
-            labels: Default::default(),
-            description: Default::default(),
-            addr: None,
-            created_at_ms: 1,
-            ingress_address: None,
-        };
+        let node = worker(id.clone());
         store.put_node(&node).unwrap();
         // Two writers that each read the record before the other wrote: the mesh's
         // address and the operator's drain both stand.
@@ -1043,16 +1039,7 @@ mod tests {
     fn certificate_settings_and_a_rotation_survive_reopening_the_store() {
         use crate::core::rotation::Rotation;
         let path = scratch_path();
-        let node = NodeRecord {
-            id: NodeId::from_random([7; 16]),
-            role: shoal_proto::Role::Worker,
-            availability: shoal_proto::Availability::Active,
-            labels: shoal_proto::BoundedVec::new(),
-            description: shoal_proto::NodeDescription::default(),
-            addr: None,
-            created_at_ms: 1,
-            ingress_address: None,
-        };
+        let node = worker(NodeId::from_random([7; 16]));
         let cert = NodeCert { valid_from_ms: 1, valid_until_ms: 2, ca_digest: [3; 32] };
         let pki = PkiRecord {
             cert_expiry_ms: 60_000,
