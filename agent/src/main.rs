@@ -96,7 +96,7 @@ async fn run(
         tracing::warn!("this board's kernel lacks {m}: use a kernel with that option, see docs/networking.md");
     }
     let store = session::open_images(data_dir)?;
-    let runtime = LibcontainerRuntime::for_data_dir(data_dir).map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
+    let runtime = LibcontainerRuntime::for_data_dir(data_dir);
     let network = Network::new(BridgeConfig::default(), &shoal_agent::identity::agent_dir(data_dir).join("net"))
         .map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
     // A missing file is a board with no resolver configured: forwarding then fails
@@ -113,7 +113,7 @@ async fn run(
         os: description.os.to_string(),
         arch: description.arch.to_string(),
     };
-    config.health = shoal_agent::runtime::LibcontainerRuntime::paths(data_dir).ok();
+    config.health = Some(shoal_agent::runtime::LibcontainerRuntime::paths(data_dir));
     let network = Arc::new(network);
     let networks = shoal_agent::board_net::BoardNet::new(network.clone(), resolver);
     let supervisor = Supervisor::start(config, Arc::new(runtime), network, PortPublisher::new(), store.clone()).await?;

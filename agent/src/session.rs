@@ -176,8 +176,7 @@ pub async fn run_embedded(
     let networks = embedding.networks.as_ref();
     // Renewals and trust changes replace it; each connection is made with the newest.
     let shared: SharedIdentity = Arc::new(std::sync::Mutex::new(identity.clone()));
-    let exec_paths = crate::runtime::LibcontainerRuntime::paths(data_dir)
-        .map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
+    let exec_paths = crate::runtime::LibcontainerRuntime::paths(data_dir);
     let images = Images::new(store, supervisor);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut endpoint: Option<(SocketAddr, quinn::Endpoint)> = None;

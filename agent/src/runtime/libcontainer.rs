@@ -47,16 +47,16 @@ impl LibcontainerRuntime {
     /// The runtime of an agent with this data directory: containers on disk next to the
     /// node's identity, libcontainer state in `/run/shoal/<hash of the data dir>` so
     /// several agents on one host (tests) never share it.
-    pub fn for_data_dir(data_dir: &Path) -> Result<Self, RuntimeError> {
-        let p = Self::paths(data_dir)?;
-        Ok(Self::new(p.containers, p.state, p.agent_exe))
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        let p = Self::paths(data_dir);
+        Self::new(p.containers, p.state, p.agent_exe)
     }
 
     /// Where the runtime of an agent with this data directory keeps things.
-    pub fn paths(data_dir: &Path) -> Result<crate::exec::Paths, RuntimeError> {
+    pub fn paths(data_dir: &Path) -> crate::exec::Paths {
         let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
         let tag = shoal_proto::hex(&digest.as_ref()[..6]);
-        Ok(crate::exec::Paths {
+        crate::exec::Paths {
             containers: crate::identity::agent_dir(data_dir).join("containers"),
             state: PathBuf::from("/run/shoal").join(tag),
             // The binary this process was started from, not the file at its path: that
@@ -65,7 +65,7 @@ impl LibcontainerRuntime {
             // could misread its state, or not start at all ("No such file").
             agent_exe: PathBuf::from("/proc/self/exe"),
             volumes: crate::volumes::dir(data_dir),
-        })
+        }
     }
 
     fn bundle(&self, id: &str) -> Result<Bundle, RuntimeError> {
