@@ -342,6 +342,14 @@ impl Found {
         Ok(i.map(|i| self.values.remove(i).1))
     }
 
+    /// Every value of a repeatable flag, in the order given.
+    fn take_all(&mut self, long: &str) -> Vec<OsString> {
+        let (hits, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.values).into_iter().partition(|(l, _)| *l == long);
+        self.values = rest;
+        hits.into_iter().map(|(_, v)| v).collect()
+    }
+
     fn required(&mut self, long: &str) -> Result<OsString, Stop> {
         self.take(long)?.ok_or_else(|| usage_error(format!("'--{long}' is required")))
     }
@@ -362,7 +370,7 @@ impl Found {
         let hostname = self.text("hostname")?;
         let advertise_addr = self.text("advertise-addr")?;
         let mut labels = Vec::new();
-        while let Some(v) = self.values.iter().position(|(l, _)| *l == "label").map(|i| self.values.remove(i).1) {
+        for v in self.take_all("label") {
             let v = utf8(&v, "--label")?;
             labels.push(
                 Label::parse(&v)
