@@ -102,7 +102,43 @@ pub fn pump_both(
     log: &std::sync::Mutex<LogWriter>,
     clock: impl Fn() -> u64,
 ) {
-    use rustix::event::{poll, PollFd, PollFlags};
+    pump_streams(stdout, stderr, None::<ExitWatch<()>>, log, clock);
+}
+
+/// What [`pump_until_exit`] watches besides the pipes: a pidfd of the container's init.
+pub struct ExitWatch<'a, T> {
+    /// Readable once the process has exited (`pidfd_open`, Linux 5.3+).
+    pub pidfd: std::os::fd::BorrowedFd<'a>,
+    /// Called once, when it is: collects the exit (without reaping it).
+    pub on_exit: &'a mut dyn FnMut() -> T,
+    /// How long the pipes may take to reach their end after the exit: something else
+    /// (a process that left the container's PID namespace, a leaked descriptor) may
+    /// hold them open, and the exit must still be recorded.
+    pub drain: std::time::Duration,
+}
+
+/// [`pump_both`] and the wait for the container's exit in one poll(2), so the shim needs
+/// no second thread: returns what `on_exit` returned once the pipes have ended (or the
+/// drain time has passed after the exit), so that the exit is recorded after the
+/// container's last line. `None` only if poll(2) itself failed before the exit.
+pub fn pump_until_exit<T>(
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+    exit: ExitWatch<'_, T>,
+    log: &std::sync::Mutex<LogWriter>,
+    clock: impl Fn() -> u64,
+) -> Option<T> {
+    pump_streams(stdout, stderr, Some(exit), log, clock)
+}
+
+fn pump_streams<T>(
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+    mut exit: Option<ExitWatch<'_, T>>,
+    log: &std::sync::Mutex<LogWriter>,
+    clock: impl Fn() -> u64,
+) -> Option<T> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
     use rustix::io::Errno;
 
     struct Stream {
@@ -115,21 +151,44 @@ pub fn pump_both(
         Stream { fd: Some(stdout), name: "stdout", pending: Vec::new() },
         Stream { fd: Some(stderr), name: "stderr", pending: Vec::new() },
     ];
+    let mut exited: Option<(T, std::time::Instant)> = None;
     let mut chunk = [0u8; 4096];
     loop {
-        let ready: Vec<usize> = {
+        let (ready, exit_ready) = {
             let open: Vec<usize> = (0..streams.len()).filter(|&i| streams[i].fd.is_some()).collect();
-            if open.is_empty() {
-                return;
+            let watching = exit.as_ref().filter(|_| exited.is_none());
+            if open.is_empty() && watching.is_none() {
+                break;
             }
+            let timeout = match &exited {
+                Some((_, deadline)) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    Some(Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }))
+                }
+                None => None,
+            };
             let mut fds: Vec<PollFd<'_>> =
                 open.iter().filter_map(|&i| streams[i].fd.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN))).collect();
-            match poll(&mut fds, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(_) => return,
+            if let Some(w) = watching {
+                fds.push(PollFd::from_borrowed_fd(w.pidfd, PollFlags::IN));
             }
-            open.into_iter().zip(&fds).filter(|(_, fd)| !fd.revents().is_empty()).map(|(i, _)| i).collect()
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => break,
+            }
+            let exit_ready = watching.is_some() && fds.last().is_some_and(|fd| !fd.revents().is_empty());
+            let ready: Vec<usize> =
+                open.into_iter().zip(&fds).filter(|(_, fd)| !fd.revents().is_empty()).map(|(i, _)| i).collect();
+            (ready, exit_ready)
         };
+        if exit_ready {
+            if let Some(w) = exit.as_mut() {
+                exited = Some(((w.on_exit)(), std::time::Instant::now() + w.drain));
+            }
+        }
         for i in ready {
             let s = &mut streams[i];
             let Some(fd) = &s.fd else { continue };
@@ -146,6 +205,13 @@ pub fn pump_both(
             log_lines(&mut s.pending, ended, s.name, log, &clock);
         }
     }
+    // Out of time for the drain: what was read of a last line is kept.
+    for s in &mut streams {
+        if !s.pending.is_empty() {
+            log_lines(&mut s.pending, true, s.name, log, &clock);
+        }
+    }
+    exited.map(|(value, _)| value)
 }
 
 /// Logs the whole lines at the front of `pending` (and pieces of [`MAX_LINE`] of a longer
@@ -417,6 +483,49 @@ mod tests {
         }
         assert_eq!(lines(&both, "stdout").len(), 2 + 3 + 2000 + 1);
         assert!(lines(&both, "stdout").last().unwrap().ends_with("stdout bye"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The shim's one thread: the child's exit is collected once its pidfd turns
+    /// readable, its last lines are logged before it returns, and a pipe someone else
+    /// keeps open delays the return by the drain time only.
+    #[test]
+    fn pumping_until_the_exit_logs_everything_and_returns_the_exit() {
+        let dir = std::env::temp_dir().join(format!("shoal-pump-exit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.log");
+        let log = std::sync::Mutex::new(LogWriter::open(&path, LogLimits::default()).unwrap());
+        let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+        let (err_r, err_w) = rustix::pipe::pipe().unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "echo one; sleep 0.2; echo two >&2; printf three; exit 3"])
+            .stdout(std::fs::File::from(out_w))
+            .stderr(std::fs::File::from(err_w.try_clone().unwrap()))
+            .spawn()
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+        let mut calls = 0;
+        let mut on_exit = || {
+            calls += 1;
+            child.wait().unwrap().code()
+        };
+        let drain = std::time::Duration::from_millis(300);
+        let exit = ExitWatch { pidfd: std::os::fd::AsFd::as_fd(&pidfd), on_exit: &mut on_exit, drain };
+        let t = std::time::Instant::now();
+        // `err_w` stays open here: stderr never ends, the drain time bounds the wait.
+        let code = pump_until_exit(out_r, err_r, exit, &log, || 0);
+        assert_eq!(code, Some(Some(3)));
+        assert_eq!(calls, 1);
+        assert!(t.elapsed() >= drain, "waited for the pipe held open");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().map(|l| l.split_once(' ').unwrap().1).collect::<Vec<_>>(),
+            ["stdout one", "stderr two", "stdout three"]
+        );
+        drop(err_w);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -12,7 +12,7 @@
 //! runs or `err <reason>` if it could not start, then closes it.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,10 +20,10 @@ use std::time::Duration;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
-use rustix::process::{Pid, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 
 use super::bundle::Bundle;
-use super::logs::{pump_both, LogLimits, LogWriter};
+use super::logs::{pump_both, pump_until_exit, ExitWatch, LogLimits, LogWriter};
 
 /// `__WALL`: the container's init is cloned with `CLONE_PARENT` and no exit signal, so
 /// only a wait that includes "clone" children sees it.
@@ -34,7 +34,7 @@ const WAIT_ALL: u32 = 0x4000_0000;
 pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
     let bundle = Bundle::new(containers_root, id);
     let started = start(&bundle, state_root, id);
-    let (pid, pumps) = match started {
+    let Started { pid, stdout, stderr, log } = match started {
         Ok(x) => x,
         Err(reason) => {
             let reason = reason.replace('\n', " ");
@@ -47,16 +47,30 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str) -> i32 {
     report(&format!("ok {pid}"));
     // From here on it only waits and copies logs: the code that made the container goes.
     super::trim::release();
-    let code = wait_exit(pid);
-    // The container's processes are gone (its PID namespace died with its init), so the
-    // pipes reach their end: drain them before recording the exit, so that an exited
-    // container's log is complete. Bounded, in case something else holds a pipe open.
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    for p in pumps {
-        while !p.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+    // The container's processes are gone once its init is (its PID namespace dies with
+    // it), so the pipes reach their end: they are drained before the exit is recorded,
+    // so that an exited container's log is complete. Bounded, in case something else
+    // holds a pipe open.
+    let drain = Duration::from_secs(1);
+    let code = match Pid::from_raw(pid as i32).map(|p| rustix::process::pidfd_open(p, PidfdFlags::empty())) {
+        // One thread: the exit is one more descriptor in the log pipes' poll(2).
+        Some(Ok(pidfd)) => {
+            let mut collect = || wait_exit(pid);
+            let exit = ExitWatch { pidfd: pidfd.as_fd(), on_exit: &mut collect, drain };
+            pump_until_exit(stdout, stderr, exit, &log, shoal_link::wall_ms).unwrap_or_else(|| wait_exit(pid))
         }
-    }
+        // No pidfds (a kernel before 5.3, or a policy refusing them): the logs get a
+        // thread of their own and this one waits.
+        _ => {
+            let pump = std::thread::spawn(move || pump_both(stdout, stderr, &log, shoal_link::wall_ms));
+            let code = wait_exit(pid);
+            let deadline = std::time::Instant::now() + drain;
+            while !pump.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            code
+        }
+    };
     if let Err(e) = bundle.write_exit(code, shoal_link::wall_ms()) {
         eprintln!("shim {id}: {e}");
     }
@@ -80,9 +94,16 @@ fn report(line: &str) {
     }
 }
 
-type Pumps = Vec<std::thread::JoinHandle<()>>;
+/// A container that runs: its init's PID, the read ends of its stdout and stderr, and
+/// its log.
+struct Started {
+    pid: u32,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    log: Mutex<LogWriter>,
+}
 
-fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), String> {
+fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<Started, String> {
     // Before the container's init is forked from this process, so that it knows too.
     super::trim::note();
     std::fs::create_dir_all(state_root).map_err(|e| format!("state directory: {e}"))?;
@@ -110,9 +131,7 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<(u32, Pumps), S
     super::bundle::write_state(&bundle.pid_file(), format!("{pid}\n").as_bytes())
         .map_err(|e| format!("pid file: {e}"))?;
     let log = Mutex::new(LogWriter::open(&bundle.log(), LogLimits::default()).map_err(|e| format!("log: {e}"))?);
-    // One thread for both streams: a second one's stack was memory every container paid.
-    let pumps = vec![std::thread::spawn(move || pump_both(out_r, err_r, &log, shoal_link::wall_ms))];
-    Ok((pid, pumps))
+    Ok(Started { pid, stdout: out_r, stderr: err_r, log })
 }
 
 /// Waits for the init process to exit without reaping it; Docker's codes: the exit
