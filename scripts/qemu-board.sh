@@ -17,8 +17,9 @@
 #                                        builds (cached) and prints out/qemu/ARCH/stock.img:
 #                                        a small "stock OS" disk image as boards are
 #                                        flashed with (FAT boot partition with the kernel,
-#                                        its initramfs and cmdline.txt; ext4 root with its
-#                                        own init; a swap partition), for `shoal board
+#                                        its initramfs and cmdline.txt; ext4 root with a
+#                                        Debian userland, systemd as PID 1; a swap
+#                                        partition), for `shoal board
 #                                        prepare` (docs/qemu-boards.md)
 #   scripts/qemu-board.sh run-disk --disk IMG --tap TAP --ip ADDR/LEN [--arch ARCH] [--dir DIR]
 #                                        boots such an image as a board's firmware
@@ -319,17 +320,19 @@ boot() {
 }
 
 # mtools and dosfstools, unpacked (not installed) like QEMU: the stock disk image's FAT
-# partition is made and read without mounting it.
+# partition is made and read without mounting it; kmod for depmod, which writes the
+# module indexes the image's udev and modprobe read.
 fat_tools() {
   local dir=$cache/tools
-  if [ ! -e "$dir/ready" ]; then
+  if [ ! -e "$dir/ready" ] || [ ! -e "$dir/root/sbin/depmod" ]; then
     rm -rf "$dir"
     mkdir -p "$dir/root" "$cache/.cache"
     export SHOAL_REPO=$repo
     local p
-    for p in mtools dosfstools; do
+    for p in mtools dosfstools kmod; do
       dpkg-deb -x "$(debs "$p:amd64")" "$dir/root"
     done
+    ln -sf ../bin/kmod "$dir/root/sbin/depmod" # Debian's link is absolute
     touch "$dir/ready"
   fi
   echo "$dir/root/usr/bin:$dir/root/usr/sbin:$dir/root/sbin"
@@ -379,62 +382,74 @@ exec switch_root /newroot /sbin/init
 INIT
 }
 
-# The stock image's own init: a small stand-in for systemd with the two things of it a
-# board prepared by `shoal board prepare` relies on. `systemd.run=` on the command line
-# is run once, and the board reboots when it succeeds (systemd.run_success_action=
-# reboot); the units enabled in multi-user.target.wants are started, and started again
-# whenever they stop (Restart=always). shoal.ip= stands in for the DHCP server a real
-# board would have.
-disk_init() {
-  cat <<'INIT'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin 2>/dev/null
-export PATH=/usr/local/bin:/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs shm /dev/shm
-mount -t tmpfs run /run
-mount -t tmpfs tmp /tmp
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -o remount,rw /
-echo /bin/modprobe >/proc/sys/kernel/modprobe
-release=$(uname -r)
-for f in $(cat /etc/insmod); do insmod "/lib/modules/$release/$f" 2>/dev/null; done
-mount -t vfat /dev/vda1 /boot/firmware
-swapon /dev/vda3 && echo "board-os: swap on ($(grep SwapTotal /proc/meminfo | tr -s ' '))"
-hostname "$(cat /etc/hostname)"
-ip link set lo up
-ip link set eth0 up
+# The stock image's root: a Debian userland with systemd as PID 1 (systemd-sysv's
+# /sbin/init), from the Depends closure of these packages. udev makes the device units
+# /etc/fstab waits for, kmod loads modules (on demand and from modules-load.d),
+# coreutils, sed and dash run the first-boot step and start.sh, busybox-static gives
+# the lab's address unit its `ip`.
+ROOT_PKGS="systemd systemd-sysv udev kmod dash coreutils sed mount base-files base-passwd busybox-static"
+
+# Prints the .deb paths of the Depends closure (first alternative of each entry) of
+# packages for a Debian architecture (ARCH PKG...), downloaded like debs(). An
+# Architecture: all package is fetched as such; `awk` is virtual (mawk provides it).
+root_debs() {
+  python3 - "$cache/.cache" "$@" <<'PY'
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["SHOAL_REPO"], "images"))
+import debian
+apt = debian.Apt(sys.argv[1], ["amd64", "arm64", "armhf"])
+arch, todo, seen = sys.argv[2], sys.argv[3:], {}
+while todo:
+    pkg = todo.pop(0)
+    pkg = {"awk": "mawk"}.get(pkg, pkg)
+    if pkg in seen:
+        continue
+    try:
+        deb = apt.cached(pkg, arch) or apt.download(pkg, arch)
+    except RuntimeError:
+        try:
+            deb = apt.download(pkg, "all")
+        except RuntimeError as err:
+            sys.exit(f"qemu-board: {err} (check the network and Debian's mirror, then run it again)")
+    seen[pkg] = deb
+    todo += [d for d in debian._depends(deb) if d not in seen]
+print("\n".join(seen.values()))
+PY
+}
+
+# The lab's stand-in for a DHCP server, a unit of the stock image: eth0 (net.ifnames=0
+# on cmdline.txt) gets the address the host put on the command line as shoal.ip=.
+lab_ip_unit() {
+  cat <<'UNIT'
+[Unit]
+Description=shoal lab: static address from shoal.ip= (the lab has no DHCP server)
+After=sys-subsystem-net-devices-eth0.device
+BindsTo=sys-subsystem-net-devices-eth0.device
+Before=network.target network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/shoal-lab-ip
+
+[Install]
+WantedBy=network-online.target multi-user.target
+UNIT
+}
+
+lab_ip_script() {
+  cat <<'SH'
+#!/bin/sh
+set -eu
 addr=$(sed -n 's/.*shoal\.ip=\([^ ]*\).*/\1/p' /proc/cmdline)
-[ -z "$addr" ] || ip addr add "$addr" dev eth0
-echo "board-os: $(hostname) up after $(cut -d' ' -f1 /proc/uptime) s"
-run=$(sed -n 's/.*systemd\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -n "$run" ]; then
-  echo "board-os: first boot: running $run"
-  if sh "$run"; then
-    echo "board-os: $run succeeded: rebooting"
-    umount /boot/firmware
-    sync
-    reboot -f
-  fi
-  echo "board-os: $run failed"
-fi
-for unit in /etc/systemd/system/multi-user.target.wants/*.service; do
-  [ -e "$unit" ] || continue
-  exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
-  echo "board-os: starting $(basename "$unit")"
-  (while true; do $exec_start; echo "board-os: $(basename "$unit") stopped ($?): restarting"; sleep 2; done) &
-done
-while true; do wait; sleep 1; done
-INIT
+busybox ip link set eth0 up
+[ -z "$addr" ] || busybox ip addr add "$addr" dev eth0
+SH
 }
 
 # out/qemu/ARCH/stock.img: partition 1 FAT (kernel, initramfs, cmdline.txt), 2 ext4
-# root (busybox, the modules a board needs, its init), 3 swap. Rebuilt when this script
-# changes.
+# root (Debian's systemd userland, the modules a board needs), 3 swap. Rebuilt when
+# this script changes.
 disk() {
   local arch=aarch64
   while [ $# -gt 0 ]; do
@@ -468,26 +483,66 @@ disk() {
   disk_stage1 >"$work/initrd/init"
   chmod +x "$work/initrd/init"
   (cd "$work/initrd" && find . | busybox cpio -o -H newc 2>/dev/null >"$work/initrd.cpio")
-  # The root: busybox, its init, the network and container modules, vfat for the boot
-  # partition.
-  local r=$work/root
-  mkdir -p "$r"/{bin,sbin,etc,proc,sys,dev,run,tmp,boot/firmware,var/lib,usr/local/bin,root} \
-    "$r/etc/systemd/system/multi-user.target.wants" "$r/lib/modules/$release"
-  cp "$dir/busybox/bin/busybox" "$r/bin/"
-  disk_init >"$r/sbin/init"
-  chmod +x "$r/sbin/init"
+  # The root: Debian's packages unpacked as dpkg would (merged /usr, as debootstrap
+  # makes it), then by hand the little their maintainer scripts would do (nothing of
+  # the arm64 userland can run on this host): users and groups from base-passwd's
+  # masters, an empty machine-id (systemd makes one at boot), fstab, the module
+  # indexes. Plus the modules a board needs and the lab's address unit.
+  local debarch r=$work/root
+  read -r debarch _ <<<"$(arch_info "$arch")"
+  mkdir -p "$r/usr/bin" "$r/usr/sbin" "$r/usr/lib"
+  ln -s usr/bin "$r/bin"
+  ln -s usr/sbin "$r/sbin"
+  ln -s usr/lib "$r/lib"
+  local debs_list
+  # shellcheck disable=SC2086
+  export SHOAL_REPO=$repo
+  debs_list=$(root_debs "$debarch" $ROOT_PKGS)
+  while read -r f; do
+    dpkg-deb --fsys-tarfile "$f" | tar -x --keep-directory-symlink -C "$r"
+  done <<<"$debs_list"
+  rm -rf "$r"/usr/share/{doc,man,info,locale}
+  [ -e "$r/bin/sh" ] || ln -s dash "$r/bin/sh"
+  [ -x "$r/sbin/init" ] || { echo "qemu-board: systemd-sysv gave no /sbin/init" >&2; exit 1; }
+  cp "$r/usr/share/base-passwd/passwd.master" "$r/etc/passwd"
+  cp "$r/usr/share/base-passwd/group.master" "$r/etc/group"
+  : >"$r/etc/machine-id"
+  mkdir -p "$r"/{proc,sys,dev,run,tmp,boot/firmware,root,var/lib,var/log/journal} "$r/usr/local/sbin"
+  chmod 1777 "$r/tmp"
+  cat >"$r/etc/fstab" <<'FSTAB'
+/dev/vda1 /boot/firmware vfat defaults 0 0
+/dev/vda3 none swap sw 0 0
+FSTAB
   echo debian >"$r/etc/hostname"
   printf '127.0.0.1 localhost\n127.0.1.1 debian\n' >"$r/etc/hosts"
-  cp "$mods"/modules.{dep,alias,symbols,builtin} "$r/lib/modules/$release/" 2>/dev/null || true
+  # No getty (util-linux's agetty is not there), no first-boot prompts for a locale.
+  ln -s /dev/null "$r/etc/systemd/system/serial-getty@.service"
+  ln -s /dev/null "$r/etc/systemd/system/systemd-firstboot.service"
+  lab_ip_script >"$r/usr/local/sbin/shoal-lab-ip"
+  chmod +x "$r/usr/local/sbin/shoal-lab-ip"
+  lab_ip_unit >"$r/etc/systemd/system/shoal-lab-ip.service"
+  local w
+  for w in network-online.target.wants multi-user.target.wants; do
+    mkdir -p "$r/etc/systemd/system/$w"
+    ln -s /etc/systemd/system/shoal-lab-ip.service "$r/etc/systemd/system/$w/"
+  done
+  mkdir -p "$r/lib/modules/$release"
+  cp "$mods"/modules.{order,builtin,builtin.modinfo} "$r/lib/modules/$release/"
   # shellcheck disable=SC2086
-  module_order "$mods/modules.dep" $BOOT_MODULES vfat nls_cp437 nls_ascii nls_utf8 >"$r/etc/insmod"
+  module_order "$mods/modules.dep" $BOOT_MODULES vfat nls_cp437 nls_ascii nls_utf8 >"$work/modules"
   while read -r f; do
     mkdir -p "$r/lib/modules/$release/$(dirname "$f")"
     cp "$mods/$f" "$r/lib/modules/$release/$f"
-  done <"$r/etc/insmod"
-  mkfs.ext4 -q -F -L rootfs -d "$r" "$work/root.ext4" 192M >/dev/null
-  # The boot partition, as the firmware reads it.
-  echo "console=ttyAMA0 root=/dev/vda2 rootwait panic=-1 quiet" >"$work/cmdline.txt"
+  done <"$work/modules"
+  PATH=$tools:$PATH depmod -b "$r" "$release"
+  # The boot modules are loaded by systemd-modules-load; vfat and the rest on demand.
+  mkdir -p "$r/etc/modules-load.d"
+  echo "$BOOT_MODULES" | tr ' ' '\n' >"$r/etc/modules-load.d/shoal-board.conf"
+  mkfs.ext4 -q -F -L rootfs -d "$r" "$work/root.ext4" 256M >/dev/null
+  # The boot partition, as the firmware reads it. systemd's status lines and the
+  # journal (the agent's own lines) on the console are what the test reads.
+  echo "console=ttyAMA0 root=/dev/vda2 rootwait panic=-1 quiet net.ifnames=0 systemd.show_status=1" \
+    "systemd.journald.forward_to_console=1" >"$work/cmdline.txt"
   PATH=$tools:$PATH mkfs.fat -C -n BOOTFS "$work/boot.fat" 131072 >/dev/null
   PATH=$tools:$PATH mcopy -i "$work/boot.fat" "$dir/root/boot/vmlinuz-$release" ::vmlinuz
   PATH=$tools:$PATH mcopy -i "$work/boot.fat" "$work/initrd.cpio" ::initrd.img
@@ -495,21 +550,21 @@ disk() {
   truncate -s 64M "$work/swap"
   busybox mkswap "$work/swap" >/dev/null
   # MBR: 1 MiB gap, FAT32 (LBA) 128 MiB (the arm64 kernel alone is ~30 MiB), Linux
-  # 192 MiB, Linux swap 64 MiB.
+  # 256 MiB, Linux swap 64 MiB.
   python3 - "$work/disk.img" <<'PY'
 import struct, sys
-parts = [(0x0C, 2048, 262144), (0x83, 264192, 393216), (0x82, 657408, 131072)]
+parts = [(0x0C, 2048, 262144), (0x83, 264192, 524288), (0x82, 788480, 131072)]
 mbr = bytearray(512)
 for i, (kind, first, n) in enumerate(parts):
     mbr[446 + 16 * i:462 + 16 * i] = struct.pack("<B3sB3sII", 0, b"\xfe\xff\xff", kind, b"\xfe\xff\xff", first, n)
 mbr[510:512] = b"\x55\xaa"
 with open(sys.argv[1], "wb") as f:
     f.write(mbr)
-    f.truncate((657408 + 131072) * 512)
+    f.truncate((788480 + 131072) * 512)
 PY
   dd if="$work/boot.fat" of="$work/disk.img" bs=1M seek=1 conv=notrunc,sparse status=none
   dd if="$work/root.ext4" of="$work/disk.img" bs=1M seek=129 conv=notrunc,sparse status=none
-  dd if="$work/swap" of="$work/disk.img" bs=1M seek=321 conv=notrunc,sparse status=none
+  dd if="$work/swap" of="$work/disk.img" bs=1M seek=385 conv=notrunc,sparse status=none
   mv "$work/disk.img" "$out"
   rm -rf "$work"
   echo "$out"
