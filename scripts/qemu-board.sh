@@ -37,7 +37,10 @@
 # root is the initramfs itself); cgroup v2; the kernel's modules for networking and
 # overlayfs are loaded at boot, the rest on demand. QEMU_BOARD_MEMORY (MiB, default 512),
 # QEMU_BOARD_SMP (default 1), QEMU_BOARD_RSS_EVERY (seconds: the agents' VmRSS from the
-# guest's /proc on the console, as "shoal-board: rss PID ARGS| VmRSS: N kB …").
+# guest's /proc on the console, as "shoal-board: rss PID ARGS| VmRSS: N kB …"), and for
+# scripts/agent-order.sh: QEMU_BOARD_PAGEMAP=1 (the agent's mapped pages with each RSS
+# line), QEMU_BOARD_FAULT_AROUND=BYTES (the kernel's fault_around_bytes) and
+# QEMU_BOARD_TRACE=FILE (QEMU's log of every block of code it translates).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=$repo/out/qemu
@@ -164,6 +167,13 @@ ip addr add "$SHOAL_IP" dev eth0
 # has the host's time already.
 [ "$(date +%s)" -ge "$SHOAL_TIME" ] || date -s "@$SHOAL_TIME" >/dev/null
 echo "shoal-board: up after $(cut -d' ' -f1 /proc/uptime) s"
+# QEMU_BOARD_FAULT_AROUND=BYTES: how much of a file the kernel maps around each page
+# fault (default 65536); 4096 shows which of the agent's pages it really touches.
+if [ -n "${SHOAL_FAULT_AROUND:-}" ]; then
+  mount -t debugfs debugfs /sys/kernel/debug
+  echo "$SHOAL_FAULT_AROUND" >/sys/kernel/debug/fault_around_bytes
+  echo "shoal-board: fault_around_bytes $(cat /sys/kernel/debug/fault_around_bytes)"
+fi
 token=$(cat /etc/shoal/token)
 rm -f /etc/shoal/token
 export SHOAL_DATA_DIR=/var/lib/shoal SHOAL_LOG="${SHOAL_LOG:-info,quinn=warn}" NO_COLOR=1
@@ -179,6 +189,16 @@ if [ -n "${SHOAL_RSS_EVERY:-}" ]; then
     while sleep "$SHOAL_RSS_EVERY"; do
       for p in $(pidof shoal-agent); do
         echo "shoal-board: rss $p $(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-40)| $(grep -E '^(VmRSS|RssAnon|RssFile|RssShmem)' "/proc/$p/status" | tr -s ' \t' ' ' | tr '\n' ' ')"
+        # QEMU_BOARD_PAGEMAP=1 (scripts/agent-order.sh): which pages of its own file the
+        # agent has mapped, one character per page (1: mapped), from /proc/PID/pagemap
+        # (bit 63 of each 8-byte entry: present).
+        [ -n "${SHOAL_PAGEMAP:-}" ] || continue
+        grep ' /bin/shoal-agent$' "/proc/$p/maps" | while read -r range perms offset _; do
+          start=$((0x${range%-*})) end=$((0x${range#*-}))
+          bits=$(dd if="/proc/$p/pagemap" bs=8 skip=$((start / 4096)) count=$(((end - start) / 4096)) 2>/dev/null |
+            od -A n -v -t x8 | awk '{ for (i = 1; i <= NF; i++) printf "%d", (substr($i, 1, 1) ~ /[89a-f]/) }')
+          echo "shoal-board: pagemap $p $range $perms $offset $bits"
+        done
       done
     done
   ) &
@@ -284,6 +304,8 @@ run() {
     printf 'SHOAL_TIME=%s\n' "$(date +%s)"
     [ -z "${SHOAL_LOG:-}" ] || printf 'SHOAL_LOG=%q\n' "$SHOAL_LOG"
     [ -z "${QEMU_BOARD_RSS_EVERY:-}" ] || printf 'SHOAL_RSS_EVERY=%q\n' "$QEMU_BOARD_RSS_EVERY"
+    [ -z "${QEMU_BOARD_FAULT_AROUND:-}" ] || printf 'SHOAL_FAULT_AROUND=%q\n' "$QEMU_BOARD_FAULT_AROUND"
+    [ -z "${QEMU_BOARD_PAGEMAP:-}" ] || printf 'SHOAL_PAGEMAP=%q\n' "$QEMU_BOARD_PAGEMAP"
   } >"$dir/cfg/etc/shoal/board.env"
   cp "$token_file" "$dir/cfg/etc/shoal/token"
   (cd "$dir/cfg" && find . | busybox cpio -o -H newc 2>/dev/null >"$dir/board.cpio")
@@ -315,6 +337,7 @@ boot() {
     -M "$machine" -cpu "$cpu" -accel tcg -m "${QEMU_BOARD_MEMORY:-512}" -smp "${QEMU_BOARD_SMP:-1}" \
     -nodefaults -display none -no-reboot -serial stdio -monitor none \
     -kernel "$kernel" -initrd "$initrd" -append "$cmdline" "$@" \
+    ${QEMU_BOARD_TRACE:+-d in_asm -D "$QEMU_BOARD_TRACE"} \
     -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
     -device "virtio-net-pci,netdev=n0,mac=$mac,romfile="
 }

@@ -8,6 +8,9 @@
 //! (`QEMU_BOARD_RSS_EVERY`). Prints a Markdown section on stdout. Needs root, `cargo
 //! build --bins`, the static agents (`scripts/build-agents.sh`) and `images/build.sh`.
 //! `QEMU_BENCH_ARCHES` (default `aarch64 armv7`) picks the QEMU boards.
+//! `QEMU_BENCH_CONSOLES=DIR` keeps each QEMU board's console as it was when its idle
+//! (`ARCH-idle.console`) and one-task (`ARCH-task.console`) RSS were read: with
+//! `QEMU_BOARD_PAGEMAP=1` it holds the agent's mapped pages (scripts/agent-order.sh).
 
 use std::time::{Duration, Instant};
 
@@ -80,6 +83,23 @@ fn create_and_time(c: &Cluster, name: &str, hostname: &str, ip: &str) -> (Durati
     (image, created.elapsed())
 }
 
+/// The board's console so far, also written to `QEMU_BENCH_CONSOLES/ARCH-WHEN.console`
+/// when that is set.
+fn keep_console(board: &shoal_e2e::QemuBoard, arch: &str, when: &str) -> Result<String> {
+    let console = board.console();
+    if let Some(dir) = std::env::var_os("QEMU_BENCH_CONSOLES") {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(std::path::Path::new(&dir).join(format!("{arch}-{when}.console")), &console)?;
+        // With QEMU_BOARD_TRACE (QEMU's log of the code it translates), how far the log
+        // had got: the code run up to this moment.
+        if let Some(trace) = std::env::var_os("QEMU_BOARD_TRACE") {
+            let len = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
+            std::fs::write(std::path::Path::new(&dir).join(format!("{arch}-{when}.trace-offset")), len.to_string())?;
+        }
+    }
+    Ok(console)
+}
+
 fn main() -> Result<()> {
     shoal_e2e::require_root();
     let arches = std::env::var("QEMU_BENCH_ARCHES").unwrap_or_else(|_| "aarch64 armv7".into());
@@ -137,10 +157,10 @@ fn main() -> Result<()> {
         });
         let ready = boot.elapsed();
         std::thread::sleep(SETTLE);
-        let rss_idle_kib = console_rss(&board.console());
+        let rss_idle_kib = console_rss(&keep_console(&board, arch, "idle")?);
         let (image, answering) = create_and_time(&c, &format!("web-{arch}"), &hostname, &board.ip);
         std::thread::sleep(Duration::from_secs(5));
-        let rss_task_kib = console_rss(&board.console());
+        let rss_task_kib = console_rss(&keep_console(&board, arch, "task")?);
         rows.push(Row {
             board: format!("{arch} QEMU board (TCG, Debian's kernel)"),
             ready,
