@@ -197,6 +197,17 @@ fn commit(
     Ok(Committed { diffs, wake_at })
 }
 
+/// The tasks of each service, borrowed, in one walk: `service ls` walked every task once
+/// per service and copied each service's tasks (at 100,000 tasks, ~140 MB copied for
+/// every `service ls`).
+fn tasks_by_service(tasks: &[Task]) -> HashMap<&ServiceId, Vec<&Task>> {
+    let mut out: HashMap<&ServiceId, Vec<&Task>> = HashMap::new();
+    for t in tasks {
+        out.entry(&t.service_id).or_default().push(t);
+    }
+    out
+}
+
 /// One line of the pass's log, at the level and with the fields it always had.
 fn log_event(event: &PassEvent) {
     match event {
@@ -226,9 +237,6 @@ pub(super) fn handle_service(
     let images = || mgr.store.images().map_err(internal);
     let mut svc = mgr.services.lock().expect("services lock");
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
-    let tasks_of = |svc: &ServiceState, id: &ServiceId| -> Vec<Task> {
-        svc.tasks.values().filter(|t| &t.service_id == id).cloned().collect()
-    };
     let put = |svc: &mut ServiceState, mut record: ServiceRecord| -> Result<ServiceReply, ErrorReply> {
         // Its networks must exist; its VIPs are (re)allocated for its spec before it is stored.
         let others: Vec<&shoal_proto::Service> =
@@ -259,19 +267,17 @@ pub(super) fn handle_service(
             })
         }
         ServiceRequest::List => {
+            let mut by_service = tasks_by_service(svc.tasks.all());
             let views: Vec<_> = records
                 .iter()
-                .map(|r| {
-                    let own = tasks_of(&svc, &r.service.id);
-                    services::view(r, &own.iter().collect::<Vec<_>>())
-                })
+                .map(|r| services::view(r, &by_service.remove(&r.service.id).unwrap_or_default()))
                 .collect();
             Ok(ServiceReply::Services(views.try_into().map_err(internal)?))
         }
         ServiceRequest::Inspect { service } => {
             let r = services::resolve(&records, &service)?;
-            let own = tasks_of(&svc, &r.service.id);
-            Ok(ServiceReply::Service(Box::new(services::view(r, &own.iter().collect::<Vec<_>>()))))
+            let own: Vec<&Task> = svc.tasks.values().filter(|t| t.service_id == r.service.id).collect();
+            Ok(ServiceReply::Service(Box::new(services::view(r, &own))))
         }
         ServiceRequest::Ps { services: wanted } => {
             let chosen: Vec<&ServiceRecord> = if wanted.is_empty() {
@@ -325,6 +331,17 @@ mod tests {
         let now = Now { mono, wall_ms: 1_700_000_000_000 + mono };
         let mut new_id = || TaskId::from_random([0xEE; 16]);
         svc.reconciler.pass(now, cluster, tasks, Vec::new(), &mut new_id)
+    }
+
+    #[test]
+    fn tasks_by_service_borrows_each_task_once_under_its_service() {
+        let all = [task(1, 1, Some(1)), task(2, 2, Some(1)), task(3, 1, None)];
+        let by = tasks_by_service(&all);
+        let ids = |s: u8| by[&ServiceId::from_random([s; 16])].iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(1), vec![all[0].id.clone(), all[2].id.clone()]);
+        assert_eq!(ids(2), vec![all[1].id.clone()]);
+        assert!(std::ptr::eq(by[&ServiceId::from_random([2; 16])][0], &all[1]), "borrowed, not copied");
+        assert_eq!(by.len(), 2);
     }
 
     #[test]
