@@ -287,8 +287,7 @@ pub(super) fn handle_service(
             };
             let hostnames = nodes.iter().map(|n| (n.id.clone(), n.description.hostname.clone())).collect();
             let all = svc.tasks.all();
-            let mut views = services::ps(&chosen, all, &hostnames);
-            views.truncate(MAX_TASKS_LISTED);
+            let views = services::ps(&chosen, all, &hostnames, MAX_TASKS_LISTED);
             Ok(ServiceReply::Tasks(views.try_into().map_err(internal)?))
         }
         ServiceRequest::Update { service, mut spec, version } => {
