@@ -107,41 +107,41 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
     let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"), &mesh);
     let sets = super::objects::changed_sets(svc, &mut mgr.state.lock().expect("state lock"));
     if !diffs.is_empty() || !views.is_empty() || !sets.is_empty() {
-        let st = mgr.state.lock().expect("state lock");
+        // The sessions' queues, taken under the state lock; the messages are built and
+        // queued after it is let go: beats and ticks wait for that lock, and building
+        // 5,000 boards' assignments under it held them past the Down threshold.
+        let queues: HashMap<NodeId, (mpsc::Sender<ManagerMessage>, quinn::Connection)> = {
+            let st = mgr.state.lock().expect("state lock");
+            let wanted = sets.iter().map(|(n, _)| n).chain(diffs.keys()).chain(views.iter().map(|(n, _)| n));
+            wanted.filter_map(|n| st.sessions.get(n).map(|s| (n.clone(), (s.tx.clone(), s.conn.clone())))).collect()
+        };
         let mut lagging = Vec::new();
+        let mut queue = |node: &NodeId, messages: &mut dyn Iterator<Item = ManagerMessage>| {
+            let Some((tx, conn)) = queues.get(node) else { return };
+            for message in messages {
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
+                    lagging.push((node.clone(), conn.clone()));
+                    break;
+                }
+            }
+        };
         // Before the assignments, so a board has a task's secrets when the task arrives.
         for (node, messages) in sets {
-            let Some(session) = st.sessions.get(&node) else { continue };
             debug!(%node, "secrets and configs changed");
-            for message in messages {
-                if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
-                    lagging.push((node.clone(), session.conn.clone()));
-                    break;
-                }
-            }
+            queue(&node, &mut messages.into_iter());
         }
         for (node, d) in diffs {
-            let Some(session) = st.sessions.get(&node) else { continue };
-            debug!(%node, upsert = d.upsert.len(), remove = d.remove.len(), "assignments changed");
-            for message in dispatcher::diff_messages(d) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
-                    lagging.push((node.clone(), session.conn.clone()));
-                    break;
-                }
+            if !queues.contains_key(&node) {
+                continue;
             }
+            debug!(%node, upsert = d.upsert.len(), remove = d.remove.len(), "assignments changed");
+            queue(&node, &mut dispatcher::diff_messages(d).into_iter());
         }
         // After the assignments, so a board learns a task's peers no earlier than the task.
         for (node, messages) in views {
-            let Some(session) = st.sessions.get(&node) else { continue };
             debug!(%node, "network view changed");
-            for message in messages {
-                if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(message) {
-                    lagging.push((node.clone(), session.conn.clone()));
-                    break;
-                }
-            }
+            queue(&node, &mut messages.into_iter());
         }
-        drop(st);
         for (node, conn) in lagging {
             warn!(%node, "session is not reading its messages; closing it so the agent resynchronises");
             conn.close(close::LAGGING.into(), b"session fell behind; reconnect");
