@@ -330,18 +330,18 @@ impl Membership {
         let cfg = self.config;
         let mut out = Vec::new();
         for (id, l) in &mut self.nodes {
-            let (expired, reason) = match (l.status, l.last_heard) {
-                (NodeStatus::Ready, Some(t)) => (
-                    now.saturating_sub(t) >= threshold(&cfg, now, &l.link),
-                    format!("heartbeat failure: no heartbeat for {} ms", now.saturating_sub(t)),
-                ),
-                (NodeStatus::Unknown, _) => (
-                    now.saturating_sub(l.since) >= grace,
-                    "node did not reconnect after the manager started".to_owned(),
-                ),
-                _ => (false, String::new()),
+            // The reason is written only for a node that expires: made for every node at
+            // every tick, it was 50,000 strings a second at 5,000 boards.
+            let reason = match (l.status, l.last_heard) {
+                (NodeStatus::Ready, Some(t)) if now.saturating_sub(t) >= threshold(&cfg, now, &l.link) => {
+                    format!("heartbeat failure: no heartbeat for {} ms", now.saturating_sub(t))
+                }
+                (NodeStatus::Unknown, _) if now.saturating_sub(l.since) >= grace => {
+                    "node did not reconnect after the manager started".to_owned()
+                }
+                _ => continue,
             };
-            if expired {
+            {
                 if l.status == NodeStatus::Ready {
                     l.link.timed_out = Some(now);
                 }
