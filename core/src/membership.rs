@@ -341,15 +341,13 @@ impl Membership {
                 }
                 _ => continue,
             };
-            {
-                if l.status == NodeStatus::Ready {
-                    l.link.timed_out = Some(now);
-                }
-                out.push(Transition { node: id.clone(), from: l.status, to: NodeStatus::Down, reason: reason.clone() });
-                l.status = NodeStatus::Down;
-                l.since = now;
-                l.message = reason;
+            if l.status == NodeStatus::Ready {
+                l.link.timed_out = Some(now);
             }
+            out.push(Transition { node: id.clone(), from: l.status, to: NodeStatus::Down, reason: reason.clone() });
+            l.status = NodeStatus::Down;
+            l.since = now;
+            l.message = reason;
         }
         out.sort_by(|a, b| a.node.cmp(&b.node));
         out
