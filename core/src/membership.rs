@@ -330,26 +330,24 @@ impl Membership {
         let cfg = self.config;
         let mut out = Vec::new();
         for (id, l) in &mut self.nodes {
-            let (expired, reason) = match (l.status, l.last_heard) {
-                (NodeStatus::Ready, Some(t)) => (
-                    now.saturating_sub(t) >= threshold(&cfg, now, &l.link),
-                    format!("heartbeat failure: no heartbeat for {} ms", now.saturating_sub(t)),
-                ),
-                (NodeStatus::Unknown, _) => (
-                    now.saturating_sub(l.since) >= grace,
-                    "node did not reconnect after the manager started".to_owned(),
-                ),
-                _ => (false, String::new()),
-            };
-            if expired {
-                if l.status == NodeStatus::Ready {
-                    l.link.timed_out = Some(now);
+            // The reason is written only for a node that expires: made for every node at
+            // every tick, it was 50,000 strings a second at 5,000 boards.
+            let reason = match (l.status, l.last_heard) {
+                (NodeStatus::Ready, Some(t)) if now.saturating_sub(t) >= threshold(&cfg, now, &l.link) => {
+                    format!("heartbeat failure: no heartbeat for {} ms", now.saturating_sub(t))
                 }
-                out.push(Transition { node: id.clone(), from: l.status, to: NodeStatus::Down, reason: reason.clone() });
-                l.status = NodeStatus::Down;
-                l.since = now;
-                l.message = reason;
+                (NodeStatus::Unknown, _) if now.saturating_sub(l.since) >= grace => {
+                    "node did not reconnect after the manager started".to_owned()
+                }
+                _ => continue,
+            };
+            if l.status == NodeStatus::Ready {
+                l.link.timed_out = Some(now);
             }
+            out.push(Transition { node: id.clone(), from: l.status, to: NodeStatus::Down, reason: reason.clone() });
+            l.status = NodeStatus::Down;
+            l.since = now;
+            l.message = reason;
         }
         out.sort_by(|a, b| a.node.cmp(&b.node));
         out

@@ -93,16 +93,21 @@ pub(super) async fn handle_control(
     req: ControlRequest,
     recv: &mut quinn::RecvStream,
 ) -> Result<ControlReply, ErrorReply> {
-    let nodes = mgr.store.nodes().map_err(internal)?;
+    // Shared, not copied: 5,000 records for every `node ls` or `service ps`.
+    let nodes = blocking(|| mgr.store.nodes_shared()).map_err(internal)?;
     match req {
-        ControlRequest::Service(req) => handle_service(mgr, req, &nodes).map(ControlReply::Service),
-        ControlRequest::Network(req) => super::networks::handle(mgr, req, &nodes).map(ControlReply::Network),
+        // Service and network requests wait for the services lock while a pass holds it,
+        // and may commit: off the runtime's threads ([`blocking`]).
+        ControlRequest::Service(req) => blocking(|| handle_service(mgr, req, &nodes)).map(ControlReply::Service),
+        ControlRequest::Network(req) => {
+            blocking(|| super::networks::handle(mgr, req, &nodes)).map(ControlReply::Network)
+        }
         ControlRequest::Volume(req) => super::volumes::handle(mgr, req, &nodes).await.map(ControlReply::Volume),
         ControlRequest::Object(req) => super::objects::handle(mgr, req).map(ControlReply::Object),
         ControlRequest::NodeList => {
             let st = mgr.state.lock().expect("state lock");
             let now = mgr.now();
-            let mut views: Vec<NodeView> = nodes.into_iter().map(|r| view(&st, now, r)).collect();
+            let mut views: Vec<NodeView> = nodes.iter().map(|r| view(&st, now, r.clone())).collect();
             drop(st);
             with_certificates(mgr, &mut views);
             views.sort_by(|a, b| {

@@ -229,12 +229,15 @@ pub(super) async fn serve_blob(mgr: &Manager, node: &NodeId, fetch: FetchBlob, m
         Err(e) => return reply(&mut send, &Response::Error(internal(e))).await,
     };
     // Ended however this returns: the last transfer of a burst gives its memory back.
-    let _transfer = crate::memory::Transfer::start();
+    let transfer = crate::memory::Transfer::start();
     if framed::send(&mut send, &Response::Blob { size }).await.is_err() {
         return;
     }
     let mut file = tokio::fs::File::from_std(file);
-    let mut buf = vec![0u8; CHUNK];
+    // No bigger than what is left to send: a fleet fetching a small image made a
+    // 256 KiB buffer per blob per board.
+    let left = size.saturating_sub(fetch.offset);
+    let mut buf = vec![0u8; usize::try_from(left).unwrap_or(CHUNK).clamp(1, CHUNK)];
     loop {
         let n = match file.read(&mut buf).await {
             Ok(0) => break,
@@ -250,6 +253,7 @@ pub(super) async fn serve_blob(mgr: &Manager, node: &NodeId, fetch: FetchBlob, m
             debug!(%node, digest = %fetch.digest, error = %e, "blob transfer interrupted");
             return;
         }
+        transfer.sent(n);
     }
     let _ = send.finish();
     debug!(%node, digest = %fetch.digest, offset = fetch.offset, size, "blob sent");

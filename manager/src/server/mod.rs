@@ -570,7 +570,7 @@ async fn handle_stream(
         )),
         // Signing and the store's commit block: a fleet joining at once must not hold up
         // the sessions' heartbeats on the runtime's threads meanwhile.
-        (Request::Join(join), _) => tokio::task::block_in_place(|| handle_join(&mgr, join)).unwrap_or_else(Response::Error),
+        (Request::Join(join), _) => blocking(|| handle_join(&mgr, join)).unwrap_or_else(Response::Error),
         (Request::OpenSession(open), Peer::Node(id)) => {
             return run_session(mgr, conn, id.clone(), open, send, recv).await;
         }
@@ -669,6 +669,19 @@ async fn read_envelope(recv: &mut quinn::RecvStream, anonymous: bool) -> Result<
         .map_err(|e| ErrorReply::new(ErrorKind::InvalidRequest, &format!("malformed request: {e}")))
 }
 
+/// Runs `f`, which may block (a store commit, waiting for the services lock while a pass
+/// holds it), off the runtime's worker threads: the runtime has two, and the endpoint's
+/// driver that reads every board's heartbeats runs on them. With 5,000 boards starting
+/// sessions at once, each waiting on the store's one writer or on a pass, both workers
+/// were stuck and boards were called Down for heartbeats the manager had not read.
+/// Outside a multi-threaded runtime (unit tests) it simply calls `f`.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ErrorReply {
     warn!(error = %e, "request failed");
     ErrorReply::new(ErrorKind::Internal, &format!("manager error: {e}"))
@@ -715,6 +728,45 @@ mod tests {
             objects: Default::default(),
         };
         svc
+    }
+
+    /// A session waiting for the services lock (held by a pass) must not stop the
+    /// runtime's other tasks: here the only worker thread, whose ticks stand for the
+    /// endpoint reading heartbeats.
+    #[test]
+    fn waiting_on_a_held_lock_in_blocking_leaves_the_runtime_running() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let lock = Arc::new(Mutex::new(()));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                let _guard = lock.lock().unwrap();
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(600));
+            })
+        };
+        held_rx.recv().unwrap();
+        let ticks = rt.block_on(async move {
+            let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let ticker = {
+                let ticks = ticks.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            };
+            // Let the ticker start on the worker, then wait for the lock on it too.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move { blocking(|| drop(lock.lock().unwrap())) }).await.unwrap();
+            ticker.abort();
+            ticks.load(std::sync::atomic::Ordering::Relaxed) - before
+        });
+        holder.join().unwrap();
+        assert!(ticks >= 10, "the runtime stood still while a task waited for the lock: {ticks} ticks in ~550 ms");
     }
 
     #[test]

@@ -206,10 +206,10 @@ impl Manager {
         };
         let names: HashMap<NodeId, String> = self
             .store
-            .nodes()
+            .nodes_shared()
             .map_err(internal)?
-            .into_iter()
-            .map(|n| (n.id, n.description.hostname.to_string()))
+            .iter()
+            .map(|n| (n.id.clone(), n.description.hostname.to_string()))
             .collect();
         let mut waiting_for = BoundedVec::new();
         for n in progress.waiting.iter().take(16) {
@@ -248,16 +248,18 @@ impl Manager {
     /// Worker nodes with their status and the CA of the certificate they hold.
     fn boards(&self) -> Result<Vec<BoardState>, crate::store::StoreError> {
         let certs = self.store.node_certs()?;
-        let nodes = self.store.nodes()?;
+        // Shared, not copied: a rotation's pass runs every second and at every board's
+        // saved certificate, over 5,000 records.
+        let nodes = self.store.nodes_shared()?;
         let st = self.state.lock().expect("state lock");
         let now = self.now();
         Ok(nodes
-            .into_iter()
+            .iter()
             .filter(|n| n.role == Role::Worker)
             .map(|n| {
                 let status = st.members.status(now, &n.id).0;
                 let ca = certs.get(&n.id).map(|c| c.ca_digest);
-                (n.id, status, ca)
+                (n.id.clone(), status, ca)
             })
             .collect())
     }

@@ -82,7 +82,7 @@ async fn pull(
             return reply_for(&i, 0);
         }
     }
-    let nodes = mgr.store.nodes().map_err(internal)?;
+    let nodes = mgr.store.nodes_shared().map_err(internal)?;
     let boards = nodes
         .iter()
         .filter(|n| n.role == Role::Worker)

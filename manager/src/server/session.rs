@@ -15,7 +15,8 @@ pub(super) async fn run_session(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
-    let record = match mgr.store.node(&node) {
+    // The store and the services lock may block: off the runtime's threads ([`blocking`]).
+    let record = match blocking(|| mgr.store.node(&node)) {
         Ok(Some(r)) => r,
         Ok(None) => {
             warn!(%node, remote = %conn.remote_address(), "refused a removed node");
@@ -37,9 +38,11 @@ pub(super) async fn run_session(
         // Only the node's own fields, in the store's transaction: the operator's
         // availability and labels, or the mesh's address, may have been written since
         // `record` was read.
-        let stored = mgr.store.update_node(&node, |r| {
-            r.description = open.node.clone();
-            r.addr = Some(addr.clone());
+        let stored = blocking(|| {
+            mgr.store.update_node(&node, |r| {
+                r.description = open.node.clone();
+                r.addr = Some(addr.clone());
+            })
         });
         match stored {
             Ok(Some(_)) => {}
@@ -84,7 +87,7 @@ pub(super) async fn run_session(
     }
     // The image set is read after the session was registered, so a change made since is
     // queued behind this one and the agent always ends with the newest set.
-    match mgr.store.images() {
+    match blocking(|| mgr.store.images()) {
         Ok(all) => {
             if framed::send(&mut send, &images_message(&all)).await.is_err() {
                 return;
@@ -94,7 +97,7 @@ pub(super) async fn run_session(
     }
     // Likewise the task set: a reconciliation after this queues its diff behind it.
     // Its secrets and configs first, so no task arrives before what it needs.
-    let full = {
+    let full = blocking(|| {
         let svc = mgr.services.lock().expect("services lock");
         let (sent, mut messages) = objects::node_set(&svc, &node);
         if let Some(s) = mgr.state.lock().expect("state lock").sessions.get_mut(&node).filter(|s| s.serial == serial) {
@@ -108,7 +111,7 @@ pub(super) async fn run_session(
             &svc.networks,
         ));
         messages
-    };
+    });
     for message in full {
         if framed::send(&mut send, &message).await.is_err() {
             return;
@@ -124,7 +127,7 @@ pub(super) async fn run_session(
         .and_then(|chain| chain.first().map(|c| c.to_vec()));
     let mut held = presented.and_then(|c| pki::node_cert(&mgr.pki.lock().expect("pki lock"), &c));
     if let Some(h) = held {
-        mgr.note_node_cert(&node, h);
+        blocking(|| mgr.note_node_cert(&node, h));
     }
     if framed::send(&mut send, &mgr.credentials(held, None)).await.is_err() {
         return;

@@ -177,7 +177,7 @@ fn prepare(mgr: &Manager, req: &NodeUpgrade) -> Result<Vec<Board>, ErrorReply> {
     if req.all != req.nodes.is_empty() {
         return Err(invalid("name the nodes to upgrade, or pass --all (not both)".into()));
     }
-    let records = mgr.store.nodes().map_err(internal)?;
+    let records = mgr.store.nodes_shared().map_err(internal)?;
     let mut chosen: Vec<&crate::core::nodes::NodeRecord> = if req.all {
         let mut workers: Vec<_> = records.iter().filter(|n| n.role == Role::Worker).collect();
         workers.sort_by(|a, b| a.description.hostname.cmp(&b.description.hostname));
@@ -185,7 +185,7 @@ fn prepare(mgr: &Manager, req: &NodeUpgrade) -> Result<Vec<Board>, ErrorReply> {
     } else {
         let mut out = Vec::new();
         for q in req.nodes.iter() {
-            let n = nodes::resolve(&records, q)?;
+            let n = nodes::resolve(&records[..], q)?;
             if n.role == Role::Manager {
                 return Err(invalid(format!("{q} is the manager, which runs no agent: name worker nodes")));
             }
