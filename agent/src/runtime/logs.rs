@@ -409,11 +409,17 @@ pub fn read(
 mod tests {
     use super::*;
 
-    #[test]
-    fn logs_rotate_and_stay_bounded() {
-        let dir = std::env::temp_dir().join(format!("shoal-logs-{}", std::process::id()));
+    /// An empty directory of this test process's own under the system's temp directory.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn logs_rotate_and_stay_bounded() {
+        let dir = scratch("shoal-logs");
         let path = dir.join("container.log");
         let mut w = LogWriter::open(&path, LogLimits { max_file_bytes: 200, keep: 2 }).unwrap();
         for i in 0..100 {
@@ -429,9 +435,7 @@ mod tests {
 
     #[test]
     fn pumped_lines_are_stamped_and_cut() {
-        let dir = std::env::temp_dir().join(format!("shoal-pump-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("shoal-pump");
         let path = dir.join("c.log");
         let log = std::sync::Mutex::new(LogWriter::open(&path, LogLimits::default()).unwrap());
         let input = format!("hello\n{}\nbye", "x".repeat(40_000));
@@ -445,9 +449,7 @@ mod tests {
 
     #[test]
     fn both_streams_pumped_in_one_thread_log_what_one_pump_each_logs() {
-        let dir = std::env::temp_dir().join(format!("shoal-pump-both-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("shoal-pump-both");
         let (one, both) = (dir.join("one.log"), dir.join("both.log"));
         let long = "y".repeat(40_000);
         let out = format!("hello\n{long}\nout{}\nbye", "\nline".repeat(2000));
@@ -491,9 +493,7 @@ mod tests {
     /// keeps open delays the return by the drain time only.
     #[test]
     fn pumping_until_the_exit_logs_everything_and_returns_the_exit() {
-        let dir = std::env::temp_dir().join(format!("shoal-pump-exit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("shoal-pump-exit");
         let path = dir.join("c.log");
         let log = std::sync::Mutex::new(LogWriter::open(&path, LogLimits::default()).unwrap());
         let (out_r, out_w) = rustix::pipe::pipe().unwrap();
@@ -547,9 +547,7 @@ mod tests {
 
     #[test]
     fn reading_back_spans_rotated_files_with_tail_and_since() {
-        let dir = std::env::temp_dir().join(format!("shoal-read-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("shoal-read");
         let path = dir.join("container.log");
         let mut w = LogWriter::open(&path, LogLimits { max_file_bytes: 300, keep: 2 }).unwrap();
         for i in 0..12u64 {
@@ -600,9 +598,7 @@ mod tests {
 
     #[test]
     fn following_goes_across_rotation_until_the_exit() {
-        let dir = std::env::temp_dir().join(format!("shoal-follow-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("shoal-follow");
         let path = dir.join("container.log");
         let exit = dir.join("exit");
         let writer = {
