@@ -26,7 +26,7 @@ HASH = re.compile(r"17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
 
 def segments(binary: str) -> list[tuple[int, int, int]]:
     """(start address, end address, file offset) of each loadable segment."""
-    out = subprocess.run(["llvm-readelf", "-lW", binary], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(["readelf", "-lW", binary], check=True, capture_output=True, text=True).stdout
     segs = []
     for line in out.splitlines():
         f = line.split()

@@ -12,8 +12,8 @@
 #
 # Run it when the idle RSS in BENCHMARKS.md creeps up (new code on the idle path, or a
 # dependency or toolchain update: the script's exact names then go stale; its patterns
-# without Rust's symbol hashes keep most of the order). Needs root, llvm-readelf, the
-# release build of qemu-bench's dependencies (`cargo build --bins`) and images/build.sh.
+# without Rust's symbol hashes keep most of the order). Needs root, binutils' readelf,
+# the debug binaries qemu-bench's cluster runs (`cargo build --bins`) and images/build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
