@@ -15,6 +15,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../scripts/no-eh-frame.ld");
     println!("cargo:rerun-if-changed=hot-text.ld");
+    println!("cargo:rerun-if-changed=hot-text-armv7.ld");
     println!("cargo:rerun-if-env-changed=SHOAL_AGENT_LINK_MAP");
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -40,7 +41,14 @@ fn main() {
     // (agent/hot-text.ld, made by scripts/agent-order.sh): the kernel maps a binary's
     // pages 64 KiB at a time around each page it faults in, so hot functions scattered
     // through all the code made nearly the whole binary resident (docs/cross.md).
-    println!("cargo:rustc-link-arg-bins={board_link}--script={dir}/hot-text.ld");
+    // armv7's own order where there is one (its glibc, its own outlined code); the
+    // aarch64 agent's serves x86_64, whose names it mostly shares.
+    let order = if arch == "arm" && std::path::Path::new(&dir).join("hot-text-armv7.ld").exists() {
+        "hot-text-armv7.ld"
+    } else {
+        "hot-text.ld"
+    };
+    println!("cargo:rustc-link-arg-bins={board_link}--script={dir}/{order}");
     // Where each function landed, for scripts/agent-order.sh (the stripped binary has no
     // symbols left to tell).
     if let Ok(map) = std::env::var("SHOAL_AGENT_LINK_MAP") {
