@@ -93,7 +93,10 @@ fn keep_console(board: &shoal_e2e::QemuBoard, arch: &str, when: &str) -> Result<
         // With QEMU_BOARD_TRACE (QEMU's log of the code it translates), how far the log
         // had got: the code run up to this moment.
         if let Some(trace) = std::env::var_os("QEMU_BOARD_TRACE") {
-            let len = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
+            // A missing log would make every function look like the task's: an error.
+            let len = std::fs::metadata(&trace)
+                .map_err(|e| anyhow::anyhow!("QEMU's log {}: {e}", std::path::Path::new(&trace).display()))?
+                .len();
             std::fs::write(std::path::Path::new(&dir).join(format!("{arch}-{when}.trace-offset")), len.to_string())?;
         }
     }
