@@ -70,7 +70,12 @@ fn release_stack() {
 /// The `[stack]` mapping in `maps` (`/proc/self/maps` or `smaps`), as (start, end).
 pub fn stack_mapping(maps: &str) -> Option<(usize, usize)> {
     let line = maps.lines().find(|l| l.trim_end().ends_with("[stack]"))?;
-    let (a, b) = line.split_whitespace().next()?.split_once('-')?;
+    address_range(line.split_whitespace().next()?)
+}
+
+/// A mapping's `start-end` field (hexadecimal), as (start, end).
+fn address_range(field: &str) -> Option<(usize, usize)> {
+    let (a, b) = field.split_once('-')?;
     Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?))
 }
 
@@ -99,13 +104,11 @@ pub fn code_ranges(smaps: &str, inside: usize) -> Vec<(usize, usize)> {
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                let perms = fields.next().unwrap_or("");
-                let path = fields.nth(3).unwrap_or("");
-                maps.push(Map { start, end, perms, path, anonymous_kb: None });
-                continue;
-            }
+        if let Some((start, end)) = address_range(first) {
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            maps.push(Map { start, end, perms, path, anonymous_kb: None });
+            continue;
         }
         if first == "Anonymous:" {
             if let Some(m) = maps.last_mut() {
