@@ -91,10 +91,7 @@ impl Orchestrator {
         }
         self.down_since.retain(|id, _| view.nodes.get(id).is_some_and(|n| n.status == NodeStatus::Down));
 
-        let mut by_service: HashMap<&ServiceId, Vec<&Task>> = HashMap::new();
-        for t in tasks {
-            by_service.entry(&t.service_id).or_default().push(t);
-        }
+        let mut by_service = crate::services::tasks_by_service(tasks);
         let mut plan = Plan::default();
         for service in services {
             let own = by_service.remove(&service.id).unwrap_or_default();

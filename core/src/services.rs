@@ -249,6 +249,17 @@ pub fn view(record: &ServiceRecord, tasks: &[&Task]) -> ServiceView {
     }
 }
 
+/// The tasks of each service, borrowed, in one walk of `tasks` (in their order within a
+/// service). A walk per service, copying its tasks, cost ~140 MB per `service ls` at
+/// 100,000 tasks.
+pub fn tasks_by_service(tasks: &[Task]) -> HashMap<&ServiceId, Vec<&Task>> {
+    let mut out: HashMap<&ServiceId, Vec<&Task>> = HashMap::new();
+    for t in tasks {
+        out.entry(&t.service_id).or_default().push(t);
+    }
+    out
+}
+
 /// `service ps`: the tasks of `services`, by service name, then slot (or node), the
 /// current task first and its history after it, newest first; the first `limit` of them.
 /// One walk of `tasks`, and only the rows shown are copied (a walk per service, copying
@@ -261,13 +272,7 @@ pub fn ps(
 ) -> Vec<TaskView> {
     let mut services: Vec<&&ServiceRecord> = services.iter().collect();
     services.sort_by(|a, b| a.service.spec.name.cmp(&b.service.spec.name));
-    let mut by_service: HashMap<&ServiceId, Vec<&Task>> =
-        services.iter().map(|r| (&r.service.id, Vec::new())).collect();
-    for t in tasks {
-        if let Some(own) = by_service.get_mut(&t.service_id) {
-            own.push(t);
-        }
-    }
+    let mut by_service = tasks_by_service(tasks);
     let mut out = Vec::new();
     for record in services {
         let Some(mut own) = by_service.remove(&record.service.id) else { continue };
@@ -436,6 +441,24 @@ mod tests {
         let views = ps(&[&r], &tasks, &HashMap::new(), usize::MAX);
         let order: Vec<(u32, u64)> = views.iter().map(|v| (v.task.slot, v.task.created_at_ms)).collect();
         assert_eq!(order, vec![(1, 9), (1, 3), (1, 1), (2, 5)]);
+    }
+
+    #[test]
+    fn tasks_by_service_borrows_each_task_once_under_its_service() {
+        let images = vec![image("demo/app:1.0")];
+        let web = create(&[], spec("web", "demo/app:1.0"), &images, ServiceId::from_random([1; 16]), 0).unwrap();
+        let db = create(&[], spec("db", "demo/app:1.0"), &images, ServiceId::from_random([2; 16]), 0).unwrap();
+        let all = [
+            task(&web, 1, TaskState::Running, TaskState::Running, 1),
+            task(&db, 1, TaskState::Running, TaskState::Running, 1),
+            task(&web, 2, TaskState::Running, TaskState::Running, 1),
+        ];
+        let by = tasks_by_service(&all);
+        let ids = |r: &ServiceRecord| by[&r.service.id].iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&web), vec![all[0].id.clone(), all[2].id.clone()]);
+        assert_eq!(ids(&db), vec![all[1].id.clone()]);
+        assert!(std::ptr::eq(by[&db.service.id][0], &all[1]), "borrowed, not copied");
+        assert_eq!(by.len(), 2);
     }
 
     #[test]
