@@ -3,7 +3,8 @@
 //! manager held ~2 MB per board it no longer used, for as long as it ran. The last
 //! transfer of a burst to end calls `malloc_trim`, which returns the free pages. Not
 //! the allocator of every platform (musl, macOS) keeps memory this way: there it does
-//! nothing. This module is the manager's one `unsafe`: one call that takes no pointers.
+//! nothing. One of the manager's two `unsafe` calls (the other sizes the UDP socket's
+//! buffer, `server::socket`), and this one takes no pointers.
 
 #![allow(unsafe_code)]
 
