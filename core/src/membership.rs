@@ -190,7 +190,8 @@ impl Membership {
         self.nodes.remove(node);
     }
 
-    /// A heartbeat or a new session arrived from `node`.
+    /// A heartbeat or a new session arrived from `node` at `now` (a beat applied after a
+    /// later sign of life moves nothing back).
     pub fn heard(&mut self, now: Millis, node: &NodeId) -> Option<Transition> {
         let entry = self.nodes.entry(node.clone()).or_insert(Liveness {
             status: NodeStatus::Unknown,
@@ -200,7 +201,7 @@ impl Membership {
             duplicate: None,
             link: Link::default(),
         });
-        entry.last_heard = Some(now);
+        entry.last_heard = Some(entry.last_heard.map_or(now, |t| t.max(now)));
         if entry.status == NodeStatus::Ready {
             return None;
         }
@@ -619,6 +620,18 @@ mod tests {
         m.lost(later, &n, "agent shut down");
         m.heard(later + 1_000, &n);
         assert_eq!(m.down_after(later + 1_000, &n), 2_300, "a closed session is no flap");
+    }
+
+    #[test]
+    fn a_beat_applied_after_a_later_sign_of_life_moves_nothing_back() {
+        let mut m = Membership::new(LivenessConfig::default());
+        let a = id(1);
+        m.heard(2_000, &a);
+        // Stamped when it came out of the socket, applied after a later probe's answer.
+        m.beat(1_500, &a, 0);
+        assert_eq!(m.status(2_000, &a).1, Some(0));
+        assert!(m.tick(2_000 + 2_299).is_empty(), "Down a threshold after the latest sign, not the beat's");
+        assert_eq!(m.tick(2_000 + 2_300).len(), 1);
     }
 
     #[test]

@@ -151,10 +151,15 @@ impl Window {
 /// (whether or not the beat was accepted), `false` to answer "unknown".
 pub type OnBeat = dyn Fn(SocketAddr, &[u8]) -> bool + Send + Sync;
 
+/// Told each time the endpoint finds the socket empty: everything that had arrived until
+/// then has been read (and its beats handed to [`OnBeat`]).
+pub type OnEmpty = dyn Fn() + Send + Sync;
+
 /// A UDP socket for quinn that takes heartbeats out of what it receives.
 pub struct BeatSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     on_beat: Box<OnBeat>,
+    on_empty: Option<Box<OnEmpty>>,
 }
 
 impl fmt::Debug for BeatSocket {
@@ -166,7 +171,14 @@ impl fmt::Debug for BeatSocket {
 impl BeatSocket {
     /// Wraps quinn's socket; `on_beat` is called on the endpoint's task, so it must not block.
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, on_beat: Box<OnBeat>) -> Self {
-        Self { inner, on_beat }
+        Self { inner, on_beat, on_empty: None }
+    }
+
+    /// Also calls `on_empty` (on the endpoint's task too) whenever a read finds nothing
+    /// waiting: a failure detector then knows up to when it has seen every beat.
+    pub fn on_empty(mut self, on_empty: Box<OnEmpty>) -> Self {
+        self.on_empty = Some(on_empty);
+        self
     }
 
     fn take_beat(&self, from: SocketAddr, datagram: &[u8], dst_ip: Option<std::net::IpAddr>) -> bool {
@@ -202,6 +214,12 @@ impl AsyncUdpSocket for BeatSocket {
     ) -> Poll<io::Result<usize>> {
         let n = match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(Ok(n)) => n,
+            Poll::Pending => {
+                if let Some(on_empty) = &self.on_empty {
+                    on_empty();
+                }
+                return Poll::Pending;
+            }
             other => return other,
         };
         for (m, buf) in meta.iter_mut().zip(bufs.iter()).take(n) {
@@ -239,6 +257,48 @@ impl AsyncUdpSocket for BeatSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_hands_beats_over_and_says_when_it_found_nothing_waiting() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = std_socket.local_addr().unwrap();
+            let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_socket).unwrap();
+            let (beats, empties) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (b, e) = (beats.clone(), empties.clone());
+            let socket = BeatSocket::new(
+                inner,
+                Box::new(move |_, _| {
+                    b.fetch_add(1, Ordering::SeqCst);
+                    true
+                }),
+            )
+            .on_empty(Box::new(move || {
+                e.fetch_add(1, Ordering::SeqCst);
+            }));
+            let mut buf = vec![0u8; 1500];
+            let mut meta = [RecvMeta::default()];
+            let mut recv = |cx: &mut Context<'_>| {
+                let mut bufs = [IoSliceMut::new(&mut buf)];
+                socket.poll_recv(cx, &mut bufs, &mut meta).map(|r| r.unwrap())
+            };
+            // Nothing sent yet: empty.
+            std::future::poll_fn(|cx| match recv(cx) {
+                Poll::Pending => Poll::Ready(()),
+                Poll::Ready(_) => panic!("nothing was sent"),
+            })
+            .await;
+            assert_eq!(empties.load(Ordering::SeqCst), 1);
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(&BeatKeys::from_secret(&[7; 38]).seal(1), to).unwrap();
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), std::future::poll_fn(&mut recv));
+            assert_eq!(read.await.expect("the beat arrives"), 1);
+            assert_eq!(beats.load(Ordering::SeqCst), 1, "the beat went to its callback");
+            assert_eq!(meta[0].len, 0, "and not to quinn");
+        });
+    }
 
     #[test]
     fn a_beat_opens_with_its_own_keys_only() {

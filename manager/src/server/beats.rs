@@ -1,9 +1,12 @@
 //! Heartbeat datagrams on the manager's side, and the liveness loop that acts on
 //! [`Membership`]: beats taken out of the QUIC socket ([`shoal_link::beat::BeatSocket`])
-//! are checked against their session's keys and replay window here, then applied to the
-//! membership by one task; every 100 ms the tick marks silent nodes Down, probes late
-//! ones over their QUIC session and tells lossy ones to beat faster. See
+//! are checked against their session's keys and replay window here, stamped with when
+//! they arrived, then applied to the membership by one task; every 100 ms that task
+//! applies the beats still queued and ticks: it marks silent nodes Down, probes late ones
+//! over their QUIC session and tells lossy ones to beat faster. See
 //! `docs/failure-detection.md`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use shoal_link::beat::{BeatKeys, Tag, Window};
 
@@ -25,26 +28,65 @@ struct Entry {
     serial: u64,
 }
 
-/// A beat accepted: from which node's session, and how many beats it missed before it.
-struct Beat {
+/// A beat accepted: from which node's session, how many beats it missed before it, and
+/// when it came out of the socket (the manager's clock).
+pub(super) struct Beat {
     node: NodeId,
     serial: u64,
     missed: u64,
+    at: Millis,
 }
 
 /// The sessions' heartbeat keys, by tag.
 pub(super) struct Beats {
     sessions: Mutex<HashMap<Tag, Entry>>,
     accepted: mpsc::Sender<Beat>,
+    /// The manager's clock's origin ([`Manager::now`]).
+    started: Instant,
+    /// The last time (the manager's clock) the socket was found empty: every beat that
+    /// arrived before it has been taken. Silence is judged up to here, never past it.
+    empty_at: AtomicU64,
+    /// The endpoint's socket (a second handle), to look whether anything waits in it.
+    socket: std::sync::OnceLock<std::net::UdpSocket>,
 }
 
 /// Where accepted beats come out, for [`apply_loop`].
 pub(super) struct Accepted(mpsc::Receiver<Beat>);
 
 impl Beats {
-    pub(super) fn new() -> (Arc<Self>, Accepted) {
+    /// `started` is the manager's clock's origin, which stamps each beat.
+    pub(super) fn new(started: Instant) -> (Arc<Self>, Accepted) {
         let (accepted, rx) = mpsc::channel(BEAT_QUEUE);
-        (Arc::new(Self { sessions: Mutex::default(), accepted }), Accepted(rx))
+        let beats = Self {
+            sessions: Mutex::default(),
+            accepted,
+            started,
+            empty_at: AtomicU64::new(0),
+            socket: std::sync::OnceLock::new(),
+        };
+        (Arc::new(beats), Accepted(rx))
+    }
+
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    /// Up to when every beat that reached the manager's socket has been taken (and queued
+    /// for [`apply`]): now if nothing waits in the socket, else the last time the endpoint
+    /// found it empty. Behind, the endpoint is busy (a burst of acknowledgements and
+    /// reports after a pass told 5,000 boards their tasks); the beats waiting behind that
+    /// burst are not silence.
+    fn known_until(&self) -> Millis {
+        let now = self.now();
+        let empty = self.socket.get().is_none_or(|socket| {
+            // A peek, into a byte: the datagram stays for the endpoint.
+            matches!(socket.peek_from(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        if empty {
+            self.empty_at.fetch_max(now, Ordering::Relaxed);
+            return now;
+        }
+        self.empty_at.load(Ordering::Relaxed)
     }
 
     /// The manager's UDP socket for quinn, taking beats out of it.
@@ -53,9 +95,18 @@ impl Beats {
         socket: std::net::UdpSocket,
         runtime: &dyn quinn::Runtime,
     ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
-        let beats = self.clone();
+        let peek = socket.try_clone()?;
+        // Shared with quinn's handle, non-blocking already; said again, since a peek that
+        // blocked would stop the liveness task.
+        peek.set_nonblocking(true)?;
+        let _ = self.socket.set(peek);
+        let (beats, emptied) = (self.clone(), self.clone());
         let inner = runtime.wrap_udp_socket(socket)?;
-        Ok(Arc::new(shoal_link::beat::BeatSocket::new(inner, Box::new(move |_, datagram| beats.on_beat(datagram)))))
+        let socket = shoal_link::beat::BeatSocket::new(inner, Box::new(move |_, datagram| beats.on_beat(datagram)))
+            .on_empty(Box::new(move || {
+                emptied.empty_at.fetch_max(emptied.now(), Ordering::Relaxed);
+            }));
+        Ok(Arc::new(socket))
     }
 
     /// Starts taking beats for session `serial` of `node`, until the guard is dropped.
@@ -94,7 +145,8 @@ impl Beats {
         let Some(entry) = sessions.get_mut(&tag) else { return false };
         let Some(seq) = entry.keys.open(datagram) else { return true };
         if let Some(missed) = entry.window.accept(seq) {
-            let beat = Beat { node: entry.node.clone(), serial: entry.serial, missed };
+            let at = self.now();
+            let beat = Beat { node: entry.node.clone(), serial: entry.serial, missed, at };
             // Never blocks the endpoint: a full queue drops the beat, which the detector
             // counts as lost.
             let _ = self.accepted.try_send(beat);
@@ -116,32 +168,47 @@ impl Drop for Registered {
     }
 }
 
-/// Applies accepted beats to the membership: every beat already queued under one taking
-/// of the state lock (thousands of boards beat a thousand times a second), waiting for
-/// the lock off the runtime's threads ([`blocking`]).
-pub(super) async fn apply_loop(mgr: Arc<Manager>, Accepted(mut rx): Accepted) {
+/// The liveness task: applies beats as they come, a batch under one taking of the
+/// state lock (thousands of boards beat a thousand times a second), and every [`TICK`]
+/// applies the beats still queued, then ticks ([`tick`]), under the same taking of the
+/// lock: no node is judged silent while a beat it sent before the tick waits in the
+/// queue. The lock is waited for off the runtime's threads ([`blocking`]).
+pub(super) async fn liveness_loop(mgr: Arc<Manager>, Accepted(mut rx): Accepted) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut late = Late::new();
     let mut batch = Vec::with_capacity(BEAT_BATCH);
-    while rx.recv_many(&mut batch, BEAT_BATCH).await > 0 {
-        let transitions = blocking(|| apply(&mgr, &mut batch));
+    loop {
+        let transitions = tokio::select! {
+            received = rx.recv_many(&mut batch, BEAT_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                blocking(|| apply(&mut mgr.state.lock().expect("state lock"), &mut batch))
+            }
+            _ = interval.tick() => blocking(|| tick(&mgr, &mut late, &mut rx)),
+        };
         mgr.log_transitions(&transitions);
     }
 }
 
-/// Applies `beats` (and empties it); returns the transitions they caused.
-fn apply(mgr: &Manager, beats: &mut Vec<Beat>) -> Vec<Transition> {
-    let mut st = mgr.state.lock().expect("state lock");
-    let now = mgr.now();
+/// Applies `beats` (and empties it), each as heard when it arrived; returns the
+/// transitions they caused.
+fn apply(st: &mut State, beats: &mut Vec<Beat>) -> Vec<Transition> {
     let mut out = Vec::new();
     for beat in beats.drain(..) {
         match st.sessions.get_mut(&beat.node).filter(|s| s.serial == beat.serial) {
-            Some(s) => s.last_heard = now,
+            Some(s) => s.last_heard = s.last_heard.max(beat.at),
             // A replaced session's last beats say nothing of the node.
             None => continue,
         }
-        out.extend(st.members.beat(now, &beat.node, beat.missed));
+        out.extend(st.members.beat(beat.at, &beat.node, beat.missed));
     }
     out
 }
+
+/// The endpoint this far behind its socket is said in the debug log.
+const BEHIND: Millis = 300;
 
 /// What the tick remembers of a late node: its session, the packets that session had
 /// received when the node became late, and when the node was last probed.
@@ -150,15 +217,29 @@ pub(super) type Late = HashMap<NodeId, (u64, u64, Millis)>;
 /// A late node is probed this often.
 const PROBE_EVERY: Millis = 500;
 
-/// One liveness tick: any QUIC packet from a late node since it became late counts as
-/// heard; late nodes get a probe (ack-eliciting, so a live agent's QUIC answers within
-/// its ACK delay even if its heartbeats are lost); then silent nodes go Down and their
-/// connection is closed; then nodes whose link changed are told their new period.
-pub(super) fn tick(mgr: &Manager, late: &mut Late) {
-    let now = mgr.now();
+/// One liveness tick, with the state lock. Silence is judged as of the last moment the
+/// manager knows it had taken every beat that arrived ([`Beats::known_until`]), and the
+/// beats still queued (`queued`) count first: a manager busy reading a burst calls no
+/// one Down for beats it has not read yet. Then any QUIC packet from a late node since it
+/// became late counts as heard; late nodes get a probe (ack-eliciting, so a live agent's
+/// QUIC answers within its ACK delay even if its heartbeats are lost); silent nodes go
+/// Down and their connection is closed; nodes whose link changed are told their new
+/// period. Returns the transitions, for the log.
+fn tick(mgr: &Manager, late: &mut Late, queued: &mut mpsc::Receiver<Beat>) -> Vec<Transition> {
     let (transitions, closing, probes) = {
         let mut guard = mgr.state.lock().expect("state lock");
         let st = &mut *guard;
+        // Looked at before the queue is emptied: what the socket held until then is in it.
+        let now = mgr.beats.known_until();
+        let behind = mgr.now().saturating_sub(now);
+        if behind >= BEHIND {
+            debug!(ms = behind, "the endpoint is behind reading its socket; silence is judged as of then");
+        }
+        let mut beats = Vec::new();
+        while let Ok(beat) = queued.try_recv() {
+            beats.push(beat);
+        }
+        let mut transitions = apply(st, &mut beats);
         let suspects = st.members.suspects(now);
         late.retain(|n, _| suspects.contains(n));
         let mut probes = Vec::new();
@@ -191,7 +272,6 @@ pub(super) fn tick(mgr: &Manager, late: &mut Late) {
                 probes.push((s.tx.clone(), period));
             }
         }
-        let mut transitions = Vec::new();
         for node in heard {
             late.remove(&node);
             if let Some(s) = st.sessions.get_mut(&node) {
@@ -217,5 +297,5 @@ pub(super) fn tick(mgr: &Manager, late: &mut Late) {
         // The period it beats at, said again: harmless, and its QUIC must acknowledge it.
         let _ = tx.try_send(ManagerMessage::HeartbeatPeriod { period_ms });
     }
-    mgr.log_transitions(&transitions);
+    transitions
 }

@@ -63,6 +63,7 @@ pub use pki::DockerTls;
 mod pull;
 mod reconcile;
 mod session;
+mod socket;
 mod task_table;
 mod upgrade;
 mod volumes;
@@ -127,8 +128,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// per reconciliation that changes the node's tasks), so a full queue means the agent
 /// stopped reading; its session is closed to resynchronise.
 const SESSION_QUEUE: usize = 64;
-/// Events queued for the reconcile task; a full queue already guarantees a reconciliation.
-const RECONCILE_QUEUE: usize = 256;
+/// Events queued for the reconcile task: room for a report batch from every board of a
+/// big fleet, so that one pass takes all the reports that came while the last one ran. A
+/// pass reads every task whatever it records; with 256 it took at most 256 boards'
+/// reports and 100,000 tasks took two minutes to be seen Running. A full queue makes a
+/// session wait, and already guarantees a reconciliation.
+const RECONCILE_QUEUE: usize = 8 * 1024;
 /// Reconcile at least this often, for timers nobody wakes (orphaning after a long Down).
 const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
 /// Largest piece of an upload read at once, and of a blob sent at once.
@@ -270,13 +275,17 @@ impl Manager {
     }
 
     fn log_transitions(&self, transitions: &[Transition]) {
-        if !transitions.is_empty() {
-            // Down → replacements start now; Ready → pending tasks may fit.
-            self.kick();
+        if transitions.is_empty() {
+            return;
         }
+        // Down → replacements start now; Ready → pending tasks may fit.
+        self.kick();
+        // The shared records, not a store read per node: 5,000 boards can change at once.
+        let records = self.store.nodes_shared().unwrap_or_else(|_| Vec::new().into());
+        let hostnames: HashMap<&NodeId, &str> =
+            records.iter().map(|r| (&r.id, r.description.hostname.as_str())).collect();
         for t in transitions {
-            let hostname =
-                self.store.node(&t.node).ok().flatten().map(|n| n.description.hostname.to_string()).unwrap_or_default();
+            let hostname = hostnames.get(&t.node).copied().unwrap_or_default();
             match t.to {
                 NodeStatus::Down => warn!(node = %t.node, %hostname, reason = %t.reason, "node is down"),
                 _ => info!(node = %t.node, %hostname, from = %t.from, to = %t.to, "node status changed"),
@@ -306,7 +315,7 @@ fn listen_endpoint(
     // Agents must keep QUIC's fixed bit set, so a heartbeat datagram (bit clear) is never
     // taken for a QUIC packet.
     endpoint_config.grease_quic_bit(false);
-    let socket = std::net::UdpSocket::bind(listen)?;
+    let socket = socket::bind(listen)?;
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
     let socket = beats.socket(socket, &*runtime)?;
     quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), socket, runtime)
@@ -335,7 +344,8 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         Some(a) => a,
         None => cluster.listen_addr.parse().context("stored listen address")?,
     };
-    let (beats, accepted_beats) = beats::Beats::new();
+    let started = Instant::now();
+    let (beats, accepted_beats) = beats::Beats::new(started);
     let endpoint = listen_endpoint(server_config, listen, &cluster.server_key_pem, &beats)
         .with_context(|| format!("cannot listen on {listen} (is another manager running, or the port taken?)"))?;
 
@@ -380,7 +390,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             held: HashMap::new(),
             disk: HashMap::new(),
         }),
-        started: Instant::now(),
+        started,
         blobs,
         images: tokio::sync::Mutex::new(()),
         anonymous: Arc::default(),
@@ -411,8 +421,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
     manager.state.lock().expect("state lock").members = members;
     info!(%listen, advertise = %cluster.advertise_addr, cluster = %cluster.cluster_id, "manager running");
 
-    let ticker = tokio::spawn(tick_loop(manager.clone()));
-    let beat_task = tokio::spawn(beats::apply_loop(manager.clone(), accepted_beats));
+    let liveness = tokio::spawn(beats::liveness_loop(manager.clone(), accepted_beats));
     let reconciler = tokio::spawn(reconcile_loop(manager.clone(), events_rx));
     let certificates = tokio::spawn(pki::pki_loop(manager.clone()));
     let accept = async {
@@ -424,8 +433,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         _ = accept => {}
         _ = shutdown_signal() => info!("shutting down"),
     }
-    ticker.abort();
-    beat_task.abort();
+    liveness.abort();
     reconciler.abort();
     certificates.abort();
     endpoint.close(close::SHUTDOWN.into(), b"manager shutting down");
@@ -445,19 +453,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Applies the membership's timeouts (see [`beats::tick`]): a node silent past its
-/// threshold is Down and its connection is closed, so its agent reconnects cleanly if it
-/// is still alive.
-async fn tick_loop(mgr: Arc<Manager>) {
-    let mut interval = tokio::time::interval(beats::TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut late = beats::Late::new();
-    loop {
-        interval.tick().await;
-        beats::tick(&mgr, &mut late);
-    }
 }
 
 fn identify(conn: &quinn::Connection) -> Result<Peer, ErrorReply> {
