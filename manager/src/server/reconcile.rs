@@ -54,7 +54,11 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
         let outcome = tokio::task::block_in_place(|| reconcile(&mgr, batch));
         // A pass that rewrote many tasks freed as many copies; give their pages back.
         // The trim walks the whole heap: off the runtime's threads too.
+        let trim = Instant::now();
         tokio::task::block_in_place(|| crate::memory::release_after_churn(RELEASE_AFTER_TASKS));
+        if trim.elapsed() >= SLOW_PASS {
+            info!(ms = trim.elapsed().as_millis() as u64, "slow release of the heap's free pages after a pass");
+        }
         match outcome {
             Ok(next) => {
                 // A far timer (or one past `Instant`'s range) waits no longer than the
@@ -79,10 +83,13 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
 /// what it changed in one transaction, then tells each node what changed for it.
 /// Returns when the pass wants to run again (monotonic milliseconds).
 pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) -> anyhow::Result<Option<Millis>> {
+    let mut phases = Phases::start();
     let nodes = cluster_nodes(mgr)?;
     let images = mgr.store.images()?;
     let now = Now { mono: mgr.now(), wall_ms: shoal_link::wall_ms() };
+    phases.mark("read");
     let mut svc = mgr.services.lock().expect("services lock");
+    phases.mark("lock");
     let svc = &mut *svc;
     let records: Vec<ServiceRecord> = svc.records.values().cloned().collect();
     let (mesh, boards) = super::networks::mesh_boards(&mgr.store, svc, &nodes)?;
@@ -97,15 +104,21 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
         boards: &boards,
     };
     let mut new_id = || TaskId::from_random(shoal_link::random());
+    phases.mark("prepare");
     let outcome = svc.reconciler.pass(now, cluster, tasks, reports, &mut new_id);
+    phases.mark("pass");
     for event in &outcome.events {
         log_event(event);
     }
     let Committed { diffs, wake_at } = commit(svc, outcome, |changes| mgr.store.change_services(changes))?;
+    phases.mark("commit");
 
     let keys_due = super::networks::step_keys(svc, now.mono);
     let views = super::networks::changed_views(svc, &mut mgr.state.lock().expect("state lock"), &mesh);
+    phases.mark("views");
     let sets = super::objects::changed_sets(svc, &mut mgr.state.lock().expect("state lock"));
+    phases.mark("sets");
+    let nodes_told = diffs.len();
     if !diffs.is_empty() || !views.is_empty() || !sets.is_empty() {
         // The sessions' queues, taken under the state lock; the messages are built and
         // queued after it is let go: beats and ticks wait for that lock, and building
@@ -147,11 +160,48 @@ pub(super) fn reconcile(mgr: &Manager, reports: Vec<(NodeId, Vec<TaskReport>)>) 
             conn.close(close::LAGGING.into(), b"session fell behind; reconnect");
         }
     }
+    phases.mark("queue");
+    phases.log(nodes_told);
     // The pass runs again for the next step of a key rotation too.
     Ok(match (wake_at, keys_due) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     })
+}
+
+/// A pass slower than this is logged at info with the time of each phase (debug below):
+/// at 5,000 boards a pass holds the services lock long enough to matter to everyone else.
+const SLOW_PASS: Duration = Duration::from_millis(250);
+
+/// The wall time of a pass's phases, for its log line.
+struct Phases {
+    started: Instant,
+    last: Instant,
+    spent: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self { started: now, last: now, spent: Vec::with_capacity(10) }
+    }
+
+    /// The phase called `name` ends now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.spent.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self, nodes_told: usize) {
+        let total = self.started.elapsed();
+        let phases = self.spent.iter().map(|(n, d)| format!("{n} {}", d.as_millis())).collect::<Vec<_>>().join(", ");
+        if total >= SLOW_PASS {
+            info!(ms = total.as_millis() as u64, nodes_told, "slow reconcile pass (ms per phase: {phases})");
+        } else {
+            debug!(ms = total.as_millis() as u64, nodes_told, "reconcile pass (ms per phase: {phases})");
+        }
+    }
 }
 
 /// What a stored pass leaves to do: tell the nodes, and when to run again.
