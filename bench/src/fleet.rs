@@ -238,6 +238,17 @@ fn lo_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Datagrams the kernel dropped in this namespace because a UDP socket's receive buffer
+/// was full (`RcvbufErrors` of `/proc/net/snmp`, the reader's namespace's): beats the
+/// manager never saw, or packets to the boards, lost on the host rather than on a link.
+fn udp_drops() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/net/snmp").unwrap_or_default();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors");
+    column.and_then(|c| values.split_whitespace().nth(c)?.parse().ok()).unwrap_or(0)
+}
+
 fn poll<T>(what: &str, timeout: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -374,6 +385,7 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
     eprintln!("== all {} boards Ready in {}", a.boards, ms(all_ready));
     let rss_joined = m.rss_kib();
     let downs_joining = downs(dir);
+    let drops_joining = udp_drops();
 
     let distribution = match &a.image {
         Some(path) => distribute(&m, path, a.boards)?,
@@ -391,8 +403,14 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
     }
     let created = started.elapsed();
     let timeout = Duration::from_secs(120 + a.tasks as u64 / 200);
+    let mut said = Instant::now();
     poll("every task Running", timeout, Duration::from_millis(250), || {
         let (run, want) = replicas(&m);
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            let (since, downs, drops) = (started.elapsed(), downs(dir) - downs_joining, udp_drops() - drops_joining);
+            eprintln!("   {} s: {run}/{want} Running, {downs} Down so far, {drops} datagrams dropped", since.as_secs());
+        }
         (run == a.tasks && want == a.tasks).then_some(())
     })?;
     let converged = started.elapsed();
@@ -417,6 +435,7 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
     let idle_bytes = lo_bytes() - bytes0;
     let rss_idle = m.rss_kib();
     let downs_running = downs(dir) - downs_joining;
+    let drops_running = udp_drops() - drops_joining;
 
     // A power cut of `cut` boards at once.
     let mut cut_rows = String::new();
@@ -461,6 +480,7 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
          | manager CPU at idle ({} s) | {} of a core |\n\
          | bytes on the wire at idle, per board (both ways) | {per_board_idle:.0} B/s |\n\
          | boards marked Down by mistake: while joining / from the tasks to the end of idle | {downs_joining} / {downs_running} |\n\
+         | UDP datagrams dropped by the kernel (a receive buffer full): while joining / from the tasks to the end of idle | {drops_joining} / {drops_running} |\n\
          {cut_rows}{distribution}",
         slices.len(),
         a.boards,
@@ -529,9 +549,8 @@ fn worker(args: Vec<String>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let manager: std::net::SocketAddr = addr.parse()?;
-        let endpoints: Vec<quinn::Endpoint> = (0..count.div_ceil(PER_ENDPOINT))
-            .map(|_| shoal_link::client_endpoint(manager))
-            .collect::<Result<_, _>>()?;
+        let endpoints: Vec<quinn::Endpoint> =
+            (0..count.div_ceil(PER_ENDPOINT)).map(|_| board_endpoint(manager)).collect::<Result<_>>()?;
         let slots = Arc::new(tokio::sync::Semaphore::new(JOINING));
         let mut joins = tokio::task::JoinSet::new();
         for i in first..first + count {
@@ -550,11 +569,47 @@ fn worker(args: Vec<String>) -> Result<()> {
             boards.push(j?.context("a board could not join")?);
         }
         println!("joined {count}");
+        tokio::spawn(report_stalls());
         // The boards run in their own tasks; this one only keeps them alive.
         std::future::pending::<()>().await;
         drop(boards);
         Ok(())
     })
+}
+
+/// Says on the worker's log how late its thread ran a 100 ms timer, at worst, in each
+/// 5 s that had a stall over 300 ms: a worker whose thread is busy (preparing a burst of
+/// tasks for its boards) sends their beats late, which the manager rightly calls silence.
+/// Real boards each have their own cores; this tells the simulation's stalls from the
+/// manager's.
+async fn report_stalls() {
+    let started = Instant::now();
+    let mut window = Instant::now();
+    let mut worst = Duration::ZERO;
+    loop {
+        let before = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        worst = worst.max(before.elapsed().saturating_sub(Duration::from_millis(100)));
+        if window.elapsed() >= Duration::from_secs(5) {
+            if worst >= Duration::from_millis(300) {
+                eprintln!("stall: the worker's thread ran {} late at {} s", ms(worst), started.elapsed().as_secs());
+            }
+            (window, worst) = (Instant::now(), Duration::ZERO);
+        }
+    }
+}
+
+/// A QUIC endpoint that [`PER_ENDPOINT`] boards share, as `shoal_link::client_endpoint`
+/// makes an agent's, but with a receive buffer as large as the system allows: a real
+/// board has a socket (and a link) to itself, and 250 boards behind the kernel's default
+/// ~200 KiB lost ~1,000 datagrams each time the manager told all of them something.
+fn board_endpoint(manager: std::net::SocketAddr) -> Result<quinn::Endpoint> {
+    let bind: std::net::SocketAddr = if manager.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let socket = std::net::UdpSocket::bind(bind)?;
+    // Capped by `net.core.rmem_max`; whatever is granted beats the default.
+    socket2::SockRef::from(&socket).set_recv_buffer_size(16 << 20)?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?)
 }
 
 async fn join(dir: &Path, addr: &str, token: &str, hostname: &str) -> Result<NodeIdentity> {
