@@ -65,7 +65,11 @@ impl Default for Args {
             tasks: 1000,
             services: 10,
             cut: 10,
-            per_process: 1250,
+            // Boards per worker process, each on one thread. At 1,250 a worker's thread
+            // once ran 1.25 s late while its boards took a burst of tasks, and 17 of
+            // them missed a beat: a board of the simulation, not of a fleet, where each
+            // has its own cores.
+            per_process: 500,
             heartbeat: None,
             idle: 10,
             image: None,
@@ -236,6 +240,23 @@ fn lo_bytes() -> u64 {
         .find_map(|l| l.trim_start().strip_prefix("lo:"))
         .and_then(|rest| rest.split_whitespace().nth(8)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The workers' stalls over 300 ms (see [`report_stalls`]): how many, and the longest.
+fn worker_stalls(dir: &Path) -> (usize, Duration) {
+    let mut stalls = (0, Duration::ZERO);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("worker-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
+            let late = line.strip_prefix("stall: the worker's thread ran ").and_then(|r| r.split(" ms").next());
+            if let Some(ms) = late.and_then(|v| v.parse::<u64>().ok()) {
+                stalls = (stalls.0 + 1, stalls.1.max(Duration::from_millis(ms)));
+            }
+        }
+    }
+    stalls
 }
 
 /// Datagrams the kernel dropped in this namespace because a UDP socket's receive buffer
@@ -436,6 +457,7 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
     let rss_idle = m.rss_kib();
     let downs_running = downs(dir) - downs_joining;
     let drops_running = udp_drops() - drops_joining;
+    let (stalls, longest_stall) = worker_stalls(dir);
 
     // A power cut of `cut` boards at once.
     let mut cut_rows = String::new();
@@ -481,6 +503,7 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
          | bytes on the wire at idle, per board (both ways) | {per_board_idle:.0} B/s |\n\
          | boards marked Down by mistake: while joining / from the tasks to the end of idle | {downs_joining} / {downs_running} |\n\
          | UDP datagrams dropped by the kernel (a receive buffer full): while joining / from the tasks to the end of idle | {drops_joining} / {drops_running} |\n\
+         | the simulator's own stalls: a worker's thread over 300 ms late (its boards' beats late too) | {stalls}, longest {} |\n\
          {cut_rows}{distribution}",
         slices.len(),
         a.boards,
@@ -505,6 +528,7 @@ fn simulate(a: &Args, dir: &Path, boards: &Path) -> Result<String> {
         mib(rss_idle),
         a.idle,
         share(idle_cpu, idle_wall),
+        ms(longest_stall),
     ))
 }
 
