@@ -6,7 +6,7 @@
 //! over their QUIC session and tells lossy ones to beat faster. See
 //! `docs/failure-detection.md`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use shoal_link::beat::{BeatKeys, Tag, Window};
 
@@ -30,7 +30,7 @@ struct Entry {
 
 /// A beat accepted: from which node's session, how many beats it missed before it, and
 /// when it came out of the socket (the manager's clock).
-pub(super) struct Beat {
+struct Beat {
     node: NodeId,
     serial: u64,
     missed: u64,
@@ -48,9 +48,11 @@ pub(super) struct Beats {
     empty_at: AtomicU64,
     /// The endpoint's socket (a second handle), to look whether anything waits in it.
     socket: std::sync::OnceLock<std::net::UdpSocket>,
+    /// Whether the log last said the endpoint was far behind its socket.
+    said_behind: AtomicBool,
 }
 
-/// Where accepted beats come out, for [`apply_loop`].
+/// Where accepted beats come out, for [`liveness_loop`].
 pub(super) struct Accepted(mpsc::Receiver<Beat>);
 
 impl Beats {
@@ -63,6 +65,7 @@ impl Beats {
             started,
             empty_at: AtomicU64::new(0),
             socket: std::sync::OnceLock::new(),
+            said_behind: AtomicBool::new(false),
         };
         (Arc::new(beats), Accepted(rx))
     }
@@ -207,8 +210,22 @@ fn apply(st: &mut State, beats: &mut Vec<Beat>) -> Vec<Transition> {
     out
 }
 
-/// The endpoint this far behind its socket is said in the debug log.
-const BEHIND: Millis = 300;
+/// The endpoint this far behind its socket is said in the log (once, and when it has
+/// caught up): meanwhile no board can be called Down, even one that really is.
+const FAR_BEHIND: Millis = 1_000;
+
+impl Beats {
+    fn say_how_far_behind(&self, behind: Millis) {
+        let far = behind >= FAR_BEHIND;
+        if self.said_behind.swap(far, Ordering::Relaxed) != far {
+            if far {
+                warn!(ms = behind, "the manager is behind reading its socket: silence is judged as of when it last had read everything");
+            } else {
+                info!("the manager has read its socket again");
+            }
+        }
+    }
+}
 
 /// What the tick remembers of a late node: its session, the packets that session had
 /// received when the node became late, and when the node was last probed.
@@ -231,10 +248,7 @@ fn tick(mgr: &Manager, late: &mut Late, queued: &mut mpsc::Receiver<Beat>) -> Ve
         let st = &mut *guard;
         // Looked at before the queue is emptied: what the socket held until then is in it.
         let now = mgr.beats.known_until();
-        let behind = mgr.now().saturating_sub(now);
-        if behind >= BEHIND {
-            debug!(ms = behind, "the endpoint is behind reading its socket; silence is judged as of then");
-        }
+        mgr.beats.say_how_far_behind(mgr.now().saturating_sub(now));
         let mut beats = Vec::new();
         while let Ok(beat) = queued.try_recv() {
             beats.push(beat);
