@@ -195,8 +195,13 @@ impl Phases {
 
     fn log(&self, nodes_told: usize) {
         let total = self.started.elapsed();
+        let slow = total >= SLOW_PASS;
+        // Most passes are fast: their line is only made for a debug log.
+        if !slow && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         let phases = self.spent.iter().map(|(n, d)| format!("{n} {}", d.as_millis())).collect::<Vec<_>>().join(", ");
-        if total >= SLOW_PASS {
+        if slow {
             info!(ms = total.as_millis() as u64, nodes_told, "slow reconcile pass (ms per phase: {phases})");
         } else {
             debug!(ms = total.as_millis() as u64, nodes_told, "reconcile pass (ms per phase: {phases})");
