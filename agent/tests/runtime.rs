@@ -214,6 +214,69 @@ fn a_memory_limit_kills_a_hog() {
     }
 }
 
+/// The directories container `c`'s cgroup could have: `shoal/<c>` in every hierarchy
+/// under /sys/fs/cgroup (cgroup v1 and the hybrid layout), and in the root (pure v2).
+fn cgroup_dirs(c: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join("shoal").join(c)];
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        dirs.push(entry.path().join("shoal").join(c));
+    }
+    dirs
+}
+
+/// Everything a container had on the host goes with its removal: its cgroup in every
+/// controller, its overlay mount, its directory and libcontainer's state. And while it
+/// runs, its init is in its own cgroup in every v1 controller it belongs to (the cgroup
+/// manager finds all the controllers' mounts from one read of mountinfo:
+/// patches/libcgroups-v1-mountinfo-once.patch), so a wrong lookup would show here.
+#[test]
+#[ignore = "needs root"]
+fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
+    let lab = Lab::new("leaks");
+    let rt = lab.runtime();
+    let c = id("leaks");
+    let mut config = lab.config(&c, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    config.memory_limit = Some(64 << 20);
+    config.cpu_millis = Some(500);
+    rt.create(&config).unwrap();
+    let pid = rt.start(&c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.log(&c).contains("ready") {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let present: Vec<PathBuf> = cgroup_dirs(&c).into_iter().filter(|d| d.is_dir()).collect();
+    assert!(!present.is_empty(), "no cgroup of {c} while it runs");
+    let own = format!("/shoal/{c}");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        // hierarchy-ID:controllers:path; the named and unified hierarchies are not the
+        // v1 manager's.
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if controllers.is_empty() || controllers.starts_with("name=") {
+            continue;
+        }
+        assert_eq!(path, own, "the init is not in its own {controllers} cgroup: {cgroups}");
+    }
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/shoal/{c}/memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    }
+
+    assert_eq!(rt.stop(&c, Duration::from_secs(5)).unwrap(), 143);
+    rt.delete(&c).unwrap();
+    let bundle = lab.dir.join("containers").join(&c);
+    for dir in &present {
+        assert!(!dir.exists(), "{} outlived the container", dir.display());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&bundle.display().to_string()), "a mount of {c} is left: {mountinfo}");
+    assert!(!bundle.exists(), "{} is left", bundle.display());
+    assert!(!lab.dir.join("state").join(&c).exists(), "libcontainer's state of {c} is left");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_command_that_does_not_exist_fails_clearly() {
