@@ -3,7 +3,7 @@
 //! from shared read-only layers.
 
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -204,6 +204,46 @@ impl LibcontainerRuntime {
     }
 }
 
+/// The shim's answer: its first line on `fd`, read in this thread with poll(2) until
+/// `deadline` (a thread of its own to read it, and a channel back, cost every start a
+/// thread and one more wake-up). Whatever came before the deadline, the end of the pipe
+/// or an error; at most 4 KiB, so a shim gone wrong can't make the agent hold more.
+fn read_line_until(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> String {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    const MAX: usize = 4096;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !line.contains(&b'\n') && line.len() < MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+        match poll(&mut [PollFd::from_borrowed_fd(fd, PollFlags::IN)], Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        match rustix::io::read(fd, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&chunk[..n]),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(_) => break,
+        }
+    }
+    let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
+    String::from_utf8_lossy(&line[..end]).into_owned()
+}
+
+/// Waits until `fd` is readable (a pidfd: its process has exited) or `deadline` passes;
+/// an interrupted or failed poll returns early, and the caller checks again.
+fn wait_readable(fd: &std::os::fd::OwnedFd, deadline: Instant) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+    let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
+}
+
 fn state_name(s: ContainerStatus) -> &'static str {
     match s {
         ContainerStatus::Created => "created",
@@ -291,13 +331,7 @@ impl Runtime for LibcontainerRuntime {
         // Read back after an agent restart to find the live shim: whole or absent, never torn.
         let _ = super::bundle::write_state(&bundle.dir().join("shim.pid"), format!("{}\n", child.id()).as_bytes());
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let line = read_line_until(stdout.as_fd(), Instant::now() + START_TIMEOUT);
         self.shims.lock().expect("shim table").insert(id.to_owned(), child);
         let line = line.trim();
         if let Some(pid) = line.strip_prefix("ok ").and_then(|p| p.parse().ok()) {
@@ -345,6 +379,9 @@ impl Runtime for LibcontainerRuntime {
         // are watched through their handle; an adopted one by its command line.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut ours = self.shims.lock().expect("shim table").remove(id);
+        // Our shim's end is awaited on a pidfd, which wakes us the moment it exits; a
+        // fixed sleep between checks added half of it on average to every removal.
+        let mut pidfd = None;
         while Instant::now() < deadline {
             let alive = match ours.as_mut() {
                 Some(child) => matches!(child.try_wait(), Ok(None)),
@@ -353,7 +390,18 @@ impl Runtime for LibcontainerRuntime {
             if !alive {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            if pidfd.is_none() {
+                // Opened only once `try_wait` found it unreaped: the PID is still our
+                // child's, not a stranger's that reused it.
+                pidfd = ours.as_ref().and_then(|child| {
+                    let pid = Pid::from_raw(i32::try_from(child.id()).ok()?)?;
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                });
+            }
+            match &pidfd {
+                Some(fd) => wait_readable(fd, deadline),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
         // Usually the shim has deleted it already; loading a container whose state is gone
         // makes libcontainer log an ERROR, one per removal in the agent's log for nothing.
@@ -428,6 +476,37 @@ mod tests {
         make_working_dir(&rootfs, "/../escape").unwrap();
         assert!(!dir.join("escape").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The shim's answer is its first line, whatever follows; a shim that closes its end
+    /// early or never answers gives what it wrote, and never hangs the agent past the
+    /// deadline.
+    #[test]
+    fn the_shims_answer_is_its_first_line_and_waits_no_longer_than_the_deadline() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&w, b"ok 42\nsomething later").unwrap();
+        assert_eq!(read_line_until(r.as_fd(), Instant::now() + Duration::from_secs(5)), "ok 42");
+
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&w, b"err no newline").unwrap();
+        drop(w);
+        assert_eq!(read_line_until(r.as_fd(), Instant::now() + Duration::from_secs(5)), "err no newline");
+
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let t = Instant::now();
+        assert_eq!(read_line_until(r.as_fd(), t + Duration::from_millis(100)), "");
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2), "{waited:?}");
+
+        // A line split across writes is put together.
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            rustix::io::write(&w, b"ok ").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            rustix::io::write(&w, b"7\n").unwrap();
+        });
+        assert_eq!(read_line_until(r.as_fd(), Instant::now() + Duration::from_secs(5)), "ok 7");
+        writer.join().unwrap();
     }
 
     /// libcontainer's netlink client (`linux.netDevices`) is left out of the agent
