@@ -229,7 +229,8 @@ fn cgroup_dirs(c: &str) -> Vec<PathBuf> {
 /// controller, its overlay mount, its directory and libcontainer's state. And while it
 /// runs, its init is in its own cgroup in every v1 controller it belongs to (the cgroup
 /// manager finds all the controllers' mounts from one read of mountinfo:
-/// patches/libcgroups-v1-mountinfo-once.patch), so a wrong lookup would show here.
+/// patches/libcgroups-v1-mountinfo-once.patch), so a wrong lookup would show here, and
+/// its writable layer is a `volatile` overlay.
 #[test]
 #[ignore = "needs root"]
 fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
@@ -260,6 +261,17 @@ fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
         }
         assert_eq!(path, own, "the init is not in its own {controllers} cgroup: {cgroups}");
     }
+    // Its layer is mounted `volatile` where the kernel knows the option (5.10+): no sync
+    // of the whole data partition when it is unmounted.
+    let bundle = lab.dir.join("containers").join(&c);
+    let rootfs = format!(" {} ", bundle.join("rootfs").display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let overlay = mountinfo.lines().find(|l| l.contains(&rootfs)).expect("the container's overlay is mounted");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut version = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    if (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (5, 10) {
+        assert!(overlay.contains("volatile"), "{overlay}");
+    }
     if Path::new("/sys/fs/cgroup/memory").is_dir() {
         let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/shoal/{c}/memory.limit_in_bytes")).unwrap();
         assert_eq!(limit.trim(), (64u64 << 20).to_string());
@@ -267,7 +279,6 @@ fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
 
     assert_eq!(rt.stop(&c, Duration::from_secs(5)).unwrap(), 143);
     rt.delete(&c).unwrap();
-    let bundle = lab.dir.join("containers").join(&c);
     for dir in &present {
         assert!(!dir.exists(), "{} outlived the container", dir.display());
     }

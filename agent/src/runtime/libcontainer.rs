@@ -112,9 +112,28 @@ impl LibcontainerRuntime {
             bundle.upper().display(),
             bundle.work().display()
         );
-        let data = std::ffi::CString::new(data).map_err(|_| RuntimeError::Spec("layer path with a NUL byte".into()))?;
-        rustix::mount::mount("overlay", bundle.rootfs(), "overlay", MountFlags::empty(), Some(data.as_c_str()))
-            .map_err(|e| RuntimeError::io("mounting the container's overlay rootfs")(e.into()))
+        let c_string =
+            |s: String| std::ffi::CString::new(s).map_err(|_| RuntimeError::Spec("layer path with a NUL byte".into()));
+        let volatile = c_string(format!("{data},volatile"))?;
+        let data = c_string(data)?;
+        let mount = |data: &std::ffi::CStr| {
+            rustix::mount::mount("overlay", bundle.rootfs(), "overlay", MountFlags::empty(), Some(data))
+        };
+        // `volatile` (Linux 5.10+): the overlay never syncs its upper layer. Without it
+        // the overlay's last unmount, at delete, syncs the whole filesystem under the
+        // upper directory (the board's data partition, with whatever else is dirty on
+        // it: an image being pulled), and a container's fsync(2) of its own files reaches
+        // the disk. Neither buys anything here: a writable layer is mounted once, at
+        // create, and never again; after a crash or a power cut its container is lost
+        // and its task gets a new container with a fresh layer, so what the old layer
+        // held on disk is never read. Volumes are mounts of their own, not in the
+        // overlay, and keep their fsyncs. An older kernel refuses the option (EINVAL):
+        // then without it.
+        match mount(&volatile) {
+            Err(rustix::io::Errno::INVAL) => mount(&data),
+            other => other,
+        }
+        .map_err(|e| RuntimeError::io("mounting the container's overlay rootfs")(e.into()))
     }
 
     fn prepare(&self, config: &ContainerConfig, bundle: &Bundle) -> Result<(), RuntimeError> {
