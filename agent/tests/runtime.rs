@@ -286,6 +286,40 @@ fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
     assert!(!mountinfo.contains(&bundle.display().to_string()), "a mount of {c} is left: {mountinfo}");
     assert!(!bundle.exists(), "{} is left", bundle.display());
     assert!(!lab.dir.join("state").join(&c).exists(), "libcontainer's state of {c} is left");
+    // The directory's contents go in the background, under another name: they go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(lab.dir.join("containers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left in the containers directory: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A deleted container's directory whose removal was cut short (the agent stopped) is
+/// finished by the next runtime over the same directory, and is never taken for a
+/// container meanwhile.
+#[test]
+#[ignore = "needs root"]
+fn a_removal_cut_short_is_finished_by_the_next_runtime() {
+    let lab = Lab::new("trash");
+    let containers = lab.dir.join("containers");
+    let trash = containers.join(".removed-old-1");
+    std::fs::create_dir_all(trash.join("upper/etc")).unwrap();
+    std::fs::write(trash.join("config.json"), "{}").unwrap();
+    let rt = lab.runtime();
+    assert!(rt.list().unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trash.exists() {
+        assert!(Instant::now() < deadline, "{} is still there", trash.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -41,6 +41,19 @@ impl LibcontainerRuntime {
     /// state under `state` (a tmpfs such as `/run` spares SD cards). `agent_exe` is the
     /// `shoal-agent` binary, which runs the shims.
     pub fn new(containers: PathBuf, state: PathBuf, agent_exe: PathBuf) -> Self {
+        // Directories of deleted containers whose removal an earlier agent did not finish.
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(&containers)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(REMOVED_PREFIX)))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !leftovers.is_empty() {
+            remove_in_background(leftovers);
+        }
         Self { containers, state, agent_exe, shims: Mutex::new(HashMap::new()) }
     }
 
@@ -220,6 +233,26 @@ impl LibcontainerRuntime {
                 Err(RuntimeError::State { id: id.to_owned(), state: state_name(other), what: "it can't be signalled" })
             }
         }
+    }
+}
+
+/// What a deleted container's directory is renamed to, before its removal in the
+/// background: a name no container ID can have (IDs never start with a dot), so `list`,
+/// `create` and the volumes' users never take it for a container.
+const REMOVED_PREFIX: &str = ".removed-";
+
+/// Removes `dirs` on a thread of their own. Nothing is mounted in them any more, and
+/// nothing else writes there: their shims have exited.
+fn remove_in_background(dirs: Vec<PathBuf>) {
+    let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
+        for dir in dirs {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to remove a deleted container's directory: {e}");
     }
 }
 
@@ -434,7 +467,19 @@ impl Runtime for LibcontainerRuntime {
             Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(RuntimeError::io("unmounting the container's rootfs")(e.into())),
         }
-        std::fs::remove_dir_all(bundle.dir()).map_err(RuntimeError::io("removing the container directory"))?;
+        // One rename takes the directory out of the way, and its contents (the writable
+        // layer's files, logs, the bundle: some thirty entries for a container that
+        // wrote nothing, each a journal update on the data partition) go on a thread of
+        // their own: removing them here made every delete wait for the disk. The ID is
+        // free at once; a removal cut short (the agent stopped) is finished by the next
+        // runtime made over this directory.
+        let trash = self.containers.join(format!("{REMOVED_PREFIX}{id}-{}", shoal_link::wall_ms()));
+        match std::fs::rename(bundle.dir(), &trash) {
+            Ok(()) => remove_in_background(vec![trash]),
+            Err(_) => {
+                std::fs::remove_dir_all(bundle.dir()).map_err(RuntimeError::io("removing the container directory"))?
+            }
+        }
         Ok(())
     }
 
