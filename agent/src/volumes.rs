@@ -279,6 +279,10 @@ fn users(containers: &Path) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(containers) else { return out };
     for e in entries.flatten() {
         let Ok(id) = e.file_name().into_string() else { continue };
+        // Not a container: a deleted one's directory on its way out (`.removed-…`).
+        if crate::runtime::validate_id(&id).is_err() {
+            continue;
+        }
         // The bundle's spec was written by this agent; still read with a bound.
         let Some(spec) = std::fs::read(e.path().join("config.json"))
             .ok()
@@ -393,7 +397,10 @@ mod tests {
         let e = remove(&volumes, &containers, "pgdata").unwrap_err().to_string();
         assert!(e.contains("in use by db.1.abc"), "{e}");
         assert!(data.join("rows").exists(), "a refused removal loses nothing");
-        std::fs::remove_dir_all(&bundle).unwrap();
+        // A deleted container's directory on its way out (removed in the background)
+        // is no user any more.
+        std::fs::rename(&bundle, containers.join(".removed-db.1.abc-1")).unwrap();
+        assert!(list(&volumes, &containers).unwrap()[0].used_by.is_empty());
         remove(&volumes, &containers, "pgdata").unwrap();
         assert!(!volumes.join("pgdata").exists());
         assert!(outside.join("keep").exists(), "nothing outside the volume is removed");

@@ -214,6 +214,114 @@ fn a_memory_limit_kills_a_hog() {
     }
 }
 
+/// The directories container `c`'s cgroup could have: `shoal/<c>` in every hierarchy
+/// under /sys/fs/cgroup (cgroup v1 and the hybrid layout), and in the root (pure v2).
+fn cgroup_dirs(c: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join("shoal").join(c)];
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        dirs.push(entry.path().join("shoal").join(c));
+    }
+    dirs
+}
+
+/// Everything a container had on the host goes with its removal: its cgroup in every
+/// controller, its overlay mount, its directory and libcontainer's state. And while it
+/// runs, its init is in its own cgroup in every v1 controller it belongs to (the cgroup
+/// manager finds all the controllers' mounts from one read of mountinfo:
+/// patches/libcgroups-v1-mountinfo-once.patch), so a wrong lookup would show here, and
+/// its writable layer is a `volatile` overlay.
+#[test]
+#[ignore = "needs root"]
+fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
+    let lab = Lab::new("leaks");
+    let rt = lab.runtime();
+    let c = id("leaks");
+    let mut config = lab.config(&c, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    config.memory_limit = Some(64 << 20);
+    config.cpu_millis = Some(500);
+    rt.create(&config).unwrap();
+    let pid = rt.start(&c).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.log(&c).contains("ready") {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let present: Vec<PathBuf> = cgroup_dirs(&c).into_iter().filter(|d| d.is_dir()).collect();
+    assert!(!present.is_empty(), "no cgroup of {c} while it runs");
+    let own = format!("/shoal/{c}");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        // hierarchy-ID:controllers:path; the named and unified hierarchies are not the
+        // v1 manager's.
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if controllers.is_empty() || controllers.starts_with("name=") {
+            continue;
+        }
+        assert_eq!(path, own, "the init is not in its own {controllers} cgroup: {cgroups}");
+    }
+    // Its layer is mounted `volatile` where the kernel knows the option (5.10+): no sync
+    // of the whole data partition when it is unmounted.
+    let bundle = lab.dir.join("containers").join(&c);
+    let rootfs = format!(" {} ", bundle.join("rootfs").display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let overlay = mountinfo.lines().find(|l| l.contains(&rootfs)).expect("the container's overlay is mounted");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut version = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    if (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (5, 10) {
+        assert!(overlay.contains("volatile"), "{overlay}");
+    }
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/shoal/{c}/memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    }
+
+    assert_eq!(rt.stop(&c, Duration::from_secs(5)).unwrap(), 143);
+    rt.delete(&c).unwrap();
+    for dir in &present {
+        assert!(!dir.exists(), "{} outlived the container", dir.display());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&bundle.display().to_string()), "a mount of {c} is left: {mountinfo}");
+    assert!(!bundle.exists(), "{} is left", bundle.display());
+    assert!(!lab.dir.join("state").join(&c).exists(), "libcontainer's state of {c} is left");
+    // The directory's contents go in the background, under another name: they go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(lab.dir.join("containers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left in the containers directory: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A deleted container's directory whose removal was cut short (the agent stopped) is
+/// finished by the next runtime over the same directory, and is never taken for a
+/// container meanwhile.
+#[test]
+#[ignore = "needs root"]
+fn a_removal_cut_short_is_finished_by_the_next_runtime() {
+    let lab = Lab::new("trash");
+    let containers = lab.dir.join("containers");
+    let trash = containers.join(".removed-old-1");
+    std::fs::create_dir_all(trash.join("upper/etc")).unwrap();
+    std::fs::write(trash.join("config.json"), "{}").unwrap();
+    let rt = lab.runtime();
+    assert!(rt.list().unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trash.exists() {
+        assert!(Instant::now() < deadline, "{} is still there", trash.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_command_that_does_not_exist_fails_clearly() {

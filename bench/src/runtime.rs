@@ -143,34 +143,37 @@ fn main() -> Result<()> {
     let layer = busybox_layer(&dir)?;
     let rt = LibcontainerRuntime::new(dir.join("containers"), dir.join("state"), agent.clone());
 
-    // Warm up caches once for everybody.
-    shoal_once(&rt, &layer, 0)?;
-    let shoal: Vec<Duration> = (1..=iterations).map(|n| shoal_once(&rt, &layer, n)).collect::<Result<_>>()?;
+    // The runtimes take turns, one run each per round, so that all of them run under
+    // the same load: on a shared machine the load moves within a minute, and a block of
+    // shoal's runs followed by a block of runc's compared two different machines. A
+    // peer that refuses the bundle (crun on a hybrid cgroup host) is dropped at once.
     let bundle = peer_bundle(&dir, &layer)?;
-    let mut rows = vec![("shoal (libcontainer + shim + overlay)".to_owned(), Ok(median(shoal)))];
-    for tool in ["runc", "crun"] {
-        let row = match which(tool) {
-            None => Err(format!("{tool} is not installed")),
-            Some(_) => {
-                let mut times = Vec::new();
-                let mut failure = None;
-                for n in 0..=iterations {
-                    match peer_once(tool, &bundle, n)? {
-                        Ok(t) if n > 0 => times.push(t),
-                        Ok(_) => {}
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match failure {
-                    Some(e) => Err(format!("refused: {e}")),
-                    None => Ok(median(times)),
-                }
+    let mut peers: Vec<Peer> = ["runc", "crun"]
+        .into_iter()
+        .map(|tool| Peer {
+            tool,
+            times: Vec::new(),
+            failure: which(tool).is_none().then(|| format!("{tool} is not installed")),
+        })
+        .collect();
+    let mut shoal = Vec::new();
+    // Round 0 warms up caches once for everybody and is not counted.
+    for n in 0..=iterations {
+        let t = shoal_once(&rt, &layer, n)?;
+        if n > 0 {
+            shoal.push(t);
+        }
+        for peer in peers.iter_mut().filter(|p| p.failure.is_none()) {
+            match peer_once(peer.tool, &bundle, n)? {
+                Ok(t) if n > 0 => peer.times.push(t),
+                Ok(_) => {}
+                Err(e) => peer.failure = Some(format!("refused: {e}")),
             }
-        };
-        rows.push((format!("{tool} run"), row));
+        }
+    }
+    let mut rows = vec![("shoal (libcontainer + shim + overlay)".to_owned(), Ok(median(shoal)))];
+    for peer in peers {
+        rows.push((format!("{} run", peer.tool), peer.failure.map_or_else(|| Ok(median(peer.times)), Err)));
     }
 
     // Memory: ten sleeping containers.
@@ -239,6 +242,13 @@ fn main() -> Result<()> {
         theirs.0, theirs.1, theirs.2
     );
     Ok(())
+}
+
+/// A peer runtime's runs, or why it could not run.
+struct Peer {
+    tool: &'static str,
+    times: Vec<Duration>,
+    failure: Option<String>,
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

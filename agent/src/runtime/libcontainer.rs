@@ -3,7 +3,7 @@
 //! from shared read-only layers.
 
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -41,6 +41,19 @@ impl LibcontainerRuntime {
     /// state under `state` (a tmpfs such as `/run` spares SD cards). `agent_exe` is the
     /// `shoal-agent` binary, which runs the shims.
     pub fn new(containers: PathBuf, state: PathBuf, agent_exe: PathBuf) -> Self {
+        // Directories of deleted containers whose removal an earlier agent did not finish.
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(&containers)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(REMOVED_PREFIX)))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !leftovers.is_empty() {
+            remove_in_background(leftovers);
+        }
         Self { containers, state, agent_exe, shims: Mutex::new(HashMap::new()) }
     }
 
@@ -112,9 +125,28 @@ impl LibcontainerRuntime {
             bundle.upper().display(),
             bundle.work().display()
         );
-        let data = std::ffi::CString::new(data).map_err(|_| RuntimeError::Spec("layer path with a NUL byte".into()))?;
-        rustix::mount::mount("overlay", bundle.rootfs(), "overlay", MountFlags::empty(), Some(data.as_c_str()))
-            .map_err(|e| RuntimeError::io("mounting the container's overlay rootfs")(e.into()))
+        let c_string =
+            |s: String| std::ffi::CString::new(s).map_err(|_| RuntimeError::Spec("layer path with a NUL byte".into()));
+        let volatile = c_string(format!("{data},volatile"))?;
+        let data = c_string(data)?;
+        let mount = |data: &std::ffi::CStr| {
+            rustix::mount::mount("overlay", bundle.rootfs(), "overlay", MountFlags::empty(), Some(data))
+        };
+        // `volatile` (Linux 5.10+): the overlay never syncs its upper layer. Without it
+        // the overlay's last unmount, at delete, syncs the whole filesystem under the
+        // upper directory (the board's data partition, with whatever else is dirty on
+        // it: an image being pulled), and a container's fsync(2) of its own files reaches
+        // the disk. Neither buys anything here: a writable layer is mounted once, at
+        // create, and never again; after a crash or a power cut its container is lost
+        // and its task gets a new container with a fresh layer, so what the old layer
+        // held on disk is never read. Volumes are mounts of their own, not in the
+        // overlay, and keep their fsyncs. An older kernel refuses the option (EINVAL):
+        // then without it.
+        match mount(&volatile) {
+            Err(rustix::io::Errno::INVAL) => mount(&data),
+            other => other,
+        }
+        .map_err(|e| RuntimeError::io("mounting the container's overlay rootfs")(e.into()))
     }
 
     fn prepare(&self, config: &ContainerConfig, bundle: &Bundle) -> Result<(), RuntimeError> {
@@ -204,6 +236,66 @@ impl LibcontainerRuntime {
     }
 }
 
+/// What a deleted container's directory is renamed to, before its removal in the
+/// background: a name no container ID can have (IDs never start with a dot), so `list`,
+/// `create` and the volumes' users never take it for a container.
+const REMOVED_PREFIX: &str = ".removed-";
+
+/// Removes `dirs` on a thread of their own. Nothing is mounted in them any more, and
+/// nothing else writes there: their shims have exited.
+fn remove_in_background(dirs: Vec<PathBuf>) {
+    let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
+        for dir in dirs {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to remove a deleted container's directory: {e}");
+    }
+}
+
+/// The shim's answer: its first line on `fd`, read in this thread with poll(2) until
+/// `deadline` (a thread of its own to read it, and a channel back, cost every start a
+/// thread and one more wake-up). Whatever came before the deadline, the end of the pipe
+/// or an error; at most 4 KiB, so a shim gone wrong can't make the agent hold more.
+fn read_line_until(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> String {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    const MAX: usize = 4096;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !line.contains(&b'\n') && line.len() < MAX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+        match poll(&mut [PollFd::from_borrowed_fd(fd, PollFlags::IN)], Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        match rustix::io::read(fd, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&chunk[..n]),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(_) => break,
+        }
+    }
+    let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
+    String::from_utf8_lossy(&line[..end]).into_owned()
+}
+
+/// Waits until `fd` is readable (a pidfd: its process has exited) or `deadline` passes;
+/// an interrupted or failed poll returns early, and the caller checks again.
+fn wait_readable(fd: &std::os::fd::OwnedFd, deadline: Instant) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
+    let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
+}
+
 fn state_name(s: ContainerStatus) -> &'static str {
     match s {
         ContainerStatus::Created => "created",
@@ -291,13 +383,7 @@ impl Runtime for LibcontainerRuntime {
         // Read back after an agent restart to find the live shim: whole or absent, never torn.
         let _ = super::bundle::write_state(&bundle.dir().join("shim.pid"), format!("{}\n", child.id()).as_bytes());
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let line = read_line_until(stdout.as_fd(), Instant::now() + START_TIMEOUT);
         self.shims.lock().expect("shim table").insert(id.to_owned(), child);
         let line = line.trim();
         if let Some(pid) = line.strip_prefix("ok ").and_then(|p| p.parse().ok()) {
@@ -345,6 +431,9 @@ impl Runtime for LibcontainerRuntime {
         // are watched through their handle; an adopted one by its command line.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut ours = self.shims.lock().expect("shim table").remove(id);
+        // Our shim's end is awaited on a pidfd, which wakes us the moment it exits; a
+        // fixed sleep between checks added half of it on average to every removal.
+        let mut pidfd = None;
         while Instant::now() < deadline {
             let alive = match ours.as_mut() {
                 Some(child) => matches!(child.try_wait(), Ok(None)),
@@ -353,7 +442,18 @@ impl Runtime for LibcontainerRuntime {
             if !alive {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            if pidfd.is_none() {
+                // Opened only once `try_wait` found it unreaped: the PID is still our
+                // child's, not a stranger's that reused it.
+                pidfd = ours.as_ref().and_then(|child| {
+                    let pid = Pid::from_raw(i32::try_from(child.id()).ok()?)?;
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                });
+            }
+            match &pidfd {
+                Some(fd) => wait_readable(fd, deadline),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
         // Usually the shim has deleted it already; loading a container whose state is gone
         // makes libcontainer log an ERROR, one per removal in the agent's log for nothing.
@@ -367,7 +467,19 @@ impl Runtime for LibcontainerRuntime {
             Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(RuntimeError::io("unmounting the container's rootfs")(e.into())),
         }
-        std::fs::remove_dir_all(bundle.dir()).map_err(RuntimeError::io("removing the container directory"))?;
+        // One rename takes the directory out of the way, and its contents (the writable
+        // layer's files, logs, the bundle: some thirty entries for a container that
+        // wrote nothing, each a journal update on the data partition) go on a thread of
+        // their own: removing them here made every delete wait for the disk. The ID is
+        // free at once; a removal cut short (the agent stopped) is finished by the next
+        // runtime made over this directory.
+        let trash = self.containers.join(format!("{REMOVED_PREFIX}{id}-{}", shoal_link::wall_ms()));
+        match std::fs::rename(bundle.dir(), &trash) {
+            Ok(()) => remove_in_background(vec![trash]),
+            Err(_) => {
+                std::fs::remove_dir_all(bundle.dir()).map_err(RuntimeError::io("removing the container directory"))?
+            }
+        }
         Ok(())
     }
 
@@ -428,6 +540,37 @@ mod tests {
         make_working_dir(&rootfs, "/../escape").unwrap();
         assert!(!dir.join("escape").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The shim's answer is its first line, whatever follows; a shim that closes its end
+    /// early or never answers gives what it wrote, and never hangs the agent past the
+    /// deadline.
+    #[test]
+    fn the_shims_answer_is_its_first_line_and_waits_no_longer_than_the_deadline() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&w, b"ok 42\nsomething later").unwrap();
+        assert_eq!(read_line_until(r.as_fd(), Instant::now() + Duration::from_secs(5)), "ok 42");
+
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&w, b"err no newline").unwrap();
+        drop(w);
+        assert_eq!(read_line_until(r.as_fd(), Instant::now() + Duration::from_secs(5)), "err no newline");
+
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let t = Instant::now();
+        assert_eq!(read_line_until(r.as_fd(), t + Duration::from_millis(100)), "");
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2), "{waited:?}");
+
+        // A line split across writes is put together.
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            rustix::io::write(&w, b"ok ").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            rustix::io::write(&w, b"7\n").unwrap();
+        });
+        assert_eq!(read_line_until(r.as_fd(), Instant::now() + Duration::from_secs(5)), "ok 7");
+        writer.join().unwrap();
     }
 
     /// libcontainer's netlink client (`linux.netDevices`) is left out of the agent

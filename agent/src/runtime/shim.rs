@@ -122,9 +122,14 @@ fn start(bundle: &Bundle, state_root: &Path, id: &str) -> Result<Started, String
         .with_detach(true)
         .build()
         .map_err(|e| e.to_string())?;
-    // The cgroup exists now and the container's process has not run yet.
-    if let Ok(spec) = oci_spec::runtime::Spec::load(bundle.config()) {
-        super::swap::limit_swap(Path::new(super::swap::CGROUP_ROOT), &spec)?;
+    // The cgroup exists now and the container's process has not run yet. The spec is
+    // read again only on a cgroup v2 board: elsewhere there is nothing to write, and the
+    // container's init waits for this start.
+    let cgroup_root = Path::new(super::swap::CGROUP_ROOT);
+    if super::swap::unified(cgroup_root) {
+        if let Ok(spec) = oci_spec::runtime::Spec::load(bundle.config()) {
+            super::swap::limit_swap(cgroup_root, &spec)?;
+        }
     }
     container.start().map_err(|e| e.to_string())?;
     let pid = container.pid().map(|p| p.as_raw() as u32).ok_or("container has no pid after start")?;

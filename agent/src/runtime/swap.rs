@@ -26,11 +26,17 @@ pub fn swap_max(limit: Option<i64>, swap: Option<i64>) -> Option<i64> {
     }
 }
 
+/// Whether the hierarchy at `root` is cgroup v2's (`cgroup.controllers` there): only
+/// then may [`limit_swap`] have something to write.
+pub fn unified(root: &Path) -> bool {
+    root.join("cgroup.controllers").exists()
+}
+
 /// The container's v2 cgroup directory under `root`, when this is a cgroup v2 board
 /// (`cgroup.controllers` at the root: not so on v1 or the hybrid layout, whose memory
 /// controller is v1 and already limits memory+swap).
 fn v2_cgroup_dir(root: &Path, spec: &Spec) -> Option<PathBuf> {
-    if !root.join("cgroup.controllers").exists() {
+    if !unified(root) {
         return None;
     }
     let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
@@ -80,8 +86,10 @@ mod tests {
         SpecBuilder::default().linux(linux).build().unwrap()
     }
 
-    fn fake_v2_root(swap_file: bool) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("shoal-swap-{}-{swap_file}", std::process::id()));
+    /// A cgroup v2 root of its own for test `name`: tests run in parallel, and two of
+    /// them sharing one removed each other's files.
+    fn fake_v2_root(name: &str, swap_file: bool) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("shoal-swap-{}-{name}-{swap_file}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("shoal/c1")).unwrap();
         std::fs::write(root.join("cgroup.controllers"), "cpu memory\n").unwrap();
@@ -102,7 +110,7 @@ mod tests {
 
     #[test]
     fn a_limited_container_gets_no_swap_on_v2() {
-        let root = fake_v2_root(true);
+        let root = fake_v2_root("limited", true);
         assert_eq!(limit_swap(&root, &spec(Some(32 << 20), Some(32 << 20))), Ok(true));
         assert_eq!(std::fs::read_to_string(root.join("shoal/c1/memory.swap.max")).unwrap(), "0");
         std::fs::remove_dir_all(&root).unwrap();
@@ -110,7 +118,7 @@ mod tests {
 
     #[test]
     fn nothing_is_written_without_a_limit_v2_or_swap_accounting() {
-        let root = fake_v2_root(true);
+        let root = fake_v2_root("nothing", true);
         assert_eq!(limit_swap(&root, &spec(None, None)), Ok(false));
         assert_eq!(std::fs::read_to_string(root.join("shoal/c1/memory.swap.max")).unwrap(), "max\n");
         // v1 or hybrid: no cgroup.controllers at the root.
@@ -118,7 +126,7 @@ mod tests {
         assert_eq!(limit_swap(&root, &spec(Some(32 << 20), Some(32 << 20))), Ok(false));
         std::fs::remove_dir_all(&root).unwrap();
         // A kernel without swap accounting has no memory.swap.max.
-        let root = fake_v2_root(false);
+        let root = fake_v2_root("nothing", false);
         assert_eq!(limit_swap(&root, &spec(Some(32 << 20), Some(32 << 20))), Ok(false));
         assert!(!root.join("shoal/c1/memory.swap.max").exists());
         std::fs::remove_dir_all(&root).unwrap();
