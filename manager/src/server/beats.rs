@@ -175,7 +175,7 @@ impl Drop for Registered {
 /// state lock (thousands of boards beat a thousand times a second), and every [`TICK`]
 /// applies the beats still queued, then ticks ([`tick`]), under the same taking of the
 /// lock: no node is judged silent while a beat it sent before the tick waits in the
-/// queue. The lock is waited for off the runtime's threads ([`blocking`]).
+/// queue. A lock someone holds is waited for off the runtime's threads ([`locked`]).
 pub(super) async fn liveness_loop(mgr: Arc<Manager>, Accepted(mut rx): Accepted) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,9 +187,9 @@ pub(super) async fn liveness_loop(mgr: Arc<Manager>, Accepted(mut rx): Accepted)
                 if received == 0 {
                     return;
                 }
-                blocking(|| apply(&mut mgr.state.lock().expect("state lock"), &mut batch))
+                locked(&mgr.state, |st| apply(st, &mut batch))
             }
-            _ = interval.tick() => blocking(|| tick(&mgr, &mut late, &mut rx)),
+            _ = interval.tick() => tick(&mgr, &mut late, &mut rx),
         };
         mgr.log_transitions(&transitions);
     }
@@ -243,9 +243,7 @@ const PROBE_EVERY: Millis = 500;
 /// Down and their connection is closed; nodes whose link changed are told their new
 /// period. Returns the transitions, for the log.
 fn tick(mgr: &Manager, late: &mut Late, queued: &mut mpsc::Receiver<Beat>) -> Vec<Transition> {
-    let (transitions, closing, probes) = {
-        let mut guard = mgr.state.lock().expect("state lock");
-        let st = &mut *guard;
+    let (transitions, closing, probes) = locked(&mgr.state, |st| {
         // Looked at before the queue is emptied: what the socket held until then is in it.
         let now = mgr.beats.known_until();
         mgr.beats.say_how_far_behind(mgr.now().saturating_sub(now));
@@ -303,7 +301,7 @@ fn tick(mgr: &Manager, late: &mut Late, queued: &mut mpsc::Receiver<Beat>) -> Ve
             }
         }
         (transitions, closing, probes)
-    };
+    });
     for s in closing {
         s.conn.close(close::HEARTBEAT_TIMEOUT.into(), b"heartbeat timeout");
     }

@@ -677,6 +677,19 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Runs `f` with `mutex` held: at once when it is free, else waiting for it through
+/// [`blocking`]. For work that takes a lock many times a second and never blocks
+/// otherwise (the heartbeats, the liveness tick): handing the worker's place to another
+/// thread each time, as `blocking` does, cost more than the work itself (at 5,000
+/// boards beating every 1.5 s: ~100 hand-offs a second).
+fn locked<S, T>(mutex: &Mutex<S>, f: impl FnOnce(&mut S) -> T) -> T {
+    match mutex.try_lock() {
+        Ok(mut guard) => f(&mut guard),
+        Err(std::sync::TryLockError::WouldBlock) => blocking(|| f(&mut mutex.lock().expect("lock"))),
+        Err(std::sync::TryLockError::Poisoned(e)) => panic!("a lock holder panicked: {e}"),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> ErrorReply {
     warn!(error = %e, "request failed");
     ErrorReply::new(ErrorKind::Internal, &format!("manager error: {e}"))
