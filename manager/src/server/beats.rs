@@ -19,7 +19,7 @@ const BEAT_QUEUE: usize = 16 * 1024;
 /// Beats applied under one taking of the state lock.
 const BEAT_BATCH: usize = 512;
 /// How often the membership is ticked.
-pub(super) const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 
 struct Entry {
     keys: BeatKeys,
@@ -229,7 +229,7 @@ impl Beats {
 
 /// What the tick remembers of a late node: its session, the packets that session had
 /// received when the node became late, and when the node was last probed.
-pub(super) type Late = HashMap<NodeId, (u64, u64, Millis)>;
+type Late = HashMap<NodeId, (u64, u64, Millis)>;
 
 /// A late node is probed this often.
 const PROBE_EVERY: Millis = 500;
