@@ -98,6 +98,15 @@ fn id(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Checks `done` every 20 ms until it holds; fails with `what` once `timeout` has passed.
+fn wait_until(timeout: Duration, what: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{} (after {timeout:?})", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_exit(rt: &LibcontainerRuntime, id: &str, timeout: Duration) -> i32 {
     let deadline = Instant::now() + timeout;
     loop {
@@ -119,11 +128,7 @@ fn a_stop_sends_the_containers_stop_signal_first() {
     let script = "trap 'exit 42' INT; trap '' TERM; echo ready; while :; do sleep 0.05; done";
     rt.create(&ContainerConfig { stop_signal: 2, ..lab.config(&c, &["sh", "-c", script]) }).unwrap();
     rt.start(&c).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab.log(&c).contains("ready") {
-        assert!(Instant::now() < deadline, "the script never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(5), || "the script never started".into(), || lab.log(&c).contains("ready"));
     let t = Instant::now();
     assert_eq!(rt.stop(&c, Duration::from_secs(10)).unwrap(), 42, "SIGINT was not sent first");
     assert!(t.elapsed() < Duration::from_secs(2), "stop took {:?}", t.elapsed());
@@ -242,11 +247,7 @@ fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
     config.cpu_millis = Some(500);
     rt.create(&config).unwrap();
     let pid = rt.start(&c).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab.log(&c).contains("ready") {
-        assert!(Instant::now() < deadline, "the container never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(5), || "the container never started".into(), || lab.log(&c).contains("ready"));
     let present: Vec<PathBuf> = cgroup_dirs(&c).into_iter().filter(|d| d.is_dir()).collect();
     assert!(!present.is_empty(), "no cgroup of {c} while it runs");
     let own = format!("/shoal/{c}");
@@ -287,19 +288,15 @@ fn a_deleted_container_leaves_no_cgroup_mount_or_directory() {
     assert!(!bundle.exists(), "{} is left", bundle.display());
     assert!(!lab.dir.join("state").join(&c).exists(), "libcontainer's state of {c} is left");
     // The directory's contents go in the background, under another name: they go.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<String> = std::fs::read_dir(lab.dir.join("containers"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left in the containers directory: {left:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let left = || -> Vec<String> {
+        let entries = std::fs::read_dir(lab.dir.join("containers")).unwrap();
+        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        || format!("left in the containers directory: {:?}", left()),
+        || left().is_empty(),
+    );
 }
 
 /// A deleted container's directory whose removal was cut short (the agent stopped) is
@@ -315,11 +312,7 @@ fn a_removal_cut_short_is_finished_by_the_next_runtime() {
     std::fs::write(trash.join("config.json"), "{}").unwrap();
     let rt = lab.runtime();
     assert!(rt.list().unwrap().is_empty());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while trash.exists() {
-        assert!(Instant::now() < deadline, "{} is still there", trash.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), || format!("{} is still there", trash.display()), || !trash.exists());
 }
 
 #[test]
@@ -511,19 +504,19 @@ fn a_container_whose_shim_was_killed_is_still_stopped() {
     let init = rt.start(&lost).unwrap();
     let shim = std::fs::read_to_string(lab.dir.join("containers").join(&lost).join("shim.pid")).unwrap();
     assert!(std::process::Command::new("kill").args(["-9", shim.trim()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !matches!(rt.status(&lost).unwrap(), ContainerStatus::Lost) {
-        assert!(Instant::now() < deadline, "{:?}", rt.status(&lost));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || format!("{:?}", rt.status(&lost)),
+        || matches!(rt.status(&lost).unwrap(), ContainerStatus::Lost),
+    );
     assert!(Path::new(&format!("/proc/{init}")).exists(), "the container outlives its shim");
 
     assert_eq!(rt.stop(&lost, Duration::from_secs(2)).unwrap(), 137);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{init}")).exists() {
-        assert!(Instant::now() < deadline, "the container's init {init} still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || format!("the container's init {init} still runs"),
+        || !Path::new(&format!("/proc/{init}")).exists(),
+    );
     assert!(matches!(rt.status(&lost).unwrap(), ContainerStatus::Exited { code: 137, .. }));
     rt.delete(&lost).unwrap();
     assert!(rt.list().unwrap().is_empty());
