@@ -20,9 +20,10 @@ pub(super) fn bind(listen: SocketAddr) -> std::io::Result<UdpSocket> {
     if let Err(e) = handle.set_recv_buffer_size(RECEIVE_BUFFER) {
         warn!(error = %e, "could not size the UDP receive buffer; the system's default stays");
     }
-    // Linux reports twice what it grants (half is its bookkeeping).
-    let enough =
-        |granted: usize| granted >= RECEIVE_BUFFER || cfg!(target_os = "linux") && granted >= 2 * RECEIVE_BUFFER;
+    // Linux reports twice what it grants (half is its bookkeeping): a report of less than
+    // twice the ask there means the ask was capped.
+    let reported_in_full = if cfg!(target_os = "linux") { 2 * RECEIVE_BUFFER } else { RECEIVE_BUFFER };
+    let enough = |granted: usize| granted >= reported_in_full;
     if !handle.recv_buffer_size().is_ok_and(enough) {
         force(&socket);
     }
