@@ -80,16 +80,21 @@ impl Beats {
     /// reports after a pass told 5,000 boards their tasks); the beats waiting behind that
     /// burst are not silence.
     fn known_until(&self) -> Millis {
-        let now = self.now();
         let empty = self.socket.get().is_none_or(|socket| {
             // A peek, into a byte: the datagram stays for the endpoint.
             matches!(socket.peek_from(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         });
         if empty {
-            self.empty_at.fetch_max(now, Ordering::Relaxed);
-            return now;
+            return self.found_empty();
         }
         self.empty_at.load(Ordering::Relaxed)
+    }
+
+    /// The socket held nothing now (a peek, or the endpoint's read, found it empty).
+    fn found_empty(&self) -> Millis {
+        let now = self.now();
+        self.empty_at.fetch_max(now, Ordering::Relaxed);
+        now
     }
 
     /// The manager's UDP socket for quinn, taking beats out of it.
@@ -107,7 +112,7 @@ impl Beats {
         let inner = runtime.wrap_udp_socket(socket)?;
         let socket = shoal_link::beat::BeatSocket::new(inner, Box::new(move |_, datagram| beats.on_beat(datagram)))
             .on_empty(Box::new(move || {
-                emptied.empty_at.fetch_max(emptied.now(), Ordering::Relaxed);
+                emptied.found_empty();
             }));
         Ok(Arc::new(socket))
     }
