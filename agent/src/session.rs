@@ -539,8 +539,7 @@ async fn beat_datagrams(
     mut period: watch::Receiver<Duration>,
     disk: &crate::disk::Watch,
 ) -> String {
-    let bind: SocketAddr = if manager.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address");
-    let socket = match tokio::net::UdpSocket::bind(bind).await {
+    let socket = match tokio::net::UdpSocket::bind(shoal_link::any_local_for(manager)).await {
         Ok(s) => s,
         Err(e) => return format!("cannot open the heartbeat socket: {e}"),
     };

@@ -628,8 +628,7 @@ async fn report_stalls() {
 /// board has a socket (and a link) to itself, and 250 boards behind the kernel's default
 /// ~200 KiB lost ~1,000 datagrams each time the manager told all of them something.
 fn board_endpoint(manager: std::net::SocketAddr) -> Result<quinn::Endpoint> {
-    let bind: std::net::SocketAddr = if manager.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    let socket = std::net::UdpSocket::bind(bind)?;
+    let socket = std::net::UdpSocket::bind(shoal_link::any_local_for(manager))?;
     // Capped by `net.core.rmem_max`; whatever is granted beats the default.
     socket2::SockRef::from(&socket).set_recv_buffer_size(16 << 20)?;
     let runtime = quinn::default_runtime().context("no async runtime")?;

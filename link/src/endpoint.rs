@@ -9,8 +9,13 @@ use crate::{framed, ClientTls, LinkError};
 
 /// A client endpoint on an ephemeral port of the address family of `peer`.
 pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint, LinkError> {
-    let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address");
-    Ok(quinn::Endpoint::client(bind)?)
+    Ok(quinn::Endpoint::client(any_local_for(peer))?)
+}
+
+/// Every local address, on an ephemeral port, of the address family of `peer`: what a
+/// socket that talks to `peer` binds to.
+pub fn any_local_for(peer: SocketAddr) -> SocketAddr {
+    if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal address")
 }
 
 /// Connects to a manager, giving up after `timeout`.

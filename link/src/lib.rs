@@ -19,7 +19,7 @@ pub mod host;
 pub mod logging;
 pub mod tls;
 
-pub use endpoint::{client_endpoint, connect, request};
+pub use endpoint::{any_local_for, client_endpoint, connect, request};
 pub use error::LinkError;
 pub use host::{board_ms, random, wall_ms, DEFAULT_DATA_DIR};
 pub use tls::{ClientTls, Identity, Trust};
