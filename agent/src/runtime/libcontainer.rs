@@ -261,17 +261,14 @@ fn remove_in_background(dirs: Vec<PathBuf>) {
 /// thread and one more wake-up). Whatever came before the deadline, the end of the pipe
 /// or an error; at most 4 KiB, so a shim gone wrong can't make the agent hold more.
 fn read_line_until(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> String {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
     const MAX: usize = 4096;
     let mut line = Vec::new();
     let mut chunk = [0u8; 512];
     while !line.contains(&b'\n') && line.len() < MAX {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline <= Instant::now() {
             break;
         }
-        let timeout = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
-        match poll(&mut [PollFd::from_borrowed_fd(fd, PollFlags::IN)], Some(&timeout)) {
+        match wait_readable(fd, deadline) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
             Ok(_) => {}
             Err(_) => break,
@@ -287,13 +284,14 @@ fn read_line_until(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> String
     String::from_utf8_lossy(&line[..end]).into_owned()
 }
 
-/// Waits until `fd` is readable (a pidfd: its process has exited) or `deadline` passes;
-/// an interrupted or failed poll returns early, and the caller checks again.
-fn wait_readable(fd: &std::os::fd::OwnedFd, deadline: Instant) {
+/// Waits until `fd` is readable (a pipe with data, a pidfd whose process has exited) or
+/// `deadline` passes: poll(2)'s count of ready descriptors, 0 at the deadline. An
+/// interrupted or failed poll returns early, and the caller checks again.
+fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Instant) -> rustix::io::Result<usize> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let left = deadline.saturating_duration_since(Instant::now());
     let timeout = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 });
-    let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
+    poll(&mut [PollFd::from_borrowed_fd(fd, PollFlags::IN)], Some(&timeout))
 }
 
 fn state_name(s: ContainerStatus) -> &'static str {
@@ -451,7 +449,9 @@ impl Runtime for LibcontainerRuntime {
                 });
             }
             match &pidfd {
-                Some(fd) => wait_readable(fd, deadline),
+                Some(fd) => {
+                    let _ = wait_readable(fd.as_fd(), deadline);
+                }
                 None => std::thread::sleep(Duration::from_millis(1)),
             }
         }
