@@ -23,6 +23,8 @@ pub fn run(containers_root: &Path, state_root: &Path, id: &str, args: &[String])
         eprintln!("shoal exec: no command given");
         return 126;
     }
+    // libcontainer moves the command into the container's cgroup: its wait starts here.
+    super::attach_warmup::start();
     let bundle = super::bundle::Bundle::new(containers_root, id);
     let spec = match oci_spec::runtime::Spec::load(bundle.config()) {
         Ok(s) => s,

@@ -339,6 +339,8 @@ impl Runtime for LibcontainerRuntime {
         if bundle.dir().exists() {
             return Err(RuntimeError::Exists(config.id.clone()));
         }
+        // The shim's first cgroup move comes ~3 ms from now; its wait starts here.
+        super::attach_warmup::start();
         std::fs::create_dir_all(bundle.dir()).map_err(RuntimeError::io("creating the container directory"))?;
         if let Err(e) = self.prepare(config, &bundle) {
             // Leave nothing half-made behind.

@@ -6,6 +6,7 @@
 //!
 //! Not here: images (see `crate::images`), networks (see `crate::net`).
 
+pub mod attach_warmup;
 pub mod bundle;
 pub mod exec_in;
 pub mod fake;
