@@ -34,6 +34,10 @@ pub struct LibcontainerRuntime {
     agent_exe: PathBuf,
     /// Shims this agent process started, to reap them when they exit.
     shims: Mutex<HashMap<String, Child>>,
+    /// Shims of deleted containers, still removing their cgroups and libcontainer state
+    /// after the recorded exit: reaped once finished, and waited for by a new container
+    /// of the same ID before it starts.
+    retiring: Mutex<Vec<(String, Child)>>,
 }
 
 impl LibcontainerRuntime {
@@ -54,7 +58,7 @@ impl LibcontainerRuntime {
         if !leftovers.is_empty() {
             remove_in_background(leftovers);
         }
-        Self { containers, state, agent_exe, shims: Mutex::new(HashMap::new()) }
+        Self { containers, state, agent_exe, shims: Mutex::new(HashMap::new()), retiring: Mutex::new(Vec::new()) }
     }
 
     /// The runtime of an agent with this data directory: containers on disk next to the
@@ -112,6 +116,34 @@ impl LibcontainerRuntime {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         args.contains(&b"shim".as_slice()) && args.contains(&id.as_bytes())
+    }
+
+    /// Waits, up to `deadline`, until no shim of an earlier container `id` is still
+    /// cleaning up: the new container's shim would find the old libcontainer state
+    /// and cgroup in its way. Reaps every retiring shim that has finished.
+    fn wait_for_retired(&self, id: &str, deadline: Instant) {
+        loop {
+            let pidfd = {
+                let mut retiring = self.retiring.lock().expect("retiring shims");
+                reap_finished(&mut retiring);
+                // Opened while the child is known unreaped: the PID is still its own.
+                let same = retiring.iter().find(|(other, _)| other == id);
+                match same.and_then(|(_, child)| Pid::from_raw(i32::try_from(child.id()).ok()?)) {
+                    Some(pid) => rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok(),
+                    None => return,
+                }
+            };
+            if Instant::now() >= deadline {
+                tracing::warn!("the shim of an earlier container {id} is still cleaning up; starting anyway");
+                return;
+            }
+            match &pidfd {
+                Some(fd) => {
+                    let _ = wait_readable(fd.as_fd(), deadline);
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
     }
 
     fn mount_rootfs(&self, config: &ContainerConfig, bundle: &Bundle) -> Result<(), RuntimeError> {
@@ -234,6 +266,11 @@ impl LibcontainerRuntime {
             }
         }
     }
+}
+
+/// Reaps the retiring shims that have exited, and forgets them.
+fn reap_finished(retiring: &mut Vec<(String, Child)>) {
+    retiring.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
 }
 
 /// What a deleted container's directory is renamed to, before its removal in the
@@ -361,6 +398,7 @@ impl Runtime for LibcontainerRuntime {
                 what: "only a created container can start",
             });
         }
+        self.wait_for_retired(id, Instant::now() + Duration::from_secs(5));
         let shim_log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -427,40 +465,34 @@ impl Runtime for LibcontainerRuntime {
                 what: "stop it before deleting it",
             });
         }
-        // The shim may still be finishing up (draining logs, removing the cgroup). Ours
-        // are watched through their handle; an adopted one by its command line.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut ours = self.shims.lock().expect("shim table").remove(id);
-        // Our shim's end is awaited on a pidfd, which wakes us the moment it exits; a
-        // fixed sleep between checks added half of it on average to every removal.
-        let mut pidfd = None;
-        while Instant::now() < deadline {
-            let alive = match ours.as_mut() {
-                Some(child) => matches!(child.try_wait(), Ok(None)),
-                None => self.shim_alive(id, &bundle),
-            };
-            if !alive {
-                break;
-            }
-            if pidfd.is_none() {
-                // Opened only once `try_wait` found it unreaped: the PID is still our
-                // child's, not a stranger's that reused it.
-                pidfd = ours.as_ref().and_then(|child| {
-                    let pid = Pid::from_raw(i32::try_from(child.id()).ok()?)?;
-                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-                });
-            }
-            match &pidfd {
-                Some(fd) => {
-                    let _ = wait_readable(fd.as_fd(), deadline);
+        // The exit is recorded and the logs are drained: what the shim still does is
+        // remove the container's cgroups and libcontainer state (~1.5 ms), which nobody
+        // needs to wait for but a new container of the same ID (see `wait_for_retired`).
+        // Ours goes on in the background; one an earlier agent started is not our child,
+        // and is waited for here by its command line.
+        let ours = self.shims.lock().expect("shim table").remove(id);
+        let cleaning = match ours {
+            Some(mut child) => match child.try_wait() {
+                Ok(None) => {
+                    let mut retiring = self.retiring.lock().expect("retiring shims");
+                    reap_finished(&mut retiring);
+                    retiring.push((id.to_owned(), child));
+                    true
                 }
-                None => std::thread::sleep(Duration::from_millis(1)),
+                _ => false,
+            },
+            None => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while self.shim_alive(id, &bundle) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                false
             }
-        }
-        // Usually the shim has deleted it already; loading a container whose state is gone
-        // makes libcontainer log an ERROR, one per removal in the agent's log for nothing.
+        };
+        // A shim that died before it could clean up leaves the state behind (loading a
+        // container whose state is gone makes libcontainer log an ERROR: checked first).
         let state = self.state.join(id);
-        if state.join("state.json").exists() {
+        if !cleaning && state.join("state.json").exists() {
             if let Ok(mut c) = libcontainer::container::Container::load(state) {
                 let _ = c.delete(true);
             }
