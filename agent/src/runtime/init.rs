@@ -72,6 +72,12 @@ pub fn run(args: &[String]) -> i32 {
 #[derive(Clone, Default)]
 pub struct InitExecutor;
 
+/// The filter [`InitExecutor::validate`] compiled, for its `exec` in the same process
+/// (the container's init: a fresh fork per container). libcontainer validates before it
+/// tells the shim the container is ready and executes after the shim said start, so
+/// compiling once, early, takes the compilation off the path from start to the command.
+static VALIDATED_FILTER: std::sync::OnceLock<Option<Vec<bpf::Insn>>> = std::sync::OnceLock::new();
+
 /// The compiled seccomp filter of `spec`, if it has one.
 pub(super) fn seccomp_filter(spec: &Spec) -> Result<Option<Vec<bpf::Insn>>, SeccompError> {
     match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -84,12 +90,19 @@ impl Executor for InitExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         let args = spec.process().as_ref().and_then(|p| p.args().clone()).ok_or(ExecutorError::InvalidArg)?;
         // Fail closed: a container whose filter can't be loaded does not run.
-        let filter = seccomp_filter(spec).map_err(|e| ExecutorError::Other(e.to_string()))?;
+        let compiled;
+        let filter = match VALIDATED_FILTER.get() {
+            Some(filter) => filter.as_deref(),
+            None => {
+                compiled = seccomp_filter(spec).map_err(|e| ExecutorError::Other(e.to_string()))?;
+                compiled.as_deref()
+            }
+        };
         // The container is made: the code that made it goes from this process's memory
         // (see `trim`), before a filter that might not allow `madvise`.
         super::trim::release();
         if let Some(filter) = filter {
-            install::install(&filter).map_err(|e| ExecutorError::Other(e.to_string()))?;
+            install::install(filter).map_err(|e| ExecutorError::Other(e.to_string()))?;
         }
         // `--no-init`: the command itself is PID 1, as under Docker without `--init`.
         let no_init = spec.annotations().as_ref().is_some_and(|a| a.contains_key(super::options::NO_INIT_ANNOTATION));
@@ -103,7 +116,8 @@ impl Executor for InitExecutor {
     /// start failure with a clear reason rather than a container that exits at once), and
     /// that the seccomp filter compiles.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        seccomp_filter(spec).map_err(|e| ExecutorValidationError::ArgValidationError(e.to_string()))?;
+        let filter = seccomp_filter(spec).map_err(|e| ExecutorValidationError::ArgValidationError(e.to_string()))?;
+        let _ = VALIDATED_FILTER.set(filter);
         DefaultExecutor {}.validate(spec)
     }
 }
