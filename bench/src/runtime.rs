@@ -58,12 +58,15 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// One shoal run: create, start, wait for the exit, delete.
-fn shoal_once(rt: &LibcontainerRuntime, layer: &Path, n: usize) -> Result<Duration> {
+/// One shoal run: create, start, wait for the exit, delete. The whole, and each step
+/// (where the time goes: see docs/runtime.md, "Start-up").
+fn shoal_once(rt: &LibcontainerRuntime, layer: &Path, n: usize) -> Result<(Duration, [Duration; 4])> {
     let id = format!("bench-true-{n}");
     let t = Instant::now();
     rt.create(&config(&id, layer, &["true"]))?;
+    let created = t.elapsed();
     rt.start(&id)?;
+    let started = t.elapsed();
     loop {
         if let ContainerStatus::Exited { code, .. } = rt.status(&id)? {
             if code != 0 {
@@ -73,8 +76,10 @@ fn shoal_once(rt: &LibcontainerRuntime, layer: &Path, n: usize) -> Result<Durati
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    let exited = t.elapsed();
     rt.delete(&id)?;
-    Ok(t.elapsed())
+    let total = t.elapsed();
+    Ok((total, [created, started - created, exited - started, total - exited]))
 }
 
 /// A plain OCI bundle (no overlay: runc and crun take a directory) for the peers.
@@ -141,7 +146,10 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let layer = busybox_layer(&dir)?;
-    let rt = LibcontainerRuntime::new(dir.join("containers"), dir.join("state"), agent.clone());
+    // As the agent keeps them (`LibcontainerRuntime::paths`): the containers on the data
+    // partition, libcontainer's state on a tmpfs (runc's is in /run too).
+    let state = Path::new("/run").join(format!("shoal-bench-{}", std::process::id()));
+    let rt = LibcontainerRuntime::new(dir.join("containers"), state.clone(), agent.clone());
 
     // The runtimes take turns, one run each per round, so that all of them run under
     // the same load: on a shared machine the load moves within a minute, and a block of
@@ -157,11 +165,15 @@ fn main() -> Result<()> {
         })
         .collect();
     let mut shoal = Vec::new();
+    let mut steps: [Vec<Duration>; 4] = Default::default();
     // Round 0 warms up caches once for everybody and is not counted.
     for n in 0..=iterations {
-        let t = shoal_once(&rt, &layer, n)?;
+        let (t, step) = shoal_once(&rt, &layer, n)?;
         if n > 0 {
             shoal.push(t);
+            for (all, one) in steps.iter_mut().zip(step) {
+                all.push(one);
+            }
         }
         for peer in peers.iter_mut().filter(|p| p.failure.is_none()) {
             match peer_once(peer.tool, &bundle, n)? {
@@ -200,6 +212,7 @@ fn main() -> Result<()> {
         rt.delete(id)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state);
 
     let shoal_median = rows[0].1.clone().ok();
     println!("### Container start-up: create → start → exit of `/bin/true` ({iterations} runs, median)\n");
@@ -212,6 +225,14 @@ fn main() -> Result<()> {
             (Err(e), _) => println!("| {name} | — | {e} |"),
         }
     }
+    let [create, start, run, delete] = steps.map(median);
+    println!(
+        "\nshoal's steps, medians: create {}, start {}, start to the exit recorded {}, delete {}.",
+        ms(create),
+        ms(start),
+        ms(run),
+        ms(delete)
+    );
     let total = |pick: fn(&(Mem, Mem)) -> Mem| {
         per_container.iter().map(pick).fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
     };
