@@ -108,13 +108,18 @@ fn wait_until(timeout: Duration, what: impl Fn() -> String, mut done: impl FnMut
 }
 
 fn wait_exit(rt: &LibcontainerRuntime, id: &str, timeout: Duration) -> i32 {
+    wait_exit_every(rt, id, timeout, Duration::from_millis(20))
+}
+
+/// The exit code of `id` once recorded, looked for every `every`.
+fn wait_exit_every(rt: &LibcontainerRuntime, id: &str, timeout: Duration, every: Duration) -> i32 {
     let deadline = Instant::now() + timeout;
     loop {
         if let ContainerStatus::Exited { code, .. } = rt.status(id).unwrap() {
             return code;
         }
         assert!(Instant::now() < deadline, "{id} did not exit within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
@@ -319,15 +324,8 @@ fn a_container_made_again_under_a_deleted_ones_id_starts() {
         let mut stray = std::process::Command::new("sleep").arg("100").spawn().unwrap();
         std::fs::write(&procs, stray.id().to_string()).unwrap();
         // Deleted the moment the exit is recorded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let ContainerStatus::Exited { code, .. } = rt.status(&c).unwrap() {
-                assert_eq!(code, 0, "round {round}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "round {round}: no exit");
-            std::thread::sleep(Duration::from_micros(100));
-        }
+        let code = wait_exit_every(&rt, &c, Duration::from_secs(10), Duration::from_micros(100));
+        assert_eq!(code, 0, "round {round}");
         rt.delete(&c).unwrap();
         let _ = stray.kill();
         let _ = stray.wait();
