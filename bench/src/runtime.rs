@@ -49,6 +49,42 @@ fn config(id: &str, layer: &Path, args: &[&str]) -> ContainerConfig {
     }
 }
 
+/// How long one cgroup move waits on this machine when no other move came just before
+/// (the median of three, each after 50 ms without moves): the kernel's RCU grace period,
+/// or ~0.1 ms on a kernel that keeps the cgroup lock's fast path off (`favordynmods`).
+/// It is most of the spread of start-up figures between machines, so it is printed
+/// with them. `None` where the bench can't move itself (no cgroup found).
+fn cgroup_move_wait() -> Option<Duration> {
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        shoal_agent::runtime::attach_warmup::move_into_own_cgroup()?.ok()?;
+        waits.push(t.elapsed());
+    }
+    Some(median(waits))
+}
+
+/// The 1-minute load and the dirty and writeback page cache (KiB), which move the
+/// start-up figures as much as the code does: printed with them.
+fn machine_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    format!(
+        "load {}, dirty {} KiB, writeback {} KiB",
+        load.split_whitespace().next().unwrap_or("?"),
+        kib("Dirty:"),
+        kib("Writeback:")
+    )
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -155,6 +191,8 @@ fn main() -> Result<()> {
     // the same load: on a shared machine the load moves within a minute, and a block of
     // shoal's runs followed by a block of runc's compared two different machines. A
     // peer that refuses the bundle (crun on a hybrid cgroup host) is dropped at once.
+    let move_wait = cgroup_move_wait();
+    let before = machine_load();
     let bundle = peer_bundle(&dir, &layer)?;
     let mut peers: Vec<Peer> = ["runc", "crun"]
         .into_iter()
@@ -215,6 +253,7 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&state);
 
     let shoal_median = rows[0].1.clone().ok();
+    let after = machine_load();
     println!("### Container start-up: create → start → exit of `/bin/true` ({iterations} runs, median)\n");
     println!("| runtime | median | vs shoal |");
     println!("|---|---|---|");
@@ -233,6 +272,8 @@ fn main() -> Result<()> {
         ms(run),
         ms(delete)
     );
+    let wait = move_wait.map_or_else(|| "not measured".to_owned(), ms);
+    println!("The machine: a lone cgroup move waited {wait}; before the runs {before}; after them {after}.");
     let total = |pick: fn(&(Mem, Mem)) -> Mem| {
         per_container.iter().map(pick).fold((0, 0, 0), |a, m| (a.0 + m.0, a.1 + m.1, a.2 + m.2))
     };

@@ -24,16 +24,23 @@ const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 /// Starts a no-op move of this process into its own cgroup on a thread of its own.
 pub fn start() {
     let spawned = std::thread::Builder::new().name("cgroup-warmup".into()).stack_size(64 * 1024).spawn(|| {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        if let Some(procs) = own_procs_file(Path::new(CGROUP_MOUNTS), &own, |p| p.exists()) {
-            // "0" is the writing process itself, in v1 and v2 alike. A refusal (a v2
-            // cgroup with controllers enabled for children, say) still took the lock, and
-            // so still started the wait.
-            let _ = std::fs::write(procs, "0");
-        }
+        let _ = move_into_own_cgroup();
     });
     // No thread: the container's own move will wait, as without this.
     drop(spawned);
+}
+
+/// Moves this process into the cgroup it is in (the kernel moves nothing, but takes the
+/// lock, and waits as any move would), here and now: `None` where no cgroup was found.
+/// [`start`] runs it on a thread; `runtime-bench` times it, to say whether a machine's
+/// cgroup moves wait for a grace period at all.
+pub fn move_into_own_cgroup() -> Option<std::io::Result<()>> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let procs = own_procs_file(Path::new(CGROUP_MOUNTS), &own, |p| p.exists())?;
+    // "0" is the writing process itself, in v1 and v2 alike. A refusal (a v2 cgroup with
+    // controllers enabled for children, say) still took the lock, and so still started
+    // the wait.
+    Some(std::fs::write(procs, "0"))
 }
 
 /// The `cgroup.procs` of this process's own cgroup, from `/proc/self/cgroup` (`own`)
