@@ -183,7 +183,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let layer = busybox_layer(&dir)?;
     // As the agent keeps them (`LibcontainerRuntime::paths`): the containers on the data
-    // partition, libcontainer's state on a tmpfs (runc's is in /run too).
+    // partition, libcontainer's state in /run (a tmpfs on boards; runc's is there too).
     let state = Path::new("/run").join(format!("shoal-bench-{}", std::process::id()));
     let rt = LibcontainerRuntime::new(dir.join("containers"), state.clone(), agent.clone());
 
@@ -221,6 +221,7 @@ fn main() -> Result<()> {
             }
         }
     }
+    let after = machine_load();
     let mut rows = vec![("shoal (libcontainer + shim + overlay)".to_owned(), Ok(median(shoal)))];
     for peer in peers {
         rows.push((format!("{} run", peer.tool), peer.failure.map_or_else(|| Ok(median(peer.times)), Err)));
@@ -253,7 +254,6 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&state);
 
     let shoal_median = rows[0].1.clone().ok();
-    let after = machine_load();
     println!("### Container start-up: create → start → exit of `/bin/true` ({iterations} runs, median)\n");
     println!("| runtime | median | vs shoal |");
     println!("|---|---|---|");
