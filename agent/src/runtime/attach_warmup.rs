@@ -4,7 +4,7 @@
 //! Why: moving a process into a cgroup (a write to `cgroup.procs`) takes the kernel's
 //! global `cgroup_threadgroup_rwsem` for writing, and the first writer after a quiet
 //! spell first waits for an RCU grace period: 5–15 ms on the development machine, the
-//! largest part of a container's start (runc's first move waits as long). Writers that
+//! largest part of a container's start (docs/runtime.md, "Start-up"). Writers that
 //! arrive while that wait is under way share it, and writers within a grace period after
 //! the last one left do not wait at all. libcontainer's first move comes late, after the
 //! bundle, the overlay, the shim's exec and the container's first fork; [`start`], called
