@@ -41,7 +41,7 @@ struct Beat {
 pub(super) struct Beats {
     sessions: Mutex<HashMap<Tag, Entry>>,
     accepted: mpsc::Sender<Beat>,
-    /// The manager's clock's origin ([`Manager::now`]).
+    /// The manager's clock's origin: [`Beats::now`] is [`Manager::now`].
     started: Instant,
     /// The last time (the manager's clock) the socket was found empty: every beat that
     /// arrived before it has been taken. Silence is judged up to here, never past it.
@@ -56,13 +56,13 @@ pub(super) struct Beats {
 pub(super) struct Accepted(mpsc::Receiver<Beat>);
 
 impl Beats {
-    /// `started` is the manager's clock's origin, which stamps each beat.
-    pub(super) fn new(started: Instant) -> (Arc<Self>, Accepted) {
+    /// The manager's clock starts now.
+    pub(super) fn new() -> (Arc<Self>, Accepted) {
         let (accepted, rx) = mpsc::channel(BEAT_QUEUE);
         let beats = Self {
             sessions: Mutex::default(),
             accepted,
-            started,
+            started: Instant::now(),
             empty_at: AtomicU64::new(0),
             socket: std::sync::OnceLock::new(),
             said_behind: AtomicBool::new(false),
@@ -70,8 +70,13 @@ impl Beats {
         (Arc::new(beats), Accepted(rx))
     }
 
-    fn now(&self) -> Millis {
+    pub(super) fn now(&self) -> Millis {
         self.started.elapsed().as_millis() as Millis
+    }
+
+    /// The instant `ms` on the manager's clock stands for (`None` past what `Instant` holds).
+    pub(super) fn instant_at(&self, ms: Millis) -> Option<Instant> {
+        self.started.checked_add(Duration::from_millis(ms))
     }
 
     /// Up to when every beat that reached the manager's socket has been taken (and queued

@@ -231,7 +231,6 @@ struct Manager {
     /// Wakes the certificate task (a board saved a certificate).
     pki_wake: tokio::sync::Notify,
     state: Mutex<State>,
-    started: Instant,
     blobs: BlobStore,
     /// Serialises changes to the image set: committing blobs, writing records, blob GC
     /// and telling the agents happen as one step, so GC never sees a half-loaded image
@@ -265,8 +264,10 @@ enum Peer {
 }
 
 impl Manager {
+    /// The manager's clock: milliseconds since it started, kept by [`beats::Beats`],
+    /// which stamps every beat with it.
     fn now(&self) -> Millis {
-        self.started.elapsed().as_millis() as Millis
+        self.beats.now()
     }
 
     /// Asks for a reconciliation; a full queue means one is coming anyway.
@@ -344,8 +345,7 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
         Some(a) => a,
         None => cluster.listen_addr.parse().context("stored listen address")?,
     };
-    let started = Instant::now();
-    let (beats, accepted_beats) = beats::Beats::new(started);
+    let (beats, accepted_beats) = beats::Beats::new();
     let endpoint = listen_endpoint(server_config, listen, &cluster.server_key_pem, &beats)
         .with_context(|| format!("cannot listen on {listen} (is another manager running, or the port taken?)"))?;
 
@@ -390,7 +390,6 @@ pub async fn run(data_dir: &Path, config: RunConfig) -> anyhow::Result<()> {
             held: HashMap::new(),
             disk: HashMap::new(),
         }),
-        started,
         blobs,
         images: tokio::sync::Mutex::new(()),
         anonymous: Arc::default(),

@@ -64,7 +64,7 @@ pub(super) async fn reconcile_loop(mgr: Arc<Manager>, mut events: mpsc::Receiver
                 // A far timer (or one past `Instant`'s range) waits no longer than the
                 // periodic pass would anyway.
                 let periodic = std::time::Instant::now() + RECONCILE_PERIOD;
-                let at = next.and_then(|ms| mgr.started.checked_add(Duration::from_millis(ms)));
+                let at = next.and_then(|ms| mgr.beats.instant_at(ms));
                 wake_at = Some(tokio::time::Instant::from_std(at.map_or(periodic, |at| at.min(periodic))));
             }
             Err(e) => {
