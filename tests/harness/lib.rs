@@ -864,10 +864,14 @@ impl Cluster {
             .collect()
     }
 
-    /// Kills every process of a board, as a power cut would: its containers (through
-    /// their init PIDs: each lives in a namespace of its own), its agent and whatever
-    /// else runs in its namespace.
+    /// Kills every process of a board, as a power cut would: its agent first, then its
+    /// containers (through their init PIDs: each lives in a namespace of its own) and
+    /// whatever else runs in its namespace. The agent goes first because a board dies
+    /// whole: with its containers killed one `kill` at a time before it, the agent could
+    /// still tell the manager of a container's exit in between (seen: a task reported
+    /// Failed, then replaced after its restart delay instead of at once as an orphan).
     pub fn power_cut(&mut self, board: usize) {
+        self.agents[board - 1].kill9();
         let host = &self.lab.hosts[board];
         if let Ok(entries) = std::fs::read_dir(host.data_dir.join("agent/containers")) {
             for e in entries.flatten() {
@@ -876,7 +880,6 @@ impl Cluster {
                 }
             }
         }
-        self.agents[board - 1].kill9();
         if let Ok(out) = Command::new("ip").args(["netns", "pids", &host.ns]).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
