@@ -5,6 +5,7 @@
 //! [`supervisor::core`]) with [`runtime`], [`images`] and [`net`]; [`upgrade`] swaps the
 //! agent's own binary for a new build from the manager.
 
+pub mod beat_thread;
 pub mod board_net;
 pub mod certs;
 pub mod core;

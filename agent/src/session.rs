@@ -475,7 +475,8 @@ async fn session(
     SessionEnd::Lost(why)
 }
 
-/// The session's heartbeat datagrams, sent by a task of their own (stopped on drop).
+/// The session's heartbeat datagrams, sent by a task of their own on the heartbeat
+/// thread (stopped on drop).
 struct Beating {
     /// Its period, which the manager may change.
     period: watch::Sender<Duration>,
@@ -502,7 +503,8 @@ impl Beating {
             }
         };
         let (tx, rx) = watch::channel(period);
-        let task = tokio::spawn(async move { beat_datagrams(manager, &keys, rx, &disk).await });
+        // On a thread of their own: see [`crate::beat_thread`].
+        let task = crate::beat_thread::spawn(async move { beat_datagrams(manager, &keys, rx, &disk).await });
         Some(Self { period: tx, end: tokio::sync::Mutex::new(Some(task)) })
     }
 
@@ -683,7 +685,7 @@ async fn image_worker(
 /// Fetches, one at a time, every image of `list` not held under its reference.
 async fn sync_all(
     conn: &quinn::Connection,
-    store: &ImageStore,
+    store: &Arc<ImageStore>,
     list: &[WantedImage],
     wanted: &watch::Receiver<Option<Vec<WantedImage>>>,
     disk: &crate::disk::Watch,

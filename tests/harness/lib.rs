@@ -381,6 +381,8 @@ pub struct Lab {
     pub dir: PathBuf,
     /// Data dirs that are mount points of a small filesystem of their own ([`Lab::give_disks`]).
     disks: Vec<PathBuf>,
+    /// The frozen-able filesystem under a board's disk, and that disk ([`Lab::give_stalling_disk`]).
+    stalling: Option<(PathBuf, PathBuf)>,
     /// Keep the scratch directory even when the test passes ([`Lab::keep_logs`]).
     keep: bool,
 }
@@ -403,6 +405,7 @@ impl Lab {
             hosts: Vec::new(),
             dir: dir.clone(),
             disks: Vec::new(),
+            stalling: None,
             keep: false,
         };
         // A MAC set by hand: a bridge without one takes its lowest port's, and changes it
@@ -467,6 +470,46 @@ impl Lab {
             self.disks.push(h.data_dir.clone());
         }
         Ok(())
+    }
+
+    /// Gives board `board` a data dir on an ext4 filesystem of `mib` MiB whose disk can
+    /// stall ([`Lab::stall_disk`]) as an SD card under load does: writes into the page
+    /// cache go on, but whatever must reach the disk (`fsync`, a journal commit,
+    /// writeback) waits until the stall ends. The filesystem is a loop device whose
+    /// backing file lives on a second loop-mounted ext4; freezing that outer one
+    /// (`fsfreeze`) holds every write the inner disk makes. Call it before anything runs
+    /// on the board.
+    pub fn give_stalling_disk(&mut self, board: usize, mib: u32) -> Result<()> {
+        let outer = self.dir.join("stalling-outer");
+        std::fs::create_dir_all(&outer)?;
+        let outer_image = self.dir.join("stalling-outer.img");
+        let size = |mib: u32| format!("{mib}M");
+        sh(&["truncate", "-s", &size(mib + 16), &outer_image.to_string_lossy()])?;
+        sh(&["mkfs.ext4", "-q", "-F", &outer_image.to_string_lossy()])?;
+        sh(&["mount", "-o", "loop", &outer_image.to_string_lossy(), &outer.to_string_lossy()])?;
+        let data_dir = self.hosts[board].data_dir.clone();
+        self.stalling = Some((outer.clone(), data_dir.clone()));
+        let inner_image = outer.join("disk.img");
+        sh(&["truncate", "-s", &size(mib), &inner_image.to_string_lossy()])?;
+        sh(&["mkfs.ext4", "-q", "-F", &inner_image.to_string_lossy()])?;
+        std::fs::create_dir_all(&data_dir)?;
+        sh(&["mount", "-o", "loop", &inner_image.to_string_lossy(), &data_dir.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Stalls (`true`) or resumes (`false`) the disk of [`Lab::give_stalling_disk`].
+    pub fn stall_disk(&self, stalled: bool) {
+        let (outer, _) = self.stalling.as_ref().expect("a board with a stalling disk");
+        let flag = if stalled { "-f" } else { "-u" };
+        sh(&["fsfreeze", flag, &outer.to_string_lossy()]).expect("fsfreeze");
+    }
+
+    /// Ends a stall of [`Lab::stall_disk`] if one is on (at the lab's end: a process
+    /// waiting on a stalled disk can't even die).
+    fn end_stall(&self) {
+        if let Some((outer, _)) = &self.stalling {
+            let _ = Command::new("fsfreeze").arg("-u").arg(outer).stderr(std::process::Stdio::null()).status();
+        }
     }
 
     /// What the lab's boards left behind that they should have removed themselves: the
@@ -619,6 +662,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.end_stall();
         self.remove_containers();
         for h in &self.hosts {
             // Anything still running in the namespace goes with it.
@@ -631,6 +675,12 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        if let Some((outer, inner)) = &self.stalling {
+            // Lazily, the inner disk before the one holding its image; the loop devices
+            // go with their last mount (`-o loop` sets them to clear themselves).
+            let _ = Command::new("umount").arg("-l").arg(inner).status();
+            let _ = Command::new("umount").arg("-l").arg(outer).status();
+        }
         for (i, disk) in self.disks.iter().enumerate() {
             if self.keep || std::thread::panicking() {
                 // The disk goes with its tmpfs: keep a copy for the post-mortem (not the
@@ -744,6 +794,14 @@ pub struct Cluster {
     pub token: String,
     /// The lab itself.
     pub lab: Lab,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Before the fields go: dropping an agent waits for it to die, which an agent
+        // waiting on a stalled disk can't.
+        self.lab.end_stall();
+    }
 }
 
 impl Cluster {

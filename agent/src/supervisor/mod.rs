@@ -168,8 +168,9 @@ impl Supervisor {
         let disk = Arc::new(crate::disk::Watch::new(&config.data_dir));
         disk.sample();
         // One statvfs: quick enough not to need a blocking thread. The heartbeat samples
-        // too, and this only when it has not.
-        tokio::spawn(crate::disk::Watch::keep_sampled(Arc::downgrade(&disk), crate::disk::SAMPLE_EVERY));
+        // too, and this only when it has not. Beside the heartbeat on its thread: a
+        // beat's sample then wakes this in the same wakeup, not the main runtime.
+        crate::beat_thread::spawn(crate::disk::Watch::keep_sampled(Arc::downgrade(&disk), crate::disk::SAMPLE_EVERY));
         let file = TaskFile::new(&config.data_dir);
         let (writer, write_failed) = Writer::start(file.path().to_owned());
         let mut worker = Worker {
