@@ -172,7 +172,8 @@ fn main() -> std::process::ExitCode {
 
 async fn image_command(data_dir: &std::path::Path, cmd: ImageCommand) -> Result<(), AgentError> {
     let dir = shoal_agent::identity::agent_dir(data_dir).join("images");
-    let store = ImageStore::open(&dir).map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?;
+    let store =
+        std::sync::Arc::new(ImageStore::open(&dir).map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))?);
     match cmd {
         ImageCommand::Load { archive } => {
             let loaded = shoal_agent::images::archive::load(&store, &archive)

@@ -27,7 +27,7 @@ fn httpd_answers_on_its_published_port_and_redis_answers_ping() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = ImageStore::open(&dir.join("images")).unwrap();
+    let store = std::sync::Arc::new(ImageStore::open(&dir.join("images")).unwrap());
     rt.block_on(async {
         for archive_name in ["demo-app-1.0.tar", "redis.tar"] {
             archive::load(&store, &images.join(archive_name)).await.unwrap();

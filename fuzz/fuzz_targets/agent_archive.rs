@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let scratch = Scratch::new();
     let file = scratch.dir.join("image.tar");
     std::fs::write(&file, data).expect("write the archive");
-    let store = ImageStore::open(&scratch.dir.join("images")).expect("scratch image store");
+    let store = std::sync::Arc::new(ImageStore::open(&scratch.dir.join("images")).expect("scratch image store"));
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let _ = runtime.block_on(load(&store, &file));
     scratch.check_outside();

@@ -39,7 +39,7 @@ struct LayoutSource<'a> {
 impl BlobSource for LayoutSource<'_> {
     async fn fetch(
         &self,
-        store: &ImageStore,
+        store: &std::sync::Arc<ImageStore>,
         digest: &str,
         expected_size: Option<u64>,
     ) -> Result<FetchedBlob, FetchError> {
@@ -74,7 +74,7 @@ impl BlobSource for LayoutSource<'_> {
 
 /// Loads every image of the archive at `path` (each must have this board's platform),
 /// returning each reference with its record.
-pub async fn load(store: &ImageStore, path: &Path) -> Result<Vec<(String, ImageRecord)>, ArchiveError> {
+pub async fn load(store: &std::sync::Arc<ImageStore>, path: &Path) -> Result<Vec<(String, ImageRecord)>, ArchiveError> {
     let dir = store.root().join("tmp").join(format!("load-{}", shoal_proto::hex(&shoal_link::random::<8>())));
     let mut staging = StagingDir::create(dir.clone())
         .map_err(|source| shoal_oci::ArchiveError::Staging { path: dir.clone(), source })?;
@@ -108,7 +108,7 @@ mod tests {
             std::env::temp_dir().join(format!("shoal-sideload-{}", shoal_proto::hex(&shoal_link::random::<6>())));
         for (n, case) in cases().into_iter().enumerate() {
             let dir = base.join(n.to_string());
-            let store = ImageStore::open(&dir.join("images")).unwrap();
+            let store = std::sync::Arc::new(ImageStore::open(&dir.join("images")).unwrap());
             let path = dir.join("in.tar");
             std::fs::write(&path, &case.archive).unwrap();
             let reader = shoal_oci::archive::read_file(&path, &mut StagingDir::create(dir.join("ref")).unwrap());

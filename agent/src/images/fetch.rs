@@ -19,6 +19,7 @@ use super::store::{ImageRecord, ImageStore, StoreError, MAX_JSON_BYTES};
 use super::unpack::{unpack_layer, UnpackError};
 use shoal_oci::digest::{self, DigestError, Sha256};
 use shoal_oci::spec::{HostPlatform, ImageConfig, ImageManifest, LayerMediaType, OciError, TopLevel};
+use std::sync::Arc;
 
 /// Largest layer accepted: the largest archive the manager accepts.
 pub const MAX_LAYER_BYTES: u64 = shoal_proto::images::MAX_ARCHIVE_BYTES;
@@ -183,7 +184,7 @@ pub fn resume_offset(partial_len: u64, expected_size: Option<u64>) -> u64 {
 /// [`MAX_JSON_BYTES`], since that blob is JSON.
 pub async fn fetch_blob(
     conn: &quinn::Connection,
-    store: &ImageStore,
+    store: &Arc<ImageStore>,
     digest: &str,
     expected_size: Option<u64>,
 ) -> Result<FetchedBlob, FetchError> {
@@ -205,7 +206,11 @@ pub async fn fetch_blob(
         let (actual, bytes) = transfer(conn, store, digest, offset, expected_size, limit).await?;
         transferred += bytes;
         if actual.as_deref() == Some(digest) {
-            let path = store.commit_partial(digest)?;
+            let path = on_disk(store, {
+                let digest = digest.to_owned();
+                move |s| s.commit_partial(&digest)
+            })
+            .await?;
             debug!(%digest, bytes = transferred, resumed_from = offset, ms = started.elapsed().as_millis() as u64, "blob fetched");
             return Ok(FetchedBlob { path, transferred });
         }
@@ -213,6 +218,21 @@ pub async fn fetch_blob(
         warn!(%digest, attempt, resumed_from = offset, "blob from the manager does not match its digest; fetching it again from the start");
     }
     Err(FetchError::Corrupt { digest: digest.to_owned() })
+}
+
+/// Runs store work that waits on the disk (an fsync, a rename made durable, a removal of
+/// a large tree) on a blocking thread: the agent's runtime has one thread, and an SD card
+/// busy with a long write can hold an fsync for seconds, holding every task with it (the
+/// QUIC session, the supervisor).
+async fn on_disk<T: Send + 'static>(
+    store: &Arc<ImageStore>,
+    work: impl FnOnce(&ImageStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    let root = store.root().to_owned();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Io { path: root, source: std::io::Error::other(e) }))
 }
 
 /// Whether blob `digest` is stored with the right bytes, re-hashing it (in chunks, so the
@@ -339,7 +359,7 @@ pub trait BlobSource {
     /// Puts blob `digest` into `store` unless it is there already.
     fn fetch(
         &self,
-        store: &ImageStore,
+        store: &Arc<ImageStore>,
         digest: &str,
         expected_size: Option<u64>,
     ) -> impl std::future::Future<Output = Result<FetchedBlob, FetchError>> + Send;
@@ -348,7 +368,7 @@ pub trait BlobSource {
 impl BlobSource for quinn::Connection {
     fn fetch(
         &self,
-        store: &ImageStore,
+        store: &Arc<ImageStore>,
         digest: &str,
         expected_size: Option<u64>,
     ) -> impl std::future::Future<Output = Result<FetchedBlob, FetchError>> + Send {
@@ -361,7 +381,7 @@ impl BlobSource for quinn::Connection {
 /// image. Returns its record.
 pub async fn sync_image(
     conn: &(impl BlobSource + Sync),
-    store: &ImageStore,
+    store: &Arc<ImageStore>,
     wanted: &WantedImage,
 ) -> Result<ImageRecord, FetchError> {
     let reference = wanted.reference.as_str();
@@ -433,15 +453,22 @@ pub async fn sync_image(
         .unwrap_or_else(|e| {
             Err(UnpackError::Io { path: dest.display().to_string(), source: std::io::Error::other(e) })
         });
+        let digest = layer.digest.clone();
         match unpacked {
             Ok(u) if u.diff_id == *diff_id => {
-                store.commit_layer(&layer.digest, &dest)?;
-                // The unpacked tree is all that is needed from now on: spare the card.
-                store.remove_blob(&layer.digest)?;
+                on_disk(store, move |s| {
+                    s.commit_layer(&digest, &dest)?;
+                    // The unpacked tree is all that is needed from now on: spare the card.
+                    s.remove_blob(&digest)
+                })
+                .await?;
             }
             Ok(u) => {
-                store.abandon_layer(&dest)?;
-                store.remove_blob(&layer.digest)?;
+                on_disk(store, move |s| {
+                    s.abandon_layer(&dest)?;
+                    s.remove_blob(&digest)
+                })
+                .await?;
                 return Err(FetchError::DiffId {
                     reference: reference.to_owned(),
                     layer: layer.digest.clone(),
@@ -450,10 +477,15 @@ pub async fn sync_image(
                 });
             }
             Err(e) => {
-                store.abandon_layer(&dest)?;
-                if e.is_bad_layer() {
-                    store.remove_blob(&layer.digest)?;
-                }
+                let bad_layer = e.is_bad_layer();
+                on_disk(store, move |s| {
+                    s.abandon_layer(&dest)?;
+                    if bad_layer {
+                        s.remove_blob(&digest)?;
+                    }
+                    Ok(())
+                })
+                .await?;
                 return Err(unpack_err(e));
             }
         }
@@ -466,7 +498,11 @@ pub async fn sync_image(
         config: config_desc.digest.clone(),
         layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
     };
-    store.record(reference, record)?;
+    on_disk(store, {
+        let reference = reference.to_owned();
+        move |s| s.record(&reference, record)
+    })
+    .await?;
     info!(image = %reference, digest = %top, bytes = transferred, ms = started.elapsed().as_millis() as u64, "image fetched");
     store.image(top).ok_or_else(|| FetchError::Store(StoreError::NotHeld(reference.to_owned())))
 }
@@ -516,7 +552,7 @@ mod tests {
         _server: quinn::Endpoint,
         _client: quinn::Endpoint,
         dir: PathBuf,
-        store: ImageStore,
+        store: Arc<ImageStore>,
     }
 
     impl Drop for Rig {
@@ -556,7 +592,7 @@ mod tests {
             u64::from_le_bytes(shoal_link::random::<8>())
         ));
         let store = ImageStore::open(&dir).unwrap();
-        Rig { manager, conn, _server: server, _client: client, dir, store }
+        Rig { manager, conn, _server: server, _client: client, dir, store: Arc::new(store) }
     }
 
     async fn serve(endpoint: quinn::Endpoint, manager: Shared) {
