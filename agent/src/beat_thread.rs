@@ -23,38 +23,39 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match handle() {
-        Some(h) => h.spawn(task),
-        None => tokio::spawn(task),
-    }
+    // One `Handle::spawn` either way: each spawn path is code per future type, and the
+    // aarch64 agent has a size bound (5 MiB).
+    let fallback;
+    let runtime = match handle() {
+        Some(h) => h,
+        None => {
+            fallback = tokio::runtime::Handle::current();
+            &fallback
+        }
+    };
+    runtime.spawn(task)
 }
 
 fn handle() -> Option<&'static tokio::runtime::Handle> {
     static HANDLE: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
-    HANDLE.get_or_init(start).as_ref()
+    HANDLE
+        .get_or_init(|| {
+            start()
+                .map_err(|e| tracing::warn!(error = %e, "no thread for the heartbeats: they share the agent's runtime"))
+                .ok()
+        })
+        .as_ref()
 }
 
-fn start() -> Option<tokio::runtime::Handle> {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::warn!(error = %e, "no runtime for the heartbeats: they share the agent's");
-            return None;
-        }
-    };
+fn start() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let handle = runtime.handle().clone();
     // Its stack holds the beat loop's few frames only.
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("heartbeat".into())
         .stack_size(128 * 1024)
-        .spawn(move || runtime.block_on(std::future::pending::<()>()));
-    match spawned {
-        Ok(_) => Some(handle),
-        Err(e) => {
-            tracing::warn!(error = %e, "no thread for the heartbeats: they share the agent's runtime");
-            None
-        }
-    }
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 #[cfg(test)]

@@ -206,11 +206,9 @@ pub async fn fetch_blob(
         let (actual, bytes) = transfer(conn, store, digest, offset, expected_size, limit).await?;
         transferred += bytes;
         if actual.as_deref() == Some(digest) {
-            let path = on_disk(store, {
-                let digest = digest.to_owned();
-                move |s| s.commit_partial(&digest)
-            })
-            .await?;
+            let path = store.blob_path(digest)?;
+            let digest_owned = digest.to_owned();
+            on_disk(store, Box::new(move |s| s.commit_partial(&digest_owned).map(drop))).await?;
             debug!(%digest, bytes = transferred, resumed_from = offset, ms = started.elapsed().as_millis() as u64, "blob fetched");
             return Ok(FetchedBlob { path, transferred });
         }
@@ -220,14 +218,17 @@ pub async fn fetch_blob(
     Err(FetchError::Corrupt { digest: digest.to_owned() })
 }
 
+/// Work on the image store for [`on_disk`].
+type StoreWork = Box<dyn FnOnce(&ImageStore) -> Result<(), StoreError> + Send>;
+
 /// Runs store work that waits on the disk (an fsync, a rename made durable, a removal of
 /// a large tree) on a blocking thread: the agent's runtime has one thread, and an SD card
 /// busy with a long write can hold an fsync for seconds, holding every task with it (the
 /// QUIC session, the supervisor).
-async fn on_disk<T: Send + 'static>(
-    store: &Arc<ImageStore>,
-    work: impl FnOnce(&ImageStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
+///
+/// The work comes boxed and gives no result but success: one copy of this code for every
+/// call (the aarch64 agent has a size bound).
+async fn on_disk(store: &Arc<ImageStore>, work: StoreWork) -> Result<(), StoreError> {
     let store = store.clone();
     let root = store.root().to_owned();
     tokio::task::spawn_blocking(move || work(&store))
@@ -443,32 +444,35 @@ pub async fn sync_image(
         transferred += blob.transferred;
         let dest = store.begin_layer(&layer.digest)?;
         let (blob_path, dest_dir, media_type) = (blob.path.clone(), dest.clone(), layer.media_type.clone());
-        // Unpacking is long, blocking work: off the runtime, so heartbeats keep flowing.
-        let unpacked = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&blob_path)
-                .map_err(|e| UnpackError::Io { path: blob_path.display().to_string(), source: e })?;
-            unpack_layer(file, &media_type, &dest_dir)
+        let (owned, digest, expected) = (store.clone(), layer.digest.clone(), diff_id.clone());
+        // Unpacking is long, blocking work, and so is what follows it (a syncfs, a
+        // durable rename, a tree's removal): all off the runtime, whose one thread keeps
+        // the session going meanwhile.
+        let (unpacked, stored) = tokio::task::spawn_blocking(move || {
+            let unpacked = std::fs::File::open(&blob_path)
+                .map_err(|e| UnpackError::Io { path: blob_path.display().to_string(), source: e })
+                .and_then(|file| unpack_layer(file, &media_type, &dest_dir));
+            let stored = match &unpacked {
+                Ok(u) if u.diff_id == expected => owned.commit_layer(&digest, &dest_dir).map(drop),
+                _ => owned.abandon_layer(&dest_dir),
+            }
+            // The unpacked tree is all that is needed from now on: spare the card. A
+            // layer that does not unpack to its diff ID is no use either.
+            .and_then(|()| match &unpacked {
+                Err(e) if !e.is_bad_layer() => Ok(()),
+                _ => owned.remove_blob(&digest),
+            });
+            (unpacked, stored)
         })
         .await
         .unwrap_or_else(|e| {
-            Err(UnpackError::Io { path: dest.display().to_string(), source: std::io::Error::other(e) })
+            let e = std::io::Error::other(e.to_string());
+            (Err(UnpackError::Io { path: dest.display().to_string(), source: e }), Ok(()))
         });
-        let digest = layer.digest.clone();
+        stored?;
         match unpacked {
-            Ok(u) if u.diff_id == *diff_id => {
-                on_disk(store, move |s| {
-                    s.commit_layer(&digest, &dest)?;
-                    // The unpacked tree is all that is needed from now on: spare the card.
-                    s.remove_blob(&digest)
-                })
-                .await?;
-            }
+            Ok(u) if u.diff_id == *diff_id => {}
             Ok(u) => {
-                on_disk(store, move |s| {
-                    s.abandon_layer(&dest)?;
-                    s.remove_blob(&digest)
-                })
-                .await?;
                 return Err(FetchError::DiffId {
                     reference: reference.to_owned(),
                     layer: layer.digest.clone(),
@@ -476,18 +480,7 @@ pub async fn sync_image(
                     actual: u.diff_id,
                 });
             }
-            Err(e) => {
-                let bad_layer = e.is_bad_layer();
-                on_disk(store, move |s| {
-                    s.abandon_layer(&dest)?;
-                    if bad_layer {
-                        s.remove_blob(&digest)?;
-                    }
-                    Ok(())
-                })
-                .await?;
-                return Err(unpack_err(e));
-            }
+            Err(e) => return Err(unpack_err(e)),
         }
     }
 
@@ -498,11 +491,8 @@ pub async fn sync_image(
         config: config_desc.digest.clone(),
         layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
     };
-    on_disk(store, {
-        let reference = reference.to_owned();
-        move |s| s.record(&reference, record)
-    })
-    .await?;
+    let reference_owned = reference.to_owned();
+    on_disk(store, Box::new(move |s| s.record(&reference_owned, record))).await?;
     info!(image = %reference, digest = %top, bytes = transferred, ms = started.elapsed().as_millis() as u64, "image fetched");
     store.image(top).ok_or_else(|| FetchError::Store(StoreError::NotHeld(reference.to_owned())))
 }
@@ -876,5 +866,9 @@ mod tests {
         let err = sync_image(&rig.conn, &rig.store, &wanted("bad:1", &top)).await.unwrap_err();
         assert!(matches!(err, FetchError::DiffId { .. }), "{err}");
         assert!(!rig.store.has_layer(&d1) && !rig.store.has(&top));
+        // Nothing of the useless layer is kept: not its blob, not its unpacked tree.
+        assert!(!rig.store.has_blob(&d1));
+        let tmp = rig.store.root().join("tmp");
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "left in {}", tmp.display());
     }
 }
