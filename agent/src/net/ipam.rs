@@ -162,11 +162,34 @@ impl Ipam {
         Ok(ip)
     }
 
-    fn save(&self) -> Result<(), NetError> {
+    /// Allocates for `id` in memory only: the caller then writes [`Ipam::to_write`]
+    /// (off the runtime's thread: [`super::Network`]) and releases again if that fails.
+    pub fn allocate_unsaved(&mut self, id: &str) -> Result<Ipv4Addr, NetError> {
+        self.state.allocate(id)
+    }
+
+    /// Releases what `id` holds in memory only; the file keeps holding it (which is
+    /// safe: the address is only kept from reuse) until the caller writes.
+    pub fn release_unsaved(&mut self, id: &str) -> Option<Ipv4Addr> {
+        self.state.release(id)
+    }
+
+    /// The file's path and the bytes it should hold now, for [`Ipam::write`].
+    pub fn to_write(&self) -> Result<(PathBuf, Vec<u8>), NetError> {
         let json = serde_json::to_vec_pretty(&self.state)
             .map_err(|e| NetError::io("encoding address allocations", e.into()))?;
-        shoal_link::files::write_private(&self.path, &json)
-            .map_err(|e| NetError::io(format!("writing {}", self.path.display()), e))
+        Ok((self.path.clone(), json))
+    }
+
+    /// Replaces the file at `path` with `bytes`, atomically and durably (two fsyncs).
+    pub fn write(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
+        shoal_link::files::write_private(path, bytes)
+            .map_err(|e| NetError::io(format!("writing {}", path.display()), e))
+    }
+
+    fn save(&self) -> Result<(), NetError> {
+        let (path, bytes) = self.to_write()?;
+        Self::write(&path, &bytes)
     }
 }
 

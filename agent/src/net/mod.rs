@@ -207,6 +207,8 @@ fn guard_encrypted(network: &str, o: &overlay::Overlay, local: Ipv4Addr) -> Resu
 pub struct Network {
     config: BridgeConfig,
     ipam: Mutex<Ipam>,
+    /// Taken for each write of the allocations (see [`Network::persist_allocations`]).
+    saving: tokio::sync::Mutex<()>,
     /// This board's underlay address (where VXLAN packets leave from), once known.
     underlay: Mutex<Option<Ipv4Addr>>,
     /// Who is told of containers joining overlays (the network plane's owner).
@@ -220,7 +222,13 @@ impl Network {
         config.validate()?;
         std::fs::create_dir_all(state_dir).map_err(|e| NetError::io(format!("creating {}", state_dir.display()), e))?;
         let ipam = Ipam::load(&state_dir.join("ipam.json"), config.subnet)?;
-        Ok(Self { config, ipam: Mutex::new(ipam), underlay: Mutex::new(None), joins: Mutex::new(None) })
+        Ok(Self {
+            config,
+            ipam: Mutex::new(ipam),
+            saving: tokio::sync::Mutex::new(()),
+            underlay: Mutex::new(None),
+            joins: Mutex::new(None),
+        })
     }
 
     /// Each container joined to its overlays from now on, so that it gets its load
@@ -300,8 +308,13 @@ impl Network {
             if ipam.state().get(container_id).is_some() {
                 return Err(NetError::SandboxExists(container_id.to_string()));
             }
-            ipam.allocate(container_id)?
+            ipam.allocate_unsaved(container_id)?
         };
+        // On disk before anything uses the address: a restart must not hand it out again.
+        if let Err(e) = self.persist_allocations().await {
+            self.lock().release_unsaved(container_id);
+            return Err(e);
+        }
         let sandbox = self.describe(container_id, ip);
         match self.build(&sandbox).await {
             Ok(()) => Ok(sandbox),
@@ -344,8 +357,25 @@ impl Network {
         // The veth first: if the container still runs, its namespace outlives the file.
         link::delete(&s.host_veth).await?;
         netns::remove(&s.netns_path)?;
-        self.lock().release(container_id)?;
+        // Should the write fail, the file still holds the address: kept from reuse until
+        // the next write, never handed out twice.
+        let released = self.lock().release_unsaved(container_id);
+        if released.is_some() {
+            self.persist_allocations().await?;
+        }
         Ok(())
+    }
+
+    /// Writes the address allocations as they are now, on a blocking thread: the agent's
+    /// runtime has one thread, and two fsyncs on an SD card busy with a long write can
+    /// take seconds. One write at a time, each of the state as it is when its turn
+    /// comes, so the last write holds the newest state whatever order callers came in.
+    async fn persist_allocations(&self) -> Result<(), NetError> {
+        let _turn = self.saving.lock().await;
+        let (path, bytes) = self.lock().to_write()?;
+        tokio::task::spawn_blocking(move || Ipam::write(&path, &bytes))
+            .await
+            .map_err(|e| NetError::io("writing the address allocations", std::io::Error::other(e)))?
     }
 
     /// The sandbox of `container_id`, if it has an address and a namespace pinned at its
