@@ -116,6 +116,9 @@ fn supervisor_runs_stops_fails_rejects_and_takes_back_real_containers() {
         let _ = rt.block_on(lab.net.remove_sandbox(&id));
     }
     let _ = rt.block_on(lab.net.remove_bridge());
+    // The namespace directory is a bind mount of itself (see `net::netns`): left, it
+    // stays in the mount table until a reboot.
+    let _ = rustix::mount::unmount(dir.join("netns"), rustix::mount::UnmountFlags::DETACH);
     let _ = std::fs::remove_dir_all(&dir);
     result.unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
@@ -226,6 +229,9 @@ fn with_supervisor(tag: u32, poll: Duration, body: impl AsyncFnOnce(&Lab, Superv
         }
     }
     let _ = rt.block_on(lab.net.remove_bridge());
+    // The namespace directory is a bind mount of itself (see `net::netns`): left, it
+    // stays in the mount table until a reboot.
+    let _ = rustix::mount::unmount(dir.join("netns"), rustix::mount::UnmountFlags::DETACH);
     let _ = std::fs::remove_dir_all(&dir);
     result.unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
