@@ -615,6 +615,10 @@ impl Lab {
             .iter()
             .filter_map(|h| std::fs::read_dir(h.data_dir.join("agent/containers")).ok())
             .flat_map(|entries| entries.flatten().map(|e| e.path()))
+            // A deleted container's directory on its way out (the agent's `.removed-`
+            // prefix): its `pid` file names a process long gone, whose PID may be
+            // anyone's now.
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".removed-")))
             .collect()
     }
 
@@ -622,13 +626,25 @@ impl Lab {
     /// lab directory: containers live in their own network namespaces, so killing the
     /// boards' processes alone would leave them running.
     fn remove_containers(&self) {
-        let containers = self.containers();
-        for dir in &containers {
-            // The container's init: its PID namespace, and so the container, dies with it.
-            if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        let kill_containers = |containers: &[PathBuf]| {
+            for dir in containers {
+                // The container's init: its PID namespace, and so the container, dies with it.
+                if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
+                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                }
+                // And whatever its cgroups hold: a container its shim was still starting
+                // when the agent died has no `pid` file yet, but runs in them (seen: a
+                // task moved onto a board just as a test ended, left running for good).
+                let Some(id) = dir.file_name() else { continue };
+                for root in cgroup_roots() {
+                    let procs = std::fs::read_to_string(root.join(id).join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs.split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                }
             }
-        }
+        };
+        kill_containers(&self.containers());
         // Let the shims record the exits and remove the cgroups.
         std::thread::sleep(Duration::from_millis(300));
         for h in &self.hosts {
@@ -637,6 +653,24 @@ impl Lab {
                     let _ = Command::new("kill").args(["-9", pid]).status();
                 }
             }
+        }
+        // Once more, now that no shim is left to start one: a shim may have finished
+        // starting a container after the first pass.
+        let containers = self.containers();
+        kill_containers(&containers);
+        // A cgroup can be removed once its last process is gone, which takes a moment
+        // after SIGKILL (before this wait, empty cgroups of killed boards stayed behind).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let busy = || {
+            containers.iter().filter_map(|d| d.file_name()).any(|id| {
+                cgroup_roots().iter().any(|root| {
+                    let procs = std::fs::read_to_string(root.join(id).join("cgroup.procs")).unwrap_or_default();
+                    !procs.trim().is_empty()
+                })
+            })
+        };
+        while busy() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
         for dir in &containers {
             let Some(id) = dir.file_name().and_then(|n| n.to_str()) else { continue };
