@@ -3,12 +3,12 @@
 //!
 //! Why: the agent's main runtime has one thread. Whatever blocks it (an `fsync` on an SD
 //! card busy with a long write takes seconds; a bug that blocks is another) also stopped
-//! the heartbeats, and the manager called a live board Down and moved its tasks away
+//! the heartbeats, and the manager called a live board Down, which moves its tasks away
 //! (`tests/slow_disk.rs`: Down 1.6 s into a stall of the board's disk). A beat says the
-//! board is up and reachable; the main runtime being slow for a while says neither is
-//! false. An agent whose main runtime hangs for good still ends up Down: its QUIC
-//! session, driven by the main runtime, times out (60 s), the manager forgets the
-//! session, answers its next beat "unknown" and the beats stop.
+//! board is up and reachable, and a main runtime slow for a while makes neither false.
+//! An agent whose main runtime hangs for good still ends up Down: its QUIC session,
+//! driven by the main runtime, times out (60 s), the manager forgets the session,
+//! answers its next beat "unknown" and the beats stop.
 //!
 //! What runs here: the beat loop and the disk sampling that rides on it (both wake once
 //! per period together, as before). Nothing here may block either.

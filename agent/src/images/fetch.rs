@@ -466,6 +466,8 @@ pub async fn sync_image(
         })
         .await
         .unwrap_or_else(|e| {
+            // A panicked unpack leaves its directory in `tmp/`, which the store clears
+            // when it next opens.
             let e = std::io::Error::other(e.to_string());
             (Err(UnpackError::Io { path: dest.display().to_string(), source: e }), Ok(()))
         });
