@@ -633,8 +633,9 @@ impl Lab {
                     let _ = Command::new("kill").args(["-9", pid.trim()]).status();
                 }
                 // And whatever its cgroups hold: a container its shim was still starting
-                // when the agent died has no `pid` file yet, but runs in them (seen: a
-                // task moved onto a board just as a test ended, left running for good).
+                // when the agent died has no `pid` file yet, but runs in them (seen twice:
+                // a container left running for good after a passing test, most likely a
+                // task moved onto a board just as the test ended).
                 let Some(id) = dir.file_name() else { continue };
                 for root in cgroup_roots() {
                     let procs = std::fs::read_to_string(root.join(id).join("cgroup.procs")).unwrap_or_default();
