@@ -673,6 +673,22 @@ impl Lab {
         while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Sandboxes whose container never came to be, or was deleted before the sandbox
+        // (the agent killed in between): their namespace files are bind mounts in the
+        // shared `/run/shoal/netns`, listed in each board's address allocations.
+        for h in &self.hosts {
+            let text = std::fs::read_to_string(h.data_dir.join("agent/net/ipam.json")).unwrap_or_default();
+            let allocations: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let ids = allocations["by_id"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
+            for id in ids.unwrap_or_default() {
+                let safe = !id.starts_with('.') && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if safe {
+                    let netns = format!("/run/shoal/netns/{id}");
+                    let _ = Command::new("umount").args(["-l", &netns]).output();
+                    let _ = std::fs::remove_file(&netns);
+                }
+            }
+        }
         for dir in &containers {
             let Some(id) = dir.file_name().and_then(|n| n.to_str()) else { continue };
             let _ = Command::new("umount").arg("-l").arg(dir.join("rootfs")).status();
