@@ -185,8 +185,18 @@ fn a_board_with_a_full_disk_says_so_takes_no_tasks_and_recovers_by_itself() {
     let inspect = c.manager_host().shoal(&["node", "inspect", "node2"]);
     assert!(!inspect.contains("disk pressure"), "{inspect}");
     c.manager_host().shoal(&["service", "rm", "diskfull"]);
-    wait_for("diskfull's container to stop", Duration::from_secs(15), || {
-        (running_containers("diskfull") == 0).then_some(())
+    // Its network sandbox too, before the agent stops: stopped in between, it leaves the
+    // namespace file mounted in the shared /run/shoal/netns (and the board's disk, which
+    // lists it, goes with this test).
+    let sandbox_left = || {
+        std::fs::read_dir("/run/shoal/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("diskfull."))
+    };
+    wait_for("diskfull's container and sandbox to go", Duration::from_secs(15), || {
+        (running_containers("diskfull") == 0 && !sandbox_left()).then_some(())
     });
     c.agents[1].stop();
     drop(disk);
