@@ -39,6 +39,20 @@ fn cgroup_roots() -> Vec<PathBuf> {
     roots.into_iter().filter(|r| r.is_dir()).collect()
 }
 
+/// The PIDs in container `id`'s cgroups, in every hierarchy (v1 has one per controller).
+fn cgroup_pids(id: &std::ffi::OsStr) -> Vec<String> {
+    cgroup_roots()
+        .iter()
+        .flat_map(|root| {
+            std::fs::read_to_string(root.join(id).join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// IDs of the containers on the machine that have processes, by their cgroups (v2, or
 /// v1's pids controller).
 pub fn running_container_ids() -> Vec<String> {
@@ -637,11 +651,8 @@ impl Lab {
                 // a container left running for good after a passing test, most likely a
                 // task moved onto a board just as the test ended).
                 let Some(id) = dir.file_name() else { continue };
-                for root in cgroup_roots() {
-                    let procs = std::fs::read_to_string(root.join(id).join("cgroup.procs")).unwrap_or_default();
-                    for pid in procs.split_whitespace() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
+                for pid in cgroup_pids(id) {
+                    let _ = Command::new("kill").args(["-9", &pid]).status();
                 }
             }
         };
@@ -662,14 +673,7 @@ impl Lab {
         // A cgroup can be removed once its last process is gone, which takes a moment
         // after SIGKILL (before this wait, empty cgroups of killed boards stayed behind).
         let deadline = Instant::now() + Duration::from_secs(2);
-        let busy = || {
-            containers.iter().filter_map(|d| d.file_name()).any(|id| {
-                cgroup_roots().iter().any(|root| {
-                    let procs = std::fs::read_to_string(root.join(id).join("cgroup.procs")).unwrap_or_default();
-                    !procs.trim().is_empty()
-                })
-            })
-        };
+        let busy = || containers.iter().filter_map(|d| d.file_name()).any(|id| !cgroup_pids(id).is_empty());
         while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
