@@ -5,7 +5,6 @@
 //! from `out/images/` (built by `images/build.sh`): the test then needs nothing but the
 //! two shoal binaries, and it knows exactly which bytes it can cut or tamper with.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -149,26 +148,6 @@ impl Archive {
     }
 }
 
-/// `image ls` rows as column → value, by the header's column positions.
-fn image_ls(host: &Host) -> Vec<HashMap<String, String>> {
-    let text = host.shoal(&["image", "ls"]);
-    let mut lines = text.lines();
-    let header = lines.next().expect("a header");
-    let names = ["REPOSITORY", "TAG", "DIGEST", "PLATFORMS", "SIZE", "NODES"];
-    let cols: Vec<usize> = names.iter().map(|h| header.find(h).expect("column")).collect();
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            (0..names.len())
-                .map(|i| {
-                    let end = cols.get(i + 1).copied().unwrap_or(l.len()).min(l.len());
-                    (names[i].to_owned(), l.get(cols[i]..end).unwrap_or("").trim().to_owned())
-                })
-                .collect()
-        })
-        .collect()
-}
-
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -236,7 +215,7 @@ fn a_loaded_image_reaches_every_board_and_rm_takes_it_back() {
     let out = m.shoal(&["image", "load", &path]);
     assert_eq!(out.trim(), format!("Loaded image: {REF}"));
 
-    let rows = image_ls(m);
+    let rows = m.image_ls();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!((rows[0]["REPOSITORY"].as_str(), rows[0]["TAG"].as_str()), ("test/busybox", "1.0"));
     assert_eq!(rows[0]["PLATFORMS"], "linux/amd64,linux/arm/v7,linux/arm64");
@@ -244,14 +223,14 @@ fn a_loaded_image_reaches_every_board_and_rm_takes_it_back() {
 
     let start = std::time::Instant::now();
     wait_for("every board to hold the image", Duration::from_secs(60), || {
-        let rows = image_ls(m);
+        let rows = m.image_ls();
         (rows.len() == 1 && rows[0]["NODES"] == "node1,node2,node3").then_some(())
     });
     eprintln!("load → held by 3 boards in {:?}", start.elapsed());
 
     let out = m.shoal(&["image", "rm", REF]);
     assert!(out.contains(&format!("Untagged: {REF}")), "{out}");
-    assert!(image_ls(m).is_empty());
+    assert!(m.image_ls().is_empty());
     let out = m.run("shoal", &["image", "rm", REF]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such image"));
 }
@@ -300,7 +279,7 @@ fn bad_archives_are_refused_and_the_image_list_is_unchanged() {
     // Loading the same reference again replaces the image; blobs only the old one used go.
     let rebuilt = Archive::busybox_built("2");
     m.shoal(&["image", "load", &write(&dir, "rebuilt.tar", &rebuilt.tar())]);
-    let rows = image_ls(m);
+    let rows = m.image_ls();
     assert_eq!(rows.len(), 1, "{rows:?}");
     let new_digest = &rebuilt.index["manifests"][0]["digest"].as_str().unwrap()[7..19];
     assert_eq!(rows[0]["DIGEST"], new_digest);

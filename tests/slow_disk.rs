@@ -5,13 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{lab_image, parse_table, wait_for, Cluster, Host, Lab};
+use shoal_e2e::{lab_image, wait_for, Cluster, Host, Lab};
 
 /// Whether `host`'s `image ls` says node1 holds demo/app:`tag`.
 fn on_node1(host: &Host, tag: &str) -> bool {
-    let text = host.shoal(&["image", "ls"]);
-    let rows = parse_table(&text, &["REPOSITORY", "TAG", "DIGEST", "PLATFORMS", "SIZE", "NODES"]);
-    rows.iter().any(|r| r["REPOSITORY"] == "demo/app" && r["TAG"] == tag && r["NODES"].contains("node1"))
+    host.image_ls().iter().any(|r| r["REPOSITORY"] == "demo/app" && r["TAG"] == tag && r["NODES"].contains("node1"))
 }
 
 /// Longer than the Down threshold of a clean link (1.5 s + 0.8 s) with room to spare.

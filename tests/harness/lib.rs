@@ -221,6 +221,13 @@ impl Host {
         out
     }
 
+    /// `shoal image ls` on this host, as rows of column → value.
+    pub fn image_ls(&self) -> Vec<std::collections::HashMap<String, String>> {
+        let text = self.shoal(&["image", "ls"]);
+        assert!(text.lines().next().is_some(), "`image ls` printed no header");
+        parse_table(&text, &["REPOSITORY", "TAG", "DIGEST", "PLATFORMS", "SIZE", "NODES"])
+    }
+
     /// `shoal ARGS` here; panics with its output when it fails.
     pub fn shoal(&self, args: &[&str]) -> String {
         let out = self.run("shoal", args);
