@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Makes patches/libcontainer/ and patches/libcgroups/ (used through [patch.crates-io] in
-# Cargo.toml): the published sources from crates.io with our diffs applied.
+# Makes patches/libcontainer/, patches/libcgroups/ and patches/oci-spec/ (used through
+# [patch.crates-io] in Cargo.toml): the published sources from crates.io with our diffs
+# applied.
 #   libcontainer: patches/libcontainer-armv7.patch, so that the agent builds for 32-bit
 #     ARM, then patches/libcontainer-criu-feature.patch and
 #     patches/libcontainer-net-devices-feature.patch (CRIU and the netlink client of
 #     `linux.netDevices` behind cargo features the agent leaves off: its size).
+#     Then patches/libcontainer-no-regex.patch (Intel RDT's schemata lines parsed by
+#     hand: the regex crate out of the agent, its size).
 #   libcgroups: patches/libcgroups-v1-mountinfo-once.patch (the cgroup v1 manager reads
-#     mountinfo once, not once per controller: container start-up, issue 16).
+#     mountinfo once, not once per controller: container start-up, issue 16), and
+#     patches/libcgroups-oci-spec-runtime-only.patch (oci-spec without its defaults).
+#   oci-spec: patches/oci-spec-no-regex.patch (regex only for the distribution feature).
 # Only the diffs are kept in the repository. Fails, saying so, when a patch no longer
 # applies. Fast when the copies are up to date. Run by scripts/setup.sh; run it yourself
 # before a first plain `cargo build`.
@@ -55,5 +60,8 @@ TOML
 }
 
 make_patched libcontainer 0.7.0 "$PWD/patches/libcontainer-armv7.patch" \
-  "$PWD/patches/libcontainer-criu-feature.patch" "$PWD/patches/libcontainer-net-devices-feature.patch"
-make_patched libcgroups 0.7.0 "$PWD/patches/libcgroups-v1-mountinfo-once.patch"
+  "$PWD/patches/libcontainer-criu-feature.patch" "$PWD/patches/libcontainer-net-devices-feature.patch" \
+  "$PWD/patches/libcontainer-no-regex.patch"
+make_patched libcgroups 0.7.0 "$PWD/patches/libcgroups-v1-mountinfo-once.patch" \
+  "$PWD/patches/libcgroups-oci-spec-runtime-only.patch"
+make_patched oci-spec 0.10.0 "$PWD/patches/oci-spec-no-regex.patch"
