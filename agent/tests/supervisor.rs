@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use shoal_agent::images::{archive, ImageStore};
 use shoal_agent::net::publish::PortPublisher;
 use shoal_agent::net::subnet::Subnet;
-use shoal_agent::net::{BridgeConfig, Network};
+use shoal_agent::net::{BridgeConfig, Network, Sandboxes};
 use shoal_agent::runtime::{ContainerStatus, LibcontainerRuntime, Runtime};
 use shoal_agent::supervisor::core::container_id;
 use shoal_agent::supervisor::{Supervisor, SupervisorConfig};
@@ -228,6 +228,10 @@ fn with_supervisor(tag: u32, poll: Duration, body: impl AsyncFnOnce(&Lab, Superv
             let _ = std::fs::remove_dir(cg.path().join("shoal").join(&id));
         }
     }
+    // Sandboxes a test made without a container.
+    for id in Sandboxes::sandbox_ids(&*lab.net) {
+        let _ = rt.block_on(lab.net.remove_sandbox(&id));
+    }
     let _ = rt.block_on(lab.net.remove_bridge());
     // The namespace directory is a bind mount of itself (see `net::netns`): left, it
     // stays in the mount table until a reboot.
@@ -328,6 +332,37 @@ fn exits_and_lost_shims_are_seen_without_polling() {
             .await
             .expect("an exit is noticed without a poll");
         assert_eq!(failed.exit_code, Some(3), "{failed:?}");
+        sup.shutdown().await;
+    });
+}
+
+/// An agent stopped between a container's removal and its sandbox's (a SIGTERM during a
+/// task's removal), or between a sandbox's creation and its container's, leaves a
+/// namespace, a veth on the bridge and an address that nothing would take back: the next
+/// start removes them, and leaves a running container's sandbox alone.
+#[test]
+#[ignore = "needs root"]
+fn a_sandbox_whose_container_is_gone_is_removed_at_the_next_start() {
+    with_supervisor(4, Duration::from_secs(600), async |lab, sup| {
+        let web = assignment("web", 1, 12, &[], &[]);
+        let web_cid = container_id("web", 1, web.task_id.as_str());
+        sup.assign(true, false, vec![web.clone()], vec![]).await;
+        wait_for(&sup, &web.task_id, TaskState::Running).await;
+        sup.shutdown().await;
+        let stray = lab.net.create_sandbox("gone.1.x").await.unwrap();
+        let veth = PathBuf::from("/sys/class/net").join(&stray.host_veth);
+        assert!(veth.exists() && stray.netns_path.exists(), "the stray sandbox was made");
+
+        let sup = lab.supervisor(lab.runtime()).await;
+        assert_eq!(
+            Sandboxes::sandbox_ids(&*lab.net),
+            [web_cid.clone()],
+            "only the running container's address is left"
+        );
+        assert!(!veth.exists(), "the stray veth is gone");
+        assert!(!stray.netns_path.exists(), "the stray namespace is unmounted and its file removed");
+        assert!(lab.net.sandbox(&web_cid).is_some(), "the running container keeps its sandbox");
+        assert_eq!(sup.statuses().get(&web.task_id).map(|s| s.state), Some(TaskState::Running));
         sup.shutdown().await;
     });
 }

@@ -78,6 +78,10 @@ impl Sandboxes for FakeNetwork {
         self.lock().1.get(container_id).cloned()
     }
 
+    fn sandbox_ids(&self) -> Vec<String> {
+        self.lock().1.keys().cloned().collect()
+    }
+
     async fn join_overlays(
         &self,
         sandbox: &Sandbox,

@@ -20,7 +20,7 @@
 //! Addresses are recorded in `<state_dir>/ipam.json`, rewritten atomically on each
 //! change; one [`Network`] per state directory. [`Network::sandbox`] and
 //! [`Network::sandboxes`] answer what exists after a restart, so the agent can take its
-//! containers back. The [`Sandboxes`] trait is what a supervisor should hold;
+//! containers back (and remove the sandboxes of those that are gone). The [`Sandboxes`] trait is what a supervisor should hold;
 //! [`fake::FakeNetwork`] stands in for it in unit tests.
 //!
 //! Beside it: [`overlay`] (VXLAN networks across boards), [`dns`] (the containers'
@@ -128,6 +128,9 @@ pub trait Sandboxes: Send + Sync {
     fn remove_sandbox(&self, container_id: &str) -> impl std::future::Future<Output = Result<(), NetError>> + Send;
     /// See [`Network::sandbox`].
     fn sandbox(&self, container_id: &str) -> Option<Sandbox>;
+    /// The containers holding an address, whole sandbox or half-made (see
+    /// [`Network::sandboxes`]).
+    fn sandbox_ids(&self) -> Vec<String>;
     /// See [`plane::join_container`]; the error names the network that failed.
     fn join_overlays(
         &self,
@@ -148,6 +151,9 @@ impl Sandboxes for Network {
     }
     fn sandbox(&self, container_id: &str) -> Option<Sandbox> {
         Network::sandbox(self, container_id)
+    }
+    fn sandbox_ids(&self) -> Vec<String> {
+        self.lock().state().iter().map(|(id, _)| id.to_string()).collect()
     }
     async fn join_overlays(
         &self,

@@ -572,6 +572,27 @@ impl<N: Sandboxes + 'static> Exec<N> {
     pub(crate) async fn remove_sandbox(&self, cid: &str) -> Result<(), ExecError> {
         self.network.remove_sandbox(cid).await.map_err(ExecError::Sandbox)
     }
+
+    /// Removes the network sandboxes of containers that are not there (`containers` is
+    /// every container the runtime has), and says how many went. They are what an agent
+    /// that stopped between a container's removal and its sandbox's, or between a
+    /// sandbox's creation and its container's, leaves: a namespace, a veth on the bridge
+    /// and an address, which nothing else would ever take back.
+    pub(crate) async fn remove_stray_sandboxes(&self, containers: &[String]) -> usize {
+        let mut removed = 0;
+        for cid in self.network.sandbox_ids() {
+            if containers.contains(&cid) {
+                continue;
+            }
+            match self.network.remove_sandbox(&cid).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    warn!(container = %cid, error = %e, "cannot remove the network sandbox of a container that is gone")
+                }
+            }
+        }
+        removed
+    }
 }
 
 /// Publishes the task's ports that go to this node to `ip`: host mode, and ingress mode

@@ -371,9 +371,16 @@ impl<N: Sandboxes + 'static> Worker<N> {
         }
     }
 
-    /// Takes back what the runtime already runs.
+    /// Takes back what the runtime already runs, and removes the network sandboxes
+    /// whose containers are gone.
     async fn adopt(&mut self) -> Result<(), SupervisorError> {
-        for (cid, container) in self.exec.list().await? {
+        let listed = self.exec.list().await?;
+        let ids: Vec<String> = listed.iter().map(|(cid, _)| cid.clone()).collect();
+        let stray = self.exec.remove_stray_sandboxes(&ids).await;
+        if stray > 0 {
+            info!(sandboxes = stray, "removed the network sandboxes of containers that are gone");
+        }
+        for (cid, container) in listed {
             let Some(task) = self.book.adopt(cid.clone(), container) else { continue };
             let Some(a) = self.book.task(&task).map(|t| t.assignment.clone()) else { continue };
             self.book.set_digest(&task, self.exec.digest(&a.spec.image));
@@ -836,6 +843,35 @@ mod tests {
             assert_eq!(reports.len(), 1);
             assert_eq!(reports[0].status.state, TaskState::Preparing);
             again.shutdown().await;
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An agent stopped between a container's removal and its sandbox's leaves the
+    /// sandbox: the next start removes it, and keeps those whose containers are there.
+    #[test]
+    fn sandboxes_of_containers_that_are_gone_are_removed_at_start() {
+        let dir = std::env::temp_dir().join(format!("shoal-sup-stray-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let runtime = Arc::new(FakeRuntime::default());
+            runtime.create(&orphan_config()).unwrap();
+            let network = Arc::new(FakeNetwork::new(BridgeConfig::default()));
+            network.create_sandbox("old.1.x").await.unwrap();
+            network.create_sandbox("gone.1.x").await.unwrap();
+            let sup = Supervisor::start(
+                SupervisorConfig::new(dir.clone()),
+                runtime.clone(),
+                network.clone(),
+                PortPublisher::new(),
+                Arc::new(ImageStore::open(&dir.join("images")).unwrap()),
+            )
+            .await
+            .unwrap();
+            assert_eq!(network.sandbox_ids(), ["old.1.x"]);
+            assert_eq!(runtime.list().unwrap(), ["old.1.x"]);
+            sup.shutdown().await;
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
