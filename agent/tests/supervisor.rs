@@ -356,7 +356,7 @@ fn a_sandbox_whose_container_is_gone_is_removed_at_the_next_start() {
         let sup = lab.supervisor(lab.runtime()).await;
         assert_eq!(
             Sandboxes::sandbox_ids(&*lab.net),
-            [web_cid.clone()],
+            std::slice::from_ref(&web_cid),
             "only the running container's address is left"
         );
         assert!(!veth.exists(), "the stray veth is gone");
