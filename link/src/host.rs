@@ -7,6 +7,15 @@
 /// Default data directory, as `--data-dir` and `SHOAL_DATA_DIR` override it.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/shoal";
 
+/// Where an agent with `data_dir` keeps the container runtime's state (libcontainer's):
+/// a directory on the tmpfs `/run`, so that a reboot clears it with the containers it
+/// describes, named by a hash of the data directory, so that several agents on one host
+/// (the tests) never share one. The agent and the test harness's teardown both ask here.
+pub fn runtime_state_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
+    std::path::PathBuf::from("/run/shoal").join(shoal_proto::hex(&digest.as_ref()[..6]))
+}
+
 /// Random bytes from the operating system.
 pub fn random<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;

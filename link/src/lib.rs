@@ -21,5 +21,5 @@ pub mod tls;
 
 pub use endpoint::{any_local_for, client_endpoint, connect, request};
 pub use error::LinkError;
-pub use host::{board_ms, random, wall_ms, DEFAULT_DATA_DIR};
+pub use host::{board_ms, random, runtime_state_dir, wall_ms, DEFAULT_DATA_DIR};
 pub use tls::{ClientTls, Identity, Trust};

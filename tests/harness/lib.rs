@@ -719,6 +719,11 @@ impl Lab {
                 }
             }
         }
+        // The boards' libcontainer state, on /run (each test agent left a directory there
+        // for good: hundreds after a few CI runs). No shim is left to write in it.
+        for h in &self.hosts {
+            let _ = std::fs::remove_dir_all(shoal_link::runtime_state_dir(&h.data_dir));
+        }
     }
 }
 

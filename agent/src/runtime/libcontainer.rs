@@ -62,8 +62,8 @@ impl LibcontainerRuntime {
     }
 
     /// The runtime of an agent with this data directory: containers on disk next to the
-    /// node's identity, libcontainer state in `/run/shoal/<hash of the data dir>` so
-    /// several agents on one host (tests) never share it.
+    /// node's identity, libcontainer state in `/run/shoal/<hash of the data dir>`
+    /// ([`shoal_link::runtime_state_dir`]).
     pub fn for_data_dir(data_dir: &Path) -> Self {
         let p = Self::paths(data_dir);
         Self::new(p.containers, p.state, p.agent_exe)
@@ -71,11 +71,9 @@ impl LibcontainerRuntime {
 
     /// Where the runtime of an agent with this data directory keeps things.
     pub fn paths(data_dir: &Path) -> crate::exec::Paths {
-        let digest = ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
-        let tag = shoal_proto::hex(&digest.as_ref()[..6]);
         crate::exec::Paths {
             containers: crate::identity::agent_dir(data_dir).join("containers"),
-            state: PathBuf::from("/run/shoal").join(tag),
+            state: shoal_link::runtime_state_dir(data_dir),
             // The binary this process was started from, not the file at its path: that
             // holds another build once an update swapped it (until the agent restarts)
             // or a rebuild replaced it, and a shim of another build than its agent
