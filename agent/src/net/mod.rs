@@ -20,8 +20,9 @@
 //! Addresses are recorded in `<state_dir>/ipam.json`, rewritten atomically on each
 //! change; one [`Network`] per state directory. [`Network::sandbox`] and
 //! [`Network::sandboxes`] answer what exists after a restart, so the agent can take its
-//! containers back (and remove the sandboxes of those that are gone). The [`Sandboxes`] trait is what a supervisor should hold;
-//! [`fake::FakeNetwork`] stands in for it in unit tests.
+//! containers back (and remove the sandboxes of those that are gone). The [`Sandboxes`]
+//! trait is what a supervisor should hold; [`fake::FakeNetwork`] stands in for it in
+//! unit tests.
 //!
 //! Beside it: [`overlay`] (VXLAN networks across boards), [`dns`] (the containers'
 //! resolver), [`nft`] (NAT), and [`plane`], which applies a board's desired overlay
