@@ -223,12 +223,11 @@ fn with_supervisor(tag: u32, poll: Duration, body: impl AsyncFnOnce(&Lab, Superv
     for id in runtime.list().unwrap_or_default() {
         let _ = runtime.stop(&id, Duration::from_secs(2));
         let _ = runtime.delete(&id);
-        let _ = rt.block_on(lab.net.remove_sandbox(&id));
         for cg in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let _ = std::fs::remove_dir(cg.path().join("shoal").join(&id));
         }
     }
-    // Sandboxes a test made without a container.
+    // Every sandbox, those of the containers above and any a test made without one.
     for id in Sandboxes::sandbox_ids(&*lab.net) {
         let _ = rt.block_on(lab.net.remove_sandbox(&id));
     }

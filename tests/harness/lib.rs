@@ -684,9 +684,14 @@ impl Lab {
         while busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A sandbox's namespace file: a bind mount in the shared `/run/shoal/netns`.
+        let unmount_netns = |id: &str| {
+            let netns = format!("/run/shoal/netns/{id}");
+            let _ = Command::new("umount").args(["-l", &netns]).output();
+            let _ = std::fs::remove_file(&netns);
+        };
         // Sandboxes whose container never came to be, or was deleted before the sandbox
-        // (the agent killed in between): their namespace files are bind mounts in the
-        // shared `/run/shoal/netns`, listed in each board's address allocations.
+        // (the agent killed in between), listed in each board's address allocations.
         for h in &self.hosts {
             let text = std::fs::read_to_string(h.data_dir.join("agent/net/ipam.json")).unwrap_or_default();
             let allocations: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -694,18 +699,14 @@ impl Lab {
             for id in ids.unwrap_or_default() {
                 let safe = !id.starts_with('.') && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                 if safe {
-                    let netns = format!("/run/shoal/netns/{id}");
-                    let _ = Command::new("umount").args(["-l", &netns]).output();
-                    let _ = std::fs::remove_file(&netns);
+                    unmount_netns(&id);
                 }
             }
         }
         for dir in &containers {
             let Some(id) = dir.file_name().and_then(|n| n.to_str()) else { continue };
             let _ = Command::new("umount").arg("-l").arg(dir.join("rootfs")).status();
-            let netns = format!("/run/shoal/netns/{id}");
-            let _ = Command::new("umount").args(["-l", &netns]).output();
-            let _ = std::fs::remove_file(&netns);
+            unmount_netns(id);
             for controller in ["pids", "memory", "cpu,cpuacct", "cpuset", "blkio", "devices", "freezer", "systemd"] {
                 let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{controller}/shoal/{id}"));
             }

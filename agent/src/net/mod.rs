@@ -154,7 +154,7 @@ impl Sandboxes for Network {
         Network::sandbox(self, container_id)
     }
     fn sandbox_ids(&self) -> Vec<String> {
-        self.lock().state().iter().map(|(id, _)| id.to_string()).collect()
+        Network::sandboxes(self).into_iter().map(|s| s.container_id).collect()
     }
     async fn join_overlays(
         &self,
